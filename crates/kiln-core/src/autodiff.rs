@@ -1,0 +1,302 @@
+//! Reverse-mode differentiation: appends the backward graph to the same Graph.
+use std::collections::HashMap;
+
+use crate::{BinaryOp, Graph, GraphError, Op, ReduceOp, Result, Tensor, UnaryOp};
+
+impl Graph {
+    /// Gradients of the scalar `loss` with respect to each of `wrt`, as new graph nodes.
+    /// A tensor of `wrt` that the loss does not depend on gets a zero gradient.
+    pub fn grad(&mut self, loss: Tensor, wrt: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.check("grad", loss)?;
+        let shape = self.shape(loss).clone();
+        if shape.numel() != 1 {
+            return Err(GraphError::new(
+                "grad",
+                format!("loss must have one element, got shape {shape}; use grad_with_seeds for other outputs"),
+            ));
+        }
+        let seed = self.constant(1.0, shape, self.dtype(loss))?;
+        self.grad_with_seeds(&[(loss, seed)], wrt)
+    }
+
+    /// Vector-Jacobian products: gradients of `sum(output * seed)` over every pair, with
+    /// respect to each of `wrt`. Seeds must have their output's shape.
+    pub fn grad_with_seeds(&mut self, seeds: &[(Tensor, Tensor)], wrt: &[Tensor]) -> Result<Vec<Tensor>> {
+        for &(out, seed) in seeds {
+            self.check("grad", out)?;
+            self.check("grad", seed)?;
+            if self.shape(out) != self.shape(seed) || !self.dtype(out).is_float() {
+                return Err(GraphError::new(
+                    "grad",
+                    format!("seed {} does not match float output {}", self.shape(seed), self.shape(out)),
+                ));
+            }
+        }
+        for &w in wrt {
+            self.require_float("grad", w)?;
+        }
+        let forward_len = self.nodes.len();
+        // Only nodes on a path from some `wrt` to some output are differentiated.
+        let mut depends = vec![false; forward_len];
+        for &w in wrt {
+            depends[w.0] = true;
+        }
+        for id in 0..forward_len {
+            if !depends[id] && self.nodes[id].inputs.iter().any(|i| depends[i.0]) {
+                depends[id] = !matches!(self.nodes[id].op, Op::StopGradient);
+            }
+        }
+        let mut reaches = vec![false; forward_len];
+        for &(out, _) in seeds {
+            reaches[out.0] = true;
+        }
+        for id in (0..forward_len).rev() {
+            if reaches[id] {
+                for i in self.nodes[id].inputs.clone() {
+                    reaches[i.0] = true;
+                }
+            }
+        }
+
+        let mut grads: HashMap<usize, Tensor> = HashMap::new();
+        for &(out, seed) in seeds {
+            self.accumulate(&mut grads, out, seed)?;
+        }
+        let last = seeds.iter().map(|(o, _)| o.0).max().unwrap_or(0);
+        for id in (0..=last.min(forward_len.saturating_sub(1))).rev() {
+            if !(depends[id] && reaches[id]) {
+                continue;
+            }
+            let Some(&g) = grads.get(&id) else { continue };
+            let inputs = self.nodes[id].inputs.clone();
+            let input_grads = self.vjp(Tensor(id), g)?;
+            for (input, ig) in inputs.into_iter().zip(input_grads) {
+                if let Some(ig) = ig {
+                    if depends[input.0] {
+                        self.accumulate(&mut grads, input, ig)?;
+                    }
+                }
+            }
+        }
+        wrt.iter()
+            .map(|&w| match grads.get(&w.0) {
+                Some(&g) => Ok(g),
+                None => {
+                    let n = self.node(w).clone();
+                    self.constant(0.0, n.shape, n.dtype)
+                }
+            })
+            .collect()
+    }
+
+    fn accumulate(&mut self, grads: &mut HashMap<usize, Tensor>, t: Tensor, g: Tensor) -> Result<()> {
+        let g = if self.shape(g) != self.shape(t) { self.sum_to_shape(g, &self.shape(t).clone())? } else { g };
+        let total = match grads.get(&t.0) {
+            Some(&prev) => self.add(prev, g)?,
+            None => g,
+        };
+        grads.insert(t.0, total);
+        Ok(())
+    }
+
+    /// Gradient contributions of node `y` to each of its inputs, given the gradient `g` of y.
+    fn vjp(&mut self, y: Tensor, g: Tensor) -> Result<Vec<Option<Tensor>>> {
+        let node = self.node(y).clone();
+        let ins = node.inputs.clone();
+        let dt = node.dtype;
+        Ok(match &node.op {
+            Op::Input { .. } | Op::State { .. } | Op::Constant { .. } => vec![],
+            Op::StopGradient | Op::Compare(_) | Op::ArgMax { .. } | Op::OneHot { .. } => vec![None; ins.len()],
+            Op::Unary(u) => vec![Some(self.unary_vjp(*u, ins[0], y, g)?)],
+            Op::Binary(b) => {
+                let (ga, gb) = self.binary_vjp(*b, ins[0], ins[1], y, g)?;
+                vec![Some(ga), Some(gb)]
+            }
+            Op::Where => {
+                let zero = self.scalar(0.0, dt)?;
+                let ga = self.where_(ins[0], g, zero)?;
+                let gb = self.where_(ins[0], zero, g)?;
+                vec![None, Some(ga), Some(gb)]
+            }
+            Op::Reduce { op, axes } => {
+                let xs = self.shape(ins[0]).clone();
+                let gx = match op {
+                    ReduceOp::Sum => self.broadcast_to(g, xs)?,
+                    ReduceOp::Mean => {
+                        let n: usize = axes.iter().map(|&a| xs.dims()[a]).product();
+                        let gs = self.div_scalar(g, n as f64)?;
+                        self.broadcast_to(gs, xs)?
+                    }
+                    ReduceOp::Max => {
+                        let mask = self.eq(ins[0], y)?;
+                        let count = self.sum(mask, axes, true)?;
+                        let share = self.div(g, count)?;
+                        self.mul(mask, share)?
+                    }
+                };
+                vec![Some(gx)]
+            }
+            Op::MatMul { trans_a, trans_b } => {
+                let (a, b, ta, tb) = (ins[0], ins[1], *trans_a, *trans_b);
+                let ga = if ta { self.matmul_t(b, g, tb, true)? } else { self.matmul_t(g, b, false, !tb)? };
+                let gb = if tb { self.matmul_t(g, a, true, ta)? } else { self.matmul_t(a, g, !ta, false)? };
+                vec![Some(ga), Some(gb)]
+            }
+            Op::Softmax { axis } => {
+                let gy = self.mul(g, y)?;
+                let s = self.sum(gy, &[*axis], true)?;
+                let d = self.sub(g, s)?;
+                vec![Some(self.mul(y, d)?)]
+            }
+            Op::LogSoftmax { axis } => {
+                let p = self.exp(y)?;
+                let s = self.sum(g, &[*axis], true)?;
+                let ps = self.mul(p, s)?;
+                vec![Some(self.sub(g, ps)?)]
+            }
+            Op::Reshape => vec![Some(self.reshape(g, self.shape(ins[0]).clone())?)],
+            Op::Permute { perm } => {
+                let mut inverse = vec![0; perm.len()];
+                for (k, &p) in perm.iter().enumerate() {
+                    inverse[p] = k;
+                }
+                vec![Some(self.permute(g, &inverse)?)]
+            }
+            Op::Expand => vec![Some(self.sum_to_shape(g, &self.shape(ins[0]).clone())?)],
+            Op::Slice { starts, steps } => {
+                let xs = self.shape(ins[0]).clone();
+                let op = Op::SliceScatter { starts: starts.clone(), steps: steps.clone(), fill: 0.0 };
+                vec![Some(self.push(op, vec![g], xs, dt)?)]
+            }
+            Op::SliceScatter { starts, steps, .. } => {
+                let xs = self.shape(ins[0]).clone();
+                let op = Op::Slice { starts: starts.clone(), steps: steps.clone() };
+                vec![Some(self.push(op, vec![g], xs, dt)?)]
+            }
+            Op::Concat { axis } => {
+                let mut offset = 0;
+                let mut out = Vec::with_capacity(ins.len());
+                for &x in &ins {
+                    let len = self.shape(x).dims()[*axis];
+                    out.push(Some(self.slice(g, *axis, offset, offset + len, 1)?));
+                    offset += len;
+                }
+                out
+            }
+            Op::Gather => {
+                let rows = self.shape(ins[0]).dims()[0];
+                vec![Some(self.scatter_add_rows(ins[1], g, rows)?), None]
+            }
+            Op::ScatterAdd { .. } => vec![None, Some(self.gather_rows(g, ins[0])?)],
+            Op::SoftmaxCrossEntropy => {
+                let classes = self.shape(ins[0]).dims()[1];
+                let p = self.softmax(ins[0], 1)?;
+                let onehot = self.one_hot(ins[1], classes)?;
+                let onehot = self.cast(onehot, dt)?;
+                let d = self.sub(p, onehot)?;
+                let rows = self.shape(g).dims()[0];
+                let gcol = self.reshape(g, [rows, 1])?;
+                vec![Some(self.mul(d, gcol)?), None]
+            }
+            Op::Cast => {
+                let from = self.dtype(ins[0]);
+                if from.is_float() { vec![Some(self.cast(g, from)?)] } else { vec![None] }
+            }
+        })
+    }
+
+    fn unary_vjp(&mut self, op: UnaryOp, x: Tensor, y: Tensor, g: Tensor) -> Result<Tensor> {
+        let dt = self.dtype(x);
+        match op {
+            UnaryOp::Neg => self.neg(g),
+            UnaryOp::Exp => self.mul(g, y),
+            UnaryOp::Log => self.div(g, x),
+            UnaryOp::Sqrt => {
+                let q = self.div(g, y)?;
+                self.mul_scalar(q, 0.5)
+            }
+            UnaryOp::Rsqrt => {
+                let y2 = self.mul(y, y)?;
+                let y3 = self.mul(y2, y)?;
+                let gy3 = self.mul(g, y3)?;
+                self.mul_scalar(gy3, -0.5)
+            }
+            UnaryOp::Abs => {
+                let s = self.sign(x)?;
+                self.mul(g, s)
+            }
+            UnaryOp::Sign => {
+                let n = self.node(x).clone();
+                self.constant(0.0, n.shape, n.dtype)
+            }
+            UnaryOp::Relu => {
+                let zero = self.scalar(0.0, dt)?;
+                let pos = self.gt(x, zero)?;
+                self.where_(pos, g, zero)
+            }
+            UnaryOp::LeakyRelu { alpha } => {
+                let zero = self.scalar(0.0, dt)?;
+                let pos = self.gt(x, zero)?;
+                let neg = self.mul_scalar(g, alpha as f64)?;
+                self.where_(pos, g, neg)
+            }
+            UnaryOp::Sigmoid => {
+                let one_minus = self.scalar_sub(1.0, y)?;
+                let d = self.mul(y, one_minus)?;
+                self.mul(g, d)
+            }
+            UnaryOp::Tanh => {
+                let y2 = self.mul(y, y)?;
+                let d = self.scalar_sub(1.0, y2)?;
+                self.mul(g, d)
+            }
+            UnaryOp::GeluErf => {
+                let d = self.unary(UnaryOp::GeluErfGrad, x)?;
+                self.mul(g, d)
+            }
+            UnaryOp::GeluTanh => {
+                let d = self.unary(UnaryOp::GeluTanhGrad, x)?;
+                self.mul(g, d)
+            }
+            UnaryOp::Softplus => {
+                let d = self.sigmoid(x)?;
+                self.mul(g, d)
+            }
+            UnaryOp::GeluErfGrad | UnaryOp::GeluTanhGrad => Err(GraphError::new(
+                op.name(),
+                "second derivatives of gelu are not supported",
+            )),
+        }
+    }
+
+    fn binary_vjp(&mut self, op: BinaryOp, a: Tensor, b: Tensor, y: Tensor, g: Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(match op {
+            BinaryOp::Add => (g, g),
+            BinaryOp::Sub => (g, self.neg(g)?),
+            BinaryOp::Mul => (self.mul(g, b)?, self.mul(g, a)?),
+            BinaryOp::Div => {
+                let ga = self.div(g, b)?;
+                let gy = self.mul(ga, y)?;
+                (ga, self.neg(gy)?)
+            }
+            BinaryOp::Maximum | BinaryOp::Minimum => {
+                // Ties split the gradient evenly, as PyTorch does.
+                let wins = if op == BinaryOp::Maximum { self.gt(a, b)? } else { self.lt(a, b)? };
+                let ties = self.eq(a, b)?;
+                let half = self.mul_scalar(ties, 0.5)?;
+                let share_a = self.add(wins, half)?;
+                let share_b = self.scalar_sub(1.0, share_a)?;
+                (self.mul(g, share_a)?, self.mul(g, share_b)?)
+            }
+            BinaryOp::Pow => {
+                let bm1 = self.sub_scalar(b, 1.0)?;
+                let p = self.pow(a, bm1)?;
+                let bp = self.mul(b, p)?;
+                let ga = self.mul(g, bp)?;
+                let la = self.log(a)?;
+                let yl = self.mul(y, la)?;
+                (ga, self.mul(g, yl)?)
+            }
+        })
+    }
+}

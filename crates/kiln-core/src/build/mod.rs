@@ -1,0 +1,9 @@
+//! Graph builder methods, grouped by op family. Each checks shapes and dtypes.
+mod elementwise;
+mod index;
+mod loss;
+mod matmul;
+mod reduce;
+mod shape_ops;
+
+pub use loss::Reduction;

@@ -1,0 +1,19 @@
+use crate::{ExecError, HostTensor, Plan, Tensor};
+
+/// A plan loaded on a backend: state lives there between runs.
+pub trait Executor {
+    /// Feed every input, run every step and the updates, and return the plan's outputs
+    /// in order. Nothing else is read back.
+    fn run(&mut self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<HostTensor>, ExecError>;
+    /// The current value of a state tensor of the plan.
+    fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError>;
+    /// Overwrite a state tensor (resume from a checkpoint).
+    fn write_state(&mut self, state: Tensor, value: &HostTensor) -> Result<(), ExecError>;
+}
+
+/// Something that can load a Plan: the CPU reference, a GPU.
+pub trait Backend {
+    /// Human-readable description (the adapter's name for a GPU).
+    fn name(&self) -> String;
+    fn load(&self, plan: &Plan) -> Result<Box<dyn Executor>, ExecError>;
+}

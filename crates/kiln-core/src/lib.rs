@@ -1,0 +1,22 @@
+//! kiln-core: dtypes, shapes, the graph builder with its shape rules, reverse-mode
+//! autodiff, and `Plan::compile`, the program every backend executes.
+mod autodiff;
+mod build;
+mod dtype;
+mod error;
+mod exec;
+mod graph;
+mod host;
+mod op;
+mod plan;
+mod shape;
+
+pub use build::Reduction;
+pub use dtype::DType;
+pub use error::{ExecError, GraphError, Result};
+pub use exec::{Backend, Executor};
+pub use graph::{Graph, Node, Tensor};
+pub use host::{HostData, HostTensor};
+pub use op::{BinaryOp, CmpOp, Op, ReduceOp, UnaryOp};
+pub use plan::{BufferDesc, BufferId, BufferRole, Operand, Plan, PlanInput, PlanOutput, PlanState, PlanUpdate, Step};
+pub use shape::{Shape, MAX_RANK};

@@ -1,0 +1,237 @@
+//! The primitive ops every backend executes. Each variant documents its exact
+//! semantics: the CPU reference and the WGSL kernels implement these words.
+//!
+//! Shapes: a step's input and output shapes are in the Plan (`Operand::shape`),
+//! so variants carry only what the shapes cannot say.
+
+/// Elementwise function of one float tensor. Output shape and dtype equal the input's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    /// Natural log; log(0) = -inf, log(x<0) = NaN.
+    Log,
+    Sqrt,
+    /// 1 / sqrt(x)
+    Rsqrt,
+    Abs,
+    /// -1, 0 or 1 (0 for x == 0).
+    Sign,
+    /// max(x, 0)
+    Relu,
+    /// x if x > 0 else alpha * x
+    LeakyRelu { alpha: f32 },
+    /// 1 / (1 + exp(-x)), computed without overflow for large |x|.
+    Sigmoid,
+    Tanh,
+    /// 0.5 x (1 + erf(x / sqrt 2))
+    GeluErf,
+    /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    GeluTanh,
+    /// log(1 + exp(x)), computed as max(x, 0) + log1p(exp(-|x|)).
+    Softplus,
+    /// d/dx GeluErf = Phi(x) + x phi(x), with Phi(x) = 0.5 (1 + erf(x / sqrt 2)) and
+    /// phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+    GeluErfGrad,
+    /// d/dx GeluTanh = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),
+    /// with t = tanh(sqrt(2/pi) (x + 0.044715 x^3)).
+    GeluTanhGrad,
+}
+
+impl UnaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Relu => "relu",
+            UnaryOp::LeakyRelu { .. } => "leaky_relu",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::GeluErf => "gelu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Softplus => "softplus",
+            UnaryOp::GeluErfGrad => "gelu_grad",
+            UnaryOp::GeluTanhGrad => "gelu_tanh_grad",
+        }
+    }
+}
+
+/// Elementwise function of two float tensors of one dtype, with NumPy broadcasting:
+/// the output shape is the broadcast of both input shapes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+    Minimum,
+    /// a^b (powf; NaN for a negative base with a non-integer exponent).
+    Pow,
+}
+
+impl BinaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+            BinaryOp::Pow => "pow",
+        }
+    }
+}
+
+/// Elementwise comparison with broadcasting. Both inputs have one dtype (float or u32);
+/// the output has that dtype too and holds 1 where the comparison holds, else 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "eq",
+            CmpOp::Ne => "ne",
+            CmpOp::Lt => "lt",
+            CmpOp::Le => "le",
+            CmpOp::Gt => "gt",
+            CmpOp::Ge => "ge",
+        }
+    }
+}
+
+/// Reduction of a float tensor over a set of axes. The output keeps the input's
+/// rank with every reduced axis of size 1 (the graph adds a free reshape for
+/// `keepdim = false`). Backends must reduce as a tree (pairwise / workgroup), not
+/// by one long running sum, so that large reductions stay accurate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    /// Maximum; -inf for an empty reduction.
+    Max,
+}
+
+impl ReduceOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Fed by the caller on every run. No step: its buffer is written by the feed.
+    Input { name: String },
+    /// Persistent tensor (parameter, optimizer moment, running statistic) that lives on
+    /// the device between runs. Its initial value is in the Plan; `Plan::updates` writes it.
+    State { name: String },
+    /// Every element set to `value` (converted to the output dtype).
+    Constant { value: f64 },
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    Compare(CmpOp),
+    /// `where(cond, a, b)`: inputs [cond, a, b] broadcast together; cond is any dtype,
+    /// nonzero means true; a and b share the output dtype.
+    Where,
+    /// Inputs [x]; see [`ReduceOp`]. `axes` are sorted and unique.
+    Reduce { op: ReduceOp, axes: Vec<usize> },
+    /// Inputs [a, b], both rank >= 2, float, one dtype.
+    /// a is [..., M, K] (or [..., K, M] with `trans_a`), b is [..., K, N] (or [..., N, K]
+    /// with `trans_b`); the leading (batch) dims broadcast; output [..batch, M, N].
+    MatMul { trans_a: bool, trans_b: bool },
+    /// Softmax along `axis`, max-subtracted. Inputs [x]; output shape = input shape.
+    Softmax { axis: usize },
+    /// log(softmax(x)) along `axis`, computed as x - max - log(sum(exp(x - max))).
+    LogSoftmax { axis: usize },
+    /// Same elements, new shape. Never a step: the output aliases the input's buffer.
+    Reshape,
+    /// Same as the input, but the gradient does not flow through. Aliases like Reshape.
+    StopGradient,
+    /// out[i_0, .., i_n] = x[j] where j[perm[k]] = i_k; i.e. output axis k is input axis perm[k].
+    Permute { perm: Vec<usize> },
+    /// Broadcast of x to the output shape (NumPy rules, right-aligned).
+    Expand,
+    /// out[i] = x[starts + i * steps] per axis (steps >= 1). Output shape from the plan.
+    Slice { starts: Vec<usize>, steps: Vec<usize> },
+    /// The inverse placement of Slice: the output (shape from the plan) is filled with
+    /// `fill`, then out[starts + i * steps] = x[i] for every index i of x. Zero-padding
+    /// (`steps` all 1) and the gradient of Slice are this op.
+    SliceScatter { starts: Vec<usize>, steps: Vec<usize>, fill: f64 },
+    /// Inputs [x_0, x_1, ...] of one dtype, equal except along `axis`; joined along it.
+    Concat { axis: usize },
+    /// Inputs [table, indices]: table [V, rest..] (float), indices u32 of any shape;
+    /// out[idx.., rest..] = table[indices[idx..], rest..]. Out-of-range rows read as 0.
+    Gather,
+    /// Inputs [indices, src]: indices u32 of shape I, src of shape I ++ rest;
+    /// output [rows, rest..] with out[r] = sum of src[i] over all i with indices[i] == r.
+    /// Deterministic order (the gradient of Gather).
+    ScatterAdd { rows: usize },
+    /// Inputs [indices] (u32, shape I); output float I ++ [classes], 1 at the index, else 0.
+    /// Out-of-range indices give an all-zero row.
+    OneHot { classes: usize },
+    /// Inputs [x] float; output u32, same rank, `axis` of size 1: the index of the first
+    /// maximum along `axis`.
+    ArgMax { axis: usize },
+    /// Inputs [logits [N, C] float, labels [N] u32]; output [N] float:
+    /// -log_softmax(logits[n])[labels[n]], computed max-subtracted in one pass per row.
+    /// An out-of-range label gives NaN for that row.
+    SoftmaxCrossEntropy,
+    /// Inputs [x]; output the same values in the node's dtype (float -> u32 truncates
+    /// toward zero and clamps negatives to 0; u32 -> float is exact below 2^24).
+    Cast,
+}
+
+impl Op {
+    /// A short name for messages and kernel tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::State { .. } => "state",
+            Op::Constant { .. } => "constant",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Compare(c) => c.name(),
+            Op::Where => "where",
+            Op::Reduce { op, .. } => op.name(),
+            Op::MatMul { .. } => "matmul",
+            Op::Softmax { .. } => "softmax",
+            Op::LogSoftmax { .. } => "log_softmax",
+            Op::Reshape => "reshape",
+            Op::StopGradient => "detach",
+            Op::Permute { .. } => "permute",
+            Op::Expand => "broadcast_to",
+            Op::Slice { .. } => "slice",
+            Op::SliceScatter { .. } => "slice_scatter",
+            Op::Concat { .. } => "concat",
+            Op::Gather => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
+            Op::OneHot { .. } => "one_hot",
+            Op::ArgMax { .. } => "argmax",
+            Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Op::Cast => "cast",
+        }
+    }
+
+    /// Ops whose output is the input's buffer under another shape: no step, no copy.
+    pub fn is_alias(&self) -> bool {
+        matches!(self, Op::Reshape | Op::StopGradient)
+    }
+}

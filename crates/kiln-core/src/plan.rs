@@ -1,0 +1,315 @@
+//! `compile(graph, outputs)` turns a graph into the Plan every backend executes:
+//! live nodes in topological order, aliases resolved, and buffers assigned by
+//! liveness so that a dead intermediate's buffer is reused by a later one.
+use crate::{DType, Graph, GraphError, HostTensor, Op, Result, Shape, Tensor};
+
+/// Index into `Plan::buffers`.
+pub type BufferId = usize;
+
+/// A tensor as a step sees it: where it lives and how it is laid out (dense, row-major).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Operand {
+    pub buffer: BufferId,
+    pub shape: Shape,
+    pub dtype: DType,
+}
+
+impl Operand {
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+}
+
+/// One kernel launch: `output = op(inputs)`.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub node: Tensor,
+    pub op: Op,
+    pub inputs: Vec<Operand>,
+    pub output: Operand,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferRole {
+    /// Written by the caller's feed before every run.
+    Input,
+    /// Holds a state tensor for the life of the loaded plan.
+    State,
+    /// Intermediate values; shared by tensors whose lifetimes do not overlap.
+    Scratch,
+}
+
+#[derive(Clone, Debug)]
+pub struct BufferDesc {
+    /// Size in bytes: the largest tenant, rounded up to 4 bytes (and at least 4).
+    pub bytes: usize,
+    pub role: BufferRole,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlanInput {
+    pub tensor: Tensor,
+    pub name: String,
+    pub operand: Operand,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlanState {
+    pub tensor: Tensor,
+    pub name: String,
+    pub operand: Operand,
+    pub init: HostTensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlanOutput {
+    pub tensor: Tensor,
+    pub operand: Operand,
+}
+
+/// After the last step, `source` is copied into the state's buffer (in list order).
+#[derive(Clone, Debug)]
+pub struct PlanUpdate {
+    pub state: Tensor,
+    pub source: Operand,
+    pub target: Operand,
+}
+
+/// A compiled, static-shape program. Backends execute `steps` in order, then apply
+/// `updates`, then read `outputs`.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub buffers: Vec<BufferDesc>,
+    pub inputs: Vec<PlanInput>,
+    pub states: Vec<PlanState>,
+    pub outputs: Vec<PlanOutput>,
+    pub updates: Vec<PlanUpdate>,
+    /// Bytes of every buffer together: the device memory the plan needs, known before it runs.
+    pub peak_bytes: usize,
+    /// What the same nodes would need if no buffer were reused (for reports and tests).
+    pub unshared_bytes: usize,
+}
+
+fn buffer_bytes(shape: &Shape, dtype: DType) -> usize {
+    (shape.numel() * dtype.size_bytes()).div_ceil(4).max(1) * 4
+}
+
+impl Plan {
+    /// Compile the part of `graph` that `outputs` need.
+    pub fn compile(graph: &Graph, outputs: &[Tensor]) -> Result<Plan> {
+        Plan::compile_with_updates(graph, outputs, &[])
+    }
+
+    /// Compile with state updates: each `(state, value)` writes `value` into the state
+    /// after the run (the optimizer step). Values are computed from the old states.
+    pub fn compile_with_updates(graph: &Graph, outputs: &[Tensor], updates: &[(Tensor, Tensor)]) -> Result<Plan> {
+        for &t in outputs {
+            graph.check("compile", t)?;
+        }
+        for &(state, value) in updates {
+            graph.check("compile", state)?;
+            graph.check("compile", value)?;
+            if !matches!(graph.node(state).op, Op::State { .. }) {
+                return Err(GraphError::new("compile", format!("update target #{} is not a state tensor", state.0)));
+            }
+            let (s, v) = (graph.node(state), graph.node(value));
+            if s.shape != v.shape || s.dtype != v.dtype {
+                return Err(GraphError::new(
+                    "compile",
+                    format!(
+                        "update of state '{}' {} {} by a value of {} {}",
+                        graph.name_of(state).unwrap_or("?"),
+                        s.dtype,
+                        s.shape,
+                        v.dtype,
+                        v.shape
+                    ),
+                ));
+            }
+        }
+        let n = graph.nodes.len();
+        let mut live = vec![false; n];
+        for &t in outputs.iter().chain(updates.iter().flat_map(|(s, v)| [s, v])) {
+            live[t.0] = true;
+        }
+        for id in (0..n).rev() {
+            if live[id] {
+                for i in &graph.nodes[id].inputs {
+                    live[i.0] = true;
+                }
+            }
+        }
+
+        // Aliases (reshape, detach) share their input's storage.
+        let mut storage: Vec<usize> = (0..n).collect();
+        for id in 0..n {
+            if live[id] && graph.nodes[id].op.is_alias() {
+                storage[id] = storage[graph.nodes[id].inputs[0].0];
+            }
+        }
+        const FOREVER: usize = usize::MAX;
+        let mut last_use = vec![0usize; n];
+        for id in 0..n {
+            if live[id] {
+                for i in &graph.nodes[id].inputs {
+                    let s = storage[i.0];
+                    last_use[s] = last_use[s].max(id);
+                }
+            }
+        }
+        for &t in outputs.iter().chain(updates.iter().map(|(_, v)| v)) {
+            last_use[storage[t.0]] = FOREVER;
+        }
+
+        let mut buffers: Vec<BufferDesc> = Vec::new();
+        let mut buffer_of: Vec<Option<BufferId>> = vec![None; n];
+        let mut free: Vec<BufferId> = Vec::new();
+        // Scratch buffers to release once node `id` has run, by node.
+        let mut releases: Vec<Vec<BufferId>> = vec![Vec::new(); n];
+        let mut plan = Plan {
+            steps: Vec::new(),
+            buffers: Vec::new(),
+            inputs: Vec::new(),
+            states: Vec::new(),
+            outputs: Vec::new(),
+            updates: Vec::new(),
+            peak_bytes: 0,
+            unshared_bytes: 0,
+        };
+        for id in 0..n {
+            if live[id] && storage[id] == id {
+                plan.unshared_bytes += buffer_bytes(&graph.nodes[id].shape, graph.nodes[id].dtype);
+                assign_node(graph, id, &mut buffers, &mut free, &mut buffer_of, &mut plan)?;
+                let buffer = buffer_of[id].expect("just assigned");
+                if buffers[buffer].role == BufferRole::Scratch && last_use[id] != FOREVER {
+                    // A value that nobody reads is released as soon as it is written.
+                    releases[last_use[id].max(id)].push(buffer);
+                }
+            }
+            free.append(&mut releases[id]);
+        }
+        let operand = |t: Tensor| operand_of(graph, &buffer_of, &storage, t);
+        for &t in outputs {
+            plan.outputs.push(PlanOutput { tensor: t, operand: operand(t) });
+        }
+        for &(state, value) in updates {
+            plan.updates.push(PlanUpdate { state, source: operand(value), target: operand(state) });
+        }
+        plan.peak_bytes = buffers.iter().map(|b| b.bytes).sum();
+        plan.buffers = buffers;
+        Ok(plan)
+    }
+
+    /// One line per step, for debugging and for counting dispatches.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for step in &self.steps {
+            let ins: Vec<String> = step.inputs.iter().map(|o| format!("b{}{}", o.buffer, o.shape)).collect();
+            s.push_str(&format!(
+                "#{:<5} {:<22} b{}{} <- {}\n",
+                step.node.0,
+                step.op.name(),
+                step.output.buffer,
+                step.output.shape,
+                ins.join(", ")
+            ));
+        }
+        s
+    }
+
+    pub fn input(&self, name: &str) -> Option<&PlanInput> {
+        self.inputs.iter().find(|i| i.name == name)
+    }
+
+    pub fn state(&self, name: &str) -> Option<&PlanState> {
+        self.states.iter().find(|s| s.name == name)
+    }
+}
+
+fn operand_of(graph: &Graph, buffer_of: &[Option<BufferId>], storage: &[usize], t: Tensor) -> Operand {
+    let node = &graph.nodes[t.0];
+    Operand {
+        buffer: buffer_of[storage[t.0]].expect("a tensor is assigned a buffer before anything reads it"),
+        shape: node.shape.clone(),
+        dtype: node.dtype,
+    }
+}
+
+/// Give node `id` its buffer and record it as an input, a state or a step.
+fn assign_node(
+    graph: &Graph,
+    id: usize,
+    buffers: &mut Vec<BufferDesc>,
+    free: &mut Vec<BufferId>,
+    buffer_of: &mut [Option<BufferId>],
+    plan: &mut Plan,
+) -> Result<()> {
+    let node = &graph.nodes[id];
+    let bytes = buffer_bytes(&node.shape, node.dtype);
+    let role = match node.op {
+        Op::Input { .. } => BufferRole::Input,
+        Op::State { .. } => BufferRole::State,
+        _ => BufferRole::Scratch,
+    };
+    let buffer = if role == BufferRole::Scratch {
+        take_free_buffer(buffers, free, bytes)
+    } else {
+        buffers.push(BufferDesc { bytes, role });
+        buffers.len() - 1
+    };
+    buffer_of[id] = Some(buffer);
+    let out = Operand { buffer, shape: node.shape.clone(), dtype: node.dtype };
+    let t = Tensor(id);
+    match &node.op {
+        Op::Input { name } => plan.inputs.push(PlanInput { tensor: t, name: name.clone(), operand: out }),
+        Op::State { name } => {
+            let init = graph
+                .state_init(t)
+                .cloned()
+                .ok_or_else(|| GraphError::new("compile", format!("state '{name}' has no initial value")))?;
+            plan.states.push(PlanState { tensor: t, name: name.clone(), operand: out, init });
+        }
+        op => {
+            // Inputs of a step are aliases-resolved: `buffer_of` holds only storage roots.
+            let storage_root = |i: Tensor| -> usize {
+                let mut s = i.0;
+                while graph.nodes[s].op.is_alias() {
+                    s = graph.nodes[s].inputs[0].0;
+                }
+                s
+            };
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|&i| Operand {
+                    buffer: buffer_of[storage_root(i)].expect("inputs come before their users"),
+                    shape: graph.nodes[i.0].shape.clone(),
+                    dtype: graph.nodes[i.0].dtype,
+                })
+                .collect();
+            plan.steps.push(Step { node: t, op: op.clone(), inputs, output: out });
+        }
+    }
+    Ok(())
+}
+
+/// Best fit among free scratch buffers; else grow the largest free one; else a new buffer.
+fn take_free_buffer(buffers: &mut Vec<BufferDesc>, free: &mut Vec<BufferId>, bytes: usize) -> BufferId {
+    let fitting = free.iter().enumerate().filter(|(_, &b)| buffers[b].bytes >= bytes).min_by_key(|(_, &b)| buffers[b].bytes);
+    let pick = match fitting {
+        Some((i, _)) => Some(i),
+        None => free.iter().enumerate().max_by_key(|(_, &b)| buffers[b].bytes).map(|(i, _)| i),
+    };
+    match pick {
+        Some(i) => {
+            let b = free.swap_remove(i);
+            buffers[b].bytes = buffers[b].bytes.max(bytes);
+            b
+        }
+        None => {
+            buffers.push(BufferDesc { bytes, role: BufferRole::Scratch });
+            buffers.len() - 1
+        }
+    }
+}

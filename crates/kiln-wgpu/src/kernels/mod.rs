@@ -1,0 +1,114 @@
+//! Lowering of Plan steps to WGSL launches. The runtime (`crate::runtime`) knows
+//! nothing about ops; each kernel family here knows nothing about wgpu objects.
+//!
+//! Conventions every shader in `shaders/` follows:
+//! - binding 0 is `var<storage, read> params: array<u32>` holding the launch's
+//!   `params` words (f32 values as `bitcast<f32>`); bindings 1.. are the launch's
+//!   `bindings`, in order: `var<storage, read>` for `Access::Read`,
+//!   `var<storage, read_write>` for `Access::Write`.
+//! - the entry point is `main` with `@workgroup_size(WG)`; a launch asks for
+//!   `groups` workgroups in total. The runtime folds counts over 65,535 into 2-D, so a
+//!   shader computes its linear group index as `wid.x + wid.y * nwg.x` (from
+//!   `@builtin(workgroup_id)` and `@builtin(num_workgroups)`) and returns when past
+//!   its work, without breaking barrier uniformity.
+//! - element types are template slots written `{{NAME}}` (for example `{{T}}`, `{{IDX}}`);
+//!   `render` fills them with `f32`, `f16` or `u32` and adds `enable f16;` when needed.
+//!   Arithmetic is done in f32; f16 is a storage type only.
+use kiln_core::{DType, ExecError, Step};
+
+mod elementwise;
+mod index;
+mod matmul;
+mod movement;
+mod reduce;
+mod softmax;
+
+/// What the adapter can do, as far as kernels care.
+#[derive(Clone, Debug, Default)]
+pub struct Caps {
+    /// SHADER_F16: f16 tensors are stored as f16; otherwise they are stored as f32.
+    pub shader_f16: bool,
+    pub subgroups: bool,
+}
+
+impl Caps {
+    /// The WGSL storage type of a tensor of `dtype` on this adapter.
+    pub fn storage_type(&self, dtype: DType) -> &'static str {
+        match dtype {
+            DType::F32 => "f32",
+            DType::F16 if self.shader_f16 => "f16",
+            DType::F16 => "f32",
+            DType::U32 => "u32",
+        }
+    }
+
+    /// Bytes per element of a tensor of `dtype` as stored on this adapter.
+    pub fn storage_bytes(&self, dtype: DType) -> usize {
+        match self.storage_type(dtype) {
+            "f16" => 2,
+            _ => 4,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// One compute dispatch.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Pipeline cache key: unique per (shader source after rendering).
+    pub key: String,
+    /// Complete WGSL after template substitution.
+    pub source: String,
+    /// Words for the `params` buffer (binding 0).
+    pub params: Vec<u32>,
+    /// Plan buffers bound at 1.., in order.
+    pub bindings: Vec<(kiln_core::BufferId, Access)>,
+    /// Total workgroups.
+    pub groups: u32,
+}
+
+/// Fill `{{NAME}}` slots and prepend `enable f16;` when any slot is f16.
+pub fn render(template: &str, slots: &[(&str, &str)]) -> String {
+    let mut out = template.to_string();
+    for (name, ty) in slots {
+        out = out.replace(&format!("{{{{{name}}}}}"), ty);
+    }
+    if slots.iter().any(|(_, ty)| *ty == "f16") {
+        out = format!("enable f16;\n{out}");
+    }
+    out
+}
+
+/// A cache key from a shader name and its specialisation.
+pub fn key(name: &str, slots: &[(&str, &str)]) -> String {
+    let mut k = name.to_string();
+    for (n, t) in slots {
+        k.push_str(&format!(";{n}={t}"));
+    }
+    k
+}
+
+/// The launches that execute one step, in order.
+pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
+    use kiln_core::Op;
+    match &step.op {
+        Op::Constant { .. } | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Cast => {
+            elementwise::lower(step, caps)
+        }
+        Op::Reduce { .. } | Op::ArgMax { .. } => reduce::lower(step, caps),
+        Op::MatMul { .. } => matmul::lower(step, caps),
+        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::SoftmaxCrossEntropy => softmax::lower(step, caps),
+        Op::Permute { .. } | Op::Expand | Op::Slice { .. } | Op::SliceScatter { .. } | Op::Concat { .. } => {
+            movement::lower(step, caps)
+        }
+        Op::Gather | Op::ScatterAdd { .. } | Op::OneHot { .. } => index::lower(step, caps),
+        Op::Input { .. } | Op::State { .. } | Op::Reshape | Op::StopGradient => Err(ExecError::Unsupported(
+            format!("{} is not a step; the plan should not contain it", step.op.name()),
+        )),
+    }
+}

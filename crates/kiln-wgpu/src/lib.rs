@@ -1,0 +1,2 @@
+//! kiln-wgpu: executes a kiln Plan with WGSL compute shaders.
+pub mod kernels;
