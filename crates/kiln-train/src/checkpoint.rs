@@ -1,0 +1,187 @@
+//! Checkpoints as safetensors files that PyTorch reads: model parameters under their
+//! PyTorch names, optimizer state under `optimizer.<param>.<slot>`, and step, epoch,
+//! seed and config in the metadata. Written to a temporary file and renamed, so an
+//! interrupted write never replaces a good checkpoint.
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use kiln_core::{HostData, HostTensor, Shape};
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+
+use crate::TrainError;
+
+/// Prefix of optimizer-state tensors, so that a PyTorch user can keep only the model's:
+/// `{k: v for k, v in load_file(f).items() if not k.startswith("optimizer.")}`.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checkpoint {
+    pub tensors: BTreeMap<String, HostTensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    pub fn new() -> Self {
+        Checkpoint::default()
+    }
+
+    pub fn insert(&mut self, name: impl Into<String>, value: HostTensor) {
+        self.tensors.insert(name.into(), value);
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: impl ToString) {
+        self.metadata.insert(key.to_string(), value.to_string());
+    }
+
+    /// A metadata value parsed as a number, with an error naming the file when absent or bad.
+    pub fn meta_u64(&self, key: &str, file: &Path) -> Result<u64, TrainError> {
+        let raw = self.metadata.get(key).ok_or_else(|| TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: format!("metadata has no '{key}'"),
+        })?;
+        raw.parse().map_err(|_| TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: format!("metadata '{key}' = '{raw}' is not a whole number"),
+        })
+    }
+
+    /// Write atomically: a temporary file beside `path`, flushed, then renamed over it.
+    pub fn save(&self, path: &Path) -> Result<(), TrainError> {
+        let err = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
+        let mut bytes_by_name: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, t) in &self.tensors {
+            let (dtype, bytes) = match &t.data {
+                HostData::F32(v) => (Dtype::F32, bytemuck_f32(v)),
+                HostData::F64(v) => (Dtype::F32, bytemuck_f32(&v.iter().map(|&x| x as f32).collect::<Vec<_>>())),
+                HostData::U32(v) => (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            };
+            bytes_by_name.push((name.clone(), dtype, t.shape.dims().to_vec(), bytes));
+        }
+        let views: Vec<(String, TensorView)> = bytes_by_name
+            .iter()
+            .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(format!("cannot encode tensor: {e}")))?;
+        let metadata: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| err(format!("cannot encode: {e}")))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create folder {}: {e}", dir.display())))?;
+        }
+        let tmp = temp_path(path);
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(format!("cannot write: {e}"))
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
+        let err = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
+        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let mut ck = Checkpoint::new();
+        if let Some(m) = meta.metadata() {
+            ck.metadata = m.clone().into_iter().collect();
+        }
+        for (name, view) in st.tensors() {
+            let shape = Shape::new(view.shape().to_vec());
+            let data = view.data();
+            let t = match view.dtype() {
+                Dtype::F32 => HostTensor::f32(
+                    shape,
+                    data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                ),
+                Dtype::U32 => HostTensor::u32(
+                    shape,
+                    data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                ),
+                Dtype::F16 => HostTensor::f32(
+                    shape,
+                    data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                ),
+                other => return Err(err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F16 and U32"))),
+            };
+            ck.tensors.insert(name, t);
+        }
+        Ok(ck)
+    }
+
+    /// Check that this checkpoint holds exactly the expected tensors with the expected
+    /// shapes; the error lists every missing, unexpected and mis-shaped tensor.
+    pub fn check_matches(&self, expected: &[(String, Shape)], file: &Path) -> Result<(), TrainError> {
+        let mut problems = Vec::new();
+        for (name, shape) in expected {
+            match self.tensors.get(name) {
+                None => problems.push(format!("missing '{name}' {shape}")),
+                Some(t) if &t.shape != shape => {
+                    problems.push(format!("'{name}' is {} in the file, the model needs {shape}", t.shape))
+                }
+                Some(_) => {}
+            }
+        }
+        for name in self.tensors.keys() {
+            if !expected.iter().any(|(n, _)| n == name) {
+                problems.push(format!("unexpected '{name}' {}", self.tensors[name].shape));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::Checkpoint {
+                file: file.to_path_buf(),
+                message: format!("does not match this model:\n  {}", problems.join("\n  ")),
+            })
+        }
+    }
+}
+
+fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_and_mismatch_listing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ck.safetensors");
+        let mut ck = Checkpoint::new();
+        ck.insert("0.weight", HostTensor::f32([2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, -6.5]));
+        ck.insert("0.bias", HostTensor::f32([2], vec![0.5, 0.25]));
+        ck.set_meta("step", 42);
+        ck.save(&path).expect("save");
+        let back = Checkpoint::load(&path).expect("load");
+        assert_eq!(back, ck);
+        assert_eq!(back.meta_u64("step", &path).expect("step"), 42);
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 1);
+
+        let expected = vec![("0.weight".to_string(), Shape::from([3, 2])), ("2.weight".to_string(), Shape::from([1]))];
+        let msg = back.check_matches(&expected, &path).unwrap_err().to_string();
+        assert!(msg.contains("'0.weight' is [2, 3]") && msg.contains("missing '2.weight'") && msg.contains("unexpected '0.bias'"), "{msg}");
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.safetensors");
+        std::fs::write(&path, b"definitely not safetensors").expect("write");
+        let msg = Checkpoint::load(&path).unwrap_err().to_string();
+        assert!(msg.contains("bad.safetensors"), "{msg}");
+    }
+}

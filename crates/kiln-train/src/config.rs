@@ -1,0 +1,246 @@
+//! Job configuration: what `kiln train` reads from a TOML file or a built-in recipe.
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// A multilayer perceptron: `sizes` are the widths from input to output
+/// (784, 128, 64, 10 is the classic MNIST model). Layers are named like
+/// `torch.nn.Sequential`: Linear at 0, activation at 1, Linear at 2, ...
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default = "default_model_kind")]
+    pub kind: String,
+    pub sizes: Vec<usize>,
+    #[serde(default = "default_activation")]
+    pub activation: String,
+    /// Dropout probability after each hidden activation (0 = none).
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// "sgd", "adam" or "adamw".
+    #[serde(default = "default_optimizer")]
+    pub kind: String,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub momentum: f64,
+    #[serde(default)]
+    pub dampening: f64,
+    #[serde(default)]
+    pub nesterov: bool,
+    #[serde(default = "default_betas")]
+    pub betas: (f64, f64),
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Clip gradients to this global L2 norm before the update.
+    #[serde(default)]
+    pub clip_grad_norm: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// "constant", "step" or "cosine".
+    #[serde(default = "default_schedule")]
+    pub kind: String,
+    /// Linear warm-up from 0 over this many steps before the schedule proper.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// For "step": multiply the rate by `gamma` every `step_size` steps.
+    #[serde(default)]
+    pub step_size: Option<u64>,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// For "cosine": the floor the rate decays to (over the whole run).
+    #[serde(default)]
+    pub eta_min: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// "mnist".
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// Folder holding the dataset files; found automatically when absent.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Training images held out for per-epoch validation.
+    #[serde(default = "default_validation")]
+    pub validation: usize,
+    /// Train on only the first N training images (0 = all).
+    #[serde(default)]
+    pub limit_train: usize,
+    /// Evaluate on only the first N test images (0 = all).
+    #[serde(default)]
+    pub limit_test: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Drop the last partial batch of each epoch instead of running it.
+    #[serde(default)]
+    pub drop_last: bool,
+}
+
+fn default_model_kind() -> String { "mlp".into() }
+fn default_activation() -> String { "relu".into() }
+fn default_optimizer() -> String { "adam".into() }
+fn default_lr() -> f64 { 1e-3 }
+fn default_betas() -> (f64, f64) { (0.9, 0.999) }
+fn default_eps() -> f64 { 1e-8 }
+fn default_schedule() -> String { "constant".into() }
+fn default_gamma() -> f64 { 0.1 }
+fn default_dataset() -> String { "mnist".into() }
+fn default_validation() -> usize { 5000 }
+fn default_epochs() -> usize { 10 }
+fn default_batch() -> usize { 128 }
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every optimizer field has a default")
+    }
+}
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every schedule field has a default")
+    }
+}
+impl Default for DataConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every data field has a default")
+    }
+}
+impl Default for TrainConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("every train field has a default")
+    }
+}
+
+/// The built-in recipes, by name.
+pub const RECIPES: &[&str] = &["mnist-mlp"];
+
+impl Config {
+    /// A built-in recipe: `mnist-mlp` is the classic Keras example model,
+    /// 784-128-64-10 with ReLU, Adam lr 1e-3, batch 128.
+    pub fn recipe(name: &str) -> Result<Config, TrainError> {
+        match name {
+            "mnist-mlp" => Ok(Config {
+                model: ModelConfig { kind: "mlp".into(), sizes: vec![784, 128, 64, 10], activation: "relu".into(), dropout: 0.0 },
+                optimizer: OptimizerConfig::default(),
+                schedule: ScheduleConfig::default(),
+                data: DataConfig::default(),
+                train: TrainConfig::default(),
+            }),
+            other => Err(TrainError::Config(format!(
+                "unknown recipe '{other}'; the recipes are: {}",
+                RECIPES.join(", ")
+            ))),
+        }
+    }
+
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Config, TrainError> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| TrainError::Config(format!("{}: {e}", origin.display())))?;
+        config.validate().map_err(|e| TrainError::Config(format!("{}: {e}", origin.display())))?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, TrainError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Config(format!("cannot read config {}: {e}", path.display())))?;
+        Config::from_toml(&text, path)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Check what serde cannot: known names and sensible numbers.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.model.kind != "mlp" {
+            return Err(format!("model.kind '{}' is not known (known: mlp)", self.model.kind));
+        }
+        if self.model.sizes.len() < 2 || self.model.sizes.contains(&0) {
+            return Err(format!("model.sizes {:?} needs at least an input and an output width, none zero", self.model.sizes));
+        }
+        const ACTIVATIONS: [&str; 6] = ["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh"];
+        if !ACTIVATIONS.contains(&self.model.activation.as_str()) {
+            return Err(format!("model.activation '{}' is not one of {ACTIVATIONS:?}", self.model.activation));
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return Err(format!("model.dropout {} must be in [0, 1)", self.model.dropout));
+        }
+        if !["sgd", "adam", "adamw"].contains(&self.optimizer.kind.as_str()) {
+            return Err(format!("optimizer.kind '{}' is not one of sgd, adam, adamw", self.optimizer.kind));
+        }
+        if !(self.optimizer.lr > 0.0) {
+            return Err(format!("optimizer.lr {} must be positive", self.optimizer.lr));
+        }
+        if !["constant", "step", "cosine"].contains(&self.schedule.kind.as_str()) {
+            return Err(format!("schedule.kind '{}' is not one of constant, step, cosine", self.schedule.kind));
+        }
+        if self.schedule.kind == "step" && self.schedule.step_size.unwrap_or(0) == 0 {
+            return Err("schedule.kind 'step' needs schedule.step_size >= 1".into());
+        }
+        if self.data.dataset != "mnist" {
+            return Err(format!("data.dataset '{}' is not known (known: mnist)", self.data.dataset));
+        }
+        if self.train.batch_size == 0 || self.train.epochs == 0 {
+            return Err("train.batch_size and train.epochs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_round_trips_through_toml() {
+        let c = Config::recipe("mnist-mlp").expect("recipe");
+        let back = Config::from_toml(&c.to_toml(), Path::new("x.toml")).expect("parse");
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn config_errors_name_the_file_and_the_field() {
+        let e = Config::from_toml("[model]\nsizes = [784, 10]\nactivation = \"swish\"\n", Path::new("job.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("job.toml") && msg.contains("swish"), "{msg}");
+        let e = Config::from_toml("[model]\nsizes = [784, 10]\nbogus = 1\n", Path::new("job.toml")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(Config::recipe("nope").unwrap_err().to_string().contains("mnist-mlp"));
+    }
+}

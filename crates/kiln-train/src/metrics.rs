@@ -1,0 +1,159 @@
+//! `metrics.jsonl` (one JSON object per line, appended as training goes) and the
+//! loss/accuracy plot drawn from it.
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// One line of metrics.jsonl.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    /// A training step (logged every few steps).
+    Train { step: u64, epoch: usize, loss: f64, lr: f64, samples_per_s: f64 },
+    /// End of an epoch: mean training loss and accuracy, then validation figures.
+    Epoch {
+        epoch: usize,
+        step: u64,
+        train_loss: f64,
+        train_accuracy: f64,
+        val_loss: f64,
+        val_accuracy: f64,
+        seconds: f64,
+    },
+    /// Final evaluation on the test set.
+    Test { step: u64, loss: f64, accuracy: f64 },
+}
+
+pub struct MetricsLog {
+    path: PathBuf,
+    out: BufWriter<File>,
+    records: Vec<Record>,
+}
+
+impl MetricsLog {
+    /// Open for appending (a resumed run continues the same file), keeping the records
+    /// already there for the plot.
+    pub fn open(path: &Path) -> Result<MetricsLog, TrainError> {
+        let io = |e: std::io::Error| TrainError::Io(format!("{}: {e}", path.display()));
+        let mut records = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if let Ok(r) = serde_json::from_str(line) {
+                    records.push(r);
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        Ok(MetricsLog { path: path.to_path_buf(), out: BufWriter::new(file), records })
+    }
+
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Forget records past `step` (a resumed run replays from its checkpoint).
+    pub fn truncate_after(&mut self, step: u64) {
+        self.records.retain(|r| match r {
+            Record::Train { step: s, .. } | Record::Epoch { step: s, .. } | Record::Test { step: s, .. } => *s <= step,
+        });
+    }
+
+    pub fn push(&mut self, record: Record) -> Result<(), TrainError> {
+        let line = serde_json::to_string(&record).map_err(|e| TrainError::Io(e.to_string()))?;
+        writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(|e| TrainError::Io(format!("{}: {e}", self.path.display())))?;
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// Draw training loss (per logged step) and validation loss and accuracy (per epoch) as SVG.
+    pub fn plot(&self, path: &Path) -> Result<(), TrainError> {
+        plot_records(&self.records, path)
+    }
+}
+
+pub fn plot_records(records: &[Record], path: &Path) -> Result<(), TrainError> {
+    let err = |e: String| TrainError::Io(format!("plot {}: {e}", path.display()));
+    let train: Vec<(f64, f64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Train { step, loss, .. } if loss.is_finite() => Some((*step as f64, *loss)),
+            _ => None,
+        })
+        .collect();
+    let epochs: Vec<(f64, f64, f64)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Epoch { step, val_loss, val_accuracy, .. } => Some((*step as f64, *val_loss, *val_accuracy)),
+            _ => None,
+        })
+        .collect();
+    let max_step = train.iter().map(|p| p.0).chain(epochs.iter().map(|p| p.0)).fold(1.0, f64::max);
+    let max_loss = train.iter().map(|p| p.1).chain(epochs.iter().map(|p| p.1)).filter(|l| l.is_finite()).fold(0.1, f64::max);
+
+    let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let (left, right) = root.split_horizontally(480);
+    let mut loss_chart = ChartBuilder::on(&left)
+        .caption("loss", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0.0..max_step, 0.0..max_loss * 1.05)
+        .map_err(|e| err(e.to_string()))?;
+    loss_chart.configure_mesh().x_desc("step").draw().map_err(|e| err(e.to_string()))?;
+    loss_chart
+        .draw_series(LineSeries::new(train.iter().copied(), &BLUE))
+        .map_err(|e| err(e.to_string()))?
+        .label("train")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+    loss_chart
+        .draw_series(LineSeries::new(epochs.iter().map(|p| (p.0, p.1)), &RED))
+        .map_err(|e| err(e.to_string()))?
+        .label("validation")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+    loss_chart.configure_series_labels().border_style(BLACK).draw().map_err(|e| err(e.to_string()))?;
+
+    let min_acc = epochs.iter().map(|p| p.2).fold(1.0, f64::min).min(0.9);
+    let mut acc_chart = ChartBuilder::on(&right)
+        .caption("validation accuracy", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0.0..max_step, (min_acc - 0.01).max(0.0)..1.0)
+        .map_err(|e| err(e.to_string()))?;
+    acc_chart.configure_mesh().x_desc("step").draw().map_err(|e| err(e.to_string()))?;
+    acc_chart
+        .draw_series(LineSeries::new(epochs.iter().map(|p| (p.0, p.2)), &RED))
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_appends_and_plot_writes_svg() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("metrics.jsonl");
+        {
+            let mut log = MetricsLog::open(&path).expect("open");
+            for s in 0..20 {
+                log.push(Record::Train { step: s, epoch: 0, loss: 2.0 / (s as f64 + 1.0), lr: 1e-3, samples_per_s: 1e4 }).expect("push");
+            }
+            log.push(Record::Epoch { epoch: 0, step: 20, train_loss: 0.5, train_accuracy: 0.8, val_loss: 0.4, val_accuracy: 0.9, seconds: 1.0 }).expect("push");
+        }
+        let log = MetricsLog::open(&path).expect("reopen");
+        assert_eq!(log.records().len(), 21);
+        let svg = dir.path().join("curves.svg");
+        log.plot(&svg).expect("plot");
+        let text = std::fs::read_to_string(&svg).expect("svg");
+        assert!(text.contains("<svg") && text.contains("polyline"), "not a line plot");
+    }
+}
