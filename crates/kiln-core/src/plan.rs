@@ -23,6 +23,9 @@ impl Operand {
 /// One kernel launch: `output = op(inputs)`.
 #[derive(Clone, Debug)]
 pub struct Step {
+    /// The graph node whose value this step computes. `op` is that node's op, except for
+    /// a snapshot: an identity `Slice` (all starts 0, all steps 1) that copies the value of
+    /// a state before an earlier update overwrites it (see `Plan::compile_with_updates`).
     pub node: Tensor,
     pub op: Op,
     pub inputs: Vec<Operand>,
@@ -102,12 +105,21 @@ impl Plan {
     }
 
     /// Compile with state updates: each `(state, value)` writes `value` into the state
-    /// after the run (the optimizer step). Values are computed from the old states.
+    /// after the run (the optimizer step). Values are computed from the old states, even
+    /// when a value is itself a state that an earlier update writes (a swap, a copy of a
+    /// parameter): such a value is snapshotted by a copy step before the updates run.
+    /// A state may be updated at most once.
     pub fn compile_with_updates(graph: &Graph, outputs: &[Tensor], updates: &[(Tensor, Tensor)]) -> Result<Plan> {
         for &t in outputs {
             graph.check("compile", t)?;
         }
-        for &(state, value) in updates {
+        for (k, &(state, value)) in updates.iter().enumerate() {
+            if updates[..k].iter().any(|&(earlier, _)| earlier == state) {
+                return Err(GraphError::new(
+                    "compile",
+                    format!("state '{}' is updated twice; give one value per state", graph.name_of(state).unwrap_or("?")),
+                ));
+            }
             graph.check("compile", state)?;
             graph.check("compile", value)?;
             if !matches!(graph.node(state).op, Op::State { .. }) {
@@ -193,8 +205,26 @@ impl Plan {
         for &t in outputs {
             plan.outputs.push(PlanOutput { tensor: t, operand: operand(t) });
         }
+        // Updates are copies applied in list order. A value stored in a state that an
+        // earlier update overwrites would be read after it changed: copy it first.
+        let mut overwritten: Vec<usize> = Vec::new();
         for &(state, value) in updates {
-            plan.updates.push(PlanUpdate { state, source: operand(value), target: operand(state) });
+            let mut source = operand(value);
+            if overwritten.contains(&storage[value.0]) {
+                let bytes = buffer_bytes(&source.shape, source.dtype);
+                let snapshot = Operand { buffer: take_free_buffer(&mut buffers, &mut free, bytes), ..source.clone() };
+                let rank = source.shape.rank();
+                plan.steps.push(Step {
+                    node: value,
+                    op: Op::Slice { starts: vec![0; rank], steps: vec![1; rank] },
+                    inputs: vec![source],
+                    output: snapshot.clone(),
+                });
+                plan.unshared_bytes += bytes;
+                source = snapshot;
+            }
+            overwritten.push(state.0);
+            plan.updates.push(PlanUpdate { state, source, target: operand(state) });
         }
         plan.peak_bytes = buffers.iter().map(|b| b.bytes).sum();
         plan.buffers = buffers;
