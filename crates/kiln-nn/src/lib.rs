@@ -1,0 +1,40 @@
+//! kiln-nn: layers, PyTorch-style parameter names, init, losses, optimizers and
+//! learning-rate schedules, all built as kiln-core graph ops. Knows nothing of any backend.
+//!
+//! A model lives in one [`Graph`](kiln_core::Graph): its parameters are f32 state tensors
+//! named like PyTorch's `state_dict` keys ("0.weight", "fc1.bias"), so a checkpoint loads
+//! into the equivalent `torch.nn` model as is. Initialisation follows PyTorch's defaults
+//! and draws from one seeded RNG ([`init::seeded_rng`]), so a model is reproducible from
+//! its seed.
+//!
+//! Modules:
+//! - [`Linear`], [`Sequential`], [`Flatten`], [`Identity`]
+//! - activations: [`ReLU`], [`LeakyReLU`], [`Sigmoid`], [`Tanh`], [`GELU`] (erf and
+//!   tanh forms), [`Softplus`]
+//! - Dropout: needs Op::Random (lead)
+//!
+//! Training: [`loss`] functions, [`clip::clip_grad_norm`], the [`optim`] optimizers (SGD,
+//! Adam, AdamW) whose update is compiled into the step, [`schedule::LrSchedule`], and
+//! [`TrainGraph`], which appends backward pass, clipping and update in one call.
+
+// Type names follow torch.nn (SGD, GELU), which PyTorch users look for.
+#![allow(clippy::upper_case_acronyms)]
+
+pub mod clip;
+pub mod init;
+mod layers;
+mod linear;
+pub mod loss;
+mod module;
+pub mod optim;
+pub mod schedule;
+mod sequential;
+mod train;
+
+pub use layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
+pub use linear::Linear;
+pub use module::{count_elements, join_name, tensors_of, Mode, Module};
+pub use optim::{Adam, AdamW, Optimizer, OptimizerUpdate, StepInput, StepScalar, SGD};
+pub use schedule::LrSchedule;
+pub use sequential::Sequential;
+pub use train::TrainGraph;

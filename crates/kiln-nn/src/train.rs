@@ -1,0 +1,92 @@
+//! Wires a loss, its parameters and an optimizer into one training step.
+use kiln_core::{Graph, GraphError, HostTensor, Plan, Result, Tensor};
+
+use crate::clip::clip_grad_norm;
+use crate::module::tensors_of;
+use crate::optim::{step_feeds, Optimizer, StepInput};
+
+/// Everything a trainer needs to compile and run one training step: backward pass,
+/// optional clipping and the optimizer update, all in the graph.
+///
+/// ```text
+/// let train = TrainGraph::build(&mut g, loss, &model.params(), &Adam::new(1e-3), Some(1.0))?;
+/// let plan = train.compile(&g, &[])?;          // outputs: loss, then grad_norm if clipped
+/// let mut exec = backend.load(&plan)?;
+/// for step in 0.. {
+///     let mut feeds = train.feeds(step, schedule.lr(step));
+///     feeds.extend(batch_feeds);
+///     let loss = exec.run(&feeds)?[0].scalar();
+/// }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TrainGraph {
+    pub loss: Tensor,
+    /// The parameters being trained, with their names.
+    pub params: Vec<(String, Tensor)>,
+    /// The gradient of the loss for each parameter, after clipping when it is on.
+    pub grads: Vec<Tensor>,
+    /// 0-d global gradient norm before clipping; `Some` when clipping is on.
+    pub grad_norm: Option<Tensor>,
+    /// `(state, new value)` for `Plan::compile_with_updates`: parameters and moments.
+    pub updates: Vec<(Tensor, Tensor)>,
+    /// The optimizer's moments, named for a checkpoint ("0.weight.exp_avg", ...).
+    pub optimizer_state: Vec<(String, Tensor)>,
+    /// Scalars to feed every step (see [`TrainGraph::feeds`]).
+    pub step_inputs: Vec<StepInput>,
+}
+
+impl TrainGraph {
+    /// Append `grad(loss, params)`, then clipping to `max_grad_norm` if given, then the
+    /// optimizer's update.
+    pub fn build(
+        g: &mut Graph,
+        loss: Tensor,
+        params: &[(String, Tensor)],
+        optimizer: &dyn Optimizer,
+        max_grad_norm: Option<f64>,
+    ) -> Result<TrainGraph> {
+        if params.is_empty() {
+            return Err(GraphError::new("TrainGraph", format!("no parameters given to train with {}", optimizer.name())));
+        }
+        let raw_grads = g.grad(loss, &tensors_of(params))?;
+        let (grads, grad_norm) = match max_grad_norm {
+            Some(max_norm) => {
+                let clipped = clip_grad_norm(g, &raw_grads, max_norm)?;
+                (clipped.grads, Some(clipped.total_norm))
+            }
+            None => (raw_grads, None),
+        };
+        let update = optimizer.append_update(g, params, &grads)?;
+        Ok(TrainGraph {
+            loss,
+            params: params.to_vec(),
+            grads,
+            grad_norm,
+            updates: update.updates,
+            optimizer_state: update.state,
+            step_inputs: update.step_inputs,
+        })
+    }
+
+    /// What the step returns: the loss, then the pre-clipping gradient norm when clipping
+    /// is on.
+    pub fn outputs(&self) -> Vec<Tensor> {
+        let mut outputs = vec![self.loss];
+        outputs.extend(self.grad_norm);
+        outputs
+    }
+
+    /// `Plan::compile_with_updates` for [`outputs`](Self::outputs) followed by `extra`
+    /// (accuracy counts, predictions...), in that order.
+    pub fn compile(&self, g: &Graph, extra: &[Tensor]) -> Result<Plan> {
+        let mut outputs = self.outputs();
+        outputs.extend_from_slice(extra);
+        Plan::compile_with_updates(g, &outputs, &self.updates)
+    }
+
+    /// Feeds for the step inputs at optimizer step `step` (0 for the first update) with
+    /// learning rate `lr`. The caller adds the batch's feeds.
+    pub fn feeds(&self, step: u64, lr: f64) -> Vec<(Tensor, HostTensor)> {
+        step_feeds(&self.step_inputs, step, lr)
+    }
+}
