@@ -1,0 +1,372 @@
+//! The loaded plan: storage slots, feeds, step dispatch, state updates and outputs.
+use kiln_core::{DType, ExecError, Executor, HostData, HostTensor, Op, Operand, Plan, Step, Tensor};
+
+use crate::storage::{Slot, View, ViewMut};
+use crate::strided::TensorRef;
+use crate::{elementwise, index, matmul, movement, reduce, softmax, Element, Float};
+
+pub struct CpuExecutor<T: Float> {
+    plan: Plan,
+    /// One slot per plan buffer.
+    slots: Vec<Slot<T>>,
+    /// Elements of the largest tenant of each buffer: what a slot is allocated for.
+    capacity: Vec<usize>,
+}
+
+impl<T: Float> CpuExecutor<T> {
+    /// Check the plan's buffer references, allocate the slots and write the states'
+    /// initial values.
+    pub fn load(plan: &Plan) -> Result<Self, ExecError> {
+        let capacity = buffer_capacities(plan)?;
+        for step in &plan.steps {
+            if step.inputs.iter().any(|i| i.buffer == step.output.buffer) {
+                return Err(ExecError::Unsupported(format!(
+                    "plan step #{} ({}) writes buffer {} while reading it",
+                    step.node.id(),
+                    step.op.name(),
+                    step.output.buffer
+                )));
+            }
+        }
+        // Slots take their kind from the first write; until then they are empty floats.
+        let slots = capacity.iter().map(|&n| Slot::new(DType::F32, n)).collect();
+        let mut executor = CpuExecutor { plan: plan.clone(), slots, capacity };
+        for state in &plan.states {
+            let value = check_state_value(&state.name, &state.operand, &state.init)?;
+            executor.store(&state.operand, value);
+        }
+        Ok(executor)
+    }
+
+    /// Write `value` (already checked against `operand`) into its buffer, rounding f16
+    /// tensors to f16 precision.
+    fn store(&mut self, operand: &Operand, mut value: Slot<T>) {
+        if operand.dtype == DType::F16 {
+            if let Slot::Float(v) = &mut value {
+                round_to_f16(v);
+            }
+        }
+        let slot = &mut self.slots[operand.buffer];
+        slot.prepare_for(operand.dtype, self.capacity[operand.buffer]);
+        match (slot, value) {
+            (Slot::Float(dst), Slot::Float(src)) => dst[..src.len()].copy_from_slice(&src),
+            (Slot::U32(dst), Slot::U32(src)) => dst[..src.len()].copy_from_slice(&src),
+            _ => unreachable!("values are checked against the operand's dtype before they are stored"),
+        }
+    }
+
+    /// The current value of `operand` as host data (F32 or F64 as `T`; U32 for u32).
+    fn fetch(&self, operand: &Operand) -> Result<HostTensor, ExecError> {
+        let shape = operand.shape.clone();
+        Ok(match self.slots[operand.buffer].view(operand)? {
+            View::Float(v) => T::to_host(shape, v.to_vec()),
+            View::U32(v) => HostTensor { shape, data: HostData::U32(v.to_vec()) },
+        })
+    }
+
+    /// A name for a tensor in error messages: its input or state name, else its node id.
+    fn describe_tensor(&self, tensor: Tensor) -> String {
+        let inputs = self.plan.inputs.iter().map(|i| (i.tensor, &i.name));
+        let states = self.plan.states.iter().map(|s| (s.tensor, &s.name));
+        match inputs.chain(states).find(|(t, _)| *t == tensor) {
+            Some((_, name)) => name.clone(),
+            None => format!("#{}", tensor.id()),
+        }
+    }
+
+    /// Check every feed against the plan's inputs and convert it; nothing is written
+    /// unless every feed is good. Returns (input index, value) pairs.
+    fn check_feeds(&self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<(usize, Slot<T>)>, ExecError> {
+        let mut fed = vec![false; self.plan.inputs.len()];
+        let mut values = Vec::with_capacity(feeds.len());
+        for (tensor, host) in feeds {
+            let Some(at) = self.plan.inputs.iter().position(|i| i.tensor == *tensor) else {
+                let known: Vec<&str> = self.plan.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(ExecError::BadFeed {
+                    name: self.describe_tensor(*tensor),
+                    message: format!("not an input of this plan (its inputs are {known:?})"),
+                });
+            };
+            let input = &self.plan.inputs[at];
+            let bad = |message: String| ExecError::BadFeed { name: input.name.clone(), message };
+            if std::mem::replace(&mut fed[at], true) {
+                return Err(bad("fed twice in one run".into()));
+            }
+            let value = check_host_value::<T>(&input.operand, host).map_err(bad)?;
+            values.push((at, value));
+        }
+        if let Some(missing) = fed.iter().position(|&f| !f) {
+            return Err(ExecError::MissingFeed { name: self.plan.inputs[missing].name.clone() });
+        }
+        Ok(values)
+    }
+
+    fn find_state(&self, state: Tensor) -> Result<(String, Operand), ExecError> {
+        match self.plan.states.iter().find(|s| s.tensor == state) {
+            Some(s) => Ok((s.name.clone(), s.operand.clone())),
+            None => Err(ExecError::BadState {
+                name: self.describe_tensor(state),
+                message: "not a state tensor of this plan".into(),
+            }),
+        }
+    }
+
+    /// After the steps: copy each update's source into its state, in list order.
+    fn apply_updates(&mut self) -> Result<(), ExecError> {
+        for update in &self.plan.updates {
+            let (source, target) = (&update.source, &update.target);
+            if source.buffer == target.buffer {
+                continue; // the state was updated with its own value
+            }
+            let mut target_slot = std::mem::replace(&mut self.slots[target.buffer], Slot::U32(Vec::new()));
+            target_slot.prepare_for(target.dtype, self.capacity[target.buffer]);
+            let copied = self.slots[source.buffer].view(source).and_then(|src| {
+                match (src, target_slot.view_mut(target)) {
+                    (View::Float(s), ViewMut::Float(d)) => d.copy_from_slice(s),
+                    (View::U32(s), ViewMut::U32(d)) => d.copy_from_slice(s),
+                    (s, d) => {
+                        return Err(ExecError::Unsupported(format!(
+                            "update of state #{}: {} source into a {} state",
+                            update.state.id(),
+                            s.kind(),
+                            d.kind()
+                        )))
+                    }
+                }
+                Ok(())
+            });
+            self.slots[target.buffer] = target_slot;
+            copied?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Float> Executor for CpuExecutor<T> {
+    fn run(&mut self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<HostTensor>, ExecError> {
+        for (at, value) in self.check_feeds(feeds)? {
+            let operand = self.plan.inputs[at].operand.clone();
+            self.store(&operand, value);
+        }
+        for step in &self.plan.steps {
+            execute_step(step, &mut self.slots, &self.capacity)?;
+        }
+        self.apply_updates()?;
+        self.plan.outputs.iter().map(|o| self.fetch(&o.operand)).collect()
+    }
+
+    fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError> {
+        let (_, operand) = self.find_state(state)?;
+        self.fetch(&operand)
+    }
+
+    fn write_state(&mut self, state: Tensor, value: &HostTensor) -> Result<(), ExecError> {
+        let (name, operand) = self.find_state(state)?;
+        let value = check_state_value(&name, &operand, value)?;
+        self.store(&operand, value);
+        Ok(())
+    }
+}
+
+/// Elements each buffer must hold: the largest tenant among all operands of the plan.
+fn buffer_capacities(plan: &Plan) -> Result<Vec<usize>, ExecError> {
+    let mut capacity = vec![0usize; plan.buffers.len()];
+    let steps = plan.steps.iter().flat_map(|s| s.inputs.iter().chain([&s.output]));
+    let operands = steps
+        .chain(plan.inputs.iter().map(|i| &i.operand))
+        .chain(plan.states.iter().map(|s| &s.operand))
+        .chain(plan.outputs.iter().map(|o| &o.operand))
+        .chain(plan.updates.iter().flat_map(|u| [&u.source, &u.target]));
+    for operand in operands {
+        let Some(slot) = capacity.get_mut(operand.buffer) else {
+            return Err(ExecError::Unsupported(format!(
+                "plan refers to buffer {} for a {} {} tensor but has only {} buffers",
+                operand.buffer,
+                operand.dtype,
+                operand.shape,
+                plan.buffers.len()
+            )));
+        };
+        *slot = (*slot).max(operand.numel());
+    }
+    Ok(capacity)
+}
+
+/// Check host data against the tensor it will fill and convert it to a slot value.
+/// The error message says what was expected and what was given.
+fn check_host_value<T: Float>(operand: &Operand, host: &HostTensor) -> Result<Slot<T>, String> {
+    let expected = format!("{} {}", operand.dtype, operand.shape);
+    if host.shape != operand.shape {
+        return Err(format!("expected {expected}, got shape {}", host.shape));
+    }
+    if host.len() != host.shape.numel() {
+        return Err(format!("shape {} needs {} values, got {}", host.shape, host.shape.numel(), host.len()));
+    }
+    let given = match host.data {
+        HostData::F32(_) => "f32",
+        HostData::F64(_) => "f64",
+        HostData::U32(_) => "u32",
+    };
+    if !host.matches_dtype(operand.dtype) {
+        return Err(format!("expected {expected}, got {given} data"));
+    }
+    Ok(match &host.data {
+        HostData::U32(v) => Slot::U32(v.clone()),
+        float => Slot::Float(T::from_host(float).expect("float host data was checked above")),
+    })
+}
+
+fn check_state_value<T: Float>(name: &str, operand: &Operand, host: &HostTensor) -> Result<Slot<T>, ExecError> {
+    check_host_value::<T>(operand, host).map_err(|message| ExecError::BadState { name: name.to_string(), message })
+}
+
+fn round_to_f16<T: Float>(values: &mut [T]) {
+    for v in values {
+        *v = v.round_to_f16();
+    }
+}
+
+/// Run one step: take its output slot out (a step never reads its own output buffer),
+/// compute into it, round f16 outputs, and put it back.
+fn execute_step<T: Float>(step: &Step, slots: &mut [Slot<T>], capacity: &[usize]) -> Result<(), ExecError> {
+    let out_buffer = step.output.buffer;
+    let mut out_slot = std::mem::replace(&mut slots[out_buffer], Slot::U32(Vec::new()));
+    out_slot.prepare_for(step.output.dtype, capacity[out_buffer]);
+    let inputs: Result<Vec<View<T>>, ExecError> = step.inputs.iter().map(|o| slots[o.buffer].view(o)).collect();
+    let result = inputs.and_then(|inputs| dispatch(step, &inputs, out_slot.view_mut(&step.output)));
+    if step.output.dtype == DType::F16 {
+        if let ViewMut::Float(out) = out_slot.view_mut(&step.output) {
+            round_to_f16(out);
+        }
+    }
+    slots[out_buffer] = out_slot;
+    result
+}
+
+fn arg<'a, E>(data: &'a [E], operand: &'a Operand) -> TensorRef<'a, E> {
+    TensorRef { data, shape: &operand.shape }
+}
+
+/// Every input as a float tensor, or `None` if one is u32.
+fn all_float<'a, T>(inputs: &[View<'a, T>], operands: &'a [Operand]) -> Option<Vec<TensorRef<'a, T>>> {
+    let as_float = |(view, operand): (&View<'a, T>, &'a Operand)| match *view {
+        View::Float(data) => Some(arg(data, operand)),
+        View::U32(_) => None,
+    };
+    inputs.iter().zip(operands).map(as_float).collect()
+}
+
+/// Every input as a u32 tensor, or `None` if one is float.
+fn all_u32<'a, T>(inputs: &[View<'a, T>], operands: &'a [Operand]) -> Option<Vec<TensorRef<'a, u32>>> {
+    let as_u32 = |(view, operand): (&View<'a, T>, &'a Operand)| match *view {
+        View::U32(data) => Some(arg(data, operand)),
+        View::Float(_) => None,
+    };
+    inputs.iter().zip(operands).map(as_u32).collect()
+}
+
+/// Run `$body` with `$x` and `$o` bound to the data of one input and of the output, when
+/// both are float or both are u32; otherwise return `$error`.
+macro_rules! same_kind {
+    ($x:expr, $out:expr, |$xv:ident, $ov:ident| $body:expr, $error:expr) => {
+        match ($x, $out) {
+            (View::Float($xv), ViewMut::Float($ov)) => $body,
+            (View::U32($xv), ViewMut::U32($ov)) => $body,
+            _ => return Err($error),
+        }
+    };
+}
+
+/// Pick the kernel for a step from its op and the kinds of its operands.
+fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Result<(), ExecError> {
+    let ops = &step.inputs;
+    let out_shape = &step.output.shape;
+    let out_kind = out.kind();
+    let mismatch = || {
+        let kinds: Vec<&str> = inputs.iter().map(|v| v.kind()).collect();
+        ExecError::Unsupported(format!(
+            "step #{} ({}): no CPU kernel for inputs {kinds:?} -> {out_kind} output",
+            step.node.id(),
+            step.op.name()
+        ))
+    };
+    match (&step.op, inputs, out) {
+        (Op::Constant { value }, [], ViewMut::Float(o)) => o.fill(T::from_f64(*value)),
+        (Op::Constant { value }, [], ViewMut::U32(o)) => o.fill(u32::from_f64(*value)),
+        (Op::Unary(op), [View::Float(x)], ViewMut::Float(o)) => elementwise::unary(*op, x, o),
+        (Op::Binary(op), [View::Float(a), View::Float(b)], ViewMut::Float(o)) => {
+            elementwise::binary(*op, arg(a, &ops[0]), arg(b, &ops[1]), o, out_shape)
+        }
+        (Op::Compare(op), [a, b], out) => match (*a, *b, out) {
+            (View::Float(a), View::Float(b), ViewMut::Float(o)) => {
+                elementwise::compare(*op, arg(a, &ops[0]), arg(b, &ops[1]), o, out_shape)
+            }
+            (View::U32(a), View::U32(b), ViewMut::U32(o)) => {
+                elementwise::compare(*op, arg(a, &ops[0]), arg(b, &ops[1]), o, out_shape)
+            }
+            _ => return Err(mismatch()),
+        },
+        (Op::Where, [cond, a, b], out) => {
+            let truth: Vec<bool> = match *cond {
+                View::Float(c) => c.iter().map(|v| v.is_nonzero()).collect(),
+                View::U32(c) => c.iter().map(|v| v.is_nonzero()).collect(),
+            };
+            let cond = arg(&truth, &ops[0]);
+            match (*a, *b, out) {
+                (View::Float(a), View::Float(b), ViewMut::Float(o)) => {
+                    elementwise::select(cond, arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape)
+                }
+                (View::U32(a), View::U32(b), ViewMut::U32(o)) => {
+                    elementwise::select(cond, arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape)
+                }
+                _ => return Err(mismatch()),
+            }
+        }
+        (Op::Reduce { op, axes }, [View::Float(x)], ViewMut::Float(o)) => reduce::reduce(*op, axes, arg(x, &ops[0]), o),
+        (Op::MatMul { trans_a, trans_b }, [View::Float(a), View::Float(b)], ViewMut::Float(o)) => {
+            matmul::matmul(arg(a, &ops[0]), *trans_a, arg(b, &ops[1]), *trans_b, o, out_shape)
+        }
+        (Op::Softmax { axis }, [View::Float(x)], ViewMut::Float(o)) => softmax::softmax(arg(x, &ops[0]), *axis, o),
+        (Op::LogSoftmax { axis }, [View::Float(x)], ViewMut::Float(o)) => softmax::log_softmax(arg(x, &ops[0]), *axis, o),
+        (Op::Permute { perm }, [x], out) => {
+            same_kind!(*x, out, |x, o| movement::permute(arg(x, &ops[0]), perm, o, out_shape), mismatch())
+        }
+        (Op::Expand, [x], out) => same_kind!(*x, out, |x, o| movement::expand(arg(x, &ops[0]), o, out_shape), mismatch()),
+        (Op::Slice { starts, steps }, [x], out) => {
+            same_kind!(*x, out, |x, o| movement::slice(arg(x, &ops[0]), starts, steps, o, out_shape), mismatch())
+        }
+        (Op::SliceScatter { starts, steps, fill }, [x], out) => same_kind!(
+            *x,
+            out,
+            |x, o| movement::slice_scatter(arg(x, &ops[0]), starts, steps, Element::from_f64(*fill), o, out_shape),
+            mismatch()
+        ),
+        (Op::Concat { axis }, xs, ViewMut::Float(o)) => {
+            let xs = all_float(xs, ops).ok_or_else(mismatch)?;
+            movement::concat(&xs, *axis, o, out_shape)
+        }
+        (Op::Concat { axis }, xs, ViewMut::U32(o)) => {
+            let xs = all_u32(xs, ops).ok_or_else(mismatch)?;
+            movement::concat(&xs, *axis, o, out_shape)
+        }
+        (Op::Gather, [View::Float(table), View::U32(indices)], ViewMut::Float(o)) => {
+            index::gather(arg(table, &ops[0]), indices, o)
+        }
+        (Op::ScatterAdd { rows }, [View::U32(indices), View::Float(src)], ViewMut::Float(o)) => {
+            index::scatter_add(indices, src, *rows, o)
+        }
+        (Op::OneHot { classes }, [View::U32(indices)], ViewMut::Float(o)) => index::one_hot(indices, *classes, o),
+        (Op::OneHot { classes }, [View::U32(indices)], ViewMut::U32(o)) => index::one_hot(indices, *classes, o),
+        (Op::ArgMax { axis }, [View::Float(x)], ViewMut::U32(o)) => index::argmax(arg(x, &ops[0]), *axis, o),
+        (Op::SoftmaxCrossEntropy, [View::Float(logits), View::U32(labels)], ViewMut::Float(o)) => {
+            softmax::softmax_cross_entropy(arg(logits, &ops[0]), labels, o)
+        }
+        // Float -> float (f32 <-> f16) copies; the f16 rounding happens as the output is written.
+        (Op::Cast, [View::Float(x)], ViewMut::Float(o)) => o.copy_from_slice(x),
+        (Op::Cast, [View::Float(x)], ViewMut::U32(o)) => elementwise::float_to_u32(x, o),
+        (Op::Cast, [View::U32(x)], ViewMut::Float(o)) => elementwise::u32_to_float(x, o),
+        (Op::Cast, [View::U32(x)], ViewMut::U32(o)) => o.copy_from_slice(x),
+        _ => return Err(mismatch()),
+    }
+    Ok(())
+}

@@ -1,0 +1,77 @@
+//! Sum, Mean and Max over any set of axes. Sums are pairwise (recursive halving), so the
+//! rounding error grows with log(n), not n, as in a GPU's workgroup tree.
+use kiln_core::ReduceOp;
+
+use crate::scalar::nan_max;
+use crate::strided::{StridedOffsets, TensorRef};
+use crate::Float;
+
+/// Below this many values a plain running sum is used: its error is bounded by the
+/// block size, and recursing further would only cost time.
+const SEQUENTIAL_BLOCK: usize = 8;
+
+/// Sum by recursive halving: the two halves are summed separately, then added.
+pub fn pairwise_sum<T: Float>(values: &[T]) -> T {
+    if values.len() <= SEQUENTIAL_BLOCK {
+        return values.iter().fold(T::ZERO, |acc, &v| acc + v);
+    }
+    let (left, right) = values.split_at(values.len() / 2);
+    pairwise_sum(left) + pairwise_sum(right)
+}
+
+/// Maximum of `values`, NaN if any is NaN, -inf if there are none.
+pub fn max_of<T: Float>(values: &[T]) -> T {
+    values.iter().fold(T::NEG_INFINITY, |acc, &v| nan_max(acc, v))
+}
+
+/// Reduce `x` over `axes` (sorted, unique). The output keeps x's rank with every reduced
+/// axis of size 1, so its elements are in the order of x's kept indices.
+pub fn reduce<T: Float>(op: ReduceOp, axes: &[usize], x: TensorRef<T>, out: &mut [T]) {
+    let dims = x.shape.dims();
+    let strides = x.shape.strides();
+    let is_reduced = |axis: usize| axes.contains(&axis);
+    // The kept indices walk x with the reduced axes pinned at 0 ...
+    let kept_dims: Vec<usize> = (0..dims.len()).map(|a| if is_reduced(a) { 1 } else { dims[a] }).collect();
+    // ... and, from each kept index, the reduced axes walk the values that meet in one output.
+    let reduced_dims: Vec<usize> = axes.iter().map(|&a| dims[a]).collect();
+    let reduced_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
+    let count: usize = reduced_dims.iter().product();
+
+    let mut gathered = Vec::with_capacity(count);
+    for (o, base) in out.iter_mut().zip(StridedOffsets::new(&kept_dims, &strides, 0)) {
+        gathered.clear();
+        gathered.extend(StridedOffsets::new(&reduced_dims, &reduced_strides, base).map(|i| x.data[i]));
+        *o = match op {
+            ReduceOp::Sum => pairwise_sum(&gathered),
+            // 0 / 0 = NaN for an empty reduction, as in PyTorch.
+            ReduceOp::Mean => pairwise_sum(&gathered) / T::from_f64(count as f64),
+            ReduceOp::Max => max_of(&gathered),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_core::Shape;
+
+    #[test]
+    fn pairwise_sum_stays_accurate_where_a_running_sum_drifts() {
+        let n = 1 << 20;
+        let values = vec![0.1f32; n];
+        let exact = 0.1f32 as f64 * n as f64;
+        let pairwise_error = (pairwise_sum(&values) as f64 - exact).abs() / exact;
+        let running_error = (values.iter().sum::<f32>() as f64 - exact).abs() / exact;
+        assert!(pairwise_error < 1e-6, "pairwise relative error {pairwise_error}");
+        assert!(running_error > 100.0 * pairwise_error, "running {running_error} vs pairwise {pairwise_error}");
+    }
+
+    #[test]
+    fn reduce_middle_axis() {
+        let shape = Shape::from([2, 3, 2]);
+        let x: Vec<f64> = (0..12).map(|v| v as f64).collect();
+        let mut out = vec![0.0; 4];
+        reduce(ReduceOp::Sum, &[1], TensorRef { data: &x, shape: &shape }, &mut out);
+        assert_eq!(out, vec![6.0, 9.0, 24.0, 27.0]);
+    }
+}

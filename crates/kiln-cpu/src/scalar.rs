@@ -1,0 +1,145 @@
+//! The element types the CPU stores: the float type `T` of a backend, and u32.
+use std::fmt::Debug;
+use std::ops::{Add, Div, Mul, Neg, Sub};
+
+use half::f16;
+use kiln_core::{HostData, HostTensor, Shape};
+
+/// An element of a storage slot: a float of the backend, or u32 (labels, indices).
+pub trait Element: Copy + PartialOrd + Debug + Send + Sync + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+    /// `value` in this type as Constant, SliceScatter's fill and Cast convert it: floats
+    /// round to nearest; u32 truncates toward zero, clamps negatives (and NaN) to 0
+    /// and values above u32::MAX to u32::MAX.
+    fn from_f64(value: f64) -> Self;
+    /// Truth value of a `where` condition: nonzero (NaN included) is true.
+    fn is_nonzero(self) -> bool;
+}
+
+impl Element for u32 {
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+    fn from_f64(value: f64) -> Self {
+        // Rust's float -> int `as` saturates and maps NaN to 0: exactly the Cast rule.
+        value as u32
+    }
+    fn is_nonzero(self) -> bool {
+        self != 0
+    }
+}
+
+/// The float type a CPU backend computes in (f32 or f64).
+pub trait Float:
+    Element + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self> + Neg<Output = Self>
+{
+    const INFINITY: Self;
+    const NEG_INFINITY: Self;
+    const NAN: Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn ln_1p(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn erf(self) -> Self;
+    fn powf(self, exponent: Self) -> Self;
+    fn abs(self) -> Self;
+    fn is_nan(self) -> bool;
+    /// The nearest f16 value (ties to even; overflow gives +-inf), back in this type.
+    fn round_to_f16(self) -> Self;
+    /// Host data in this backend's precision: f32 -> `HostData::F32`, f64 -> `HostData::F64`.
+    fn to_host(shape: Shape, values: Vec<Self>) -> HostTensor;
+    /// Float host data (F32 or F64) converted to this type; `None` for u32 data.
+    fn from_host(data: &HostData) -> Option<Vec<Self>>;
+}
+
+macro_rules! impl_float {
+    ($t:ty, $erf:path, $host:ident) => {
+        impl Element for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn from_f64(value: f64) -> Self {
+                value as $t
+            }
+            fn is_nonzero(self) -> bool {
+                self != 0.0
+            }
+        }
+
+        impl Float for $t {
+            const INFINITY: Self = <$t>::INFINITY;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            const NAN: Self = <$t>::NAN;
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            fn powf(self, exponent: Self) -> Self {
+                <$t>::powf(self, exponent)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            fn round_to_f16(self) -> Self {
+                // Directly from this type, so f64 values are rounded once, not via f32.
+                f16::from_f64(self as f64).to_f64() as $t
+            }
+            fn to_host(shape: Shape, values: Vec<Self>) -> HostTensor {
+                HostTensor { shape, data: HostData::$host(values) }
+            }
+            fn from_host(data: &HostData) -> Option<Vec<Self>> {
+                match data {
+                    HostData::F32(v) => Some(v.iter().map(|&x| x as $t).collect()),
+                    HostData::F64(v) => Some(v.iter().map(|&x| x as $t).collect()),
+                    HostData::U32(_) => None,
+                }
+            }
+        }
+    };
+}
+
+impl_float!(f32, libm::erff, F32);
+impl_float!(f64, libm::erf, F64);
+
+/// max(a, b) that returns NaN when either is NaN (as torch.maximum; Rust's `max` drops NaN).
+pub fn nan_max<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || b.is_nan() {
+        T::NAN
+    } else if a >= b {
+        a
+    } else {
+        b
+    }
+}
+
+/// min(a, b) that returns NaN when either is NaN (as torch.minimum).
+pub fn nan_min<T: Float>(a: T, b: T) -> T {
+    if a.is_nan() || b.is_nan() {
+        T::NAN
+    } else if a <= b {
+        a
+    } else {
+        b
+    }
+}

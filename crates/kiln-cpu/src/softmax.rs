@@ -1,0 +1,78 @@
+//! Softmax, log-softmax and the fused softmax cross-entropy, all max-subtracted.
+//!
+//! Non-finite rows follow from the formulas, as in PyTorch: a row that is all -inf has
+//! max -inf, so x - max is NaN and the whole row is NaN; a row holding +inf is NaN too;
+//! -inf entries beside finite ones give probability 0 (log-probability -inf).
+use crate::reduce::{max_of, pairwise_sum};
+use crate::strided::{split_at_axis, TensorRef};
+use crate::Float;
+
+/// Softmax along `axis`: exp(x - max) / sum(exp(x - max)).
+pub fn softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
+    for_each_row(x, axis, out, |row, result| {
+        let max = max_of(row);
+        for (r, &v) in result.iter_mut().zip(row) {
+            *r = (v - max).exp();
+        }
+        let sum = pairwise_sum(result);
+        for r in result.iter_mut() {
+            *r = *r / sum;
+        }
+    });
+}
+
+/// Log-softmax along `axis`: x - max - log(sum(exp(x - max))).
+pub fn log_softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
+    for_each_row(x, axis, out, |row, result| {
+        let max = max_of(row);
+        let log_sum = log_sum_exp_shifted(row, max, result);
+        for (r, &v) in result.iter_mut().zip(row) {
+            *r = v - max - log_sum;
+        }
+    });
+}
+
+/// log(sum(exp(row - max))), using `scratch` (the row's length) for the exponentials.
+fn log_sum_exp_shifted<T: Float>(row: &[T], max: T, scratch: &mut [T]) -> T {
+    for (s, &v) in scratch.iter_mut().zip(row) {
+        *s = (v - max).exp();
+    }
+    pairwise_sum(scratch).ln()
+}
+
+/// Per row n of logits [N, C]: -log_softmax(logits[n])[labels[n]], NaN for a label >= C.
+/// Uses the very formula of `log_softmax`, so the two agree to the last bit.
+pub fn softmax_cross_entropy<T: Float>(logits: TensorRef<T>, labels: &[u32], out: &mut [T]) {
+    let classes = logits.shape.dims()[1];
+    let mut scratch = vec![T::ZERO; classes];
+    for ((o, row), &label) in out.iter_mut().zip(logits.data.chunks_exact(classes.max(1))).zip(labels) {
+        let label = label as usize;
+        if label >= classes {
+            *o = T::NAN;
+            continue;
+        }
+        let max = max_of(row);
+        let log_sum = log_sum_exp_shifted(row, max, &mut scratch);
+        *o = -(row[label] - max - log_sum);
+    }
+}
+
+/// Calls `f(row, result)` for every 1-d row of `x` along `axis` (copied to contiguous
+/// buffers), and scatters each result back to the same positions of `out`.
+fn for_each_row<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T], mut f: impl FnMut(&[T], &mut [T])) {
+    let (outer, len, inner) = split_at_axis(x.shape, axis);
+    let mut row = vec![T::ZERO; len];
+    let mut result = vec![T::ZERO; len];
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |k: usize| (o * len + k) * inner + i;
+            for (k, r) in row.iter_mut().enumerate() {
+                *r = x.data[at(k)];
+            }
+            f(&row, &mut result);
+            for (k, &r) in result.iter().enumerate() {
+                out[at(k)] = r;
+            }
+        }
+    }
+}
