@@ -1,0 +1,39 @@
+//! kiln-data: the data side of training.
+//!
+//! - [`Mnist`]: the IDX files from `datasets/mnist` (found from any working
+//!   directory, or given explicitly) as a [`Dataset`] of f32 images and u32 labels;
+//!   [`read_idx_images`] / [`read_idx_labels`] for IDX files in general.
+//! - [`Dataset`]: normalisation, `subset`, a seeded train/validation `split`.
+//! - [`DataLoader`]: per-epoch seeded shuffles, batches as `HostTensor`s with
+//!   optional `drop_last`, and a prefetch thread.
+//! - [`CharTokenizer`], [`CharCorpus`], [`TextWindows`]: character-level text
+//!   (the Shakespeare corpus) as random `[B, T]` windows with shifted targets.
+//! - [`read_csv`]: numeric tables with a class-label column.
+//!
+//! Nothing is downloaded: the data ships with the project in `datasets/`.
+mod csv_table;
+mod dataset;
+mod error;
+mod file;
+mod idx;
+mod loader;
+mod locate;
+mod mnist;
+mod shuffle;
+mod text;
+
+pub use csv_table::{read_csv, CsvOptions, LabelColumn};
+pub use dataset::{Dataset, Normalization};
+pub use error::{DataError, Result};
+pub use file::read_maybe_gzip;
+pub use idx::{
+    parse_idx_u8, read_idx_images, read_idx_labels, read_idx_u8, IdxImages, IdxU8, IDX_IMAGES_U8_MAGIC,
+    IDX_LABELS_U8_MAGIC,
+};
+pub use loader::{Batch, DataLoader, Epoch, DEFAULT_PREFETCH_DEPTH};
+pub use locate::{find_dataset_dir, DATA_DIR_ENV};
+pub use mnist::{Mnist, MnistSplit, MNIST_CLASSES, MNIST_SIDE};
+pub use shuffle::{epoch_order, split_indices};
+pub use text::{
+    read_text, CharCorpus, CharTokenizer, Shakespeare, TextBatch, TextSplit, TextWindows, DEFAULT_TRAIN_FRACTION,
+};
