@@ -135,6 +135,8 @@ impl GradCheck {
         let name = self.name.clone();
         let report = self.run(out, eps);
         let failures: Vec<&String> = report.iter().filter(|line| line.starts_with("FAIL")).collect();
+        // Shown with `--nocapture`: how much room each check leaves under the tolerance.
+        println!("gradcheck {name}: {} elements, eps {eps:e}, worst error {:.2e}", report.len(), worst_error(&report));
         assert!(
             failures.is_empty(),
             "gradcheck {name}: {} element(s) off by more than {TOLERANCE:e}:\n{}",
@@ -811,6 +813,38 @@ fn gradcheck_where() {
     let positive = c.g.gt(cond_source, zero).built("where");
     let y = c.g.where_(positive, picked, a).built("where");
     c.check(y, EPS_PIECEWISE);
+
+    // A u32 condition (as a comparison of labels would give), broadcast along rows.
+    let mut c = GradCheck::new("where u32");
+    let cond = c.fixed_u32("cond", [4], vec![0, 3, 1, 0]);
+    let a = c.var_uniform("a", [2, 4], -2.0, 2.0);
+    let b = c.var_uniform("b", [2, 1], -2.0, 2.0);
+    let y = c.g.where_(cond, a, b).built("where u32");
+    c.check(y, EPS_SMOOTH);
+}
+
+#[test]
+fn grad_with_seeds_matches_the_weighted_sum() {
+    // grad_with_seeds(out, seed) is d sum(out * seed) / dx: the same numbers the
+    // harness gets through an explicit weighted loss.
+    let mut c = GradCheck::new("grad_with_seeds");
+    let x = c.var_uniform("x", [2, 3], -2.0, 2.0);
+    let y = c.g.softmax(x, 1).built("grad_with_seeds");
+    let seed_values = vec![0.5, -1.0, 2.0, 0.25, 0.0, -0.75];
+    let seed = c.fixed_f("seed", [2, 3], seed_values.clone());
+    let by_seed = c.g.grad_with_seeds(&[(y, seed)], &[x]).built("grad_with_seeds")[0];
+    let plan = Plan::compile(&c.g, &[by_seed]).built("grad_with_seeds");
+    let feeds = c.feeds(&plan, &[]);
+    let seeded = load("grad_with_seeds", &plan).run(&feeds).expect("runs")[0].to_f64_vec();
+
+    let weighted = c.g.mul(y, seed).built("grad_with_seeds");
+    let loss = c.g.sum_all(weighted).built("grad_with_seeds");
+    let by_loss = c.g.grad(loss, &[x]).built("grad_with_seeds")[0];
+    let plan = Plan::compile(&c.g, &[by_loss]).built("grad_with_seeds");
+    let feeds = c.feeds(&plan, &[]);
+    let via_loss = load("grad_with_seeds", &plan).run(&feeds).expect("runs")[0].to_f64_vec();
+    assert_close(&seeded, &via_loss, "grad_with_seeds vs grad of the weighted sum");
+    assert!(seeded.iter().any(|&v| v.abs() > 1e-3), "the check compares nonzero gradients: {seeded:?}");
 }
 
 // ---------------------------------------------------------------------------------
@@ -965,6 +999,14 @@ fn second_derivative_of_gelu_is_refused_with_a_clear_error() {
     let loss2 = g.sum_all(dx).built("gelu twice");
     let err = g.grad(loss2, &[x]).expect_err("the gradient of gelu_grad is not defined");
     assert!(err.to_string().contains("gelu"), "message names the op: {err}");
+}
+
+/// The largest error in a report (each line ends with "error <value>").
+fn worst_error(report: &[String]) -> f64 {
+    report
+        .iter()
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max)
 }
 
 fn assert_close(actual: &[f64], expected: &[f64], what: &str) {

@@ -129,6 +129,26 @@ fn mlp_learns_xor() {
     }
 }
 
+#[test]
+fn state_updates_are_computed_from_the_old_values() {
+    // Swap two states and let a third follow the first: every value must be the state
+    // as it was before the run, though the backend applies the updates one by one.
+    let mut g = Graph::new();
+    let a = g.state("a", DType::F32, HostTensor::f32([2], vec![1.0, 2.0])).unwrap();
+    let b = g.state("b", DType::F32, HostTensor::f32([2], vec![3.0, 4.0])).unwrap();
+    let c = g.state("c", DType::F32, HostTensor::f32([2], vec![0.0, 0.0])).unwrap();
+    let plan = Plan::compile_with_updates(&g, &[], &[(a, b), (b, a), (c, a)]).unwrap();
+    let mut exec = load_f32(&plan);
+    exec.run(&[]).expect("runs");
+    let read = |exec: &mut Box<dyn Executor>, t| exec.read_state(t).expect("a state").to_f32_vec();
+    assert_eq!(read(&mut exec, a), [3.0, 4.0]);
+    assert_eq!(read(&mut exec, b), [1.0, 2.0]);
+    assert_eq!(read(&mut exec, c), [1.0, 2.0]);
+    exec.run(&[]).expect("runs again");
+    assert_eq!(read(&mut exec, a), [1.0, 2.0], "swapped back");
+    assert_eq!(read(&mut exec, c), [3.0, 4.0]);
+}
+
 /// The error of an invalid build, as text (the graph builder returns `GraphError`).
 fn build_error<T: std::fmt::Debug>(result: kiln_core::Result<T>) -> String {
     result.expect_err("the build must be refused").to_string()
