@@ -162,12 +162,10 @@ impl Plan {
         }
         const FOREVER: usize = usize::MAX;
         let mut last_use = vec![0usize; n];
-        for id in 0..n {
-            if live[id] {
-                for i in &graph.nodes[id].inputs {
-                    let s = storage[i.0];
-                    last_use[s] = last_use[s].max(id);
-                }
+        for (id, node) in graph.nodes.iter().enumerate().filter(|&(id, _)| live[id]) {
+            for i in &node.inputs {
+                let s = storage[i.0];
+                last_use[s] = last_use[s].max(id);
             }
         }
         for &t in outputs.iter().chain(updates.iter().map(|(_, v)| v)) {
