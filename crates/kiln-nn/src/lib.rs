@@ -22,6 +22,7 @@
 
 pub mod clip;
 pub mod init;
+// Dropout: needs Op::Random (lead)
 mod layers;
 mod linear;
 pub mod loss;

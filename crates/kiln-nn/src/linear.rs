@@ -6,7 +6,7 @@ use crate::module::{join_name, Module};
 
 /// `y = x @ W^T + b`, as `torch.nn.Linear(in_features, out_features, bias)`.
 ///
-/// Parameters: `{prefix}.weight` [out, in] and `{prefix}.bias` [out], f32, in that order.
+/// Parameters: `{prefix}.weight` `[out, in]` and `{prefix}.bias` `[out]`, f32, in that order.
 ///
 /// Init (PyTorch's default `reset_parameters`): the weight by
 /// `kaiming_uniform_(a = sqrt(5))`, which is U(-1/sqrt(in), 1/sqrt(in)); then the bias by

@@ -4,8 +4,8 @@ use kiln_core::{Graph, Result, Tensor};
 
 pub use kiln_core::Reduction;
 
-/// `F.cross_entropy(logits, labels)`: logits [N, C] (float), labels [N] (u32 class
-/// indices); log-softmax is fused in and max-subtracted. `Reduction::None` gives [N].
+/// `F.cross_entropy(logits, labels)`: logits `[N, C]` (float), labels `[N]` (u32 class
+/// indices); log-softmax is fused in and max-subtracted. `Reduction::None` gives `[N]`.
 /// An out-of-range label gives NaN for its row.
 pub fn cross_entropy(g: &mut Graph, logits: Tensor, labels: Tensor, reduction: Reduction) -> Result<Tensor> {
     g.cross_entropy(logits, labels, reduction)

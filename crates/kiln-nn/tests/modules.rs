@@ -135,12 +135,15 @@ fn linear_forward_is_x_times_weight_transposed_plus_bias_over_leading_dims() {
     assert_abs_close("linear", &out[0], &expected, 1e-12);
 }
 
+/// A module with the f64 formula it must compute.
+type ActivationCase = (&'static str, Box<dyn Module>, fn(f64) -> f64);
+
 #[test]
 fn activations_compute_their_pytorch_formulas() {
     let xs = [-30.0, -2.0, -0.5, 0.0, 0.5, 1.0, 2.0, 9.0, 30.0];
     let mut g = Graph::new();
     let x = g.input("x", [xs.len()], DType::F32).unwrap();
-    let modules: Vec<(&str, Box<dyn Module>, fn(f64) -> f64)> = vec![
+    let modules: Vec<ActivationCase> = vec![
         ("relu", Box::new(ReLU), |v| v.max(0.0)),
         // The slope is an f32 in the op (as for an f32 tensor in PyTorch).
         ("leaky_relu", Box::new(LeakyReLU::default()), |v| if v > 0.0 { v } else { 0.01f32 as f64 * v }),
