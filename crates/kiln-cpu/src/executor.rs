@@ -327,11 +327,15 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
             matmul::matmul(arg(a, &ops[0]), *trans_a, arg(b, &ops[1]), *trans_b, o, out_shape)
         }
         (Op::Softmax { axis }, [View::Float(x)], ViewMut::Float(o)) => softmax::softmax(arg(x, &ops[0]), *axis, o),
-        (Op::LogSoftmax { axis }, [View::Float(x)], ViewMut::Float(o)) => softmax::log_softmax(arg(x, &ops[0]), *axis, o),
+        (Op::LogSoftmax { axis }, [View::Float(x)], ViewMut::Float(o)) => {
+            softmax::log_softmax(arg(x, &ops[0]), *axis, o)
+        }
         (Op::Permute { perm }, [x], out) => {
             same_kind!(*x, out, |x, o| movement::permute(arg(x, &ops[0]), perm, o, out_shape), mismatch())
         }
-        (Op::Expand, [x], out) => same_kind!(*x, out, |x, o| movement::expand(arg(x, &ops[0]), o, out_shape), mismatch()),
+        (Op::Expand, [x], out) => {
+            same_kind!(*x, out, |x, o| movement::expand(arg(x, &ops[0]), o, out_shape), mismatch())
+        }
         (Op::Slice { starts, steps }, [x], out) => {
             same_kind!(*x, out, |x, o| movement::slice(arg(x, &ops[0]), starts, steps, o, out_shape), mismatch())
         }

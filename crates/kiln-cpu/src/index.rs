@@ -29,7 +29,7 @@ pub fn gather<T: Float>(table: TensorRef<T>, indices: &[u32], out: &mut [T]) {
 /// a gather that read zeros there).
 pub fn scatter_add<T: Float>(indices: &[u32], src: &[T], rows: usize, out: &mut [T]) {
     out.fill(T::ZERO);
-    let width = if rows == 0 { 0 } else { out.len() / rows };
+    let width = out.len().checked_div(rows).unwrap_or(0);
     if width == 0 {
         return;
     }

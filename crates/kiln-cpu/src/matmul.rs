@@ -8,7 +8,14 @@ use crate::Float;
 /// when asked. a is [..., M, K] ([..., K, M] with `trans_a`), b is [..., K, N]
 /// ([..., N, K] with `trans_b`), out is [..batch, M, N] with the batch dims of a and b
 /// broadcast (NumPy rules).
-pub fn matmul<T: Float>(a: TensorRef<T>, trans_a: bool, b: TensorRef<T>, trans_b: bool, out: &mut [T], out_shape: &Shape) {
+pub fn matmul<T: Float>(
+    a: TensorRef<T>,
+    trans_a: bool,
+    b: TensorRef<T>,
+    trans_b: bool,
+    out: &mut [T],
+    out_shape: &Shape,
+) {
     let (a_dims, b_dims, out_dims) = (a.shape.dims(), b.shape.dims(), out_shape.dims());
     let (ra, rb, ro) = (a_dims.len(), b_dims.len(), out_dims.len());
     let (m, n) = (out_dims[ro - 2], out_dims[ro - 1]);

@@ -39,7 +39,14 @@ pub fn slice<E: Element>(x: TensorRef<E>, starts: &[usize], steps: &[usize], out
 }
 
 /// out filled with `fill`, then out[starts + i * steps] = x[i] for every index i of x.
-pub fn slice_scatter<E: Element>(x: TensorRef<E>, starts: &[usize], steps: &[usize], fill: E, out: &mut [E], out_shape: &Shape) {
+pub fn slice_scatter<E: Element>(
+    x: TensorRef<E>,
+    starts: &[usize],
+    steps: &[usize],
+    fill: E,
+    out: &mut [E],
+    out_shape: &Shape,
+) {
     out.fill(fill);
     let to = stepped_offsets(x.shape.dims(), &out_shape.strides(), starts, steps);
     for (&v, o) in x.data.iter().zip(to) {

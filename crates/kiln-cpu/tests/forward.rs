@@ -2,9 +2,11 @@
 //! hand (or, for transcendental functions, with Python's `math` module, noted where used).
 //! Graphs are built through the public Graph API, as users build them.
 use kiln_core::{
-    Backend, BinaryOp, CmpOp, DType, ExecError, Executor, Graph, HostData, HostTensor, Op, Plan, Reduction, Tensor, UnaryOp,
+    Backend, BinaryOp, CmpOp, DType, ExecError, Executor, Graph, HostData, HostTensor, Op, Plan, Reduction, Tensor,
+    UnaryOp,
 };
 use kiln_cpu::CpuBackend;
+use std::f64::consts::{E, LN_2, SQRT_2};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -153,18 +155,18 @@ fn forward_exp() {
     unary_case(
         UnaryOp::Exp,
         &[0.0, 1.0, -1.0, f64::NEG_INFINITY, 1000.0],
-        &[1.0, 2.718281828459045, 0.36787944117144233, 0.0, f64::INFINITY],
+        &[1.0, E, 0.36787944117144233, 0.0, f64::INFINITY],
     );
 }
 
 #[test]
 fn forward_log() {
-    unary_case(UnaryOp::Log, &[1.0, 2.718281828459045, 0.0, -1.0], &[0.0, 1.0, f64::NEG_INFINITY, f64::NAN]);
+    unary_case(UnaryOp::Log, &[1.0, E, 0.0, -1.0], &[0.0, 1.0, f64::NEG_INFINITY, f64::NAN]);
 }
 
 #[test]
 fn forward_sqrt() {
-    unary_case(UnaryOp::Sqrt, &[4.0, 2.0, 0.0, -1.0], &[2.0, 1.4142135623730951, 0.0, f64::NAN]);
+    unary_case(UnaryOp::Sqrt, &[4.0, 2.0, 0.0, -1.0], &[2.0, SQRT_2, 0.0, f64::NAN]);
 }
 
 #[test]
@@ -232,7 +234,7 @@ fn forward_softplus() {
     unary_case(
         UnaryOp::Softplus,
         &[0.0, 1.0, -1.0, 100.0, -100.0],
-        &[0.6931471805599453, 1.3132616875182228, 0.31326168751822286, 100.0, 3.720075976020836e-44],
+        &[LN_2, 1.3132616875182228, 0.31326168751822286, 100.0, 3.720075976020836e-44],
     );
 }
 
@@ -476,7 +478,8 @@ fn forward_max() {
     let over_ij = g.max(x, &[0, 1], true).unwrap();
     let special = g.input("special", [3, 2], DType::F32).unwrap();
     let special_max = g.max(special, &[1], false).unwrap();
-    let feeds = [(x, feed), (special, f64s(&[3, 2], &[f64::NEG_INFINITY, f64::NEG_INFINITY, 1.0, f64::NAN, -5.0, -7.0]))];
+    let feeds =
+        [(x, feed), (special, f64s(&[3, 2], &[f64::NEG_INFINITY, f64::NEG_INFINITY, 1.0, f64::NAN, -5.0, -7.0]))];
     let out = run_f64(&g, &[over_k, over_ij, special_max], &feeds);
     assert_exact(&out[0], &[2, 3], &[3.0, 7.0, 11.0, 15.0, 19.0, 23.0]);
     assert_exact(&out[1], &[1, 1, 4], &[20.0, 21.0, 22.0, 23.0]);
@@ -553,11 +556,8 @@ fn forward_matmul_broadcasts_batch_dims() {
     let y0t = g.matmul_t(b, a0, false, true).unwrap();
     let a_data = iota(8).iter().map(|v| v + 1.0).collect::<Vec<_>>();
     let b_data = [1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0, 2.0, 3.0, 0.0, 0.0, 3.0];
-    let feeds = [
-        (a, f64s(&[2, 1, 2, 2], &a_data)),
-        (b, f64s(&[3, 2, 2], &b_data)),
-        (a0, f64s(&[2, 2], &[1.0, 2.0, 3.0, 4.0])),
-    ];
+    let feeds =
+        [(a, f64s(&[2, 1, 2, 2], &a_data)), (b, f64s(&[3, 2, 2], &b_data)), (a0, f64s(&[2, 2], &[1.0, 2.0, 3.0, 4.0]))];
     let out = run_f64(&g, &[y, y0, y0t], &feeds);
     let mut want = Vec::new();
     for i in 0..2 {
@@ -628,12 +628,11 @@ fn forward_log_softmax() {
     let x_data = [1.0, 2.0, 3.0, -inf, 0.0, 0.0, -inf, -inf, -inf, 1e30, 0.0, 5.0];
     let feeds = [(x, f64s(&[4, 3], &x_data)), (m, f64s(&[2, 2], &[1.0, 2.0, 4.0, 5.0]))];
     let out = run_f64(&g, &[y, columns], &feeds);
-    let ln2 = 0.6931471805599453;
     let nan = f64::NAN;
     #[rustfmt::skip]
     let want = [
         -2.4076059644443806, -1.4076059644443804, -0.4076059644443804,
-        -inf, -ln2, -ln2,
+        -inf, -LN_2, -LN_2,
         nan, nan, nan,
         0.0, -1e30, 5.0 - 1e30,
     ];
@@ -663,9 +662,9 @@ fn forward_softmax_cross_entropy() {
     ];
     let feeds = [(logits, f64s(&[5, 3], &logits_data)), (labels, u32s(&[5], &[2, 1, 0, 2, 3]))];
     let out = run_f64(&g, &[per_row, mean, sum], &feeds);
-    let (first, ln3, ln2) = (0.4076059644443804, 1.0986122886681098, 0.6931471805599453);
+    let (first, ln3) = (0.4076059644443804, 1.0986122886681098);
     // The last label is out of range: NaN for that row.
-    assert_f64(&out[0], &[5], &[first, ln3, 0.0, ln2, f64::NAN], 1e-15);
+    assert_f64(&out[0], &[5], &[first, ln3, 0.0, LN_2, f64::NAN], 1e-15);
     assert_f64(&out[1], &[], &[(first + ln3) / 2.0], 1e-15);
     assert_f64(&out[2], &[], &[first + ln3], 1e-15);
 }
@@ -825,10 +824,8 @@ fn forward_argmax() {
     let columns = g.argmax(x, 0, true).unwrap();
     let with_nan = g.input("with_nan", [4], DType::F32).unwrap();
     let nan_index = g.argmax(with_nan, 0, false).unwrap();
-    let feeds = [
-        (x, f64s(&[2, 3], &[1.0, 3.0, 3.0, 2.0, -1.0, 0.0])),
-        (with_nan, f64s(&[4], &[1.0, f64::NAN, 5.0, f64::NAN])),
-    ];
+    let feeds =
+        [(x, f64s(&[2, 3], &[1.0, 3.0, 3.0, 2.0, -1.0, 0.0])), (with_nan, f64s(&[4], &[1.0, f64::NAN, 5.0, f64::NAN]))];
     let out = run_f64(&g, &[rows, columns, nan_index], &feeds);
     // Ties go to the first maximum.
     assert_u32(&out[0], &[2], &[1, 0]);
@@ -848,10 +845,7 @@ fn forward_cast() {
     let to_u32 = g.cast(x, DType::U32).unwrap();
     let labels = g.input("labels", [3], DType::U32).unwrap();
     let to_float = g.cast(labels, DType::F32).unwrap();
-    let feeds = [
-        (x, f64s(&[6], &[-1.5, 0.9, 2.7, 7.0, 1e10, f64::NAN])),
-        (labels, u32s(&[3], &[0, 7, 16_777_216])),
-    ];
+    let feeds = [(x, f64s(&[6], &[-1.5, 0.9, 2.7, 7.0, 1e10, f64::NAN])), (labels, u32s(&[3], &[0, 7, 16_777_216]))];
     let out = run_f64(&g, &[to_u32, to_float], &feeds);
     // Truncation toward zero; negatives and NaN clamp to 0; too large saturates.
     assert_u32(&out[0], &[6], &[0, 0, 2, 7, u32::MAX, 0]);
