@@ -609,6 +609,17 @@ fn forward_softmax() {
 }
 
 #[test]
+fn forward_softmax_middle_axis() {
+    // x [2, 2, 2]: along axis 1 every pair is (v, v + 3), so every pair maps to (p, q).
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 2, 2], DType::F32).unwrap();
+    let y = g.softmax(x, 1).unwrap();
+    let out = run_f64(&g, &[y], &[(x, f64s(&[2, 2, 2], &[0.0, 1.0, 3.0, 4.0, 10.0, 20.0, 13.0, 23.0]))]);
+    let (p, q) = (0.04742587317756679, 0.9525741268224334);
+    assert_f64(&out[0], &[2, 2, 2], &[p, p, q, q, p, p, q, q], 1e-15);
+}
+
+#[test]
 fn forward_softmax_huge_values_in_f32() {
     let mut g = Graph::new();
     let x = g.input("x", [2, 2], DType::F32).unwrap();
@@ -824,14 +835,21 @@ fn forward_argmax() {
     let columns = g.argmax(x, 0, true).unwrap();
     let with_nan = g.input("with_nan", [4], DType::F32).unwrap();
     let nan_index = g.argmax(with_nan, 0, false).unwrap();
-    let feeds =
-        [(x, f64s(&[2, 3], &[1.0, 3.0, 3.0, 2.0, -1.0, 0.0])), (with_nan, f64s(&[4], &[1.0, f64::NAN, 5.0, f64::NAN]))];
-    let out = run_f64(&g, &[rows, columns, nan_index], &feeds);
+    let cube = g.input("cube", [2, 2, 2], DType::F32).unwrap();
+    let middle = g.argmax(cube, 1, false).unwrap();
+    let feeds = [
+        (x, f64s(&[2, 3], &[1.0, 3.0, 3.0, 2.0, -1.0, 0.0])),
+        (with_nan, f64s(&[4], &[1.0, f64::NAN, 5.0, f64::NAN])),
+        (cube, f64s(&[2, 2, 2], &[0.0, 5.0, 3.0, 4.0, 10.0, 20.0, 13.0, 2.0])),
+    ];
+    let out = run_f64(&g, &[rows, columns, nan_index, middle], &feeds);
     // Ties go to the first maximum.
     assert_u32(&out[0], &[2], &[1, 0]);
     assert_u32(&out[1], &[1, 3], &[1, 0, 0]);
     // NaN is the maximum (as torch.argmax); the first one wins.
     assert_u32(&out[2], &[], &[1]);
+    // Along the middle axis the pairs are (0, 3), (5, 4), (10, 13), (20, 2).
+    assert_u32(&out[3], &[2, 2], &[1, 0, 1, 0]);
 }
 
 // ---------------------------------------------------------------------------------------
