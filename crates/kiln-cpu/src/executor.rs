@@ -28,7 +28,7 @@ impl<T: Float> CpuExecutor<T> {
                 )));
             }
         }
-        // Slots take their kind from the first write; until then they are empty floats.
+        // Slots take their kind from their first write; until then they hold float zeros.
         let slots = capacity.iter().map(|&n| Slot::new(DType::F32, n)).collect();
         let mut executor = CpuExecutor { plan: plan.clone(), slots, capacity };
         for state in &plan.states {
