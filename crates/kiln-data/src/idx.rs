@@ -52,11 +52,12 @@ pub fn read_idx_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
 pub fn read_idx_u8(path: impl AsRef<Path>, rank: usize) -> Result<IdxU8> {
     let path = path.as_ref();
     let bytes = read_maybe_gzip(path)?;
-    parse_idx_u8(&bytes, rank).map_err(|message| DataError::format(path, message))
+    parse_idx_u8(bytes, rank).map_err(|message| DataError::format(path, message))
 }
 
-/// Parses IDX bytes already in memory; the error is a message without the file name.
-pub fn parse_idx_u8(bytes: &[u8], rank: usize) -> Result<IdxU8, String> {
+/// Parses IDX bytes already in memory, reusing their buffer for the elements;
+/// the error is a message without the file name.
+pub fn parse_idx_u8(mut bytes: Vec<u8>, rank: usize) -> Result<IdxU8, String> {
     let expected_magic = (u32::from(IDX_TYPE_U8) << 8) | rank as u32;
     if bytes.len() < 4 {
         return Err(format!("truncated: expected at least 4 bytes for the IDX magic number, found {}", bytes.len()));
@@ -96,7 +97,9 @@ pub fn parse_idx_u8(bytes: &[u8], rank: usize) -> Result<IdxU8, String> {
             bytes.len()
         ));
     }
-    Ok(IdxU8 { dims, data: bytes[header_len..].to_vec() })
+    // Shift the elements to the front in place rather than copying tens of MB.
+    bytes.drain(..header_len);
+    Ok(IdxU8 { dims, data: bytes })
 }
 
 /// Explains a magic number that is not the one expected, as precisely as the
@@ -144,30 +147,30 @@ mod tests {
 
     #[test]
     fn parses_a_well_formed_array() {
-        let parsed = parse_idx_u8(&idx(IDX_IMAGES_U8_MAGIC, &[2, 3, 4], 24), 3).unwrap();
+        let parsed = parse_idx_u8(idx(IDX_IMAGES_U8_MAGIC, &[2, 3, 4], 24), 3).unwrap();
         assert_eq!(parsed.dims, vec![2, 3, 4]);
         assert_eq!(parsed.data, (0..24).collect::<Vec<u8>>());
     }
 
     #[test]
     fn magic_errors_say_what_was_found() {
-        let f32_type = parse_idx_u8(&idx(0x0000_0d03, &[1, 1, 1], 4), 3).unwrap_err();
+        let f32_type = parse_idx_u8(idx(0x0000_0d03, &[1, 1, 1], 4), 3).unwrap_err();
         assert!(f32_type.contains("found 0x00000d03") && f32_type.contains("f32"), "{f32_type}");
-        let rank = parse_idx_u8(&idx(IDX_LABELS_U8_MAGIC, &[5], 5), 3).unwrap_err();
+        let rank = parse_idx_u8(idx(IDX_LABELS_U8_MAGIC, &[5], 5), 3).unwrap_err();
         assert!(rank.contains("expected 3, found 1"), "{rank}");
-        let garbage = parse_idx_u8(b"hello world", 1).unwrap_err();
+        let garbage = parse_idx_u8(b"hello world".to_vec(), 1).unwrap_err();
         assert!(garbage.contains("not an IDX file") && garbage.contains("0x68656c6c"), "{garbage}");
     }
 
     #[test]
     fn length_must_match_the_header_exactly() {
-        let short = parse_idx_u8(&idx(IDX_LABELS_U8_MAGIC, &[10], 9), 1).unwrap_err();
+        let short = parse_idx_u8(idx(IDX_LABELS_U8_MAGIC, &[10], 9), 1).unwrap_err();
         assert!(short.contains("expected 18 bytes") && short.contains("found 17"), "{short}");
-        let long = parse_idx_u8(&idx(IDX_LABELS_U8_MAGIC, &[10], 11), 1).unwrap_err();
+        let long = parse_idx_u8(idx(IDX_LABELS_U8_MAGIC, &[10], 11), 1).unwrap_err();
         assert!(long.contains("1 unexpected trailing bytes"), "{long}");
-        let header = parse_idx_u8(&idx(IDX_IMAGES_U8_MAGIC, &[10], 0), 3).unwrap_err();
+        let header = parse_idx_u8(idx(IDX_IMAGES_U8_MAGIC, &[10], 0), 3).unwrap_err();
         assert!(header.contains("at least 16 header bytes"), "{header}");
-        let huge = parse_idx_u8(&idx(IDX_IMAGES_U8_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], 0), 3);
+        let huge = parse_idx_u8(idx(IDX_IMAGES_U8_MAGIC, &[u32::MAX, u32::MAX, u32::MAX], 0), 3);
         assert!(huge.is_err());
     }
 }

@@ -302,6 +302,16 @@ impl TextWindows {
     }
 }
 
+impl std::fmt::Debug for TextWindows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextWindows")
+            .field("tokens", &self.tokens.len())
+            .field("batch_size", &self.batch_size)
+            .field("block_size", &self.block_size)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Iterator for TextWindows {
     type Item = TextBatch;
 
