@@ -41,8 +41,7 @@ impl Mnist {
     /// then `datasets/mnist` above the current directory and above the executable).
     pub fn locate(data_dir: Option<&Path>) -> Result<Mnist> {
         let dir = find_dataset_dir("mnist", data_dir, |dir| {
-            let (images, _) = MnistSplit::Train.stems();
-            existing_file(dir, images).is_some()
+            [MnistSplit::Train, MnistSplit::Test].iter().any(|split| existing_file(dir, split.stems().0).is_some())
         })?;
         Ok(Mnist { dir })
     }
