@@ -1,2 +1,19 @@
-//! kiln-wgpu: executes a kiln Plan with WGSL compute shaders.
+//! kiln-wgpu: executes a kiln Plan with WGSL compute shaders on any adapter wgpu
+//! reaches (Vulkan, Metal, DX12; lavapipe when there is no GPU).
+//!
+//! - [`adapter`]: which adapters exist ([`list_adapters`]) and which one kiln picks.
+//! - [`WgpuBackend`]: loads a plan (arena, pipelines, bind groups) and runs it with one
+//!   queue submission per run.
+//! - [`kernels`]: lowering of plan steps to WGSL launches.
+//! - [`testing`]: the GPU-or-skip policy every GPU test follows.
+pub mod adapter;
 pub mod kernels;
+mod runtime;
+pub mod testing;
+
+pub use adapter::{list_adapters, AdapterReport};
+pub use runtime::{WgpuBackend, WgpuOptions};
+
+/// Exposed for tests that validate kernels exactly as the runtime hands them to wgpu.
+#[doc(hidden)]
+pub use runtime::declare_tensor_bindings_read_write;

@@ -1,6 +1,166 @@
-use super::{Caps, Launch};
-use kiln_core::{ExecError, Step};
+//! Reduce (Sum, Mean, Max over any set of axes) and ArgMax (shaders/reduce.wgsl): one
+//! workgroup per output element, a strided pass per invocation and a shared-memory tree.
+//!
+//! The input's axes are split into kept axes (which output element) and reduced axes
+//! (which element within it). Size-1 axes are dropped and neighbours that are
+//! contiguous in memory merged, so the common cases (the last axes, the leading axes)
+//! read `x[base + j]` or `x[base + j * stride]` without unravelling an index.
+use kiln_core::{DType, ExecError, Op, ReduceOp, Step, MAX_RANK};
 
-pub fn lower(step: &Step, _caps: &Caps) -> Result<Vec<Launch>, ExecError> {
-    Err(ExecError::Unsupported(format!("no WGSL kernel yet for {}", step.op.name())))
+use super::{key, render, Access, Caps, Launch};
+
+const SHADER: &str = include_str!("../../../../shaders/reduce.wgsl");
+
+/// Params layout, in words (see the shader's header).
+const P_KEPT_DIMS: usize = 4;
+const P_KEPT_STRIDES: usize = 12;
+const P_REDUCED_DIMS: usize = 20;
+const P_REDUCED_STRIDES: usize = 28;
+const PARAM_WORDS: usize = 36;
+/// At or above this many elements per output, 256 invocations share the work; below, 64.
+const LARGE_REDUCTION: usize = 4096;
+
+fn op_error(step: &Step, message: impl std::fmt::Display) -> ExecError {
+    ExecError::Unsupported(format!("{} (node #{}): {message}", step.op.name(), step.node.id()))
+}
+
+fn word(step: &Step, what: &str, value: usize) -> Result<u32, ExecError> {
+    u32::try_from(value).map_err(|_| op_error(step, format!("{what} {value} does not fit the kernel's 32-bit indices")))
+}
+
+/// What the kernel computes per output.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Reduce(ReduceOp),
+    ArgMax,
+}
+
+pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
+    let (kind, axes) = match &step.op {
+        Op::Reduce { op, axes } => (Kind::Reduce(*op), axes.clone()),
+        Op::ArgMax { axis } => (Kind::ArgMax, vec![*axis]),
+        _ => return Err(op_error(step, "is not a reduction")),
+    };
+    let [x] = step.inputs.as_slice() else {
+        return Err(op_error(step, format!("expects 1 input, got {}", step.inputs.len())));
+    };
+    let out = &step.output;
+    let dims = x.shape.dims();
+    if let Some(&bad) = axes.iter().find(|&&a| a >= dims.len()) {
+        return Err(op_error(step, format!("axis {bad} is out of range for {}", x.shape)));
+    }
+    let kept_shape: Vec<usize> = (0..dims.len()).map(|a| if axes.contains(&a) { 1 } else { dims[a] }).collect();
+    let out_dtype = if kind == Kind::ArgMax { DType::U32 } else { x.dtype };
+    if !x.dtype.is_float() || out.shape.dims() != kept_shape.as_slice() || out.dtype != out_dtype {
+        return Err(op_error(
+            step,
+            format!(
+                "expects a float input and an output with the reduced axes of size 1 ({out_dtype} {:?}); got {} {} -> {} {}",
+                kept_shape, x.dtype, x.shape, out.dtype, out.shape
+            ),
+        ));
+    }
+    if dims.len() > MAX_RANK {
+        return Err(op_error(step, format!("input {} has more than {MAX_RANK} dimensions", x.shape)));
+    }
+    let outputs = out.numel();
+    if outputs == 0 {
+        return Ok(Vec::new());
+    }
+    let m: usize = axes.iter().map(|&a| dims[a]).product();
+    word(step, "input size", x.numel())?;
+
+    let strides = x.shape.strides();
+    let kept = merged_axes(dims, &strides, |a| !axes.contains(&a));
+    let reduced = merged_axes(dims, &strides, |a| axes.contains(&a));
+    let mut params = vec![0u32; PARAM_WORDS];
+    params[0] = word(step, "output count", outputs)?;
+    params[1] = word(step, "reduction size", m)?;
+    params[2] = kept.len() as u32;
+    params[3] = reduced.len() as u32;
+    for (i, &(dim, stride)) in kept.iter().enumerate() {
+        params[P_KEPT_DIMS + i] = dim as u32;
+        params[P_KEPT_STRIDES + i] = stride as u32;
+    }
+    for (i, &(dim, stride)) in reduced.iter().enumerate() {
+        params[P_REDUCED_DIMS + i] = dim as u32;
+        params[P_REDUCED_STRIDES + i] = stride as u32;
+    }
+
+    let tx = caps.storage_type(x.dtype);
+    let to = caps.storage_type(out.dtype);
+    let round = |e: &str| {
+        if out.dtype == DType::F16 && to == "f32" {
+            format!("{to}(round_f16({e}))")
+        } else {
+            format!("{to}({e})")
+        }
+    };
+    let (acc, result) = match kind {
+        Kind::Reduce(ReduceOp::Sum) => ("sum", round("total.value + total.comp")),
+        // 0 / 0 = NaN for an empty reduction, as on the CPU.
+        Kind::Reduce(ReduceOp::Mean) => ("sum", round("(total.value + total.comp) / f32(m)")),
+        Kind::Reduce(ReduceOp::Max) => ("max", round("total.value")),
+        Kind::ArgMax => ("max", "select(total.index, 0u, total.index == NO_INDEX)".to_string()),
+    };
+    let base = offset_expr("o", &kept, "P_KEPT_RANK", "P_KEPT_DIMS", "P_KEPT_STRIDES");
+    let offset = offset_expr("j", &reduced, "P_REDUCED_RANK", "P_REDUCED_DIMS", "P_REDUCED_STRIDES");
+    let workgroup = if m >= LARGE_REDUCTION { "256" } else { "64" };
+    let slots = [
+        ("TX", tx),
+        ("TO", to),
+        ("WG", workgroup),
+        ("ACC", acc),
+        ("BASE", base.as_str()),
+        ("OFFSET", offset.as_str()),
+        ("RESULT", result.as_str()),
+    ];
+    Ok(vec![Launch {
+        key: key("reduce", &slots),
+        source: render(SHADER, &slots),
+        params,
+        bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
+        groups: word(step, "output count", outputs)?,
+    }])
+}
+
+/// The (dim, stride) of the axes `pick` selects, outermost first: size-1 axes dropped,
+/// and an axis merged into the previous one when the two are contiguous in memory
+/// (the previous stride is this axis's dim times its stride).
+fn merged_axes(dims: &[usize], strides: &[usize], pick: impl Fn(usize) -> bool) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for axis in (0..dims.len()).filter(|&a| pick(a) && dims[a] != 1) {
+        let (dim, stride) = (dims[axis], strides[axis]);
+        match out.last_mut() {
+            Some(last) if last.1 == dim * stride => *last = (last.0 * dim, stride),
+            _ => out.push((dim, stride)),
+        }
+    }
+    out
+}
+
+/// WGSL for the offset in x of index `var` of a space of `axes`.
+fn offset_expr(var: &str, axes: &[(usize, usize)], rank: &str, dims: &str, strides: &str) -> String {
+    match axes {
+        [] => "0u".to_string(),
+        [(_, 1)] => var.to_string(),
+        [_] => format!("{var} * params[{strides}]"),
+        _ => format!("offset_of({var}, params[{rank}], {dims}, {strides})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merged_axes;
+
+    #[test]
+    fn contiguous_axes_merge_and_unit_axes_vanish() {
+        // [2, 3, 1, 4]: strides [12, 4, 4, 1].
+        let dims = [2, 3, 1, 4];
+        let strides = [12, 4, 4, 1];
+        assert_eq!(merged_axes(&dims, &strides, |a| a >= 1), vec![(12, 1)]);
+        assert_eq!(merged_axes(&dims, &strides, |a| a == 0 || a == 3), vec![(2, 12), (4, 1)]);
+        assert_eq!(merged_axes(&dims, &strides, |a| a == 0 || a == 1), vec![(6, 4)]);
+        assert_eq!(merged_axes(&dims, &strides, |a| a == 2), vec![]);
+    }
 }

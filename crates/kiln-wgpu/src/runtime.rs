@@ -1,0 +1,808 @@
+//! `WgpuBackend`: loads a Plan onto one device and runs it with one queue submission
+//! per run.
+//!
+//! Memory layout of a loaded plan:
+//! - Input and scratch buffers of the plan share one arena `wgpu::Buffer`, each at an
+//!   offset aligned to `min_storage_buffer_offset_alignment` (one buffer per plan buffer
+//!   when the arena would exceed `max_buffer_size`).
+//! - Every state buffer is its own `wgpu::Buffer`: updates are `copy_buffer_to_buffer`
+//!   from the arena into the state, and WebGPU forbids a copy within one buffer.
+//! - One params buffer holds the params words of every launch.
+//!
+//! A consequence of the arena: WebGPU tracks usage per buffer, not per range, so a
+//! dispatch that reads one range of the arena (`var<storage, read>`) and writes another
+//! (`var<storage, read_write>`) would be a usage conflict. The runtime therefore parses
+//! each kernel with naga and declares every tensor binding (1..) `read_write` before
+//! handing the module to wgpu; the binding layouts say the same. Binding 0 (params)
+//! stays read-only, so values loaded from it remain uniform for barriers.
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use kiln_core::{Backend, DType, ExecError, Executor, HostData, HostTensor, Operand, Plan, Tensor};
+use wgpu::util::DeviceExt;
+
+use crate::adapter::{self, AdapterReport, ADAPTER_ENV};
+use crate::kernels::{self, Caps, Launch};
+
+/// Environment variable: seconds to wait for the GPU before a run fails (default 300).
+pub const TIMEOUT_ENV: &str = "KILN_GPU_TIMEOUT_SECS";
+
+/// How a `WgpuBackend` is opened. `Default` reads `KILN_ADAPTER` and `KILN_GPU_TIMEOUT_SECS`.
+#[derive(Clone, Debug)]
+pub struct WgpuOptions {
+    /// Case-insensitive substring of the adapter's name; `None` picks the best adapter.
+    pub adapter: Option<String>,
+    /// Store f16 tensors as f16 when the adapter has SHADER_F16. `false` stores them as
+    /// f32 everywhere (the path taken on adapters without f16), for testing that path.
+    pub use_f16: bool,
+    /// Use this many bytes as the largest storage binding instead of the adapter's
+    /// (only ever smaller): lets tests reach the oversized-tensor error cheaply.
+    pub max_storage_binding: Option<u64>,
+    /// Use this as the largest buffer instead of the adapter's (only ever smaller): a
+    /// small value makes the runtime give every plan buffer its own wgpu buffer.
+    pub max_buffer_size: Option<u64>,
+    /// How long a run may wait for the GPU before it fails with `ExecError::Device`.
+    pub timeout: Duration,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> Self {
+        let timeout_secs = std::env::var(TIMEOUT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(300);
+        WgpuOptions {
+            adapter: std::env::var(ADAPTER_ENV).ok().filter(|v| !v.is_empty()),
+            use_f16: true,
+            max_storage_binding: None,
+            max_buffer_size: None,
+            timeout: Duration::from_secs(timeout_secs),
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the maps
+/// behind these locks stay consistent, so keep going.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The bind group layout and pipeline layout of kernels with a given number of tensor bindings.
+struct KernelLayout {
+    bind_group_layout: wgpu::BindGroupLayout,
+    pipeline_layout: wgpu::PipelineLayout,
+}
+
+/// Everything plans loaded on one backend share: the device, and the pipeline cache.
+struct Shared {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    report: AdapterReport,
+    /// The device's limits, with the overrides of `WgpuOptions` applied.
+    limits: wgpu::Limits,
+    caps: Caps,
+    timeout: Duration,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    layouts: Mutex<HashMap<usize, Arc<KernelLayout>>>,
+    /// Errors no error scope caught (wgpu's default handler would panic on them).
+    uncaptured: Arc<Mutex<Vec<String>>>,
+    /// Why the device was lost, once it is.
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+/// The wgpu backend. Cheap to share: plans loaded on it share its device and pipelines.
+pub struct WgpuBackend {
+    shared: Arc<Shared>,
+}
+
+impl WgpuBackend {
+    /// The best adapter (or the one `KILN_ADAPTER` names), with default options.
+    pub fn new() -> Result<Self, ExecError> {
+        Self::with_options(WgpuOptions::default())
+    }
+
+    pub fn with_options(options: WgpuOptions) -> Result<Self, ExecError> {
+        let instance = adapter::instance();
+        let chosen = adapter::choose_adapter(&instance, options.adapter.as_deref())?;
+        let open = adapter::open_device(&chosen)?;
+        let mut limits = open.limits.clone();
+        if let Some(max) = options.max_storage_binding {
+            limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(max);
+        }
+        if let Some(max) = options.max_buffer_size {
+            limits.max_buffer_size = limits.max_buffer_size.min(max);
+        }
+        let caps = Caps {
+            shader_f16: options.use_f16 && open.features.contains(wgpu::Features::SHADER_F16),
+            subgroups: open.features.contains(wgpu::Features::SUBGROUP),
+        };
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = uncaptured.clone();
+        open.device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| lock(&sink).push(error.to_string())));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = lost.clone();
+        open.device.set_device_lost_callback(move |reason, message| {
+            *lock(&lost_sink) = Some(format!("{reason:?}: {message}"));
+        });
+        let shared = Shared {
+            device: open.device,
+            queue: open.queue,
+            report: open.report,
+            limits,
+            caps,
+            timeout: options.timeout,
+            pipelines: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
+            uncaptured,
+            lost,
+        };
+        Ok(WgpuBackend { shared: Arc::new(shared) })
+    }
+
+    /// The adapter this backend runs on.
+    pub fn adapter(&self) -> &AdapterReport {
+        &self.shared.report
+    }
+
+    /// What the kernels may use on this adapter.
+    pub fn caps(&self) -> &Caps {
+        &self.shared.caps
+    }
+
+    /// The limits plans are checked against (the device's, with option overrides).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.shared.limits
+    }
+
+    /// Distinct compute pipelines created so far by every plan loaded on this backend.
+    pub fn cached_pipelines(&self) -> usize {
+        lock(&self.shared.pipelines).len()
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> String {
+        self.shared.report.title()
+    }
+
+    fn load(&self, plan: &Plan) -> Result<Box<dyn Executor>, ExecError> {
+        Ok(Box::new(WgpuExecutor::load(self.shared.clone(), plan)?))
+    }
+}
+
+/// Bytes a tensor occupies on this adapter (f16 is 2 bytes only with SHADER_F16),
+/// rounded up to 4 as every binding and copy size must be.
+fn storage_bytes(operand: &Operand, caps: &Caps) -> u64 {
+    let bytes = (operand.numel() * caps.storage_bytes(operand.dtype)) as u64;
+    bytes.div_ceil(4).max(1) * 4
+}
+
+fn align_up(value: u64, alignment: u64) -> u64 {
+    value.div_ceil(alignment) * alignment
+}
+
+impl Shared {
+    /// Fail early when the device is gone or an error escaped every scope.
+    fn check_healthy(&self) -> Result<(), ExecError> {
+        if let Some(reason) = lock(&self.lost).clone() {
+            return Err(ExecError::Device(format!("{} was lost ({reason})", self.report.title())));
+        }
+        let errors = std::mem::take(&mut *lock(&self.uncaptured));
+        if !errors.is_empty() {
+            return Err(ExecError::Device(errors.join("; ")));
+        }
+        Ok(())
+    }
+
+    /// The layouts of kernels with `tensors` bindings after params: binding 0 read-only,
+    /// 1..=tensors read_write (see the module docs for why).
+    fn layout(&self, tensors: usize) -> Arc<KernelLayout> {
+        let mut layouts = lock(&self.layouts);
+        layouts
+            .entry(tensors)
+            .or_insert_with(|| {
+                let entries: Vec<wgpu::BindGroupLayoutEntry> = (0..=tensors)
+                    .map(|binding| wgpu::BindGroupLayoutEntry {
+                        binding: binding as u32,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Storage { read_only: binding == 0 },
+                            has_dynamic_offset: false,
+                            min_binding_size: None,
+                        },
+                        count: None,
+                    })
+                    .collect();
+                let label = format!("kiln kernel with {tensors} tensors");
+                let bind_group_layout = self
+                    .device
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(&label), entries: &entries });
+                let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(&label),
+                    bind_group_layouts: &[Some(&bind_group_layout)],
+                    immediate_size: 0,
+                });
+                Arc::new(KernelLayout { bind_group_layout, pipeline_layout })
+            })
+            .clone()
+    }
+
+    /// The pipeline of `launch`, from the cache or compiled now. A kernel that fails to
+    /// parse or validate is reported (and not cached).
+    fn pipeline(&self, launch: &Launch, layout: &KernelLayout) -> Result<Arc<wgpu::ComputePipeline>, ExecError> {
+        if let Some(pipeline) = lock(&self.pipelines).get(&launch.key) {
+            return Ok(pipeline.clone());
+        }
+        let mut module = naga::front::wgsl::parse_str(&launch.source).map_err(|e| {
+            ExecError::Device(format!("kernel {}: WGSL does not parse:\n{}", launch.key, e.emit_to_string(&launch.source)))
+        })?;
+        declare_tensor_bindings_read_write(&mut module);
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let shader = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&launch.key),
+            source: wgpu::ShaderSource::Naga(Cow::Owned(module)),
+        });
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&launch.key),
+            layout: Some(&layout.pipeline_layout),
+            module: &shader,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(ExecError::Device(format!(
+                "kernel {} does not compile on {}: {error}",
+                launch.key,
+                self.report.title()
+            )));
+        }
+        let pipeline = Arc::new(pipeline);
+        Ok(lock(&self.pipelines).entry(launch.key.clone()).or_insert(pipeline).clone())
+    }
+
+    /// Submit `encoder`, wait for it, and read back `staging` (its first `bytes`) if given.
+    /// Every failure on the way (validation, lost device, failed map, timeout) is an
+    /// `ExecError::Device`.
+    fn submit_and_read(
+        &self,
+        encoder: wgpu::CommandEncoder,
+        staging: Option<(&wgpu::Buffer, u64)>,
+        what: &str,
+    ) -> Result<Option<Vec<u8>>, ExecError> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let index = self.queue.submit([encoder.finish()]);
+        if let Some(error) = pollster::block_on(scope.pop()) {
+            return Err(ExecError::Device(format!("{what}: {error}")));
+        }
+        let mapped: Arc<Mutex<Option<Result<(), wgpu::BufferAsyncError>>>> = Arc::new(Mutex::new(None));
+        if let Some((buffer, bytes)) = staging {
+            let slot = mapped.clone();
+            buffer.slice(..bytes).map_async(wgpu::MapMode::Read, move |result| *lock(&slot) = Some(result));
+        }
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let waited = self
+                .device
+                .poll(wgpu::PollType::Wait { submission_index: Some(index.clone()), timeout: Some(remaining) });
+            match waited {
+                Ok(_) => {}
+                Err(wgpu::PollError::Timeout) => {
+                    return Err(ExecError::Device(format!(
+                        "{what}: the GPU did not finish within {:?} ({TIMEOUT_ENV} sets the limit)",
+                        self.timeout
+                    )))
+                }
+                Err(e) => return Err(ExecError::Device(format!("{what}: waiting for the GPU: {e}"))),
+            }
+            self.check_healthy().map_err(|e| ExecError::Device(format!("{what}: {e}")))?;
+            let Some((buffer, bytes)) = staging else {
+                return Ok(None);
+            };
+            if let Some(result) = lock(&mapped).take() {
+                result.map_err(|e| ExecError::Device(format!("{what}: reading results back failed: {e}")))?;
+                let data = buffer
+                    .slice(..bytes)
+                    .get_mapped_range()
+                    .map_err(|e| ExecError::Device(format!("{what}: reading results back failed: {e}")))?
+                    .to_vec();
+                buffer.unmap();
+                return Ok(Some(data));
+            }
+            if Instant::now() >= deadline {
+                return Err(ExecError::Device(format!(
+                    "{what}: results were not mapped within {:?} ({TIMEOUT_ENV} sets the limit)",
+                    self.timeout
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn staging_buffer(&self, bytes: u64, label: &str) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+}
+
+/// Every storage binding other than params (group 0, binding 0) becomes read_write.
+pub fn declare_tensor_bindings_read_write(module: &mut naga::Module) {
+    for (_, var) in module.global_variables.iter_mut() {
+        let is_params = var.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0);
+        if let naga::AddressSpace::Storage { access } = &mut var.space {
+            if !is_params {
+                access.insert(naga::StorageAccess::LOAD | naga::StorageAccess::STORE);
+            }
+        }
+    }
+}
+
+/// Where one plan buffer lives.
+#[derive(Clone, Copy, Debug)]
+struct Region {
+    /// Index into `WgpuExecutor::buffers`.
+    buffer: usize,
+    offset: u64,
+    size: u64,
+}
+
+/// One recorded dispatch.
+struct Dispatch {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    groups: (u32, u32),
+}
+
+/// A buffer-to-buffer copy recorded after the dispatches; its target buffer is given
+/// where it is recorded.
+struct BufferCopy {
+    source: Region,
+    target_offset: u64,
+    bytes: u64,
+}
+
+/// A plan loaded on the device.
+struct WgpuExecutor {
+    shared: Arc<Shared>,
+    plan: Plan,
+    buffers: Vec<wgpu::Buffer>,
+    /// By plan buffer id.
+    regions: Vec<Region>,
+    dispatches: Vec<Dispatch>,
+    /// Bound by every dispatch; kept alive here.
+    _params: wgpu::Buffer,
+    /// State updates: (target buffer, copy), in plan order.
+    updates: Vec<(usize, BufferCopy)>,
+    /// The outputs' readback: copies into `staging` at consecutive offsets.
+    output_copies: Vec<BufferCopy>,
+    staging: wgpu::Buffer,
+    staging_bytes: u64,
+}
+
+/// A name for a tensor in messages: "input 'x'", "state 'w'", or "matmul (node #12)".
+fn tensor_names(plan: &Plan) -> Vec<(String, &Operand)> {
+    let inputs = plan.inputs.iter().map(|i| (format!("input '{}'", i.name), &i.operand));
+    let states = plan.states.iter().map(|s| (format!("state '{}'", s.name), &s.operand));
+    let steps = plan.steps.iter().map(|s| (format!("{} (node #{})", s.op.name(), s.node.id()), &s.output));
+    inputs.chain(states).chain(steps).collect()
+}
+
+impl WgpuExecutor {
+    fn load(shared: Arc<Shared>, plan: &Plan) -> Result<Self, ExecError> {
+        shared.check_healthy()?;
+        let caps = shared.caps.clone();
+        let limits = &shared.limits;
+        let max_binding = limits.max_storage_buffer_binding_size;
+        for (name, operand) in tensor_names(plan) {
+            let bytes = operand.numel() as u64 * caps.storage_bytes(operand.dtype) as u64;
+            if bytes > max_binding {
+                return Err(ExecError::Unsupported(format!(
+                    "{name}: {} {} takes {bytes} bytes, more than the largest storage binding of {} \
+                     ({max_binding} bytes, max_storage_buffer_binding_size); use a smaller batch or split the tensor",
+                    operand.dtype,
+                    operand.shape,
+                    shared.report.title()
+                )));
+            }
+        }
+
+        // The size of each plan buffer on this adapter: its largest tenant.
+        let mut sizes = vec![4u64; plan.buffers.len()];
+        let operands = plan
+            .steps
+            .iter()
+            .flat_map(|s| s.inputs.iter().chain([&s.output]))
+            .chain(plan.inputs.iter().map(|i| &i.operand))
+            .chain(plan.states.iter().map(|s| &s.operand))
+            .chain(plan.outputs.iter().map(|o| &o.operand))
+            .chain(plan.updates.iter().flat_map(|u| [&u.source, &u.target]));
+        for operand in operands {
+            let Some(size) = sizes.get_mut(operand.buffer) else {
+                return Err(ExecError::Unsupported(format!(
+                    "plan refers to buffer {} for a {} {} tensor but has only {} buffers",
+                    operand.buffer,
+                    operand.dtype,
+                    operand.shape,
+                    plan.buffers.len()
+                )));
+            };
+            *size = (*size).max(storage_bytes(operand, &caps));
+        }
+
+        let device = &shared.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let (buffers, regions) = allocate(&shared, plan, &sizes);
+        let (dispatches, params) = build_dispatches(&shared, plan, &buffers, &regions)?;
+
+        for state in &plan.states {
+            let region = regions[state.operand.buffer];
+            let bytes = encode(&state.init, &state.operand, &caps)
+                .map_err(|message| ExecError::BadState { name: state.name.clone(), message })?;
+            shared.queue.write_buffer(&buffers[region.buffer], region.offset, &bytes);
+        }
+
+        let mut updates = Vec::new();
+        for update in &plan.updates {
+            if update.source.buffer == update.target.buffer {
+                continue; // the state was updated with its own value
+            }
+            let target = regions[update.target.buffer];
+            let source = regions[update.source.buffer];
+            if source.buffer == target.buffer {
+                // States have buffers of their own; a plan buffer is either a state or not.
+                return Err(ExecError::Unsupported(format!(
+                    "update of state #{}: source and target share a device buffer",
+                    update.state.id()
+                )));
+            }
+            let bytes = storage_bytes(&update.target, &caps);
+            updates.push((target.buffer, BufferCopy { source, target_offset: target.offset, bytes }));
+        }
+
+        let mut output_copies = Vec::new();
+        let mut staging_bytes = 0u64;
+        for output in &plan.outputs {
+            let bytes = storage_bytes(&output.operand, &caps);
+            let source = regions[output.operand.buffer];
+            output_copies.push(BufferCopy { source, target_offset: staging_bytes, bytes });
+            staging_bytes += bytes;
+        }
+        let staging = shared.staging_buffer(staging_bytes, "kiln outputs");
+
+        let oom = pollster::block_on(out_of_memory.pop());
+        let invalid = pollster::block_on(validation.pop());
+        if let Some(error) = oom.or(invalid) {
+            return Err(ExecError::Device(format!("loading the plan on {}: {error}", shared.report.title())));
+        }
+        Ok(WgpuExecutor {
+            plan: plan.clone(),
+            buffers,
+            regions,
+            dispatches,
+            _params: params,
+            updates,
+            output_copies,
+            staging,
+            staging_bytes,
+            shared,
+        })
+    }
+
+    /// Check every feed against the plan's inputs (same rules and errors as the CPU
+    /// backend) and encode it; nothing is written unless every feed is good.
+    fn check_feeds(&self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<(Region, Vec<u8>)>, ExecError> {
+        let mut fed = vec![false; self.plan.inputs.len()];
+        let mut writes = Vec::with_capacity(feeds.len());
+        for (tensor, host) in feeds {
+            let Some(at) = self.plan.inputs.iter().position(|i| i.tensor == *tensor) else {
+                let known: Vec<&str> = self.plan.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(ExecError::BadFeed {
+                    name: self.describe_tensor(*tensor),
+                    message: format!("not an input of this plan (its inputs are {known:?})"),
+                });
+            };
+            let input = &self.plan.inputs[at];
+            let bad = |message: String| ExecError::BadFeed { name: input.name.clone(), message };
+            if std::mem::replace(&mut fed[at], true) {
+                return Err(bad("fed twice in one run".into()));
+            }
+            let bytes = encode(host, &input.operand, &self.shared.caps).map_err(bad)?;
+            writes.push((self.regions[input.operand.buffer], bytes));
+        }
+        if let Some(missing) = fed.iter().position(|&f| !f) {
+            return Err(ExecError::MissingFeed { name: self.plan.inputs[missing].name.clone() });
+        }
+        Ok(writes)
+    }
+
+    fn describe_tensor(&self, tensor: Tensor) -> String {
+        let inputs = self.plan.inputs.iter().map(|i| (i.tensor, &i.name));
+        let states = self.plan.states.iter().map(|s| (s.tensor, &s.name));
+        match inputs.chain(states).find(|(t, _)| *t == tensor) {
+            Some((_, name)) => name.clone(),
+            None => format!("#{}", tensor.id()),
+        }
+    }
+
+    fn find_state(&self, state: Tensor) -> Result<(String, Operand), ExecError> {
+        match self.plan.states.iter().find(|s| s.tensor == state) {
+            Some(s) => Ok((s.name.clone(), s.operand.clone())),
+            None => Err(ExecError::BadState {
+                name: self.describe_tensor(state),
+                message: "not a state tensor of this plan".into(),
+            }),
+        }
+    }
+
+    fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
+        self.shared.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
+    }
+
+    fn copy(&self, encoder: &mut wgpu::CommandEncoder, copy: &BufferCopy, target: &wgpu::Buffer) {
+        encoder.copy_buffer_to_buffer(
+            &self.buffers[copy.source.buffer],
+            copy.source.offset,
+            target,
+            copy.target_offset,
+            copy.bytes,
+        );
+    }
+}
+
+/// Lay the plan's buffers out: states each in a buffer of their own, the rest in one
+/// arena when it fits `max_buffer_size`, else one buffer each.
+fn allocate(shared: &Shared, plan: &Plan, sizes: &[u64]) -> (Vec<wgpu::Buffer>, Vec<Region>) {
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let alignment = shared.limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    let is_state = |b: usize| plan.buffers[b].role == kiln_core::BufferRole::State;
+    let create = |label: &str, size: u64| {
+        shared.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false })
+    };
+    let mut buffers = Vec::new();
+    let mut regions = vec![Region { buffer: usize::MAX, offset: 0, size: 0 }; sizes.len()];
+
+    let shared_ids: Vec<usize> = (0..sizes.len()).filter(|&b| !is_state(b)).collect();
+    let arena_bytes: u64 = shared_ids.iter().map(|&b| align_up(sizes[b], alignment)).sum();
+    if !shared_ids.is_empty() && arena_bytes <= shared.limits.max_buffer_size {
+        let mut offset = 0;
+        for &b in &shared_ids {
+            regions[b] = Region { buffer: 0, offset, size: sizes[b] };
+            offset += align_up(sizes[b], alignment);
+        }
+        buffers.push(create("kiln arena", arena_bytes));
+    } else {
+        for &b in &shared_ids {
+            regions[b] = Region { buffer: buffers.len(), offset: 0, size: sizes[b] };
+            buffers.push(create(&format!("kiln buffer {b}"), sizes[b]));
+        }
+    }
+    for b in (0..sizes.len()).filter(|&b| is_state(b)) {
+        regions[b] = Region { buffer: buffers.len(), offset: 0, size: sizes[b] };
+        buffers.push(create(&format!("kiln state buffer {b}"), sizes[b]));
+    }
+    (buffers, regions)
+}
+
+/// Lower every step, fetch the pipelines, write all params into one buffer and build
+/// every bind group.
+fn build_dispatches(
+    shared: &Shared,
+    plan: &Plan,
+    buffers: &[wgpu::Buffer],
+    regions: &[Region],
+) -> Result<(Vec<Dispatch>, wgpu::Buffer), ExecError> {
+    let limits = &shared.limits;
+    let mut launches: Vec<Launch> = Vec::new();
+    for step in &plan.steps {
+        let lowered = kernels::lower(step, &shared.caps).map_err(|e| match e {
+            ExecError::Unsupported(m) => {
+                ExecError::Unsupported(format!("{} (node #{}) on {}: {m}", step.op.name(), step.node.id(), shared.report.title()))
+            }
+            other => other,
+        })?;
+        for launch in &lowered {
+            let tensors = launch.bindings.len() as u32;
+            if tensors + 1 > limits.max_storage_buffers_per_shader_stage {
+                return Err(ExecError::Unsupported(format!(
+                    "{} (node #{}): kernel {} binds {} storage buffers; {} allows {}",
+                    step.op.name(),
+                    step.node.id(),
+                    launch.key,
+                    tensors + 1,
+                    shared.report.title(),
+                    limits.max_storage_buffers_per_shader_stage
+                )));
+            }
+            if let Some((bad, _)) = launch.bindings.iter().find(|(b, _)| *b >= regions.len()) {
+                return Err(ExecError::Unsupported(format!(
+                    "kernel {} binds plan buffer {bad}, but the plan has {}",
+                    launch.key,
+                    regions.len()
+                )));
+            }
+        }
+        launches.extend(lowered);
+    }
+
+    // Params of every launch, each at an offset a storage binding may start at.
+    let alignment = limits.min_storage_buffer_offset_alignment.max(4) as u64;
+    let mut params_bytes: Vec<u8> = Vec::new();
+    let mut params_at = Vec::with_capacity(launches.len());
+    for launch in &launches {
+        let offset = align_up(params_bytes.len() as u64, alignment);
+        params_bytes.resize(offset as usize, 0);
+        let words: &[u32] = if launch.params.is_empty() { &[0] } else { &launch.params };
+        params_bytes.extend_from_slice(bytemuck::cast_slice(words));
+        params_at.push((offset, (words.len() * 4) as u64));
+    }
+    if params_bytes.is_empty() {
+        params_bytes.resize(4, 0);
+    }
+    let params = shared.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("kiln params"),
+        contents: &params_bytes,
+        usage: wgpu::BufferUsages::STORAGE,
+    });
+
+    let max_groups = limits.max_compute_workgroups_per_dimension.max(1);
+    let mut dispatches = Vec::with_capacity(launches.len());
+    for (launch, &(params_offset, params_size)) in launches.iter().zip(&params_at) {
+        if launch.groups == 0 {
+            continue; // an empty tensor: nothing to compute
+        }
+        let x = launch.groups.min(max_groups);
+        let y = launch.groups.div_ceil(x);
+        if y > max_groups {
+            return Err(ExecError::Unsupported(format!(
+                "kernel {} needs {} workgroups; {} allows {max_groups} x {max_groups}",
+                launch.key,
+                launch.groups,
+                shared.report.title()
+            )));
+        }
+        let layout = shared.layout(launch.bindings.len());
+        let pipeline = shared.pipeline(launch, &layout)?;
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &params,
+                offset: params_offset,
+                size: wgpu::BufferSize::new(params_size),
+            }),
+        }];
+        for (i, (buffer, _access)) in launch.bindings.iter().enumerate() {
+            let region = regions[*buffer];
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &buffers[region.buffer],
+                    offset: region.offset,
+                    size: wgpu::BufferSize::new(region.size),
+                }),
+            });
+        }
+        let bind_group = shared.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&launch.key),
+            layout: &layout.bind_group_layout,
+            entries: &entries,
+        });
+        dispatches.push(Dispatch { pipeline, bind_group, groups: (x, y) });
+    }
+    Ok((dispatches, params))
+}
+
+/// Host data -> the bytes of `operand` on the device (padded to 4 bytes). f16 tensors
+/// are rounded to f16 precision even where they are stored as f32, as on the CPU.
+fn encode(host: &HostTensor, operand: &Operand, caps: &Caps) -> Result<Vec<u8>, String> {
+    let expected = format!("{} {}", operand.dtype, operand.shape);
+    if host.shape != operand.shape {
+        return Err(format!("expected {expected}, got shape {}", host.shape));
+    }
+    if host.len() != host.shape.numel() {
+        return Err(format!("shape {} needs {} values, got {}", host.shape, host.shape.numel(), host.len()));
+    }
+    if !host.matches_dtype(operand.dtype) {
+        let given = match host.data {
+            HostData::F32(_) => "f32",
+            HostData::F64(_) => "f64",
+            HostData::U32(_) => "u32",
+        };
+        return Err(format!("expected {expected}, got {given} data"));
+    }
+    let to_f16 = |v: f64| half::f16::from_f64(v);
+    let floats = || -> Vec<f64> { host.to_f64_vec() };
+    let mut bytes: Vec<u8> = match (&host.data, caps.storage_type(operand.dtype)) {
+        (HostData::U32(v), _) => bytemuck::cast_slice(v).to_vec(),
+        (HostData::F32(v), "f32") if operand.dtype == DType::F32 => bytemuck::cast_slice(v).to_vec(),
+        (_, "f32") if operand.dtype == DType::F16 => {
+            floats().into_iter().flat_map(|v| to_f16(v).to_f32().to_le_bytes()).collect()
+        }
+        (_, "f32") => floats().into_iter().flat_map(|v| (v as f32).to_le_bytes()).collect(),
+        // Straight from f64 to f16, so f64 data is rounded once, as on the CPU.
+        (_, "f16") => floats().into_iter().flat_map(|v| to_f16(v).to_le_bytes()).collect(),
+        (_, other) => unreachable!("float tensors are stored as f32 or f16, not {other}"),
+    };
+    bytes.resize(bytes.len().div_ceil(4).max(1) * 4, 0);
+    Ok(bytes)
+}
+
+/// Device bytes of `operand` -> host data (F32 for float tensors, U32 for u32).
+fn decode(bytes: &[u8], operand: &Operand, caps: &Caps) -> HostTensor {
+    let n = operand.numel();
+    let shape = operand.shape.clone();
+    match caps.storage_type(operand.dtype) {
+        "u32" => HostTensor { shape, data: HostData::U32(bytemuck::pod_collect_to_vec(&bytes[..n * 4])) },
+        "f16" => {
+            let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes[..n * 2]);
+            HostTensor { shape, data: HostData::F32(halves.into_iter().map(half::f16::to_f32).collect()) }
+        }
+        _ => HostTensor { shape, data: HostData::F32(bytemuck::pod_collect_to_vec(&bytes[..n * 4])) },
+    }
+}
+
+impl Executor for WgpuExecutor {
+    fn run(&mut self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<HostTensor>, ExecError> {
+        self.shared.check_healthy()?;
+        for (region, bytes) in self.check_feeds(feeds)? {
+            self.shared.queue.write_buffer(&self.buffers[region.buffer], region.offset, &bytes);
+        }
+        let mut encoder = self.encoder("kiln run");
+        {
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kiln plan"), timestamp_writes: None });
+            for dispatch in &self.dispatches {
+                pass.set_pipeline(&dispatch.pipeline);
+                pass.set_bind_group(0, &dispatch.bind_group, &[]);
+                pass.dispatch_workgroups(dispatch.groups.0, dispatch.groups.1, 1);
+            }
+        }
+        for (target, update) in &self.updates {
+            self.copy(&mut encoder, update, &self.buffers[*target]);
+        }
+        for output in &self.output_copies {
+            self.copy(&mut encoder, output, &self.staging);
+        }
+        let staging = (!self.output_copies.is_empty()).then_some((&self.staging, self.staging_bytes));
+        let bytes = self.shared.submit_and_read(encoder, staging, "running the plan")?.unwrap_or_default();
+        let caps = &self.shared.caps;
+        Ok(self
+            .plan
+            .outputs
+            .iter()
+            .zip(&self.output_copies)
+            .map(|(output, copy)| decode(&bytes[copy.target_offset as usize..], &output.operand, caps))
+            .collect())
+    }
+
+    fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError> {
+        self.shared.check_healthy()?;
+        let (name, operand) = self.find_state(state)?;
+        let bytes = storage_bytes(&operand, &self.shared.caps);
+        let staging = self.shared.staging_buffer(bytes, "kiln state readback");
+        let mut encoder = self.encoder("kiln read_state");
+        let source = self.regions[operand.buffer];
+        self.copy(&mut encoder, &BufferCopy { source, target_offset: 0, bytes }, &staging);
+        let data = self
+            .shared
+            .submit_and_read(encoder, Some((&staging, bytes)), &format!("reading state '{name}'"))?
+            .expect("a readback was requested");
+        Ok(decode(&data, &operand, &self.shared.caps))
+    }
+
+    fn write_state(&mut self, state: Tensor, value: &HostTensor) -> Result<(), ExecError> {
+        self.shared.check_healthy()?;
+        let (name, operand) = self.find_state(state)?;
+        let bytes = encode(value, &operand, &self.shared.caps)
+            .map_err(|message| ExecError::BadState { name: name.clone(), message })?;
+        let region = self.regions[operand.buffer];
+        self.shared.queue.write_buffer(&self.buffers[region.buffer], region.offset, &bytes);
+        // An empty submission flushes the write now, so its errors surface here.
+        self.shared.submit_and_read(self.encoder("kiln write_state"), None, &format!("writing state '{name}'"))?;
+        Ok(())
+    }
+}
