@@ -1,6 +1,88 @@
-use super::{Caps, Launch};
-use kiln_core::{ExecError, Step};
+//! Softmax, LogSoftmax and SoftmaxCrossEntropy (shaders/softmax.wgsl): one workgroup per
+//! row, max-subtracted, each step a single launch.
+use super::movement::{kernel_source, op_error, word};
+use super::{key, render, Access, Caps, Launch};
+use kiln_core::{DType, ExecError, Op, Step};
 
-pub fn lower(step: &Step, _caps: &Caps) -> Result<Vec<Launch>, ExecError> {
-    Err(ExecError::Unsupported(format!("no WGSL kernel yet for {}", step.op.name())))
+const SHADER: &str = include_str!("../../../../shaders/softmax.wgsl");
+
+pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
+    match step.op {
+        Op::Softmax { axis } => rows(step, caps, axis, false),
+        Op::LogSoftmax { axis } => rows(step, caps, axis, true),
+        Op::SoftmaxCrossEntropy => cross_entropy(step, caps),
+        _ => Err(op_error(step, "is not a softmax op")),
+    }
+}
+
+fn rows(step: &Step, caps: &Caps, axis: usize, log: bool) -> Result<Vec<Launch>, ExecError> {
+    let out = &step.output;
+    let [x] = step.inputs.as_slice() else {
+        return Err(op_error(step, format!("expects 1 input, got {}", step.inputs.len())));
+    };
+    if x.shape != out.shape || x.dtype != out.dtype || !x.dtype.is_float() {
+        return Err(op_error(
+            step,
+            format!("expects a float input and an output of its shape, got {} {} -> {} {}", x.dtype, x.shape, out.dtype, out.shape),
+        ));
+    }
+    let dims = x.shape.dims();
+    if axis >= dims.len() {
+        return Err(op_error(step, format!("axis {axis} is out of range for {}", x.shape)));
+    }
+    if x.numel() == 0 {
+        return Ok(Vec::new());
+    }
+    word(step, "element count", x.numel())?;
+    let outer: usize = dims[..axis].iter().product();
+    let inner: usize = dims[axis + 1..].iter().product();
+    let params = vec![word(step, "outer size", outer)?, word(step, "row length", dims[axis])?, word(step, "inner size", inner)?];
+    let slots = [("T", caps.storage_type(x.dtype)), ("LOG", if log { "true" } else { "false" })];
+    Ok(vec![Launch {
+        key: key("softmax.rows", &slots),
+        source: render(&kernel_source(SHADER, "rows"), &slots),
+        params,
+        bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
+        groups: word(step, "row count", outer * inner)?,
+    }])
+}
+
+fn cross_entropy(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
+    let out = &step.output;
+    let [logits, labels] = step.inputs.as_slice() else {
+        return Err(op_error(step, format!("expects 2 inputs, got {}", step.inputs.len())));
+    };
+    let ld = logits.shape.dims();
+    let fits = ld.len() == 2
+        && logits.dtype.is_float()
+        && labels.dtype == DType::U32
+        && labels.shape.dims() == [ld[0]]
+        && out.shape.dims() == [ld[0]]
+        && out.dtype == logits.dtype;
+    if !fits {
+        return Err(op_error(
+            step,
+            format!(
+                "expects float logits [N, C] and u32 labels [N] -> [N]; got {} {}, {} {} -> {} {}",
+                logits.dtype, logits.shape, labels.dtype, labels.shape, out.dtype, out.shape
+            ),
+        ));
+    }
+    let (rows, classes) = (ld[0], ld[1]);
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    if classes == 0 {
+        return Err(op_error(step, format!("logits {} have no classes", logits.shape)));
+    }
+    word(step, "logit count", logits.numel())?;
+    let params = vec![word(step, "row count", rows)?, word(step, "class count", classes)?, f32::NAN.to_bits()];
+    let slots = [("T", caps.storage_type(logits.dtype))];
+    Ok(vec![Launch {
+        key: key("softmax.cross_entropy", &slots),
+        source: render(&kernel_source(SHADER, "cross_entropy"), &slots),
+        params,
+        bindings: vec![(logits.buffer, Access::Read), (labels.buffer, Access::Read), (out.buffer, Access::Write)],
+        groups: word(step, "row count", rows)?,
+    }])
 }

@@ -1,0 +1,153 @@
+// Softmax, LogSoftmax (kernel `rows`) and SoftmaxCrossEntropy (kernel `cross_entropy`).
+// The file is a common prelude followed by one section per kernel;
+// crates/kiln-wgpu/src/kernels/softmax.rs takes the prelude plus the section it needs.
+//
+// One workgroup per row. The row's maximum and then its sum of exp(x - max) are each
+// found by a strided pass over the row followed by a tree reduction in workgroup memory,
+// so nothing overflows however large the values (exp of at most 0). A row whose maximum
+// is -inf (all -inf) gives NaN everywhere, as in PyTorch: -inf - -inf is NaN.
+//
+// Slot {{T}}: storage type of the float tensors (f32 or f16). Arithmetic is f32.
+
+const WG: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> params: array<u32>;
+
+var<workgroup> partial: array<f32, WG>;
+
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.x + wid.y * nwg.x;
+}
+
+// Tree reduction of every invocation's `value` by max. Must be called by the whole
+// workgroup (uniform control flow); every invocation gets the result.
+fn workgroup_max(value: f32, lidx: u32) -> f32 {
+    partial[lidx] = value;
+    workgroupBarrier();
+    for (var width = WG / 2u; width > 0u; width = width / 2u) {
+        if lidx < width {
+            partial[lidx] = max(partial[lidx], partial[lidx + width]);
+        }
+        workgroupBarrier();
+    }
+    let result = partial[0];
+    // Nobody may overwrite `partial` for the next reduction before everyone has read it.
+    workgroupBarrier();
+    return result;
+}
+
+// Tree reduction of every invocation's `value` by sum; same contract as workgroup_max.
+fn workgroup_sum(value: f32, lidx: u32) -> f32 {
+    partial[lidx] = value;
+    workgroupBarrier();
+    for (var width = WG / 2u; width > 0u; width = width / 2u) {
+        if lidx < width {
+            partial[lidx] = partial[lidx] + partial[lidx + width];
+        }
+        workgroupBarrier();
+    }
+    let result = partial[0];
+    workgroupBarrier();
+    return result;
+}
+
+//// kernel: rows
+// Softmax or LogSoftmax along one axis. The tensor is viewed as [outer, n, inner];
+// row r = (o, i) holds the n elements at o * n * inner + j * inner + i.
+//
+// Slot {{LOG}}: true for LogSoftmax (x - max - log(sum)), false for Softmax
+// (exp(x - max) / sum).
+//
+// params: 0 outer, 1 n (>= 1), 2 inner.
+const LOG: bool = {{LOG}};
+
+@group(0) @binding(1) var<storage, read> x: array<{{T}}>;
+@group(0) @binding(2) var<storage, read_write> y: array<{{T}}>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let outer = params[0];
+    let n = params[1];
+    let inner = params[2];
+    let row = row_index(wid, nwg);
+    // The whole workgroup leaves together: barrier uniformity holds.
+    if row >= outer * inner {
+        return;
+    }
+    let base = (row / inner) * n * inner + row % inner;
+
+    // Start from the row's first element rather than -inf: an invocation with no element
+    // of its own must not change the maximum.
+    var local_max = f32(x[base]);
+    for (var j = lidx; j < n; j += WG) {
+        local_max = max(local_max, f32(x[base + j * inner]));
+    }
+    let row_max = workgroup_max(local_max, lidx);
+
+    var local_sum = 0.0;
+    for (var j = lidx; j < n; j += WG) {
+        local_sum += exp(f32(x[base + j * inner]) - row_max);
+    }
+    let row_sum = workgroup_sum(local_sum, lidx);
+
+    let log_sum = log(row_sum);
+    for (var j = lidx; j < n; j += WG) {
+        let at = base + j * inner;
+        let shifted = f32(x[at]) - row_max;
+        if LOG {
+            y[at] = {{T}}(shifted - log_sum);
+        } else {
+            y[at] = {{T}}(exp(shifted) / row_sum);
+        }
+    }
+}
+
+//// kernel: cross_entropy
+// loss[r] = log(sum_c exp(logits[r, c] - max)) - (logits[r, label[r]] - max), the
+// max-subtracted -log_softmax(logits[r])[label[r]]; NaN when label[r] >= C.
+//
+// params: 0 N (rows), 1 C (classes, >= 1), 2 the bits of a quiet NaN (WGSL cannot
+// write a NaN constant).
+@group(0) @binding(1) var<storage, read> logits: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> labels: array<u32>;
+@group(0) @binding(3) var<storage, read_write> loss: array<{{T}}>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let rows = params[0];
+    let classes = params[1];
+    let row = row_index(wid, nwg);
+    if row >= rows {
+        return;
+    }
+    let base = row * classes;
+
+    var local_max = f32(logits[base]);
+    for (var c = lidx; c < classes; c += WG) {
+        local_max = max(local_max, f32(logits[base + c]));
+    }
+    let row_max = workgroup_max(local_max, lidx);
+
+    var local_sum = 0.0;
+    for (var c = lidx; c < classes; c += WG) {
+        local_sum += exp(f32(logits[base + c]) - row_max);
+    }
+    let row_sum = workgroup_sum(local_sum, lidx);
+
+    if lidx == 0u {
+        let label = labels[row];
+        if label < classes {
+            loss[row] = {{T}}(log(row_sum) - (f32(logits[base + label]) - row_max));
+        } else {
+            loss[row] = {{T}}(bitcast<f32>(params[2]));
+        }
+    }
+}
