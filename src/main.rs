@@ -1,1 +1,188 @@
-fn main(){}
+//! The `kiln` command: train recipes, evaluate checkpoints, list devices, benchmark.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use kiln_train::{Config, Device, DeviceChoice, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Train neural networks on any GPU wgpu reaches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a recipe (mnist-mlp) or a model described by --config.
+    Train {
+        /// Built-in recipe: mnist-mlp.
+        recipe: Option<String>,
+        /// TOML job description (overrides the recipe).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// auto (best GPU, else CPU), gpu or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        batch_size: Option<usize>,
+        #[arg(long)]
+        lr: Option<f64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Folder holding the dataset (found automatically when absent).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where checkpoint, metrics and plot go (default runs/<recipe>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from a checkpoint written by an earlier run.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// Evaluate a checkpoint on the test set.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// List the GPU adapters wgpu finds, with their limits and features.
+    Devices,
+    /// Benchmarks: `kiln bench train mnist-mlp`.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time one training step of a recipe on each backend.
+    Train {
+        recipe: String,
+        /// Timed steps per backend.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Backends to compare: all (GPU and CPU), gpu or cpu.
+        #[arg(long, default_value = "all")]
+        device: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Devices => {
+            let adapters = kiln_wgpu::list_adapters();
+            if adapters.is_empty() {
+                if let Err(e) = kiln_wgpu::WgpuBackend::new() {
+                    println!("{e}");
+                }
+            }
+            for a in adapters {
+                println!("{a}");
+            }
+            Ok(())
+        }
+        Command::Train { recipe, config, device, epochs, batch_size, lr, seed, data, out, resume } => {
+            let mut job = match (&resume, &config, &recipe) {
+                (Some(ck), _, _) => {
+                    let file = kiln_train::Checkpoint::load(ck)?;
+                    kiln_train::trainer::checkpoint_config(&file, ck)?
+                }
+                (None, Some(path), _) => Config::load(path)?,
+                (None, None, Some(name)) => Config::recipe(name)?,
+                (None, None, None) => {
+                    return Err(format!("name a recipe ({}) or give --config FILE", kiln_train::config::RECIPES.join(", ")).into())
+                }
+            };
+            if let Some(v) = epochs {
+                job.train.epochs = v;
+            }
+            if let Some(v) = batch_size {
+                job.train.batch_size = v;
+            }
+            if let Some(v) = lr {
+                job.optimizer.lr = v;
+            }
+            if let Some(v) = seed {
+                job.train.seed = v;
+            }
+            if data.is_some() {
+                job.data.path = data;
+            }
+            let name = recipe.clone().unwrap_or_else(|| "job".into());
+            let out_dir = out.unwrap_or_else(|| PathBuf::from("runs").join(&name));
+            let device = Device::open(device)?;
+            eprintln!("device: {}", device.description);
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\ninterrupt: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)");
+            })?;
+            let report = kiln_train::train(&device, TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true }, &stop)?;
+            if report.interrupted {
+                println!("stopped after step {}; resume with: kiln train --resume {}", report.steps, report.checkpoint.display());
+            }
+            println!(
+                "test accuracy {:.2}% (loss {:.4}) after {} steps in {:.1}s on {}",
+                100.0 * report.test_accuracy,
+                report.test_loss,
+                report.steps,
+                report.seconds,
+                report.device
+            );
+            println!("wrote {}/{{checkpoint.safetensors, metrics.jsonl, curves.svg, config.toml}}", out_dir.display());
+            Ok(())
+        }
+        Command::Eval { checkpoint, device, data } => {
+            let device = Device::open(device)?;
+            eprintln!("device: {}", device.description);
+            let (_, loss, acc) = kiln_train::trainer::evaluate_checkpoint(&device, &checkpoint, data.as_deref())?;
+            println!("test accuracy {:.2}% (loss {loss:.4})", 100.0 * acc);
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Train { recipe, steps, device } } => {
+            let config = Config::recipe(&recipe)?;
+            let devices: Vec<Device> = match device.as_str() {
+                "gpu" => vec![Device::gpu()?],
+                "cpu" => vec![Device::cpu()],
+                _ => {
+                    let mut v = Vec::new();
+                    match Device::gpu() {
+                        Ok(d) => v.push(d),
+                        Err(e) => eprintln!("no GPU: {e}"),
+                    }
+                    v.push(Device::cpu());
+                    v
+                }
+            };
+            println!("{:<50} {:>10} {:>14} {:>10}", format!("{recipe}, batch {}", config.train.batch_size), "ms/step", "samples/s", "dispatches");
+            for d in &devices {
+                let r = kiln_train::bench::bench_train(d, &config, steps)?;
+                println!("{:<50} {:>10.3} {:>14.0} {:>10}", d.description, r.ms_per_step, r.samples_per_s, r.dispatches);
+            }
+            Ok(())
+        }
+    }
+}

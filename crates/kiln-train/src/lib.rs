@@ -1,13 +1,19 @@
 //! kiln-train: the training loop, recipes and configs, metrics and plots, and
 //! safetensors checkpoints.
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod metrics;
+pub mod model;
+pub mod trainer;
 
 use std::path::PathBuf;
 
 pub use checkpoint::Checkpoint;
 pub use config::Config;
+pub use device::{Device, DeviceChoice};
+pub use trainer::{train, TrainOptions, TrainReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {

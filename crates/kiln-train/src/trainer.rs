@@ -1,0 +1,341 @@
+//! The training loop: batches in, one plan run (one GPU submission) per step, progress,
+//! metrics, per-epoch validation and checkpoints, resume, and clean stops.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_core::{Executor, HostTensor, Shape, Tensor};
+use kiln_data::{DataLoader, Dataset, Mnist, MnistSplit, Normalization};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::device::Device;
+use crate::metrics::{MetricsLog, Record};
+use crate::model::{eval_plan, train_plan, ModelPlan};
+use crate::TrainError;
+
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const PLOT_FILE: &str = "curves.svg";
+/// Log a training record every this many steps.
+const LOG_EVERY: u64 = 50;
+/// Evaluation batches: larger than training ones, since nothing is kept for backward.
+const EVAL_BATCH: usize = 500;
+
+pub struct TrainOptions {
+    pub config: Config,
+    pub out_dir: PathBuf,
+    pub resume: Option<PathBuf>,
+    /// Show a progress bar (off in tests).
+    pub progress: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub device: String,
+    pub steps: u64,
+    pub epochs_done: usize,
+    pub seconds: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// Set when a stop request (Ctrl-C) ended the run early; a checkpoint was written.
+    pub interrupted: bool,
+    pub checkpoint: PathBuf,
+}
+
+/// The datasets of an MNIST job: training, validation (held out of training) and test.
+pub struct MnistData {
+    pub train: Dataset,
+    pub validation: Option<Dataset>,
+    pub test: Dataset,
+}
+
+pub fn load_mnist(config: &Config) -> Result<MnistData, TrainError> {
+    let data_err = |e: kiln_data::DataError| TrainError::Io(e.to_string());
+    let mnist = Mnist::locate(config.data.path.as_deref()).map_err(data_err)?;
+    let prepare = |mut d: Dataset| -> Result<Dataset, TrainError> {
+        d.normalize(Normalization::MNIST).map_err(data_err)?;
+        Ok(d.flattened())
+    };
+    let all = prepare(mnist.load(MnistSplit::Train).map_err(data_err)?)?;
+    let (mut train, validation) = if config.data.validation > 0 {
+        let (t, v) = all.split(config.data.validation, config.train.seed).map_err(data_err)?;
+        (t, Some(v))
+    } else {
+        (all, None)
+    };
+    if config.data.limit_train > 0 {
+        train = train.subset(config.data.limit_train.min(train.len())).map_err(data_err)?;
+    }
+    let mut test = prepare(mnist.load(MnistSplit::Test).map_err(data_err)?)?;
+    if config.data.limit_test > 0 {
+        test = test.subset(config.data.limit_test.min(test.len())).map_err(data_err)?;
+    }
+    Ok(MnistData { train, validation, test })
+}
+
+/// Loaded plans by batch size: the full batch and, when it occurs, the last partial
+/// one. All of them share the model's state on the device.
+pub struct Runner<'d> {
+    device: &'d Device,
+    config: Config,
+    train: HashMap<usize, (ModelPlan, Box<dyn Executor>)>,
+    eval: HashMap<usize, (ModelPlan, Box<dyn Executor>)>,
+}
+
+impl<'d> Runner<'d> {
+    pub fn new(device: &'d Device, config: &Config) -> Self {
+        Runner { device, config: config.clone(), train: HashMap::new(), eval: HashMap::new() }
+    }
+
+    pub fn train_step(&mut self, batch: usize) -> Result<&mut (ModelPlan, Box<dyn Executor>), TrainError> {
+        if !self.train.contains_key(&batch) {
+            let mp = train_plan(&self.config, batch)?;
+            let exec = self.device.backend.load(&mp.plan)?;
+            self.train.insert(batch, (mp, exec));
+        }
+        Ok(self.train.get_mut(&batch).expect("inserted above"))
+    }
+
+    pub fn eval_pass(&mut self, batch: usize) -> Result<&mut (ModelPlan, Box<dyn Executor>), TrainError> {
+        if !self.eval.contains_key(&batch) {
+            let mp = eval_plan(&self.config, batch)?;
+            let exec = self.device.backend.load(&mp.plan)?;
+            self.eval.insert(batch, (mp, exec));
+        }
+        Ok(self.eval.get_mut(&batch).expect("inserted above"))
+    }
+
+    /// Mean loss and accuracy over a dataset.
+    pub fn evaluate(&mut self, data: &Dataset) -> Result<(f64, f64), TrainError> {
+        let loader = DataLoader::new(data.clone(), EVAL_BATCH.min(data.len().max(1))).map_err(|e| TrainError::Io(e.to_string()))?;
+        let (mut loss, mut correct) = (0.0, 0.0);
+        for batch in loader.epoch(0) {
+            let (mp, exec) = self.eval_pass(batch.len)?;
+            let out = exec.run(&[(mp.x, batch.images), (mp.y, batch.labels)])?;
+            loss += out[0].scalar();
+            correct += out[1].scalar();
+        }
+        let n = data.len().max(1) as f64;
+        Ok((loss / n, correct / n))
+    }
+
+    /// Every checkpoint tensor's current value, read from the device.
+    pub fn snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
+        let (mp, exec) = self.train_step(batch)?;
+        let mut ck = Checkpoint::new();
+        for (name, t) in mp.checkpoint_tensors.clone() {
+            ck.insert(name, exec.read_state(t)?);
+        }
+        Ok(ck)
+    }
+
+    /// Write a checkpoint's tensors into the device state, after checking that it holds
+    /// exactly this model's tensors.
+    pub fn restore(&mut self, batch: usize, ck: &Checkpoint, file: &Path) -> Result<(), TrainError> {
+        let (mp, exec) = self.train_step(batch)?;
+        let expected: Vec<(String, Shape)> =
+            mp.checkpoint_tensors.iter().map(|(n, t)| (n.clone(), mp.graph.shape(*t).clone())).collect();
+        ck.check_matches(&expected, file)?;
+        for (name, t) in &mp.checkpoint_tensors {
+            exec.write_state(*t, &ck.tensors[name])?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a run stands: enough to resume it exactly.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Position {
+    step: u64,
+    epoch: usize,
+    /// Batches of `epoch` already trained on.
+    batch: usize,
+}
+
+fn save_checkpoint(runner: &mut Runner, config: &Config, pos: Position, path: &Path) -> Result<(), TrainError> {
+    let mut ck = runner.snapshot(config.train.batch_size)?;
+    ck.set_meta("format", "kiln-checkpoint-1");
+    ck.set_meta("step", pos.step);
+    ck.set_meta("epoch", pos.epoch);
+    ck.set_meta("batch_in_epoch", pos.batch);
+    ck.set_meta("seed", config.train.seed);
+    ck.set_meta("config", config.to_toml());
+    ck.save(path)
+}
+
+/// The config a checkpoint was trained with (from its metadata).
+pub fn checkpoint_config(ck: &Checkpoint, file: &Path) -> Result<Config, TrainError> {
+    let text = ck.metadata.get("config").ok_or_else(|| TrainError::Checkpoint {
+        file: file.to_path_buf(),
+        message: "metadata holds no 'config'; was it written by kiln train?".into(),
+    })?;
+    Config::from_toml(text, file)
+}
+
+pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+    let config = &opts.config;
+    config.validate().map_err(TrainError::Config)?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", opts.out_dir.display())))?;
+    let ck_path = opts.out_dir.join(CHECKPOINT_FILE);
+    std::fs::write(opts.out_dir.join("config.toml"), config.to_toml()).map_err(|e| TrainError::Io(e.to_string()))?;
+    let data = load_mnist(config)?;
+    let batch_size = config.train.batch_size;
+    let loader = DataLoader::new(data.train.clone(), batch_size)
+        .map_err(|e| TrainError::Io(e.to_string()))?
+        .shuffle(config.train.seed)
+        .drop_last(config.train.drop_last);
+    let steps_per_epoch = loader.num_batches() as u64;
+    let total_steps = steps_per_epoch * config.train.epochs as u64;
+    let schedule = crate::model::schedule(&config.schedule, config.optimizer.lr, total_steps)?;
+    let mut runner = Runner::new(device, config);
+    let mut pos = Position::default();
+    let mut metrics = MetricsLog::open(&opts.out_dir.join(crate::trainer::METRICS_FILE))?;
+
+    if let Some(resume) = &opts.resume {
+        let ck = Checkpoint::load(resume)?;
+        runner.restore(batch_size, &ck, resume)?;
+        pos = Position {
+            step: ck.meta_u64("step", resume)?,
+            epoch: ck.meta_u64("epoch", resume)? as usize,
+            batch: ck.meta_u64("batch_in_epoch", resume)? as usize,
+        };
+        metrics.truncate_after(pos.step);
+    }
+
+    let started = Instant::now();
+    let mut interrupted = false;
+    'epochs: while pos.epoch < config.train.epochs {
+        let epoch_start = Instant::now();
+        let bar = progress_bar(opts.progress, steps_per_epoch, pos.epoch, config.train.epochs);
+        bar.set_position(pos.batch as u64);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize);
+        let mut smoothed = f64::NAN;
+        for batch in loader.epoch(pos.epoch as u64).skip(pos.batch) {
+            let lr = schedule.lr(pos.step);
+            let (mp, exec) = runner.train_step(batch.len)?;
+            let train = mp.train.as_ref().expect("a training plan has its TrainGraph");
+            let mut feeds: Vec<(Tensor, HostTensor)> = train.feeds(pos.step, lr);
+            feeds.push((mp.x, batch.images));
+            feeds.push((mp.y, batch.labels));
+            let out = exec.run(&feeds)?;
+            let loss = out[0].scalar();
+            if !loss.is_finite() {
+                bar.abandon();
+                let kept = if ck_path.exists() {
+                    format!("the last good checkpoint is kept at {}", ck_path.display())
+                } else {
+                    "no checkpoint had been written yet".to_string()
+                };
+                return Err(TrainError::Diverged(format!(
+                    "the loss became {loss} at step {} (epoch {}, batch {}, learning rate {lr:e}); training stopped and {kept}. Try a lower learning rate or gradient clipping.",
+                    pos.step + 1,
+                    pos.epoch + 1,
+                    pos.batch + 1
+                )));
+            }
+            pos.step += 1;
+            pos.batch += 1;
+            loss_sum += loss * batch.len as f64;
+            correct += out[1].scalar();
+            seen += batch.len;
+            smoothed = if smoothed.is_nan() { loss } else { 0.95 * smoothed + 0.05 * loss };
+            let rate = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {smoothed:.4}  acc {:.2}%  {:.0} samples/s", 100.0 * correct / seen as f64, rate));
+            bar.inc(1);
+            if pos.step % LOG_EVERY == 0 {
+                metrics.push(Record::Train { step: pos.step, epoch: pos.epoch, loss, lr, samples_per_s: rate })?;
+            }
+            if stop.load(Ordering::SeqCst) {
+                bar.abandon_with_message("stopping: writing a checkpoint");
+                save_checkpoint(&mut runner, config, pos, &ck_path)?;
+                interrupted = true;
+                break 'epochs;
+            }
+        }
+        bar.finish_and_clear();
+        let (val_loss, val_accuracy) = match &data.validation {
+            Some(v) => runner.evaluate(v)?,
+            None => (f64::NAN, f64::NAN),
+        };
+        let seen = seen.max(1) as f64;
+        metrics.push(Record::Epoch {
+            epoch: pos.epoch,
+            step: pos.step,
+            train_loss: loss_sum / seen,
+            train_accuracy: correct / seen,
+            val_loss,
+            val_accuracy,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+        })?;
+        if opts.progress {
+            eprintln!(
+                "epoch {:>2}/{}: train loss {:.4} acc {:.2}% | val loss {:.4} acc {:.2}% | {:.1}s",
+                pos.epoch + 1,
+                config.train.epochs,
+                loss_sum / seen,
+                100.0 * correct / seen,
+                val_loss,
+                100.0 * val_accuracy,
+                epoch_start.elapsed().as_secs_f64()
+            );
+        }
+        pos.epoch += 1;
+        pos.batch = 0;
+        save_checkpoint(&mut runner, config, pos, &ck_path)?;
+    }
+
+    let (test_loss, test_accuracy) = runner.evaluate(&data.test)?;
+    if !interrupted {
+        metrics.push(Record::Test { step: pos.step, loss: test_loss, accuracy: test_accuracy })?;
+    }
+    metrics.plot(&opts.out_dir.join(PLOT_FILE))?;
+    Ok(TrainReport {
+        device: device.description.clone(),
+        steps: pos.step,
+        epochs_done: pos.epoch,
+        seconds: started.elapsed().as_secs_f64(),
+        test_loss,
+        test_accuracy,
+        interrupted,
+        checkpoint: ck_path,
+    })
+}
+
+/// Evaluate a checkpoint on the test set: the config comes from its metadata.
+pub fn evaluate_checkpoint(device: &Device, file: &Path, data_dir: Option<&Path>) -> Result<(Config, f64, f64), TrainError> {
+    let ck = Checkpoint::load(file)?;
+    let mut config = checkpoint_config(&ck, file)?;
+    if let Some(dir) = data_dir {
+        config.data.path = Some(dir.to_path_buf());
+    }
+    let data = load_mnist(&config)?;
+    let mut runner = Runner::new(device, &config);
+    let (mp, exec) = runner.eval_pass(EVAL_BATCH.min(data.test.len().max(1)))?;
+    let expected: Vec<(String, Shape)> = mp.checkpoint_tensors.iter().map(|(n, t)| (n.clone(), mp.graph.shape(*t).clone())).collect();
+    let model_only = Checkpoint {
+        tensors: ck.tensors.iter().filter(|(n, _)| !n.starts_with(crate::checkpoint::OPTIMIZER_PREFIX)).map(|(n, t)| (n.clone(), t.clone())).collect(),
+        metadata: ck.metadata.clone(),
+    };
+    model_only.check_matches(&expected, file)?;
+    for (name, t) in &mp.checkpoint_tensors {
+        exec.write_state(*t, &model_only.tensors[name])?;
+    }
+    let (loss, accuracy) = runner.evaluate(&data.test)?;
+    Ok((config, loss, accuracy))
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30.cyan/blue}] {pos}/{len} {msg} ({eta})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar
+}
