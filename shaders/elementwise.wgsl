@@ -125,6 +125,11 @@ fn log_f32(x: f32) -> f32 {
     return log(x);
 }
 
+// A GPU's sqrt of a negative number is undefined; the CPU's is NaN.
+fn sqrt_f32(x: f32) -> f32 {
+    return select(sqrt(x), nan(), x < 0.0);
+}
+
 fn sign_f32(x: f32) -> f32 {
     if (x > 0.0) {
         return 1.0;
@@ -160,9 +165,11 @@ fn gelu_erf_f32(x: f32) -> f32 {
     return 0.5 * x * (1.0 + erf_f32(x * SQRT_1_2));
 }
 
+// With u = sqrt(2/pi) (x + 0.044715 x^3): 1 + tanh(u) = 2 sigmoid(2u), which keeps its
+// precision in the left tail where 1 + tanh(u) cancels.
 fn gelu_tanh_f32(x: f32) -> f32 {
-    let t = tanh_f32(SQRT_2_PI * (x + GELU_CUBIC * x * x * x));
-    return 0.5 * x * (1.0 + t);
+    let u = SQRT_2_PI * (x + GELU_CUBIC * x * x * x);
+    return x * sigmoid_f32(2.0 * u);
 }
 
 fn gelu_erf_grad_f32(x: f32) -> f32 {
@@ -171,9 +178,13 @@ fn gelu_erf_grad_f32(x: f32) -> f32 {
     return cdf + x * pdf;
 }
 
+// 0.5 (1 + t) = s and 1 - t^2 = 4 s (1 - s), with t = tanh(u), s = sigmoid(2u) and
+// 1 - s = sigmoid(-2u): no cancellation in either tail.
 fn gelu_tanh_grad_f32(x: f32) -> f32 {
-    let t = tanh_f32(SQRT_2_PI * (x + GELU_CUBIC * x * x * x));
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
+    let u = SQRT_2_PI * (x + GELU_CUBIC * x * x * x);
+    let s = sigmoid_f32(2.0 * u);
+    let s_minus = sigmoid_f32(-2.0 * u);
+    return s + 2.0 * x * s * s_minus * SQRT_2_PI * (1.0 + 3.0 * GELU_CUBIC * x * x);
 }
 
 fn maximum_f32(a: f32, b: f32) -> f32 {

@@ -97,13 +97,18 @@ fn merge_max(a: Acc, b: Acc) -> Acc {
     }
     let a_nan = is_nan(a.value);
     let b_nan = is_nan(b.value);
+    var a_wins: bool;
     if (a_nan != b_nan) {
-        return select(b, a, a_nan);
+        a_wins = a_nan;
+    } else if (!a_nan && a.value != b.value) {
+        a_wins = a.value > b.value;
+    } else {
+        a_wins = a.index < b.index;
     }
-    if (!a_nan && a.value != b.value) {
-        return select(b, a, a.value > b.value);
+    if (a_wins) {
+        return a;
     }
-    return select(b, a, a.index < b.index);
+    return b;
 }
 
 fn add_max(acc: Acc, v: f32, j: u32) -> Acc {

@@ -93,7 +93,8 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         }
         Op::Compare(op) => {
             // Floats compare as f32 (exact for f16); u32 compare as u32, exactly.
-            let expr = format!("select({to}(0), {to}(1), a {} b)", compare_symbol(*op));
+            let holds = if float_inputs { float_comparison(*op) } else { format!("a {} b", compare_symbol(*op)) };
+            let expr = format!("select({to}(0), {to}(1), {holds})");
             (vec![load_of(float_inputs), load_of(float_inputs)], expr)
         }
         Op::Where => (vec![Load::Truth, Load::Raw, Load::Raw], "select(c, b, a)".to_string()),
@@ -195,8 +196,8 @@ fn unary_expr(op: UnaryOp) -> String {
         UnaryOp::Neg => "-a",
         UnaryOp::Exp => "exp(a)",
         UnaryOp::Log => "log_f32(a)",
-        UnaryOp::Sqrt => "sqrt(a)",
-        UnaryOp::Rsqrt => "1.0 / sqrt(a)",
+        UnaryOp::Sqrt => "sqrt_f32(a)",
+        UnaryOp::Rsqrt => "1.0 / sqrt_f32(a)",
         UnaryOp::Abs => "abs(a)",
         UnaryOp::Sign => "sign_f32(a)",
         UnaryOp::Relu => "relu_f32(a)",
@@ -223,6 +224,16 @@ fn binary_expr(op: BinaryOp) -> String {
         BinaryOp::Pow => "pow_f32(a, b)",
     }
     .to_string()
+}
+
+/// IEEE comparisons spelled out: with NaN only `ne` holds. A WGSL compiler may assume
+/// floats are never NaN (lavapipe's `!=` says NaN != 5e9 is false), so NaN is tested on
+/// the bits.
+fn float_comparison(op: CmpOp) -> String {
+    match op {
+        CmpOp::Ne => "!(a == b) || is_nan(a) || is_nan(b)".to_string(),
+        op => format!("(a {} b) && !is_nan(a) && !is_nan(b)", compare_symbol(op)),
+    }
 }
 
 fn compare_symbol(op: CmpOp) -> &'static str {
