@@ -1,12 +1,16 @@
 //! The loaded plan: storage slots, feeds, step dispatch, state updates and outputs.
 use kiln_core::{DType, ExecError, Executor, HostData, HostTensor, Op, Operand, Plan, Step, Tensor};
 
+use crate::shared::{lock, SharedHandle, StateRegistry};
 use crate::storage::{Slot, View, ViewMut};
 use crate::strided::TensorRef;
 use crate::{elementwise, index, matmul, movement, reduce, softmax, Element, Float};
 
 pub struct CpuExecutor<T: Float> {
     plan: Plan,
+    /// The backend-wide value of each of `plan.states` (same order), and the version of
+    /// it this executor's slot holds.
+    shared: Vec<(SharedHandle<T>, u64)>,
     /// One slot per plan buffer.
     slots: Vec<Slot<T>>,
     /// Elements of the largest tenant of each buffer: what a slot is allocated for.
@@ -16,7 +20,7 @@ pub struct CpuExecutor<T: Float> {
 impl<T: Float> CpuExecutor<T> {
     /// Check the plan's buffer references, allocate the slots and write the states'
     /// initial values.
-    pub fn load(plan: &Plan) -> Result<Self, ExecError> {
+    pub fn load(plan: &Plan, registry: &StateRegistry<T>) -> Result<Self, ExecError> {
         let capacity = buffer_capacities(plan)?;
         for step in &plan.steps {
             if step.inputs.iter().any(|i| i.buffer == step.output.buffer) {
@@ -30,12 +34,21 @@ impl<T: Float> CpuExecutor<T> {
         }
         // Slots take their kind from their first write; until then they hold float zeros.
         let slots = capacity.iter().map(|&n| Slot::new(DType::F32, n)).collect();
-        let mut executor = CpuExecutor { plan: plan.clone(), slots, capacity };
+        let mut shared = Vec::with_capacity(plan.states.len());
         for state in &plan.states {
-            let value = check_state_value(&state.name, &state.operand, &state.init)?;
-            executor.store(&state.operand, value);
+            let handle = registry.attach(&state.name, &state.operand, || {
+                let mut value = check_state_value(&state.name, &state.operand, &state.init)?;
+                if state.operand.dtype == DType::F16 {
+                    if let Slot::Float(v) = &mut value {
+                        round_to_f16(v);
+                    }
+                }
+                Ok(value)
+            })?;
+            // Version 0 is never current, so the first run copies the value in.
+            shared.push((handle, 0));
         }
-        Ok(executor)
+        Ok(CpuExecutor { plan: plan.clone(), shared, slots, capacity })
     }
 
     /// Write `value` (already checked against `operand`) into its buffer, rounding f16
@@ -101,14 +114,50 @@ impl<T: Float> CpuExecutor<T> {
         Ok(values)
     }
 
-    fn find_state(&self, state: Tensor) -> Result<(String, Operand), ExecError> {
-        match self.plan.states.iter().find(|s| s.tensor == state) {
-            Some(s) => Ok((s.name.clone(), s.operand.clone())),
+    fn state_index(&self, state: Tensor) -> Result<(usize, Operand), ExecError> {
+        match self.plan.states.iter().position(|s| s.tensor == state) {
+            Some(i) => Ok((i, self.plan.states[i].operand.clone())),
             None => Err(ExecError::BadState {
                 name: self.describe_tensor(state),
                 message: "not a state tensor of this plan".into(),
             }),
         }
+    }
+
+    /// Copy into this executor's slots every state another plan (or `write_state`) has
+    /// changed since this executor last saw it.
+    fn pull_shared_states(&mut self) {
+        for i in 0..self.shared.len() {
+            let operand = self.plan.states[i].operand.clone();
+            let (handle, seen) = &self.shared[i];
+            let shared = lock(handle);
+            if shared.version == *seen {
+                continue;
+            }
+            let version = shared.version;
+            let value = shared.value.clone();
+            drop(shared);
+            self.store(&operand, value);
+            self.shared[i].1 = version;
+        }
+    }
+
+    /// Publish the states this plan's updates wrote.
+    fn push_updated_states(&mut self) -> Result<(), ExecError> {
+        for update in &self.plan.updates {
+            let Some(i) = self.plan.states.iter().position(|s| s.tensor == update.state) else { continue };
+            let operand = &self.plan.states[i].operand;
+            let value = match self.slots[operand.buffer].view(operand)? {
+                View::Float(v) => Slot::Float(v.to_vec()),
+                View::U32(v) => Slot::U32(v.to_vec()),
+            };
+            let handle = self.shared[i].0.clone();
+            let mut shared = lock(&handle);
+            shared.value = value;
+            shared.version += 1;
+            self.shared[i].1 = shared.version;
+        }
+        Ok(())
     }
 
     /// After the steps: copy each update's source into its state, in list order.
@@ -144,7 +193,9 @@ impl<T: Float> CpuExecutor<T> {
 
 impl<T: Float> Executor for CpuExecutor<T> {
     fn run(&mut self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<HostTensor>, ExecError> {
-        for (at, value) in self.check_feeds(feeds)? {
+        let values = self.check_feeds(feeds)?;
+        self.pull_shared_states();
+        for (at, value) in values {
             let operand = self.plan.inputs[at].operand.clone();
             self.store(&operand, value);
         }
@@ -152,18 +203,32 @@ impl<T: Float> Executor for CpuExecutor<T> {
             execute_step(step, &mut self.slots, &self.capacity)?;
         }
         self.apply_updates()?;
+        self.push_updated_states()?;
         self.plan.outputs.iter().map(|o| self.fetch(&o.operand)).collect()
     }
 
     fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError> {
-        let (_, operand) = self.find_state(state)?;
-        self.fetch(&operand)
+        let (index, operand) = self.state_index(state)?;
+        let shared = lock(&self.shared[index].0);
+        let shape = operand.shape.clone();
+        Ok(match shared.value.view(&operand)? {
+            View::Float(v) => T::to_host(shape, v.to_vec()),
+            View::U32(v) => HostTensor { shape, data: HostData::U32(v.to_vec()) },
+        })
     }
 
     fn write_state(&mut self, state: Tensor, value: &HostTensor) -> Result<(), ExecError> {
-        let (name, operand) = self.find_state(state)?;
-        let value = check_state_value(&name, &operand, value)?;
-        self.store(&operand, value);
+        let (index, operand) = self.state_index(state)?;
+        let name = self.plan.states[index].name.clone();
+        let mut value = check_state_value(&name, &operand, value)?;
+        if operand.dtype == DType::F16 {
+            if let Slot::Float(v) = &mut value {
+                round_to_f16(v);
+            }
+        }
+        let mut shared = lock(&self.shared[index].0);
+        shared.value = value;
+        shared.version += 1;
         Ok(())
     }
 }

@@ -4,8 +4,6 @@
 //! Every GPU kernel is judged against these loops, so they follow the words of
 //! `kiln_core::Op` as directly as possible. Op families live in their own files:
 //! elementwise, reduce, matmul, softmax (with cross-entropy), movement and index.
-use std::marker::PhantomData;
-
 use kiln_core::{Backend, ExecError, Executor, Plan};
 
 mod elementwise;
@@ -15,22 +13,29 @@ mod matmul;
 mod movement;
 mod reduce;
 mod scalar;
+mod shared;
 mod softmax;
 mod storage;
 mod strided;
 
 pub use scalar::{Element, Float};
+use shared::StateRegistry;
 
 /// The CPU reference backend. `T` is the type every float tensor is computed in:
 /// f32 to match a GPU, f64 for gradient checks. f16 tensors are computed in `T` and
 /// rounded to f16 whenever they are written.
+///
+/// State tensors belong to the backend, by name: every plan loaded on one backend that
+/// names a state ("0.weight") works on the same value, so a training plan, an
+/// evaluation plan and a last-partial-batch plan share the model. The first plan to
+/// load a name gives its initial value.
 pub struct CpuBackend<T: Float> {
-    _t: PhantomData<T>,
+    states: StateRegistry<T>,
 }
 
 impl<T: Float> CpuBackend<T> {
     pub fn new() -> Self {
-        CpuBackend { _t: PhantomData }
+        CpuBackend { states: StateRegistry::default() }
     }
 }
 
@@ -46,6 +51,6 @@ impl<T: Float> Backend for CpuBackend<T> {
     }
 
     fn load(&self, plan: &Plan) -> Result<Box<dyn Executor>, ExecError> {
-        Ok(Box::new(executor::CpuExecutor::<T>::load(plan)?))
+        Ok(Box::new(executor::CpuExecutor::<T>::load(plan, &self.states)?))
     }
 }

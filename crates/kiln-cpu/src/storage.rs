@@ -5,6 +5,7 @@ use kiln_core::{DType, ExecError, Operand};
 
 use crate::Float;
 
+#[derive(Clone)]
 pub enum Slot<T> {
     Float(Vec<T>),
     U32(Vec<u32>),
