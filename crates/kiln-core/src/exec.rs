@@ -12,6 +12,12 @@ pub trait Executor {
 }
 
 /// Something that can load a Plan: the CPU reference, a GPU.
+///
+/// State tensors belong to the backend, by name: every plan loaded on one backend that
+/// declares a state called "0.weight" reads and updates the same value (the first plan
+/// to load the name supplies its initial value; a later plan that declares it with
+/// another shape or dtype fails to load). A training step, an evaluation pass and the
+/// plan for a last partial batch therefore share one model on the device.
 pub trait Backend {
     /// Human-readable description (the adapter's name for a GPU).
     fn name(&self) -> String;
