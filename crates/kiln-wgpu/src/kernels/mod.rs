@@ -13,7 +13,16 @@
 //!   its work, without breaking barrier uniformity.
 //! - element types are template slots written `{{NAME}}` (for example `{{T}}`, `{{IDX}}`);
 //!   `render` fills them with `f32`, `f16` or `u32` and adds `enable f16;` when needed.
-//!   Arithmetic is done in f32; f16 is a storage type only.
+//!   Arithmetic is done in f32; f16 is a storage type only. `render` replaces slots
+//!   everywhere, comments included: name a slot in a comment without the braces.
+//!
+//! NOTE (runtime, added after the interface was fixed; nothing above changes): the
+//! plan's buffers share one arena `wgpu::Buffer`, and WebGPU tracks read/write usage per
+//! buffer, so the runtime re-declares every tensor binding (1..) `read_write` before
+//! handing a kernel to wgpu (binding 0, params, stays read-only). Keep writing `read`
+//! for `Access::Read`; but a value loaded from a tensor binding is then non-uniform, so
+//! never let barriers or workgroup-uniform control flow depend on one (use params).
+//! tests/shaders_valid.rs validates every launch both as written and as loaded.
 use kiln_core::{DType, ExecError, Step};
 
 mod elementwise;
