@@ -12,7 +12,9 @@ mod runtime;
 pub mod testing;
 
 pub use adapter::{list_adapters, AdapterReport};
-pub use runtime::{WgpuBackend, WgpuOptions};
+pub use runtime::{WgpuBackend, WgpuOptions, TIMEOUT_ENV};
+/// The wgpu this crate is built on (AdapterReport and WgpuBackend::limits use its types).
+pub use wgpu;
 
 /// Exposed for tests that validate kernels exactly as the runtime hands them to wgpu.
 #[doc(hidden)]

@@ -5,8 +5,11 @@
 //! - Input and scratch buffers of the plan share one arena `wgpu::Buffer`, each at an
 //!   offset aligned to `min_storage_buffer_offset_alignment` (one buffer per plan buffer
 //!   when the arena would exceed `max_buffer_size`).
-//! - Every state buffer is its own `wgpu::Buffer`: updates are `copy_buffer_to_buffer`
-//!   from the arena into the state, and WebGPU forbids a copy within one buffer.
+//! - Every state is a `wgpu::Buffer` of its own, owned by the backend under the state's
+//!   name: every plan loaded on one backend that declares a state of that name uses the
+//!   same buffer (the first plan to load it supplies the initial value). Updates are
+//!   `copy_buffer_to_buffer` from the arena into the state (WebGPU forbids a copy
+//!   within one buffer, another reason states live apart).
 //! - One params buffer holds the params words of every launch.
 //!
 //! A consequence of the arena: WebGPU tracks usage per buffer, not per range, so a
@@ -20,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kiln_core::{Backend, DType, ExecError, Executor, HostData, HostTensor, Operand, Plan, Tensor};
+use kiln_core::{Backend, DType, ExecError, Executor, HostData, HostTensor, Operand, Plan, Shape, Tensor};
 use wgpu::util::DeviceExt;
 
 use crate::adapter::{self, AdapterReport, ADAPTER_ENV};
@@ -72,7 +75,15 @@ struct KernelLayout {
     pipeline_layout: wgpu::PipelineLayout,
 }
 
-/// Everything plans loaded on one backend share: the device, and the pipeline cache.
+/// A state tensor on the device, shared by every plan that declares its name.
+struct StateBuffer {
+    buffer: wgpu::Buffer,
+    dtype: DType,
+    shape: Shape,
+}
+
+/// Everything plans loaded on one backend share: the device, the pipeline cache and
+/// the state tensors.
 struct Shared {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -83,6 +94,9 @@ struct Shared {
     timeout: Duration,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     layouts: Mutex<HashMap<usize, Arc<KernelLayout>>>,
+    /// By state name. Locked for the whole of a load, so loads that declare the same
+    /// state one after the other agree on its buffer.
+    states: Mutex<HashMap<String, StateBuffer>>,
     /// Errors no error scope caught (wgpu's default handler would panic on them).
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Why the device was lost, once it is.
@@ -132,6 +146,7 @@ impl WgpuBackend {
             timeout: options.timeout,
             pipelines: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
             uncaptured,
             lost,
         };
@@ -381,6 +396,9 @@ struct WgpuExecutor {
     output_copies: Vec<BufferCopy>,
     staging: wgpu::Buffer,
     staging_bytes: u64,
+    /// Why a run failed on the device (timeout, lost device, failed readback): the GPU
+    /// may still be working on it and `staging` still be mapped, so later runs refuse.
+    failed: Option<String>,
 }
 
 /// A name for a tensor in messages: "input 'x'", "state 'w'", or "matmul (node #12)".
@@ -436,10 +454,12 @@ impl WgpuExecutor {
         let device = &shared.device;
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let (buffers, regions) = allocate(&shared, plan, &sizes);
+        let mut states = lock(&shared.states);
+        let (buffers, regions, new_states) = allocate(&shared, plan, &sizes, &states)?;
         let (dispatches, params) = build_dispatches(&shared, plan, &buffers, &regions)?;
 
-        for state in &plan.states {
+        // States this plan is the first to declare start from its initial values.
+        for state in plan.states.iter().filter(|s| new_states.iter().any(|(name, _)| *name == s.name)) {
             let region = regions[state.operand.buffer];
             let bytes = encode(&state.init, &state.operand, &caps)
                 .map_err(|message| ExecError::BadState { name: state.name.clone(), message })?;
@@ -479,6 +499,9 @@ impl WgpuExecutor {
         if let Some(error) = oom.or(invalid) {
             return Err(ExecError::Device(format!("loading the plan on {}: {error}", shared.report.title())));
         }
+        // Only a plan that loaded registers its states.
+        states.extend(new_states);
+        drop(states);
         Ok(WgpuExecutor {
             plan: plan.clone(),
             buffers,
@@ -489,6 +512,7 @@ impl WgpuExecutor {
             output_copies,
             staging,
             staging_bytes,
+            failed: None,
             shared,
         })
     }
@@ -554,9 +578,16 @@ impl WgpuExecutor {
     }
 }
 
-/// Lay the plan's buffers out: states each in a buffer of their own, the rest in one
-/// arena when it fits `max_buffer_size`, else one buffer each.
-fn allocate(shared: &Shared, plan: &Plan, sizes: &[u64]) -> (Vec<wgpu::Buffer>, Vec<Region>) {
+/// Lay the plan's buffers out: the non-state buffers in one arena when it fits
+/// `max_buffer_size`, else one buffer each; states in the backend's buffer of that
+/// name, or (returned as new, for the caller to register) a new one.
+#[allow(clippy::type_complexity)]
+fn allocate(
+    shared: &Shared,
+    plan: &Plan,
+    sizes: &[u64],
+    states: &HashMap<String, StateBuffer>,
+) -> Result<(Vec<wgpu::Buffer>, Vec<Region>, Vec<(String, StateBuffer)>), ExecError> {
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let alignment = shared.limits.min_storage_buffer_offset_alignment.max(4) as u64;
     let is_state = |b: usize| plan.buffers[b].role == kiln_core::BufferRole::State;
@@ -566,26 +597,51 @@ fn allocate(shared: &Shared, plan: &Plan, sizes: &[u64]) -> (Vec<wgpu::Buffer>, 
     let mut buffers = Vec::new();
     let mut regions = vec![Region { buffer: usize::MAX, offset: 0, size: 0 }; sizes.len()];
 
-    let shared_ids: Vec<usize> = (0..sizes.len()).filter(|&b| !is_state(b)).collect();
-    let arena_bytes: u64 = shared_ids.iter().map(|&b| align_up(sizes[b], alignment)).sum();
-    if !shared_ids.is_empty() && arena_bytes <= shared.limits.max_buffer_size {
+    let arena_ids: Vec<usize> = (0..sizes.len()).filter(|&b| !is_state(b)).collect();
+    let arena_bytes: u64 = arena_ids.iter().map(|&b| align_up(sizes[b], alignment)).sum();
+    if !arena_ids.is_empty() && arena_bytes <= shared.limits.max_buffer_size {
         let mut offset = 0;
-        for &b in &shared_ids {
+        for &b in &arena_ids {
             regions[b] = Region { buffer: 0, offset, size: sizes[b] };
             offset += align_up(sizes[b], alignment);
         }
         buffers.push(create("kiln arena", arena_bytes));
     } else {
-        for &b in &shared_ids {
+        for &b in &arena_ids {
             regions[b] = Region { buffer: buffers.len(), offset: 0, size: sizes[b] };
             buffers.push(create(&format!("kiln buffer {b}"), sizes[b]));
         }
     }
-    for b in (0..sizes.len()).filter(|&b| is_state(b)) {
-        regions[b] = Region { buffer: buffers.len(), offset: 0, size: sizes[b] };
-        buffers.push(create(&format!("kiln state buffer {b}"), sizes[b]));
+
+    let mut new_states = Vec::new();
+    for state in &plan.states {
+        let (name, operand) = (&state.name, &state.operand);
+        let size = sizes[operand.buffer];
+        let buffer = match states.get(name) {
+            Some(known) if known.dtype == operand.dtype && known.shape == operand.shape => known.buffer.clone(),
+            Some(known) => {
+                return Err(ExecError::BadState {
+                    name: name.clone(),
+                    message: format!(
+                        "this plan declares it {} {}, but a plan loaded earlier on this backend declared it {} {}",
+                        operand.dtype, operand.shape, known.dtype, known.shape
+                    ),
+                })
+            }
+            None => {
+                let buffer = create(&format!("kiln state '{name}'"), size);
+                let entry = StateBuffer { buffer: buffer.clone(), dtype: operand.dtype, shape: operand.shape.clone() };
+                new_states.push((name.clone(), entry));
+                buffer
+            }
+        };
+        regions[operand.buffer] = Region { buffer: buffers.len(), offset: 0, size };
+        buffers.push(buffer);
     }
-    (buffers, regions)
+    if let Some(orphan) = (0..sizes.len()).find(|&b| regions[b].buffer == usize::MAX) {
+        return Err(ExecError::Unsupported(format!("plan buffer {orphan} is a state buffer of no state")));
+    }
+    Ok((buffers, regions, new_states))
 }
 
 /// Lower every step, fetch the pipelines, write all params into one buffer and build
@@ -747,6 +803,9 @@ fn decode(bytes: &[u8], operand: &Operand, caps: &Caps) -> HostTensor {
 
 impl Executor for WgpuExecutor {
     fn run(&mut self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<HostTensor>, ExecError> {
+        if let Some(reason) = &self.failed {
+            return Err(ExecError::Device(format!("an earlier run of this plan failed ({reason}); load the plan again")));
+        }
         self.shared.check_healthy()?;
         for (region, bytes) in self.check_feeds(feeds)? {
             self.shared.queue.write_buffer(&self.buffers[region.buffer], region.offset, &bytes);
@@ -768,7 +827,13 @@ impl Executor for WgpuExecutor {
             self.copy(&mut encoder, output, &self.staging);
         }
         let staging = (!self.output_copies.is_empty()).then_some((&self.staging, self.staging_bytes));
-        let bytes = self.shared.submit_and_read(encoder, staging, "running the plan")?.unwrap_or_default();
+        let bytes = match self.shared.submit_and_read(encoder, staging, "running the plan") {
+            Ok(bytes) => bytes.unwrap_or_default(),
+            Err(e) => {
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+        };
         let caps = &self.shared.caps;
         Ok(self
             .plan

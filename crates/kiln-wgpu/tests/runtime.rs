@@ -5,6 +5,7 @@ use kiln_core::{Backend, BinaryOp, CmpOp, DType, ExecError, Graph, HostData, Hos
 use kiln_cpu::CpuBackend;
 use kiln_wgpu::testing::gpu_or_skip;
 use kiln_wgpu::{WgpuBackend, WgpuOptions};
+use std::time::Duration;
 
 /// Deterministic values in [lo, hi) (a 64-bit LCG; no dependency needed).
 fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
@@ -266,6 +267,31 @@ fn sum_of_a_million_elements_is_accurate() {
 }
 
 #[test]
+fn a_run_that_outlasts_the_timeout_is_a_device_error() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let impatient = WgpuBackend::with_options(WgpuOptions { timeout: Duration::ZERO, ..WgpuOptions::default() }).unwrap();
+    let n = 1 << 20;
+    let mut g = Graph::new();
+    let x = g.input("x", [n], DType::F32).unwrap();
+    let e = g.exp(x).unwrap();
+    let s = g.sum_all(e).unwrap();
+    let plan = Plan::compile(&g, &[s]).unwrap();
+    let mut exec = impatient.load(&plan).unwrap();
+    let feeds = [(x, HostTensor::f32([n], vec![0.0; n]))];
+    match exec.run(&feeds) {
+        Err(ExecError::Device(message)) => {
+            assert!(message.contains("did not finish") || message.contains("not mapped"), "{message}");
+            // The executor refuses further runs rather than read a buffer still in use.
+            let again = exec.run(&feeds).unwrap_err();
+            assert!(matches!(&again, ExecError::Device(m) if m.contains("earlier run")), "{again}");
+        }
+        // A real GPU may finish a 4 MiB reduction before the first poll; a software one cannot.
+        Ok(out) if gpu.adapter().device_type != kiln_wgpu::wgpu::DeviceType::Cpu => assert_eq!(out[0].scalar(), n as f64),
+        other => panic!("a zero timeout on {}: {other:?}", gpu.name()),
+    }
+}
+
+#[test]
 fn state_updates_persist_across_runs() {
     let Some(gpu) = gpu_or_skip() else { return };
     let mut g = Graph::new();
@@ -291,8 +317,33 @@ fn state_updates_persist_across_runs() {
     assert_eq!(exec.read_state(w).unwrap(), HostTensor::f32([3], vec![0.0, 0.0, 1.0]));
     assert_eq!(exec.run(&feed).unwrap()[0].scalar(), 2.5);
 
-    // A second load starts again from the initial values.
-    let mut fresh = gpu.load(&plan).unwrap();
+    // States belong to the backend by name: a second plan declaring "w" sees its value
+    // now, whatever initial value it brings, and its updates are seen by the first.
+    let mut g2 = Graph::new();
+    let w2 = g2.state("w", DType::F32, HostTensor::f32([3], vec![9.0, 9.0, 9.0])).unwrap();
+    let doubled = g2.mul_scalar(w2, 2.0).unwrap();
+    let sum2 = g2.sum_all(w2).unwrap();
+    let plan2 = Plan::compile_with_updates(&g2, &[sum2], &[(w2, doubled)]).unwrap();
+    let mut second = gpu.load(&plan2).unwrap();
+    assert_eq!(second.read_state(w2).unwrap(), HostTensor::f32([3], vec![0.5, 0.5, 1.5]));
+    assert_eq!(second.run(&[]).unwrap()[0].scalar(), 2.5);
+    assert_eq!(exec.read_state(w).unwrap(), HostTensor::f32([3], vec![1.0, 1.0, 3.0]));
+
+    // Another shape under the same name does not load.
+    let mut g3 = Graph::new();
+    let w3 = g3.state("w", DType::F32, HostTensor::f32([4], vec![0.0; 4])).unwrap();
+    let s3 = g3.sum_all(w3).unwrap();
+    let plan3 = Plan::compile(&g3, &[s3]).unwrap();
+    match gpu.load(&plan3) {
+        Ok(_) => panic!("a [4] state 'w' loaded next to a [3] one"),
+        Err(err) => {
+            assert!(matches!(&err, ExecError::BadState { name, message } if name == "w" && message.contains("[3]")), "{err}")
+        }
+    }
+
+    // Another backend has states of its own, starting from the initial values.
+    let other = WgpuBackend::new().unwrap();
+    let mut fresh = other.load(&plan).unwrap();
     assert_eq!(fresh.read_state(w).unwrap(), HostTensor::f32([3], vec![1.0, 2.0, 3.0]));
 
     let err = exec.write_state(w, &HostTensor::f32([2], vec![0.0, 0.0])).unwrap_err();
