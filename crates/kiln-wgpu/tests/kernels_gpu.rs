@@ -40,7 +40,12 @@ fn run(backend: &dyn Backend, plan: &Plan, feeds: &[(Tensor, HostTensor)]) -> Ve
 }
 
 /// Runs `outputs` of `g` on both backends with the same feeds: (gpu, cpu) per output.
-fn both(gpu: &WgpuBackend, g: &Graph, outputs: &[Tensor], feeds: &[(Tensor, HostTensor)]) -> Vec<(HostTensor, HostTensor)> {
+fn both(
+    gpu: &WgpuBackend,
+    g: &Graph,
+    outputs: &[Tensor],
+    feeds: &[(Tensor, HostTensor)],
+) -> Vec<(HostTensor, HostTensor)> {
     let plan = Plan::compile(g, outputs).expect("test graph compiles");
     let on_gpu = run(gpu, &plan, feeds);
     let on_cpu = run(&CpuBackend::<f32>::new(), &plan, feeds);
@@ -100,7 +105,11 @@ const F16_STEP: f32 = 1.0 / 1024.0;
 /// a @ b with the given transposes and operand shapes, checked against the CPU with the
 /// error bound 1e-5 sqrt(K) (|a| @ |b|) (plus one f16 step of the result for f16).
 fn check_matmul(gpu: &WgpuBackend, a_shape: &[usize], b_shape: &[usize], trans_a: bool, trans_b: bool, dtype: DType) {
-    let what = format!("{dtype} matmul {a_shape:?}{} @ {b_shape:?}{}", ["", "ᵀ"][trans_a as usize], ["", "ᵀ"][trans_b as usize]);
+    let what = format!(
+        "{dtype} matmul {a_shape:?}{} @ {b_shape:?}{}",
+        ["", "ᵀ"][trans_a as usize],
+        ["", "ᵀ"][trans_b as usize]
+    );
     let mut g = Graph::new();
     let a = g.input("a", a_shape, dtype).unwrap();
     let b = g.input("b", b_shape, dtype).unwrap();
@@ -209,7 +218,11 @@ fn softmax_survives_infinities_and_huge_values() {
         let (soft, log) = (floats(&results[0].0), floats(&results[1].0));
         if n >= 3 {
             assert!(soft[n..2 * n].iter().chain(&log[n..2 * n]).all(|v| v.is_nan()), "an all -inf row gives NaN");
-            assert!(soft[2 * n..3 * n].iter().all(|v| v.is_finite()), "1e30 must not overflow: {:?}", &soft[2 * n..3 * n]);
+            assert!(
+                soft[2 * n..3 * n].iter().all(|v| v.is_finite()),
+                "1e30 must not overflow: {:?}",
+                &soft[2 * n..3 * n]
+            );
             assert_eq!(soft[0], 0.0, "exp(-inf) is 0");
             assert_eq!(log[0], f32::NEG_INFINITY);
         }
@@ -273,7 +286,10 @@ fn bit_pattern_values(n: usize, seed: u64) -> Vec<f32> {
 fn movement_feed(shape: &[usize], dtype: DType, seed: u64) -> HostTensor {
     let n = shape.iter().product();
     match dtype {
-        DType::U32 => HostTensor::u32(shape, (0..n as u32).map(|i| 0xfff0_0000u32.wrapping_add(i.wrapping_mul(2654435761))).collect()),
+        DType::U32 => HostTensor::u32(
+            shape,
+            (0..n as u32).map(|i| 0xfff0_0000u32.wrapping_add(i.wrapping_mul(2654435761))).collect(),
+        ),
         _ => HostTensor::f32(shape, bit_pattern_values(n, seed)),
     }
 }
@@ -286,19 +302,26 @@ fn permute_expand_slice_pad_concat_move_bits_exactly() {
         let x = g.input("x", [3, 5, 7, 2], dtype).unwrap();
         let small = g.input("small", [5, 1, 2], dtype).unwrap();
         let other = g.input("other", [3, 2, 7, 2], dtype).unwrap();
+        let empty = g.input("empty", [3, 0, 7, 2], dtype).unwrap();
+        let scalar = g.input("scalar", [], dtype).unwrap();
         let outputs = [
             g.permute(x, &[2, 0, 3, 1]).unwrap(),
             g.permute(x, &[1, 0, 2, 3]).unwrap(),
             g.broadcast_to(small, [3, 5, 7, 2]).unwrap(),
+            g.broadcast_to(scalar, [4, 3]).unwrap(),
             g.slice(x, 1, 1, 5, 3).unwrap(),
             g.slice(x, 2, 2, 7, 1).unwrap(),
+            // u32 data takes the fill as Cast would: 2.75 -> 2, -3 -> 0.
             g.pad(x, &[(1, 0), (0, 2), (3, 1), (0, 0)], 2.75).unwrap(),
-            g.concat(&[x, other, x], 1).unwrap(),
+            g.pad(small, &[(0, 1), (2, 2), (0, 0)], -3.0).unwrap(),
+            g.concat(&[x, other, empty, x], 1).unwrap(),
         ];
         let feeds = [
             (x, movement_feed(&[3, 5, 7, 2], dtype, 1)),
             (small, movement_feed(&[5, 1, 2], dtype, 2)),
             (other, movement_feed(&[3, 2, 7, 2], dtype, 3)),
+            (empty, movement_feed(&[3, 0, 7, 2], dtype, 5)),
+            (scalar, movement_feed(&[], dtype, 6)),
         ];
         for (i, (on_gpu, on_cpu)) in both(&gpu, &g, &outputs, &feeds).iter().enumerate() {
             assert_bits_equal(&format!("{dtype} movement output {i}"), on_gpu, on_cpu);

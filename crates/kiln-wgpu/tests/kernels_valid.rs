@@ -52,7 +52,12 @@ fn validate(launch: &Launch) {
         if let (Some(binding), naga::AddressSpace::Storage { access }) = (&var.binding, var.space) {
             assert_eq!(binding.group, 0, "{}: everything is in group 0", launch.key);
             let writable = access.contains(naga::StorageAccess::STORE);
-            assert!(declared.insert(binding.binding, writable).is_none(), "{}: binding {} twice", launch.key, binding.binding);
+            assert!(
+                declared.insert(binding.binding, writable).is_none(),
+                "{}: binding {} twice",
+                launch.key,
+                binding.binding
+            );
         }
     }
     let mut expected: BTreeMap<u32, bool> = BTreeMap::from([(0, false)]);

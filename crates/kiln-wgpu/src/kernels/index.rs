@@ -48,7 +48,11 @@ fn gather(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     }
     word(step, "table element count", table.numel())?;
     let row_len: usize = td[1..].iter().product();
-    let params = vec![word(step, "output element count", count)?, word(step, "row length", row_len)?, word(step, "table rows", td[0])?];
+    let params = vec![
+        word(step, "output element count", count)?,
+        word(step, "row length", row_len)?,
+        word(step, "table rows", td[0])?,
+    ];
     let slots = [("T", move_type(caps, out.dtype))];
     Ok(vec![Launch {
         key: key("index.gather", &slots),
@@ -110,7 +114,10 @@ fn one_hot(step: &Step, caps: &Caps, classes: usize) -> Result<Vec<Launch>, Exec
     if out.shape.dims() != expected.as_slice() {
         return Err(op_error(
             step,
-            format!("indices {} with {classes} classes give {}, expected indices ++ [classes]", indices.shape, out.shape),
+            format!(
+                "indices {} with {classes} classes give {}, expected indices ++ [classes]",
+                indices.shape, out.shape
+            ),
         ));
     }
     let count = out.numel();

@@ -207,13 +207,7 @@ struct StridedCopy {
 impl StridedCopy {
     /// A copy that writes every element of a dense output of `shape` in order.
     fn dense_output(shape: &Shape, src_strides: Vec<usize>, src_base: usize) -> Self {
-        StridedCopy {
-            shape: shape.dims().to_vec(),
-            src_strides,
-            dst_strides: shape.strides(),
-            src_base,
-            dst_base: 0,
-        }
+        StridedCopy { shape: shape.dims().to_vec(), src_strides, dst_strides: shape.strides(), src_base, dst_base: 0 }
     }
 
     /// The same copy over as few axes as possible: size-1 axes dropped, and neighbouring
@@ -283,8 +277,7 @@ pub(super) fn op_error(step: &Step, message: impl Display) -> ExecError {
 
 /// A size, offset or count as a params word; kernels index with u32.
 pub(super) fn word(step: &Step, what: &str, value: usize) -> Result<u32, ExecError> {
-    u32::try_from(value)
-        .map_err(|_| op_error(step, format!("{what} {value} is beyond the kernels' 32-bit indexing")))
+    u32::try_from(value).map_err(|_| op_error(step, format!("{what} {value} is beyond the kernels' 32-bit indexing")))
 }
 
 /// The element type that moves a `dtype` tensor's stored bits unchanged: f16 for 2-byte

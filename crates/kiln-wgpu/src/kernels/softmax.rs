@@ -23,7 +23,10 @@ fn rows(step: &Step, caps: &Caps, axis: usize, log: bool) -> Result<Vec<Launch>,
     if x.shape != out.shape || x.dtype != out.dtype || !x.dtype.is_float() {
         return Err(op_error(
             step,
-            format!("expects a float input and an output of its shape, got {} {} -> {} {}", x.dtype, x.shape, out.dtype, out.shape),
+            format!(
+                "expects a float input and an output of its shape, got {} {} -> {} {}",
+                x.dtype, x.shape, out.dtype, out.shape
+            ),
         ));
     }
     let dims = x.shape.dims();
@@ -36,7 +39,8 @@ fn rows(step: &Step, caps: &Caps, axis: usize, log: bool) -> Result<Vec<Launch>,
     word(step, "element count", x.numel())?;
     let outer: usize = dims[..axis].iter().product();
     let inner: usize = dims[axis + 1..].iter().product();
-    let params = vec![word(step, "outer size", outer)?, word(step, "row length", dims[axis])?, word(step, "inner size", inner)?];
+    let params =
+        vec![word(step, "outer size", outer)?, word(step, "row length", dims[axis])?, word(step, "inner size", inner)?];
     let slots = [("T", caps.storage_type(x.dtype)), ("LOG", if log { "true" } else { "false" })];
     Ok(vec![Launch {
         key: key("softmax.rows", &slots),
