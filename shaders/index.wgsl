@@ -2,7 +2,7 @@
 // and OneHot (kernel `one_hot`). The file is a common prelude followed by one section per
 // kernel; crates/kiln-wgpu/src/kernels/index.rs takes the prelude plus the section it needs.
 //
-// Slot {{T}}: the element type of the float tensors (see each kernel).
+// Slot T: the element type of the float tensors (see each kernel).
 // Element counts and offsets fit in u32 (checked on the host).
 
 const WG: u32 = 256u;

@@ -11,7 +11,7 @@
 // the edge of a or b and by not writing outputs past the edge of c: every invocation runs
 // every loop iteration, so the barriers stay in uniform control flow.
 //
-// Slots: {{T}} storage type of a, b and c (f32 or f16); {{TRANS_A}}, {{TRANS_B}} (true or
+// Slots: T, the storage type of a, b and c (f32 or f16); TRANS_A, TRANS_B (true or
 // false): whether a is stored [K, M] rather than [M, K], and b [N, K] rather than [K, N].
 // Arithmetic is f32.
 //

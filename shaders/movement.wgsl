@@ -2,7 +2,7 @@
 // (kernel `scatter`). The file is a common prelude followed by one section per kernel;
 // crates/kiln-wgpu/src/kernels/movement.rs takes the prelude plus the section it needs.
 //
-// Slot {{T}}: the element type moved, chosen so that moves are bit-exact whatever the
+// Slot T: the element type moved, chosen so that moves are bit-exact whatever the
 // dtype: u32 for every 4-byte storage type (f32 and u32 data alike), f16 for f16 storage.
 // No arithmetic is done on elements.
 //
@@ -64,7 +64,7 @@ fn main(
 // start_d + j_d * step_d with 0 <= j_d < src_dim_d on every axis takes src[j]; every
 // other element takes the fill value.
 //
-// Slot {{FILL}}: an expression giving the fill as a {{T}}: the word at P_FILL itself when
+// Slot FILL: an expression giving the fill as a T: the word at P_FILL itself when
 // T is u32 (the host stores the fill's bits in the output's dtype), or that word read as
 // f32 and converted when T is f16.
 //

@@ -7,7 +7,7 @@
 // so nothing overflows however large the values (exp of at most 0). A row whose maximum
 // is -inf (all -inf) gives NaN everywhere, as in PyTorch: -inf - -inf is NaN.
 //
-// Slot {{T}}: storage type of the float tensors (f32 or f16). Arithmetic is f32.
+// Slot T: storage type of the float tensors (f32 or f16). Arithmetic is f32.
 
 const WG: u32 = 256u;
 
@@ -55,7 +55,7 @@ fn workgroup_sum(value: f32, lidx: u32) -> f32 {
 // Softmax or LogSoftmax along one axis. The tensor is viewed as [outer, n, inner];
 // row r = (o, i) holds the n elements at o * n * inner + j * inner + i.
 //
-// Slot {{LOG}}: true for LogSoftmax (x - max - log(sum)), false for Softmax
+// Slot LOG: true for LogSoftmax (x - max - log(sum)), false for Softmax
 // (exp(x - max) / sum).
 //
 // params: 0 outer, 1 n (>= 1), 2 inner.
