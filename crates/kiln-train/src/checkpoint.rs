@@ -102,11 +102,15 @@ impl Checkpoint {
                     shape,
                     data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                 ),
+                Dtype::F64 => HostTensor::f64(
+                    shape,
+                    data.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
+                ),
                 Dtype::F16 => HostTensor::f32(
                     shape,
                     data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
                 ),
-                other => return Err(err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F16 and U32"))),
+                other => return Err(err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F64, F16 and U32"))),
             };
             ck.tensors.insert(name, t);
         }
