@@ -15,6 +15,10 @@ fn helper_gpu_or_skip_without_drivers() {
         return; // run by hand (--include-ignored), not in the driverless child process
     }
     assert!(gpu_or_skip().is_none(), "found an adapter although the Vulkan loader has no drivers");
+    // The backend's own error says what was searched and how to get a driver.
+    let err = kiln_wgpu::WgpuBackend::new().err().expect("a backend without an adapter").to_string();
+    assert!(err.contains("no GPU adapter") && err.contains("VULKAN"), "{err}");
+    assert!(err.contains("apt-get install mesa-vulkan-drivers libvulkan1"), "{err}");
 }
 
 fn run_helper(require: Option<&str>) -> (bool, String) {
