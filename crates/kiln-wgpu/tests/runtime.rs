@@ -538,3 +538,9 @@ fn unknown_adapter_name_lists_the_adapters() {
     let first = &kiln_wgpu::list_adapters()[0];
     assert!(message.contains(&first.name), "{message}");
 }
+
+#[test]
+fn backend_can_move_between_threads() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<WgpuBackend>();
+}
