@@ -107,6 +107,8 @@ impl Graph {
         Ok(match &node.op {
             Op::Input { .. } | Op::State { .. } | Op::Constant { .. } => vec![],
             Op::StopGradient | Op::Compare(_) | Op::ArgMax { .. } | Op::OneHot { .. } => vec![None; ins.len()],
+            // Random numbers do not depend on their counter in any differentiable way.
+            Op::RandomUniform { .. } => vec![None],
             Op::Unary(u) => vec![Some(self.unary_vjp(*u, ins[0], y, g)?)],
             Op::Binary(b) => {
                 let (ga, gb) = self.binary_vjp(*b, ins[0], ins[1], y, g)?;

@@ -197,6 +197,24 @@ pub enum Op {
     /// Inputs [x]; output the same values in the node's dtype (float -> u32 truncates
     /// toward zero and clamps negatives to 0; u32 -> float is exact below 2^24).
     Cast,
+    /// Seeded counter-based random numbers: inputs [counter], a 0-d u32 tensor fed on
+    /// every run (the optimizer step, for dropout); output f32 of the node's shape with
+    /// element i (its row-major linear index, a u32) = `unit(bits(i, counter, seed))`,
+    /// uniform in [0, 1) and the SAME bits on every backend. In wrapping u32 arithmetic:
+    ///
+    /// ```text
+    /// mix(x)    = lowbias32: x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b; x ^= x >> 16
+    /// k         = mix(seed ^ mix(counter ^ 0x9e3779b9))
+    /// bits      = mix(mix(i ^ k) + k)
+    /// unit(r)   = f32(r >> 8) * 2^-24     (exact: a multiple of 2^-24 in [0, 1 - 2^-24])
+    /// ```
+    ///
+    /// The golden-ratio constant keeps counter 0 off mix's fixed point (mix(0) = 0); the
+    /// second round, with `+ k`, keeps streams of different keys from being one stream
+    /// shifted (`mix(i ^ k)` alone is a permutation of the same values for every k).
+    /// Known answers: (i, counter, seed) = (0, 0, 0) gives bits 0x6648b050,
+    /// (12345, 7, 42) gives 0x57ac0d19. Element counts must fit in u32. No gradient.
+    RandomUniform { seed: u32 },
 }
 
 impl Op {
@@ -227,6 +245,7 @@ impl Op {
             Op::ArgMax { .. } => "argmax",
             Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
             Op::Cast => "cast",
+            Op::RandomUniform { .. } => "random_uniform",
         }
     }
 

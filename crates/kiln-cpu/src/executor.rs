@@ -4,7 +4,7 @@ use kiln_core::{DType, ExecError, Executor, HostData, HostTensor, Op, Operand, P
 use crate::shared::{lock, SharedHandle, StateRegistry};
 use crate::storage::{Slot, View, ViewMut};
 use crate::strided::TensorRef;
-use crate::{elementwise, index, matmul, movement, reduce, softmax, Element, Float};
+use crate::{elementwise, index, matmul, movement, random, reduce, softmax, Element, Float};
 
 pub struct CpuExecutor<T: Float> {
     plan: Plan,
@@ -435,6 +435,7 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
         (Op::Cast, [View::Float(x)], ViewMut::U32(o)) => elementwise::float_to_u32(x, o),
         (Op::Cast, [View::U32(x)], ViewMut::Float(o)) => elementwise::u32_to_float(x, o),
         (Op::Cast, [View::U32(x)], ViewMut::U32(o)) => o.copy_from_slice(x),
+        (Op::RandomUniform { seed }, [View::U32(counter)], ViewMut::Float(o)) => random::uniform(*seed, counter, o)?,
         _ => return Err(mismatch()),
     }
     Ok(())

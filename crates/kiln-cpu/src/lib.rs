@@ -3,7 +3,7 @@
 //!
 //! Every GPU kernel is judged against these loops, so they follow the words of
 //! `kiln_core::Op` as directly as possible. Op families live in their own files:
-//! elementwise, reduce, matmul, softmax (with cross-entropy), movement and index.
+//! elementwise, reduce, matmul, softmax (with cross-entropy), movement, index and random.
 use kiln_core::{Backend, ExecError, Executor, Plan};
 
 mod elementwise;
@@ -11,6 +11,7 @@ mod executor;
 mod index;
 mod matmul;
 mod movement;
+mod random;
 mod reduce;
 mod scalar;
 mod shared;

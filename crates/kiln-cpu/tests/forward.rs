@@ -1085,3 +1085,94 @@ fn forward_state_errors_name_the_state() {
     // The failed writes left the state alone.
     assert_exact(&exec.read_state(w).unwrap(), &[3], &[0.0, 0.0, 0.0]);
 }
+
+// ---------------------------------------------------------------------------------------
+// RandomUniform
+// ---------------------------------------------------------------------------------------
+
+/// One draw of `n` values on the f32 backend for (counter, seed).
+fn draw(n: usize, counter: u32, seed: u32) -> Vec<f32> {
+    let mut g = Graph::new();
+    let c = g.input("counter", [], DType::U32).unwrap();
+    let u = g.random_uniform([n], c, seed).unwrap();
+    let out = run_f32(&g, &[u], &[(c, HostTensor::u32([], vec![counter]))]);
+    out[0].to_f32_vec()
+}
+
+#[test]
+fn forward_random_uniform_known_answers() {
+    // bits 0x6648b050 and 0xe1cd8439 (op.rs and the Python check in kiln-cpu's random.rs):
+    // (bits >> 8) * 2^-24.
+    let mut g = Graph::new();
+    let c = g.input("counter", [], DType::U32).unwrap();
+    let u = g.random_uniform([2], c, 0).unwrap();
+    let out = run_f64(&g, &[u], &[(c, HostTensor::u32([], vec![0]))]);
+    assert_exact(&out[0], &[2], &[6_703_280.0 / 16_777_216.0, 14_798_212.0 / 16_777_216.0]);
+    // f32 and f64 backends hold the same values (24-bit multiples of 2^-24 are exact in both).
+    let f32_values: Vec<f64> = draw(2, 0, 0).iter().map(|&v| v as f64).collect();
+    assert_eq!(f32_values, out[0].to_f64_vec());
+}
+
+#[test]
+fn forward_random_uniform_is_uniform() {
+    let n = 100_000;
+    let values = draw(n, 3, 1234);
+    assert!(values.iter().all(|&v| (0.0..1.0).contains(&v)), "a value outside [0, 1)");
+    let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    // Standard errors over 1e5 draws: mean sqrt(1/12/n) ~ 0.0009, variance ~ 0.0003;
+    // the bounds are 5 of them.
+    assert!((mean - 0.5).abs() < 0.0045, "mean {mean}");
+    assert!((var - 1.0 / 12.0).abs() < 0.0015, "variance {var}, expected {}", 1.0 / 12.0);
+    // Every tenth of [0, 1) gets its share (10,000 expected, standard deviation ~95).
+    let mut bins = [0usize; 10];
+    for &v in &values {
+        bins[(v * 10.0) as usize] += 1;
+    }
+    assert!(bins.iter().all(|&b| (9_500..=10_500).contains(&b)), "bins {bins:?}");
+    // Neighbouring elements are uncorrelated.
+    let lag1 = values.windows(2).map(|w| (w[0] as f64 - mean) * (w[1] as f64 - mean)).sum::<f64>() / (n - 1) as f64 / var;
+    assert!(lag1.abs() < 0.015, "lag-1 correlation {lag1}");
+}
+
+#[test]
+fn forward_random_uniform_streams_depend_on_counter_and_seed() {
+    let n = 1000;
+    let base = draw(n, 5, 77);
+    assert_eq!(base, draw(n, 5, 77), "same counter and seed, same values");
+    for (what, other) in [("counter", draw(n, 6, 77)), ("seed", draw(n, 5, 78))] {
+        let same = base.iter().zip(&other).filter(|(a, b)| a == b).count();
+        // Two independent 24-bit draws coincide with probability 2^-24 per element.
+        assert!(same <= 1, "another {what} repeats {same} of {n} values");
+    }
+    // A longer draw starts with the shorter one: values depend on the index, not the shape.
+    let mut g = Graph::new();
+    let c = g.input("counter", [], DType::U32).unwrap();
+    let u = g.random_uniform([25, 40], c, 77).unwrap();
+    let grid = run_f32(&g, &[u], &[(c, HostTensor::u32([], vec![5]))]);
+    assert_eq!(grid[0].to_f32_vec(), base);
+}
+
+#[test]
+fn random_uniform_build_errors_name_the_counter() {
+    let mut g = Graph::new();
+    let float_counter = g.input("f", [], DType::F32).unwrap();
+    let vector_counter = g.input("v", [2], DType::U32).unwrap();
+    for counter in [float_counter, vector_counter] {
+        let err = g.random_uniform([3], counter, 0).unwrap_err();
+        assert_eq!(err.op, "random_uniform");
+        assert!(err.message.contains("counter must be a 0-d u32 tensor"), "{err}");
+    }
+    let counter = g.input("c", [], DType::U32).unwrap();
+    let err = g.random_uniform([1 << 16, 1 << 16], counter, 0).unwrap_err();
+    assert!(err.message.contains("elements"), "{err}");
+    // No gradient flows into the counter, and a random tensor is a constant to grad.
+    let x = g.input("x", [3], DType::F32).unwrap();
+    let u = g.random_uniform([3], counter, 0).unwrap();
+    let y = g.mul(x, u).unwrap();
+    let loss = g.sum_all(y).unwrap();
+    let grads = g.grad(loss, &[x]).unwrap();
+    // (x itself is not needed: the plan's only input is the counter.)
+    let out = run_f64(&g, &[grads[0], u], &[(counter, HostTensor::u32([], vec![9]))]);
+    assert_eq!(out[0].to_f64_vec(), out[1].to_f64_vec(), "d/dx sum(x * u) = u");
+}

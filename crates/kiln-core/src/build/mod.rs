@@ -3,6 +3,7 @@ mod elementwise;
 mod index;
 mod loss;
 mod matmul;
+mod random;
 mod reduce;
 mod shape_ops;
 
