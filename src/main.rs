@@ -43,6 +43,9 @@ enum Command {
         /// Continue from a checkpoint written by an earlier run.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// Stop (with a checkpoint) after this many optimizer steps in all.
+        #[arg(long)]
+        max_steps: Option<u64>,
     },
     /// Evaluate a checkpoint on the test set.
     Eval {
@@ -77,6 +80,14 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan drivers probe the window system and print an error when there is no
+    // runtime dir (headless machines, CI); kiln draws nothing, so any private dir will do.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| !std::path::Path::new(&d).is_dir()) {
+        let dir = std::env::temp_dir().join("kiln-xdg-runtime");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        }
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,7 +112,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Train { recipe, config, device, epochs, batch_size, lr, seed, data, out, resume } => {
+        Command::Train { recipe, config, device, epochs, batch_size, lr, seed, data, out, resume, max_steps } => {
             let mut job = match (&resume, &config, &recipe) {
                 (Some(ck), _, _) => {
                     let file = kiln_train::Checkpoint::load(ck)?;
@@ -140,7 +151,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 eprintln!("\ninterrupt: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)");
             })?;
-            let report = kiln_train::train(&device, TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true }, &stop)?;
+            let report = kiln_train::train(&device, TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true, max_steps }, &stop)?;
             if report.interrupted {
                 println!("stopped after step {}; resume with: kiln train --resume {}", report.steps, report.checkpoint.display());
             }

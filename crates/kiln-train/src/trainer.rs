@@ -30,6 +30,9 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Show a progress bar (off in tests).
     pub progress: bool,
+    /// Stop after this many optimizer steps in all (counting those before a resume), as
+    /// an interrupt would: the checkpoint is written and the run can be resumed.
+    pub max_steps: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -248,7 +251,7 @@ pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<T
             if pos.step % LOG_EVERY == 0 {
                 metrics.push(Record::Train { step: pos.step, epoch: pos.epoch, loss, lr, samples_per_s: rate })?;
             }
-            if stop.load(Ordering::SeqCst) {
+            if stop.load(Ordering::SeqCst) || opts.max_steps.is_some_and(|m| pos.step >= m) {
                 bar.abandon_with_message("stopping: writing a checkpoint");
                 save_checkpoint(&mut runner, config, pos, &ck_path)?;
                 interrupted = true;
