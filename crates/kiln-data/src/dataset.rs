@@ -2,6 +2,7 @@
 
 use kiln_core::HostTensor;
 
+use crate::augment::ImageShape;
 use crate::error::{DataError, Result};
 use crate::shuffle::split_indices;
 
@@ -11,6 +12,9 @@ use crate::shuffle::split_indices;
 pub struct Dataset {
     images: Vec<f32>,
     sample_shape: Vec<usize>,
+    /// The image a sample holds when `sample_shape` does not say it (e.g. MNIST
+    /// flattened to `[784]` is still a `[1, 28, 28]` image); see [`Dataset::image_shape`].
+    declared_image_shape: Option<ImageShape>,
     labels: Vec<u32>,
     num_classes: usize,
 }
@@ -44,6 +48,33 @@ impl Normalization {
         }
         Ok(Normalization { mean: mean as f32, std: std as f32 })
     }
+
+    /// One value normalised: `(x - mean) / std`. For example the fill of a
+    /// [`RandomCrop`](crate::Transform::RandomCrop) on normalised MNIST is
+    /// `Normalization::MNIST.normalize(0.0)`, the black background in the data's units.
+    pub fn normalize(&self, x: f32) -> f32 {
+        (x - self.mean) / self.std
+    }
+
+    /// Normalises every value of `values` in place. The one implementation behind
+    /// [`Dataset::normalize`] and the [`Normalize`](crate::Transform::Normalize) transform.
+    pub fn normalize_in_place(&self, values: &mut [f32]) {
+        for x in values {
+            *x = self.normalize(*x);
+        }
+    }
+
+    /// Checks that the mean is finite and the standard deviation finite and
+    /// positive; `context` names the caller in the error.
+    pub(crate) fn check(&self, context: &str) -> Result<()> {
+        if self.std.is_finite() && self.std > 0.0 && self.mean.is_finite() {
+            return Ok(());
+        }
+        Err(DataError::invalid(format!(
+            "{context}: mean {} and std {} must be finite and std positive",
+            self.mean, self.std
+        )))
+    }
 }
 
 impl Dataset {
@@ -65,7 +96,7 @@ impl Dataset {
                 "Dataset::new: label {label} of sample {i} is not below the class count {num_classes}"
             )));
         }
-        Ok(Dataset { images, sample_shape, labels, num_classes })
+        Ok(Dataset { images, sample_shape, declared_image_shape: None, labels, num_classes })
     }
 
     pub fn len(&self) -> usize {
@@ -115,13 +146,41 @@ impl Dataset {
         counts
     }
 
-    /// The same samples with each one flattened to `[sample_numel]` (e.g. MNIST `[N, 784]`).
+    /// The image each sample holds, as `[channels, height, width]`: the shape
+    /// declared by [`Dataset::with_image_shape`] or remembered by
+    /// [`Dataset::flattened`] / [`Dataset::reshaped`], else the sample shape
+    /// itself when it is `[C, H, W]` or `[H, W]` (one channel). `None` for
+    /// samples that are not images, such as table rows.
+    pub fn image_shape(&self) -> Option<ImageShape> {
+        self.declared_image_shape.or_else(|| ImageShape::of_sample_shape(&self.sample_shape))
+    }
+
+    /// Declares that each sample, whatever its shape, holds the row-major
+    /// `[channels, height, width]` image `image` (e.g. `[784]` samples of `[1, 28, 28]`).
+    pub fn with_image_shape(mut self, image: ImageShape) -> Result<Self> {
+        if image.numel() != self.sample_numel() {
+            return Err(DataError::invalid(format!(
+                "Dataset::with_image_shape: samples shaped {:?} ({} values) cannot hold {image} images ({} values)",
+                self.sample_shape,
+                self.sample_numel(),
+                image.numel()
+            )));
+        }
+        self.declared_image_shape = Some(image);
+        Ok(self)
+    }
+
+    /// The same samples with each one flattened to `[sample_numel]` (e.g. MNIST
+    /// `[N, 784]`). An image dataset remembers its image shape, so augmentation
+    /// still knows rows from columns.
     pub fn flattened(mut self) -> Self {
+        self.declared_image_shape = self.image_shape();
         self.sample_shape = vec![self.sample_numel()];
         self
     }
 
     /// The same samples viewed with another per-sample shape of the same size.
+    /// Like [`Dataset::flattened`], it keeps the image shape the samples had.
     pub fn reshaped(mut self, sample_shape: Vec<usize>) -> Result<Self> {
         let numel: usize = sample_shape.iter().product();
         if numel != self.sample_numel() {
@@ -131,21 +190,16 @@ impl Dataset {
                 self.sample_numel()
             )));
         }
+        self.declared_image_shape = self.image_shape();
         self.sample_shape = sample_shape;
         Ok(self)
     }
 
-    /// Applies `(x - mean) / std` to every value.
+    /// Applies `(x - mean) / std` to every value (for per-channel statistics,
+    /// use the [`Normalize`](crate::Transform::Normalize) transform).
     pub fn normalize(&mut self, norm: Normalization) -> Result<()> {
-        if !(norm.std.is_finite() && norm.std > 0.0 && norm.mean.is_finite()) {
-            return Err(DataError::invalid(format!(
-                "Dataset::normalize: mean {} and std {} must be finite and std positive",
-                norm.mean, norm.std
-            )));
-        }
-        for x in &mut self.images {
-            *x = (*x - norm.mean) / norm.std;
-        }
+        norm.check("Dataset::normalize")?;
+        norm.normalize_in_place(&mut self.images);
         Ok(())
     }
 
@@ -161,6 +215,7 @@ impl Dataset {
         Ok(Dataset {
             images: self.images[..n * numel].to_vec(),
             sample_shape: self.sample_shape.clone(),
+            declared_image_shape: self.declared_image_shape,
             labels: self.labels[..n].to_vec(),
             num_classes: self.num_classes,
         })
@@ -180,7 +235,13 @@ impl Dataset {
             images.extend_from_slice(&self.images[i * numel..(i + 1) * numel]);
         }
         let labels = indices.iter().map(|&i| self.labels[i]).collect();
-        Ok(Dataset { images, sample_shape: self.sample_shape.clone(), labels, num_classes: self.num_classes })
+        Ok(Dataset {
+            images,
+            sample_shape: self.sample_shape.clone(),
+            declared_image_shape: self.declared_image_shape,
+            labels,
+            num_classes: self.num_classes,
+        })
     }
 
     /// A reproducible random split into `(train, validation)` with
@@ -198,9 +259,9 @@ impl Dataset {
         (HostTensor::f32(shape, self.images.clone()), HostTensor::u32([self.len()], self.labels.clone()))
     }
 
-    /// Copies the samples at `indices` into a batch: images `[len, ...sample_shape]`
-    /// f32 and labels `[len]` u32. The caller guarantees the indices are in range.
-    pub(crate) fn gather_batch(&self, indices: &[usize]) -> crate::Batch {
+    /// Copies the samples at `indices`, in that order, into one flat row-major
+    /// buffer, and their labels into another. The caller guarantees the indices are in range.
+    pub(crate) fn gather(&self, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
         let numel = self.sample_numel();
         let mut images = Vec::with_capacity(indices.len() * numel);
         let mut labels = Vec::with_capacity(indices.len());
@@ -208,13 +269,7 @@ impl Dataset {
             images.extend_from_slice(&self.images[i * numel..(i + 1) * numel]);
             labels.push(self.labels[i]);
         }
-        let mut shape = vec![indices.len()];
-        shape.extend_from_slice(&self.sample_shape);
-        crate::Batch {
-            images: HostTensor::f32(shape, images),
-            labels: HostTensor::u32([indices.len()], labels),
-            len: indices.len(),
-        }
+        (images, labels)
     }
 }
 

@@ -5,12 +5,14 @@
 //!   [`read_idx_images`] / [`read_idx_labels`] for IDX files in general.
 //! - [`Dataset`]: normalisation, `subset`, a seeded train/validation `split`.
 //! - [`DataLoader`]: per-epoch seeded shuffles, batches as `HostTensor`s with
-//!   optional `drop_last`, and a prefetch thread.
+//!   optional `drop_last`, seeded per-sample [`Augmentation`], a prefetch
+//!   thread, and resuming mid-epoch with [`DataLoader::epoch_from`].
 //! - [`CharTokenizer`], [`CharCorpus`], [`TextWindows`]: character-level text
 //!   (the Shakespeare corpus) as random `[B, T]` windows with shifted targets.
 //! - [`read_csv`]: numeric tables with a class-label column.
 //!
 //! Nothing is downloaded: the data ships with the project in `datasets/`.
+mod augment;
 mod csv_table;
 mod dataset;
 mod error;
@@ -22,6 +24,7 @@ mod mnist;
 mod shuffle;
 mod text;
 
+pub use augment::{Augmentation, ImageShape, Transform};
 pub use csv_table::{read_csv, CsvOptions, LabelColumn};
 pub use dataset::{Dataset, Normalization};
 pub use error::{DataError, Result};

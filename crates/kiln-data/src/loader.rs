@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 
 use kiln_core::HostTensor;
 
+use crate::augment::{Augmentation, ImageShape};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::shuffle::epoch_order;
@@ -41,6 +42,14 @@ pub struct DataLoader {
     shuffle_seed: Option<u64>,
     drop_last: bool,
     prefetch_depth: usize,
+    augmentation: Option<Arc<ImageAugmentation>>,
+}
+
+/// An augmentation checked against the images of the loader's dataset.
+#[derive(Debug)]
+struct ImageAugmentation {
+    augmentation: Augmentation,
+    image: ImageShape,
 }
 
 /// Batches assembled ahead of the consumer by default: enough to hide the copy
@@ -60,6 +69,7 @@ impl DataLoader {
             shuffle_seed: None,
             drop_last: false,
             prefetch_depth: DEFAULT_PREFETCH_DEPTH,
+            augmentation: None,
         })
     }
 
@@ -81,6 +91,29 @@ impl DataLoader {
     pub fn prefetch(mut self, depth: usize) -> Self {
         self.prefetch_depth = depth;
         self
+    }
+
+    /// Augments every sample of every batch with `augmentation`, whose random
+    /// choices depend only on its seed, the epoch and the sample's index in the
+    /// dataset (see [`Augmentation`]). The dataset must hold
+    /// images ([`Dataset::image_shape`]), e.g. `[1, 28, 28]` samples, or `[784]`
+    /// ones from [`Dataset::flattened`]; the transforms are checked against that
+    /// shape here. Batches keep the dataset's sample shape; labels are unchanged.
+    pub fn augment(mut self, augmentation: Augmentation) -> Result<Self> {
+        let image = self.dataset.image_shape().ok_or_else(|| {
+            DataError::invalid(format!(
+                "DataLoader::augment: samples shaped {:?} are not images; declare their shape with Dataset::with_image_shape",
+                self.dataset.sample_shape()
+            ))
+        })?;
+        augmentation.check(image)?;
+        self.augmentation = Some(Arc::new(ImageAugmentation { augmentation, image }));
+        Ok(self)
+    }
+
+    /// The augmentation applied to training batches, if any.
+    pub fn augmentation(&self) -> Option<&Augmentation> {
+        self.augmentation.as_deref().map(|a| &a.augmentation)
     }
 
     pub fn dataset(&self) -> &Dataset {
@@ -111,14 +144,25 @@ impl DataLoader {
 
     /// The batches of epoch `epoch`.
     pub fn epoch(&self, epoch: u64) -> Epoch {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of epoch `epoch` from batch `first_batch` on, for resuming
+    /// mid-epoch: the same batches as `epoch(epoch).skip(first_batch)`, without
+    /// assembling (or augmenting) the skipped ones. Past the end, it is empty.
+    pub fn epoch_from(&self, epoch: u64, first_batch: usize) -> Epoch {
+        let first_batch = first_batch.min(self.num_batches());
         let plan = BatchPlan {
             dataset: Arc::clone(&self.dataset),
             order: self.epoch_order(epoch),
             batch_size: self.batch_size,
             drop_last: self.drop_last,
-            next_start: 0,
+            // A last partial batch ends before `first_batch * batch_size`.
+            next_start: (first_batch * self.batch_size).min(self.dataset.len()),
+            epoch,
+            augmentation: self.augmentation.clone(),
         };
-        let remaining = self.num_batches();
+        let remaining = self.num_batches() - first_batch;
         if self.prefetch_depth == 0 {
             return Epoch { source: Source::Inline(plan), remaining };
         }
@@ -203,6 +247,8 @@ struct BatchPlan {
     batch_size: usize,
     drop_last: bool,
     next_start: usize,
+    epoch: u64,
+    augmentation: Option<Arc<ImageAugmentation>>,
 }
 
 impl Iterator for BatchPlan {
@@ -214,8 +260,20 @@ impl Iterator for BatchPlan {
             return None;
         }
         let end = self.next_start + left.min(self.batch_size);
-        let batch = self.dataset.gather_batch(&self.order[self.next_start..end]);
+        let indices = &self.order[self.next_start..end];
+        let (mut images, labels) = self.dataset.gather(indices);
+        if let Some(aug) = &self.augmentation {
+            // `DataLoader::augment` checked the transforms against this image shape,
+            // and `gather` returned whole samples of it.
+            aug.augmentation.apply_checked(&mut images, aug.image, self.epoch, indices);
+        }
+        let mut shape = vec![indices.len()];
+        shape.extend_from_slice(self.dataset.sample_shape());
         self.next_start = end;
-        Some(batch)
+        Some(Batch {
+            images: HostTensor::f32(shape, images),
+            labels: HostTensor::u32([indices.len()], labels),
+            len: indices.len(),
+        })
     }
 }
