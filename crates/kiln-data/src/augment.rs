@@ -187,9 +187,7 @@ impl Augmentation {
                 }
                 Transform::RandomHorizontalFlip { p } => {
                     if !(0.0..=1.0).contains(p) {
-                        return Err(DataError::invalid(format!(
-                            "{context}: the probability {p} is not in [0, 1]"
-                        )));
+                        return Err(DataError::invalid(format!("{context}: the probability {p} is not in [0, 1]")));
                     }
                 }
                 Transform::Normalize { per_channel } => {
@@ -218,7 +216,13 @@ impl Augmentation {
 
     /// Augments a batch in place: `images` holds `sample_indices.len()` images
     /// back to back; the `k`-th is augmented as sample `sample_indices[k]` of epoch `epoch`.
-    pub fn apply_batch(&self, images: &mut [f32], image: ImageShape, epoch: u64, sample_indices: &[usize]) -> Result<()> {
+    pub fn apply_batch(
+        &self,
+        images: &mut [f32],
+        image: ImageShape,
+        epoch: u64,
+        sample_indices: &[usize],
+    ) -> Result<()> {
         self.check(image)?;
         if sample_indices.len().checked_mul(image.numel()) != Some(images.len()) {
             return Err(DataError::invalid(format!(
