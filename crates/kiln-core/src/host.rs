@@ -1,4 +1,4 @@
-use crate::{DType, Shape};
+use crate::{DType, Operand, Shape};
 
 /// Tensor data on the host: what is fed into a run and what comes back.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +62,27 @@ impl HostTensor {
             HostData::F32(_) | HostData::F64(_) => dtype.is_float(),
             HostData::U32(_) => dtype == DType::U32,
         }
+    }
+
+    /// Whether this data can fill `operand`: same shape, as many values as the shape
+    /// holds, and a dtype it can carry. The error says what was expected and given.
+    pub fn check_fits(&self, operand: &Operand) -> Result<(), String> {
+        let expected = format!("{} {}", operand.dtype, operand.shape);
+        if self.shape != operand.shape {
+            return Err(format!("expected {expected}, got shape {}", self.shape));
+        }
+        if self.len() != self.shape.numel() {
+            return Err(format!("shape {} needs {} values, got {}", self.shape, self.shape.numel(), self.len()));
+        }
+        if !self.matches_dtype(operand.dtype) {
+            let given = match self.data {
+                HostData::F32(_) => "f32",
+                HostData::F64(_) => "f64",
+                HostData::U32(_) => "u32",
+            };
+            return Err(format!("expected {expected}, got {given} data"));
+        }
+        Ok(())
     }
 
     pub fn to_f32_vec(&self) -> Vec<f32> {

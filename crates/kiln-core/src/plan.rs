@@ -1,7 +1,7 @@
 //! `compile(graph, outputs)` turns a graph into the Plan every backend executes:
 //! live nodes in topological order, aliases resolved, and buffers assigned by
 //! liveness so that a dead intermediate's buffer is reused by a later one.
-use crate::{DType, Graph, GraphError, HostTensor, Op, Result, Shape, Tensor};
+use crate::{DType, ExecError, Graph, GraphError, HostTensor, Op, Result, Shape, Tensor};
 
 /// Index into `Plan::buffers`.
 pub type BufferId = usize;
@@ -244,6 +244,53 @@ impl Plan {
             ));
         }
         s
+    }
+
+    /// A name for a tensor in messages: its input or state name, else its node id.
+    pub fn tensor_name(&self, tensor: Tensor) -> String {
+        let inputs = self.inputs.iter().map(|i| (i.tensor, &i.name));
+        let states = self.states.iter().map(|s| (s.tensor, &s.name));
+        match inputs.chain(states).find(|(t, _)| *t == tensor) {
+            Some((_, name)) => name.clone(),
+            None => format!("#{}", tensor.id()),
+        }
+    }
+
+    /// Match a run's feeds to the plan's inputs, the rules every backend applies: each
+    /// input fed exactly once, nothing else fed, and each value fitting its input
+    /// (`HostTensor::check_fits`). Returns (index into `inputs`, value) pairs, so a
+    /// backend writes nothing unless every feed is good.
+    pub fn match_feeds<'f>(&self, feeds: &'f [(Tensor, HostTensor)]) -> Result<Vec<(usize, &'f HostTensor)>, ExecError> {
+        let mut fed = vec![false; self.inputs.len()];
+        let mut matched = Vec::with_capacity(feeds.len());
+        for (tensor, host) in feeds {
+            let Some(at) = self.inputs.iter().position(|i| i.tensor == *tensor) else {
+                let known: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(ExecError::BadFeed {
+                    name: self.tensor_name(*tensor),
+                    message: format!("not an input of this plan (its inputs are {known:?})"),
+                });
+            };
+            let input = &self.inputs[at];
+            let bad = |message: String| ExecError::BadFeed { name: input.name.clone(), message };
+            if std::mem::replace(&mut fed[at], true) {
+                return Err(bad("fed twice in one run".into()));
+            }
+            host.check_fits(&input.operand).map_err(bad)?;
+            matched.push((at, host));
+        }
+        if let Some(missing) = fed.iter().position(|&f| !f) {
+            return Err(ExecError::MissingFeed { name: self.inputs[missing].name.clone() });
+        }
+        Ok(matched)
+    }
+
+    /// The index into `states` of a state tensor of this plan.
+    pub fn state_index(&self, state: Tensor) -> Result<usize, ExecError> {
+        self.states.iter().position(|s| s.tensor == state).ok_or_else(|| ExecError::BadState {
+            name: self.tensor_name(state),
+            message: "not a state tensor of this plan".into(),
+        })
     }
 
     pub fn input(&self, name: &str) -> Option<&PlanInput> {

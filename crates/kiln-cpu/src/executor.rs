@@ -77,51 +77,16 @@ impl<T: Float> CpuExecutor<T> {
         })
     }
 
-    /// A name for a tensor in error messages: its input or state name, else its node id.
-    fn describe_tensor(&self, tensor: Tensor) -> String {
-        let inputs = self.plan.inputs.iter().map(|i| (i.tensor, &i.name));
-        let states = self.plan.states.iter().map(|s| (s.tensor, &s.name));
-        match inputs.chain(states).find(|(t, _)| *t == tensor) {
-            Some((_, name)) => name.clone(),
-            None => format!("#{}", tensor.id()),
-        }
-    }
-
-    /// Check every feed against the plan's inputs and convert it; nothing is written
-    /// unless every feed is good. Returns (input index, value) pairs.
+    /// Check every feed (the rules of `Plan::match_feeds`) and convert it; nothing is
+    /// written unless every feed is good. Returns (input index, value) pairs.
     fn check_feeds(&self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<(usize, Slot<T>)>, ExecError> {
-        let mut fed = vec![false; self.plan.inputs.len()];
-        let mut values = Vec::with_capacity(feeds.len());
-        for (tensor, host) in feeds {
-            let Some(at) = self.plan.inputs.iter().position(|i| i.tensor == *tensor) else {
-                let known: Vec<&str> = self.plan.inputs.iter().map(|i| i.name.as_str()).collect();
-                return Err(ExecError::BadFeed {
-                    name: self.describe_tensor(*tensor),
-                    message: format!("not an input of this plan (its inputs are {known:?})"),
-                });
-            };
-            let input = &self.plan.inputs[at];
-            let bad = |message: String| ExecError::BadFeed { name: input.name.clone(), message };
-            if std::mem::replace(&mut fed[at], true) {
-                return Err(bad("fed twice in one run".into()));
-            }
-            let value = check_host_value::<T>(&input.operand, host).map_err(bad)?;
-            values.push((at, value));
-        }
-        if let Some(missing) = fed.iter().position(|&f| !f) {
-            return Err(ExecError::MissingFeed { name: self.plan.inputs[missing].name.clone() });
-        }
-        Ok(values)
+        let matched = self.plan.match_feeds(feeds)?;
+        Ok(matched.into_iter().map(|(at, host)| (at, to_slot::<T>(host))).collect())
     }
 
     fn state_index(&self, state: Tensor) -> Result<(usize, Operand), ExecError> {
-        match self.plan.states.iter().position(|s| s.tensor == state) {
-            Some(i) => Ok((i, self.plan.states[i].operand.clone())),
-            None => Err(ExecError::BadState {
-                name: self.describe_tensor(state),
-                message: "not a state tensor of this plan".into(),
-            }),
-        }
+        let i = self.plan.state_index(state)?;
+        Ok((i, self.plan.states[i].operand.clone()))
     }
 
     /// Copy into this executor's slots every state another plan (or `write_state`) has
@@ -257,32 +222,17 @@ fn buffer_capacities(plan: &Plan) -> Result<Vec<usize>, ExecError> {
     Ok(capacity)
 }
 
-/// Check host data against the tensor it will fill and convert it to a slot value.
-/// The error message says what was expected and what was given.
-fn check_host_value<T: Float>(operand: &Operand, host: &HostTensor) -> Result<Slot<T>, String> {
-    let expected = format!("{} {}", operand.dtype, operand.shape);
-    if host.shape != operand.shape {
-        return Err(format!("expected {expected}, got shape {}", host.shape));
-    }
-    if host.len() != host.shape.numel() {
-        return Err(format!("shape {} needs {} values, got {}", host.shape, host.shape.numel(), host.len()));
-    }
-    let given = match host.data {
-        HostData::F32(_) => "f32",
-        HostData::F64(_) => "f64",
-        HostData::U32(_) => "u32",
-    };
-    if !host.matches_dtype(operand.dtype) {
-        return Err(format!("expected {expected}, got {given} data"));
-    }
-    Ok(match &host.data {
+/// Host data (already checked with `HostTensor::check_fits`) as a slot value.
+fn to_slot<T: Float>(host: &HostTensor) -> Slot<T> {
+    match &host.data {
         HostData::U32(v) => Slot::U32(v.clone()),
-        float => Slot::Float(T::from_host(float).expect("float host data was checked above")),
-    })
+        float => Slot::Float(T::from_host(float).expect("float host data was checked by check_fits")),
+    }
 }
 
 fn check_state_value<T: Float>(name: &str, operand: &Operand, host: &HostTensor) -> Result<Slot<T>, ExecError> {
-    check_host_value::<T>(operand, host).map_err(|message| ExecError::BadState { name: name.to_string(), message })
+    host.check_fits(operand).map_err(|message| ExecError::BadState { name: name.to_string(), message })?;
+    Ok(to_slot::<T>(host))
 }
 
 fn round_to_f16<T: Float>(values: &mut [T]) {

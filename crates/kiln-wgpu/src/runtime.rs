@@ -517,50 +517,23 @@ impl WgpuExecutor {
         })
     }
 
-    /// Check every feed against the plan's inputs (same rules and errors as the CPU
-    /// backend) and encode it; nothing is written unless every feed is good.
+    /// Check every feed (the rules of `Plan::match_feeds`, shared with the CPU backend)
+    /// and encode it; nothing is written unless every feed is good.
     fn check_feeds(&self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<(Region, Vec<u8>)>, ExecError> {
-        let mut fed = vec![false; self.plan.inputs.len()];
-        let mut writes = Vec::with_capacity(feeds.len());
-        for (tensor, host) in feeds {
-            let Some(at) = self.plan.inputs.iter().position(|i| i.tensor == *tensor) else {
-                let known: Vec<&str> = self.plan.inputs.iter().map(|i| i.name.as_str()).collect();
-                return Err(ExecError::BadFeed {
-                    name: self.describe_tensor(*tensor),
-                    message: format!("not an input of this plan (its inputs are {known:?})"),
-                });
-            };
+        let matched = self.plan.match_feeds(feeds)?;
+        let mut writes = Vec::with_capacity(matched.len());
+        for (at, host) in matched {
             let input = &self.plan.inputs[at];
-            let bad = |message: String| ExecError::BadFeed { name: input.name.clone(), message };
-            if std::mem::replace(&mut fed[at], true) {
-                return Err(bad("fed twice in one run".into()));
-            }
-            let bytes = encode(host, &input.operand, &self.shared.caps).map_err(bad)?;
+            let bytes = encode(host, &input.operand, &self.shared.caps)
+                .map_err(|message| ExecError::BadFeed { name: input.name.clone(), message })?;
             writes.push((self.regions[input.operand.buffer], bytes));
-        }
-        if let Some(missing) = fed.iter().position(|&f| !f) {
-            return Err(ExecError::MissingFeed { name: self.plan.inputs[missing].name.clone() });
         }
         Ok(writes)
     }
 
-    fn describe_tensor(&self, tensor: Tensor) -> String {
-        let inputs = self.plan.inputs.iter().map(|i| (i.tensor, &i.name));
-        let states = self.plan.states.iter().map(|s| (s.tensor, &s.name));
-        match inputs.chain(states).find(|(t, _)| *t == tensor) {
-            Some((_, name)) => name.clone(),
-            None => format!("#{}", tensor.id()),
-        }
-    }
-
     fn find_state(&self, state: Tensor) -> Result<(String, Operand), ExecError> {
-        match self.plan.states.iter().find(|s| s.tensor == state) {
-            Some(s) => Ok((s.name.clone(), s.operand.clone())),
-            None => Err(ExecError::BadState {
-                name: self.describe_tensor(state),
-                message: "not a state tensor of this plan".into(),
-            }),
-        }
+        let s = &self.plan.states[self.plan.state_index(state)?];
+        Ok((s.name.clone(), s.operand.clone()))
     }
 
     fn encoder(&self, label: &str) -> wgpu::CommandEncoder {
@@ -755,21 +728,7 @@ fn build_dispatches(
 /// Host data -> the bytes of `operand` on the device (padded to 4 bytes). f16 tensors
 /// are rounded to f16 precision even where they are stored as f32, as on the CPU.
 fn encode(host: &HostTensor, operand: &Operand, caps: &Caps) -> Result<Vec<u8>, String> {
-    let expected = format!("{} {}", operand.dtype, operand.shape);
-    if host.shape != operand.shape {
-        return Err(format!("expected {expected}, got shape {}", host.shape));
-    }
-    if host.len() != host.shape.numel() {
-        return Err(format!("shape {} needs {} values, got {}", host.shape, host.shape.numel(), host.len()));
-    }
-    if !host.matches_dtype(operand.dtype) {
-        let given = match host.data {
-            HostData::F32(_) => "f32",
-            HostData::F64(_) => "f64",
-            HostData::U32(_) => "u32",
-        };
-        return Err(format!("expected {expected}, got {given} data"));
-    }
+    host.check_fits(operand)?;
     let to_f16 = |v: f64| half::f16::from_f64(v);
     let floats = || -> Vec<f64> { host.to_f64_vec() };
     let mut bytes: Vec<u8> = match (&host.data, caps.storage_type(operand.dtype)) {
