@@ -97,6 +97,13 @@ pub struct DataConfig {
     /// Evaluate on only the first N test images (0 = all).
     #[serde(default)]
     pub limit_test: usize,
+    /// Training augmentation: shift images by up to this many pixels (torchvision's
+    /// RandomCrop(28, padding) with the background as fill); 0 = off.
+    #[serde(default)]
+    pub random_crop_padding: usize,
+    /// Training augmentation: mirror images left-right with this probability; 0 = off.
+    #[serde(default)]
+    pub horizontal_flip: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -212,6 +219,9 @@ impl Config {
         }
         if self.schedule.kind == "step" && self.schedule.step_size.unwrap_or(0) == 0 {
             return Err("schedule.kind 'step' needs schedule.step_size >= 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.data.horizontal_flip) {
+            return Err(format!("data.horizontal_flip {} must be a probability in [0, 1]", self.data.horizontal_flip));
         }
         if self.data.dataset != "mnist" {
             return Err(format!("data.dataset '{}' is not known (known: mnist)", self.data.dataset));

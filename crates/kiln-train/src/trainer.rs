@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_core::{Executor, HostTensor, Shape, Tensor};
-use kiln_data::{DataLoader, Dataset, Mnist, MnistSplit, Normalization};
+use kiln_data::{Augmentation, DataLoader, Dataset, Mnist, MnistSplit, Normalization};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
@@ -77,6 +77,23 @@ pub fn load_mnist(config: &Config) -> Result<MnistData, TrainError> {
         test = test.subset(config.data.limit_test.min(test.len())).map_err(data_err)?;
     }
     Ok(MnistData { train, validation, test })
+}
+
+/// The training-set augmentation the config asks for (seeded by the run's seed, so a
+/// resumed run sees the same images).
+fn augmentation(config: &Config) -> Option<Augmentation> {
+    let d = &config.data;
+    if d.random_crop_padding == 0 && d.horizontal_flip == 0.0 {
+        return None;
+    }
+    let mut aug = Augmentation::new(config.train.seed);
+    if d.random_crop_padding > 0 {
+        aug = aug.random_crop(d.random_crop_padding, Normalization::MNIST.normalize(0.0));
+    }
+    if d.horizontal_flip > 0.0 {
+        aug = aug.random_horizontal_flip(d.horizontal_flip);
+    }
+    Some(aug)
 }
 
 /// Loaded plans by batch size: the full batch and, when it occurs, the last partial
@@ -186,10 +203,13 @@ pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<T
     std::fs::write(opts.out_dir.join("config.toml"), config.to_toml()).map_err(|e| TrainError::Io(e.to_string()))?;
     let data = load_mnist(config)?;
     let batch_size = config.train.batch_size;
-    let loader = DataLoader::new(data.train.clone(), batch_size)
+    let mut loader = DataLoader::new(data.train.clone(), batch_size)
         .map_err(|e| TrainError::Io(e.to_string()))?
         .shuffle(config.train.seed)
         .drop_last(config.train.drop_last);
+    if let Some(augmentation) = augmentation(config) {
+        loader = loader.augment(augmentation).map_err(|e| TrainError::Config(e.to_string()))?;
+    }
     let steps_per_epoch = loader.num_batches() as u64;
     let total_steps = steps_per_epoch * config.train.epochs as u64;
     let schedule = crate::model::schedule(&config.schedule, config.optimizer.lr, total_steps)?;
@@ -216,7 +236,7 @@ pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<T
         bar.set_position(pos.batch as u64);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize);
         let mut smoothed = f64::NAN;
-        for batch in loader.epoch(pos.epoch as u64).skip(pos.batch) {
+        for batch in loader.epoch_from(pos.epoch as u64, pos.batch) {
             let lr = schedule.lr(pos.step);
             let (mp, exec) = runner.train_step(batch.len)?;
             let train = mp.train.as_ref().expect("a training plan has its TrainGraph");
