@@ -139,8 +139,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if data.is_some() {
                 job.data.path = data;
             }
+            // A resumed run continues in its checkpoint's folder unless told otherwise.
+            let resumed_dir = resume.as_deref().and_then(|ck| ck.parent()).filter(|d| !d.as_os_str().is_empty()).map(PathBuf::from);
             let name = recipe.clone().unwrap_or_else(|| "job".into());
-            let out_dir = out.unwrap_or_else(|| PathBuf::from("runs").join(&name));
+            let out_dir = out.or(resumed_dir).unwrap_or_else(|| PathBuf::from("runs").join(&name));
             let device = Device::open(device)?;
             eprintln!("device: {}", device.description);
             let stop = Arc::new(AtomicBool::new(false));
