@@ -10,6 +10,7 @@ mod host;
 mod op;
 mod plan;
 mod shape;
+pub mod testing;
 
 pub use build::Reduction;
 pub use dtype::DType;

@@ -17,22 +17,9 @@ use kiln_cpu::CpuBackend;
 use kiln_wgpu::testing::gpu_or_skip;
 use kiln_wgpu::WgpuBackend;
 
-/// Deterministic values in [lo, hi) (a 64-bit LCG).
-fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
-            lo + (hi - lo) * unit
-        })
-        .collect()
-}
+use kiln_core::testing::lcg_values as values;
 
-/// Deterministic u32 values in [0, bound).
-fn indices(n: usize, seed: u64, bound: u32) -> Vec<u32> {
-    values(n, seed, 0.0, bound as f32).into_iter().map(|v| (v as u32).min(bound - 1)).collect()
-}
+use kiln_core::testing::lcg_indices as indices;
 
 fn run(backend: &dyn Backend, plan: &Plan, feeds: &[(Tensor, HostTensor)]) -> Vec<HostTensor> {
     let mut exec = backend.load(plan).unwrap_or_else(|e| panic!("{}: load: {e}", backend.name()));

@@ -7,17 +7,7 @@ use kiln_wgpu::testing::gpu_or_skip;
 use kiln_wgpu::{WgpuBackend, WgpuOptions};
 use std::time::Duration;
 
-/// Deterministic values in [lo, hi) (a 64-bit LCG; no dependency needed).
-fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
-            lo + (hi - lo) * unit
-        })
-        .collect()
-}
+use kiln_core::testing::lcg_values as values;
 
 /// Values that exercise the edges of float ops, then `n - 14` ordinary ones.
 fn edgy_values(n: usize, seed: u64) -> Vec<f32> {
