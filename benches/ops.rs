@@ -1,0 +1,500 @@
+//! Op benchmarks: matmul, elementwise, gelu, softmax and sum on the CPU reference
+//! (f32) and on the wgpu backend, side by side. Prints a table; asserts nothing about time.
+//!
+//!     cargo bench --bench ops                 # every case
+//!     cargo bench --bench ops -- --quick      # one small size of each op
+//!     cargo bench --bench ops -- matmul gelu  # only ops whose name contains a filter
+//!
+//! How a run is timed: every input is a state tensor, uploaded once when the plan is
+//! loaded, and the plan's only output is one element of the result. A run therefore
+//! does the op's work on the device plus one submission and one 4-byte readback; the
+//! figure is the median over the timed runs after warm-up. Small sizes measure that
+//! fixed latency, not the op's throughput.
+//!
+//! The result is not also copied into a state (`Plan::compile_with_updates`): a plan
+//! computes every step its outputs depend on in full (checked per case below, see
+//! `computes_in_full`), and such a copy would add a full read and write of the result
+//! to every run, as much traffic as the elementwise ops themselves.
+//!
+//! Run without `--bench` (as `cargo test --benches` does), the binary only checks that
+//! every case loads and runs once, at the quick sizes.
+use std::fmt;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use kiln_core::{Backend, DType, ExecError, Executor, Graph, GraphError, HostTensor, Plan, Tensor};
+use kiln_cpu::CpuBackend;
+use kiln_wgpu::{list_adapters, wgpu, WgpuBackend};
+
+const USAGE: &str = "usage: ops [--quick] [FILTER...]
+  --quick   one small size of each op
+  FILTER    run only the ops whose name contains one of these (case-insensitive):
+            matmul, elementwise, gelu, softmax, sum";
+
+/// What the command line asks for.
+struct Options {
+    quick: bool,
+    /// `cargo bench` passes `--bench`; without it (`cargo test --benches`) each case runs once.
+    measure: bool,
+    filters: Vec<String>,
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options { quick: false, measure: false, filters: Vec::new() };
+    for arg in args {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--bench" => options.measure = true,
+            "-h" | "--help" => return Err(USAGE.to_string()),
+            flag if flag.starts_with('-') => return Err(format!("unknown option '{flag}'\n{USAGE}")),
+            filter => options.filters.push(filter.to_lowercase()),
+        }
+    }
+    Ok(options)
+}
+
+/// How many runs to warm up with and to time. A case runs at least the minimum and
+/// then stops at whichever limit comes first, so a slow case (lavapipe, the CPU
+/// reference at 1024^3) costs a few runs and a fast one (a GPU) gets many.
+struct Schedule {
+    warmup_runs: usize,
+    warmup_time: Duration,
+    min_runs: usize,
+    max_runs: usize,
+    time_budget: Duration,
+}
+
+impl Schedule {
+    fn full() -> Self {
+        Schedule {
+            warmup_runs: 1,
+            warmup_time: Duration::from_millis(200),
+            min_runs: 3,
+            max_runs: 200,
+            time_budget: Duration::from_secs(1),
+        }
+    }
+
+    fn quick() -> Self {
+        Schedule { time_budget: Duration::from_millis(300), ..Schedule::full() }
+    }
+
+    /// One run, no warm-up: a check that the case works, not a measurement.
+    fn smoke() -> Self {
+        Schedule {
+            warmup_runs: 0,
+            warmup_time: Duration::ZERO,
+            min_runs: 1,
+            max_runs: 1,
+            time_budget: Duration::ZERO,
+        }
+    }
+}
+
+/// One op at one size.
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    /// [n, n] @ [n, n].
+    Matmul { n: usize },
+    /// y = x * a + b, every tensor [len].
+    ScaleShift { len: usize },
+    /// gelu (erf form) over [len].
+    Gelu { len: usize },
+    /// softmax along the rows of [rows, cols].
+    Softmax { rows: usize, cols: usize },
+    /// The sum of [len] to one value.
+    Sum { len: usize },
+}
+
+/// What a run accomplishes, to turn a time into a rate.
+enum Work {
+    Flops(f64),
+    Bytes(f64),
+}
+
+const F32_BYTES: f64 = 4.0;
+
+impl Case {
+    fn op(&self) -> &'static str {
+        match self {
+            Case::Matmul { .. } => "matmul",
+            Case::ScaleShift { .. } => "elementwise x*a+b",
+            Case::Gelu { .. } => "gelu",
+            Case::Softmax { .. } => "softmax (rows)",
+            Case::Sum { .. } => "sum (all)",
+        }
+    }
+
+    fn size(&self) -> String {
+        match *self {
+            Case::Matmul { n } => format!("{n}^3"),
+            Case::ScaleShift { len } | Case::Gelu { len } | Case::Sum { len } => count(len),
+            Case::Softmax { rows, cols } => format!("[{rows}, {cols}]"),
+        }
+    }
+
+    /// FLOPs for matmul; for the bandwidth-bound ops, the least bytes the op must move:
+    /// every input read once and the result written once. kiln runs x*a+b as two
+    /// kernels, so the traffic it really causes there is 1.5x this.
+    fn work(&self) -> Work {
+        match *self {
+            Case::Matmul { n } => Work::Flops(2.0 * (n as f64).powi(3)),
+            Case::ScaleShift { len } => Work::Bytes(4.0 * len as f64 * F32_BYTES),
+            Case::Gelu { len } => Work::Bytes(2.0 * len as f64 * F32_BYTES),
+            Case::Softmax { rows, cols } => Work::Bytes(2.0 * (rows * cols) as f64 * F32_BYTES),
+            Case::Sum { len } => Work::Bytes((len + 1) as f64 * F32_BYTES),
+        }
+    }
+
+    /// Why this case does not run on `backend`, if it does not.
+    fn skip_reason(&self, backend: &BenchBackend) -> Option<&'static str> {
+        let Case::Matmul { n } = *self else { return None };
+        if n < LARGE_MATMUL {
+            return None;
+        }
+        // Minutes per run on a CPU; the figure says nothing there anyway.
+        match backend.kind {
+            BackendKind::CpuReference => Some("skipped (CPU reference)"),
+            BackendKind::Gpu { software: true } => Some("skipped (software adapter)"),
+            BackendKind::Gpu { software: false } => None,
+        }
+    }
+
+    /// The graph of this case: its inputs as states, and the result.
+    fn build(&self, graph: &mut Graph) -> Result<Tensor, GraphError> {
+        // State names are unique per case: states belong to the backend by name, and
+        // another case's tensor of another shape must not collide with these.
+        let tag = format!("{}.{}", self.op().split(' ').next().unwrap_or("op"), self.size());
+        let state = |graph: &mut Graph, name: &str, shape: Vec<usize>, seed: u64| {
+            let values = pseudo_random(shape.iter().product(), seed);
+            graph.state(&format!("bench.{tag}.{name}"), DType::F32, HostTensor::f32(shape, values))
+        };
+        match *self {
+            Case::Matmul { n } => {
+                let a = state(graph, "a", vec![n, n], 1)?;
+                let b = state(graph, "b", vec![n, n], 2)?;
+                graph.matmul(a, b)
+            }
+            Case::ScaleShift { len } => {
+                let x = state(graph, "x", vec![len], 1)?;
+                let a = state(graph, "a", vec![len], 2)?;
+                let b = state(graph, "b", vec![len], 3)?;
+                let scaled = graph.mul(x, a)?;
+                graph.add(scaled, b)
+            }
+            Case::Gelu { len } => {
+                let x = state(graph, "x", vec![len], 1)?;
+                graph.gelu(x)
+            }
+            Case::Softmax { rows, cols } => {
+                let x = state(graph, "x", vec![rows, cols], 1)?;
+                graph.softmax(x, 1)
+            }
+            Case::Sum { len } => {
+                let x = state(graph, "x", vec![len], 1)?;
+                graph.sum_all(x)
+            }
+        }
+    }
+}
+
+/// Matmuls this large run only on a hardware GPU.
+const LARGE_MATMUL: usize = 4096;
+
+/// Every case, in table order.
+fn cases(quick: bool) -> Vec<Case> {
+    const M16: usize = 16 << 20;
+    if quick {
+        let len = 1 << 20;
+        return vec![
+            Case::Matmul { n: 256 },
+            Case::ScaleShift { len },
+            Case::Gelu { len },
+            Case::Softmax { rows: 256, cols: 1024 },
+            Case::Sum { len },
+        ];
+    }
+    vec![
+        Case::Matmul { n: 256 },
+        Case::Matmul { n: 1024 },
+        Case::Matmul { n: LARGE_MATMUL },
+        Case::ScaleShift { len: M16 },
+        Case::Gelu { len: M16 },
+        Case::Softmax { rows: 4096, cols: 1024 },
+        Case::Sum { len: M16 },
+    ]
+}
+
+/// "16M", "1M", "4096": element counts as people write them.
+fn count(len: usize) -> String {
+    if len >= 1 << 20 && len % (1 << 20) == 0 {
+        format!("{}M", len >> 20)
+    } else if len >= 1 << 10 && len % (1 << 10) == 0 {
+        format!("{}K", len >> 10)
+    } else {
+        len.to_string()
+    }
+}
+
+/// Values in [-1, 1) from a fixed seed (SplitMix64): the same inputs on every backend
+/// and every run, without a dependency.
+fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            // The top 24 bits, exactly representable in f32.
+            ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+        })
+        .collect()
+}
+
+/// The first element of `result`, as the plan's only output: the readback stays 4 bytes.
+fn one_element(graph: &mut Graph, result: Tensor) -> Result<Tensor, GraphError> {
+    let numel = graph.shape(result).numel();
+    let flat = graph.reshape(result, [numel])?;
+    graph.slice(flat, 0, 0, 1, 1)
+}
+
+/// Whether the plan computes `result` whole: a step whose node is `result` writes all of it.
+fn computes_in_full(plan: &Plan, graph: &Graph, result: Tensor) -> bool {
+    plan.steps.iter().any(|step| step.node == result && step.output.shape == *graph.shape(result))
+}
+
+enum BackendKind {
+    CpuReference,
+    Gpu { software: bool },
+}
+
+struct BenchBackend {
+    /// Short name for the table.
+    label: &'static str,
+    kind: BackendKind,
+    backend: Box<dyn Backend>,
+}
+
+/// The CPU reference, and the wgpu backend when an adapter exists.
+fn backends() -> (Vec<BenchBackend>, Vec<String>) {
+    let cpu = CpuBackend::<f32>::new();
+    let mut notes = vec![format!("cpu   {}", cpu.name())];
+    let mut backends = vec![BenchBackend { label: "cpu", kind: BackendKind::CpuReference, backend: Box::new(cpu) }];
+    if list_adapters().is_empty() {
+        notes.push("wgpu  no adapter found: GPU rows left out".to_string());
+        return (backends, notes);
+    }
+    match WgpuBackend::new() {
+        Ok(gpu) => {
+            let report = gpu.adapter();
+            let software = report.device_type == wgpu::DeviceType::Cpu;
+            notes.push(format!("wgpu  {}", report.title()));
+            if !report.driver_info.is_empty() || !report.driver.is_empty() {
+                notes.push(format!("      driver: {} {}", report.driver, report.driver_info));
+            }
+            if software {
+                notes.push("      a software adapter: its figures say nothing about GPU speed".to_string());
+            }
+            backends.push(BenchBackend { label: "wgpu", kind: BackendKind::Gpu { software }, backend: Box::new(gpu) });
+        }
+        Err(e) => notes.push(format!("wgpu  an adapter exists but kiln cannot open it ({e}): GPU rows left out")),
+    }
+    (backends, notes)
+}
+
+/// The median of the timed runs, and how many there were.
+struct Timing {
+    runs: usize,
+    median: Duration,
+}
+
+fn time_runs(executor: &mut dyn Executor, schedule: &Schedule) -> Result<Timing, ExecError> {
+    let warmup_start = Instant::now();
+    let mut warmed = 0;
+    while warmed < schedule.warmup_runs || (warmed > 0 && warmup_start.elapsed() < schedule.warmup_time) {
+        executor.run(&[])?;
+        warmed += 1;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < schedule.min_runs || (times.len() < schedule.max_runs && start.elapsed() < schedule.time_budget) {
+        let run_start = Instant::now();
+        executor.run(&[])?;
+        times.push(run_start.elapsed());
+    }
+    times.sort();
+    let middle = times.len() / 2;
+    let median = if times.len() % 2 == 1 { times[middle] } else { (times[middle - 1] + times[middle]) / 2 };
+    Ok(Timing { runs: times.len(), median })
+}
+
+/// One row of the table: a measurement, or why there is none.
+enum Outcome {
+    Measured(Timing),
+    Skipped(&'static str),
+    Failed(String),
+}
+
+fn rate(work: &Work, seconds: f64) -> String {
+    match work {
+        Work::Flops(flops) => format!("{:.2} GFLOP/s", flops / seconds / 1e9),
+        Work::Bytes(bytes) => format!("{:.2} GB/s", bytes / seconds / 1e9),
+    }
+}
+
+struct Row<'a> {
+    op: &'a str,
+    size: &'a str,
+    backend: &'a str,
+    runs: String,
+    ms_per_run: String,
+    rate: String,
+}
+
+impl fmt::Display for Row<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "| {:<17} | {:<12} | {:<7} | {:>4} | {:>10} | {:<26} |",
+            self.op, self.size, self.backend, self.runs, self.ms_per_run, self.rate
+        )
+    }
+}
+
+fn print_row(case: &Case, backend: &str, outcome: &Outcome) {
+    let (op, size) = (case.op(), case.size());
+    let row = match outcome {
+        Outcome::Measured(timing) => Row {
+            op,
+            size: &size,
+            backend,
+            runs: timing.runs.to_string(),
+            ms_per_run: format!("{:.3}", timing.median.as_secs_f64() * 1e3),
+            rate: rate(&case.work(), timing.median.as_secs_f64()),
+        },
+        Outcome::Skipped(reason) => {
+            Row { op, size: &size, backend, runs: "-".into(), ms_per_run: "-".into(), rate: reason.to_string() }
+        }
+        Outcome::Failed(_) => Row { op, size: &size, backend, runs: "-".into(), ms_per_run: "-".into(), rate: "FAILED".into() },
+    };
+    println!("{row}");
+    if let Outcome::Failed(message) = outcome {
+        println!("  {op} {size} on {backend}: {message}");
+    }
+}
+
+/// Load `plan` on `backend` and time it.
+fn measure(backend: &dyn Backend, plan: &Plan, schedule: &Schedule) -> Outcome {
+    let timed = backend.load(plan).and_then(|mut executor| time_runs(executor.as_mut(), schedule));
+    match timed {
+        Ok(timing) => Outcome::Measured(timing),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// The plan of `case`: its result computed in full, one element of it read back.
+fn case_plan(case: &Case) -> Result<Plan, String> {
+    let mut graph = Graph::new();
+    let result = case.build(&mut graph).map_err(|e| format!("building the graph: {e}"))?;
+    if graph.shape(result).numel() == 1 {
+        // A one-element result (sum) is read back whole.
+        return Plan::compile(&graph, &[result]).map_err(|e| format!("compiling: {e}"));
+    }
+    let readback = one_element(&mut graph, result).map_err(|e| format!("building the readback: {e}"))?;
+    let plan = Plan::compile(&graph, &[readback]).map_err(|e| format!("compiling: {e}"))?;
+    if !computes_in_full(&plan, &graph, result) {
+        return Err("the plan no longer computes the whole result for a one-element output; \
+                    this bench would time less work than it reports"
+            .to_string());
+    }
+    Ok(plan)
+}
+
+fn main() -> ExitCode {
+    // Mesa's Vulkan drivers probe the window system and print an error when there is no
+    // runtime dir (headless machines, CI); nothing is drawn, so any private dir will do.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| !std::path::Path::new(&d).is_dir()) {
+        let dir = std::env::temp_dir().join("kiln-xdg-runtime");
+        if std::fs::create_dir_all(&dir).is_ok() {
+            std::env::set_var("XDG_RUNTIME_DIR", &dir);
+        }
+    }
+    let options = match parse_args(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let quick = options.quick || !options.measure;
+    let schedule = match (options.measure, quick) {
+        (false, _) => Schedule::smoke(),
+        (true, true) => Schedule::quick(),
+        (true, false) => Schedule::full(),
+    };
+    let selected: Vec<Case> = cases(quick)
+        .into_iter()
+        .filter(|case| options.filters.is_empty() || options.filters.iter().any(|f| case.op().contains(f.as_str())))
+        .collect();
+    if selected.is_empty() {
+        eprintln!("no op matches {:?}\n{USAGE}", options.filters);
+        return ExitCode::from(2);
+    }
+
+    let (backends, notes) = backends();
+    let mode = match (options.measure, quick) {
+        (false, _) => "test mode: each case runs once to check it works; the figures are not measurements",
+        (true, true) => "quick: one small size of each op",
+        (true, false) => "full sizes",
+    };
+    println!("kiln op benchmarks ({mode})");
+    for note in &notes {
+        println!("  {note}");
+    }
+    println!(
+        "ms/run: median of the timed runs after warm-up. Every run includes one submission and one \
+         4-byte readback (inputs stay on the device), so small sizes are latency-bound."
+    );
+    println!(
+        "GFLOP/s = 2*n^3 / time. GB/s = least bytes the op must move (each f32 input read once, \
+         the result written once) / time."
+    );
+    println!();
+    let header = Row {
+        op: "op",
+        size: "size",
+        backend: "backend",
+        runs: "runs".into(),
+        ms_per_run: "ms/run".into(),
+        rate: "GFLOP/s or GB/s".into(),
+    };
+    println!("{header}");
+    println!("|{:-<19}|{:-<14}|{:-<9}|{:->6}|{:->12}|{:-<28}|", "", "", "", "", "", "");
+
+    let mut failures = 0;
+    for case in &selected {
+        // One plan per case, built only if some backend runs it: the inputs of the
+        // large cases are hundreds of MB.
+        let mut plan: Option<Result<Plan, String>> = None;
+        for backend in &backends {
+            let outcome = match case.skip_reason(backend) {
+                Some(reason) => Outcome::Skipped(reason),
+                None => match plan.get_or_insert_with(|| case_plan(case)) {
+                    Ok(plan) => measure(backend.backend.as_ref(), plan, &schedule),
+                    Err(message) => Outcome::Failed(message.clone()),
+                },
+            };
+            if matches!(outcome, Outcome::Failed(_)) {
+                failures += 1;
+            }
+            print_row(case, backend.label, &outcome);
+        }
+    }
+    if failures > 0 {
+        eprintln!("{failures} case(s) failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
