@@ -227,6 +227,12 @@ fn cases() -> Vec<Case> {
         g.cast(h, DType::F32)
     }));
 
+    // Random numbers: the same bits on every backend, for any counter and seed.
+    for (shape, seed) in [(vec![7], 0u32), (vec![33, 257], 0x5eed)] {
+        let name = format!("random_uniform {shape:?} seed {seed}");
+        cs.push(case(&name, vec![idx(&[], 1000)], EXACT, false, move |g, x| g.random_uniform(shape.clone(), x[0], seed)));
+    }
+
     // Losses.
     cs.push(case("cross_entropy mean", vec![f(&[33, 10]), idx(&[33], 10)], sum_of(10), true, |g, x| g.cross_entropy(x[0], x[1], Reduction::Mean)));
     cs.push(case("cross_entropy sum, large logits", vec![vals(&[4, 3], &[1e4, -1e4, 0.0, 50.0, 49.0]), idx(&[4], 3)], sum_of(3), false, |g, x| g.cross_entropy(x[0], x[1], Reduction::Sum)));
@@ -343,6 +349,7 @@ fn cross_backend_table() {
         "gelu_tanh", "softplus", "gelu_grad", "gelu_tanh_grad", "add", "sub", "mul", "div", "maximum", "minimum", "pow", "eq", "ne",
         "lt", "le", "gt", "ge", "where", "sum", "mean", "max", "matmul", "softmax", "log_softmax", "permute", "broadcast_to",
         "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "argmax", "softmax_cross_entropy", "cast",
+        "random_uniform",
     ];
     let missing: Vec<&str> = all.iter().copied().filter(|op| !covered.contains(op)).collect();
     assert!(missing.is_empty(), "ops with no cross-backend case: {missing:?}");

@@ -213,6 +213,8 @@ fn every_op(float: DType) -> (Graph, Vec<Tensor>) {
     outs.push(g.gather_rows(w, labels).unwrap());
     outs.push(g.scatter_add_rows(labels, x, 5).unwrap());
     outs.push(g.one_hot(labels, 7).unwrap());
+    let counter = g.input("counter", [], DType::U32).unwrap();
+    outs.push(g.random_uniform([4, 6], counter, 7).unwrap());
     (g, outs)
 }
 
@@ -301,7 +303,7 @@ fn every_launch_of_every_op_family_validates() {
     for op in ["constant", "gelu", "pow", "lt", "where", "cast", "mean", "argmax", "matmul", "softmax", "log_softmax"] {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
     }
-    for op in ["permute", "broadcast_to", "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot"] {
+    for op in ["permute", "broadcast_to", "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "random_uniform"] {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
     }
 }

@@ -29,6 +29,7 @@ mod elementwise;
 mod index;
 mod matmul;
 mod movement;
+mod random;
 mod reduce;
 mod softmax;
 
@@ -116,6 +117,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
             movement::lower(step, caps)
         }
         Op::Gather | Op::ScatterAdd { .. } | Op::OneHot { .. } => index::lower(step, caps),
+        Op::RandomUniform { .. } => random::lower(step, caps),
         Op::Input { .. } | Op::State { .. } | Op::Reshape | Op::StopGradient => Err(ExecError::Unsupported(
             format!("{} is not a step; the plan should not contain it", step.op.name()),
         )),
