@@ -13,6 +13,7 @@ mod shape;
 pub mod testing;
 
 pub use build::Reduction;
+pub use build::BatchNormOut;
 pub use dtype::DType;
 pub use error::{ExecError, GraphError, Result};
 pub use exec::{Backend, Executor};

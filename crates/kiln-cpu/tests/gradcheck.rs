@@ -1016,3 +1016,80 @@ fn assert_close(actual: &[f64], expected: &[f64], what: &str) {
         assert!(error < 1e-12, "{what}[{j}]: {a} but expected {e} (all: {actual:?} vs {expected:?})");
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Normalisation (composed from reductions and elementwise ops)
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn gradcheck_layer_norm() {
+    // Over the last axis and over the last two, with and without the affine part.
+    // Inputs in [-2, 2] give every slice a variance near 1, far above eps, so
+    // 1/sqrt(var + eps) stays smooth.
+    let cases: [(&[usize], usize, bool); 3] = [(&[3, 4], 1, true), (&[2, 3, 4], 2, true), (&[2, 5], 1, false)];
+    for (shape, normalized_ndims, affine) in cases {
+        let case = format!("layer_norm {shape:?} last {normalized_ndims} affine {affine}");
+        let mut c = GradCheck::new(&case);
+        let x = c.var_uniform("x", shape, -2.0, 2.0);
+        let normalized = &shape[shape.len() - normalized_ndims..];
+        let (weight, bias) = if affine {
+            (Some(c.var_uniform("weight", normalized, 0.5, 1.5)), Some(c.var_uniform("bias", normalized, -1.0, 1.0)))
+        } else {
+            (None, None)
+        };
+        let y = c.g.layer_norm(x, normalized_ndims, weight, bias, 1e-5).built(&case);
+        c.check(y, EPS_SMOOTH);
+    }
+}
+
+#[test]
+fn gradcheck_batch_norm() {
+    // Training mode normalises with the batch's statistics, so every output depends on
+    // every input of its channel: [N, C] and [N, C, H, W].
+    let train_shapes: [&[usize]; 2] = [&[5, 3], &[2, 3, 2, 3]];
+    for shape in train_shapes {
+        let case = format!("batch_norm train {shape:?}");
+        let mut c = GradCheck::new(&case);
+        let channels = shape[1];
+        let x = c.var_uniform("x", shape, -2.0, 2.0);
+        let weight = c.var_uniform("weight", [channels], 0.5, 1.5);
+        let bias = c.var_uniform("bias", [channels], -1.0, 1.0);
+        let running_mean = c.fixed_f("running_mean", [channels], vec![0.0; channels]);
+        let running_var = c.fixed_f("running_var", [channels], vec![1.0; channels]);
+        let out = c
+            .g
+            .batch_norm(x, Some(running_mean), Some(running_var), Some(weight), Some(bias), true, 0.1, 1e-5)
+            .built(&case);
+        assert!(out.new_running_mean.is_some() && out.new_running_var.is_some(), "{case}: running stats update");
+        c.check(out.y, EPS_SMOOTH);
+    }
+
+    // Evaluation mode: an affine map per channel, differentiable in the running
+    // statistics too (variance kept >= 0.5, where rsqrt is smooth).
+    let eval_shapes: [&[usize]; 2] = [&[4, 3], &[2, 3, 2, 2]];
+    for shape in eval_shapes {
+        let case = format!("batch_norm eval {shape:?}");
+        let mut c = GradCheck::new(&case);
+        let channels = shape[1];
+        let x = c.var_uniform("x", shape, -2.0, 2.0);
+        let running_mean = c.var_uniform("running_mean", [channels], -1.0, 1.0);
+        let running_var = c.var_uniform("running_var", [channels], 0.5, 2.0);
+        let weight = c.var_uniform("weight", [channels], 0.5, 1.5);
+        let bias = c.var_uniform("bias", [channels], -1.0, 1.0);
+        let out = c
+            .g
+            .batch_norm(x, Some(running_mean), Some(running_var), Some(weight), Some(bias), false, 0.1, 1e-5)
+            .built(&case);
+        assert!(out.new_running_mean.is_none() && out.new_running_var.is_none(), "{case}: eval updates nothing");
+        c.check(out.y, EPS_SMOOTH);
+    }
+
+    // Training without running statistics or affine parameters (track_running_stats=False,
+    // affine=False).
+    let case = "batch_norm train bare [6, 2]";
+    let mut c = GradCheck::new(case);
+    let x = c.var_uniform("x", [6, 2], -2.0, 2.0);
+    let out = c.g.batch_norm(x, None, None, None, None, true, 0.1, 1e-5).built(case);
+    assert!(out.new_running_mean.is_none(), "{case}: nothing to update");
+    c.check(out.y, EPS_SMOOTH);
+}

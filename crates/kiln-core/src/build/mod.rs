@@ -3,8 +3,10 @@ mod elementwise;
 mod index;
 mod loss;
 mod matmul;
+mod norm;
 mod random;
 mod reduce;
 mod shape_ops;
 
 pub use loss::Reduction;
+pub use norm::BatchNormOut;
