@@ -204,6 +204,29 @@ impl Graph {
                 let from = self.dtype(ins[0]);
                 if from.is_float() { vec![Some(self.cast(g, from)?)] } else { vec![None] }
             }
+            Op::Conv2d { params } => {
+                let (x, w) = (ins[0], ins[1]);
+                let (xs, ws) = (self.shape(x).clone(), self.shape(w).clone());
+                let gx = self.conv2d_backward_input(g, w, xs, *params)?;
+                let gw = self.conv2d_backward_weight(x, g, ws, *params)?;
+                vec![Some(gx), Some(gw)]
+            }
+            Op::MaxPool2d { kernel, stride, padding } => {
+                vec![Some(self.max_pool2d_backward(ins[0], g, *kernel, *stride, *padding)?)]
+            }
+            Op::AvgPool2d { kernel, stride, padding } => {
+                let xs = self.shape(ins[0]).clone();
+                vec![Some(self.avg_pool2d_backward(g, xs, *kernel, *stride, *padding)?)]
+            }
+            Op::Conv2dBackwardInput { .. }
+            | Op::Conv2dBackwardWeight { .. }
+            | Op::MaxPool2dBackward { .. }
+            | Op::AvgPool2dBackward { .. } => {
+                return Err(GraphError::new(
+                    node.op.name(),
+                    "second derivatives of conv2d and pooling are not supported",
+                ))
+            }
         })
     }
 

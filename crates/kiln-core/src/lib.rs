@@ -14,11 +14,13 @@ pub mod testing;
 
 pub use build::Reduction;
 pub use build::BatchNormOut;
+pub use build::{Conv2dGeometry, Pool2dGeometry};
 pub use dtype::DType;
 pub use error::{ExecError, GraphError, Result};
 pub use exec::{Backend, Executor};
 pub use graph::{Graph, Node, Tensor};
 pub use host::{HostData, HostTensor};
 pub use op::{BinaryOp, CmpOp, Op, ReduceOp, UnaryOp};
+pub use op::Conv2dParams;
 pub use plan::{BufferDesc, BufferId, BufferRole, Operand, Plan, PlanInput, PlanOutput, PlanState, PlanUpdate, Step};
 pub use shape::{Shape, MAX_RANK};

@@ -136,6 +136,25 @@ impl ReduceOp {
     }
 }
 
+/// Hyper-parameters of a 2-D convolution, as PyTorch's `nn.Conv2d` takes them: per
+/// spatial axis (height, width) the stride, the zero padding added on both sides and
+/// the dilation (spacing between kernel taps); `groups` splits the input and output
+/// channels into that many independent convolutions. The default is stride 1,
+/// padding 0, dilation 1, one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl Default for Conv2dParams {
+    fn default() -> Self {
+        Conv2dParams { stride: [1, 1], padding: [0, 0], dilation: [1, 1], groups: 1 }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// Fed by the caller on every run. No step: its buffer is written by the feed.
@@ -215,6 +234,55 @@ pub enum Op {
     /// Known answers: (i, counter, seed) = (0, 0, 0) gives bits 0x6648b050,
     /// (12345, 7, 42) gives 0x57ac0d19. Element counts must fit in u32. No gradient.
     RandomUniform { seed: u32 },
+    /// 2-D convolution (cross-correlation, as PyTorch's `conv2d`). Inputs [x, weight]:
+    /// x [N, C, H, W], weight [O, C/G, KH, KW] with G = `params.groups` dividing C and O;
+    /// output [N, O, HO, WO] with HO = (H + 2 PH - DH (KH - 1) - 1) / SH + 1 (floor; WO
+    /// likewise), S = stride, P = padding, D = dilation. With CG = C/G and OG = O/G,
+    /// output channel o belongs to group g = o / OG and reads input channels
+    /// g CG .. (g + 1) CG:
+    ///
+    /// ```text
+    /// out[n, o, i, j] = sum over c < CG, a < KH, b < KW (in this order) of
+    ///     x[n, g CG + c, i SH - PH + a DH, j SW - PW + b DW] * weight[o, c, a, b]
+    /// ```
+    ///
+    /// where x reads as 0 outside [0, H) x [0, W) (the zero padding). No bias: the graph
+    /// adds it as a broadcast add.
+    Conv2d { params: Conv2dParams },
+    /// The gradient of Conv2d with respect to x (a transposed convolution). Inputs
+    /// [grad_out [N, O, HO, WO], weight [O, C/G, KH, KW]]; output x's shape [N, C, H, W]
+    /// (from the plan: HO does not determine H when the stride does not divide evenly):
+    /// every product of the Conv2d sum above, with grad_out[n, o, i, j] in place of out,
+    /// is added to the x element it read; taps that fall in the padding are dropped.
+    /// Elements of x that no window reads get 0.
+    Conv2dBackwardInput { params: Conv2dParams },
+    /// The gradient of Conv2d with respect to the weight. Inputs [x [N, C, H, W],
+    /// grad_out [N, O, HO, WO]]; output the weight's shape [O, C/G, KH, KW] (from the plan):
+    /// `out[o, c, a, b] = sum over n, i, j of grad_out[n, o, i, j] * x[n, g CG + c,
+    /// i SH - PH + a DH, j SW - PW + b DW]`, x reading 0 in the padding.
+    Conv2dBackwardWeight { params: Conv2dParams },
+    /// 2-D max pooling over NCHW: input [x [N, C, H, W]], output [N, C, HO, WO] with
+    /// HO = (H + 2 PH - KH) / SH + 1 (floor; WO likewise) and 2 P <= K per axis, so every
+    /// window holds at least one element of x. The window of out[n, c, i, j] is rows
+    /// i SH - PH .. + KH and columns j SW - PW .. + KW; positions in the padding count as
+    /// -inf. The window is scanned in row-major order, starting from the value -inf at
+    /// its first element inside x; an element replaces the running maximum when it is
+    /// greater or is NaN. The output is the final running maximum and the element that
+    /// last replaced it (or the first element, if none did) is the window's *selected*
+    /// element: the first maximum, or the last NaN, as PyTorch selects it.
+    MaxPool2d { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
+    /// The gradient of MaxPool2d. Inputs [x, grad_out [N, C, HO, WO]]; output x's shape:
+    /// each element of x gets the sum of grad_out over the windows that select it (see
+    /// MaxPool2d), added in row-major order of the windows; 0 if none does.
+    MaxPool2dBackward { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
+    /// 2-D average pooling over NCHW, with the shapes of MaxPool2d: the sum of the window
+    /// in row-major order, padding counting as 0, divided by KH KW (PyTorch's
+    /// `count_include_pad=True`). Inputs [x].
+    AvgPool2d { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
+    /// The gradient of AvgPool2d. Inputs [grad_out [N, C, HO, WO]]; output x's shape
+    /// [N, C, H, W] (from the plan): each element of x gets the sum, over the windows
+    /// that contain it in row-major order of the windows, of grad_out / (KH KW).
+    AvgPool2dBackward { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
 }
 
 impl Op {
@@ -246,6 +314,13 @@ impl Op {
             Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
             Op::Cast => "cast",
             Op::RandomUniform { .. } => "random_uniform",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Conv2dBackwardInput { .. } => "conv2d_backward_input",
+            Op::Conv2dBackwardWeight { .. } => "conv2d_backward_weight",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::MaxPool2dBackward { .. } => "max_pool2d_backward",
+            Op::AvgPool2d { .. } => "avg_pool2d",
+            Op::AvgPool2dBackward { .. } => "avg_pool2d_backward",
         }
     }
 

@@ -4,7 +4,7 @@ use kiln_core::{DType, ExecError, Executor, HostData, HostTensor, Op, Operand, P
 use crate::shared::{lock, SharedHandle, StateRegistry};
 use crate::storage::{Slot, View, ViewMut};
 use crate::strided::TensorRef;
-use crate::{elementwise, index, matmul, movement, random, reduce, softmax, Element, Float};
+use crate::{conv, elementwise, index, matmul, movement, random, reduce, softmax, Element, Float};
 
 pub struct CpuExecutor<T: Float> {
     plan: Plan,
@@ -386,6 +386,35 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
         (Op::Cast, [View::U32(x)], ViewMut::Float(o)) => elementwise::u32_to_float(x, o),
         (Op::Cast, [View::U32(x)], ViewMut::U32(o)) => o.copy_from_slice(x),
         (Op::RandomUniform { seed }, [View::U32(counter)], ViewMut::Float(o)) => random::uniform(*seed, counter, o)?,
+        (Op::Conv2d { params }, [View::Float(x), View::Float(w)], ViewMut::Float(o)) => {
+            let geo = conv::conv_geometry(step, &ops[0].shape, &ops[1].shape, out_shape, *params)?;
+            conv::conv2d(&geo, x, w, o)
+        }
+        (Op::Conv2dBackwardInput { params }, [View::Float(g), View::Float(w)], ViewMut::Float(o)) => {
+            let geo = conv::conv_geometry(step, out_shape, &ops[1].shape, &ops[0].shape, *params)?;
+            conv::conv2d_backward_input(&geo, g, w, o)
+        }
+        (Op::Conv2dBackwardWeight { params }, [View::Float(x), View::Float(g)], ViewMut::Float(o)) => {
+            let geo = conv::conv_geometry(step, &ops[0].shape, out_shape, &ops[1].shape, *params)?;
+            conv::conv2d_backward_weight(&geo, x, g, o)
+        }
+        (Op::MaxPool2d { kernel, stride, padding }, [View::Float(x)], ViewMut::Float(o)) => {
+            let geo = conv::pool_geometry(step, &ops[0].shape, out_shape, *kernel, *stride, *padding)?;
+            conv::max_pool2d(&geo, x, o)
+        }
+        (Op::MaxPool2dBackward { kernel, stride, padding }, [View::Float(x), View::Float(g)], ViewMut::Float(o)) => {
+            let geo = conv::pool_geometry(step, &ops[0].shape, &ops[1].shape, *kernel, *stride, *padding)?;
+            conv::require_same_shape(step, &ops[0].shape, out_shape)?;
+            conv::max_pool2d_backward(&geo, x, g, o)
+        }
+        (Op::AvgPool2d { kernel, stride, padding }, [View::Float(x)], ViewMut::Float(o)) => {
+            let geo = conv::pool_geometry(step, &ops[0].shape, out_shape, *kernel, *stride, *padding)?;
+            conv::avg_pool2d(&geo, x, o)
+        }
+        (Op::AvgPool2dBackward { kernel, stride, padding }, [View::Float(g)], ViewMut::Float(o)) => {
+            let geo = conv::pool_geometry(step, out_shape, &ops[0].shape, *kernel, *stride, *padding)?;
+            conv::avg_pool2d_backward(&geo, g, o)
+        }
         _ => return Err(mismatch()),
     }
     Ok(())

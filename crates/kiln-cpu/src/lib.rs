@@ -6,6 +6,7 @@
 //! elementwise, reduce, matmul, softmax (with cross-entropy), movement, index and random.
 use kiln_core::{Backend, ExecError, Executor, Plan};
 
+mod conv;
 mod elementwise;
 mod executor;
 mod index;

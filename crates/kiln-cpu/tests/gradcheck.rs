@@ -1018,6 +1018,121 @@ fn assert_close(actual: &[f64], expected: &[f64], what: &str) {
 }
 
 // ---------------------------------------------------------------------------------
+// Convolution and pooling
+// ---------------------------------------------------------------------------------
+
+/// Check conv2d of x [shape] by weight [shape] (and a bias when asked) with `params`.
+/// Conv2d is bilinear in (x, weight), so the default step is exact up to rounding.
+fn check_conv2d(case: &str, x_shape: [usize; 4], w_shape: [usize; 4], bias: bool, params: kiln_core::Conv2dParams) {
+    let mut c = GradCheck::new(case);
+    let x = c.var_uniform("x", x_shape, -1.0, 1.0);
+    let w = c.var_uniform("w", w_shape, -1.0, 1.0);
+    let b = bias.then(|| c.var_uniform("b", [w_shape[0]], -1.0, 1.0));
+    let y = c.g.conv2d(x, w, b, params).built(case);
+    c.check(y, EPS_SMOOTH);
+}
+
+#[test]
+fn gradcheck_conv2d() {
+    check_conv2d("conv2d 3x3 with bias", [2, 3, 5, 6], [4, 3, 3, 3], true, Default::default());
+    check_conv2d("conv2d 3x3 without bias", [2, 2, 4, 5], [3, 2, 3, 3], false, Default::default());
+}
+
+#[test]
+fn gradcheck_conv2d_stride_2_and_padding() {
+    // Odd sizes: stride 2 leaves the last row and column of the padded input unread.
+    let params = kiln_core::Conv2dParams { stride: [2, 2], padding: [1, 1], ..Default::default() };
+    check_conv2d("conv2d stride 2 padding 1", [2, 2, 7, 6], [3, 2, 3, 2], true, params);
+    let params = kiln_core::Conv2dParams { stride: [3, 2], padding: [2, 0], ..Default::default() };
+    check_conv2d("conv2d stride (3, 2) padding (2, 0)", [1, 2, 6, 7], [2, 2, 3, 3], false, params);
+}
+
+#[test]
+fn gradcheck_conv2d_dilation_2() {
+    let params = kiln_core::Conv2dParams { dilation: [2, 2], padding: [2, 1], ..Default::default() };
+    check_conv2d("conv2d dilation 2", [1, 2, 7, 7], [2, 2, 3, 3], true, params);
+    // Stride and dilation sharing a factor: odd rows of x are never read.
+    let params = kiln_core::Conv2dParams { stride: [2, 2], dilation: [2, 1], ..Default::default() };
+    check_conv2d("conv2d stride 2 dilation 2", [2, 1, 7, 5], [2, 1, 2, 2], false, params);
+}
+
+#[test]
+fn gradcheck_conv2d_groups_2() {
+    let params = kiln_core::Conv2dParams { groups: 2, stride: [1, 2], ..Default::default() };
+    check_conv2d("conv2d groups 2", [2, 4, 5, 5], [6, 2, 3, 3], true, params);
+    // Depthwise: one group per channel.
+    let params = kiln_core::Conv2dParams { groups: 3, padding: [1, 1], ..Default::default() };
+    check_conv2d("conv2d depthwise", [1, 3, 4, 5], [3, 1, 3, 3], false, params);
+}
+
+#[test]
+fn gradcheck_conv2d_batch_1_odd_sizes() {
+    let params = kiln_core::Conv2dParams { stride: [2, 3], padding: [1, 0], ..Default::default() };
+    check_conv2d("conv2d batch 1, odd sizes", [1, 3, 5, 7], [2, 3, 2, 3], false, params);
+    check_conv2d("conv2d 1x1 kernel", [1, 5, 3, 1], [7, 5, 1, 1], true, Default::default());
+}
+
+#[test]
+fn gradcheck_max_pool2d() {
+    // Distinct values 0.1 apart: no ties, so each window's maximum is unique and stays
+    // the maximum under a step of eps.
+    let cases: [(&str, [usize; 2], [usize; 2], [usize; 2]); 3] = [
+        ("max_pool2d 2x2 stride 2", [2, 2], [2, 2], [0, 0]),
+        ("max_pool2d 3x2 stride (2, 1) padding 1, overlapping", [3, 2], [2, 1], [1, 1]),
+        ("max_pool2d 3x3 stride 2 padding 1", [3, 3], [2, 2], [1, 1]),
+    ];
+    for (case, kernel, stride, padding) in cases {
+        let mut c = GradCheck::new(case);
+        let values = c.rng.distinct(2 * 2 * 5 * 7, 0.05);
+        let x = c.var("x", [2, 2, 5, 7], values);
+        let y = c.g.max_pool2d(x, kernel, stride, padding).built(case);
+        c.check(y, EPS_PIECEWISE);
+    }
+}
+
+#[test]
+fn gradcheck_avg_pool2d() {
+    let cases: [(&str, [usize; 2], [usize; 2], [usize; 2]); 3] = [
+        ("avg_pool2d 2x2 stride 2", [2, 2], [2, 2], [0, 0]),
+        ("avg_pool2d 3x3 stride 2 padding 1", [3, 3], [2, 2], [1, 1]),
+        ("avg_pool2d 2x3 stride (1, 2) padding (1, 0), overlapping", [2, 3], [1, 2], [1, 0]),
+    ];
+    for (case, kernel, stride, padding) in cases {
+        let mut c = GradCheck::new(case);
+        let x = c.var_uniform("x", [2, 3, 5, 7], -1.0, 1.0);
+        let y = c.g.avg_pool2d(x, kernel, stride, padding).built(case);
+        c.check(y, EPS_SMOOTH);
+    }
+}
+
+#[test]
+fn gradcheck_global_avg_pool2d() {
+    let mut c = GradCheck::new("global_avg_pool2d");
+    let x = c.var_uniform("x", [2, 3, 4, 5], -1.0, 1.0);
+    let y = c.g.global_avg_pool2d(x).built("global_avg_pool2d");
+    c.check(y, EPS_SMOOTH);
+}
+
+#[test]
+fn gradcheck_small_cnn() {
+    // conv -> relu -> max pool -> conv (stride 2) -> global average: the rules compose.
+    let case = "small cnn";
+    let mut c = GradCheck::new(case);
+    let x = c.var_uniform("x", [2, 2, 7, 7], -1.0, 1.0);
+    let w1 = c.var_uniform("w1", [3, 2, 3, 3], -1.0, 1.0);
+    let b1 = c.var_uniform("b1", [3], 0.5, 1.0);
+    let w2 = c.var_uniform("w2", [4, 3, 2, 2], -1.0, 1.0);
+    let padded = kiln_core::Conv2dParams { padding: [1, 1], ..Default::default() };
+    let h = c.g.conv2d(x, w1, Some(b1), padded).built(case);
+    let h = c.g.tanh(h).built(case);
+    let h = c.g.avg_pool2d(h, [2, 2], [1, 1], [0, 0]).built(case);
+    let strided = kiln_core::Conv2dParams { stride: [2, 2], ..Default::default() };
+    let h = c.g.conv2d(h, w2, None, strided).built(case);
+    let y = c.g.global_avg_pool2d(h).built(case);
+    c.check(y, EPS_SMOOTH);
+}
+
+// ---------------------------------------------------------------------------------
 // Normalisation (composed from reductions and elementwise ops)
 // ---------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
 //! Graph builder methods, grouped by op family. Each checks shapes and dtypes.
+mod conv;
 mod elementwise;
 mod index;
 mod loss;
@@ -8,5 +9,6 @@ mod random;
 mod reduce;
 mod shape_ops;
 
+pub use conv::{Conv2dGeometry, Pool2dGeometry};
 pub use loss::Reduction;
 pub use norm::BatchNormOut;

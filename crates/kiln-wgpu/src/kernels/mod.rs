@@ -118,6 +118,12 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         }
         Op::Gather | Op::ScatterAdd { .. } | Op::OneHot { .. } => index::lower(step, caps),
         Op::RandomUniform { .. } => random::lower(step, caps),
+        Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. } => {
+            Err(ExecError::Unsupported(format!("{}: the GPU kernels are being written", step.op.name())))
+        }
+        Op::MaxPool2d { .. } | Op::MaxPool2dBackward { .. } | Op::AvgPool2d { .. } | Op::AvgPool2dBackward { .. } => {
+            Err(ExecError::Unsupported(format!("{}: the GPU kernels are being written", step.op.name())))
+        }
         Op::Input { .. } | Op::State { .. } | Op::Reshape | Op::StopGradient => Err(ExecError::Unsupported(
             format!("{} is not a step; the plan should not contain it", step.op.name()),
         )),
