@@ -12,6 +12,8 @@
 //! - activations: [`ReLU`], [`LeakyReLU`], [`Sigmoid`], [`Tanh`], [`GELU`] (erf and
 //!   tanh forms), [`Softplus`]
 //! - Dropout: needs Op::Random (lead)
+//! - normalisation: [`BatchNorm1d`], [`BatchNorm2d`] (running statistics as buffers,
+//!   updates from [`Module::state_updates`]), [`LayerNorm`]
 //!
 //! Training: [`loss`] functions, [`clip::clip_grad_norm`], the [`optim`] optimizers (SGD,
 //! Adam, AdamW) whose update is compiled into the step, [`schedule::LrSchedule`], and
@@ -27,6 +29,7 @@ mod layers;
 mod linear;
 pub mod loss;
 mod module;
+mod norm;
 pub mod optim;
 pub mod schedule;
 mod sequential;
@@ -35,6 +38,7 @@ mod train;
 pub use layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 pub use linear::Linear;
 pub use module::{count_elements, join_name, tensors_of, Mode, Module};
+pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm};
 pub use optim::{Adam, AdamW, Optimizer, OptimizerUpdate, StepInput, StepScalar, SGD};
 pub use schedule::LrSchedule;
 pub use sequential::Sequential;

@@ -46,6 +46,15 @@ pub trait Module {
         all
     }
 
+    /// `(state, new value)` pairs this module's recorded forward passes want written
+    /// back after each run (BatchNorm's running statistics in train mode), for the
+    /// trainer to append to the optimizer's updates in `Plan::compile_with_updates`.
+    /// Call it after `forward`: the new values are nodes of that forward pass. Empty
+    /// for modules without such state; containers concatenate their children's.
+    fn state_updates(&self) -> Vec<(Tensor, Tensor)> {
+        Vec::new()
+    }
+
     /// Switch between training and evaluation behaviour; containers pass it on to every
     /// child. Modules that behave the same in both modes keep the default, which ignores it.
     fn set_mode(&mut self, _mode: Mode) {}
@@ -73,6 +82,9 @@ impl<M: Module + ?Sized> Module for Box<M> {
     }
     fn state_dict(&self) -> Vec<(String, Tensor)> {
         (**self).state_dict()
+    }
+    fn state_updates(&self) -> Vec<(Tensor, Tensor)> {
+        (**self).state_updates()
     }
     fn set_mode(&mut self, mode: Mode) {
         (**self).set_mode(mode)

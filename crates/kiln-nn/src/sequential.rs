@@ -4,6 +4,7 @@ use kiln_core::{Graph, GraphError, Result, Tensor};
 use crate::init::Rng;
 use crate::layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 use crate::linear::Linear;
+use crate::norm::{BatchNorm1d, BatchNorm2d, LayerNorm};
 use crate::module::{join_name, Mode, Module};
 
 /// Children run in order; child `i` is named `"{i}"` under the container's prefix, so an
@@ -143,6 +144,21 @@ impl Sequential {
     pub fn identity(self) -> Self {
         self.push_unchecked(Identity)
     }
+
+    /// Append `BatchNorm1d(num_features)` with PyTorch's defaults (input [N, C] or [N, C, L]).
+    pub fn batch_norm1d(self, g: &mut Graph, num_features: usize) -> Result<Self> {
+        self.add(g, |g, prefix| BatchNorm1d::new(g, prefix, num_features))
+    }
+
+    /// Append `BatchNorm2d(num_features)` with PyTorch's defaults (input [N, C, H, W]).
+    pub fn batch_norm2d(self, g: &mut Graph, num_features: usize) -> Result<Self> {
+        self.add(g, |g, prefix| BatchNorm2d::new(g, prefix, num_features))
+    }
+
+    /// Append `LayerNorm(normalized_shape)` with PyTorch's defaults.
+    pub fn layer_norm(self, g: &mut Graph, normalized_shape: &[usize]) -> Result<Self> {
+        self.add(g, |g, prefix| LayerNorm::new(g, prefix, normalized_shape))
+    }
 }
 
 impl Module for Sequential {
@@ -160,6 +176,10 @@ impl Module for Sequential {
 
     fn state_dict(&self) -> Vec<(String, Tensor)> {
         self.children.iter().flat_map(|c| c.state_dict()).collect()
+    }
+
+    fn state_updates(&self) -> Vec<(Tensor, Tensor)> {
+        self.children.iter().flat_map(|c| c.state_updates()).collect()
     }
 
     fn set_mode(&mut self, mode: Mode) {
