@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use kiln_core::{BinaryOp, CmpOp, DType, Graph, HostTensor, Plan, Reduction, Tensor, UnaryOp};
+use kiln_core::{BinaryOp, CmpOp, Conv2dParams, DType, Graph, HostTensor, Plan, Reduction, Tensor, UnaryOp};
 use kiln_wgpu::kernels::{self, Access, Caps, Launch};
 
 /// Parse and validate WGSL; the error is naga's report with the source excerpt.
@@ -215,6 +215,21 @@ fn every_op(float: DType) -> (Graph, Vec<Tensor>) {
     outs.push(g.one_hot(labels, 7).unwrap());
     let counter = g.input("counter", [], DType::U32).unwrap();
     outs.push(g.random_uniform([4, 6], counter, 7).unwrap());
+    // Convolution and pooling, forward and both gradients (odd sizes, stride, padding,
+    // dilation and groups, so that every kernel variant and the stride phases appear).
+    let images = g.input("images", [2, 4, 5, 7], float).unwrap();
+    let filters = g.input("filters", [6, 2, 3, 2], float).unwrap();
+    let conv_params = Conv2dParams { stride: [2, 1], padding: [1, 1], dilation: [1, 2], groups: 2 };
+    let conv = g.conv2d(images, filters, None, conv_params).unwrap();
+    let max_pooled = g.max_pool2d(images, [3, 3], [2, 2], [1, 1]).unwrap();
+    let avg_pooled = g.avg_pool2d(images, [2, 3], [1, 2], [1, 0]).unwrap();
+    let conv_loss = g.sum_all(conv).unwrap();
+    let max_loss = g.sum_all(max_pooled).unwrap();
+    let avg_loss = g.sum_all(avg_pooled).unwrap();
+    let pool_loss = g.add(max_loss, avg_loss).unwrap();
+    let loss = g.add(conv_loss, pool_loss).unwrap();
+    outs.extend([conv, max_pooled, avg_pooled]);
+    outs.extend(g.grad(loss, &[images, filters]).unwrap());
     (g, outs)
 }
 
@@ -304,6 +319,12 @@ fn every_launch_of_every_op_family_validates() {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
     }
     for op in ["permute", "broadcast_to", "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "random_uniform"] {
+        assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
+    }
+    for op in ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d", "max_pool2d_backward"] {
+        assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
+    }
+    for op in ["avg_pool2d", "avg_pool2d_backward"] {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
     }
 }

@@ -25,10 +25,12 @@
 //! tests/shaders_valid.rs validates every launch both as written and as loaded.
 use kiln_core::{DType, ExecError, Step};
 
+mod conv;
 mod elementwise;
 mod index;
 mod matmul;
 mod movement;
+mod pool;
 mod random;
 mod reduce;
 mod softmax;
@@ -118,11 +120,9 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         }
         Op::Gather | Op::ScatterAdd { .. } | Op::OneHot { .. } => index::lower(step, caps),
         Op::RandomUniform { .. } => random::lower(step, caps),
-        Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. } => {
-            Err(ExecError::Unsupported(format!("{}: the GPU kernels are being written", step.op.name())))
-        }
+        Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. } => conv::lower(step, caps),
         Op::MaxPool2d { .. } | Op::MaxPool2dBackward { .. } | Op::AvgPool2d { .. } | Op::AvgPool2dBackward { .. } => {
-            Err(ExecError::Unsupported(format!("{}: the GPU kernels are being written", step.op.name())))
+            pool::lower(step, caps)
         }
         Op::Input { .. } | Op::State { .. } | Op::Reshape | Op::StopGradient => Err(ExecError::Unsupported(
             format!("{} is not a step; the plan should not contain it", step.op.name()),

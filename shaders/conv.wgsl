@@ -1,0 +1,488 @@
+// Conv2d and its two gradients as implicit GEMMs: C[m, n] = sum over k of A[m, k] B[k, n],
+// with the tiling of matmul.wgsl, where A and B are never stored: each kernel section
+// says how an element of A or B is read from the tensors (the im2col index, computed
+// while staging a tile into workgroup memory) and where C[m, n] goes. See
+// kiln_core::Op::Conv2d for the semantics; crates/kiln-wgpu/src/kernels/conv.rs for
+// the host side.
+//
+//   forward:          M = N HO WO (n, i, j)   N = OG (o)     K = CG KH KW (c, a, b)
+//   backward_weight:  M = CG KH KW (c, a, b)  N = OG (o)     K = N HO WO (n, i, j)
+//   backward_input:   M = N H' W' (n, y, x)   N = CG (c)     K = OG KH' KW' (o, a, b)
+//
+// Each of the G groups is an independent GEMM, one "slice" of the grid. backward_input
+// also splits x by stride phase (y + PH) mod SH and (x + PW) mod SW: within one phase,
+// the same taps reach every position and the others reach none (they would hit between
+// the output rows of a strided convolution), so the GEMM of a phase runs over its H' x W'
+// positions and its KH' x KW' contributing taps only; a phase with no tap writes zeros.
+//
+// Each workgroup of 16x16 invocations computes a 64x64 block of C; invocation (tx, ty)
+// owns rows tx + 16 i and columns ty + 16 j (i, j < 4), so that consecutive invocations
+// write consecutive rows m, which are neighbouring addresses of every output here. K is
+// walked 16 deep. Sizes that are not multiples of the block stage zeros past the edge and
+// skip the stores there; every invocation runs every loop iteration, and the early
+// returns depend only on params and the workgroup id, so barriers stay uniform.
+//
+// Slot T: the storage type of every tensor (f32 or f16); arithmetic is f32.
+//
+// params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv.rs):
+//   0 slices, 1 blocks along M (the most any slice needs), 2 blocks along N,
+//   3 N (batch), 4 C, 5 H, 6 W, 7 O, 8 HO, 9 WO, 10 KH, 11 KW, 12 SH, 13 SW, 14 PH, 15 PW,
+//   16 DH, 17 DW, 18 CG = C / G, 19 OG = O / G;
+//   backward_input only: 20, 21 the tap step along H and W (S / gcd(S, D): taps of one
+//   phase are that far apart), then a record of PHASE_WORDS words per phase of H (SH of
+//   them), then one per phase of W (SW): the first position of the phase, the number of
+//   positions, q0 (= (first + P - phase) / S), the first tap and the number of taps.
+
+const BLOCK: u32 = 64u;   // rows and columns of C per workgroup
+const DEPTH: u32 = 16u;   // K elements staged per iteration
+const THREADS: u32 = 256u;
+// Row pitch of the staged tiles: one more than BLOCK, so that the stores of a K-fast
+// staging (consecutive invocations writing one column of a tile) fall in different banks.
+const PITCH: u32 = 65u;
+
+const P_SLICES: u32 = 0u;
+const P_BLOCKS_M: u32 = 1u;
+const P_BLOCKS_N: u32 = 2u;
+const P_BATCH: u32 = 3u;
+const P_C: u32 = 4u;
+const P_H: u32 = 5u;
+const P_W: u32 = 6u;
+const P_O: u32 = 7u;
+const P_HO: u32 = 8u;
+const P_WO: u32 = 9u;
+const P_KH: u32 = 10u;
+const P_KW: u32 = 11u;
+const P_SH: u32 = 12u;
+const P_SW: u32 = 13u;
+const P_PH: u32 = 14u;
+const P_PW: u32 = 15u;
+const P_DH: u32 = 16u;
+const P_DW: u32 = 17u;
+const P_CG: u32 = 18u;
+const P_OG: u32 = 19u;
+const P_TAP_STEP_H: u32 = 20u;
+const P_TAP_STEP_W: u32 = 21u;
+const P_PHASES: u32 = 22u;
+const PHASE_WORDS: u32 = 5u;
+
+@group(0) @binding(0) var<storage, read> params: array<u32>;
+
+// tile_a[k * PITCH + m] = A[row0 + m, k0 + k]; tile_b[k * PITCH + n] = B[k0 + k, col0 + n].
+var<workgroup> tile_a: array<f32, 1040>;  // DEPTH * PITCH
+var<workgroup> tile_b: array<f32, 1040>;
+
+// Which element of the 64x16 A tile (and the 16x64 B tile) staging slot e fills: with
+// A_M_FAST consecutive slots take consecutive m (the rows of A are neighbours in memory),
+// otherwise consecutive k. Each section sets A_M_FAST and B_N_FAST for its tensors.
+fn staged_a_row(e: u32) -> u32 {
+    return select(e / DEPTH, e % BLOCK, A_M_FAST);
+}
+fn staged_a_depth(e: u32) -> u32 {
+    return select(e % DEPTH, e / BLOCK, A_M_FAST);
+}
+fn staged_b_col(e: u32) -> u32 {
+    return select(e / DEPTH, e % BLOCK, B_N_FAST);
+}
+fn staged_b_depth(e: u32) -> u32 {
+    return select(e % DEPTH, e / BLOCK, B_N_FAST);
+}
+
+// Whether coordinate `at` lies in [0, len); outside is the zero padding.
+fn inside(at: i32, len: u32) -> bool {
+    return at >= 0 && at < i32(len);
+}
+
+// Stores one column of an invocation's 4x4 outputs (rows m, m + 16, m + 32, m + 48).
+fn store_column(p: Problem, m: u32, n: u32, values: vec4<f32>) {
+    if n >= p.n {
+        return;
+    }
+    for (var i = 0u; i < 4u; i += 1u) {
+        let mi = m + 16u * i;
+        if mi < p.m {
+            store(p, mi, n, values[i]);
+        }
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let blocks_m = params[P_BLOCKS_M];
+    let blocks_n = params[P_BLOCKS_N];
+    let blocks_per_slice = blocks_m * blocks_n;
+    let group = wid.x + wid.y * nwg.x;
+    // The whole workgroup leaves together: barrier uniformity holds.
+    if group >= blocks_per_slice * params[P_SLICES] {
+        return;
+    }
+    let slice = group / blocks_per_slice;
+    let block = group % blocks_per_slice;
+    let p = problem(slice);
+    let row0 = (block / blocks_n) * BLOCK;
+    let col0 = (block % blocks_n) * BLOCK;
+    // Slices of backward_input differ in M: blocks past this slice's edge have no work.
+    if row0 >= p.m || col0 >= p.n {
+        return;
+    }
+
+    // The rows of A and columns of B this invocation stages are the same on every pass
+    // over K, so their part of the im2col index is worked out once.
+    var rows: array<RowA, 4>;
+    var cols: array<ColB, 4>;
+    for (var r = 0u; r < 4u; r += 1u) {
+        let e = lidx + r * THREADS;
+        rows[r] = row_a(p, row0 + staged_a_row(e));
+        cols[r] = col_b(p, col0 + staged_b_col(e));
+    }
+
+    let tx = lid.x;
+    let ty = lid.y;
+    // acc_j[i] = C[row0 + tx + 16 i, col0 + ty + 16 j]
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+
+    for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
+        for (var r = 0u; r < 4u; r += 1u) {
+            let e = lidx + r * THREADS;
+            let am = staged_a_row(e);
+            let ak = staged_a_depth(e);
+            var va = 0.0;
+            if rows[r].valid && k0 + ak < p.k {
+                va = load_a(p, rows[r], k0 + ak);
+            }
+            tile_a[ak * PITCH + am] = va;
+            let bn = staged_b_col(e);
+            let bk = staged_b_depth(e);
+            var vb = 0.0;
+            if cols[r].valid && k0 + bk < p.k {
+                vb = load_b(p, cols[r], k0 + bk);
+            }
+            tile_b[bk * PITCH + bn] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < DEPTH; kk += 1u) {
+            let row = kk * PITCH;
+            let av = vec4<f32>(
+                tile_a[row + tx],
+                tile_a[row + tx + 16u],
+                tile_a[row + tx + 32u],
+                tile_a[row + tx + 48u],
+            );
+            acc0 = fma(av, vec4<f32>(tile_b[row + ty]), acc0);
+            acc1 = fma(av, vec4<f32>(tile_b[row + ty + 16u]), acc1);
+            acc2 = fma(av, vec4<f32>(tile_b[row + ty + 32u]), acc2);
+            acc3 = fma(av, vec4<f32>(tile_b[row + ty + 48u]), acc3);
+        }
+        workgroupBarrier();
+    }
+
+    let m = row0 + tx;
+    store_column(p, m, col0 + ty, acc0);
+    store_column(p, m, col0 + ty + 16u, acc1);
+    store_column(p, m, col0 + ty + 32u, acc2);
+    store_column(p, m, col0 + ty + 48u, acc3);
+}
+
+//// kernel: forward
+// out[n, o, i, j] = C[(n, i, j), o - g OG] of group g:
+//   A[(n, i, j), (c, a, b)] = x[n, g CG + c, i SH - PH + a DH, j SW - PW + b DW] (0 outside)
+//   B[(c, a, b), o']        = weight[g OG + o', c, a, b]
+@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> weight: array<{{T}}>;
+@group(0) @binding(3) var<storage, read_write> out: array<{{T}}>;
+
+// Consecutive m are neighbouring output columns j, reading x SW apart; a weight row is
+// contiguous along k.
+const A_M_FAST: bool = true;
+const B_N_FAST: bool = false;
+
+struct Problem {
+    m: u32,
+    n: u32,
+    k: u32,
+    group: u32,
+}
+
+fn problem(slice: u32) -> Problem {
+    let m = params[P_BATCH] * params[P_HO] * params[P_WO];
+    let k = params[P_CG] * params[P_KH] * params[P_KW];
+    return Problem(m, params[P_OG], k, slice);
+}
+
+// A row: an output position (n, i, j), as the offset of its group's first input channel
+// and the top-left corner of its window.
+struct RowA {
+    valid: bool,
+    base: u32,
+    y0: i32,
+    x0: i32,
+}
+
+fn row_a(p: Problem, m: u32) -> RowA {
+    if m >= p.m {
+        return RowA(false, 0u, 0, 0);
+    }
+    let wo = params[P_WO];
+    let area = params[P_HO] * wo;
+    let n = m / area;
+    let i = (m % area) / wo;
+    let j = m % wo;
+    let base = (n * params[P_C] + p.group * params[P_CG]) * params[P_H] * params[P_W];
+    let y0 = i32(i * params[P_SH]) - i32(params[P_PH]);
+    let x0 = i32(j * params[P_SW]) - i32(params[P_PW]);
+    return RowA(true, base, y0, x0);
+}
+
+fn load_a(p: Problem, row: RowA, k: u32) -> f32 {
+    let kw = params[P_KW];
+    let taps = params[P_KH] * kw;
+    let c = k / taps;
+    let tap = k % taps;
+    let y = row.y0 + i32((tap / kw) * params[P_DH]);
+    let x = row.x0 + i32((tap % kw) * params[P_DW]);
+    let h = params[P_H];
+    let w = params[P_W];
+    if !inside(y, h) || !inside(x, w) {
+        return 0.0;
+    }
+    return f32(x_data[row.base + c * h * w + u32(y) * w + u32(x)]);
+}
+
+// A column: an output channel, as the offset of its weights.
+struct ColB {
+    valid: bool,
+    base: u32,
+}
+
+fn col_b(p: Problem, n: u32) -> ColB {
+    return ColB(n < p.n, (p.group * params[P_OG] + n) * p.k);
+}
+
+fn load_b(p: Problem, col: ColB, k: u32) -> f32 {
+    return f32(weight[col.base + k]);
+}
+
+fn store(p: Problem, m: u32, n: u32, value: f32) {
+    let area = params[P_HO] * params[P_WO];
+    let image = m / area;
+    let channel = p.group * params[P_OG] + n;
+    out[(image * params[P_O] + channel) * area + m % area] = {{T}}(value);
+}
+
+//// kernel: backward_weight
+// grad_weight[g OG + o', c, a, b] = C[(c, a, b), o'] of group g:
+//   A[(c, a, b), (n, i, j)] = x[n, g CG + c, i SH - PH + a DH, j SW - PW + b DW] (0 outside)
+//   B[(n, i, j), o']        = grad_out[n, g OG + o', i, j]
+@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> grad_out: array<{{T}}>;
+@group(0) @binding(3) var<storage, read_write> grad_weight: array<{{T}}>;
+
+// Both operands are contiguous along k = (n, i, j) (x SW apart).
+const A_M_FAST: bool = false;
+const B_N_FAST: bool = false;
+
+struct Problem {
+    m: u32,
+    n: u32,
+    k: u32,
+    group: u32,
+}
+
+fn problem(slice: u32) -> Problem {
+    let m = params[P_CG] * params[P_KH] * params[P_KW];
+    let k = params[P_BATCH] * params[P_HO] * params[P_WO];
+    return Problem(m, params[P_OG], k, slice);
+}
+
+// A row: an input channel and kernel tap (c, a, b), as the offset of the channel's plane
+// in the first image and the tap's displacement from a window's origin.
+struct RowA {
+    valid: bool,
+    plane: u32,
+    dy: i32,
+    dx: i32,
+}
+
+fn row_a(p: Problem, m: u32) -> RowA {
+    if m >= p.m {
+        return RowA(false, 0u, 0, 0);
+    }
+    let kw = params[P_KW];
+    let taps = params[P_KH] * kw;
+    let c = m / taps;
+    let tap = m % taps;
+    let plane = (p.group * params[P_CG] + c) * params[P_H] * params[P_W];
+    let dy = i32((tap / kw) * params[P_DH]) - i32(params[P_PH]);
+    let dx = i32((tap % kw) * params[P_DW]) - i32(params[P_PW]);
+    return RowA(true, plane, dy, dx);
+}
+
+fn load_a(p: Problem, row: RowA, k: u32) -> f32 {
+    let wo = params[P_WO];
+    let area = params[P_HO] * wo;
+    let n = k / area;
+    let i = (k % area) / wo;
+    let j = k % wo;
+    let y = i32(i * params[P_SH]) + row.dy;
+    let x = i32(j * params[P_SW]) + row.dx;
+    let h = params[P_H];
+    let w = params[P_W];
+    if !inside(y, h) || !inside(x, w) {
+        return 0.0;
+    }
+    return f32(x_data[n * params[P_C] * h * w + row.plane + u32(y) * w + u32(x)]);
+}
+
+// A column: an output channel, as the offset of its plane in the first image.
+struct ColB {
+    valid: bool,
+    plane: u32,
+}
+
+fn col_b(p: Problem, n: u32) -> ColB {
+    let area = params[P_HO] * params[P_WO];
+    return ColB(n < p.n, (p.group * params[P_OG] + n) * area);
+}
+
+fn load_b(p: Problem, col: ColB, k: u32) -> f32 {
+    let area = params[P_HO] * params[P_WO];
+    return f32(grad_out[(k / area) * params[P_O] * area + col.plane + k % area]);
+}
+
+fn store(p: Problem, m: u32, n: u32, value: f32) {
+    grad_weight[(p.group * params[P_OG] + n) * p.m + m] = {{T}}(value);
+}
+
+//// kernel: backward_input
+// For group g and stride phase (ph, pw), the positions y = y0 + u SH, x = x0 + v SW of x
+// (u < H', v < W') and the taps a = a0 + s TAP_STEP_H, b = b0 + t TAP_STEP_W (s < KH',
+// t < KW') that reach them:
+//   grad_x[n, g CG + c, y, x] = C[(n, u, v), c]
+//   A[(n, u, v), (o', s, t)]  = grad_out[n, g OG + o', i, j] with i = (y + PH - a DH) / SH
+//                               = q0y + u - (a DH - ph) / SH (exact), 0 outside [0, HO)
+//   B[(o', s, t), c]          = weight[g OG + o', c, a, b]
+@group(0) @binding(1) var<storage, read> grad_out: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> weight: array<{{T}}>;
+@group(0) @binding(3) var<storage, read_write> grad_x: array<{{T}}>;
+
+// Consecutive m are neighbouring v, reading neighbouring output columns j.
+const A_M_FAST: bool = true;
+const B_N_FAST: bool = false;
+
+// One stride phase along one axis (see the params layout).
+struct Phase {
+    phase: u32,
+    first: u32,
+    count: u32,
+    q0: u32,
+    first_tap: u32,
+    taps: u32,
+}
+
+fn phase_of(phase: u32, record: u32) -> Phase {
+    let at = P_PHASES + record * PHASE_WORDS;
+    return Phase(phase, params[at], params[at + 1u], params[at + 2u], params[at + 3u], params[at + 4u]);
+}
+
+struct Problem {
+    m: u32,
+    n: u32,
+    k: u32,
+    group: u32,
+    py: Phase,
+    px: Phase,
+}
+
+fn problem(slice: u32) -> Problem {
+    let sh = params[P_SH];
+    let sw = params[P_SW];
+    let phases = sh * sw;
+    let ph = (slice % phases) / sw;
+    let pw = slice % sw;
+    let py = phase_of(ph, ph);
+    let px = phase_of(pw, sh + pw);
+    let m = params[P_BATCH] * py.count * px.count;
+    let k = params[P_OG] * py.taps * px.taps;
+    return Problem(m, params[P_CG], k, slice / phases, py, px);
+}
+
+// A row: a position (n, u, v) of the phase, as the offset of its image's first output
+// channel of the group and its q = (position + P - phase) / S along each axis.
+struct RowA {
+    valid: bool,
+    base: u32,
+    qy: i32,
+    qx: i32,
+}
+
+fn row_a(p: Problem, m: u32) -> RowA {
+    if m >= p.m {
+        return RowA(false, 0u, 0, 0);
+    }
+    let area = p.py.count * p.px.count;
+    let n = m / area;
+    let u = (m % area) / p.px.count;
+    let v = m % p.px.count;
+    let out_area = params[P_HO] * params[P_WO];
+    let base = (n * params[P_O] + p.group * params[P_OG]) * out_area;
+    return RowA(true, base, i32(p.py.q0 + u), i32(p.px.q0 + v));
+}
+
+// The kernel row (or column) of tap number s of a phase.
+fn tap_of(ph: Phase, s: u32, step: u32) -> u32 {
+    return ph.first_tap + s * step;
+}
+
+fn load_a(p: Problem, row: RowA, k: u32) -> f32 {
+    let taps = p.py.taps * p.px.taps;
+    let o = k / taps;
+    let a = tap_of(p.py, (k % taps) / p.px.taps, params[P_TAP_STEP_H]);
+    let b = tap_of(p.px, k % p.px.taps, params[P_TAP_STEP_W]);
+    // a DH - phase is a non-negative multiple of SH for a tap of this phase.
+    let i = row.qy - i32((a * params[P_DH] - p.py.phase) / params[P_SH]);
+    let j = row.qx - i32((b * params[P_DW] - p.px.phase) / params[P_SW]);
+    let ho = params[P_HO];
+    let wo = params[P_WO];
+    if !inside(i, ho) || !inside(j, wo) {
+        return 0.0;
+    }
+    return f32(grad_out[row.base + o * ho * wo + u32(i) * wo + u32(j)]);
+}
+
+// A column: an input channel c of the group, as the offset of its taps in a filter.
+struct ColB {
+    valid: bool,
+    offset: u32,
+}
+
+fn col_b(p: Problem, n: u32) -> ColB {
+    return ColB(n < p.n, n * params[P_KH] * params[P_KW]);
+}
+
+fn load_b(p: Problem, col: ColB, k: u32) -> f32 {
+    let taps = p.py.taps * p.px.taps;
+    let o = k / taps;
+    let a = tap_of(p.py, (k % taps) / p.px.taps, params[P_TAP_STEP_H]);
+    let b = tap_of(p.px, k % p.px.taps, params[P_TAP_STEP_W]);
+    let kw = params[P_KW];
+    let filter_base = (p.group * params[P_OG] + o) * params[P_CG] * params[P_KH] * kw;
+    return f32(weight[filter_base + col.offset + a * kw + b]);
+}
+
+fn store(p: Problem, m: u32, n: u32, value: f32) {
+    let area = p.py.count * p.px.count;
+    let image = m / area;
+    let y = p.py.first + ((m % area) / p.px.count) * params[P_SH];
+    let x = p.px.first + (m % p.px.count) * params[P_SW];
+    let h = params[P_H];
+    let w = params[P_W];
+    let channel = p.group * params[P_CG] + n;
+    grad_x[((image * params[P_C] + channel) * h + y) * w + x] = {{T}}(value);
+}

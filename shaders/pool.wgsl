@@ -1,0 +1,238 @@
+// 2-D pooling over NCHW tensors: MaxPool2d (kernel `max_forward`), its gradient
+// (`max_backward`), AvgPool2d (`avg_forward`) and its gradient (`avg_backward`); the
+// words are on kiln_core::Op::MaxPool2d .. Op::AvgPool2dBackward. One invocation per
+// element of the launch's output, 256 per workgroup. The gradients gather rather than
+// scatter (WGSL has no float atomics): an element of x visits every window that
+// contains it, in row-major order of the windows, which is the order in which the CPU
+// reference adds the same terms.
+//
+// Slot T: the storage type of the tensors (f32 or f16); arithmetic is f32.
+//
+// params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/pool.rs):
+//   0 element count of the output, 1 H, 2 W, 3 HO, 4 WO, 5 KH, 6 KW, 7 SH, 8 SW, 9 PH, 10 PW.
+// A plane is one (n, c) image: H W elements of x, HO WO of the pooled output.
+
+const WG: u32 = 256u;
+const P_COUNT: u32 = 0u;
+const P_H: u32 = 1u;
+const P_W: u32 = 2u;
+const P_HO: u32 = 3u;
+const P_WO: u32 = 4u;
+const P_KH: u32 = 5u;
+const P_KW: u32 = 6u;
+const P_SH: u32 = 7u;
+const P_SW: u32 = 8u;
+const P_PH: u32 = 9u;
+const P_PW: u32 = 10u;
+
+@group(0) @binding(0) var<storage, read> params: array<u32>;
+
+fn element_index(wid: vec3<u32>, nwg: vec3<u32>, lidx: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lidx;
+}
+
+// The positions [start, end) along one axis of window `index` that lie inside the input.
+fn span(index: u32, kernel: u32, stride: u32, padding: u32, len: u32) -> vec2<u32> {
+    let origin = i32(index * stride) - i32(padding);
+    let start = max(origin, 0);
+    let end = min(origin + i32(kernel), i32(len));
+    return vec2<u32>(u32(start), u32(max(start, end)));
+}
+
+// The part of the window of output (i, j) inside the input: rows y.x .. y.y, columns x.x .. x.y.
+struct Window {
+    y: vec2<u32>,
+    x: vec2<u32>,
+}
+
+fn window(i: u32, j: u32) -> Window {
+    let y = span(i, params[P_KH], params[P_SH], params[P_PH], params[P_H]);
+    let x = span(j, params[P_KW], params[P_SW], params[P_PW], params[P_W]);
+    return Window(y, x);
+}
+
+// The windows [first, end) along one axis that contain input position `at`: window i
+// covers i S - P .. i S - P + K.
+fn windows_over(at: u32, kernel: u32, stride: u32, padding: u32, out_len: u32) -> vec2<u32> {
+    let shifted = at + padding;
+    var first = 0u;
+    if shifted + 1u > kernel {
+        first = (shifted + 1u - kernel + stride - 1u) / stride;
+    }
+    let end = min(shifted / stride + 1u, out_len);
+    return vec2<u32>(first, max(first, end));
+}
+
+// The (row, column) of element e of a plane of width `width` in a plane of `area` elements.
+fn plane_position(e: u32, area: u32, width: u32) -> vec2<u32> {
+    let at = e % area;
+    return vec2<u32>(at / width, at % width);
+}
+
+// NaN tested on the bits: WGSL lets a compiler assume floats are never NaN.
+fn is_nan(v: f32) -> bool {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// A running maximum and the offset (within its plane) of the element that set it.
+struct Best {
+    value: f32,
+    offset: u32,
+}
+
+// The start of a MaxPool2d scan: -inf, at the first element of the window.
+fn scan_start(win: Window) -> Best {
+    return Best(bitcast<f32>(0xff800000u), win.y.x * params[P_W] + win.x.x);
+}
+
+// The MaxPool2d rule: a greater value or a NaN replaces the running maximum (and a
+// value compared with a NaN maximum never does).
+fn scan_step(best: Best, v: f32, offset: u32) -> Best {
+    if is_nan(v) || (!is_nan(best.value) && v > best.value) {
+        return Best(v, offset);
+    }
+    return best;
+}
+
+//// kernel: max_forward
+// out[plane, i, j] = the maximum of window (i, j) of x's plane.
+@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
+@group(0) @binding(2) var<storage, read_write> out: array<{{T}}>;
+
+fn select_max(base: u32, i: u32, j: u32) -> Best {
+    let win = window(i, j);
+    let w = params[P_W];
+    var best = scan_start(win);
+    for (var y = win.y.x; y < win.y.y; y += 1u) {
+        for (var x = win.x.x; x < win.x.y; x += 1u) {
+            best = scan_step(best, f32(x_data[base + y * w + x]), y * w + x);
+        }
+    }
+    return best;
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let e = element_index(wid, nwg, lidx);
+    if e >= params[P_COUNT] {
+        return;
+    }
+    let out_area = params[P_HO] * params[P_WO];
+    let ij = plane_position(e, out_area, params[P_WO]);
+    let base = (e / out_area) * params[P_H] * params[P_W];
+    out[e] = {{T}}(select_max(base, ij.x, ij.y).value);
+}
+
+//// kernel: max_backward
+// grad_x[plane, y, x] = the sum of grad_out over the windows whose selected element is
+// (y, x), in row-major order of the windows.
+@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> grad_out: array<{{T}}>;
+@group(0) @binding(3) var<storage, read_write> grad_x: array<{{T}}>;
+
+fn select_max(base: u32, i: u32, j: u32) -> Best {
+    let win = window(i, j);
+    let w = params[P_W];
+    var best = scan_start(win);
+    for (var y = win.y.x; y < win.y.y; y += 1u) {
+        for (var x = win.x.x; x < win.x.y; x += 1u) {
+            best = scan_step(best, f32(x_data[base + y * w + x]), y * w + x);
+        }
+    }
+    return best;
+}
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let e = element_index(wid, nwg, lidx);
+    if e >= params[P_COUNT] {
+        return;
+    }
+    let area = params[P_H] * params[P_W];
+    let plane = e / area;
+    let offset = e % area;
+    let yx = plane_position(e, area, params[P_W]);
+    let wo = params[P_WO];
+    let rows = windows_over(yx.x, params[P_KH], params[P_SH], params[P_PH], params[P_HO]);
+    let cols = windows_over(yx.y, params[P_KW], params[P_SW], params[P_PW], wo);
+    let out_base = plane * params[P_HO] * wo;
+    var sum = 0.0;
+    for (var i = rows.x; i < rows.y; i += 1u) {
+        for (var j = cols.x; j < cols.y; j += 1u) {
+            if select_max(plane * area, i, j).offset == offset {
+                sum += f32(grad_out[out_base + i * wo + j]);
+            }
+        }
+    }
+    grad_x[e] = {{T}}(sum);
+}
+
+//// kernel: avg_forward
+// out[plane, i, j] = the sum of window (i, j) of x's plane (padding adds 0), in row-major
+// order, divided by KH KW.
+@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
+@group(0) @binding(2) var<storage, read_write> out: array<{{T}}>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let e = element_index(wid, nwg, lidx);
+    if e >= params[P_COUNT] {
+        return;
+    }
+    let out_area = params[P_HO] * params[P_WO];
+    let ij = plane_position(e, out_area, params[P_WO]);
+    let w = params[P_W];
+    let base = (e / out_area) * params[P_H] * w;
+    let win = window(ij.x, ij.y);
+    var sum = 0.0;
+    for (var y = win.y.x; y < win.y.y; y += 1u) {
+        for (var x = win.x.x; x < win.x.y; x += 1u) {
+            sum += f32(x_data[base + y * w + x]);
+        }
+    }
+    out[e] = {{T}}(sum / f32(params[P_KH] * params[P_KW]));
+}
+
+//// kernel: avg_backward
+// grad_x[plane, y, x] = the sum of grad_out / (KH KW) over the windows that contain
+// (y, x), in row-major order of the windows.
+@group(0) @binding(1) var<storage, read> grad_out: array<{{T}}>;
+@group(0) @binding(2) var<storage, read_write> grad_x: array<{{T}}>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let e = element_index(wid, nwg, lidx);
+    if e >= params[P_COUNT] {
+        return;
+    }
+    let area = params[P_H] * params[P_W];
+    let yx = plane_position(e, area, params[P_W]);
+    let wo = params[P_WO];
+    let rows = windows_over(yx.x, params[P_KH], params[P_SH], params[P_PH], params[P_HO]);
+    let cols = windows_over(yx.y, params[P_KW], params[P_SW], params[P_PW], wo);
+    let out_base = (e / area) * params[P_HO] * wo;
+    let size = f32(params[P_KH] * params[P_KW]);
+    var sum = 0.0;
+    for (var i = rows.x; i < rows.y; i += 1u) {
+        for (var j = cols.x; j < cols.y; j += 1u) {
+            sum += f32(grad_out[out_base + i * wo + j]) / size;
+        }
+    }
+    grad_x[e] = {{T}}(sum);
+}
