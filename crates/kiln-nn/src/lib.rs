@@ -11,7 +11,8 @@
 //! - [`Linear`], [`Sequential`], [`Flatten`], [`Identity`]
 //! - activations: [`ReLU`], [`LeakyReLU`], [`Sigmoid`], [`Tanh`], [`GELU`] (erf and
 //!   tanh forms), [`Softplus`]
-//! - Dropout: needs Op::Random (lead)
+//! - [`Dropout`], its masks drawn on the device and keyed by the `rng.step` counter input
+//!   ([`rng_step_feed`]; [`TrainGraph::feeds`] includes it)
 //! - normalisation: [`BatchNorm1d`], [`BatchNorm2d`] (running statistics as buffers,
 //!   updates from [`Module::state_updates`]), [`LayerNorm`]
 //!
@@ -23,8 +24,8 @@
 #![allow(clippy::upper_case_acronyms)]
 
 pub mod clip;
+mod dropout;
 pub mod init;
-// Dropout: needs Op::Random (lead)
 mod layers;
 mod linear;
 pub mod loss;
@@ -35,6 +36,7 @@ pub mod schedule;
 mod sequential;
 mod train;
 
+pub use dropout::{dropout_seed, rng_step_feed, rng_step_feed_for_plan, rng_step_input, Dropout, RNG_STEP_INPUT};
 pub use layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 pub use linear::Linear;
 pub use module::{count_elements, join_name, tensors_of, Mode, Module};

@@ -1,6 +1,7 @@
 //! `torch.nn.Sequential`.
 use kiln_core::{Graph, GraphError, Result, Tensor};
 
+use crate::dropout::Dropout;
 use crate::init::Rng;
 use crate::layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 use crate::linear::Linear;
@@ -134,6 +135,19 @@ impl Sequential {
     /// `Softplus(beta=1, threshold=20)`.
     pub fn softplus(self) -> Self {
         self.push_unchecked(Softplus::default())
+    }
+
+    /// `Dropout(p)` named after its position, with base seed 0: see
+    /// [`dropout_with_seed`](Self::dropout_with_seed) to tie the masks to a run's seed.
+    pub fn dropout(self, p: f64) -> Result<Self> {
+        self.dropout_with_seed(p, 0)
+    }
+
+    /// `Dropout(p)` whose seed derives from `base_seed` and the child's name (e.g. "1"),
+    /// as [`crate::dropout_seed`] documents: every dropout child draws its own masks.
+    pub fn dropout_with_seed(self, p: f64, base_seed: u64) -> Result<Self> {
+        let dropout = Dropout::with_seed(&self.next_prefix(), p, base_seed)?;
+        Ok(self.push_unchecked(dropout))
     }
 
     /// `Flatten(start_dim=1, end_dim=-1)`.

@@ -2,6 +2,7 @@
 use kiln_core::{Graph, GraphError, HostTensor, Plan, Result, Tensor};
 
 use crate::clip::clip_grad_norm;
+use crate::dropout::{rng_step_value, RNG_STEP_INPUT};
 use crate::module::tensors_of;
 use crate::optim::{step_feeds, Optimizer, StepInput};
 
@@ -33,6 +34,9 @@ pub struct TrainGraph {
     pub optimizer_state: Vec<(String, Tensor)>,
     /// Scalars to feed every step (see [`TrainGraph::feeds`]).
     pub step_inputs: Vec<StepInput>,
+    /// The `rng.step` counter of training-mode dropout, when the loss depends on it: fed
+    /// with the step number by [`TrainGraph::feeds`].
+    pub rng_step: Option<Tensor>,
 }
 
 impl TrainGraph {
@@ -57,6 +61,7 @@ impl TrainGraph {
             None => (raw_grads, None),
         };
         let update = optimizer.append_update(g, params, &grads)?;
+        let rng_step = g.find(RNG_STEP_INPUT).filter(|&counter| depends_on(g, loss, counter));
         Ok(TrainGraph {
             loss,
             params: params.to_vec(),
@@ -65,6 +70,7 @@ impl TrainGraph {
             updates: update.updates,
             optimizer_state: update.state,
             step_inputs: update.step_inputs,
+            rng_step,
         })
     }
 
@@ -85,8 +91,31 @@ impl TrainGraph {
     }
 
     /// Feeds for the step inputs at optimizer step `step` (0 for the first update) with
-    /// learning rate `lr`. The caller adds the batch's feeds.
+    /// learning rate `lr`, and for the dropout counter `rng.step` when the loss reads it.
+    /// The caller adds the batch's feeds.
     pub fn feeds(&self, step: u64, lr: f64) -> Vec<(Tensor, HostTensor)> {
-        step_feeds(&self.step_inputs, step, lr)
+        let mut feeds = step_feeds(&self.step_inputs, step, lr);
+        if let Some(counter) = self.rng_step {
+            feeds.push((counter, rng_step_value(step)));
+        }
+        feeds
     }
+}
+
+/// Whether `output` is computed from `input` (node ids are in topological order, so one
+/// backward sweep from the output marks everything it reads).
+fn depends_on(g: &Graph, output: Tensor, input: Tensor) -> bool {
+    if input.id() > output.id() {
+        return false;
+    }
+    let mut needed = vec![false; output.id() + 1];
+    needed[output.id()] = true;
+    for id in (input.id()..=output.id()).rev() {
+        if needed[id] {
+            for t in &g.nodes()[id].inputs {
+                needed[t.id()] = true;
+            }
+        }
+    }
+    needed[input.id()]
 }
