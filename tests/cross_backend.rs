@@ -12,7 +12,7 @@
 //! - backward passes compose several ops: twice the forward tolerance, and at least 1e-5.
 use std::collections::BTreeSet;
 
-use kiln_core::{Backend, DType, Graph, HostData, HostTensor, Plan, Reduction, Result, Tensor};
+use kiln_core::{Backend, Conv2dParams, DType, Graph, HostData, HostTensor, Plan, Reduction, Result, Tensor};
 use kiln_cpu::CpuBackend;
 
 #[derive(Clone)]
@@ -233,6 +233,40 @@ fn cases() -> Vec<Case> {
         cs.push(case(&name, vec![idx(&[], 1000)], EXACT, false, move |g, x| g.random_uniform(shape.clone(), x[0], seed)));
     }
 
+    // Convolution: odd sizes, stride, padding, dilation, groups, batch 1, with and without
+    // bias. K is the most terms any output element sums: the forward's C/G KH KW, the input
+    // gradient's O/G KH KW or the weight gradient's N HO WO.
+    let conv = |stride: [usize; 2], padding: [usize; 2], dilation: [usize; 2], groups: usize| Conv2dParams { stride, padding, dilation, groups };
+    let convs: [(&str, [usize; 4], [usize; 4], bool, Conv2dParams); 7] = [
+        ("3x3", [2, 3, 9, 11], [5, 3, 3, 3], true, conv([1, 1], [0, 0], [1, 1], 1)),
+        ("stride 2 padding 1", [2, 4, 9, 8], [6, 4, 3, 3], true, conv([2, 2], [1, 1], [1, 1], 1)),
+        ("dilation 2 padding 2", [1, 3, 11, 10], [4, 3, 3, 3], false, conv([1, 1], [2, 2], [2, 2], 1)),
+        ("stride (2, 3) dilation 2", [2, 2, 13, 12], [3, 2, 3, 3], false, conv([2, 3], [1, 2], [2, 2], 1)),
+        ("groups 2 stride (1, 2)", [2, 4, 7, 9], [6, 2, 3, 2], true, conv([1, 2], [0, 0], [1, 1], 2)),
+        ("depthwise padding 1", [1, 8, 6, 7], [8, 1, 3, 3], false, conv([1, 1], [1, 1], [1, 1], 8)),
+        ("batch 1, 70 filters", [1, 8, 12, 13], [70, 8, 3, 3], true, conv([1, 1], [0, 0], [1, 1], 1)),
+    ];
+    for (name, xs, ws, bias, params) in convs {
+        let taps = ws[2] * ws[3];
+        let out_len = |i: usize| (xs[i + 2] + 2 * params.padding[i] - params.dilation[i] * (ws[i + 2] - 1) - 1) / params.stride[i] + 1;
+        let k = (ws[1] * taps).max(ws[0] / params.groups * taps).max(xs[0] * out_len(0) * out_len(1));
+        let mut inputs = vec![f(&xs), f(&ws)];
+        if bias {
+            inputs.push(f(&[ws[0]]));
+        }
+        cs.push(case(&format!("conv2d {name} x {xs:?} w {ws:?}"), inputs, sum_of(k), true, move |g, x| g.conv2d(x[0], x[1], bias.then(|| x[2]), params)));
+    }
+
+    // Pooling: overlapping windows, padding, odd sizes; max pooling with ties.
+    for (kernel, stride, padding) in [([2, 2], [2, 2], [0, 0]), ([3, 3], [2, 2], [1, 1]), ([3, 2], [1, 2], [1, 1])] {
+        let name = format!("kernel {kernel:?} stride {stride:?} padding {padding:?}");
+        cs.push(case(&format!("max_pool2d {name}"), vec![f(&[2, 3, 9, 11])], EXACT, true, move |g, x| g.max_pool2d(x[0], kernel, stride, padding)));
+        let k = kernel[0] * kernel[1];
+        cs.push(case(&format!("avg_pool2d {name}"), vec![f(&[2, 3, 9, 11])], sum_of(k), true, move |g, x| g.avg_pool2d(x[0], kernel, stride, padding)));
+    }
+    cs.push(case("max_pool2d with ties", vec![vals(&[1, 2, 5, 6], &[1.0, 2.0, 2.0, 0.0, 1.0, 2.0, 2.0])], EXACT, true, |g, x| g.max_pool2d(x[0], [3, 3], [1, 1], [1, 1])));
+    cs.push(case("global_avg_pool2d", vec![f(&[2, 3, 7, 9])], sum_of(63), true, |g, x| g.global_avg_pool2d(x[0])));
+
     // Losses.
     cs.push(case("cross_entropy mean", vec![f(&[33, 10]), idx(&[33], 10)], sum_of(10), true, |g, x| g.cross_entropy(x[0], x[1], Reduction::Mean)));
     cs.push(case("cross_entropy sum, large logits", vec![vals(&[4, 3], &[1e4, -1e4, 0.0, 50.0, 49.0]), idx(&[4], 3)], sum_of(3), false, |g, x| g.cross_entropy(x[0], x[1], Reduction::Sum)));
@@ -349,7 +383,8 @@ fn cross_backend_table() {
         "gelu_tanh", "softplus", "gelu_grad", "gelu_tanh_grad", "add", "sub", "mul", "div", "maximum", "minimum", "pow", "eq", "ne",
         "lt", "le", "gt", "ge", "where", "sum", "mean", "max", "matmul", "softmax", "log_softmax", "permute", "broadcast_to",
         "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "argmax", "softmax_cross_entropy", "cast",
-        "random_uniform",
+        "random_uniform", "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d", "max_pool2d_backward",
+        "avg_pool2d", "avg_pool2d_backward",
     ];
     let missing: Vec<&str> = all.iter().copied().filter(|op| !covered.contains(op)).collect();
     assert!(missing.is_empty(), "ops with no cross-backend case: {missing:?}");
