@@ -41,10 +41,12 @@ fn build_mlp(g: &mut Graph, model: &ModelConfig, seed: u64) -> Result<Sequential
                 "gelu_tanh" => net.gelu_tanh(),
                 other => return Err(TrainError::Config(format!("model.activation '{other}' is not known"))),
             };
+            if model.dropout > 0.0 {
+                // As torch.nn.Sequential(Linear, ReLU, Dropout, Linear, ...): the masks
+                // come from the run's seed and the step number, so a run is reproducible.
+                net = net.dropout_with_seed(model.dropout, seed)?;
+            }
         }
-    }
-    if model.dropout > 0.0 {
-        return Err(TrainError::Config("model.dropout > 0 is not supported yet (needs the device RNG op)".into()));
     }
     Ok(net)
 }

@@ -9,6 +9,7 @@ use kiln_train::{Checkpoint, Config, Device, TrainError};
 fn small_config() -> Config {
     let mut c = Config::recipe("mnist-mlp").expect("recipe");
     c.model.sizes = vec![784, 32, 10];
+    c.model.dropout = 0.1; // masks come from the step number: a resume must replay them
     c.data.validation = 128;
     c.data.limit_train = 500; // 8 batches of 64, the last one partial (52)
     c.data.limit_test = 200;
