@@ -6,7 +6,7 @@ use kiln_core::HostTensor;
 
 use crate::config::Config;
 use crate::device::Device;
-use crate::model::{input_width, train_plan};
+use crate::model::{input_shape, train_plan};
 use crate::TrainError;
 
 pub struct BenchReport {
@@ -22,12 +22,14 @@ pub fn bench_train(device: &Device, config: &Config, steps: usize) -> Result<Ben
     let mut exec = device.backend.load(&mp.plan)?;
     let train = mp.train.as_ref().expect("a training plan has its TrainGraph");
     // A fixed pseudo-random batch: the data pipeline is not what is measured.
-    let width = input_width(config);
-    let images: Vec<f32> = (0..batch * width).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
-    let classes = *config.model.sizes.last().unwrap_or(&1) as u32;
+    let mut dims = vec![batch];
+    dims.extend(input_shape(config)?);
+    let numel: usize = dims.iter().product();
+    let images: Vec<f32> = (0..numel).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+    let classes = 10;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % classes).collect();
     let mut feeds = train.feeds(0, config.optimizer.lr);
-    feeds.push((mp.x, HostTensor::f32([batch, width], images)));
+    feeds.push((mp.x, HostTensor::f32(dims, images)));
     feeds.push((mp.y, HostTensor::u32([batch], labels)));
     // Warm-up: pipelines, allocations and caches settle before timing.
     for _ in 0..3 {

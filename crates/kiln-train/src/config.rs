@@ -19,20 +19,112 @@ pub struct Config {
     pub train: TrainConfig,
 }
 
-/// A multilayer perceptron: `sizes` are the widths from input to output
-/// (784, 128, 64, 10 is the classic MNIST model). Layers are named like
-/// `torch.nn.Sequential`: Linear at 0, activation at 1, Linear at 2, ...
+/// The model, as a `torch.nn.Sequential`: children are numbered from 0 and their
+/// parameters named "0.weight", "3.bias", ...
+///
+/// - `kind = "mlp"`: a multilayer perceptron; `sizes` are the widths from input to
+///   output (784, 128, 64, 10 is the classic MNIST model), with `activation` (and
+///   `dropout` when above 0) after each hidden Linear.
+/// - `kind = "sequential"`: `input` is one sample's shape (e.g. [1, 28, 28]) and `layers`
+///   the list of layers; input channels and features are worked out from the shapes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     #[serde(default = "default_model_kind")]
     pub kind: String,
+    #[serde(default)]
     pub sizes: Vec<usize>,
     #[serde(default = "default_activation")]
     pub activation: String,
     /// Dropout probability after each hidden activation (0 = none).
     #[serde(default)]
     pub dropout: f64,
+    /// For "sequential": one sample's shape, e.g. [1, 28, 28] for an image.
+    #[serde(default)]
+    pub input: Vec<usize>,
+    /// For "sequential": the layers, in order.
+    #[serde(default)]
+    pub layers: Vec<LayerConfig>,
+}
+
+/// One layer of a "sequential" model, written in TOML as an inline table such as
+/// `{ type = "conv2d", out = 32, kernel = 3, padding = 1 }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerConfig {
+    Conv2d {
+        out: usize,
+        kernel: usize,
+        #[serde(default = "one")]
+        stride: usize,
+        #[serde(default)]
+        padding: usize,
+        #[serde(default = "one")]
+        dilation: usize,
+        #[serde(default = "one")]
+        groups: usize,
+    },
+    Linear {
+        out: usize,
+    },
+    /// Stride defaults to the kernel size, as in PyTorch.
+    MaxPool2d {
+        kernel: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    AvgPool2d {
+        kernel: usize,
+        #[serde(default)]
+        stride: Option<usize>,
+    },
+    GlobalAvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
+    LayerNorm,
+    Dropout {
+        p: f64,
+    },
+    Flatten,
+    Relu,
+    LeakyRelu,
+    Sigmoid,
+    Tanh,
+    Gelu,
+    GeluTanh,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl ModelConfig {
+    /// The layers and one sample's input shape, for either kind of model.
+    pub fn layers_and_input(&self) -> Result<(Vec<LayerConfig>, Vec<usize>), String> {
+        if self.kind == "sequential" {
+            return Ok((self.layers.clone(), self.input.clone()));
+        }
+        let activation = match self.activation.as_str() {
+            "relu" => LayerConfig::Relu,
+            "leaky_relu" => LayerConfig::LeakyRelu,
+            "sigmoid" => LayerConfig::Sigmoid,
+            "tanh" => LayerConfig::Tanh,
+            "gelu" => LayerConfig::Gelu,
+            "gelu_tanh" => LayerConfig::GeluTanh,
+            other => return Err(format!("model.activation '{other}' is not one of relu, leaky_relu, sigmoid, tanh, gelu, gelu_tanh")),
+        };
+        let mut layers = Vec::new();
+        for (i, &out) in self.sizes.iter().skip(1).enumerate() {
+            layers.push(LayerConfig::Linear { out });
+            if i + 2 < self.sizes.len() {
+                layers.push(activation.clone());
+                if self.dropout > 0.0 {
+                    layers.push(LayerConfig::Dropout { p: self.dropout });
+                }
+            }
+        }
+        Ok((layers, self.sizes.first().map(|&w| vec![w]).unwrap_or_default()))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,7 +174,8 @@ pub struct ScheduleConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// "mnist".
+    /// "mnist" (shipped in datasets/mnist) or "fashion-mnist" (Debian's
+    /// dataset-fashion-mnist package, /usr/share/datasets/fashion-mnist).
     #[serde(default = "default_dataset")]
     pub dataset: String,
     /// Folder holding the dataset files; found automatically when absent.
@@ -155,7 +248,7 @@ impl Default for TrainConfig {
 }
 
 /// The built-in recipes, by name.
-pub const RECIPES: &[&str] = &["mnist-mlp"];
+pub const RECIPES: &[&str] = &["mnist-mlp", "mnist-cnn", "fashion-cnn"];
 
 impl Config {
     /// A built-in recipe: `mnist-mlp` is the classic Keras example model,
@@ -163,11 +256,46 @@ impl Config {
     pub fn recipe(name: &str) -> Result<Config, TrainError> {
         match name {
             "mnist-mlp" => Ok(Config {
-                model: ModelConfig { kind: "mlp".into(), sizes: vec![784, 128, 64, 10], activation: "relu".into(), dropout: 0.0 },
+                model: ModelConfig {
+                    kind: "mlp".into(),
+                    sizes: vec![784, 128, 64, 10],
+                    activation: "relu".into(),
+                    dropout: 0.0,
+                    input: vec![],
+                    layers: vec![],
+                },
                 optimizer: OptimizerConfig::default(),
                 schedule: ScheduleConfig::default(),
                 data: DataConfig::default(),
                 train: TrainConfig::default(),
+            }),
+            "mnist-cnn" => Ok(Config {
+                model: ModelConfig {
+                    kind: "sequential".into(),
+                    sizes: vec![],
+                    activation: "relu".into(),
+                    dropout: 0.0,
+                    input: vec![1, 28, 28],
+                    layers: cnn_layers(&[(32, false), (64, false)], &[128], 0.0),
+                },
+                optimizer: OptimizerConfig::default(),
+                schedule: ScheduleConfig::default(),
+                data: DataConfig::default(),
+                train: TrainConfig { epochs: 5, ..TrainConfig::default() },
+            }),
+            "fashion-cnn" => Ok(Config {
+                model: ModelConfig {
+                    kind: "sequential".into(),
+                    sizes: vec![],
+                    activation: "relu".into(),
+                    dropout: 0.0,
+                    input: vec![1, 28, 28],
+                    layers: cnn_layers(&[(32, true), (64, true)], &[256], 0.3),
+                },
+                optimizer: OptimizerConfig { kind: "adamw".into(), weight_decay: 0.01, ..OptimizerConfig::default() },
+                schedule: ScheduleConfig { kind: "cosine".into(), ..ScheduleConfig::default() },
+                data: DataConfig { dataset: "fashion-mnist".into(), random_crop_padding: 2, horizontal_flip: 0.5, ..DataConfig::default() },
+                train: TrainConfig { epochs: 15, ..TrainConfig::default() },
             }),
             other => Err(TrainError::Config(format!(
                 "unknown recipe '{other}'; the recipes are: {}",
@@ -195,15 +323,19 @@ impl Config {
 
     /// Check what serde cannot: known names and sensible numbers.
     pub fn validate(&self) -> Result<(), String> {
-        if self.model.kind != "mlp" {
-            return Err(format!("model.kind '{}' is not known (known: mlp)", self.model.kind));
-        }
-        if self.model.sizes.len() < 2 || self.model.sizes.contains(&0) {
-            return Err(format!("model.sizes {:?} needs at least an input and an output width, none zero", self.model.sizes));
-        }
-        const ACTIVATIONS: [&str; 6] = ["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "gelu_tanh"];
-        if !ACTIVATIONS.contains(&self.model.activation.as_str()) {
-            return Err(format!("model.activation '{}' is not one of {ACTIVATIONS:?}", self.model.activation));
+        match self.model.kind.as_str() {
+            "mlp" => {
+                if self.model.sizes.len() < 2 || self.model.sizes.contains(&0) {
+                    return Err(format!("model.sizes {:?} needs at least an input and an output width, none zero", self.model.sizes));
+                }
+                self.model.layers_and_input()?;
+            }
+            "sequential" => {
+                if self.model.input.is_empty() || self.model.input.contains(&0) || self.model.layers.is_empty() {
+                    return Err("a sequential model needs model.input (one sample's shape) and model.layers".into());
+                }
+            }
+            other => return Err(format!("model.kind '{other}' is not known (known: mlp, sequential)")),
         }
         if !(0.0..1.0).contains(&self.model.dropout) {
             return Err(format!("model.dropout {} must be in [0, 1)", self.model.dropout));
@@ -223,8 +355,8 @@ impl Config {
         if !(0.0..=1.0).contains(&self.data.horizontal_flip) {
             return Err(format!("data.horizontal_flip {} must be a probability in [0, 1]", self.data.horizontal_flip));
         }
-        if self.data.dataset != "mnist" {
-            return Err(format!("data.dataset '{}' is not known (known: mnist)", self.data.dataset));
+        if !["mnist", "fashion-mnist"].contains(&self.data.dataset.as_str()) {
+            return Err(format!("data.dataset '{}' is not known (known: mnist, fashion-mnist)", self.data.dataset));
         }
         if self.train.batch_size == 0 || self.train.epochs == 0 {
             return Err("train.batch_size and train.epochs must be at least 1".into());
@@ -233,15 +365,70 @@ impl Config {
     }
 }
 
+/// Conv blocks then a classifier. Each block is (channels, batch-normed): without batch
+/// norm, the classic Keras MNIST block conv 3x3 + ReLU + max-pool 2; with it, two padded
+/// convs with BatchNorm and ReLU, then max-pool 2.
+fn cnn_layers(blocks: &[(usize, bool)], hidden: &[usize], dropout: f64) -> Vec<LayerConfig> {
+    let conv = |out, padding| LayerConfig::Conv2d { out, kernel: 3, stride: 1, padding, dilation: 1, groups: 1 };
+    let mut layers = Vec::new();
+    for &(channels, batch_norm) in blocks {
+        if batch_norm {
+            for _ in 0..2 {
+                layers.extend([conv(channels, 1), LayerConfig::BatchNorm2d, LayerConfig::Relu]);
+            }
+        } else {
+            layers.extend([conv(channels, 0), LayerConfig::Relu]);
+        }
+        layers.push(LayerConfig::MaxPool2d { kernel: 2, stride: None });
+    }
+    layers.push(LayerConfig::Flatten);
+    for &width in hidden {
+        layers.push(LayerConfig::Linear { out: width });
+        if blocks.iter().any(|b| b.1) {
+            layers.push(LayerConfig::BatchNorm1d);
+        }
+        layers.push(LayerConfig::Relu);
+        if dropout > 0.0 {
+            layers.push(LayerConfig::Dropout { p: dropout });
+        }
+    }
+    layers.push(LayerConfig::Linear { out: 10 });
+    layers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn recipe_round_trips_through_toml() {
-        let c = Config::recipe("mnist-mlp").expect("recipe");
-        let back = Config::from_toml(&c.to_toml(), Path::new("x.toml")).expect("parse");
-        assert_eq!(c, back);
+    fn recipes_round_trip_through_toml() {
+        for name in RECIPES {
+            let c = Config::recipe(name).expect("recipe");
+            let back = Config::from_toml(&c.to_toml(), Path::new("x.toml")).unwrap_or_else(|e| panic!("{name}: {e}\n{}", c.to_toml()));
+            assert_eq!(c, back, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_conv_model_reads_from_inline_tables() {
+        let text = r#"
+            [model]
+            kind = "sequential"
+            input = [1, 28, 28]
+            layers = [
+                { type = "conv2d", out = 8, kernel = 3, padding = 1 },
+                { type = "batch_norm2d" },
+                { type = "relu" },
+                { type = "max_pool2d", kernel = 2 },
+                { type = "flatten" },
+                { type = "linear", out = 10 },
+            ]
+        "#;
+        let c = Config::from_toml(text, Path::new("cnn.toml")).expect("parse");
+        assert_eq!(c.model.layers.len(), 6);
+        assert_eq!(c.model.layers[0], LayerConfig::Conv2d { out: 8, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1 });
+        let e = Config::from_toml(&text.replace("kernel = 2", "kernel = 2, bogus = 1"), Path::new("cnn.toml")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Builds a recipe's model into a graph for one batch size: the training step (loss,
 //! backward, optimizer update) or the evaluation pass (summed loss, correct count).
-use kiln_core::{DType, Graph, Plan, Reduction, Tensor};
+use kiln_core::{Conv2dParams, DType, Graph, Plan, Reduction, Tensor};
 use kiln_nn::{init::seeded_rng, Adam, AdamW, LrSchedule, Module, Optimizer, Sequential, TrainGraph, SGD};
 
-use crate::config::{Config, ModelConfig, OptimizerConfig, ScheduleConfig};
+use crate::config::{Config, LayerConfig, ModelConfig, OptimizerConfig, ScheduleConfig};
 use crate::TrainError;
 
 /// A compiled graph for one batch size, with the handles a trainer feeds and reads.
@@ -23,32 +23,86 @@ pub struct ModelPlan {
 pub const TRAIN_OUTPUTS: [&str; 2] = ["loss (mean)", "correct"];
 pub const EVAL_OUTPUTS: [&str; 2] = ["loss (sum)", "correct"];
 
-fn build_mlp(g: &mut Graph, model: &ModelConfig, seed: u64) -> Result<Sequential, TrainError> {
+/// Build the model as a `torch.nn.Sequential`, working out each layer's input channels
+/// or features from the shape the previous layers produce.
+fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64) -> Result<Sequential, TrainError> {
     // The same seed gives the same initial weights for every batch size's graph; a
     // backend keeps one copy of each named parameter, so these graphs share them.
     let mut rng = seeded_rng(seed);
+    let (layers, input) = model.layers_and_input().map_err(TrainError::Config)?;
+    let mut shape = input; // one sample's shape as it flows through the layers
     let mut net = Sequential::new();
-    let last = model.sizes.len() - 2;
-    for (i, pair) in model.sizes.windows(2).enumerate() {
-        net = net.linear(g, pair[0], pair[1], &mut rng)?;
-        if i < last {
-            net = match model.activation.as_str() {
-                "relu" => net.relu(),
-                "leaky_relu" => net.leaky_relu(0.01),
-                "sigmoid" => net.sigmoid(),
-                "tanh" => net.tanh(),
-                "gelu" => net.gelu(),
-                "gelu_tanh" => net.gelu_tanh(),
-                other => return Err(TrainError::Config(format!("model.activation '{other}' is not known"))),
-            };
-            if model.dropout > 0.0 {
-                // As torch.nn.Sequential(Linear, ReLU, Dropout, Linear, ...): the masks
-                // come from the run's seed and the step number, so a run is reproducible.
-                net = net.dropout_with_seed(model.dropout, seed)?;
+    for (i, layer) in layers.iter().enumerate() {
+        let bad = |what: String| TrainError::Config(format!("model.layers[{i}] ({layer:?}): {what}"));
+        let image = |shape: &[usize]| -> Result<[usize; 3], TrainError> {
+            match *shape {
+                [c, h, w] => Ok([c, h, w]),
+                _ => Err(bad(format!("needs an image [C, H, W] input, got {shape:?}"))),
             }
-        }
+        };
+        let pooled = |size: usize, kernel: usize, stride: usize| (size.saturating_sub(kernel)) / stride.max(1) + 1;
+        net = match layer {
+            &LayerConfig::Conv2d { out, kernel, stride, padding, dilation, groups } => {
+                let [c, h, w] = image(&shape)?;
+                let span = dilation * (kernel - 1) + 1;
+                if h + 2 * padding < span || w + 2 * padding < span || stride == 0 {
+                    return Err(bad(format!("a {kernel}x{kernel} kernel does not fit a {h}x{w} input")));
+                }
+                let params = Conv2dParams { stride: [stride; 2], padding: [padding; 2], dilation: [dilation; 2], groups };
+                shape = vec![out, (h + 2 * padding - span) / stride + 1, (w + 2 * padding - span) / stride + 1];
+                net.conv2d(g, c, out, kernel, params, &mut rng)?
+            }
+            &LayerConfig::Linear { out } => {
+                let [features] = shape[..] else { return Err(bad(format!("needs a flat input, got {shape:?}; add a flatten layer"))) };
+                shape = vec![out];
+                net.linear(g, features, out, &mut rng)?
+            }
+            &LayerConfig::MaxPool2d { kernel, stride } | &LayerConfig::AvgPool2d { kernel, stride } => {
+                let [c, h, w] = image(&shape)?;
+                let stride = stride.unwrap_or(kernel);
+                if h < kernel || w < kernel || stride == 0 {
+                    return Err(bad(format!("a {kernel}x{kernel} window does not fit a {h}x{w} input")));
+                }
+                shape = vec![c, pooled(h, kernel, stride), pooled(w, kernel, stride)];
+                if matches!(layer, LayerConfig::MaxPool2d { .. }) {
+                    net.max_pool2d(kernel, stride)
+                } else {
+                    net.avg_pool2d(kernel, stride)
+                }
+            }
+            LayerConfig::GlobalAvgPool2d => {
+                let [c, _, _] = image(&shape)?;
+                shape = vec![c, 1, 1];
+                net.global_avg_pool2d()
+            }
+            LayerConfig::BatchNorm1d => net.batch_norm1d(g, shape[0])?,
+            LayerConfig::BatchNorm2d => net.batch_norm2d(g, image(&shape)?[0])?,
+            LayerConfig::LayerNorm => net.layer_norm(g, &shape)?,
+            &LayerConfig::Dropout { p } => net.dropout_with_seed(p, seed)?,
+            LayerConfig::Flatten => {
+                shape = vec![shape.iter().product()];
+                net.flatten()
+            }
+            LayerConfig::Relu => net.relu(),
+            LayerConfig::LeakyRelu => net.leaky_relu(0.01),
+            LayerConfig::Sigmoid => net.sigmoid(),
+            LayerConfig::Tanh => net.tanh(),
+            LayerConfig::Gelu => net.gelu(),
+            LayerConfig::GeluTanh => net.gelu_tanh(),
+        };
     }
     Ok(net)
+}
+
+/// One sample's input shape for a config (what the dataset's images are reshaped to).
+pub fn input_shape(config: &Config) -> Result<Vec<usize>, TrainError> {
+    Ok(config.model.layers_and_input().map_err(TrainError::Config)?.1)
+}
+
+fn batch_shape(config: &Config, batch: usize) -> Result<Vec<usize>, TrainError> {
+    let mut dims = vec![batch];
+    dims.extend(input_shape(config)?);
+    Ok(dims)
 }
 
 pub fn optimizer(config: &OptimizerConfig) -> Box<dyn Optimizer> {
@@ -76,16 +130,11 @@ pub fn schedule(config: &ScheduleConfig, lr: f64, total_steps: u64) -> Result<Lr
     Ok(if config.warmup_steps > 0 { LrSchedule::warmup(config.warmup_steps, 0.0, main)? } else { main })
 }
 
-/// Input width the model expects for one sample.
-pub fn input_width(config: &Config) -> usize {
-    config.model.sizes[0]
-}
-
 /// The training step for batches of `batch` samples.
 pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError> {
     let mut g = Graph::new();
-    let net = build_mlp(&mut g, &config.model, config.train.seed)?;
-    let x = g.input("x", [batch, input_width(config)], DType::F32)?;
+    let net = build_model(&mut g, &config.model, config.train.seed)?;
+    let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
     let y = g.input("y", [batch], DType::U32)?;
     let logits = net.forward(&mut g, x)?;
     let loss = g.cross_entropy(logits, y, Reduction::Mean)?;
@@ -94,7 +143,10 @@ pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError
     let train = TrainGraph::build(&mut g, loss, &net.params(), opt.as_ref(), config.optimizer.clip_grad_norm)?;
     let mut outputs = vec![loss, correct];
     outputs.extend(train.grad_norm);
-    let plan = Plan::compile_with_updates(&g, &outputs, &train.updates)?;
+    // BatchNorm's running statistics are updated by the same step as the weights.
+    let mut updates = train.updates.clone();
+    updates.extend(net.state_updates());
+    let plan = Plan::compile_with_updates(&g, &outputs, &updates)?;
     let mut checkpoint_tensors = net.state_dict();
     checkpoint_tensors.extend(train.optimizer_state.iter().map(|(n, t)| (format!("{}{n}", crate::checkpoint::OPTIMIZER_PREFIX), *t)));
     Ok(ModelPlan { graph: g, plan, x, y, train: Some(train), checkpoint_tensors })
@@ -104,9 +156,9 @@ pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError
 /// the number of correct predictions.
 pub fn eval_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError> {
     let mut g = Graph::new();
-    let mut net = build_mlp(&mut g, &config.model, config.train.seed)?;
+    let mut net = build_model(&mut g, &config.model, config.train.seed)?;
     net.eval();
-    let x = g.input("x", [batch, input_width(config)], DType::F32)?;
+    let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
     let y = g.input("y", [batch], DType::U32)?;
     let logits = net.forward(&mut g, x)?;
     let loss = g.cross_entropy(logits, y, Reduction::Sum)?;

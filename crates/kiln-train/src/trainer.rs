@@ -55,12 +55,34 @@ pub struct MnistData {
     pub test: Dataset,
 }
 
+/// Fashion-MNIST's pixel mean and standard deviation (training set), as commonly used.
+pub const FASHION_MNIST: Normalization = Normalization { mean: 0.2860, std: 0.3530 };
+/// Where Debian's dataset-fashion-mnist package puts the files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+fn normalization(config: &Config) -> Normalization {
+    if config.data.dataset == "fashion-mnist" { FASHION_MNIST } else { Normalization::MNIST }
+}
+
 pub fn load_mnist(config: &Config) -> Result<MnistData, TrainError> {
     let data_err = |e: kiln_data::DataError| TrainError::Io(e.to_string());
-    let mnist = Mnist::locate(config.data.path.as_deref()).map_err(data_err)?;
+    let mnist = match (config.data.dataset.as_str(), config.data.path.as_deref()) {
+        ("fashion-mnist", None) => {
+            let dir = std::path::Path::new(FASHION_MNIST_DIR);
+            if !dir.is_dir() {
+                return Err(TrainError::Io(format!(
+                    "Fashion-MNIST not found in {FASHION_MNIST_DIR}: install Debian's package (apt-get install dataset-fashion-mnist) or pass --data DIR"
+                )));
+            }
+            Mnist::at(dir)
+        }
+        (_, path) => Mnist::locate(path).map_err(data_err)?,
+    };
+    let norm = normalization(config);
+    let sample = crate::model::input_shape(config)?;
     let prepare = |mut d: Dataset| -> Result<Dataset, TrainError> {
-        d.normalize(Normalization::MNIST).map_err(data_err)?;
-        Ok(d.flattened())
+        d.normalize(norm).map_err(data_err)?;
+        if sample.len() == 1 { Ok(d.flattened()) } else { d.reshaped(sample.clone()).map_err(data_err) }
     };
     let all = prepare(mnist.load(MnistSplit::Train).map_err(data_err)?)?;
     let (mut train, validation) = if config.data.validation > 0 {
@@ -88,7 +110,7 @@ fn augmentation(config: &Config) -> Option<Augmentation> {
     }
     let mut aug = Augmentation::new(config.train.seed);
     if d.random_crop_padding > 0 {
-        aug = aug.random_crop(d.random_crop_padding, Normalization::MNIST.normalize(0.0));
+        aug = aug.random_crop(d.random_crop_padding, normalization(config).normalize(0.0));
     }
     if d.horizontal_flip > 0.0 {
         aug = aug.random_horizontal_flip(d.horizontal_flip);
