@@ -1,4 +1,4 @@
-use kiln_core::{Graph, Result, Tensor};
+use kiln_core::{Graph, GraphError, Result, Tensor};
 
 use super::{check_hyper, check_params_and_grads, zeros_state, Optimizer, OptimizerUpdate, StepInputs, StepScalar};
 
@@ -31,6 +31,10 @@ pub struct Adam {
 /// p = p * (1 - lr * weight_decay)
 /// ```
 /// The factor is a step input, so it follows a learning-rate schedule.
+///
+/// Parameters named in `no_decay` skip the decay (a second parameter group with
+/// `weight_decay=0` in PyTorch, as nanoGPT gives biases and LayerNorm weights); see
+/// [`AdamW::no_weight_decay_for`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdamW {
     pub lr: f64,
@@ -38,6 +42,8 @@ pub struct AdamW {
     pub eps: f64,
     pub weight_decay: f64,
     pub amsgrad: bool,
+    /// Names of the parameters that get no weight decay.
+    pub no_decay: Vec<String>,
 }
 
 impl Adam {
@@ -69,7 +75,7 @@ impl Adam {
 
 impl AdamW {
     pub fn new(lr: f64) -> Self {
-        AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, amsgrad: false }
+        AdamW { lr, betas: (0.9, 0.999), eps: 1e-8, weight_decay: 0.01, amsgrad: false, no_decay: Vec::new() }
     }
 
     pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
@@ -92,6 +98,14 @@ impl AdamW {
         self.amsgrad = amsgrad;
         self
     }
+
+    /// Exempt these parameters (by name) from the weight decay: everything else is
+    /// decayed. Adds to any names given before. Every name must be among the parameters
+    /// the optimizer is later asked to update, so that a typo cannot silently decay a bias.
+    pub fn no_weight_decay_for<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.no_decay.extend(names.into_iter().map(Into::into));
+        self
+    }
 }
 
 impl Optimizer for Adam {
@@ -112,6 +126,7 @@ impl Optimizer for Adam {
             weight_decay: self.weight_decay,
             decoupled: false,
             amsgrad: self.amsgrad,
+            no_decay: &[],
         };
         config.append_update(g, params, grads)
     }
@@ -135,13 +150,14 @@ impl Optimizer for AdamW {
             weight_decay: self.weight_decay,
             decoupled: true,
             amsgrad: self.amsgrad,
+            no_decay: &self.no_decay,
         };
         config.append_update(g, params, grads)
     }
 }
 
 /// Adam and AdamW differ only in where the weight decay goes.
-struct AdamConfig {
+struct AdamConfig<'a> {
     optimizer: &'static str,
     lr: f64,
     betas: (f64, f64),
@@ -149,9 +165,11 @@ struct AdamConfig {
     weight_decay: f64,
     decoupled: bool,
     amsgrad: bool,
+    /// Parameters exempt from the weight decay.
+    no_decay: &'a [String],
 }
 
-impl AdamConfig {
+impl AdamConfig<'_> {
     fn validate(&self) -> Result<()> {
         let name = self.optimizer;
         let (beta1, beta2) = self.betas;
@@ -162,9 +180,20 @@ impl AdamConfig {
         check_hyper(name, "weight_decay", self.weight_decay, self.weight_decay >= 0.0, "weight_decay >= 0")
     }
 
+    fn check_no_decay_names(&self, params: &[(String, Tensor)]) -> Result<()> {
+        match self.no_decay.iter().find(|exempt| !params.iter().any(|(name, _)| name == *exempt)) {
+            Some(unknown) => Err(GraphError::new(
+                self.optimizer,
+                format!("'{unknown}' is exempt from weight decay but is not among the {} parameters given", params.len()),
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn append_update(&self, g: &mut Graph, params: &[(String, Tensor)], grads: &[Tensor]) -> Result<OptimizerUpdate> {
         self.validate()?;
         check_params_and_grads(g, self.optimizer, params, grads)?;
+        self.check_no_decay_names(params)?;
         let (beta1, beta2) = self.betas;
         let mut inputs = StepInputs::new();
         let mut out = OptimizerUpdate::default();
@@ -172,7 +201,8 @@ impl AdamConfig {
             let (p, dtype) = (*p, g.dtype(*p));
             let mut d = grad;
             let mut decayed_p = p;
-            if self.weight_decay != 0.0 {
+            let decays = self.weight_decay != 0.0 && !self.no_decay.contains(name);
+            if decays {
                 if self.decoupled {
                     let factor = inputs.get(g, StepScalar::DecoupledDecayFactor { weight_decay: self.weight_decay }, dtype)?;
                     decayed_p = g.mul(p, factor)?;
