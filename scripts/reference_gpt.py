@@ -7,6 +7,9 @@ How to run (CPU is enough for the tiny config):
 
     /opt/torchenv/bin/python scripts/reference_gpt.py                 # tiny: 2 layers, 4 heads, 128 wide, 2000 steps
     /opt/torchenv/bin/python scripts/reference_gpt.py --steps 200 --eval-interval 50
+    # the configuration of crates/kiln-nn/tests/gpt.rs (tiny_gpt_learns_shakespeare_on_cpu):
+    /opt/torchenv/bin/python scripts/reference_gpt.py --max-chars 200000 --n-embd 64 --block-size 32 \
+        --batch-size 16 --steps 250 --lr 6e-3 --min-lr 6e-4 --warmup-steps 30 --eval-interval 50
 
 It prints a header, then one line per evaluation, CSV-ish:
 
@@ -176,12 +179,15 @@ class GPT(nn.Module):
 # --- data, schedule, loop ---
 
 
-def load_corpus(path, train_fraction):
+def load_corpus(path, train_fraction, max_chars):
+    """The vocabulary comes from the whole text; only the first max_chars (0: all) are used."""
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8") as f:
         text = f.read()
     chars = sorted(set(text))
     index = {c: i for i, c in enumerate(chars)}
+    if max_chars > 0:
+        text = text[:max_chars]
     tokens = torch.tensor([index[c] for c in text], dtype=torch.long)
     n_train = int(round(len(tokens) * train_fraction))  # as kiln's CharCorpus
     return chars, tokens[:n_train], tokens[n_train:]
@@ -216,6 +222,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_CORPUS, help="corpus (.txt or .txt.gz)")
     p.add_argument("--train-fraction", type=float, default=0.9)
+    p.add_argument("--max-chars", type=int, default=0, help="use only the first N characters (0: all)")
     p.add_argument("--n-layer", type=int, default=2)
     p.add_argument("--n-head", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=128)
@@ -244,7 +251,7 @@ def main(argv):
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    chars, train_tokens, val_tokens = load_corpus(args.data, args.train_fraction)
+    chars, train_tokens, val_tokens = load_corpus(args.data, args.train_fraction, args.max_chars)
 
     cfg = argparse.Namespace(
         vocab_size=len(chars),
