@@ -29,7 +29,7 @@ use kiln_wgpu::{list_adapters, wgpu, WgpuBackend};
 const USAGE: &str = "usage: ops [--quick] [FILTER...]
   --quick   one small size of each op
   FILTER    run only the ops whose name contains one of these (case-insensitive):
-            matmul, elementwise, gelu, softmax, sum";
+            matmul, elementwise, gelu, softmax, sum, conv2d";
 
 /// What the command line asks for.
 struct Options {
@@ -104,6 +104,19 @@ enum Case {
     Softmax { rows: usize, cols: usize },
     /// The sum of [len] to one value.
     Sum { len: usize },
+    /// One pass of a 3x3 convolution of x [batch, channels, size, size] by as many filters
+    /// as channels, stride 1, padding 1 ("same").
+    Conv2d { pass: ConvPass, batch: usize, channels: usize, size: usize },
+}
+
+/// Which of a convolution's three computations a conv case times.
+#[derive(Clone, Copy, Debug)]
+enum ConvPass {
+    Forward,
+    /// The gradient with respect to x (Conv2dBackwardInput).
+    GradInput,
+    /// The gradient with respect to the weight (Conv2dBackwardWeight).
+    GradWeight,
 }
 
 /// What a run accomplishes, to turn a time into a rate.
@@ -122,6 +135,9 @@ impl Case {
             Case::Gelu { .. } => "gelu",
             Case::Softmax { .. } => "softmax (rows)",
             Case::Sum { .. } => "sum (all)",
+            Case::Conv2d { pass: ConvPass::Forward, .. } => "conv2d 3x3 fwd",
+            Case::Conv2d { pass: ConvPass::GradInput, .. } => "conv2d 3x3 grad x",
+            Case::Conv2d { pass: ConvPass::GradWeight, .. } => "conv2d 3x3 grad w",
         }
     }
 
@@ -130,6 +146,7 @@ impl Case {
             Case::Matmul { n } => format!("{n}^3"),
             Case::ScaleShift { len } | Case::Gelu { len } | Case::Sum { len } => count(len),
             Case::Softmax { rows, cols } => format!("[{rows}, {cols}]"),
+            Case::Conv2d { batch, channels, size, .. } => format!("{batch}x{channels}x{size}^2"),
         }
     }
 
@@ -143,11 +160,22 @@ impl Case {
             Case::Gelu { len } => Work::Bytes(2.0 * len as f64 * F32_BYTES),
             Case::Softmax { rows, cols } => Work::Bytes(2.0 * (rows * cols) as f64 * F32_BYTES),
             Case::Sum { len } => Work::Bytes((len + 1) as f64 * F32_BYTES),
+            // Each pass is one multiply-add per (output element, input channel, tap).
+            Case::Conv2d { batch, channels, size, .. } => {
+                Work::Flops(2.0 * (batch * channels * size * size * channels * CONV_TAPS) as f64)
+            }
         }
     }
 
     /// Why this case does not run on `backend`, if it does not.
     fn skip_reason(&self, backend: &BenchBackend) -> Option<&'static str> {
+        if let Case::Conv2d { batch, .. } = *self {
+            // The full-size convolution takes about 10 s per run on the CPU reference (its
+            // figure is wanted, as the baseline) and several times that on a software
+            // adapter, whose figure says nothing about GPU speed.
+            let software = matches!(backend.kind, BackendKind::Gpu { software: true });
+            return (software && batch >= LARGE_CONV_BATCH).then_some("skipped (software adapter)");
+        }
         let Case::Matmul { n } = *self else { return None };
         if n < LARGE_MATMUL {
             return None;
@@ -194,12 +222,28 @@ impl Case {
                 let x = state(graph, "x", vec![len], 1)?;
                 graph.sum_all(x)
             }
+            Case::Conv2d { pass, batch, channels, size } => {
+                let x = state(graph, "x", vec![batch, channels, size, size], 1)?;
+                let w = state(graph, "w", vec![channels, channels, 3, 3], 2)?;
+                let same = kiln_core::Conv2dParams { padding: [1, 1], ..Default::default() };
+                let y = graph.conv2d(x, w, None, same)?;
+                // A gradient's plan holds only its own step: the forward is not computed.
+                let out_shape = graph.shape(y).dims().to_vec();
+                let seed = state(graph, "grad_out", out_shape, 3)?;
+                match pass {
+                    ConvPass::Forward => Ok(y),
+                    ConvPass::GradInput => Ok(graph.grad_with_seeds(&[(y, seed)], &[x])?[0]),
+                    ConvPass::GradWeight => Ok(graph.grad_with_seeds(&[(y, seed)], &[w])?[0]),
+                }
+            }
         }
     }
 }
 
 /// Matmuls this large run only on a hardware GPU.
 const LARGE_MATMUL: usize = 4096;
+/// Convolutions of this batch or more skip software adapters.
+const LARGE_CONV_BATCH: usize = 32;
 
 /// Every case, in table order.
 fn cases(quick: bool) -> Vec<Case> {
@@ -212,7 +256,10 @@ fn cases(quick: bool) -> Vec<Case> {
             Case::Gelu { len },
             Case::Softmax { rows: 256, cols: 1024 },
             Case::Sum { len },
-        ];
+        ]
+        .into_iter()
+        .chain(conv_cases(8, 32, 28))
+        .collect();
     }
     vec![
         Case::Matmul { n: 256 },
@@ -223,13 +270,28 @@ fn cases(quick: bool) -> Vec<Case> {
         Case::Softmax { rows: 4096, cols: 1024 },
         Case::Sum { len: M16 },
     ]
+    .into_iter()
+    // A ResNet stage-1 convolution: 7.4 GFLOP per pass.
+    .chain(conv_cases(32, 64, 56))
+    .collect()
+}
+
+/// Taps of the benchmarked convolution's kernel (3x3).
+const CONV_TAPS: usize = 9;
+
+/// Forward and both gradients of a 3x3 "same" convolution of [batch, channels, size, size].
+fn conv_cases(batch: usize, channels: usize, size: usize) -> Vec<Case> {
+    [ConvPass::Forward, ConvPass::GradInput, ConvPass::GradWeight]
+        .into_iter()
+        .map(|pass| Case::Conv2d { pass, batch, channels, size })
+        .collect()
 }
 
 /// "16M", "1M", "4096": element counts as people write them.
 fn count(len: usize) -> String {
-    if len >= 1 << 20 && len % (1 << 20) == 0 {
+    if len >= 1 << 20 && len.is_multiple_of(1 << 20) {
         format!("{}M", len >> 20)
-    } else if len >= 1 << 10 && len % (1 << 10) == 0 {
+    } else if len >= 1 << 10 && len.is_multiple_of(1 << 10) {
         format!("{}K", len >> 10)
     } else {
         len.to_string()
@@ -458,7 +520,7 @@ fn main() -> ExitCode {
          4-byte readback (inputs stay on the device), so small sizes are latency-bound."
     );
     println!(
-        "GFLOP/s = 2*n^3 / time. GB/s = least bytes the op must move (each f32 input read once, \
+        "GFLOP/s = 2*n^3 / time (conv2d, x [N, C, H, H] shown as NxCxH^2 with C filters: 2*N*C*H^2*C*9 per pass). GB/s = least bytes the op must move (each f32 input read once, \
          the result written once) / time."
     );
     println!();
