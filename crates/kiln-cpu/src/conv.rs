@@ -43,39 +43,80 @@ fn input_coord(out_index: usize, tap: usize, stride: usize, padding: usize, dila
     (out_index * stride + tap * dilation).checked_sub(padding).filter(|&at| at < len)
 }
 
-/// Calls `visit(y, x, kernel_row, kernel_col)` for every tap of the conv window of output
-/// position (i, j) that lands inside the input, in row-major tap order.
-fn for_each_tap(geo: &Conv2dGeometry, i: usize, j: usize, mut visit: impl FnMut(usize, usize, usize, usize)) {
-    let Conv2dParams { stride, padding, dilation, .. } = geo.params;
-    for a in 0..geo.kernel[0] {
-        let Some(y) = input_coord(i, a, stride[0], padding[0], dilation[0], geo.input[0]) else { continue };
-        for b in 0..geo.kernel[1] {
-            let Some(x) = input_coord(j, b, stride[1], padding[1], dilation[1], geo.input[1]) else { continue };
-            visit(y, x, a, b);
-        }
+/// One spatial axis of a convolution: which output positions each kernel tap connects
+/// to which input positions.
+#[derive(Clone, Copy)]
+struct Axis {
+    input: usize,
+    output: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+}
+
+impl Axis {
+    /// The axes (height, width) of a convolution.
+    fn of(geo: &Conv2dGeometry) -> [Axis; 2] {
+        let p = geo.params;
+        [0, 1].map(|d| Axis {
+            input: geo.input[d],
+            output: geo.output[d],
+            stride: p.stride[d],
+            padding: p.padding[d],
+            dilation: p.dilation[d],
+        })
+    }
+
+    /// The output positions whose window reads an input position (not padding) through
+    /// tap `tap`: those i with 0 <= i stride - padding + tap dilation < input.
+    fn reached_by(&self, tap: usize) -> std::ops::Range<usize> {
+        let offset = tap * self.dilation;
+        let first = self.padding.saturating_sub(offset).div_ceil(self.stride);
+        let end = match (self.input + self.padding).checked_sub(offset + 1) {
+            Some(last_shifted) => (last_shifted / self.stride + 1).min(self.output),
+            None => 0,
+        };
+        first..end.max(first)
+    }
+
+    /// The input position output position `i` reads through tap `tap` (in range, by
+    /// `reached_by`).
+    fn source(&self, i: usize, tap: usize) -> usize {
+        i * self.stride + tap * self.dilation - self.padding
     }
 }
 
+// The three loops below run over (kernel tap, output row, output column) with the
+// ranges of `Axis::reached_by`, so that the innermost loop walks a row without
+// bounds tests. Each output element of the forward pass still sums its terms in the
+// order of Op::Conv2d (c, then a, then b), the order of the GPU kernel too.
+
 /// `out[n, o, i, j] = sum over c, a, b of x[n, g CG + c, y(i, a), x(j, b)] * weight[o, c, a, b]`.
 pub fn conv2d<T: Float>(geo: &Conv2dGeometry, x: &[T], weight: &[T], out: &mut [T]) {
+    let [rows, cols] = Axis::of(geo);
     let [h, w] = geo.input;
     let [ho, wo] = geo.output;
-    let taps = geo.kernel[0] * geo.kernel[1];
+    let [kh, kw] = geo.kernel;
     let (cg, og) = (geo.in_per_group(), geo.out_per_group());
+    out.fill(T::ZERO);
     for n in 0..geo.batch {
         for o in 0..geo.out_channels {
             let first_channel = (o / og) * cg;
-            for i in 0..ho {
-                for j in 0..wo {
-                    let mut acc = T::ZERO;
-                    for c in 0..cg {
-                        let plane = &x[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
-                        let kernel = &weight[(o * cg + c) * taps..][..taps];
-                        for_each_tap(geo, i, j, |y, x, a, b| {
-                            acc = acc + plane[y * w + x] * kernel[a * geo.kernel[1] + b];
-                        });
+            let out_plane = &mut out[(n * geo.out_channels + o) * ho * wo..][..ho * wo];
+            for c in 0..cg {
+                let plane = &x[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
+                let kernel = &weight[(o * cg + c) * kh * kw..][..kh * kw];
+                for a in 0..kh {
+                    for b in 0..kw {
+                        let tap = kernel[a * kw + b];
+                        for i in rows.reached_by(a) {
+                            let x_row = &plane[rows.source(i, a) * w..][..w];
+                            let out_row = &mut out_plane[i * wo..][..wo];
+                            for j in cols.reached_by(b) {
+                                out_row[j] = out_row[j] + x_row[cols.source(j, b)] * tap;
+                            }
+                        }
                     }
-                    out[((n * geo.out_channels + o) * ho + i) * wo + j] = acc;
                 }
             }
         }
@@ -85,23 +126,30 @@ pub fn conv2d<T: Float>(geo: &Conv2dGeometry, x: &[T], weight: &[T], out: &mut [
 /// The gradient with respect to x: every product of the forward sum, with grad_out in
 /// place of the output, added to the x element it read (the transposed convolution).
 pub fn conv2d_backward_input<T: Float>(geo: &Conv2dGeometry, grad_out: &[T], weight: &[T], out: &mut [T]) {
+    let [rows, cols] = Axis::of(geo);
     let [h, w] = geo.input;
     let [ho, wo] = geo.output;
-    let taps = geo.kernel[0] * geo.kernel[1];
+    let [kh, kw] = geo.kernel;
     let (cg, og) = (geo.in_per_group(), geo.out_per_group());
     out.fill(T::ZERO);
     for n in 0..geo.batch {
         for o in 0..geo.out_channels {
             let first_channel = (o / og) * cg;
-            for i in 0..ho {
-                for j in 0..wo {
-                    let g = grad_out[((n * geo.out_channels + o) * ho + i) * wo + j];
-                    for c in 0..cg {
-                        let plane = &mut out[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
-                        let kernel = &weight[(o * cg + c) * taps..][..taps];
-                        for_each_tap(geo, i, j, |y, x, a, b| {
-                            plane[y * w + x] = plane[y * w + x] + g * kernel[a * geo.kernel[1] + b];
-                        });
+            let grads = &grad_out[(n * geo.out_channels + o) * ho * wo..][..ho * wo];
+            for c in 0..cg {
+                let plane = &mut out[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
+                let kernel = &weight[(o * cg + c) * kh * kw..][..kh * kw];
+                for a in 0..kh {
+                    for b in 0..kw {
+                        let tap = kernel[a * kw + b];
+                        for i in rows.reached_by(a) {
+                            let x_row = &mut plane[rows.source(i, a) * w..][..w];
+                            let grad_row = &grads[i * wo..][..wo];
+                            for j in cols.reached_by(b) {
+                                let at = cols.source(j, b);
+                                x_row[at] = x_row[at] + grad_row[j] * tap;
+                            }
+                        }
                     }
                 }
             }
@@ -110,27 +158,33 @@ pub fn conv2d_backward_input<T: Float>(geo: &Conv2dGeometry, grad_out: &[T], wei
 }
 
 /// The gradient with respect to the weight:
-/// `out[o, c, a, b] = sum over n, i, j of grad_out[n, o, i, j] * x[n, g CG + c, y(i, a), x(j, b)]`.
+/// `out[o, c, a, b] = sum over n, i, j of grad_out[n, o, i, j] * x[n, g CG + c, y(i, a), x(j, b)]`,
+/// each sum in the order (n, i, j).
 pub fn conv2d_backward_weight<T: Float>(geo: &Conv2dGeometry, x: &[T], grad_out: &[T], out: &mut [T]) {
+    let [rows, cols] = Axis::of(geo);
     let [h, w] = geo.input;
     let [ho, wo] = geo.output;
-    let taps = geo.kernel[0] * geo.kernel[1];
+    let [kh, kw] = geo.kernel;
     let (cg, og) = (geo.in_per_group(), geo.out_per_group());
     out.fill(T::ZERO);
     for o in 0..geo.out_channels {
         let first_channel = (o / og) * cg;
         for c in 0..cg {
-            let kernel = &mut out[(o * cg + c) * taps..][..taps];
+            let kernel = &mut out[(o * cg + c) * kh * kw..][..kh * kw];
             for n in 0..geo.batch {
                 let plane = &x[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
                 let grads = &grad_out[(n * geo.out_channels + o) * ho * wo..][..ho * wo];
-                for i in 0..ho {
-                    for j in 0..wo {
-                        let g = grads[i * wo + j];
-                        for_each_tap(geo, i, j, |y, x, a, b| {
-                            let t = a * geo.kernel[1] + b;
-                            kernel[t] = kernel[t] + g * plane[y * w + x];
-                        });
+                for a in 0..kh {
+                    for b in 0..kw {
+                        let mut sum = kernel[a * kw + b];
+                        for i in rows.reached_by(a) {
+                            let x_row = &plane[rows.source(i, a) * w..][..w];
+                            let grad_row = &grads[i * wo..][..wo];
+                            for j in cols.reached_by(b) {
+                                sum = sum + grad_row[j] * x_row[cols.source(j, b)];
+                            }
+                        }
+                        kernel[a * kw + b] = sum;
                     }
                 }
             }
