@@ -13,6 +13,7 @@
 //!   tanh forms), [`Softplus`]
 //! - [`Dropout`], its masks drawn on the device and keyed by the `rng.step` counter input
 //!   ([`rng_step_feed`]; [`TrainGraph::feeds`] includes it)
+//! - convolutional networks: [`Conv2d`], [`MaxPool2d`], [`AvgPool2d`], [`GlobalAvgPool2d`]
 //! - normalisation: [`BatchNorm1d`], [`BatchNorm2d`] (running statistics as buffers,
 //!   updates from [`Module::state_updates`]), [`LayerNorm`]
 //!
@@ -24,6 +25,7 @@
 #![allow(clippy::upper_case_acronyms)]
 
 pub mod clip;
+mod conv;
 mod dropout;
 pub mod init;
 mod layers;
@@ -32,15 +34,18 @@ pub mod loss;
 mod module;
 mod norm;
 pub mod optim;
+mod pool;
 pub mod schedule;
 mod sequential;
 mod train;
 
 pub use dropout::{dropout_seed, rng_step_feed, rng_step_feed_for_plan, rng_step_input, Dropout, RNG_STEP_INPUT};
 pub use layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
+pub use conv::{Conv2d, Size2};
 pub use linear::Linear;
 pub use module::{count_elements, join_name, tensors_of, Mode, Module};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm};
+pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
 pub use optim::{Adam, AdamW, Optimizer, OptimizerUpdate, StepInput, StepScalar, SGD};
 pub use schedule::LrSchedule;
 pub use sequential::Sequential;

@@ -79,6 +79,15 @@ impl BatchNorm {
         num_features: usize,
         options: BatchNormOptions,
     ) -> Result<BatchNorm> {
+        // Checked before any state is added, so a refused layer leaves the graph as it was.
+        let eps_ok = options.eps.is_finite() && options.eps >= 0.0;
+        let momentum_ok = (0.0..=1.0).contains(&options.momentum);
+        if !(eps_ok && momentum_ok) {
+            return Err(GraphError::new(
+                layer_name(kind, prefix),
+                format!("eps must be finite and >= 0 and momentum in [0, 1]; got {options:?}"),
+            ));
+        }
         let named = |name: &str| join_name(prefix, name);
         let (weight, bias) = if options.affine {
             let weight = g.state(&named("weight"), DType::F32, init::ones([num_features]))?;
@@ -89,7 +98,7 @@ impl BatchNorm {
         };
         let running_mean = g.state(&named("running_mean"), DType::F32, init::zeros([num_features]))?;
         let running_var = g.state(&named("running_var"), DType::F32, init::ones([num_features]))?;
-        let layer = BatchNorm {
+        Ok(BatchNorm {
             prefix: prefix.to_string(),
             kind,
             ranks,
@@ -101,16 +110,7 @@ impl BatchNorm {
             running_var,
             mode: Mode::Train,
             updated: Cell::new(None),
-        };
-        // Check eps and momentum now rather than at the first forward pass.
-        if !(layer.options.eps.is_finite() && layer.options.eps >= 0.0) || !(0.0..=1.0).contains(&layer.options.momentum)
-        {
-            return Err(GraphError::new(
-                layer.layer_name(),
-                format!("eps must be finite and >= 0 and momentum in [0, 1]; got {:?}", layer.options),
-            ));
-        }
-        Ok(layer)
+        })
     }
 
     pub fn mode(&self) -> Mode {
@@ -118,11 +118,16 @@ impl BatchNorm {
     }
 
     fn layer_name(&self) -> String {
-        if self.prefix.is_empty() {
-            self.kind.to_string()
-        } else {
-            format!("{} '{}'", self.kind, self.prefix)
-        }
+        layer_name(self.kind, &self.prefix)
+    }
+}
+
+/// `BatchNorm2d '1'`, or the bare kind at the top level: how errors name a layer.
+fn layer_name(kind: &str, prefix: &str) -> String {
+    if prefix.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} '{prefix}'")
     }
 }
 

@@ -1,11 +1,13 @@
 //! `torch.nn.Sequential`.
-use kiln_core::{Graph, GraphError, Result, Tensor};
+use kiln_core::{Conv2dParams, Graph, GraphError, Result, Tensor};
 
 use crate::dropout::Dropout;
+use crate::conv::{Conv2d, Size2};
 use crate::init::Rng;
 use crate::layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 use crate::linear::Linear;
 use crate::norm::{BatchNorm1d, BatchNorm2d, LayerNorm};
+use crate::pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
 use crate::module::{join_name, Mode, Module};
 
 /// Children run in order; child `i` is named `"{i}"` under the container's prefix, so an
@@ -157,6 +159,36 @@ impl Sequential {
 
     pub fn identity(self) -> Self {
         self.push_unchecked(Identity)
+    }
+
+    /// Append `Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation,
+    /// groups)` with bias and PyTorch's default init; `params` holds the last four
+    /// (`Conv2dParams::default()` is 1, 0, 1, 1).
+    pub fn conv2d<R: Rng + ?Sized>(
+        self,
+        g: &mut Graph,
+        in_channels: usize,
+        out_channels: usize,
+        kernel_size: impl Into<Size2>,
+        params: Conv2dParams,
+        rng: &mut R,
+    ) -> Result<Self> {
+        self.add(g, |g, prefix| Conv2d::new(g, prefix, in_channels, out_channels, kernel_size, params, rng))
+    }
+
+    /// Append `MaxPool2d(kernel_size, stride)` (no padding).
+    pub fn max_pool2d(self, kernel_size: impl Into<Size2>, stride: impl Into<Size2>) -> Self {
+        self.push_unchecked(MaxPool2d::with_options(kernel_size, stride, 0))
+    }
+
+    /// Append `AvgPool2d(kernel_size, stride)` (no padding).
+    pub fn avg_pool2d(self, kernel_size: impl Into<Size2>, stride: impl Into<Size2>) -> Self {
+        self.push_unchecked(AvgPool2d::with_options(kernel_size, stride, 0))
+    }
+
+    /// Append `AdaptiveAvgPool2d(1)`: [N, C, H, W] -> [N, C, 1, 1].
+    pub fn global_avg_pool2d(self) -> Self {
+        self.push_unchecked(GlobalAvgPool2d)
     }
 
     /// Append `BatchNorm1d(num_features)` with PyTorch's defaults (input [N, C] or [N, C, L]).

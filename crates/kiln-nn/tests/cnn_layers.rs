@@ -4,9 +4,13 @@
 mod common;
 
 use common::assert_abs_close;
-use kiln_core::{Backend, DType, Graph, HostTensor, Plan, Tensor};
+use kiln_core::{Backend, Conv2dParams, DType, Graph, HostTensor, Plan, Reduction, Tensor};
 use kiln_cpu::CpuBackend;
-use kiln_nn::{BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm, Mode, Module, Sequential};
+use kiln_nn::init::{self, seeded_rng};
+use kiln_nn::{
+    count_elements, AvgPool2d, BatchNorm1d, BatchNorm2d, BatchNormOptions, Conv2d, GlobalAvgPool2d, LayerNorm, MaxPool2d,
+    Mode, Module, Sequential, TrainGraph, SGD,
+};
 
 /// Run `outputs` of `g` once on the f64 CPU reference and return them as f64.
 fn run_f64(g: &Graph, outputs: &[Tensor], feeds: &[(Tensor, HostTensor)]) -> Vec<Vec<f64>> {
@@ -326,4 +330,234 @@ fn two_train_forward_passes_update_the_running_stats_twice() {
     let var = exec.read_state(bn.running_var).expect("state").to_f64_vec();
     assert_abs_close("running_mean", &mean, &[0.9 * 0.1 + 1.2], 1e-12);
     assert_abs_close("running_var", &var, &[0.9 * (0.9 + 0.2) + 0.8], 1e-12);
+}
+
+// ---------------------------------------------------------------------------------
+// Convolution and pooling modules
+// ---------------------------------------------------------------------------------
+
+/// The classic Keras MNIST CNN, as `nn.Sequential(nn.Conv2d(1, 32, 3), nn.ReLU(),
+/// nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+/// nn.Linear(1600, 128), nn.ReLU(), nn.Linear(128, 10))`.
+fn keras_mnist_cnn(g: &mut Graph, seed: u64) -> Sequential {
+    let mut rng = seeded_rng(seed);
+    let conv = Conv2dParams::default();
+    Sequential::new()
+        .conv2d(g, 1, 32, 3, conv, &mut rng)
+        .and_then(|s| s.relu().max_pool2d(2, 2).conv2d(g, 32, 64, 3, conv, &mut rng))
+        .and_then(|s| s.relu().max_pool2d(2, 2).flatten().linear(g, 1600, 128, &mut rng))
+        .and_then(|s| s.relu().linear(g, 128, 10, &mut rng))
+        .expect("the CNN builds")
+}
+
+#[test]
+fn keras_mnist_cnn_state_dict_matches_pytorch() {
+    let mut g = Graph::new();
+    let model = keras_mnist_cnn(&mut g, 0);
+    assert_eq!(model.len(), 10);
+    let pytorch: [(&str, &[usize]); 8] = [
+        ("0.weight", &[32, 1, 3, 3]),
+        ("0.bias", &[32]),
+        ("3.weight", &[64, 32, 3, 3]),
+        ("3.bias", &[64]),
+        ("7.weight", &[128, 1600]),
+        ("7.bias", &[128]),
+        ("9.weight", &[10, 128]),
+        ("9.bias", &[10]),
+    ];
+    let state_dict = model.state_dict();
+    let ours: Vec<(&str, &[usize])> = state_dict.iter().map(|(n, t)| (n.as_str(), g.dims(*t))).collect();
+    assert_eq!(ours, pytorch);
+    assert_eq!(state_dict, model.params(), "no buffers");
+    // sum(p.numel() for p in model.parameters()) in PyTorch: 320 + 18,496 + 204,928 + 1,290.
+    assert_eq!(count_elements(&g, &state_dict), 225_034);
+    // 28x28 -> conv 26 -> pool 13 -> conv 11 -> pool 5: 64 * 5 * 5 = 1600 features.
+    let x = f32_input(&mut g, "x", &[2, 1, 28, 28]);
+    let logits = model.forward(&mut g, x).expect("forward");
+    assert_eq!(g.dims(logits), &[2, 10]);
+}
+
+#[test]
+fn conv2d_init_is_pytorch_default_and_reproducible() {
+    // groups = 2: fan_in = in / groups * kh * kw = 3 * 3 * 5 = 45.
+    let params = Conv2dParams { groups: 2, ..Conv2dParams::default() };
+    let mut g = Graph::new();
+    let conv = Conv2d::new(&mut g, "c", 6, 8, (3, 5), params, &mut seeded_rng(5)).expect("builds");
+    assert_eq!(g.dims(conv.weight), &[8, 3, 3, 5]);
+    let bound = 1.0 / 45f64.sqrt();
+    let weight = g.state_init(conv.weight).expect("state").to_f64_vec();
+    let bias = g.state_init(conv.bias.expect("bias")).expect("state").to_f64_vec();
+    assert!(weight.iter().chain(&bias).all(|v| v.abs() <= bound), "every value within ±1/sqrt(45)");
+    let max = weight.iter().fold(0f64, |m, v| m.max(v.abs()));
+    assert!(max > 0.95 * bound, "the weight uses the whole range: max {max}, bound {bound}");
+    // The documented draw order: the weight, then the bias, both U(±1/sqrt(fan_in)).
+    let mut rng = seeded_rng(5);
+    assert_eq!(g.state_init(conv.weight), Some(&init::uniform([8, 3, 3, 5], -bound, bound, &mut rng)));
+    assert_eq!(g.state_init(conv.bias.expect("bias")), Some(&init::uniform([8], -bound, bound, &mut rng)));
+
+    // A wide layer: U(-b, b) has variance b^2 / 3.
+    let mut g = Graph::new();
+    let conv = Conv2d::with_bias(&mut g, "", 64, 32, 3, Conv2dParams::default(), false, &mut seeded_rng(6)).expect("builds");
+    assert!(conv.bias.is_none() && conv.params().len() == 1 && conv.params()[0].0 == "weight");
+    let weight = g.state_init(conv.weight).expect("state").to_f64_vec();
+    let bound = 1.0 / (64.0f64 * 9.0).sqrt();
+    let var = weight.iter().map(|v| v * v).sum::<f64>() / weight.len() as f64;
+    assert!((var / (bound * bound / 3.0) - 1.0).abs() < 0.05, "variance {var}, want {}", bound * bound / 3.0);
+}
+
+#[test]
+fn conv2d_module_computes_the_pytorch_convolution() {
+    // Stride 2, padding 1, dilation 2 and groups 2 together, checked against direct loops.
+    let params = Conv2dParams { stride: [2, 1], padding: [1, 2], dilation: [2, 1], groups: 2 };
+    let mut g = Graph::new();
+    let conv = Conv2d::new(&mut g, "conv", 4, 6, (2, 3), params, &mut seeded_rng(8)).expect("builds");
+    let dims = [2, 4, 5, 4];
+    let x = f32_input(&mut g, "x", &dims);
+    let y = conv.forward(&mut g, x).expect("forward");
+    // HO = (5 + 2 - 2 * 1 - 1) / 2 + 1 = 3; WO = (4 + 4 - 2 - 1) / 1 + 1 = 6.
+    assert_eq!(g.dims(y), &[2, 6, 3, 6]);
+    let xs: Vec<f64> = kiln_core::testing::lcg_values(160, 3, -1.0, 1.0).into_iter().map(f64::from).collect();
+    let got = run_f64(&g, &[y], &[(x, HostTensor::f64(dims.to_vec(), xs.clone()))]).remove(0);
+    let w = g.state_init(conv.weight).expect("state").to_f64_vec();
+    let b = g.state_init(conv.bias.expect("bias")).expect("state").to_f64_vec();
+    let (cg, og) = (2, 3);
+    let mut expected = Vec::new();
+    for n in 0..2 {
+        for o in 0..6 {
+            let group = o / og;
+            for i in 0..3 {
+                for j in 0..6 {
+                    let mut sum = b[o];
+                    for c in 0..cg {
+                        for a in 0..2 {
+                            for k in 0..3 {
+                                let row = (i * 2 + a * 2) as isize - 1;
+                                let col = (j + k) as isize - 2;
+                                if (0..5).contains(&row) && (0..4).contains(&col) {
+                                    let xi = ((n * 4 + group * cg + c) * 5 + row as usize) * 4 + col as usize;
+                                    sum += w[((o * cg + c) * 2 + a) * 3 + k] * xs[xi];
+                                }
+                            }
+                        }
+                    }
+                    expected.push(sum);
+                }
+            }
+        }
+    }
+    assert_abs_close("conv2d module", &got, &expected, 1e-12);
+
+    let wrong = f32_input(&mut g, "wrong", &[2, 3, 5, 4]);
+    let err = conv.forward(&mut g, wrong).unwrap_err().to_string();
+    assert!(err.contains("Conv2d 'conv'") && err.contains("[N, 4, H, W]") && err.contains("[2, 3, 5, 4]"), "{err}");
+    let params = Conv2dParams { groups: 3, ..Conv2dParams::default() };
+    let err = Conv2d::new(&mut g, "bad", 4, 6, 3, params, &mut seeded_rng(0)).unwrap_err().to_string();
+    assert!(err.contains("Conv2d 'bad'") && err.contains("divisible by groups 3"), "{err}");
+    let err = Conv2d::new(&mut g, "bad", 4, 6, (0, 3), Conv2dParams::default(), &mut seeded_rng(0)).unwrap_err().to_string();
+    assert!(err.contains("kernel_size [0, 3]"), "{err}");
+}
+
+#[test]
+fn pooling_modules_default_to_non_overlapping_windows() {
+    assert_eq!(MaxPool2d::new(2), MaxPool2d { kernel_size: [2, 2], stride: [2, 2], padding: [0, 0] });
+    assert_eq!(AvgPool2d::new((3, 2)), AvgPool2d { kernel_size: [3, 2], stride: [3, 2], padding: [0, 0] });
+    let mut g = Graph::new();
+    let x = f32_input(&mut g, "x", &[1, 1, 4, 4]);
+    let max = MaxPool2d::new(2).forward(&mut g, x).expect("max");
+    let avg = AvgPool2d::new(2).forward(&mut g, x).expect("avg");
+    // Overlapping 3x3 windows with stride 1 and padding 1 (avg counts the padding).
+    let avg_padded = AvgPool2d::with_options(3, 1, 1).forward(&mut g, x).expect("avg padded");
+    let global = GlobalAvgPool2d.forward(&mut g, x).expect("global");
+    assert_eq!(g.dims(avg_padded), &[1, 1, 4, 4]);
+    assert_eq!(g.dims(global), &[1, 1, 1, 1]);
+    let xs: Vec<f64> = (0..16).map(f64::from).collect();
+    let got = run_f64(&g, &[max, avg, avg_padded, global], &[(x, HostTensor::f64([1, 1, 4, 4], xs))]);
+    assert_abs_close("max_pool2d", &got[0], &[5.0, 7.0, 13.0, 15.0], 0.0);
+    assert_abs_close("avg_pool2d", &got[1], &[2.5, 4.5, 10.5, 12.5], 1e-12);
+    // Corner (0, 0): (0 + 1 + 4 + 5) / 9; inside (1, 1): the mean of 0..=2, 4..=6, 8..=10 = 5.
+    assert_abs_close("avg_pool2d padded corner", &got[2][..1], &[10.0 / 9.0], 1e-12);
+    assert_abs_close("avg_pool2d padded inside", &got[2][5..6], &[5.0], 1e-12);
+    assert_abs_close("global_avg_pool2d", &got[3], &[7.5], 1e-12);
+    let flat = f32_input(&mut g, "flat", &[4, 4]);
+    let err = MaxPool2d::new(2).forward(&mut g, flat).unwrap_err().to_string();
+    assert!(err.contains("max_pool2d") && err.contains("[4, 4]"), "{err}");
+}
+
+/// 8x8 one-channel images of three classes: a bright 3x3 blob top-left, top-right or
+/// bottom-centre, on noise.
+fn blob_images(count: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let noise = kiln_core::testing::lcg_values(count * 64, seed, -0.3, 0.3);
+    let corners = [(1, 1), (1, 4), (4, 2)];
+    let mut images = noise;
+    let labels: Vec<u32> = (0..count).map(|i| (i % 3) as u32).collect();
+    for (i, &label) in labels.iter().enumerate() {
+        let (top, left) = corners[label as usize];
+        for r in top..top + 3 {
+            for c in left..left + 3 {
+                images[i * 64 + r * 8 + c] += 1.0;
+            }
+        }
+    }
+    (images, labels)
+}
+
+#[test]
+fn cnn_with_batch_norm_trains_and_updates_its_running_stats() {
+    // conv -> BatchNorm2d -> ReLU -> max pool -> flatten -> linear, trained with SGD; the
+    // running statistics reach the plan through Module::state_updates.
+    const N: usize = 12;
+    let mut g = Graph::new();
+    let mut rng = seeded_rng(11);
+    let same = Conv2dParams { padding: [1, 1], ..Conv2dParams::default() };
+    let model = Sequential::new()
+        .add(&mut g, |g, prefix| Conv2d::with_bias(g, prefix, 1, 4, 3, same, false, &mut rng))
+        .and_then(|s| s.batch_norm2d(&mut g, 4))
+        .and_then(|s| s.relu().max_pool2d(2, 2).flatten().linear(&mut g, 4 * 4 * 4, 3, &mut rng))
+        .expect("builds");
+    let names: Vec<String> = model.state_dict().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "5.weight", "5.bias"]);
+    let x = f32_input(&mut g, "x", &[N, 1, 8, 8]);
+    let y = g.input("y", [N], DType::U32).expect("labels");
+    let logits = model.forward(&mut g, x).expect("forward");
+    let loss = g.cross_entropy(logits, y, Reduction::Mean).expect("loss");
+    let mut train = TrainGraph::build(&mut g, loss, &model.params(), &SGD::new(0.2), None).expect("train graph");
+    let running_stat_updates = model.state_updates();
+    assert_eq!(running_stat_updates.len(), 2);
+    train.updates.extend(running_stat_updates);
+    let plan = train.compile(&g, &[]).expect("compiles");
+    let backend = CpuBackend::<f32>::new();
+    let mut exec = backend.load(&plan).expect("loads");
+
+    let (images, labels) = blob_images(N, 4);
+    let data = [(x, HostTensor::f32([N, 1, 8, 8], images.clone())), (y, HostTensor::u32([N], labels.clone()))];
+    let mut losses = Vec::new();
+    for step in 0..40 {
+        let mut feeds = train.feeds(step, 0.2);
+        feeds.extend(data.iter().cloned());
+        losses.push(exec.run(&feeds).expect("runs")[0].scalar());
+    }
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    println!("CNN with BatchNorm: loss {first:.4} -> {last:.4} in 40 SGD steps");
+    assert!((first - 3f64.ln()).abs() < 0.5, "starts near chance (ln 3): {first}");
+    assert!(last < 0.1 * first, "loss after 40 steps: {last} (first {first}, all {losses:?})");
+    // 40 updates with momentum 0.1 moved the running statistics well away from 0 and 1.
+    let running_var = exec.read_state(g.find("1.running_var").expect("named")).expect("state").to_f64_vec();
+    assert!(running_var.iter().all(|&v| (v - 1.0).abs() > 1e-3), "running_var updated: {running_var:?}");
+
+    // Eval mode on the same backend uses those statistics and classifies the batch.
+    let mut g = Graph::new();
+    let mut rng = seeded_rng(11);
+    let mut model = Sequential::new()
+        .add(&mut g, |g, prefix| Conv2d::with_bias(g, prefix, 1, 4, 3, same, false, &mut rng))
+        .and_then(|s| s.batch_norm2d(&mut g, 4))
+        .and_then(|s| s.relu().max_pool2d(2, 2).flatten().linear(&mut g, 4 * 4 * 4, 3, &mut rng))
+        .expect("builds");
+    model.eval();
+    let x = f32_input(&mut g, "x", &[N, 1, 8, 8]);
+    let logits = model.forward(&mut g, x).expect("forward");
+    let predicted = g.argmax(logits, 1, false).expect("argmax");
+    let eval_plan = Plan::compile(&g, &[predicted]).expect("compiles");
+    let mut eval = backend.load(&eval_plan).expect("loads");
+    let predictions = eval.run(&[(x, HostTensor::f32([N, 1, 8, 8], images))]).expect("runs")[0].to_u32_vec();
+    assert_eq!(predictions, labels, "eval mode with the learned running statistics");
 }
