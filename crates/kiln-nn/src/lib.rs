@@ -9,6 +9,8 @@
 //!
 //! Modules:
 //! - [`Linear`], [`Sequential`], [`Flatten`], [`Identity`]
+//! - [`Embedding`]; a GPT-2 style language model: [`GPT`] (nanoGPT's names and init),
+//!   its [`Block`]s of [`CausalSelfAttention`] and [`Mlp`]
 //! - activations: [`ReLU`], [`LeakyReLU`], [`Sigmoid`], [`Tanh`], [`GELU`] (erf and
 //!   tanh forms), [`Softplus`]
 //! - [`Dropout`], its masks drawn on the device and keyed by the `rng.step` counter input
@@ -24,9 +26,12 @@
 // Type names follow torch.nn (SGD, GELU), which PyTorch users look for.
 #![allow(clippy::upper_case_acronyms)]
 
+mod attention;
 pub mod clip;
 mod conv;
 mod dropout;
+mod embedding;
+mod gpt;
 pub mod init;
 mod layers;
 mod linear;
@@ -38,8 +43,12 @@ mod pool;
 pub mod schedule;
 mod sequential;
 mod train;
+mod transformer;
 
+pub use attention::{CausalMask, CausalSelfAttention};
 pub use dropout::{dropout_seed, rng_step_feed, rng_step_feed_for_plan, rng_step_input, Dropout, RNG_STEP_INPUT};
+pub use embedding::Embedding;
+pub use gpt::{GptConfig, ParamGroups, GPT};
 pub use layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 pub use conv::{Conv2d, Size2};
 pub use linear::Linear;
@@ -50,3 +59,4 @@ pub use optim::{Adam, AdamW, Optimizer, OptimizerUpdate, StepInput, StepScalar, 
 pub use schedule::LrSchedule;
 pub use sequential::Sequential;
 pub use train::TrainGraph;
+pub use transformer::{Block, Mlp};
