@@ -272,6 +272,27 @@ fn cases() -> Vec<Case> {
     cs.push(case("cross_entropy sum, large logits", vec![vals(&[4, 3], &[1e4, -1e4, 0.0, 50.0, 49.0]), idx(&[4], 3)], sum_of(3), false, |g, x| g.cross_entropy(x[0], x[1], Reduction::Sum)));
     cs.push(case("mse_loss", vec![f(&[7, 3]), f(&[7, 3])], sum_of(21), true, |g, x| g.mse_loss(x[0], x[1], Reduction::Mean)));
     cs.push(case("bce_with_logits", vec![vals(&[6], &[-30.0, -1.0, 0.0, 0.5, 2.0, 40.0]), Input { shape: vec![6], dtype: DType::F32, gen: Gen::Uniform(0.0, 1.0) }], sum_of(6), true, |g, x| g.bce_with_logits(x[0], x[1], Reduction::Mean)));
+
+    // Normalisation, composed from reductions and elementwise ops: the tolerance of a
+    // reduction over the K values each statistic is taken over.
+    cs.push(case("layer_norm [33, 10] last axis, affine", vec![f(&[33, 10]), pos(&[10]), f(&[10])], sum_of(10), true, |g, x| {
+        g.layer_norm(x[0], 1, Some(x[1]), Some(x[2]), 1e-5)
+    }));
+    cs.push(case("layer_norm [4, 6, 5] last 2 axes", vec![f(&[4, 6, 5])], sum_of(30), true, |g, x| g.layer_norm(x[0], 2, None, None, 1e-5)));
+    cs.push(case("batch_norm train [9, 5], affine", vec![f(&[9, 5]), pos(&[5]), f(&[5])], sum_of(9), true, |g, x| {
+        Ok(g.batch_norm(x[0], None, None, Some(x[1]), Some(x[2]), true, 0.1, 1e-5)?.y)
+    }));
+    cs.push(case("batch_norm train [3, 4, 5, 5]", vec![f(&[3, 4, 5, 5])], sum_of(75), true, |g, x| {
+        Ok(g.batch_norm(x[0], None, None, None, None, true, 0.1, 1e-5)?.y)
+    }));
+    cs.push(case("batch_norm running_var update [3, 4, 5, 5]", vec![f(&[3, 4, 5, 5]), f(&[4]), pos(&[4])], sum_of(75), false, |g, x| {
+        let out = g.batch_norm(x[0], Some(x[1]), Some(x[2]), None, None, true, 0.1, 1e-5)?;
+        let (mean, var) = (out.new_running_mean.expect("train mode updates"), out.new_running_var.expect("updates"));
+        g.concat(&[mean, var], 0)
+    }));
+    cs.push(case("batch_norm eval [3, 4, 5, 5], affine", vec![f(&[3, 4, 5, 5]), f(&[4]), pos(&[4]), pos(&[4]), f(&[4])], TRANS, true, |g, x| {
+        Ok(g.batch_norm(x[0], Some(x[1]), Some(x[2]), Some(x[3]), Some(x[4]), false, 0.1, 1e-5)?.y)
+    }));
     cs
 }
 
