@@ -1072,11 +1072,14 @@ fn gradcheck_conv2d_batch_1_odd_sizes() {
     check_conv2d("conv2d 1x1 kernel", [1, 5, 3, 1], [7, 5, 1, 1], true, Default::default());
 }
 
+/// A pooling check: (name, kernel, stride, padding).
+type PoolCase = (&'static str, [usize; 2], [usize; 2], [usize; 2]);
+
 #[test]
 fn gradcheck_max_pool2d() {
     // Distinct values 0.1 apart: no ties, so each window's maximum is unique and stays
     // the maximum under a step of eps.
-    let cases: [(&str, [usize; 2], [usize; 2], [usize; 2]); 3] = [
+    let cases: [PoolCase; 3] = [
         ("max_pool2d 2x2 stride 2", [2, 2], [2, 2], [0, 0]),
         ("max_pool2d 3x2 stride (2, 1) padding 1, overlapping", [3, 2], [2, 1], [1, 1]),
         ("max_pool2d 3x3 stride 2 padding 1", [3, 3], [2, 2], [1, 1]),
@@ -1092,7 +1095,7 @@ fn gradcheck_max_pool2d() {
 
 #[test]
 fn gradcheck_avg_pool2d() {
-    let cases: [(&str, [usize; 2], [usize; 2], [usize; 2]); 3] = [
+    let cases: [PoolCase; 3] = [
         ("avg_pool2d 2x2 stride 2", [2, 2], [2, 2], [0, 0]),
         ("avg_pool2d 3x3 stride 2 padding 1", [3, 3], [2, 2], [1, 1]),
         ("avg_pool2d 2x3 stride (1, 2) padding (1, 0), overlapping", [2, 3], [1, 2], [1, 0]),
