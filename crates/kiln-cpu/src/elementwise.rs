@@ -14,7 +14,7 @@ const GELU_CUBIC: f64 = 0.044715;
 /// One element of a unary op, exactly as documented on [`UnaryOp`].
 pub fn unary_value<T: Float>(op: UnaryOp, x: T) -> T {
     let c = |v: f64| T::from_f64(v);
-    let (zero, one, half) = (T::ZERO, T::ONE, c(0.5));
+    let (zero, one, half, two) = (T::ZERO, T::ONE, c(0.5), c(2.0));
     match op {
         UnaryOp::Neg => -x,
         UnaryOp::Exp => x.exp(),
@@ -41,21 +41,12 @@ pub fn unary_value<T: Float>(op: UnaryOp, x: T) -> T {
                 c(alpha as f64) * x
             }
         }
-        UnaryOp::Sigmoid => {
-            // exp of a non-positive number never overflows.
-            if x >= zero {
-                one / (one + (-x).exp())
-            } else {
-                let e = x.exp();
-                e / (one + e)
-            }
-        }
+        UnaryOp::Sigmoid => sigmoid(x),
         UnaryOp::Tanh => x.tanh(),
         UnaryOp::GeluErf => half * x * (one + (x * c(FRAC_1_SQRT_2)).erf()),
-        UnaryOp::GeluTanh => {
-            let t = (c((2.0 / PI).sqrt()) * (x + c(GELU_CUBIC) * x * x * x)).tanh();
-            half * x * (one + t)
-        }
+        // 0.5 (1 + tanh u) = sigmoid(2u): written with sigmoids, the left tail keeps its
+        // precision instead of cancelling in 1 + tanh(u).
+        UnaryOp::GeluTanh => x * sigmoid(two * c((2.0 / PI).sqrt()) * (x + c(GELU_CUBIC) * x * x * x)),
         UnaryOp::Softplus => relu(x) + (-x.abs()).exp().ln_1p(),
         UnaryOp::GeluErfGrad => {
             let cdf = half * (one + (x * c(FRAC_1_SQRT_2)).erf());
@@ -63,10 +54,23 @@ pub fn unary_value<T: Float>(op: UnaryOp, x: T) -> T {
             cdf + x * pdf
         }
         UnaryOp::GeluTanhGrad => {
+            // With s = sigmoid(2u): 0.5 (1 + t) = s and 0.5 (1 - t^2) = 2 s (1 - s).
             let k = c((2.0 / PI).sqrt());
-            let t = (k * (x + c(GELU_CUBIC) * x * x * x)).tanh();
-            half * (one + t) + half * x * (one - t * t) * k * (one + c(3.0 * GELU_CUBIC) * x * x)
+            let u2 = two * k * (x + c(GELU_CUBIC) * x * x * x);
+            let (s, s_neg) = (sigmoid(u2), sigmoid(-u2));
+            s + two * x * s * s_neg * k * (one + c(3.0 * GELU_CUBIC) * x * x)
         }
+    }
+}
+
+/// 1 / (1 + exp(-x)); exp of a non-positive number never overflows.
+fn sigmoid<T: Float>(x: T) -> T {
+    let one = T::ONE;
+    if x >= T::ZERO {
+        one / (one + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (one + e)
     }
 }
 

@@ -76,15 +76,7 @@ fn unary_ops_match_cpu() {
     let (gpu_out, cpu_out) = (gpu_run(&gpu, &plan, &feeds), cpu_run(&plan, &feeds));
     for ((op, g), c) in ops.iter().zip(&gpu_out).zip(&cpu_out) {
         // exp, log and tanh are a few ulp on a GPU; erf is within 1e-7 absolute.
-        let atol = match op {
-            // The CPU evaluates 1 + tanh(u) and 1 - tanh(u)^2 as written, which cancel in
-            // the left tail: at x = -5.21 its GeluTanhGrad is 0 where the exact value (and
-            // the GPU's, from sigmoids) is -3.69e-7. Its error there is about
-            // |x| (1 + 0.134 x^2) ulp(1), which stays below 1e-6 for |x| <= 6.
-            UnaryOp::GeluTanh | UnaryOp::GeluTanhGrad => 1e-6,
-            _ => 2e-7,
-        };
-        assert_close(op.name(), g, c, atol, 4e-6);
+        assert_close(op.name(), g, c, 2e-7, 4e-6);
     }
 }
 
