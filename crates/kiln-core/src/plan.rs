@@ -246,6 +246,38 @@ impl Plan {
         s
     }
 
+    /// Every operand the plan mentions: each step's inputs and output, the inputs,
+    /// states, outputs, and both sides of every update.
+    pub fn operands(&self) -> impl Iterator<Item = &Operand> {
+        self.steps
+            .iter()
+            .flat_map(|s| s.inputs.iter().chain([&s.output]))
+            .chain(self.inputs.iter().map(|i| &i.operand))
+            .chain(self.states.iter().map(|s| &s.operand))
+            .chain(self.outputs.iter().map(|o| &o.operand))
+            .chain(self.updates.iter().flat_map(|u| [&u.source, &u.target]))
+    }
+
+    /// For each buffer, the largest `size(operand)` of its tenants (at least `floor`),
+    /// so that a backend sizes its storage in its own units (elements, device bytes).
+    /// An operand that names a buffer the plan does not have is an error.
+    pub fn largest_tenants(&self, floor: u64, size: impl Fn(&Operand) -> u64) -> Result<Vec<u64>, ExecError> {
+        let mut largest = vec![floor; self.buffers.len()];
+        for operand in self.operands() {
+            let Some(slot) = largest.get_mut(operand.buffer) else {
+                return Err(ExecError::Unsupported(format!(
+                    "plan refers to buffer {} for a {} {} tensor but has only {} buffers",
+                    operand.buffer,
+                    operand.dtype,
+                    operand.shape,
+                    self.buffers.len()
+                )));
+            };
+            *slot = (*slot).max(size(operand));
+        }
+        Ok(largest)
+    }
+
     /// A name for a tensor in messages: its input or state name, else its node id.
     pub fn tensor_name(&self, tensor: Tensor) -> String {
         let inputs = self.inputs.iter().map(|i| (i.tensor, &i.name));

@@ -200,26 +200,7 @@ impl<T: Float> Executor for CpuExecutor<T> {
 
 /// Elements each buffer must hold: the largest tenant among all operands of the plan.
 fn buffer_capacities(plan: &Plan) -> Result<Vec<usize>, ExecError> {
-    let mut capacity = vec![0usize; plan.buffers.len()];
-    let steps = plan.steps.iter().flat_map(|s| s.inputs.iter().chain([&s.output]));
-    let operands = steps
-        .chain(plan.inputs.iter().map(|i| &i.operand))
-        .chain(plan.states.iter().map(|s| &s.operand))
-        .chain(plan.outputs.iter().map(|o| &o.operand))
-        .chain(plan.updates.iter().flat_map(|u| [&u.source, &u.target]));
-    for operand in operands {
-        let Some(slot) = capacity.get_mut(operand.buffer) else {
-            return Err(ExecError::Unsupported(format!(
-                "plan refers to buffer {} for a {} {} tensor but has only {} buffers",
-                operand.buffer,
-                operand.dtype,
-                operand.shape,
-                plan.buffers.len()
-            )));
-        };
-        *slot = (*slot).max(operand.numel());
-    }
-    Ok(capacity)
+    Ok(plan.largest_tenants(0, |o| o.numel() as u64)?.into_iter().map(|n| n as usize).collect())
 }
 
 /// Host data (already checked with `HostTensor::check_fits`) as a slot value.

@@ -429,27 +429,7 @@ impl WgpuExecutor {
         }
 
         // The size of each plan buffer on this adapter: its largest tenant.
-        let mut sizes = vec![4u64; plan.buffers.len()];
-        let operands = plan
-            .steps
-            .iter()
-            .flat_map(|s| s.inputs.iter().chain([&s.output]))
-            .chain(plan.inputs.iter().map(|i| &i.operand))
-            .chain(plan.states.iter().map(|s| &s.operand))
-            .chain(plan.outputs.iter().map(|o| &o.operand))
-            .chain(plan.updates.iter().flat_map(|u| [&u.source, &u.target]));
-        for operand in operands {
-            let Some(size) = sizes.get_mut(operand.buffer) else {
-                return Err(ExecError::Unsupported(format!(
-                    "plan refers to buffer {} for a {} {} tensor but has only {} buffers",
-                    operand.buffer,
-                    operand.dtype,
-                    operand.shape,
-                    plan.buffers.len()
-                )));
-            };
-            *size = (*size).max(storage_bytes(operand, &caps));
-        }
+        let sizes = plan.largest_tenants(4, |operand| storage_bytes(operand, &caps))?;
 
         let device = &shared.device;
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
