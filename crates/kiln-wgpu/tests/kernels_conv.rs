@@ -15,41 +15,16 @@
 //! - average pooling: 1e-6 relative + 1e-7 absolute: the same sums in the same order, but
 //!   WGSL's division may be off by 2.5 ulp.
 use kiln_core::testing::lcg_values;
-use kiln_core::{Backend, Conv2dParams, DType, Graph, HostData, HostTensor, Plan, Tensor};
+use kiln_core::{Conv2dParams, DType, Graph, HostTensor, Plan};
 use kiln_cpu::CpuBackend;
 use kiln_wgpu::testing::gpu_or_skip;
 use kiln_wgpu::WgpuBackend;
 
-fn run(backend: &dyn Backend, plan: &Plan, feeds: &[(Tensor, HostTensor)]) -> Vec<HostTensor> {
-    let mut exec = backend.load(plan).unwrap_or_else(|e| panic!("{}: load: {e}", backend.name()));
-    exec.run(feeds).unwrap_or_else(|e| panic!("{}: run: {e}", backend.name()))
-}
+mod common;
+use common::*;
 
-fn floats(t: &HostTensor) -> &[f32] {
-    match &t.data {
-        HostData::F32(v) => v,
-        other => panic!("expected f32 data, got {other:?}"),
-    }
-}
 
-/// Elementwise |gpu - cpu| <= tolerance(i, cpu); NaN must meet NaN, inf the same inf.
-fn assert_close_by(what: &str, gpu: &HostTensor, cpu: &HostTensor, tolerance: impl Fn(usize, f32) -> f32) {
-    assert_eq!(gpu.shape, cpu.shape, "{what}: shapes differ");
-    let mut worst = 0.0f32;
-    for (i, (&x, &y)) in floats(gpu).iter().zip(floats(cpu)).enumerate() {
-        let ok = if y.is_nan() {
-            x.is_nan()
-        } else if y.is_infinite() {
-            x == y
-        } else {
-            let tol = tolerance(i, y);
-            worst = worst.max((x - y).abs() / tol.max(f32::MIN_POSITIVE));
-            (x - y).abs() <= tol
-        };
-        assert!(ok, "{what}: element {i} of {}: gpu {x:e} vs cpu {y:e} (tolerance {:e})", gpu.shape, tolerance(i, y));
-    }
-    eprintln!("{what}: worst error {worst:.3} of tolerance");
-}
+
 
 /// Bit-exact equality (NaN payloads aside: NaN meets NaN).
 fn assert_exact(what: &str, gpu: &HostTensor, cpu: &HostTensor) {

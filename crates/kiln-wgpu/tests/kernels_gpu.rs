@@ -12,7 +12,7 @@
 //!   in f32 in index order); one-hot: exact.
 //! - f16 storage: both backends compute in f32 and round the result to f16, so they may
 //!   differ by one f16 rounding step: 2^-10 relative on top of the f32 tolerance.
-use kiln_core::{Backend, DType, Graph, HostData, HostTensor, Op, Plan, Reduction, Tensor};
+use kiln_core::{DType, Graph, HostData, HostTensor, Op, Plan, Reduction, Tensor};
 use kiln_cpu::CpuBackend;
 use kiln_wgpu::testing::gpu_or_skip;
 use kiln_wgpu::WgpuBackend;
@@ -21,10 +21,9 @@ use kiln_core::testing::lcg_values as values;
 
 use kiln_core::testing::lcg_indices as indices;
 
-fn run(backend: &dyn Backend, plan: &Plan, feeds: &[(Tensor, HostTensor)]) -> Vec<HostTensor> {
-    let mut exec = backend.load(plan).unwrap_or_else(|e| panic!("{}: load: {e}", backend.name()));
-    exec.run(feeds).unwrap_or_else(|e| panic!("{}: run: {e}", backend.name()))
-}
+mod common;
+use common::*;
+
 
 /// Runs `outputs` of `g` on both backends with the same feeds: (gpu, cpu) per output.
 fn both(
@@ -39,32 +38,7 @@ fn both(
     on_gpu.into_iter().zip(on_cpu).collect()
 }
 
-fn floats(t: &HostTensor) -> &[f32] {
-    match &t.data {
-        HostData::F32(v) => v,
-        other => panic!("expected f32 data, got {other:?}"),
-    }
-}
 
-/// Elementwise |gpu - cpu| <= tolerance(i, cpu); NaN must meet NaN, inf the same inf.
-fn assert_close_by(what: &str, gpu: &HostTensor, cpu: &HostTensor, tolerance: impl Fn(usize, f32) -> f32) {
-    assert_eq!(gpu.shape, cpu.shape, "{what}: shapes differ");
-    let mut worst = 0.0f32;
-    for (i, (&x, &y)) in floats(gpu).iter().zip(floats(cpu)).enumerate() {
-        let ok = if y.is_nan() {
-            x.is_nan()
-        } else if y.is_infinite() {
-            x == y
-        } else {
-            let tol = tolerance(i, y);
-            worst = worst.max((x - y).abs() / tol.max(f32::MIN_POSITIVE));
-            (x - y).abs() <= tol
-        };
-        assert!(ok, "{what}: element {i} of {}: gpu {x:e} vs cpu {y:e} (tolerance {:e})", gpu.shape, tolerance(i, y));
-    }
-    // Kept in the log: how much of the tolerance the worst element used.
-    eprintln!("{what}: worst error {worst:.3} of tolerance");
-}
 
 fn assert_close(what: &str, gpu: &HostTensor, cpu: &HostTensor, atol: f32, rtol: f32) {
     assert_close_by(what, gpu, cpu, |_, y| atol + rtol * y.abs());
