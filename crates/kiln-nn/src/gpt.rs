@@ -10,7 +10,7 @@ use crate::linear::Linear;
 use crate::module::{join_name, Mode, Module};
 use crate::norm::LayerNorm;
 use crate::optim::AdamW;
-use crate::transformer::{gpt_layer_norm, gpt_linear, linear_over, Block};
+use crate::transformer::{gpt_layer_norm, gpt_linear, Block};
 
 /// The shape of a [`GPT`] (nanoGPT's `GPTConfig`).
 #[derive(Clone, Debug, PartialEq)]
@@ -138,7 +138,7 @@ impl GPT {
             .collect::<Result<Vec<_>>>()?;
         let ln_f = gpt_layer_norm(g, "transformer.ln_f", &config)?;
         let lm_head = if config.tie_weights {
-            linear_over("lm_head", c, vocab, wte.weight, None)?
+            Linear::from_parts(g, "lm_head", wte.weight, None)?
         } else {
             gpt_linear(g, "lm_head", c, vocab, false, std, rng)?
         };

@@ -33,6 +33,24 @@ impl Linear {
         Linear::with_bias(g, prefix, in_features, out_features, true, rng)
     }
 
+    /// A linear layer named `prefix` over tensors that already exist in `g`: a weight
+    /// `[out, in]` and an optional bias `[out]`. For layers with their own init (GPT's
+    /// normal(0, 0.02)) or shared weights (a tied `lm_head`).
+    pub fn from_parts(g: &Graph, prefix: &str, weight: Tensor, bias: Option<Tensor>) -> Result<Linear> {
+        let &[out_features, in_features] = g.dims(weight) else {
+            return Err(GraphError::new("Linear", format!("{prefix}: weight must be [out, in], got {}", g.shape(weight))));
+        };
+        if let Some(b) = bias {
+            if g.dims(b) != [out_features] {
+                return Err(GraphError::new(
+                    "Linear",
+                    format!("{prefix}: bias must be [{out_features}] for weight {}, got {}", g.shape(weight), g.shape(b)),
+                ));
+            }
+        }
+        Ok(Linear { prefix: prefix.to_string(), in_features, out_features, weight, bias })
+    }
+
     /// As [`Linear::new`], with or without the bias (`bias=False` in PyTorch).
     pub fn with_bias<R: Rng + ?Sized>(
         g: &mut Graph,

@@ -13,11 +13,6 @@ use crate::norm::LayerNorm;
 
 /// A `Linear(in_features, out_features, bias)` initialised as nanoGPT's `_init_weights`:
 /// weight N(0, std^2), bias 0 (PyTorch's default init is a uniform one).
-///
-/// `Linear` has no constructor that takes initial values, so the layer is first built
-/// empty (`0 x 0`, no values drawn) in a throwaway graph, to get a `Linear` with the
-/// right name, and then pointed at the real parameters. When linear.rs gains a
-/// `Linear::from_parts(prefix, weight, bias)` this becomes a call to it.
 pub(crate) fn gpt_linear<R: Rng + ?Sized>(
     g: &mut Graph,
     prefix: &str,
@@ -31,27 +26,7 @@ pub(crate) fn gpt_linear<R: Rng + ?Sized>(
     let weight = g.state(&join_name(prefix, "weight"), DType::F32, weight_init)?;
     let bias =
         if bias { Some(g.state(&join_name(prefix, "bias"), DType::F32, init::zeros([out_features]))?) } else { None };
-    linear_over(prefix, in_features, out_features, weight, bias)
-}
-
-/// A `Linear` named `prefix` that computes with the given (existing) tensors: a weight
-/// `[out, in]` and an optional bias `[out]`. Used for a tied `lm_head`, whose weight is
-/// the token embedding's.
-pub(crate) fn linear_over(
-    prefix: &str,
-    in_features: usize,
-    out_features: usize,
-    weight: Tensor,
-    bias: Option<Tensor>,
-) -> Result<Linear> {
-    let mut scratch = Graph::new();
-    let mut no_draws = init::seeded_rng(0);
-    let mut linear = Linear::with_bias(&mut scratch, prefix, 0, 0, false, &mut no_draws)?;
-    linear.in_features = in_features;
-    linear.out_features = out_features;
-    linear.weight = weight;
-    linear.bias = bias;
-    Ok(linear)
+    Linear::from_parts(g, prefix, weight, bias)
 }
 
 /// nanoGPT's `LayerNorm(n_embd, bias)`: over the last axis, eps 1e-5, weight 1, and a

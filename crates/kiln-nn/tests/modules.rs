@@ -256,3 +256,17 @@ fn misuse_is_reported_with_names_and_shapes() {
     let err = Linear::new(&mut g, "fc", 2, 2, &mut rng).unwrap_err();
     assert!(err.message.contains("'fc.weight' is already used"), "{err}");
 }
+
+#[test]
+fn linear_from_parts_uses_existing_tensors_and_checks_their_shapes() {
+    use kiln_core::{DType, Graph, HostTensor};
+    let mut g = Graph::new();
+    let w = g.state("head.weight", DType::F32, HostTensor::f32([3, 2], vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0])).expect("w");
+    let b = g.state("head.bias", DType::F32, HostTensor::f32([3], vec![0.5; 3])).expect("b");
+    let linear = kiln_nn::Linear::from_parts(&g, "head", w, Some(b)).expect("from parts");
+    assert_eq!((linear.in_features, linear.out_features), (2, 3));
+    assert_eq!(kiln_nn::Module::params(&linear), vec![("head.weight".to_string(), w), ("head.bias".to_string(), b)]);
+    let bad = g.state("bad.bias", DType::F32, HostTensor::f32([2], vec![0.0; 2])).expect("bad");
+    let msg = kiln_nn::Linear::from_parts(&g, "head", w, Some(bad)).expect_err("bias shape").to_string();
+    assert!(msg.contains("Linear") && msg.contains("[3]") && msg.contains("[2]"), "{msg}");
+}
