@@ -4,6 +4,8 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod device;
+pub mod generate;
+pub mod lm;
 pub mod metrics;
 pub mod model;
 pub mod trainer;

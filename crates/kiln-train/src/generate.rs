@@ -1,0 +1,1 @@
+//! Text generation from a trained GPT: temperature, top-k and seeded sampling, streamed.
