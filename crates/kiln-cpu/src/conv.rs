@@ -1,10 +1,13 @@
-//! Conv2d, its two gradients, and 2-D max and average pooling with their gradients: the
-//! words of `kiln_core::Op::Conv2d` .. `Op::AvgPool2dBackward` as direct loops over
-//! NCHW tensors. Every tensor is dense and row-major: element [n, c, y, x] of a
-//! [N, C, H, W] tensor is at ((n C + c) H + y) W + x.
+//! Conv2d and its two gradients as matrix products (im2col / col2im around `matmul::gemm`,
+//! one image per thread at a time), and 2-D max and average pooling with their
+//! gradients as direct loops: `kiln_core::Op::Conv2d` .. `Op::AvgPool2dBackward`.
+//! Every tensor is dense and row-major NCHW: element [n, c, y, x] of a [N, C, H, W]
+//! tensor is at ((n C + c) H + y) W + x. tests/conv_lowering.rs checks the convolutions
+//! against loops that spell out the words of `Op::Conv2d`.
 use kiln_core::{Conv2dGeometry, Conv2dParams, ExecError, Pool2dGeometry, Shape, Step};
 
-use crate::Float;
+use crate::matmul::{gemm, MatrixRef};
+use crate::{parallel, Float};
 
 /// The checked geometry of a conv step whose convolution maps `x` by `weight` to `out`.
 pub fn conv_geometry(step: &Step, x: &Shape, weight: &Shape, out: &Shape, params: Conv2dParams) -> Result<Conv2dGeometry, ExecError> {
@@ -86,108 +89,252 @@ impl Axis {
     }
 }
 
-// The three loops below run over (kernel tap, output row, output column) with the
-// ranges of `Axis::reached_by`, so that the innermost loop walks a row without
-// bounds tests. Each output element of the forward pass still sums its terms in the
-// order of Op::Conv2d (c, then a, then b), the order of the GPU kernel too.
+/// One image's convolution as matrix products, one group at a time (im2col). The
+/// group's *column matrix* has a row per (input channel c, tap a, tap b), in that order,
+/// and a column per output position (i, j) in row-major order:
+/// `columns[(c KH + a) KW + b, i WO + j] = x[c, i SH - PH + a DH, j SW - PW + b DW]`
+/// (0 in the padding). Then, per group g, with W_g the group's weights as an
+/// [OG, CG KH KW] matrix and Y_g its output channels as [OG, HO WO]:
+///
+/// - forward:       Y_g = W_g columns, each output summing over (c, a, b) in the order
+///                  of `Op::Conv2d`;
+/// - gradient of x: columns' = W_g^T dY_g, each element of which is then added to the
+///                  x element its place in the column matrix reads (col2im);
+/// - gradient of W: dW_g = dY_g columns^T, summed over images.
+///
+/// A thread holds one column matrix at a time: CG KH KW x HO WO elements.
+struct Lowering {
+    rows: Axis,
+    cols: Axis,
+    taps: [usize; 2],
+    /// Input channels per group.
+    group_channels: usize,
+    /// Output channels per group.
+    group_outputs: usize,
+    /// Elements of one input channel plane (H W).
+    plane: usize,
+    /// Output positions (HO WO): the column matrix's columns.
+    pixels: usize,
+    /// CG KH KW: the column matrix's rows.
+    patch: usize,
+}
 
-/// `out[n, o, i, j] = sum over c, a, b of x[n, g CG + c, y(i, a), x(j, b)] * weight[o, c, a, b]`.
-pub fn conv2d<T: Float>(geo: &Conv2dGeometry, x: &[T], weight: &[T], out: &mut [T]) {
-    let [rows, cols] = Axis::of(geo);
-    let [h, w] = geo.input;
-    let [ho, wo] = geo.output;
-    let [kh, kw] = geo.kernel;
-    let (cg, og) = (geo.in_per_group(), geo.out_per_group());
-    out.fill(T::ZERO);
-    for n in 0..geo.batch {
-        for o in 0..geo.out_channels {
-            let first_channel = (o / og) * cg;
-            let out_plane = &mut out[(n * geo.out_channels + o) * ho * wo..][..ho * wo];
-            for c in 0..cg {
-                let plane = &x[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
-                let kernel = &weight[(o * cg + c) * kh * kw..][..kh * kw];
-                for a in 0..kh {
-                    for b in 0..kw {
-                        let tap = kernel[a * kw + b];
-                        for i in rows.reached_by(a) {
-                            let x_row = &plane[rows.source(i, a) * w..][..w];
-                            let out_row = &mut out_plane[i * wo..][..wo];
-                            for j in cols.reached_by(b) {
-                                out_row[j] = out_row[j] + x_row[cols.source(j, b)] * tap;
-                            }
-                        }
+impl Lowering {
+    fn new(geo: &Conv2dGeometry) -> Self {
+        let [rows, cols] = Axis::of(geo);
+        let taps = geo.kernel;
+        let group_channels = geo.in_per_group();
+        Lowering {
+            rows,
+            cols,
+            taps,
+            group_channels,
+            group_outputs: geo.out_per_group(),
+            plane: geo.input[0] * geo.input[1],
+            pixels: geo.output[0] * geo.output[1],
+            patch: group_channels * taps[0] * taps[1],
+        }
+    }
+
+    /// Elements of one group's input channels, of its weights and of its output channels.
+    fn group_sizes(&self) -> (usize, usize, usize) {
+        (self.group_channels * self.plane, self.group_outputs * self.patch, self.group_outputs * self.pixels)
+    }
+
+    /// A 1x1 kernel at stride 1 without padding reads every input element once, in
+    /// place: the column matrix is the input itself.
+    fn is_pointwise(&self) -> bool {
+        self.taps == [1, 1] && [self.rows, self.cols].iter().all(|axis| axis.stride == 1 && axis.padding == 0)
+    }
+
+    /// The column matrix of `x` (one group's channels of one image): `x` itself for a
+    /// pointwise convolution, otherwise gathered into `scratch` (patch x pixels).
+    fn columns<'a, T: Float>(&self, x: &'a [T], scratch: &'a mut [T]) -> &'a [T] {
+        if self.is_pointwise() {
+            return x;
+        }
+        // Without padding every window lies inside x, so the runs cover the whole matrix.
+        if self.rows.padding > 0 || self.cols.padding > 0 {
+            scratch.fill(T::ZERO);
+        }
+        let stride = self.cols.stride;
+        self.for_each_column_run(|row, run, input_start| {
+            let out = &mut scratch[row * self.pixels..][run];
+            if stride == 1 {
+                out.copy_from_slice(&x[input_start..][..out.len()]);
+            } else {
+                for (o, &v) in out.iter_mut().zip(x[input_start..].iter().step_by(stride)) {
+                    *o = v;
+                }
+            }
+        });
+        scratch
+    }
+
+    /// Adds every element of a column matrix to the element of `dx` (one group's
+    /// channels of one image) that its place reads, row by row of the column matrix.
+    fn scatter_add<T: Float>(&self, columns: &[T], dx: &mut [T]) {
+        let stride = self.cols.stride;
+        self.for_each_column_run(|row, run, input_start| {
+            let src = &columns[row * self.pixels..][run];
+            if stride == 1 {
+                for (d, &v) in dx[input_start..][..src.len()].iter_mut().zip(src) {
+                    *d = *d + v;
+                }
+            } else {
+                for (d, &v) in dx[input_start..].iter_mut().step_by(stride).zip(src) {
+                    *d = *d + v;
+                }
+            }
+        });
+    }
+
+    /// Calls `visit(row, output_range, input_start)` for every run of a column-matrix
+    /// row that reads input elements, not padding: output positions `output_range`
+    /// (within the row, all in one output row) read the input plane from `input_start`
+    /// on, `cols.stride` apart.
+    fn for_each_column_run(&self, mut visit: impl FnMut(usize, std::ops::Range<usize>, usize)) {
+        let [kh, kw] = self.taps;
+        let wo = self.cols.output;
+        let w = self.cols.input;
+        for c in 0..self.group_channels {
+            for a in 0..kh {
+                for b in 0..kw {
+                    let row = (c * kh + a) * kw + b;
+                    let js = self.cols.reached_by(b);
+                    if js.is_empty() {
+                        continue;
+                    }
+                    for i in self.rows.reached_by(a) {
+                        let input_start = c * self.plane + self.rows.source(i, a) * w + self.cols.source(js.start, b);
+                        visit(row, i * wo + js.start..i * wo + js.end, input_start);
                     }
                 }
             }
         }
     }
+}
+/// Most images whose weight gradients are summed apart (`conv2d_backward_weight`).
+const MAX_WEIGHT_PARTIALS: usize = 16;
+/// Elements all of the weight gradient's partial sums may take together (64 MiB of f32),
+/// unless one partial alone is larger.
+const WEIGHT_PARTIALS_BUDGET: usize = 16 << 20;
+
+/// Multiply-adds of one pass of a convolution (each pass has the same count).
+fn multiply_adds(geo: &Conv2dGeometry, low: &Lowering) -> usize {
+    geo.batch * geo.out_channels * low.pixels * low.patch
+}
+
+/// `out[n, o, i, j] = sum over c, a, b of x[n, g CG + c, y(i, a), x(j, b)] * weight[o, c, a, b]`.
+pub fn conv2d<T: Float>(geo: &Conv2dGeometry, x: &[T], weight: &[T], out: &mut [T]) {
+    let threads = parallel::threads_for(geo.batch, multiply_adds(geo, &Lowering::new(geo)));
+    conv2d_on_threads(geo, x, weight, out, threads);
+}
+
+/// `conv2d` with the images shared among `threads` threads.
+fn conv2d_on_threads<T: Float>(geo: &Conv2dGeometry, x: &[T], weight: &[T], out: &mut [T], threads: usize) {
+    let low = Lowering::new(geo);
+    let (x_group, w_group, out_group) = low.group_sizes();
+    let groups = geo.groups();
+    parallel::split_units(out, groups * out_group, threads, |images, out| {
+        let mut scratch = vec![T::ZERO; low.patch * low.pixels];
+        for (n, out) in images.zip(out.chunks_exact_mut(groups * out_group)) {
+            for g in 0..groups {
+                let columns = low.columns(&x[(n * groups + g) * x_group..][..x_group], &mut scratch);
+                let w = MatrixRef::row_major(&weight[g * w_group..][..w_group], low.group_outputs, low.patch);
+                let columns = MatrixRef::row_major(columns, low.patch, low.pixels);
+                gemm(w, columns, T::ZERO, &mut out[g * out_group..][..out_group]);
+            }
+        }
+    });
 }
 
 /// The gradient with respect to x: every product of the forward sum, with grad_out in
 /// place of the output, added to the x element it read (the transposed convolution).
 pub fn conv2d_backward_input<T: Float>(geo: &Conv2dGeometry, grad_out: &[T], weight: &[T], out: &mut [T]) {
-    let [rows, cols] = Axis::of(geo);
-    let [h, w] = geo.input;
-    let [ho, wo] = geo.output;
-    let [kh, kw] = geo.kernel;
-    let (cg, og) = (geo.in_per_group(), geo.out_per_group());
-    out.fill(T::ZERO);
-    for n in 0..geo.batch {
-        for o in 0..geo.out_channels {
-            let first_channel = (o / og) * cg;
-            let grads = &grad_out[(n * geo.out_channels + o) * ho * wo..][..ho * wo];
-            for c in 0..cg {
-                let plane = &mut out[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
-                let kernel = &weight[(o * cg + c) * kh * kw..][..kh * kw];
-                for a in 0..kh {
-                    for b in 0..kw {
-                        let tap = kernel[a * kw + b];
-                        for i in rows.reached_by(a) {
-                            let x_row = &mut plane[rows.source(i, a) * w..][..w];
-                            let grad_row = &grads[i * wo..][..wo];
-                            for j in cols.reached_by(b) {
-                                let at = cols.source(j, b);
-                                x_row[at] = x_row[at] + grad_row[j] * tap;
-                            }
-                        }
-                    }
-                }
+    let threads = parallel::threads_for(geo.batch, multiply_adds(geo, &Lowering::new(geo)));
+    conv2d_backward_input_on_threads(geo, grad_out, weight, out, threads);
+}
+
+/// `conv2d_backward_input` with the images shared among `threads` threads.
+fn conv2d_backward_input_on_threads<T: Float>(
+    geo: &Conv2dGeometry,
+    grad_out: &[T],
+    weight: &[T],
+    out: &mut [T],
+    threads: usize,
+) {
+    let low = Lowering::new(geo);
+    let (x_group, w_group, out_group) = low.group_sizes();
+    let groups = geo.groups();
+    parallel::split_units(out, groups * x_group, threads, |images, grad_x| {
+        let mut columns = vec![T::ZERO; low.patch * low.pixels];
+        for (n, grad_x) in images.zip(grad_x.chunks_exact_mut(groups * x_group)) {
+            grad_x.fill(T::ZERO);
+            for g in 0..groups {
+                let w_t = MatrixRef::row_major(&weight[g * w_group..][..w_group], low.group_outputs, low.patch).t();
+                let grads = &grad_out[(n * groups + g) * out_group..][..out_group];
+                gemm(w_t, MatrixRef::row_major(grads, low.group_outputs, low.pixels), T::ZERO, &mut columns);
+                low.scatter_add(&columns, &mut grad_x[g * x_group..][..x_group]);
             }
         }
-    }
+    });
 }
 
 /// The gradient with respect to the weight:
-/// `out[o, c, a, b] = sum over n, i, j of grad_out[n, o, i, j] * x[n, g CG + c, y(i, a), x(j, b)]`,
-/// each sum in the order (n, i, j).
+/// `out[o, c, a, b] = sum over n, i, j of grad_out[n, o, i, j] * x[n, g CG + c, y(i, a), x(j, b)]`.
+///
+/// The images are cut into at most `MAX_WEIGHT_PARTIALS` consecutive chunks, a number
+/// that depends on the shapes alone; each chunk's sum (image after image) is computed
+/// by one thread, and the chunks' sums are then added in order. So the result does
+/// not depend on the number of threads.
 pub fn conv2d_backward_weight<T: Float>(geo: &Conv2dGeometry, x: &[T], grad_out: &[T], out: &mut [T]) {
-    let [rows, cols] = Axis::of(geo);
-    let [h, w] = geo.input;
-    let [ho, wo] = geo.output;
-    let [kh, kw] = geo.kernel;
-    let (cg, og) = (geo.in_per_group(), geo.out_per_group());
-    out.fill(T::ZERO);
-    for o in 0..geo.out_channels {
-        let first_channel = (o / og) * cg;
-        for c in 0..cg {
-            let kernel = &mut out[(o * cg + c) * kh * kw..][..kh * kw];
-            for n in 0..geo.batch {
-                let plane = &x[(n * geo.in_channels + first_channel + c) * h * w..][..h * w];
-                let grads = &grad_out[(n * geo.out_channels + o) * ho * wo..][..ho * wo];
-                for a in 0..kh {
-                    for b in 0..kw {
-                        let mut sum = kernel[a * kw + b];
-                        for i in rows.reached_by(a) {
-                            let x_row = &plane[rows.source(i, a) * w..][..w];
-                            let grad_row = &grads[i * wo..][..wo];
-                            for j in cols.reached_by(b) {
-                                sum = sum + grad_row[j] * x_row[cols.source(j, b)];
-                            }
-                        }
-                        kernel[a * kw + b] = sum;
-                    }
+    let low = Lowering::new(geo);
+    let partials = weight_partials(geo.batch, out.len());
+    let threads = parallel::threads_for(partials, multiply_adds(geo, &low));
+    conv2d_backward_weight_on_threads(geo, x, grad_out, out, threads);
+}
+
+/// How many partial sums the weight gradient of `batch` images is cut into.
+fn weight_partials(batch: usize, weight_len: usize) -> usize {
+    batch.min(MAX_WEIGHT_PARTIALS).min((WEIGHT_PARTIALS_BUDGET / weight_len.max(1)).max(1))
+}
+
+/// `conv2d_backward_weight` with its chunks of images shared among `threads` threads.
+fn conv2d_backward_weight_on_threads<T: Float>(
+    geo: &Conv2dGeometry,
+    x: &[T],
+    grad_out: &[T],
+    out: &mut [T],
+    threads: usize,
+) {
+    let low = Lowering::new(geo);
+    let (x_group, w_group, out_group) = low.group_sizes();
+    let groups = geo.groups();
+    let partials = weight_partials(geo.batch, out.len());
+    let images_per_partial = geo.batch.div_ceil(partials.max(1));
+    let mut sums = vec![T::ZERO; partials * out.len()];
+    parallel::split_units(&mut sums, out.len(), threads, |chunks, sums| {
+        let mut scratch = vec![T::ZERO; low.patch * low.pixels];
+        for (chunk, sum) in chunks.zip(sums.chunks_exact_mut(out.len())) {
+            let first = chunk * images_per_partial;
+            for n in first..(first + images_per_partial).min(geo.batch) {
+                // The first image of a chunk overwrites the (zeroed) sum; the rest add to it.
+                let beta = if n == first { T::ZERO } else { T::ONE };
+                for g in 0..groups {
+                    let columns = low.columns(&x[(n * groups + g) * x_group..][..x_group], &mut scratch);
+                    let columns_t = MatrixRef::row_major(columns, low.patch, low.pixels).t();
+                    let grads = &grad_out[(n * groups + g) * out_group..][..out_group];
+                    let grads = MatrixRef::row_major(grads, low.group_outputs, low.pixels);
+                    gemm(grads, columns_t, beta, &mut sum[g * w_group..][..w_group]);
                 }
             }
+        }
+    });
+    out.fill(T::ZERO);
+    for sum in sums.chunks_exact(out.len().max(1)) {
+        for (o, &s) in out.iter_mut().zip(sum) {
+            *o = *o + s;
         }
     }
 }

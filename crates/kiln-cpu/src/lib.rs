@@ -12,6 +12,7 @@ mod executor;
 mod index;
 mod matmul;
 mod movement;
+mod parallel;
 mod random;
 mod reduce;
 mod scalar;

@@ -1,13 +1,72 @@
-//! Batched matrix product with broadcast batch dims and optional transposes.
+//! Batched matrix product with broadcast batch dims and optional transposes, on
+//! matrixmultiply's blocked sgemm/dgemm kernels.
 use kiln_core::Shape;
 
 use crate::strided::{StridedOffsets, TensorRef};
-use crate::Float;
+use crate::{parallel, Float};
+
+/// A matrix inside a slice: element [r, c] is `data[r row_stride + c col_stride]`.
+#[derive(Clone, Copy)]
+pub struct MatrixRef<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a, T> MatrixRef<'a, T> {
+    /// A dense row-major matrix.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatrixRef { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose, by swapping the strides (no copy).
+    pub fn t(self) -> Self {
+        MatrixRef { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// Rows `first .. first + count`.
+    fn rows(self, first: usize, count: usize) -> Self {
+        MatrixRef { data: &self.data[first * self.row_stride..], rows: count, ..self }
+    }
+}
+
+/// `c = a b + beta c` for a dense row-major `c` [a.rows, b.cols]. With `beta` 0, c's old
+/// values are not read (NaN in them does not leak). Each element sums its products in k
+/// order within matrixmultiply's k blocks, and does so the same way whatever rows or
+/// other matrices are computed beside it.
+pub fn gemm<T: Float>(a: MatrixRef<T>, b: MatrixRef<T>, beta: T, c: &mut [T]) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: inner dimensions differ");
+    assert_eq!(c.len(), m * n, "gemm: the output holds {} elements, not {m} x {n}", c.len());
+    assert!(reaches_only_its_data(&a) && reaches_only_its_data(&b), "gemm: an operand's strides leave its slice");
+    // Strides of in-memory slices fit in isize (no allocation exceeds isize::MAX bytes).
+    let stride = |s: usize| s as isize;
+    // SAFETY: the asserts above keep every element the strides reach inside its slice;
+    // `c` is a unique borrow, so it overlaps neither operand.
+    unsafe {
+        T::gemm_unchecked(
+            m,
+            k,
+            n,
+            (a.data.as_ptr(), stride(a.row_stride), stride(a.col_stride)),
+            (b.data.as_ptr(), stride(b.row_stride), stride(b.col_stride)),
+            beta,
+            (c.as_mut_ptr(), stride(n), 1),
+        )
+    }
+}
+
+/// Whether the last element of `m` (and so every element) lies inside `m.data`.
+fn reaches_only_its_data<T>(m: &MatrixRef<T>) -> bool {
+    m.rows == 0 || m.cols == 0 || (m.rows - 1) * m.row_stride + (m.cols - 1) * m.col_stride < m.data.len()
+}
 
 /// `out[batch] = op(a[batch]) @ op(b[batch])`, where `op` transposes the last two axes
 /// when asked. a is [..., M, K] ([..., K, M] with `trans_a`), b is [..., K, N]
 /// ([..., N, K] with `trans_b`), out is [..batch, M, N] with the batch dims of a and b
-/// broadcast (NumPy rules).
+/// broadcast (NumPy rules). Transposed operands are read through their strides.
 pub fn matmul<T: Float>(
     a: TensorRef<T>,
     trans_a: bool,
@@ -16,65 +75,103 @@ pub fn matmul<T: Float>(
     out: &mut [T],
     out_shape: &Shape,
 ) {
-    let (a_dims, b_dims, out_dims) = (a.shape.dims(), b.shape.dims(), out_shape.dims());
-    let (ra, rb, ro) = (a_dims.len(), b_dims.len(), out_dims.len());
-    let (m, n) = (out_dims[ro - 2], out_dims[ro - 1]);
+    let (_, k, n) = matmul_dims(a.shape, trans_a, out_shape);
+    let threads = parallel::threads_for(out.len() / n.max(1), out.len() * k);
+    matmul_on_threads(a, trans_a, b, trans_b, out, out_shape, threads);
+}
+
+/// (M, K, N) of a matmul with output `out_shape`.
+fn matmul_dims(a_shape: &Shape, trans_a: bool, out_shape: &Shape) -> (usize, usize, usize) {
+    let (a_dims, out_dims) = (a_shape.dims(), out_shape.dims());
+    let (ra, ro) = (a_dims.len(), out_dims.len());
     let k = if trans_a { a_dims[ra - 2] } else { a_dims[ra - 1] };
-    let (a_matrix, b_matrix, out_matrix) = (m * k, k * n, m * n);
+    (out_dims[ro - 2], k, out_dims[ro - 1])
+}
 
+/// `matmul` on `threads` threads: the output, a stack of [M, N] matrices, is split into
+/// runs of whole rows.
+fn matmul_on_threads<T: Float>(
+    a: TensorRef<T>,
+    trans_a: bool,
+    b: TensorRef<T>,
+    trans_b: bool,
+    out: &mut [T],
+    out_shape: &Shape,
+    threads: usize,
+) {
+    let (m, k, n) = matmul_dims(a.shape, trans_a, out_shape);
+    let (a_dims, b_dims, out_dims) = (a.shape.dims(), b.shape.dims(), out_shape.dims());
     // Which matrix of a and of b each output matrix reads, in units of whole matrices.
-    let out_batch = Shape(out_dims[..ro - 2].to_vec());
-    let a_batch = Shape(a_dims[..ra - 2].to_vec());
-    let b_batch = Shape(b_dims[..rb - 2].to_vec());
-    let a_matrices = StridedOffsets::broadcast(&a_batch, &out_batch);
-    let b_matrices = StridedOffsets::broadcast(&b_batch, &out_batch);
-
-    // A transposed operand is copied once per matrix into row-major [M, K] / [K, N], so
-    // that the product loop below always runs along contiguous rows.
-    let mut a_rows = if trans_a { vec![T::ZERO; a_matrix] } else { Vec::new() };
-    let mut b_rows = if trans_b { vec![T::ZERO; b_matrix] } else { Vec::new() };
-    let out_matrices = out.chunks_exact_mut(out_matrix.max(1));
-    for ((out_mat, ai), bi) in out_matrices.zip(a_matrices).zip(b_matrices) {
-        let a_mat = &a.data[ai * a_matrix..(ai + 1) * a_matrix];
-        let b_mat = &b.data[bi * b_matrix..(bi + 1) * b_matrix];
-        let a_mat: &[T] = if trans_a {
-            transpose_into(a_mat, k, m, &mut a_rows);
-            &a_rows
+    let out_batch = Shape(out_dims[..out_dims.len() - 2].to_vec());
+    let a_batch = Shape(a_dims[..a_dims.len() - 2].to_vec());
+    let b_batch = Shape(b_dims[..b_dims.len() - 2].to_vec());
+    let a_matrices: Vec<usize> = StridedOffsets::broadcast(&a_batch, &out_batch).collect();
+    let b_matrices: Vec<usize> = StridedOffsets::broadcast(&b_batch, &out_batch).collect();
+    let a_matrix = |index: usize| {
+        let matrix = MatrixRef::row_major(&a.data[index * m * k..][..m * k], m, k);
+        if trans_a {
+            MatrixRef::row_major(matrix.data, k, m).t()
         } else {
-            a_mat
-        };
-        let b_mat: &[T] = if trans_b {
-            transpose_into(b_mat, n, k, &mut b_rows);
-            &b_rows
+            matrix
+        }
+    };
+    let b_matrix = |index: usize| {
+        let matrix = MatrixRef::row_major(&b.data[index * k * n..][..k * n], k, n);
+        if trans_b {
+            MatrixRef::row_major(matrix.data, n, k).t()
         } else {
-            b_mat
-        };
-        multiply(a_mat, b_mat, &mut out_mat[..out_matrix], m, k, n);
-    }
+            matrix
+        }
+    };
+    parallel::split_units(out, n, threads, |rows, piece| {
+        // `piece` holds output rows `rows` of the stack; walk them one matrix at a time.
+        let mut row = rows.start;
+        while row < rows.end {
+            let (matrix, first) = (row / m, row % m);
+            let count = (m - first).min(rows.end - row);
+            let c = &mut piece[(row - rows.start) * n..][..count * n];
+            gemm(a_matrix(a_matrices[matrix]).rows(first, count), b_matrix(b_matrices[matrix]), T::ZERO, c);
+            row += count;
+        }
+    });
 }
 
-/// `out = a @ b` for row-major a [M, K], b [K, N], out [M, N], in i-k-j order: the inner
-/// loop adds a multiple of one row of b to one row of out, walking both contiguously.
-/// Each output element accumulates its K products in order k = 0, 1, ...
-fn multiply<T: Float>(a: &[T], b: &[T], out: &mut [T], m: usize, k: usize, n: usize) {
-    out.fill(T::ZERO);
-    if n == 0 {
-        return;
-    }
-    for (out_row, a_row) in out.chunks_exact_mut(n).zip(a.chunks_exact(k.max(1))).take(m) {
-        for (&a_ik, b_row) in a_row[..k].iter().zip(b.chunks_exact(n)) {
-            for (o, &b_kj) in out_row.iter_mut().zip(b_row) {
-                *o = *o + a_ik * b_kj;
-            }
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Write the transpose of row-major `src` [rows, cols] into `dst` as [cols, rows].
-fn transpose_into<T: Float>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    for r in 0..rows {
-        for c in 0..cols {
-            dst[c * rows + r] = src[r * cols + c];
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 250.0 - 2.0).collect()
+    }
+
+    /// Output rows are the unit of work, so the bits of the result cannot depend on how
+    /// many threads share them, nor on where a thread's rows start inside a matrix (K
+    /// spans more than one of matrixmultiply's k blocks).
+    #[test]
+    fn result_is_independent_of_the_thread_count() {
+        let (a_shape, b_shape, out_shape) = (Shape(vec![3, 37, 300]), Shape(vec![300, 41]), Shape(vec![3, 37, 41]));
+        let (a, b) = (values(a_shape.numel(), 1), values(b_shape.numel(), 2));
+        let run = |threads| {
+            let mut out = vec![f32::NAN; out_shape.numel()];
+            let a = TensorRef { data: &a, shape: &a_shape };
+            let b = TensorRef { data: &b, shape: &b_shape };
+            matmul_on_threads(a, false, b, false, &mut out, &out_shape, threads);
+            out
+        };
+        let one = run(1);
+        assert!(one.iter().all(|v| v.is_finite()));
+        for threads in [2, 3, 4, 7] {
+            let many = run(threads);
+            assert!(one.iter().zip(&many).all(|(x, y)| x.to_bits() == y.to_bits()), "{threads} threads differ");
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "strides leave its slice")]
+    fn gemm_refuses_strides_past_the_data() {
+        let a = [1.0f32; 6];
+        let too_long = MatrixRef { data: &a, rows: 3, cols: 3, row_stride: 3, col_stride: 1 };
+        let mut c = [0.0f32; 6];
+        gemm(too_long, MatrixRef::row_major(&a, 3, 2), 0.0, &mut c);
     }
 }

@@ -52,10 +52,27 @@ pub trait Float:
     fn to_host(shape: Shape, values: Vec<Self>) -> HostTensor;
     /// Float host data (F32 or F64) converted to this type; `None` for u32 data.
     fn from_host(data: &HostData) -> Option<Vec<Self>>;
+    /// `C = A B + beta C` by matrixmultiply's sgemm (f32) or dgemm (f64): A is m x k, B is
+    /// k x n, C is m x n, each given by a pointer to its element [0, 0] and its row and
+    /// column strides in elements. Call it through `matmul::gemm`, which checks bounds.
+    ///
+    /// # Safety
+    /// Every element the strides reach (m x k of A, k x n of B, m x n of C) must lie in
+    /// its allocation, and C must not overlap A or B.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_unchecked(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (*const Self, isize, isize),
+        b: (*const Self, isize, isize),
+        beta: Self,
+        c: (*mut Self, isize, isize),
+    );
 }
 
 macro_rules! impl_float {
-    ($t:ty, $erf:path, $host:ident) => {
+    ($t:ty, $erf:path, $host:ident, $gemm:path) => {
         impl Element for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -115,12 +132,24 @@ macro_rules! impl_float {
                     HostData::U32(_) => None,
                 }
             }
+            unsafe fn gemm_unchecked(
+                m: usize,
+                k: usize,
+                n: usize,
+                (a, rsa, csa): (*const Self, isize, isize),
+                (b, rsb, csb): (*const Self, isize, isize),
+                beta: Self,
+                (c, rsc, csc): (*mut Self, isize, isize),
+            ) {
+                // SAFETY: the caller guarantees the bounds and the aliasing.
+                unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
         }
     };
 }
 
-impl_float!(f32, libm::erff, F32);
-impl_float!(f64, libm::erf, F64);
+impl_float!(f32, libm::erff, F32, matrixmultiply::sgemm);
+impl_float!(f64, libm::erf, F64, matrixmultiply::dgemm);
 
 /// max(a, b) that returns NaN when either is NaN (as torch.maximum; Rust's `max` drops NaN).
 pub fn nan_max<T: Float>(a: T, b: T) -> T {

@@ -1,0 +1,64 @@
+//! Spreading a kernel over the machine's cores with `std::thread::scope`.
+//!
+//! A kernel hands out whole units of work (output rows of a matmul, images of a
+//! convolution); each unit is computed by one thread exactly as it would be on any
+//! other, so results never depend on how many threads there are. The kernels'
+//! tests check that bit for bit.
+use std::ops::Range;
+use std::sync::OnceLock;
+
+/// Multiply-adds one thread should have at least: below that, starting a thread (tens
+/// of microseconds) costs more than it saves, and a kernel stays on the calling thread.
+const MIN_WORK_PER_THREAD: usize = 1 << 18;
+
+/// The cores this process may use (read once: on Linux the answer comes from cgroup files).
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Threads worth using for `units` units of work holding `work` multiply-adds in all.
+pub fn threads_for(units: usize, work: usize) -> usize {
+    cores().min(units).min(work / MIN_WORK_PER_THREAD).max(1)
+}
+
+/// `out` holds consecutive units of `unit_len` elements each. Calls `task(units, piece)`
+/// on `threads` threads (the calling thread among them), each with a consecutive range
+/// of units and the piece of `out` that holds exactly those units.
+pub fn split_units<T: Send>(out: &mut [T], unit_len: usize, threads: usize, task: impl Fn(Range<usize>, &mut [T]) + Sync) {
+    if unit_len == 0 || out.is_empty() {
+        return;
+    }
+    let units = out.len() / unit_len;
+    let per_thread = units.div_ceil(threads.clamp(1, units.max(1)));
+    let mut pieces = out.chunks_mut(per_thread * unit_len).enumerate();
+    let Some((_, first_piece)) = pieces.next() else { return };
+    let task = &task;
+    std::thread::scope(|scope| {
+        for (index, piece) in pieces {
+            let start = index * per_thread;
+            scope.spawn(move || task(start..start + piece.len() / unit_len, piece));
+        }
+        task(0..first_piece.len() / unit_len, first_piece);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unit_is_visited_once_with_its_own_piece() {
+        for threads in 1..=5 {
+            let mut out = vec![0usize; 7 * 3];
+            split_units(&mut out, 3, threads, |units, piece| {
+                assert_eq!(piece.len(), units.len() * 3);
+                for (unit, values) in units.zip(piece.chunks_mut(3)) {
+                    values.fill(unit + 1);
+                }
+            });
+            let want: Vec<usize> = (0..7).flat_map(|u| [u + 1; 3]).collect();
+            assert_eq!(out, want, "{threads} threads");
+        }
+    }
+}
