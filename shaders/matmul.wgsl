@@ -1,19 +1,37 @@
 // Batched matrix product: c[batch] = op(a[batch]) @ op(b[batch]), op = transpose when asked.
 //
-// Each workgroup of 16x16 invocations computes one 64x64 block of one output matrix.
-// Invocation (tx, ty) owns the 4x4 outputs at rows ty + 16 i and columns tx + 16 j
-// (i, j in 0..4): strided rather than contiguous, so that its reads of the staged tiles
-// and its writes to c are spread over neighbouring addresses across the invocations.
-// K is walked 16 deep: the 64x16 slice of op(a) and the 16x64 slice of op(b) are staged in
-// workgroup memory, every element read from storage once per block.
+// One kernel family, specialised per tile configuration (crates/kiln-wgpu/src/kernels/matmul.rs
+// lists the candidates; the autotuner picks one per adapter and shape class):
 //
-// Sizes that are not multiples of the block are handled by staging zeros for elements past
-// the edge of a or b and by not writing outputs past the edge of c: every invocation runs
-// every loop iteration, so the barriers stay in uniform control flow.
+// - Each workgroup of THREADS invocations computes one BM x BN block of one output matrix.
+//   Invocation (tx, ty) holds a TM x TN register tile: the row quads ty + THREADS_M r and
+//   the column quads tx + THREADS_N s (a quad is 4 consecutive rows or columns). Strided
+//   quads rather than one contiguous patch, so that neighbouring invocations read
+//   neighbouring vec4s of the staged tiles (no bank conflicts) and write neighbouring
+//   addresses of c.
+// - K is walked BK deep. Both operands' BK-deep slices are staged in workgroup memory,
+//   k-major (tile[k][m] and tile[k][n]), each element read from storage once per block.
+// - Double buffering: while the block computes on one staged slice, every invocation has
+//   already fetched its share of the next slice into registers; it writes them to the other
+//   half of the tiles after computing, so one barrier per slice suffices (nobody reads the
+//   half being written, and the barrier publishes it before anyone does).
+// - Operands are read in quads along their contiguous axis (K for a, M for aᵀ, N for b,
+//   K for bᵀ). When that axis's extent is a multiple of 4 (so every quad is aligned and
+//   lies wholly inside or outside the matrix), the binding is an array of vec4 and a quad is
+//   one 16-byte load; otherwise it is four scalar loads, each checked against the edge.
+//   The same holds for c along N.
 //
-// Slots: T, the storage type of a, b and c (f32 or f16); TRANS_A, TRANS_B (true or
-// false): whether a is stored [K, M] rather than [M, K], and b [N, K] rather than [K, N].
-// Arithmetic is f32.
+// Sizes that are not multiples of the block: elements past the edge of a or b are staged
+// as zeros, outputs past the edge of c are not written. Every invocation runs every loop
+// iteration, so the barriers stay in uniform control flow. Each output sums its K products
+// in order k = 0, 1, .. with fma whatever the configuration (the zeros staged past K add
+// exactly nothing), so every configuration gives bit-identical results.
+//
+// Slots (filled by kernels/matmul.rs): T, the storage type of a, b and c (f32 or f16);
+// TRANS_A, TRANS_B (true or false): whether a is stored [K, M] rather than [M, K], and b
+// [N, K] rather than [K, N]; BM, BN, BK, TM, TN: the configuration (TM and TN multiples of
+// 4); A_ELEM, B_ELEM, C_ELEM: each binding's element type, T or vec4 of T; A_QUAD, B_QUAD,
+// C_QUAD: the bodies of the quad accessors below for that element type. Arithmetic is f32.
 //
 // params (u32 words; the layout is mirrored in crates/kiln-wgpu/src/kernels/matmul.rs):
 //   0 M, 1 N, 2 K, 3 blocks along M, 4 blocks along N, 5 batch count, 6 batch rank R (<= 6),
@@ -23,13 +41,29 @@
 const TRANS_A: bool = {{TRANS_A}};
 const TRANS_B: bool = {{TRANS_B}};
 
-const BLOCK: u32 = 64u;   // output rows and columns per workgroup
-const DEPTH: u32 = 16u;   // K elements staged per iteration
-const THREADS: u32 = 256u;
-// Row pitch of the staged tiles: one more than BLOCK, so that the stores of a
-// K-contiguous operand (consecutive invocations writing one column of the tile) fall in
-// different memory banks.
-const PITCH: u32 = 65u;
+const BM: u32 = {{BM}}u;  // output rows per workgroup
+const BN: u32 = {{BN}}u;  // output columns per workgroup
+const BK: u32 = {{BK}}u;  // K elements staged per slice
+const TM: u32 = {{TM}}u;  // output rows per invocation
+const TN: u32 = {{TN}}u;  // output columns per invocation
+
+const THREADS_M: u32 = BM / TM;
+const THREADS_N: u32 = BN / TN;
+const THREADS: u32 = THREADS_M * THREADS_N;
+const ROW_QUADS: u32 = TM / 4u;  // row quads per invocation
+const COL_QUADS: u32 = TN / 4u;  // column quads per invocation
+const BM_QUADS: u32 = BM / 4u;
+const BN_QUADS: u32 = BN / 4u;
+const BK_QUADS: u32 = BK / 4u;
+// Quads of each operand per slice, and how many one invocation fetches at most (when
+// they do not divide evenly, the last round leaves some invocations idle).
+const A_QUADS: u32 = BM_QUADS * BK;
+const B_QUADS: u32 = BN_QUADS * BK;
+const A_FETCHES: u32 = (A_QUADS + THREADS - 1u) / THREADS;
+const B_FETCHES: u32 = (B_QUADS + THREADS - 1u) / THREADS;
+// vec4s in one half (one slice) of each double-buffered tile.
+const A_SLICE: u32 = BK * BM_QUADS;
+const B_SLICE: u32 = BK * BN_QUADS;
 
 const P_M: u32 = 0u;
 const P_N: u32 = 1u;
@@ -43,54 +77,122 @@ const P_A_BATCH_STRIDES: u32 = 14u;
 const P_B_BATCH_STRIDES: u32 = 20u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
-@group(0) @binding(1) var<storage, read> a: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> b: array<{{T}}>;
-@group(0) @binding(3) var<storage, read_write> c: array<{{T}}>;
+@group(0) @binding(1) var<storage, read> a: array<{{A_ELEM}}>;
+@group(0) @binding(2) var<storage, read> b: array<{{B_ELEM}}>;
+@group(0) @binding(3) var<storage, read_write> c: array<{{C_ELEM}}>;
 
-// tile_a[k * PITCH + m] = op(a)[block row + m, k0 + k]; tile_b[k * PITCH + n] likewise.
-var<workgroup> tile_a: array<f32, 1040>;  // DEPTH * PITCH
-var<workgroup> tile_b: array<f32, 1040>;
+// tile_a[half * A_SLICE + k * BM_QUADS + q] = op(a)[block row + 4 q + 0..4, slice k0 + k];
+// tile_b[half * B_SLICE + k * BN_QUADS + q] = op(b)[k0 + k, block column + 4 q + 0..4].
+var<workgroup> tile_a: array<vec4<f32>, 2u * A_SLICE>;
+var<workgroup> tile_b: array<vec4<f32>, 2u * B_SLICE>;
 
-// op(a)[row, col] of the current batch, or 0 past the edge.
-fn load_a(base: u32, row: u32, col: u32, m: u32, k: u32) -> f32 {
-    if row >= m || col >= k {
-        return 0.0;
-    }
-    if TRANS_A {
-        return f32(a[base + col * m + row]);
-    }
-    return f32(a[base + row * k + col]);
+// This invocation's share of the next slice, fetched before the current one is computed.
+var<private> fetched_a: array<vec4<f32>, A_FETCHES>;
+var<private> fetched_b: array<vec4<f32>, B_FETCHES>;
+
+// Elements a[at .. at + 4]; those from `valid` on lie past the edge and read as 0.
+fn a_quad(at: u32, valid: u32) -> vec4<f32> {
+{{A_QUAD}}
 }
 
-// op(b)[row, col] of the current batch, or 0 past the edge.
-fn load_b(base: u32, row: u32, col: u32, k: u32, n: u32) -> f32 {
-    if row >= k || col >= n {
-        return 0.0;
-    }
-    if TRANS_B {
-        return f32(b[base + col * k + row]);
-    }
-    return f32(b[base + row * n + col]);
+// Elements b[at .. at + 4]; those from `valid` on lie past the edge and read as 0.
+fn b_quad(at: u32, valid: u32) -> vec4<f32> {
+{{B_QUAD}}
 }
 
-// Writes one row of an invocation's 4x4 outputs (columns col, col + 16, col + 32, col + 48).
-fn store_row(base: u32, row: u32, col: u32, m: u32, n: u32, values: vec4<f32>) {
-    if row >= m {
-        return;
+// c[at .. at + valid] = v[0 .. valid].
+fn c_quad(at: u32, valid: u32, v: vec4<f32>) {
+{{C_QUAD}}
+}
+
+// How many of the quad starting at `pos` along an axis of length `extent` lie inside,
+// or 0 when the quad's line across the other axis is outside (`inside` false).
+fn quad_valid(inside: bool, pos: u32, extent: u32) -> u32 {
+    if !inside || pos >= extent {
+        return 0u;
     }
-    for (var j = 0u; j < 4u; j += 1u) {
-        let cj = col + 16u * j;
-        if cj < n {
-            c[base + row * n + cj] = {{T}}(values[j]);
+    return min(4u, extent - pos);
+}
+
+// Fetch this invocation's quads of the slice at k0 into registers. Consecutive
+// invocations take consecutive quads along the operand's contiguous axis.
+fn fetch(lidx: u32, a_base: u32, b_base: u32, row0: u32, col0: u32, k0: u32, m: u32, n: u32, k: u32) {
+    for (var f = 0u; f < A_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        if e >= A_QUADS {
+            break;
+        }
+        if TRANS_A {
+            // a is [K, M]: a quad runs along M.
+            let row = row0 + 4u * (e % BM_QUADS);
+            let kk = k0 + e / BM_QUADS;
+            fetched_a[f] = a_quad(a_base + kk * m + row, quad_valid(kk < k, row, m));
+        } else {
+            // a is [M, K]: a quad runs along K.
+            let row = row0 + e / BK_QUADS;
+            let kk = k0 + 4u * (e % BK_QUADS);
+            fetched_a[f] = a_quad(a_base + row * k + kk, quad_valid(row < m, kk, k));
+        }
+    }
+    for (var f = 0u; f < B_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        if e >= B_QUADS {
+            break;
+        }
+        if TRANS_B {
+            // b is [N, K]: a quad runs along K.
+            let col = col0 + e / BK_QUADS;
+            let kk = k0 + 4u * (e % BK_QUADS);
+            fetched_b[f] = b_quad(b_base + col * k + kk, quad_valid(col < n, kk, k));
+        } else {
+            // b is [K, N]: a quad runs along N.
+            let col = col0 + 4u * (e % BN_QUADS);
+            let kk = k0 + e / BN_QUADS;
+            fetched_b[f] = b_quad(b_base + kk * n + col, quad_valid(kk < k, col, n));
         }
     }
 }
 
-@compute @workgroup_size(16, 16)
+// Write the fetched quads into half `half` of the tiles. A quad along M or N is one vec4
+// of the tile; a quad along K is four components of four tile rows.
+fn commit(lidx: u32, half: u32) {
+    for (var f = 0u; f < A_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        if e >= A_QUADS {
+            break;
+        }
+        if TRANS_A {
+            // Quad e % BM_QUADS of tile row e / BM_QUADS: vec4 number e of the half.
+            tile_a[half * A_SLICE + e] = fetched_a[f];
+        } else {
+            let row = e / BK_QUADS;
+            let kk = 4u * (e % BK_QUADS);
+            for (var j = 0u; j < 4u; j += 1u) {
+                tile_a[half * A_SLICE + (kk + j) * BM_QUADS + row / 4u][row % 4u] = fetched_a[f][j];
+            }
+        }
+    }
+    for (var f = 0u; f < B_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        if e >= B_QUADS {
+            break;
+        }
+        if TRANS_B {
+            let col = e / BK_QUADS;
+            let kk = 4u * (e % BK_QUADS);
+            for (var j = 0u; j < 4u; j += 1u) {
+                tile_b[half * B_SLICE + (kk + j) * BN_QUADS + col / 4u][col % 4u] = fetched_b[f][j];
+            }
+        } else {
+            tile_b[half * B_SLICE + e] = fetched_b[f];
+        }
+    }
+}
+
+@compute @workgroup_size(THREADS)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
 ) {
     let m = params[P_M];
@@ -106,8 +208,8 @@ fn main(
     }
     let batch = group / blocks_per_batch;
     let block = group % blocks_per_batch;
-    let row0 = (block / blocks_n) * BLOCK;
-    let col0 = (block % blocks_n) * BLOCK;
+    let row0 = (block / blocks_n) * BM;
+    let col0 = (block % blocks_n) * BN;
 
     // Offsets of this batch's matrices: decompose the batch index over the output batch
     // dims, innermost last, and weigh each coordinate by the operands' (broadcast) strides.
@@ -123,59 +225,57 @@ fn main(
     }
     let c_base = batch * m * n;
 
-    let tx = lid.x;
-    let ty = lid.y;
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    let tx = lidx % THREADS_N;
+    let ty = lidx / THREADS_N;
+    // acc[(4 r + i) * COL_QUADS + s][j] = c[row quad r, row i, column quad s, column j].
+    var acc: array<vec4<f32>, TM * COL_QUADS>;
+    var frag_a: array<vec4<f32>, ROW_QUADS>;
+    var frag_b: array<vec4<f32>, COL_QUADS>;
 
-    for (var k0 = 0u; k0 < k; k0 += DEPTH) {
-        // Stage BLOCK x DEPTH elements of each operand, 4 per invocation. Consecutive
-        // invocations take consecutive addresses of the operand's contiguous axis.
-        for (var r = 0u; r < 4u; r += 1u) {
-            let e = lidx + r * THREADS;
-            var am: u32;
-            var ak: u32;
-            if TRANS_A {
-                am = e % BLOCK;
-                ak = e / BLOCK;
-            } else {
-                ak = e % DEPTH;
-                am = e / DEPTH;
-            }
-            tile_a[ak * PITCH + am] = load_a(a_base, row0 + am, k0 + ak, m, k);
-            var bn: u32;
-            var bk: u32;
-            if TRANS_B {
-                bk = e % DEPTH;
-                bn = e / DEPTH;
-            } else {
-                bn = e % BLOCK;
-                bk = e / BLOCK;
-            }
-            tile_b[bk * PITCH + bn] = load_b(b_base, k0 + bk, col0 + bn, k, n);
+    let slices = (k + BK - 1u) / BK;
+    fetch(lidx, a_base, b_base, row0, col0, 0u, m, n, k);
+    commit(lidx, 0u);
+    workgroupBarrier();
+    for (var slice = 0u; slice < slices; slice += 1u) {
+        let half = slice % 2u;
+        let more = slice + 1u < slices;
+        if more {
+            fetch(lidx, a_base, b_base, row0, col0, (slice + 1u) * BK, m, n, k);
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < DEPTH; kk += 1u) {
-            let row = kk * PITCH;
-            let bv = vec4<f32>(
-                tile_b[row + tx],
-                tile_b[row + tx + 16u],
-                tile_b[row + tx + 32u],
-                tile_b[row + tx + 48u],
-            );
-            acc0 = fma(vec4<f32>(tile_a[row + ty]), bv, acc0);
-            acc1 = fma(vec4<f32>(tile_a[row + ty + 16u]), bv, acc1);
-            acc2 = fma(vec4<f32>(tile_a[row + ty + 32u]), bv, acc2);
-            acc3 = fma(vec4<f32>(tile_a[row + ty + 48u]), bv, acc3);
+        let a_half = half * A_SLICE;
+        let b_half = half * B_SLICE;
+        for (var kk = 0u; kk < BK; kk += 1u) {
+            for (var r = 0u; r < ROW_QUADS; r += 1u) {
+                frag_a[r] = tile_a[a_half + kk * BM_QUADS + ty + r * THREADS_M];
+            }
+            for (var s = 0u; s < COL_QUADS; s += 1u) {
+                frag_b[s] = tile_b[b_half + kk * BN_QUADS + tx + s * THREADS_N];
+            }
+            for (var r = 0u; r < ROW_QUADS; r += 1u) {
+                for (var i = 0u; i < 4u; i += 1u) {
+                    let a_value = vec4<f32>(frag_a[r][i]);
+                    for (var s = 0u; s < COL_QUADS; s += 1u) {
+                        let at = (4u * r + i) * COL_QUADS + s;
+                        acc[at] = fma(a_value, frag_b[s], acc[at]);
+                    }
+                }
+            }
+        }
+        if more {
+            commit(lidx, 1u - half);
         }
         workgroupBarrier();
     }
 
-    let col = col0 + tx;
-    store_row(c_base, row0 + ty, col, m, n, acc0);
-    store_row(c_base, row0 + ty + 16u, col, m, n, acc1);
-    store_row(c_base, row0 + ty + 32u, col, m, n, acc2);
-    store_row(c_base, row0 + ty + 48u, col, m, n, acc3);
+    for (var r = 0u; r < ROW_QUADS; r += 1u) {
+        for (var i = 0u; i < 4u; i += 1u) {
+            let row = row0 + 4u * (ty + r * THREADS_M) + i;
+            if row < m {
+                for (var s = 0u; s < COL_QUADS; s += 1u) {
+                    let col = col0 + 4u * (tx + s * THREADS_N);
+                    c_quad(c_base + row * n + col, quad_valid(true, col, n), acc[(4u * r + i) * COL_QUADS + s]);
+                }
+            }
+        }
+    }
 }

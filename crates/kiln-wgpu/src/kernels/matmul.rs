@@ -1,14 +1,19 @@
-//! MatMul: a 64x64-block tiled kernel (shaders/matmul.wgsl), one launch per step covering
-//! every batch. Transposes are rendered into the shader as constants so that each of the
-//! four variants stages its operands with reads along their contiguous axis.
+//! MatMul: one register-tiled, double-buffered kernel family (shaders/matmul.wgsl), one
+//! launch per step covering every batch.
+//!
+//! A [`MatmulConfig`] fixes the block each workgroup computes, the depth of the staged K
+//! slices and each invocation's register tile. [`CANDIDATES`] are the configurations the
+//! autotuner (`crate::autotune`) times; [`heuristic`] is the pick without timing.
+//! Transposes, the storage type and whether each operand is read by vec4 are rendered into
+//! the shader, so that each variant reads its operands along their contiguous axis.
+use std::fmt;
+
 use super::movement::{op_error, word};
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{ExecError, Op, Shape, Step, MAX_RANK};
 
 const SHADER: &str = include_str!("../../../../shaders/matmul.wgsl");
 
-/// Output rows and columns computed by one workgroup (`BLOCK` in the shader).
-const BLOCK: usize = 64;
 /// Batch dims the params have room for: the output's rank minus the two matrix axes.
 const MAX_BATCH_RANK: usize = MAX_RANK - 2;
 /// Word offsets of the params layout documented in shaders/matmul.wgsl.
@@ -17,7 +22,170 @@ const P_A_BATCH_STRIDES: usize = P_BATCH_DIMS + MAX_BATCH_RANK;
 const P_B_BATCH_STRIDES: usize = P_A_BATCH_STRIDES + MAX_BATCH_RANK;
 const PARAM_WORDS: usize = P_B_BATCH_STRIDES + MAX_BATCH_RANK;
 
+/// Workgroup memory every WebGPU adapter offers (`maxComputeWorkgroupStorageSize`'s
+/// guaranteed minimum): the budget of configurations picked without knowing the adapter.
+pub const PORTABLE_WORKGROUP_BYTES: u32 = 16 * 1024;
+/// Invocations per workgroup every WebGPU adapter offers.
+pub const PORTABLE_INVOCATIONS: u32 = 256;
+
+/// One configuration of the kernel family: each workgroup computes a `bm` x `bn` block of
+/// the output, staging K `bk` deep; each invocation holds a `tm` x `tn` register tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulConfig {
+    pub bm: u32,
+    pub bn: u32,
+    pub bk: u32,
+    pub tm: u32,
+    pub tn: u32,
+}
+
+impl MatmulConfig {
+    pub const fn new(bm: u32, bn: u32, bk: u32, tm: u32, tn: u32) -> Self {
+        MatmulConfig { bm, bn, bk, tm, tn }
+    }
+
+    /// Invocations per workgroup.
+    pub fn threads(&self) -> u32 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Workgroup memory: both operands' tiles, `bk` deep, twice (double buffering), f32.
+    pub fn workgroup_bytes(&self) -> u32 {
+        2 * self.bk * (self.bm + self.bn) * 4
+    }
+
+    /// Whether an adapter with these limits can run it.
+    pub fn fits(&self, max_workgroup_bytes: u32, max_invocations: u32) -> bool {
+        self.workgroup_bytes() <= max_workgroup_bytes && self.threads() <= max_invocations
+    }
+
+    /// Parses a name as [`fmt::Display`] writes it ("128x64x8-8x4"), checking the shape
+    /// rules of [`MatmulConfig::check`].
+    pub fn parse(name: &str) -> Result<Self, String> {
+        let bad = || format!("matmul config '{name}' is not of the form BMxBNxBK-TMxTN (e.g. 128x128x8-8x8)");
+        let (block, tile) = name.trim().split_once('-').ok_or_else(bad)?;
+        let numbers = |text: &str| -> Result<Vec<u32>, String> {
+            text.split('x').map(|part| part.parse::<u32>().map_err(|_| bad())).collect()
+        };
+        let (block, tile) = (numbers(block)?, numbers(tile)?);
+        let ([bm, bn, bk], [tm, tn]) = (block.as_slice(), tile.as_slice()) else {
+            return Err(bad());
+        };
+        let config = MatmulConfig::new(*bm, *bn, *bk, *tm, *tn);
+        config.check().map_err(|why| format!("matmul config '{name}': {why}"))?;
+        Ok(config)
+    }
+
+    /// The rules the shader relies on: register tiles of whole quads, blocks of whole
+    /// register tiles and K slices of whole quads.
+    pub fn check(&self) -> Result<(), String> {
+        let MatmulConfig { bm, bn, bk, tm, tn } = *self;
+        if [bm, bn, bk, tm, tn].contains(&0) {
+            return Err("sizes must be positive".into());
+        }
+        if tm % 4 != 0 || tn % 4 != 0 {
+            return Err(format!("the register tile {tm}x{tn} must be whole quads (multiples of 4)"));
+        }
+        if bm % tm != 0 || bn % tn != 0 {
+            return Err(format!("the block {bm}x{bn} must be whole register tiles of {tm}x{tn}"));
+        }
+        if bk % 4 != 0 {
+            return Err(format!("the depth {bk} must be a multiple of 4"));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for MatmulConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}x{}x{}-{}x{}", self.bm, self.bn, self.bk, self.tm, self.tn)
+    }
+}
+
+/// The first kernel's shape (64x64 blocks, 4x4 per invocation, K 16 deep): the pick for
+/// small problems, where bigger blocks leave most of the GPU idle.
+pub const SMALL: MatmulConfig = MatmulConfig::new(64, 64, 16, 4, 4);
+/// The pick for large problems without tuning: 8x8 register tiles, within 16 KiB.
+pub const LARGE: MatmulConfig = MatmulConfig::new(128, 128, 8, 8, 8);
+
+/// The configurations the autotuner times (those that fit the adapter), smallest
+/// workgroup memory first. All have 128 or 256 invocations.
+pub const CANDIDATES: [MatmulConfig; 9] = [
+    MatmulConfig::new(32, 64, 16, 4, 4),
+    MatmulConfig::new(64, 64, 16, 4, 4),
+    MatmulConfig::new(128, 64, 8, 8, 4),
+    MatmulConfig::new(64, 128, 8, 4, 8),
+    MatmulConfig::new(128, 128, 8, 8, 8),
+    // These need more than WebGPU's guaranteed 16 KiB of workgroup memory.
+    MatmulConfig::new(128, 64, 16, 8, 4),
+    MatmulConfig::new(64, 128, 16, 4, 8),
+    MatmulConfig::new(128, 128, 16, 8, 8),
+    MatmulConfig::new(128, 128, 32, 8, 8),
+];
+
+/// The candidates an adapter with these limits can run.
+pub fn candidates(max_workgroup_bytes: u32, max_invocations: u32) -> Vec<MatmulConfig> {
+    CANDIDATES.into_iter().filter(|c| c.fits(max_workgroup_bytes, max_invocations)).collect()
+}
+
+/// What a matmul step computes, as far as choosing a kernel goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatmulProblem {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// Output matrices (the product of the output's batch dims).
+    pub batch: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// The WGSL storage type of the operands ("f32" or "f16").
+    pub storage: &'static str,
+    /// Whether a, b and c are read or written by vec4: their contiguous axis (K or M for
+    /// a, N or K for b, N for c) is a multiple of 4 long.
+    pub vec4: [bool; 3],
+}
+
+impl MatmulProblem {
+    /// Multiply-adds: M N K per output matrix.
+    pub fn multiply_adds(&self) -> u64 {
+        (self.m as u64) * (self.n as u64) * (self.k as u64) * (self.batch as u64)
+    }
+}
+
+/// Problems with fewer multiply-adds than this are not worth timing: the pick is
+/// [`heuristic`] (also what keeps tests on software adapters fast).
+pub const TUNE_THRESHOLD: u64 = 1 << 24;
+
+/// The pick without timing, among the configurations that fit the given limits.
+pub fn heuristic(problem: &MatmulProblem, max_workgroup_bytes: u32, max_invocations: u32) -> MatmulConfig {
+    let large = problem.multiply_adds() >= TUNE_THRESHOLD && problem.m >= 128 && problem.n >= 128;
+    if large && LARGE.fits(max_workgroup_bytes, max_invocations) {
+        LARGE
+    } else {
+        SMALL
+    }
+}
+
+/// The problem a matmul step poses, with every shape rule of the op checked.
+pub fn problem(step: &Step, caps: &Caps) -> Result<MatmulProblem, ExecError> {
+    Ok(checked(step, caps)?.problem)
+}
+
+/// Launches with [`heuristic`]'s pick for adapters of WebGPU's minimum limits.
 pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
+    let problem = problem(step, caps)?;
+    lower_with(step, caps, heuristic(&problem, PORTABLE_WORKGROUP_BYTES, PORTABLE_INVOCATIONS))
+}
+
+/// A matmul step, checked, with what the launch needs.
+struct Checked {
+    problem: MatmulProblem,
+    batch_out: Shape,
+    a_strides: Vec<usize>,
+    b_strides: Vec<usize>,
+}
+
+fn checked(step: &Step, caps: &Caps) -> Result<Checked, ExecError> {
     let Op::MatMul { trans_a, trans_b } = step.op else {
         return Err(op_error(step, "is not a matmul"));
     };
@@ -53,9 +221,6 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     if batch_out.rank() > MAX_BATCH_RANK {
         return Err(op_error(step, format!("supports at most {MAX_BATCH_RANK} batch dims, got {}", describe())));
     }
-    if out.numel() == 0 {
-        return Ok(Vec::new());
-    }
     for operand in [a, b, out] {
         word(step, "operand element count", operand.numel())?;
     }
@@ -67,10 +232,33 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     };
     let a_strides = batch_strides(&batch_a, m * k);
     let b_strides = batch_strides(&batch_b, k * n);
+    // Every quad of an operand read by vec4 starts at a multiple of 4: its matrices'
+    // rows (along the contiguous axis) and hence its batch strides are multiples of 4.
+    let a_contiguous = if trans_a { m } else { k };
+    let b_contiguous = if trans_b { k } else { n };
+    let problem = MatmulProblem {
+        m,
+        n,
+        k,
+        batch: batch_out.numel(),
+        trans_a,
+        trans_b,
+        storage: caps.storage_type(out.dtype),
+        vec4: [a_contiguous % 4 == 0, b_contiguous % 4 == 0, n % 4 == 0],
+    };
+    Ok(Checked { problem, batch_out, a_strides, b_strides })
+}
 
-    let blocks_m = m.div_ceil(BLOCK);
-    let blocks_n = n.div_ceil(BLOCK);
-    let batch = batch_out.numel();
+/// The launch of a matmul step with configuration `config`.
+pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<Launch>, ExecError> {
+    config.check().map_err(|why| op_error(step, format!("matmul config {config}: {why}")))?;
+    let Checked { problem, batch_out, a_strides, b_strides } = checked(step, caps)?;
+    let MatmulProblem { m, n, k, batch, .. } = problem;
+    if m * n * batch == 0 {
+        return Ok(Vec::new());
+    }
+    let blocks_m = m.div_ceil(config.bm as usize);
+    let blocks_n = n.div_ceil(config.bn as usize);
     let mut params = vec![0u32; PARAM_WORDS];
     params[0] = word(step, "M", m)?;
     params[1] = word(step, "N", n)?;
@@ -86,18 +274,78 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     }
     let groups = word(step, "workgroup count", batch * blocks_m * blocks_n)?;
 
-    let slots = [
-        ("T", caps.storage_type(out.dtype)),
-        ("TRANS_A", if trans_a { "true" } else { "false" }),
-        ("TRANS_B", if trans_b { "true" } else { "false" }),
-    ];
+    let (source, key) = render_variant(&problem, config);
+    let [a, b] = step.inputs.as_slice() else { unreachable!("checked() found two inputs") };
     Ok(vec![Launch {
-        key: key("matmul", &slots),
-        source: render(SHADER, &slots),
+        key,
+        source,
         params,
-        bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
         groups,
     }])
+}
+
+/// The WGSL of one variant, and its pipeline cache key.
+fn render_variant(problem: &MatmulProblem, config: MatmulConfig) -> (String, String) {
+    let storage = problem.storage;
+    let [a_vec4, b_vec4, c_vec4] = problem.vec4;
+    let vec4_of = format!("vec4<{storage}>");
+    let elem = |vector: bool| if vector { vec4_of.as_str() } else { storage };
+    let numbers = [config.bm, config.bn, config.bk, config.tm, config.tn].map(|v| v.to_string());
+    let (a_quad, b_quad, c_quad) = (load_quad("a", a_vec4), load_quad("b", b_vec4), store_quad(storage, c_vec4));
+    let bool_text = |v: bool| if v { "true" } else { "false" };
+    let slots = [
+        ("T", storage),
+        ("TRANS_A", bool_text(problem.trans_a)),
+        ("TRANS_B", bool_text(problem.trans_b)),
+        ("BM", numbers[0].as_str()),
+        ("BN", numbers[1].as_str()),
+        ("BK", numbers[2].as_str()),
+        ("TM", numbers[3].as_str()),
+        ("TN", numbers[4].as_str()),
+        ("A_ELEM", elem(a_vec4)),
+        ("B_ELEM", elem(b_vec4)),
+        ("C_ELEM", elem(c_vec4)),
+        ("A_QUAD", a_quad.as_str()),
+        ("B_QUAD", b_quad.as_str()),
+        ("C_QUAD", c_quad.as_str()),
+    ];
+    // The key names what the source depends on, without the accessor bodies.
+    let config_name = config.to_string();
+    let key_slots = [
+        ("T", storage),
+        ("TRANS_A", bool_text(problem.trans_a)),
+        ("TRANS_B", bool_text(problem.trans_b)),
+        ("CONFIG", config_name.as_str()),
+        ("VEC4_A", bool_text(a_vec4)),
+        ("VEC4_B", bool_text(b_vec4)),
+        ("VEC4_C", bool_text(c_vec4)),
+    ];
+    (render(SHADER, &slots), key("matmul", &key_slots))
+}
+
+/// The body of `fn a_quad(at, valid) -> vec4<f32>` (or b_quad) in the shader.
+pub fn load_quad(binding: &str, vector: bool) -> String {
+    if vector {
+        // Aligned: the quad is wholly inside (valid 4) or outside (valid 0).
+        format!(
+            "    if valid == 0u {{\n        return vec4<f32>(0.0);\n    }}\n    return vec4<f32>({binding}[at / 4u]);"
+        )
+    } else {
+        format!(
+            "    var quad = vec4<f32>(0.0);\n    for (var j = 0u; j < valid; j += 1u) {{\n        \
+             quad[j] = f32({binding}[at + j]);\n    }}\n    return quad;"
+        )
+    }
+}
+
+/// The body of `fn c_quad(at, valid, v)` in the shader.
+pub fn store_quad(storage: &str, vector: bool) -> String {
+    if vector {
+        format!("    if valid != 0u {{\n        c[at / 4u] = vec4<{storage}>(v);\n    }}")
+    } else {
+        format!("    for (var j = 0u; j < valid; j += 1u) {{\n        c[at + j] = {storage}(v[j]);\n    }}")
+    }
 }
 
 fn t(transposed: bool) -> &'static str {
@@ -105,5 +353,59 @@ fn t(transposed: bool) -> &'static str {
         "ᵀ"
     } else {
         ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_candidate_obeys_the_shape_rules_and_names_round_trip() {
+        for config in CANDIDATES {
+            config.check().unwrap_or_else(|why| panic!("{config}: {why}"));
+            assert_eq!(MatmulConfig::parse(&config.to_string()), Ok(config));
+            assert!(config.threads() <= PORTABLE_INVOCATIONS, "{config}");
+        }
+        // Today's kernel and the large default are among them and fit everywhere.
+        for config in [SMALL, LARGE] {
+            assert!(CANDIDATES.contains(&config), "{config}");
+            assert!(config.fits(PORTABLE_WORKGROUP_BYTES, PORTABLE_INVOCATIONS), "{config}");
+        }
+        assert!(candidates(PORTABLE_WORKGROUP_BYTES, PORTABLE_INVOCATIONS).len() >= 5);
+        assert_eq!(candidates(48 * 1024, 1024).len(), CANDIDATES.len() - 1, "all but the 64 KiB one on an H100");
+        assert_eq!(candidates(64 * 1024, 1024).len(), CANDIDATES.len());
+    }
+
+    #[test]
+    fn bad_config_names_are_errors_that_say_why() {
+        for (name, expected) in [
+            ("128x128x8", "not of the form"),
+            ("axbxc-1x1", "not of the form"),
+            ("64x64x16-3x4", "whole quads"),
+            ("64x60x16-4x8", "whole register tiles"),
+            ("64x64x6-4x4", "multiple of 4"),
+            ("0x64x16-4x4", "positive"),
+        ] {
+            let err = MatmulConfig::parse(name).unwrap_err();
+            assert!(err.contains(name) && err.contains(expected), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_heuristic_keeps_small_problems_on_small_blocks() {
+        let problem = |m, n, k| MatmulProblem {
+            m,
+            n,
+            k,
+            batch: 1,
+            trans_a: false,
+            trans_b: false,
+            storage: "f32",
+            vec4: [true; 3],
+        };
+        assert_eq!(heuristic(&problem(64, 64, 64), PORTABLE_WORKGROUP_BYTES, 256), SMALL);
+        assert_eq!(heuristic(&problem(4096, 64, 4096), PORTABLE_WORKGROUP_BYTES, 256), SMALL);
+        assert_eq!(heuristic(&problem(1024, 1024, 1024), PORTABLE_WORKGROUP_BYTES, 256), LARGE);
     }
 }

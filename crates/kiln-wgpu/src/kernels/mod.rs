@@ -28,7 +28,7 @@ use kiln_core::{DType, ExecError, Step};
 mod conv;
 mod elementwise;
 mod index;
-mod matmul;
+pub mod matmul;
 mod movement;
 mod pool;
 mod random;
