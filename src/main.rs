@@ -18,7 +18,7 @@ struct Cli {
 enum Command {
     /// Train a recipe (mnist-mlp) or a model described by --config.
     Train {
-        /// Built-in recipe: mnist-mlp.
+        /// Built-in recipe: mnist-mlp, mnist-cnn, fashion-cnn, shakespeare-gpt, shakespeare-gpt-tiny.
         recipe: Option<String>,
         /// TOML job description (overrides the recipe).
         #[arg(long)]
@@ -28,6 +28,9 @@ enum Command {
         device: DeviceChoice,
         #[arg(long)]
         epochs: Option<usize>,
+        /// Optimizer steps in all (language models, which train by steps).
+        #[arg(long)]
+        steps: Option<u64>,
         #[arg(long)]
         batch_size: Option<usize>,
         #[arg(long)]
@@ -47,7 +50,7 @@ enum Command {
         #[arg(long)]
         max_steps: Option<u64>,
     },
-    /// Evaluate a checkpoint on the test set.
+    /// Evaluate a checkpoint: test accuracy, or a language model's validation loss.
     Eval {
         #[arg(long)]
         checkpoint: PathBuf,
@@ -112,7 +115,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Train { recipe, config, device, epochs, batch_size, lr, seed, data, out, resume, max_steps } => {
+        Command::Train { recipe, config, device, epochs, steps, batch_size, lr, seed, data, out, resume, max_steps } => {
             let mut job = match (&resume, &config, &recipe) {
                 (Some(ck), _, _) => {
                     let file = kiln_train::Checkpoint::load(ck)?;
@@ -126,6 +129,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             if let Some(v) = epochs {
                 job.train.epochs = v;
+            }
+            if let Some(v) = steps {
+                job.train.steps = v;
             }
             if let Some(v) = batch_size {
                 job.train.batch_size = v;
@@ -157,6 +163,16 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if report.interrupted {
                 println!("stopped after step {}; resume with: kiln train --resume {}", report.steps, report.checkpoint.display());
             }
+            if let Some(lm) = &report.language_model {
+                if let Some(last) = lm.last_eval {
+                    println!("val loss {:.4} at step {}; {} steps in {:.1}s on {}", last.loss, last.step, report.steps, report.seconds, report.device);
+                }
+                if let Some(best) = lm.best {
+                    println!("best val loss {:.4} at step {}: {}", best.loss, best.step, lm.best_checkpoint.display());
+                }
+                println!("wrote {}/{{checkpoint.safetensors, best.safetensors, tokenizer.json, metrics.jsonl, curves.svg, config.toml}}", out_dir.display());
+                return Ok(());
+            }
             println!(
                 "test accuracy {:.2}% (loss {:.4}) after {} steps in {:.1}s on {}",
                 100.0 * report.test_accuracy,
@@ -171,6 +187,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Eval { checkpoint, device, data } => {
             let device = Device::open(device)?;
             eprintln!("device: {}", device.description);
+            let file = kiln_train::Checkpoint::load(&checkpoint)?;
+            if kiln_train::trainer::checkpoint_config(&file, &checkpoint)?.model.is_gpt() {
+                let (config, loss) = kiln_train::lm::evaluate_lm_checkpoint(&device, &checkpoint, data.as_deref())?;
+                println!("val loss {loss:.4} (mean of {} fixed validation batches)", config.train.eval_batches);
+                return Ok(());
+            }
             let (_, loss, acc) = kiln_train::trainer::evaluate_checkpoint(&device, &checkpoint, data.as_deref())?;
             println!("test accuracy {:.2}% (loss {loss:.4})", 100.0 * acc);
             Ok(())

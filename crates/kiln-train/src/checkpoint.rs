@@ -6,10 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_core::{HostData, HostTensor, Shape};
+use kiln_core::{Executor, Graph, HostData, HostTensor, Shape, Tensor};
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
+use crate::config::Config;
 use crate::TrainError;
+
+/// Metadata `format` of a checkpoint written by `kiln train`.
+pub const FORMAT: &str = "kiln-checkpoint-1";
 
 /// Prefix of optimizer-state tensors, so that a PyTorch user can keep only the model's:
 /// `{k: v for k, v in load_file(f).items() if not k.startswith("optimizer.")}`.
@@ -44,6 +48,54 @@ impl Checkpoint {
             file: file.to_path_buf(),
             message: format!("metadata '{key}' = '{raw}' is not a whole number"),
         })
+    }
+
+    /// The metadata every training checkpoint carries: format, seed and the whole config
+    /// (so that `--resume` and `kiln eval` need nothing else).
+    pub fn set_run_meta(&mut self, config: &Config) {
+        self.set_meta("format", FORMAT);
+        self.set_meta("seed", config.train.seed);
+        self.set_meta("config", config.to_toml());
+    }
+
+    /// A metadata value parsed as a float (a loss), with an error naming the file.
+    pub fn meta_f64(&self, key: &str, file: &Path) -> Result<f64, TrainError> {
+        let raw = self.metadata.get(key).ok_or_else(|| TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: format!("metadata has no '{key}'"),
+        })?;
+        raw.parse().map_err(|_| TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: format!("metadata '{key}' = '{raw}' is not a number"),
+        })
+    }
+
+    /// The model's tensors only: without the optimizer state.
+    pub fn model_only(&self) -> Checkpoint {
+        Checkpoint {
+            tensors: self.tensors.iter().filter(|(n, _)| !n.starts_with(OPTIMIZER_PREFIX)).map(|(n, t)| (n.clone(), t.clone())).collect(),
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    /// Read the current value of every named state tensor from an executor.
+    pub fn read_from(exec: &mut dyn Executor, named: &[(String, Tensor)]) -> Result<Checkpoint, TrainError> {
+        let mut ck = Checkpoint::new();
+        for (name, t) in named {
+            ck.insert(name.clone(), exec.read_state(*t)?);
+        }
+        Ok(ck)
+    }
+
+    /// Write this checkpoint's tensors into an executor's state, after checking that it
+    /// holds exactly the named tensors of `graph` with their shapes.
+    pub fn write_to(&self, exec: &mut dyn Executor, graph: &Graph, named: &[(String, Tensor)], file: &Path) -> Result<(), TrainError> {
+        let expected: Vec<(String, Shape)> = named.iter().map(|(n, t)| (n.clone(), graph.shape(*t).clone())).collect();
+        self.check_matches(&expected, file)?;
+        for (name, t) in named {
+            exec.write_state(*t, &self.tensors[name])?;
+        }
+        Ok(())
     }
 
     /// Write atomically: a temporary file beside `path`, flushed, then renamed over it.

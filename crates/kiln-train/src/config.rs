@@ -27,6 +27,10 @@ pub struct Config {
 ///   `dropout` when above 0) after each hidden Linear.
 /// - `kind = "sequential"`: `input` is one sample's shape (e.g. [1, 28, 28]) and `layers`
 ///   the list of layers; input channels and features are worked out from the shapes.
+/// - `kind = "gpt"`: a nanoGPT-style character language model (kiln_nn::GPT) of
+///   `n_layer` blocks, `n_head` heads, `n_embd` wide, reading `block_size` tokens, with
+///   `dropout`; the vocabulary comes from the corpus's tokenizer. Its parameters carry
+///   nanoGPT's names ("transformer.h.0.attn.c_attn.weight").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -45,6 +49,24 @@ pub struct ModelConfig {
     /// For "sequential": the layers, in order.
     #[serde(default)]
     pub layers: Vec<LayerConfig>,
+    /// For "gpt": transformer blocks.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_layer: usize,
+    /// For "gpt": attention heads per block (`n_embd` must be a multiple).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_head: usize,
+    /// For "gpt": width of the residual stream.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_embd: usize,
+    /// For "gpt": context length in tokens (the training windows' length).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub block_size: usize,
+    /// For "gpt": biases in the Linear layers and LayerNorms (nanoGPT's default: on).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub bias: bool,
+    /// For "gpt": lm_head shares the token embedding's weight (GPT-2's tying: on).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tie_weights: bool,
 }
 
 /// One layer of a "sequential" model, written in TOML as an inline table such as
@@ -97,10 +119,51 @@ pub enum LayerConfig {
 fn one() -> usize {
     1
 }
+fn yes() -> bool {
+    true
+}
+// serde's skip_serializing_if passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(b: &bool) -> bool {
+    *b
+}
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_default_train_fraction(f: &f64) -> bool {
+    *f == kiln_data::DEFAULT_TRAIN_FRACTION
+}
 
 impl ModelConfig {
+    /// The GPT-only fields at their "not a GPT" values, for spelling out other models.
+    pub fn gpt_fields_unset() -> ModelConfig {
+        ModelConfig {
+            kind: default_model_kind(),
+            sizes: vec![],
+            activation: default_activation(),
+            dropout: 0.0,
+            input: vec![],
+            layers: vec![],
+            n_layer: 0,
+            n_head: 0,
+            n_embd: 0,
+            block_size: 0,
+            bias: true,
+            tie_weights: true,
+        }
+    }
+
+    pub fn is_gpt(&self) -> bool {
+        self.kind == "gpt"
+    }
+
     /// The layers and one sample's input shape, for either kind of model.
     pub fn layers_and_input(&self) -> Result<(Vec<LayerConfig>, Vec<usize>), String> {
+        if self.is_gpt() {
+            return Err("a gpt model is not a layer list (it is built by kiln_train::lm)".into());
+        }
         if self.kind == "sequential" {
             return Ok((self.layers.clone(), self.input.clone()));
         }
@@ -174,8 +237,9 @@ pub struct ScheduleConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// "mnist" (shipped in datasets/mnist) or "fashion-mnist" (Debian's
-    /// dataset-fashion-mnist package, /usr/share/datasets/fashion-mnist).
+    /// "mnist" (shipped in datasets/mnist), "fashion-mnist" (Debian's
+    /// dataset-fashion-mnist package, /usr/share/datasets/fashion-mnist) or, for a
+    /// "gpt" model, "shakespeare" (datasets/shakespeare).
     #[serde(default = "default_dataset")]
     pub dataset: String,
     /// Folder holding the dataset files; found automatically when absent.
@@ -197,6 +261,13 @@ pub struct DataConfig {
     /// Training augmentation: mirror images left-right with this probability; 0 = off.
     #[serde(default)]
     pub horizontal_flip: f64,
+    /// Text: the leading share of the token stream that trains; the rest validates.
+    #[serde(default = "default_train_fraction", skip_serializing_if = "is_default_train_fraction")]
+    pub train_fraction: f64,
+    /// Text: use only the first N characters of the corpus (0 = all). The vocabulary is
+    /// still the whole corpus's, so a model trained on a slice reads any of its text.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_chars: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +282,16 @@ pub struct TrainConfig {
     /// Drop the last partial batch of each epoch instead of running it.
     #[serde(default)]
     pub drop_last: bool,
+    /// Language models: optimizer steps in all (they train by steps, not epochs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub steps: u64,
+    /// Language models: evaluate the validation loss every this many steps (and after
+    /// the last); each evaluation may write best.safetensors.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub eval_every: u64,
+    /// Language models: how many fixed validation batches each evaluation averages.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub eval_batches: usize,
 }
 
 fn default_model_kind() -> String { "mlp".into() }
@@ -223,6 +304,7 @@ fn default_schedule() -> String { "constant".into() }
 fn default_gamma() -> f64 { 0.1 }
 fn default_dataset() -> String { "mnist".into() }
 fn default_validation() -> usize { 5000 }
+fn default_train_fraction() -> f64 { kiln_data::DEFAULT_TRAIN_FRACTION }
 fn default_epochs() -> usize { 10 }
 fn default_batch() -> usize { 128 }
 
@@ -248,7 +330,7 @@ impl Default for TrainConfig {
 }
 
 /// The built-in recipes, by name.
-pub const RECIPES: &[&str] = &["mnist-mlp", "mnist-cnn", "fashion-cnn"];
+pub const RECIPES: &[&str] = &["mnist-mlp", "mnist-cnn", "fashion-cnn", "shakespeare-gpt", "shakespeare-gpt-tiny"];
 
 impl Config {
     /// A built-in recipe: `mnist-mlp` is the classic Keras example model,
@@ -263,6 +345,7 @@ impl Config {
                     dropout: 0.0,
                     input: vec![],
                     layers: vec![],
+                    ..ModelConfig::gpt_fields_unset()
                 },
                 optimizer: OptimizerConfig::default(),
                 schedule: ScheduleConfig::default(),
@@ -277,6 +360,7 @@ impl Config {
                     dropout: 0.0,
                     input: vec![1, 28, 28],
                     layers: cnn_layers(&[(32, false), (64, false)], &[128], 0.0),
+                    ..ModelConfig::gpt_fields_unset()
                 },
                 optimizer: OptimizerConfig::default(),
                 schedule: ScheduleConfig::default(),
@@ -291,12 +375,33 @@ impl Config {
                     dropout: 0.0,
                     input: vec![1, 28, 28],
                     layers: cnn_layers(&[(32, true), (64, true)], &[256], 0.3),
+                    ..ModelConfig::gpt_fields_unset()
                 },
                 optimizer: OptimizerConfig { kind: "adamw".into(), weight_decay: 0.01, ..OptimizerConfig::default() },
                 schedule: ScheduleConfig { kind: "cosine".into(), ..ScheduleConfig::default() },
                 data: DataConfig { dataset: "fashion-mnist".into(), random_crop_padding: 2, horizontal_flip: 0.5, ..DataConfig::default() },
                 train: TrainConfig { epochs: 15, ..TrainConfig::default() },
             }),
+            // nanoGPT's "baby GPT" (config/train_shakespeare_char.py).
+            "shakespeare-gpt" => Ok(gpt_recipe(
+                GptShape { n_layer: 6, n_head: 6, n_embd: 384, block_size: 256, dropout: 0.2 },
+                OptimizerConfig { lr: 1e-3, ..gpt_optimizer() },
+                ScheduleConfig { kind: "cosine".into(), warmup_steps: 100, eta_min: 1e-4, ..ScheduleConfig::default() },
+                TrainConfig { batch_size: 64, steps: 5000, eval_every: 250, eval_batches: 200, ..TrainConfig::default() },
+            )),
+            // The same recipe at a size that trains on a CPU in a few minutes.
+            "shakespeare-gpt-tiny" => Ok(gpt_recipe(
+                GptShape { n_layer: 2, n_head: 4, n_embd: 128, block_size: 64, dropout: 0.0 },
+                OptimizerConfig { lr: TINY_LR, ..gpt_optimizer() },
+                ScheduleConfig { kind: "cosine".into(), warmup_steps: TINY_WARMUP, eta_min: TINY_LR / 10.0, ..ScheduleConfig::default() },
+                TrainConfig {
+                    batch_size: TINY_BATCH,
+                    steps: TINY_STEPS,
+                    eval_every: TINY_EVAL_EVERY,
+                    eval_batches: TINY_EVAL_BATCHES,
+                    ..TrainConfig::default()
+                },
+            )),
             other => Err(TrainError::Config(format!(
                 "unknown recipe '{other}'; the recipes are: {}",
                 RECIPES.join(", ")
@@ -335,7 +440,34 @@ impl Config {
                     return Err("a sequential model needs model.input (one sample's shape) and model.layers".into());
                 }
             }
-            other => return Err(format!("model.kind '{other}' is not known (known: mlp, sequential)")),
+            "gpt" => {
+                let m = &self.model;
+                if m.n_layer == 0 || m.n_head == 0 || m.n_embd == 0 || m.block_size == 0 {
+                    return Err(format!(
+                        "a gpt model needs model.n_layer, n_head, n_embd and block_size of at least 1 (got {}, {}, {}, {})",
+                        m.n_layer, m.n_head, m.n_embd, m.block_size
+                    ));
+                }
+                if !m.n_embd.is_multiple_of(m.n_head) {
+                    return Err(format!("model.n_embd {} is not a multiple of model.n_head {}", m.n_embd, m.n_head));
+                }
+                if self.data.dataset != "shakespeare" {
+                    return Err(format!("a gpt model trains on text: data.dataset must be \"shakespeare\", not '{}'", self.data.dataset));
+                }
+                if self.train.steps == 0 || self.train.eval_every == 0 || self.train.eval_batches == 0 {
+                    return Err(format!(
+                        "a gpt model trains by steps: train.steps, train.eval_every and train.eval_batches must be at least 1 (got {}, {}, {})",
+                        self.train.steps, self.train.eval_every, self.train.eval_batches
+                    ));
+                }
+                if !(self.data.train_fraction > 0.0 && self.data.train_fraction < 1.0) {
+                    return Err(format!("data.train_fraction {} must lie strictly between 0 and 1", self.data.train_fraction));
+                }
+            }
+            other => return Err(format!("model.kind '{other}' is not known (known: mlp, sequential, gpt)")),
+        }
+        if !self.model.is_gpt() && self.data.dataset == "shakespeare" {
+            return Err(format!("data.dataset 'shakespeare' is text: it needs model.kind = \"gpt\", not '{}'", self.model.kind));
         }
         if !(0.0..1.0).contains(&self.model.dropout) {
             return Err(format!("model.dropout {} must be in [0, 1)", self.model.dropout));
@@ -355,13 +487,61 @@ impl Config {
         if !(0.0..=1.0).contains(&self.data.horizontal_flip) {
             return Err(format!("data.horizontal_flip {} must be a probability in [0, 1]", self.data.horizontal_flip));
         }
-        if !["mnist", "fashion-mnist"].contains(&self.data.dataset.as_str()) {
-            return Err(format!("data.dataset '{}' is not known (known: mnist, fashion-mnist)", self.data.dataset));
+        if !["mnist", "fashion-mnist", "shakespeare"].contains(&self.data.dataset.as_str()) {
+            return Err(format!("data.dataset '{}' is not known (known: mnist, fashion-mnist, shakespeare)", self.data.dataset));
         }
         if self.train.batch_size == 0 || self.train.epochs == 0 {
             return Err("train.batch_size and train.epochs must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+/// Model sizes of a GPT recipe.
+struct GptShape {
+    n_layer: usize,
+    n_head: usize,
+    n_embd: usize,
+    block_size: usize,
+    dropout: f64,
+}
+
+/// shakespeare-gpt-tiny's training settings, chosen so that `kiln train
+/// shakespeare-gpt-tiny --device cpu` takes a few minutes on a 2-core machine.
+const TINY_LR: f64 = 2e-3;
+const TINY_WARMUP: u64 = 50;
+const TINY_BATCH: usize = 32;
+const TINY_STEPS: u64 = 1000;
+const TINY_EVAL_EVERY: u64 = 100;
+const TINY_EVAL_BATCHES: usize = 20;
+
+/// nanoGPT's optimizer for its Shakespeare models: AdamW, betas (0.9, 0.99), weight
+/// decay 0.1 (on weight matrices and embeddings only), gradients clipped to norm 1.
+fn gpt_optimizer() -> OptimizerConfig {
+    OptimizerConfig {
+        kind: "adamw".into(),
+        weight_decay: 0.1,
+        betas: (0.9, 0.99),
+        clip_grad_norm: Some(1.0),
+        ..OptimizerConfig::default()
+    }
+}
+
+fn gpt_recipe(shape: GptShape, optimizer: OptimizerConfig, schedule: ScheduleConfig, train: TrainConfig) -> Config {
+    Config {
+        model: ModelConfig {
+            kind: "gpt".into(),
+            dropout: shape.dropout,
+            n_layer: shape.n_layer,
+            n_head: shape.n_head,
+            n_embd: shape.n_embd,
+            block_size: shape.block_size,
+            ..ModelConfig::gpt_fields_unset()
+        },
+        optimizer,
+        schedule,
+        data: DataConfig { dataset: "shakespeare".into(), ..DataConfig::default() },
+        train,
     }
 }
 

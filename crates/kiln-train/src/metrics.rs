@@ -27,6 +27,27 @@ pub enum Record {
     },
     /// Final evaluation on the test set.
     Test { step: u64, loss: f64, accuracy: f64 },
+    /// A language model's training step (logged every few steps): the step's loss, the
+    /// global gradient norm before clipping (absent without clipping) and throughput.
+    /// (Optional rather than NaN: JSON has no NaN, serde_json writes it as null.)
+    Step { step: u64, loss: f64, lr: f64, grad_norm: Option<f64>, tokens_per_s: f64 },
+    /// A language model's evaluation: mean validation loss over the fixed batches, and
+    /// the mean training loss of the steps since the previous evaluation (absent at
+    /// step 0), with the seconds since the run (or its resumption) started.
+    Eval { step: u64, train_loss: Option<f64>, val_loss: f64, seconds: f64 },
+}
+
+impl Record {
+    /// The optimizer step a record was taken at.
+    pub fn step(&self) -> u64 {
+        match self {
+            Record::Train { step, .. }
+            | Record::Epoch { step, .. }
+            | Record::Test { step, .. }
+            | Record::Step { step, .. }
+            | Record::Eval { step, .. } => *step,
+        }
+    }
 }
 
 pub struct MetricsLog {
@@ -58,9 +79,7 @@ impl MetricsLog {
 
     /// Forget records past `step` (a resumed run replays from its checkpoint).
     pub fn truncate_after(&mut self, step: u64) {
-        self.records.retain(|r| match r {
-            Record::Train { step: s, .. } | Record::Epoch { step: s, .. } | Record::Test { step: s, .. } => *s <= step,
-        });
+        self.records.retain(|r| r.step() <= step);
     }
 
     pub fn push(&mut self, record: Record) -> Result<(), TrainError> {
@@ -76,28 +95,34 @@ impl MetricsLog {
     }
 }
 
+/// Training loss per logged step and validation loss (per epoch or per evaluation) on
+/// the left; validation accuracy on the right when there is any (classifiers), else
+/// the loss chart takes the whole width (language models).
 pub fn plot_records(records: &[Record], path: &Path) -> Result<(), TrainError> {
     let err = |e: String| TrainError::Io(format!("plot {}: {e}", path.display()));
     let train: Vec<(f64, f64)> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Train { step, loss, .. } if loss.is_finite() => Some((*step as f64, *loss)),
+            Record::Train { step, loss, .. } | Record::Step { step, loss, .. } if loss.is_finite() => Some((*step as f64, *loss)),
             _ => None,
         })
         .collect();
+    // (step, validation loss, validation accuracy or NaN)
     let epochs: Vec<(f64, f64, f64)> = records
         .iter()
         .filter_map(|r| match r {
             Record::Epoch { step, val_loss, val_accuracy, .. } => Some((*step as f64, *val_loss, *val_accuracy)),
+            Record::Eval { step, val_loss, .. } => Some((*step as f64, *val_loss, f64::NAN)),
             _ => None,
         })
         .collect();
     let max_step = train.iter().map(|p| p.0).chain(epochs.iter().map(|p| p.0)).fold(1.0, f64::max);
     let max_loss = train.iter().map(|p| p.1).chain(epochs.iter().map(|p| p.1)).filter(|l| l.is_finite()).fold(0.1, f64::max);
+    let has_accuracy = epochs.iter().any(|p| p.2.is_finite());
 
     let root = SVGBackend::new(path, (960, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let (left, right) = root.split_horizontally(480);
+    let (left, right) = if has_accuracy { root.split_horizontally(480) } else { (root.clone(), root.clone()) };
     let mut loss_chart = ChartBuilder::on(&left)
         .caption("loss", ("sans-serif", 18))
         .margin(10)
@@ -112,11 +137,15 @@ pub fn plot_records(records: &[Record], path: &Path) -> Result<(), TrainError> {
         .label("train")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
     loss_chart
-        .draw_series(LineSeries::new(epochs.iter().map(|p| (p.0, p.1)), &RED))
+        .draw_series(LineSeries::new(epochs.iter().filter(|p| p.1.is_finite()).map(|p| (p.0, p.1)), &RED))
         .map_err(|e| err(e.to_string()))?
         .label("validation")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
     loss_chart.configure_series_labels().border_style(BLACK).draw().map_err(|e| err(e.to_string()))?;
+    if !has_accuracy {
+        root.present().map_err(|e| err(e.to_string()))?;
+        return Ok(());
+    }
 
     let min_acc = epochs.iter().map(|p| p.2).fold(1.0, f64::min).min(0.9);
     let mut acc_chart = ChartBuilder::on(&right)

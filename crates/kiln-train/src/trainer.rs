@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_core::{Executor, HostTensor, Shape, Tensor};
+use kiln_core::{Executor, HostTensor, Tensor};
 use kiln_data::{Augmentation, DataLoader, Dataset, Mnist, MnistSplit, Normalization};
 
 use crate::checkpoint::Checkpoint;
@@ -19,6 +19,7 @@ use crate::TrainError;
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const PLOT_FILE: &str = "curves.svg";
+pub const CONFIG_FILE: &str = "config.toml";
 /// Log a training record every this many steps.
 const LOG_EVERY: u64 = 50;
 /// Evaluation batches: larger than training ones, since nothing is kept for backward.
@@ -41,8 +42,12 @@ pub struct TrainReport {
     pub steps: u64,
     pub epochs_done: usize,
     pub seconds: f64,
+    /// Classifiers: loss and accuracy on the test set. NaN for a language model, which
+    /// reports in `language_model` instead.
     pub test_loss: f64,
     pub test_accuracy: f64,
+    /// Language models: validation losses and where the best model is.
+    pub language_model: Option<crate::lm::LmOutcome>,
     /// Set when a stop request (Ctrl-C) ended the run early; a checkpoint was written.
     pub interrupted: bool,
     pub checkpoint: PathBuf,
@@ -167,24 +172,14 @@ impl<'d> Runner<'d> {
     /// Every checkpoint tensor's current value, read from the device.
     pub fn snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
         let (mp, exec) = self.train_step(batch)?;
-        let mut ck = Checkpoint::new();
-        for (name, t) in mp.checkpoint_tensors.clone() {
-            ck.insert(name, exec.read_state(t)?);
-        }
-        Ok(ck)
+        Checkpoint::read_from(exec.as_mut(), &mp.checkpoint_tensors)
     }
 
     /// Write a checkpoint's tensors into the device state, after checking that it holds
     /// exactly this model's tensors.
     pub fn restore(&mut self, batch: usize, ck: &Checkpoint, file: &Path) -> Result<(), TrainError> {
         let (mp, exec) = self.train_step(batch)?;
-        let expected: Vec<(String, Shape)> =
-            mp.checkpoint_tensors.iter().map(|(n, t)| (n.clone(), mp.graph.shape(*t).clone())).collect();
-        ck.check_matches(&expected, file)?;
-        for (name, t) in &mp.checkpoint_tensors {
-            exec.write_state(*t, &ck.tensors[name])?;
-        }
-        Ok(())
+        ck.write_to(exec.as_mut(), &mp.graph, &mp.checkpoint_tensors, file)
     }
 }
 
@@ -199,12 +194,10 @@ struct Position {
 
 fn save_checkpoint(runner: &mut Runner, config: &Config, pos: Position, path: &Path) -> Result<(), TrainError> {
     let mut ck = runner.snapshot(config.train.batch_size)?;
-    ck.set_meta("format", "kiln-checkpoint-1");
+    ck.set_run_meta(config);
     ck.set_meta("step", pos.step);
     ck.set_meta("epoch", pos.epoch);
     ck.set_meta("batch_in_epoch", pos.batch);
-    ck.set_meta("seed", config.train.seed);
-    ck.set_meta("config", config.to_toml());
     ck.save(path)
 }
 
@@ -217,12 +210,46 @@ pub fn checkpoint_config(ck: &Checkpoint, file: &Path) -> Result<Config, TrainEr
     Config::from_toml(text, file)
 }
 
-pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
-    let config = &opts.config;
-    config.validate().map_err(TrainError::Config)?;
+/// Check the config, create the output folder and write `config.toml` into it; returns
+/// where the (latest) checkpoint goes.
+pub(crate) fn prepare_run(opts: &TrainOptions) -> Result<PathBuf, TrainError> {
+    opts.config.validate().map_err(TrainError::Config)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", opts.out_dir.display())))?;
-    let ck_path = opts.out_dir.join(CHECKPOINT_FILE);
-    std::fs::write(opts.out_dir.join("config.toml"), config.to_toml()).map_err(|e| TrainError::Io(e.to_string()))?;
+    let config_file = opts.out_dir.join(CONFIG_FILE);
+    std::fs::write(&config_file, opts.config.to_toml()).map_err(|e| TrainError::Io(format!("{}: {e}", config_file.display())))?;
+    Ok(opts.out_dir.join(CHECKPOINT_FILE))
+}
+
+/// Whether the loop must stop now, with a checkpoint: Ctrl-C, or `max_steps` reached.
+pub(crate) fn stop_requested(stop: &AtomicBool, opts: &TrainOptions, step: u64) -> bool {
+    stop.load(Ordering::SeqCst) || opts.max_steps.is_some_and(|m| step >= m)
+}
+
+/// The error for a loss that is no longer finite at optimizer step `step` (counted from
+/// 1), saying where in the run it happened and what was kept.
+pub(crate) fn diverged(loss: f64, step: u64, place: &str, lr: f64, checkpoint: &Path) -> TrainError {
+    let kept = if checkpoint.exists() {
+        format!("the last good checkpoint is kept at {}", checkpoint.display())
+    } else {
+        "no checkpoint had been written yet".to_string()
+    };
+    TrainError::Diverged(format!(
+        "the loss became {loss} at step {step}{place} (learning rate {lr:e}); training stopped and {kept}. Try a lower learning rate or gradient clipping."
+    ))
+}
+
+/// Dispatch: a language model (`model.kind = "gpt"`) trains in [`crate::lm`], by steps;
+/// everything else here, by epochs over an image dataset.
+pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+    if opts.config.model.is_gpt() {
+        return crate::lm::train_lm(device, opts, stop);
+    }
+    train_classifier(device, opts, stop)
+}
+
+fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+    let config = &opts.config;
+    let ck_path = prepare_run(&opts)?;
     let data = load_mnist(config)?;
     let batch_size = config.train.batch_size;
     let mut loader = DataLoader::new(data.train.clone(), batch_size)
@@ -254,7 +281,7 @@ pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<T
     let mut interrupted = false;
     'epochs: while pos.epoch < config.train.epochs {
         let epoch_start = Instant::now();
-        let bar = progress_bar(opts.progress, steps_per_epoch, pos.epoch, config.train.epochs);
+        let bar = progress_bar(opts.progress, steps_per_epoch, &format!("epoch {}/{}", pos.epoch + 1, config.train.epochs));
         bar.set_position(pos.batch as u64);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0.0f64, 0usize);
         let mut smoothed = f64::NAN;
@@ -269,17 +296,8 @@ pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<T
             let loss = out[0].scalar();
             if !loss.is_finite() {
                 bar.abandon();
-                let kept = if ck_path.exists() {
-                    format!("the last good checkpoint is kept at {}", ck_path.display())
-                } else {
-                    "no checkpoint had been written yet".to_string()
-                };
-                return Err(TrainError::Diverged(format!(
-                    "the loss became {loss} at step {} (epoch {}, batch {}, learning rate {lr:e}); training stopped and {kept}. Try a lower learning rate or gradient clipping.",
-                    pos.step + 1,
-                    pos.epoch + 1,
-                    pos.batch + 1
-                )));
+                let place = format!(" (epoch {}, batch {})", pos.epoch + 1, pos.batch + 1);
+                return Err(diverged(loss, pos.step + 1, &place, lr, &ck_path));
             }
             pos.step += 1;
             pos.batch += 1;
@@ -293,7 +311,7 @@ pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<T
             if pos.step % LOG_EVERY == 0 {
                 metrics.push(Record::Train { step: pos.step, epoch: pos.epoch, loss, lr, samples_per_s: rate })?;
             }
-            if stop.load(Ordering::SeqCst) || opts.max_steps.is_some_and(|m| pos.step >= m) {
+            if stop_requested(stop, &opts, pos.step) {
                 bar.abandon_with_message("stopping: writing a checkpoint");
                 save_checkpoint(&mut runner, config, pos, &ck_path)?;
                 interrupted = true;
@@ -344,6 +362,7 @@ pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<T
         seconds: started.elapsed().as_secs_f64(),
         test_loss,
         test_accuracy,
+        language_model: None,
         interrupted,
         checkpoint: ck_path,
     })
@@ -359,20 +378,13 @@ pub fn evaluate_checkpoint(device: &Device, file: &Path, data_dir: Option<&Path>
     let data = load_mnist(&config)?;
     let mut runner = Runner::new(device, &config);
     let (mp, exec) = runner.eval_pass(EVAL_BATCH.min(data.test.len().max(1)))?;
-    let expected: Vec<(String, Shape)> = mp.checkpoint_tensors.iter().map(|(n, t)| (n.clone(), mp.graph.shape(*t).clone())).collect();
-    let model_only = Checkpoint {
-        tensors: ck.tensors.iter().filter(|(n, _)| !n.starts_with(crate::checkpoint::OPTIMIZER_PREFIX)).map(|(n, t)| (n.clone(), t.clone())).collect(),
-        metadata: ck.metadata.clone(),
-    };
-    model_only.check_matches(&expected, file)?;
-    for (name, t) in &mp.checkpoint_tensors {
-        exec.write_state(*t, &model_only.tensors[name])?;
-    }
+    ck.model_only().write_to(exec.as_mut(), &mp.graph, &mp.checkpoint_tensors, file)?;
     let (loss, accuracy) = runner.evaluate(&data.test)?;
     Ok((config, loss, accuracy))
 }
 
-fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+/// A bar of `len` steps labelled `prefix`; hidden when `show` is off (tests).
+pub(crate) fn progress_bar(show: bool, len: u64, prefix: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -381,6 +393,6 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBa
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar.set_prefix(prefix.to_string());
     bar
 }
