@@ -2,7 +2,7 @@
 //! one image per thread at a time), and 2-D max and average pooling with their
 //! gradients as direct loops: `kiln_core::Op::Conv2d` .. `Op::AvgPool2dBackward`.
 //! Every tensor is dense and row-major NCHW: element [n, c, y, x] of a [N, C, H, W]
-//! tensor is at ((n C + c) H + y) W + x. tests/conv_lowering.rs checks the convolutions
+//! tensor is at ((n C + c) H + y) W + x. tests/kernels_vs_definition.rs checks the convolutions
 //! against loops that spell out the words of `Op::Conv2d`.
 use kiln_core::{Conv2dGeometry, Conv2dParams, ExecError, Pool2dGeometry, Shape, Step};
 
@@ -214,7 +214,9 @@ impl Lowering {
         }
     }
 }
-/// Most images whose weight gradients are summed apart (`conv2d_backward_weight`).
+
+/// Most partial sums (chunks of consecutive images) the weight gradient is cut into
+/// (`conv2d_backward_weight`): what bounds the threads that can share it.
 const MAX_WEIGHT_PARTIALS: usize = 16;
 /// Elements all of the weight gradient's partial sums may take together (64 MiB of f32),
 /// unless one partial alone is larger.
@@ -290,14 +292,15 @@ fn conv2d_backward_input_on_threads<T: Float>(
 /// not depend on the number of threads.
 pub fn conv2d_backward_weight<T: Float>(geo: &Conv2dGeometry, x: &[T], grad_out: &[T], out: &mut [T]) {
     let low = Lowering::new(geo);
-    let partials = weight_partials(geo.batch, out.len());
+    let partials = geo.batch.div_ceil(images_per_partial(geo.batch, out.len()));
     let threads = parallel::threads_for(partials, multiply_adds(geo, &low));
     conv2d_backward_weight_on_threads(geo, x, grad_out, out, threads);
 }
 
-/// How many partial sums the weight gradient of `batch` images is cut into.
-fn weight_partials(batch: usize, weight_len: usize) -> usize {
-    batch.min(MAX_WEIGHT_PARTIALS).min((WEIGHT_PARTIALS_BUDGET / weight_len.max(1)).max(1))
+/// How many consecutive images of a batch each partial sum of the weight gradient takes.
+fn images_per_partial(batch: usize, weight_len: usize) -> usize {
+    let partials = batch.min(MAX_WEIGHT_PARTIALS).min((WEIGHT_PARTIALS_BUDGET / weight_len.max(1)).max(1));
+    batch.div_ceil(partials.max(1)).max(1)
 }
 
 /// `conv2d_backward_weight` with its chunks of images shared among `threads` threads.
@@ -311,8 +314,8 @@ fn conv2d_backward_weight_on_threads<T: Float>(
     let low = Lowering::new(geo);
     let (x_group, w_group, out_group) = low.group_sizes();
     let groups = geo.groups();
-    let partials = weight_partials(geo.batch, out.len());
-    let images_per_partial = geo.batch.div_ceil(partials.max(1));
+    let images_per_partial = images_per_partial(geo.batch, out.len());
+    let partials = geo.batch.div_ceil(images_per_partial);
     let mut sums = vec![T::ZERO; partials * out.len()];
     parallel::split_units(&mut sums, out.len(), threads, |chunks, sums| {
         let mut scratch = vec![T::ZERO; low.patch * low.pixels];
@@ -425,4 +428,53 @@ pub fn avg_pool2d_backward<T: Float>(geo: &Pool2dGeometry, grad_out: &[T], out: 
         let plane = &mut out[plane * area..][..area];
         for_each_in_window(geo, i, j, |offset| plane[offset] = plane[offset] + share);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 250.0 - 2.0).collect()
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// Each image (each chunk of images, for the weight gradient) is computed whole by
+    /// one thread, so every pass gives the same bits on any number of threads. 37 images
+    /// make 13 weight-gradient chunks of 3 and one of 1.
+    #[test]
+    fn every_pass_is_independent_of_the_thread_count() {
+        let params = Conv2dParams { stride: [2, 1], padding: [1, 2], dilation: [1, 2], groups: 2 };
+        let (x_shape, w_shape) = (Shape(vec![37, 4, 7, 6]), Shape(vec![6, 2, 3, 2]));
+        let out_shape = Shape(vec![37, 6, 4, 8]);
+        let geo = Conv2dGeometry::new(&x_shape, &w_shape, &out_shape, params).expect("consistent shapes");
+        assert_eq!(images_per_partial(geo.batch, w_shape.numel()), 3);
+        let (x, w, grad_out) = (values(x_shape.numel(), 1), values(w_shape.numel(), 2), values(out_shape.numel(), 3));
+        let forward = |threads| {
+            let mut out = vec![f32::NAN; out_shape.numel()];
+            conv2d_on_threads(&geo, &x, &w, &mut out, threads);
+            out
+        };
+        let grad_x = |threads| {
+            let mut out = vec![f32::NAN; x_shape.numel()];
+            conv2d_backward_input_on_threads(&geo, &grad_out, &w, &mut out, threads);
+            out
+        };
+        let grad_w = |threads| {
+            let mut out = vec![f32::NAN; w_shape.numel()];
+            conv2d_backward_weight_on_threads(&geo, &x, &grad_out, &mut out, threads);
+            out
+        };
+        let passes: [(&str, &dyn Fn(usize) -> Vec<f32>); 3] = [("forward", &forward), ("grad x", &grad_x), ("grad w", &grad_w)];
+        for (pass, run) in passes {
+            let one = run(1);
+            assert!(one.iter().all(|v| v.is_finite()), "{pass}: every element written");
+            for threads in [2, 3, 5, 16] {
+                assert!(same_bits(&one, &run(threads)), "{pass}: {threads} threads differ from one");
+            }
+        }
+    }
 }
