@@ -612,6 +612,63 @@ mod tests {
     }
 
     #[test]
+    fn gpt_recipes_are_nanogpts_settings() {
+        let baby = Config::recipe("shakespeare-gpt").expect("recipe");
+        let m = &baby.model;
+        assert_eq!((m.kind.as_str(), m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout), ("gpt", 6, 6, 384, 256, 0.2));
+        let o = &baby.optimizer;
+        assert_eq!((o.kind.as_str(), o.lr, o.weight_decay, o.betas, o.clip_grad_norm), ("adamw", 1e-3, 0.1, (0.9, 0.99), Some(1.0)));
+        let s = &baby.schedule;
+        assert_eq!((s.kind.as_str(), s.warmup_steps, s.eta_min), ("cosine", 100, 1e-4));
+        let t = &baby.train;
+        assert_eq!((t.batch_size, t.steps, t.eval_every, t.eval_batches), (64, 5000, 250, 200));
+        assert_eq!((baby.data.dataset.as_str(), baby.data.train_fraction), ("shakespeare", 0.9));
+        let tiny = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
+        assert_eq!((tiny.model.n_layer, tiny.model.n_head, tiny.model.n_embd, tiny.model.block_size), (2, 4, 128, 64));
+        // An MLP's TOML does not mention the GPT-only fields.
+        let mlp = Config::recipe("mnist-mlp").expect("recipe").to_toml();
+        for field in ["n_layer", "block_size", "tie_weights", "train_fraction", "max_chars", "eval_every"] {
+            assert!(!mlp.contains(field), "{field} in\n{mlp}");
+        }
+    }
+
+    #[test]
+    fn a_gpt_reads_from_toml_and_bad_ones_are_named() {
+        let text = r#"
+            [model]
+            kind = "gpt"
+            n_layer = 2
+            n_head = 4
+            n_embd = 64
+            block_size = 32
+            bias = false
+            [data]
+            dataset = "shakespeare"
+            max_chars = 100000
+            [train]
+            steps = 100
+            eval_every = 20
+            eval_batches = 5
+        "#;
+        let c = Config::from_toml(text, Path::new("gpt.toml")).expect("parse");
+        assert!(c.model.is_gpt() && !c.model.bias && c.model.tie_weights);
+        assert_eq!((c.data.max_chars, c.data.train_fraction, c.train.steps), (100_000, 0.9, 100));
+        assert_eq!(Config::from_toml(&c.to_toml(), Path::new("again.toml")).expect("round trip"), c);
+        for (change, expected) in [
+            (("n_embd = 64", "n_embd = 63"), "not a multiple of model.n_head"),
+            (("n_layer = 2", "n_layer = 0"), "n_layer"),
+            (("dataset = \"shakespeare\"", "dataset = \"mnist\""), "must be \"shakespeare\""),
+            (("steps = 100", "steps = 0"), "train.steps"),
+            (("max_chars = 100000", "train_fraction = 1.0"), "train_fraction"),
+        ] {
+            let e = Config::from_toml(&text.replace(change.0, change.1), Path::new("gpt.toml")).unwrap_err().to_string();
+            assert!(e.contains("gpt.toml") && e.contains(expected), "{change:?}: {e}");
+        }
+        let e = Config::from_toml("[model]\nsizes = [784, 10]\n[data]\ndataset = \"shakespeare\"\n", Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().contains("needs model.kind = \"gpt\""), "{e}");
+    }
+
+    #[test]
     fn config_errors_name_the_file_and_the_field() {
         let e = Config::from_toml("[model]\nsizes = [784, 10]\nactivation = \"swish\"\n", Path::new("job.toml")).unwrap_err();
         let msg = e.to_string();
