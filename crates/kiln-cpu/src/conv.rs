@@ -39,13 +39,6 @@ fn step_error(step: &Step, message: String) -> ExecError {
     ExecError::Unsupported(format!("step #{} ({}): {message}", step.node.id(), step.op.name()))
 }
 
-/// The input coordinate that output position `out_index` reads through kernel tap `tap`
-/// along one axis: `out_index stride - padding + tap dilation`, or `None` when that
-/// falls in the padding (outside `0..len`).
-fn input_coord(out_index: usize, tap: usize, stride: usize, padding: usize, dilation: usize, len: usize) -> Option<usize> {
-    (out_index * stride + tap * dilation).checked_sub(padding).filter(|&at| at < len)
-}
-
 /// One spatial axis of a convolution: which output positions each kernel tap connects
 /// to which input positions.
 #[derive(Clone, Copy)]
@@ -342,13 +335,21 @@ fn conv2d_backward_weight_on_threads<T: Float>(
     }
 }
 
+/// The input positions along one axis that the pooling window of output position
+/// `out_index` covers: `out_index stride - padding` and the `kernel - 1` after it,
+/// clipped to the input `0..len`.
+fn window_span(out_index: usize, kernel: usize, stride: usize, padding: usize, len: usize) -> std::ops::Range<usize> {
+    let start = out_index * stride; // in padded coordinates
+    start.saturating_sub(padding)..(start + kernel).saturating_sub(padding).min(len)
+}
+
 /// Calls `visit(offset)` for the offset within its plane of every element of the pooling
 /// window of output position (i, j) that lies inside the input, in row-major order.
+#[inline]
 fn for_each_in_window(geo: &Pool2dGeometry, i: usize, j: usize, mut visit: impl FnMut(usize)) {
-    for a in 0..geo.kernel[0] {
-        let Some(y) = input_coord(i, a, geo.stride[0], geo.padding[0], 1, geo.input[0]) else { continue };
-        for b in 0..geo.kernel[1] {
-            let Some(x) = input_coord(j, b, geo.stride[1], geo.padding[1], 1, geo.input[1]) else { continue };
+    let columns = window_span(j, geo.kernel[1], geo.stride[1], geo.padding[1], geo.input[1]);
+    for y in window_span(i, geo.kernel[0], geo.stride[0], geo.padding[0], geo.input[0]) {
+        for x in columns.clone() {
             visit(y * geo.input[1] + x);
         }
     }

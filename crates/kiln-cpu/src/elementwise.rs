@@ -139,14 +139,14 @@ pub fn compare<E: Element>(op: CmpOp, a: TensorRef<E>, b: TensorRef<E>, out: &mu
     }
 }
 
-/// `out = a where cond else b`, all three broadcast to `out_shape`. `cond` is given as
-/// truth values so that it may have any dtype.
-pub fn select<E: Element>(cond: TensorRef<bool>, a: TensorRef<E>, b: TensorRef<E>, out: &mut [E], out_shape: &Shape) {
+/// `out = a where cond else b`, all three broadcast to `out_shape`; `cond` may have any
+/// element type, nonzero (NaN included) meaning true.
+pub fn select<C: Element, E: Element>(cond: TensorRef<C>, a: TensorRef<E>, b: TensorRef<E>, out: &mut [E], out_shape: &Shape) {
     let cond_at = StridedOffsets::broadcast(cond.shape, out_shape);
     let a_at = StridedOffsets::broadcast(a.shape, out_shape);
     let b_at = StridedOffsets::broadcast(b.shape, out_shape);
     for (((o, c), i), j) in out.iter_mut().zip(cond_at).zip(a_at).zip(b_at) {
-        *o = if cond.data[c] { a.data[i] } else { b.data[j] };
+        *o = if cond.data[c].is_nonzero() { a.data[i] } else { b.data[j] };
     }
 }
 

@@ -302,22 +302,14 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
             }
             _ => return Err(mismatch()),
         },
-        (Op::Where, [cond, a, b], out) => {
-            let truth: Vec<bool> = match *cond {
-                View::Float(c) => c.iter().map(|v| v.is_nonzero()).collect(),
-                View::U32(c) => c.iter().map(|v| v.is_nonzero()).collect(),
-            };
-            let cond = arg(&truth, &ops[0]);
-            match (*a, *b, out) {
-                (View::Float(a), View::Float(b), ViewMut::Float(o)) => {
-                    elementwise::select(cond, arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape)
-                }
-                (View::U32(a), View::U32(b), ViewMut::U32(o)) => {
-                    elementwise::select(cond, arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape)
-                }
-                _ => return Err(mismatch()),
-            }
-        }
+        // The condition may be float or u32, the values float or u32: four kernels.
+        (Op::Where, [cond, a, b], out) => match (*cond, *a, *b, out) {
+            (View::Float(c), View::Float(a), View::Float(b), ViewMut::Float(o)) => elementwise::select(arg(c, &ops[0]), arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape),
+            (View::U32(c), View::Float(a), View::Float(b), ViewMut::Float(o)) => elementwise::select(arg(c, &ops[0]), arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape),
+            (View::Float(c), View::U32(a), View::U32(b), ViewMut::U32(o)) => elementwise::select(arg(c, &ops[0]), arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape),
+            (View::U32(c), View::U32(a), View::U32(b), ViewMut::U32(o)) => elementwise::select(arg(c, &ops[0]), arg(a, &ops[1]), arg(b, &ops[2]), o, out_shape),
+            _ => return Err(mismatch()),
+        },
         (Op::Reduce { op, axes }, [View::Float(x)], ViewMut::Float(o)) => reduce::reduce(*op, axes, arg(x, &ops[0]), o),
         (Op::MatMul { trans_a, trans_b }, [View::Float(a), View::Float(b)], ViewMut::Float(o)) => {
             matmul::matmul(arg(a, &ops[0]), *trans_a, arg(b, &ops[1]), *trans_b, o, out_shape)

@@ -11,10 +11,19 @@ pub struct TensorRef<'a, E> {
 
 /// Offsets `base + sum_k index[k] * strides[k]` for every index of `dims`, in row-major
 /// order (last axis fastest). A stride of 0 repeats elements (broadcasting).
+///
+/// Axes of length 1 are dropped and neighbours that walk memory as one axis would
+/// (`stride[k] == stride[k + 1] * dims[k + 1]`) are merged first, neither of which
+/// changes the sequence; the innermost remaining axis is then stepped without the
+/// odometer, which keeps the per-element cost to an add and a compare.
 pub struct StridedOffsets {
+    /// The outer axes (all but the innermost merged one): lengths, strides, index.
     dims: Vec<usize>,
     strides: Vec<usize>,
     index: Vec<usize>,
+    inner_len: usize,
+    inner_stride: usize,
+    inner_index: usize,
     offset: usize,
     remaining: usize,
 }
@@ -22,10 +31,22 @@ pub struct StridedOffsets {
 impl StridedOffsets {
     pub fn new(dims: &[usize], strides: &[usize], base: usize) -> Self {
         assert_eq!(dims.len(), strides.len(), "one stride per axis");
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(dims.len());
+        for (&len, &stride) in dims.iter().zip(strides) {
+            match merged.last_mut() {
+                _ if len == 1 => {}
+                Some(outer) if outer.1 == stride * len => *outer = (outer.0 * len, stride),
+                _ => merged.push((len, stride)),
+            }
+        }
+        let (inner_len, inner_stride) = merged.pop().unwrap_or((1, 0));
         StridedOffsets {
-            dims: dims.to_vec(),
-            strides: strides.to_vec(),
-            index: vec![0; dims.len()],
+            dims: merged.iter().map(|&(len, _)| len).collect(),
+            strides: merged.iter().map(|&(_, stride)| stride).collect(),
+            index: vec![0; merged.len()],
+            inner_len,
+            inner_stride,
+            inner_index: 0,
             offset: base,
             remaining: dims.iter().product(),
         }
@@ -35,18 +56,12 @@ impl StridedOffsets {
     pub fn broadcast(from: &Shape, to: &Shape) -> Self {
         StridedOffsets::new(to.dims(), &from.broadcast_strides(to), 0)
     }
-}
 
-impl Iterator for StridedOffsets {
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
-        if self.remaining == 0 {
-            return None;
-        }
-        self.remaining -= 1;
-        let current = self.offset;
-        // Advance the index like an odometer: bump the last axis, carry into earlier ones.
+    /// Move to the start of the next run of the innermost axis: bump the outer axes
+    /// like an odometer (last fastest), carrying into earlier ones.
+    fn next_run(&mut self) {
+        self.offset -= self.inner_stride * (self.inner_len - 1);
+        self.inner_index = 0;
         for axis in (0..self.dims.len()).rev() {
             self.index[axis] += 1;
             self.offset += self.strides[axis];
@@ -55,6 +70,25 @@ impl Iterator for StridedOffsets {
             }
             self.offset -= self.strides[axis] * self.dims[axis];
             self.index[axis] = 0;
+        }
+    }
+}
+
+impl Iterator for StridedOffsets {
+    type Item = usize;
+
+    #[inline]
+    fn next(&mut self) -> Option<usize> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        let current = self.offset;
+        self.inner_index += 1;
+        if self.inner_index < self.inner_len {
+            self.offset += self.inner_stride;
+        } else {
+            self.next_run();
         }
         Some(current)
     }
@@ -91,5 +125,12 @@ mod tests {
         assert_eq!(scalar, vec![7]);
         let empty: Vec<usize> = StridedOffsets::new(&[2, 0], &[0, 1], 0).collect();
         assert!(empty.is_empty());
+        // [2, 3, 4] with the middle axis broadcast: the inner two axes cannot merge, the
+        // length-1 axis is dropped, and a base offset carries through.
+        let bias: Vec<usize> = StridedOffsets::new(&[2, 1, 3, 2], &[2, 9, 0, 1], 5).collect();
+        assert_eq!(bias, vec![5, 6, 5, 6, 5, 6, 7, 8, 7, 8, 7, 8]);
+        // A contiguous [2, 3, 2] merges into one run of 12.
+        let dense: Vec<usize> = StridedOffsets::new(&[2, 3, 2], &[6, 2, 1], 0).collect();
+        assert_eq!(dense, (0..12).collect::<Vec<_>>());
     }
 }
