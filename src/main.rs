@@ -59,6 +59,30 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Continue a prompt with a trained GPT, printing the text as it is sampled.
+    Generate {
+        /// A GPT checkpoint written by `kiln train` (its tokenizer.json beside it).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Text to continue, printed first; every character must be in the tokenizer.
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        /// New tokens to sample.
+        #[arg(long, default_value_t = 500)]
+        tokens: usize,
+        /// Divides the logits before the softmax; 0 = greedy (always the likeliest token).
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the k likeliest tokens only (clamped to the vocabulary); all when absent.
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Seed of the sampling: the same seed gives the same text on the same device.
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// auto (best GPU, else CPU), gpu or cpu.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// List the GPU adapters wgpu finds, with their limits and features.
     Devices,
     /// Benchmarks: `kiln bench train mnist-mlp`.
@@ -103,6 +127,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Generate { checkpoint, prompt, tokens, temperature, top_k, seed, device } => {
+            let sampling = kiln_train::generate::SamplingOptions { temperature, top_k, seed };
+            generate_text(&checkpoint, &prompt, tokens, sampling, device)
+        }
         Command::Devices => {
             let adapters = kiln_wgpu::list_adapters();
             if adapters.is_empty() {
@@ -219,5 +247,46 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
+    }
+}
+
+/// `kiln generate`: the prompt, then each sampled token, flushed to stdout as it comes;
+/// the speed on stderr. Everything that can be refused is checked before a device opens.
+fn generate_text(
+    checkpoint: &std::path::Path,
+    prompt: &str,
+    tokens: usize,
+    sampling: kiln_train::generate::SamplingOptions,
+    device: DeviceChoice,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use kiln_train::generate::{check_request, generate, GenerateError, GptLogits, PlanLengths};
+    use std::io::Write;
+
+    let trained = kiln_train::lm::load_trained_gpt(checkpoint)?;
+    check_request(&trained.config, &trained.tokenizer, prompt, tokens, sampling)
+        .map_err(|e| format!("{e} (tokenizer beside {})", checkpoint.display()))?;
+    let device = Device::open(device)?;
+    eprintln!("device: {}", device.description);
+    let mut model = GptLogits::new(device.backend.as_ref(), trained.config, &trained.weights, PlanLengths::PowersOfTwo)?;
+    let mut stdout = std::io::stdout().lock();
+    let result = generate(&mut model, &trained.tokenizer, prompt, tokens, sampling, |piece| {
+        stdout.write_all(piece.as_bytes())?;
+        stdout.flush()
+    });
+    match result {
+        Ok(done) => {
+            writeln!(stdout)?;
+            eprintln!(
+                "{} tokens in {:.2} s ({:.1} tokens/s, plan compilation included) on {}",
+                done.generated,
+                done.seconds,
+                done.tokens_per_second(),
+                device.description
+            );
+            Ok(())
+        }
+        // The reader went away (`kiln generate ... | head`): nothing left to do.
+        Err(GenerateError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
