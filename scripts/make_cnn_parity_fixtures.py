@@ -28,6 +28,9 @@ Everything is computed in float64. Inputs and initial weights are drawn in float
 stored as float32 (widened to float64 for the computation), so the f32 backends receive
 exactly the values PyTorch used and any difference comes from their own arithmetic.
 Outputs, gradients and updated parameters are stored as float64: the exact answer.
+Every tensor is seeded (torch.manual_seed(0) per file), so a re-run writes the same
+tensors; the bytes may still differ, because safetensors writes the metadata in hash-map
+order.
 """
 import argparse
 import os

@@ -84,6 +84,21 @@ impl Fixture {
     }
 }
 
+/// The larger of two errors, NaN if either is (`f64::max` would drop a NaN, and a NaN
+/// from a backend must fail the comparison).
+fn max_keeping_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+/// Whether an error is over its tolerance; NaN is.
+fn exceeds(err: f64, tol: f64) -> bool {
+    err.is_nan() || err > tol
+}
+
 /// Collects every comparison of a test, prints the worst relative error per case and
 /// backend, and fails at the end listing every tensor over its tolerance.
 #[derive(Default)]
@@ -98,8 +113,7 @@ impl Report {
     fn relative_error(kiln: &HostTensor, torch: &HostTensor) -> f64 {
         let (a, b) = (kiln.to_f64_vec(), torch.to_f64_vec());
         let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
-        // A NaN must fail, so it is not folded away by f64::max.
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, |m: f64, d| if d.is_nan() { f64::NAN } else { m.max(d) });
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, max_keeping_nan);
         worst / scale
     }
 
@@ -110,7 +124,7 @@ impl Report {
         }
         let err = Self::relative_error(kiln, torch);
         self.record(backend, case, tensor, err);
-        if !(err <= tol) {
+        if exceeds(err, tol) {
             self.failures.push(format!("{backend}: {case} {tensor}: relative error {err:e} > {tol:e}"));
         }
     }
@@ -130,7 +144,7 @@ impl Report {
     fn finish(self, title: &str) {
         println!("{title}: worst relative error per case and backend");
         for ((backend, case), (err, tensor)) in &self.worst {
-            println!("  {backend:<40} {case:<32} {err:9.2e}  ({tensor})");
+            println!("  {case:<28} {err:9.2e}  ({tensor})  on {backend}");
         }
         assert!(self.failures.is_empty(), "{title}: {} comparisons failed:\n  {}", self.failures.len(), self.failures.join("\n  "));
     }
@@ -233,21 +247,24 @@ enum Pool {
     GlobalAvg,
 }
 
-/// Pooling cases as the script's tables: (kind, name, kernel, stride, padding).
-fn pool_cases() -> Vec<(Pool, &'static str, [usize; 2], [usize; 2], [usize; 2])> {
+/// A pooling case; `kernel`, `stride` and `padding` are unused for global pooling.
+struct PoolCase(Pool, &'static str, [usize; 2], [usize; 2], [usize; 2]);
+
+/// The same cases as the script's pooling tables: (kind, name, kernel, stride, padding).
+fn pool_cases() -> Vec<PoolCase> {
     vec![
-        (Pool::Max, "k2_s2_odd", [2, 2], [2, 2], [0, 0]),
-        (Pool::Max, "k3_s2_p1", [3, 3], [2, 2], [1, 1]),
-        (Pool::Max, "k3_s1_p1_overlap", [3, 3], [1, 1], [1, 1]),
-        (Pool::Max, "k2x3_s1x2_p1", [2, 3], [1, 2], [1, 1]),
+        PoolCase(Pool::Max, "k2_s2_odd", [2, 2], [2, 2], [0, 0]),
+        PoolCase(Pool::Max, "k3_s2_p1", [3, 3], [2, 2], [1, 1]),
+        PoolCase(Pool::Max, "k3_s1_p1_overlap", [3, 3], [1, 1], [1, 1]),
+        PoolCase(Pool::Max, "k2x3_s1x2_p1", [2, 3], [1, 2], [1, 1]),
         // Whole-number inputs: windows with equal maxima, where the gradient shows that
         // kiln selects the same element as PyTorch (the first in row-major order).
-        (Pool::Max, "ties_k3_s1_p1", [3, 3], [1, 1], [1, 1]),
-        (Pool::Max, "ties_k2_s2", [2, 2], [2, 2], [0, 0]),
-        (Pool::Avg, "k2_s2_odd", [2, 2], [2, 2], [0, 0]),
-        (Pool::Avg, "k3_s2_p1", [3, 3], [2, 2], [1, 1]),
-        (Pool::Avg, "k3x2_s2x1_p1", [3, 2], [2, 1], [1, 1]),
-        (Pool::GlobalAvg, "n2_c3_7x9", [0, 0], [0, 0], [0, 0]),
+        PoolCase(Pool::Max, "ties_k3_s1_p1", [3, 3], [1, 1], [1, 1]),
+        PoolCase(Pool::Max, "ties_k2_s2", [2, 2], [2, 2], [0, 0]),
+        PoolCase(Pool::Avg, "k2_s2_odd", [2, 2], [2, 2], [0, 0]),
+        PoolCase(Pool::Avg, "k3_s2_p1", [3, 3], [2, 2], [1, 1]),
+        PoolCase(Pool::Avg, "k3x2_s2x1_p1", [3, 2], [2, 1], [1, 1]),
+        PoolCase(Pool::GlobalAvg, "n2_c3_7x9", [0, 0], [0, 0], [0, 0]),
     ]
 }
 
@@ -258,7 +275,7 @@ fn pooling_forward_and_gradients_match_pytorch() {
     for subject in subjects() {
         let backend = (subject.make)();
         let on = backend.name();
-        for (kind, name, kernel, stride, padding) in pool_cases() {
+        for PoolCase(kind, name, kernel, stride, padding) in pool_cases() {
             let family = match kind {
                 Pool::Max => "max_pool",
                 Pool::Avg => "avg_pool",
@@ -471,9 +488,9 @@ fn check_adam_f32(report: &mut Report, on: &str, what: &str, kiln: &HostTensor, 
         let gap = (x - y).abs();
         // An exact 0 (a dead ReLU unit) is not noise: neither side moves the element.
         if *gi == 0.0 || gi.abs() >= ADAM_NOISE_FLOOR * grad_scale {
-            clear = if gap.is_nan() { f64::NAN } else { clear.max(gap) };
+            clear = max_keeping_nan(clear, gap);
         } else {
-            noisy = if gap.is_nan() { f64::NAN } else { noisy.max(gap) };
+            noisy = max_keeping_nan(noisy, gap);
             noisy_count += 1;
         }
     }
@@ -482,10 +499,10 @@ fn check_adam_f32(report: &mut Report, on: &str, what: &str, kiln: &HostTensor, 
         println!("  {on}: {what}: {noisy_count} of {} elements have a gradient near 0; they differ by up to {noisy:.2e} (bound 2 lr = {:.0e})", a.len(), 2.0 * lr);
     }
     report.record(on, CASE, what, clear_err);
-    if !(clear_err <= tol) {
+    if exceeds(clear_err, tol) {
         report.fail(format!("{on}: {what}: elements with a clear gradient differ by {clear_err:e} of the tensor's scale > {tol:e}"));
     }
-    if !(noisy <= 2.0 * lr) {
+    if exceeds(noisy, 2.0 * lr) {
         report.fail(format!("{on}: {what}: {noisy_count} elements with a gradient near 0 differ by up to {noisy:e} > 2 lr = {:e}", 2.0 * lr));
     }
 }
