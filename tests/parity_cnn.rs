@@ -403,7 +403,7 @@ const CNN_BATCH: usize = 8;
 
 /// Adam's first step moves each element by lr * g / (|g| + eps) (bias correction makes
 /// the first moment g and the second g^2), about lr * sign(g). Its sensitivity to an
-/// error d in the gradient is lr * eps * d / (|g| + eps)^2: nothing for a gradient well
+/// error d in the gradient is lr * eps * d / (|g| + eps)^2: negligible for a gradient well
 /// clear of 0, large for one near eps (1e-8), and a sign flip, up to 2 lr, for one within
 /// the gradient's own f32 rounding of 0 (the effect tests/parity.rs and tests/cnn_step.rs
 /// describe). In this fixture 3.weight holds 69 and 7.weight 1,032 elements (of 18,432 and
