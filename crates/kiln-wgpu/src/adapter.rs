@@ -93,6 +93,29 @@ impl AdapterReport {
         }
     }
 
+    /// A report of a made-up adapter with WebGPU's default limits, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str) -> AdapterReport {
+        let limits = wgpu::Limits::default();
+        AdapterReport {
+            name: name.to_string(),
+            backend: wgpu::Backend::Vulkan,
+            device_type: wgpu::DeviceType::DiscreteGpu,
+            driver: "test driver".into(),
+            driver_info: "1.0".into(),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            shader_f16: false,
+            subgroups: None,
+            cooperative_matrix: false,
+            cooperative_matrix_configs: Vec::new(),
+        }
+    }
+
     /// "name (backend, type)": how kiln names the adapter in messages.
     pub fn title(&self) -> String {
         format!("{} ({}, {})", self.name, backend_name(self.backend), device_type_name(self.device_type))
@@ -245,7 +268,11 @@ pub(crate) fn open_device(adapter: &wgpu::Adapter) -> Result<OpenDevice, ExecErr
             limits.max_storage_buffers_per_shader_stage
         )));
     }
-    let wanted = wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    // TIMESTAMP_QUERY: the matmul autotuner times candidates with GPU timestamps.
+    let wanted = wgpu::Features::SHADER_F16
+        | wgpu::Features::SUBGROUP
+        | wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+        | wgpu::Features::TIMESTAMP_QUERY;
     let features = adapter.features() & wanted;
     let experimental_features = if features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX) {
         // SAFETY: wgpu asks for this token before any EXPERIMENTAL_ feature; kiln only

@@ -5,8 +5,10 @@
 //! - [`WgpuBackend`]: loads a plan (arena, pipelines, bind groups) and runs it with one
 //!   queue submission per run.
 //! - [`kernels`]: lowering of plan steps to WGSL launches.
+//! - [`autotune`]: which matmul kernel configuration each matmul runs with (timed, cached on disk).
 //! - [`testing`]: the GPU-or-skip policy every GPU test follows.
 pub mod adapter;
+pub mod autotune;
 pub mod kernels;
 mod runtime;
 pub mod testing;

@@ -20,6 +20,7 @@
 //! stays read-only, so values loaded from it remain uniform for barriers.
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,12 +28,16 @@ use kiln_core::{Backend, DType, ExecError, Executor, HostData, HostTensor, Opera
 use wgpu::util::DeviceExt;
 
 use crate::adapter::{self, AdapterReport, ADAPTER_ENV};
+use crate::autotune::{self, Policy, Tuner, TuningReport, AUTOTUNE_ENV, MATMUL_CONFIG_ENV};
+use crate::kernels::matmul::{self, MatmulConfig};
 use crate::kernels::{self, Caps, Launch};
 
 /// Environment variable: seconds to wait for the GPU before a run fails (default 300).
 pub const TIMEOUT_ENV: &str = "KILN_GPU_TIMEOUT_SECS";
 
-/// How a `WgpuBackend` is opened. `Default` reads `KILN_ADAPTER` and `KILN_GPU_TIMEOUT_SECS`.
+/// How a `WgpuBackend` is opened. `Default` reads `KILN_ADAPTER`, `KILN_GPU_TIMEOUT_SECS`,
+/// `KILN_MATMUL_CONFIG`, `KILN_AUTOTUNE` and the cache directory variables (see
+/// [`crate::autotune`]).
 #[derive(Clone, Debug)]
 pub struct WgpuOptions {
     /// Case-insensitive substring of the adapter's name; `None` picks the best adapter.
@@ -48,6 +53,12 @@ pub struct WgpuOptions {
     pub max_buffer_size: Option<u64>,
     /// How long a run may wait for the GPU before it fails with `ExecError::Device`.
     pub timeout: Duration,
+    /// A matmul configuration name ("128x128x8-8x8") every matmul uses: no tuning.
+    pub matmul_config: Option<String>,
+    /// Time matmul configurations at plan load (else the heuristic picks, untimed).
+    pub autotune: bool,
+    /// Where the matmul tuning cache lives; `None` keeps tuning results in memory only.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for WgpuOptions {
@@ -59,6 +70,9 @@ impl Default for WgpuOptions {
             max_storage_binding: None,
             max_buffer_size: None,
             timeout: Duration::from_secs(timeout_secs),
+            matmul_config: std::env::var(MATMUL_CONFIG_ENV).ok().filter(|v| !v.trim().is_empty()),
+            autotune: !std::env::var(AUTOTUNE_ENV).is_ok_and(|v| ["off", "0", "false"].contains(&v.trim())),
+            cache_dir: autotune::default_cache_dir(),
         }
     }
 }
@@ -101,6 +115,10 @@ struct Shared {
     uncaptured: Arc<Mutex<Vec<String>>>,
     /// Why the device was lost, once it is.
     lost: Arc<Mutex<Option<String>>>,
+    /// Picks each matmul's kernel configuration.
+    tuner: Tuner,
+    /// Whether passes can carry timestamp queries (Features::TIMESTAMP_QUERY).
+    timestamps: bool,
 }
 
 /// The wgpu backend. Cheap to share: plans loaded on it share its device and pipelines.
@@ -115,6 +133,13 @@ impl WgpuBackend {
     }
 
     pub fn with_options(options: WgpuOptions) -> Result<Self, ExecError> {
+        let policy = match &options.matmul_config {
+            Some(name) => Policy::Forced(
+                MatmulConfig::parse(name).map_err(|e| ExecError::Unsupported(format!("{MATMUL_CONFIG_ENV}: {e}")))?,
+            ),
+            None if options.autotune => Policy::Tune { cache_dir: options.cache_dir.clone() },
+            None => Policy::HeuristicOnly,
+        };
         let instance = adapter::instance();
         let chosen = adapter::choose_adapter(&instance, options.adapter.as_deref())?;
         let open = adapter::open_device(&chosen)?;
@@ -137,7 +162,10 @@ impl WgpuBackend {
         open.device.set_device_lost_callback(move |reason, message| {
             *lock(&lost_sink) = Some(format!("{reason:?}: {message}"));
         });
+        let tuner = Tuner::new(policy, &open.report, &limits);
         let shared = Shared {
+            tuner,
+            timestamps: open.features.contains(wgpu::Features::TIMESTAMP_QUERY),
             device: open.device,
             queue: open.queue,
             report: open.report,
@@ -166,6 +194,18 @@ impl WgpuBackend {
     /// The limits plans are checked against (the device's, with option overrides).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.shared.limits
+    }
+
+    /// Which configuration each matmul loaded on this backend got, and how it was chosen.
+    pub fn matmul_tuning(&self) -> TuningReport {
+        self.shared.tuner.report()
+    }
+
+    /// Seconds per run of `config` on the problem of the matmul step `step` (a warm-up, then
+    /// the median of a few timed runs on scratch buffers; GPU timestamps where the adapter
+    /// has them). What the autotuner measures, for benchmarks.
+    pub fn time_matmul(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
+        self.shared.time_matmul(step, config)
     }
 
     /// Distinct compute pipelines created so far by every plan loaded on this backend.
@@ -342,6 +382,175 @@ impl Shared {
             mapped_at_creation: false,
         })
     }
+}
+
+/// Dispatches per timing sample are raised until a sample takes about this long, so that
+/// submission overhead does not swamp small kernels when timing by wall clock.
+const TIMING_SAMPLE_SECONDS: f64 = 2e-3;
+/// At most this many dispatches per timing sample.
+const MAX_DISPATCHES_PER_SAMPLE: u32 = 64;
+/// Timed samples per candidate after the warm-up; the median counts.
+const TIMING_SAMPLES: usize = 3;
+
+impl Shared {
+    /// Seconds per run of the matmul step `step` with `config`, on scratch buffers of the
+    /// step's sizes (filled with ones: all-zero data can run faster than real data). A
+    /// warm-up run, then the median of [`TIMING_SAMPLES`]; a warm-up slower than
+    /// `autotune::SLOW_RUN_SECONDS` is the answer as it is.
+    fn time_matmul(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
+        self.check_healthy()?;
+        let launches = matmul::lower_with(step, &self.caps, config)?;
+        let Some(launch) = launches.first() else {
+            return Ok(0.0); // an empty output: nothing to run
+        };
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let one = match self.caps.storage_type(step.output.dtype) {
+            "f16" => [half::f16::ONE.to_bits(); 2].map(u16::to_le_bytes).concat(),
+            _ => 1.0f32.to_le_bytes().to_vec(),
+        };
+        let operands: Vec<&Operand> = step.inputs.iter().chain([&step.output]).collect();
+        let buffers: Vec<wgpu::Buffer> = operands
+            .iter()
+            .enumerate()
+            .map(|(i, operand)| {
+                let bytes = storage_bytes(operand, &self.caps);
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("kiln matmul timing"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                if i < step.inputs.len() {
+                    self.queue.write_buffer(&buffer, 0, &one.repeat(bytes as usize / one.len()));
+                }
+                buffer
+            })
+            .collect();
+        let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("kiln matmul timing params"),
+            contents: bytemuck::cast_slice(&launch.params),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let layout = self.layout(launch.bindings.len());
+        let pipeline = self.pipeline(launch, &layout)?;
+        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(&params)
+            .chain(&buffers)
+            .enumerate()
+            .map(|(binding, buffer)| wgpu::BindGroupEntry { binding: binding as u32, resource: buffer.as_entire_binding() })
+            .collect();
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&launch.key),
+            layout: &layout.bind_group_layout,
+            entries: &entries,
+        });
+        let oom = pollster::block_on(out_of_memory.pop());
+        let invalid = pollster::block_on(validation.pop());
+        if let Some(error) = oom.or(invalid) {
+            return Err(ExecError::Device(format!("preparing to time {}: {error}", launch.key)));
+        }
+        let groups = fold_groups(launch, &self.limits, &self.report)?;
+
+        let warm_up = self.time_dispatches(&pipeline, &bind_group, groups, 1)?;
+        if warm_up > autotune::SLOW_RUN_SECONDS {
+            return Ok(warm_up);
+        }
+        let per_sample = (TIMING_SAMPLE_SECONDS / warm_up.max(1e-9)).ceil().clamp(1.0, MAX_DISPATCHES_PER_SAMPLE as f64);
+        let per_sample = per_sample as u32;
+        let mut samples = Vec::with_capacity(TIMING_SAMPLES);
+        for _ in 0..TIMING_SAMPLES {
+            samples.push(self.time_dispatches(&pipeline, &bind_group, groups, per_sample)? / per_sample as f64);
+        }
+        samples.sort_by(f64::total_cmp);
+        Ok(samples[samples.len() / 2])
+    }
+
+    /// Seconds that `dispatches` back-to-back dispatches of one kernel take: between GPU
+    /// timestamps at the start and end of their pass where the adapter has
+    /// TIMESTAMP_QUERY, else the wall-clock time of submitting them and waiting.
+    fn time_dispatches(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        groups: (u32, u32),
+        dispatches: u32,
+    ) -> Result<f64, ExecError> {
+        const TIMESTAMP_BYTES: u64 = 16; // two u64 ticks
+        let queries = self.timestamps.then(|| {
+            self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("kiln matmul timing"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            })
+        });
+        let mut encoder =
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln matmul timing") });
+        {
+            let timestamp_writes = queries.as_ref().map(|query_set| wgpu::ComputePassTimestampWrites {
+                query_set,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kiln matmul timing"), timestamp_writes });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            for _ in 0..dispatches {
+                pass.dispatch_workgroups(groups.0, groups.1, 1);
+            }
+        }
+        let staging = queries.as_ref().map(|query_set| {
+            let resolved = self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln timestamps"),
+                size: TIMESTAMP_BYTES,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            encoder.resolve_query_set(query_set, 0..2, &resolved, 0);
+            let staging = self.staging_buffer(TIMESTAMP_BYTES, "kiln timestamps readback");
+            encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, TIMESTAMP_BYTES);
+            staging
+        });
+        let start = Instant::now();
+        let read = self.submit_and_read(encoder, staging.as_ref().map(|b| (b, TIMESTAMP_BYTES)), "timing a matmul config")?;
+        let wall = start.elapsed().as_secs_f64();
+        let Some(bytes) = read else { return Ok(wall) };
+        let ticks: [u64; 2] = bytemuck::pod_read_unaligned(&bytes[..TIMESTAMP_BYTES as usize]);
+        let seconds = ticks[1].saturating_sub(ticks[0]) as f64 * self.queue.get_timestamp_period() as f64 * 1e-9;
+        // Some drivers leave timestamps at 0: the wall clock is the better answer then.
+        Ok(if seconds > 0.0 { seconds } else { wall })
+    }
+}
+
+/// A launch's workgroup count as a (x, y) grid within the adapter's per-dimension limit
+/// (see kernels/mod.rs: shaders compute `wid.x + wid.y * nwg.x`).
+fn fold_groups(launch: &Launch, limits: &wgpu::Limits, report: &AdapterReport) -> Result<(u32, u32), ExecError> {
+    let max_groups = limits.max_compute_workgroups_per_dimension.max(1);
+    let x = launch.groups.min(max_groups);
+    let y = launch.groups.div_ceil(x.max(1));
+    if y > max_groups {
+        return Err(ExecError::Unsupported(format!(
+            "kernel {} needs {} workgroups; {} allows {max_groups} x {max_groups}",
+            launch.key,
+            launch.groups,
+            report.title()
+        )));
+    }
+    Ok((x, y))
+}
+
+/// The launches of one step. A matmul's configuration comes from the tuner (which may
+/// time candidates on the device now).
+fn lower_step(shared: &Shared, step: &kiln_core::Step) -> Result<Vec<Launch>, ExecError> {
+    if !matches!(step.op, kiln_core::Op::MatMul { .. }) {
+        return kernels::lower(step, &shared.caps);
+    }
+    let problem = matmul::problem(step, &shared.caps)?;
+    if problem.m * problem.n * problem.batch == 0 {
+        return Ok(Vec::new()); // an empty output: nothing to choose
+    }
+    let config = shared.tuner.choose(&problem, &mut |config| shared.time_matmul(step, config))?;
+    matmul::lower_with(step, &shared.caps, config)
 }
 
 /// Every storage binding other than params (group 0, binding 0) becomes read_write.
@@ -608,7 +817,7 @@ fn build_dispatches(
     let limits = &shared.limits;
     let mut launches: Vec<Launch> = Vec::new();
     for step in &plan.steps {
-        let lowered = kernels::lower(step, &shared.caps).map_err(|e| match e {
+        let lowered = lower_step(shared, step).map_err(|e| match e {
             ExecError::Unsupported(m) => {
                 ExecError::Unsupported(format!("{} (node #{}) on {}: {m}", step.op.name(), step.node.id(), shared.report.title()))
             }
@@ -658,22 +867,12 @@ fn build_dispatches(
         usage: wgpu::BufferUsages::STORAGE,
     });
 
-    let max_groups = limits.max_compute_workgroups_per_dimension.max(1);
     let mut dispatches = Vec::with_capacity(launches.len());
     for (launch, &(params_offset, params_size)) in launches.iter().zip(&params_at) {
         if launch.groups == 0 {
             continue; // an empty tensor: nothing to compute
         }
-        let x = launch.groups.min(max_groups);
-        let y = launch.groups.div_ceil(x);
-        if y > max_groups {
-            return Err(ExecError::Unsupported(format!(
-                "kernel {} needs {} workgroups; {} allows {max_groups} x {max_groups}",
-                launch.key,
-                launch.groups,
-                shared.report.title()
-            )));
-        }
+        let (x, y) = fold_groups(launch, limits, &shared.report)?;
         let layout = shared.layout(launch.bindings.len());
         let pipeline = shared.pipeline(launch, &layout)?;
         let mut entries = vec![wgpu::BindGroupEntry {

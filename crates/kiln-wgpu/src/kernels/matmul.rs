@@ -12,7 +12,8 @@ use super::movement::{op_error, word};
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{ExecError, Op, Shape, Step, MAX_RANK};
 
-const SHADER: &str = include_str!("../../../../shaders/matmul.wgsl");
+/// The kernel family's template (the autotuner keys its cache by a hash of it).
+pub(crate) const SHADER: &str = include_str!("../../../../shaders/matmul.wgsl");
 
 /// Batch dims the params have room for: the output's rank minus the two matrix axes.
 const MAX_BATCH_RANK: usize = MAX_RANK - 2;
