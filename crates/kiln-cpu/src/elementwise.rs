@@ -5,7 +5,7 @@ use std::f64::consts::{FRAC_1_SQRT_2, PI};
 use kiln_core::{BinaryOp, CmpOp, Shape, UnaryOp};
 
 use crate::scalar::{nan_max, nan_min};
-use crate::strided::{StridedOffsets, TensorRef};
+use crate::strided::{for_each_broadcast_run, TensorRef};
 use crate::{Element, Float};
 
 /// The GELU tanh approximation's cubic coefficient.
@@ -104,18 +104,25 @@ pub fn binary_value<T: Float>(op: BinaryOp, a: T, b: T) -> T {
 
 /// `out = op(a, b)` with `a` and `b` broadcast to `out_shape`.
 pub fn binary<T: Float>(op: BinaryOp, a: TensorRef<T>, b: TensorRef<T>, out: &mut [T], out_shape: &Shape) {
-    if a.shape == out_shape && b.shape == out_shape {
-        // The common case needs no index arithmetic.
-        for ((o, &x), &y) in out.iter_mut().zip(a.data).zip(b.data) {
-            *o = binary_value(op, x, y);
+    map2(a, b, out, out_shape, |x, y| binary_value(op, x, y));
+}
+
+/// `out[e] = f(a[e], b[e])` with `a` and `b` broadcast to `out_shape`, run by run: runs
+/// where both operands advance one element at a time are plain slice loops.
+fn map2<A: Copy, B: Copy, O>(a: TensorRef<A>, b: TensorRef<B>, out: &mut [O], out_shape: &Shape, f: impl Fn(A, B) -> O) {
+    for_each_broadcast_run([a.shape, b.shape], out_shape, |run| {
+        let out = &mut out[run.out..][..run.len];
+        let ([ai, bi], [sa, sb]) = (run.inputs, run.strides);
+        if [sa, sb] == [1, 1] {
+            for ((o, &x), &y) in out.iter_mut().zip(&a.data[ai..][..run.len]).zip(&b.data[bi..][..run.len]) {
+                *o = f(x, y);
+            }
+        } else {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = f(a.data[ai + t * sa], b.data[bi + t * sb]);
+            }
         }
-        return;
-    }
-    let a_at = StridedOffsets::broadcast(a.shape, out_shape);
-    let b_at = StridedOffsets::broadcast(b.shape, out_shape);
-    for ((o, i), j) in out.iter_mut().zip(a_at).zip(b_at) {
-        *o = binary_value(op, a.data[i], b.data[j]);
-    }
+    });
 }
 
 /// Whether `a op b` holds (IEEE rules: every comparison with NaN is false but `ne`).
@@ -132,22 +139,26 @@ pub fn compare_value<E: Element>(op: CmpOp, a: E, b: E) -> bool {
 
 /// `out = 1 where (a op b) else 0`, broadcast, in the inputs' element type.
 pub fn compare<E: Element>(op: CmpOp, a: TensorRef<E>, b: TensorRef<E>, out: &mut [E], out_shape: &Shape) {
-    let a_at = StridedOffsets::broadcast(a.shape, out_shape);
-    let b_at = StridedOffsets::broadcast(b.shape, out_shape);
-    for ((o, i), j) in out.iter_mut().zip(a_at).zip(b_at) {
-        *o = if compare_value(op, a.data[i], b.data[j]) { E::ONE } else { E::ZERO };
-    }
+    map2(a, b, out, out_shape, |x, y| if compare_value(op, x, y) { E::ONE } else { E::ZERO });
 }
 
 /// `out = a where cond else b`, all three broadcast to `out_shape`; `cond` may have any
 /// element type, nonzero (NaN included) meaning true.
 pub fn select<C: Element, E: Element>(cond: TensorRef<C>, a: TensorRef<E>, b: TensorRef<E>, out: &mut [E], out_shape: &Shape) {
-    let cond_at = StridedOffsets::broadcast(cond.shape, out_shape);
-    let a_at = StridedOffsets::broadcast(a.shape, out_shape);
-    let b_at = StridedOffsets::broadcast(b.shape, out_shape);
-    for (((o, c), i), j) in out.iter_mut().zip(cond_at).zip(a_at).zip(b_at) {
-        *o = if cond.data[c].is_nonzero() { a.data[i] } else { b.data[j] };
-    }
+    for_each_broadcast_run([cond.shape, a.shape, b.shape], out_shape, |run| {
+        let out = &mut out[run.out..][..run.len];
+        let ([ci, ai, bi], [sc, sa, sb]) = (run.inputs, run.strides);
+        if [sc, sa, sb] == [1, 1, 1] {
+            let (c, a, b) = (&cond.data[ci..][..run.len], &a.data[ai..][..run.len], &b.data[bi..][..run.len]);
+            for (((o, c), &x), &y) in out.iter_mut().zip(c).zip(a).zip(b) {
+                *o = if c.is_nonzero() { x } else { y };
+            }
+        } else {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = if cond.data[ci + t * sc].is_nonzero() { a.data[ai + t * sa] } else { b.data[bi + t * sb] };
+            }
+        }
+    });
 }
 
 /// Float -> u32 cast: truncate toward zero, negatives and NaN to 0 (see [`Element::from_f64`]).

@@ -100,6 +100,61 @@ impl Iterator for StridedOffsets {
 
 impl ExactSizeIterator for StridedOffsets {}
 
+/// A stretch of a dense output along which every operand broadcast to it advances by a
+/// fixed stride: output elements `out .. out + len` read operand k at
+/// `inputs[k] + t * strides[k]` for t in `0..len` (a stride of 0 repeats one element).
+pub struct Run<const K: usize> {
+    pub out: usize,
+    pub inputs: [usize; K],
+    pub strides: [usize; K],
+    pub len: usize,
+}
+
+/// Calls `visit` for the runs that cover a dense row-major output of `out_shape`, in
+/// order, with `K` operands of the given shapes broadcast to it (NumPy rules). Axes
+/// are merged where every operand allows it, so operands of the output's shape make
+/// one run of the whole tensor, and a [C, 1, 1] bias of a [N, C, H, W] tensor makes
+/// runs of H W.
+pub fn for_each_broadcast_run<const K: usize>(inputs: [&Shape; K], out_shape: &Shape, mut visit: impl FnMut(Run<K>)) {
+    if out_shape.numel() == 0 {
+        return;
+    }
+    let operand_strides = inputs.map(|shape| shape.broadcast_strides(out_shape));
+    // (length, stride of each operand) of the merged axes, outermost first.
+    let mut merged: Vec<(usize, [usize; K])> = Vec::with_capacity(out_shape.rank());
+    for (axis, &len) in out_shape.dims().iter().enumerate() {
+        let strides: [usize; K] = std::array::from_fn(|k| operand_strides[k][axis]);
+        match merged.last_mut() {
+            _ if len == 1 => {}
+            Some((outer_len, outer)) if (0..K).all(|k| outer[k] == strides[k] * len) => {
+                *outer_len *= len;
+                *outer = strides;
+            }
+            _ => merged.push((len, strides)),
+        }
+    }
+    let (len, strides) = merged.pop().unwrap_or((1, [0; K]));
+    let mut index = vec![0; merged.len()];
+    let mut at = [0; K];
+    for out in (0..out_shape.numel()).step_by(len) {
+        visit(Run { out, inputs: at, strides, len });
+        // Advance the outer axes like an odometer (last fastest).
+        for (axis, &(axis_len, axis_strides)) in merged.iter().enumerate().rev() {
+            index[axis] += 1;
+            for k in 0..K {
+                at[k] += axis_strides[k];
+            }
+            if index[axis] < axis_len {
+                break;
+            }
+            for k in 0..K {
+                at[k] -= axis_strides[k] * axis_len;
+            }
+            index[axis] = 0;
+        }
+    }
+}
+
 /// Sizes around `axis` of a row-major shape: (product of the dims before it, its length,
 /// product of the dims after it). Element (o, k, i) sits at `(o * len + k) * inner + i`.
 pub fn split_at_axis(shape: &Shape, axis: usize) -> (usize, usize, usize) {
@@ -132,5 +187,27 @@ mod tests {
         // A contiguous [2, 3, 2] merges into one run of 12.
         let dense: Vec<usize> = StridedOffsets::new(&[2, 3, 2], &[6, 2, 1], 0).collect();
         assert_eq!(dense, (0..12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn broadcast_runs_merge_the_axes_every_operand_allows() {
+        let runs = |inputs: [&Shape; 2], out: &Shape| {
+            let mut all = Vec::new();
+            for_each_broadcast_run(inputs, out, |r| all.push((r.out, r.inputs, r.strides, r.len)));
+            all
+        };
+        let x = Shape::from([2, 3, 2, 2]);
+        // Same shape and a scalar: one run of everything.
+        assert_eq!(runs([&x, &Shape::from([])], &x), vec![(0, [0, 0], [1, 0], 24)]);
+        // A per-channel bias [3, 1, 1]: runs of H W = 4, the bias fixed along each.
+        let bias = Shape::from([3, 1, 1]);
+        let got = runs([&x, &bias], &x);
+        let want: Vec<_> = (0..6).map(|r| (4 * r, [4 * r, r % 3], [1, 0], 4)).collect();
+        assert_eq!(got, want);
+        // A column [2, 1] against a row [3]: runs along the row.
+        let got = runs([&Shape::from([2, 1]), &Shape::from([3])], &Shape::from([2, 3]));
+        assert_eq!(got, vec![(0, [0, 0], [0, 1], 3), (3, [1, 0], [0, 1], 3)]);
+        // Nothing to visit in an empty output.
+        assert!(runs([&Shape::from([0, 3]), &Shape::from([3])], &Shape::from([0, 3])).is_empty());
     }
 }
