@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         tokens: usize,
         /// Divides the logits before the softmax; 0 = greedy (always the likeliest token).
-        #[arg(long, default_value_t = 0.8)]
+        #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
         temperature: f64,
         /// Sample among the k likeliest tokens only (clamped to the vocabulary); all when absent.
         #[arg(long)]
@@ -259,12 +259,15 @@ fn generate_text(
     sampling: kiln_train::generate::SamplingOptions,
     device: DeviceChoice,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use kiln_train::generate::{check_request, generate, GenerateError, GptLogits, PlanLengths};
+    use kiln_train::generate::{check_request, encode_prompt, generate, GenerateError, GptLogits, PlanLengths};
     use std::io::Write;
 
     let trained = kiln_train::lm::load_trained_gpt(checkpoint)?;
-    check_request(&trained.config, &trained.tokenizer, prompt, tokens, sampling)
-        .map_err(|e| format!("{e} (tokenizer beside {})", checkpoint.display()))?;
+    encode_prompt(&trained.tokenizer, prompt).map_err(|e| {
+        let tokenizer = checkpoint.with_file_name(kiln_train::lm::TOKENIZER_FILE);
+        format!("{e} (the tokenizer is {})", tokenizer.display())
+    })?;
+    check_request(&trained.config, &trained.tokenizer, prompt, tokens, sampling)?;
     let device = Device::open(device)?;
     eprintln!("device: {}", device.description);
     let mut model = GptLogits::new(device.backend.as_ref(), trained.config, &trained.weights, PlanLengths::PowersOfTwo)?;
