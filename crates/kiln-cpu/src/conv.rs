@@ -4,6 +4,8 @@
 //! Every tensor is dense and row-major NCHW: element [n, c, y, x] of a [N, C, H, W]
 //! tensor is at ((n C + c) H + y) W + x. tests/kernels_vs_definition.rs checks the convolutions
 //! against loops that spell out the words of `Op::Conv2d`.
+use std::ops::Range;
+
 use kiln_core::{Conv2dGeometry, Conv2dParams, ExecError, Pool2dGeometry, Shape, Step};
 
 use crate::matmul::{gemm, MatrixRef};
@@ -65,7 +67,7 @@ impl Axis {
 
     /// The output positions whose window reads an input position (not padding) through
     /// tap `tap`: those i with 0 <= i stride - padding + tap dilation < input.
-    fn reached_by(&self, tap: usize) -> std::ops::Range<usize> {
+    fn reached_by(&self, tap: usize) -> Range<usize> {
         let offset = tap * self.dilation;
         let first = self.padding.saturating_sub(offset).div_ceil(self.stride);
         let end = match (self.input + self.padding).checked_sub(offset + 1) {
@@ -186,7 +188,7 @@ impl Lowering {
     /// row that reads input elements, not padding: output positions `output_range`
     /// (within the row, all in one output row) read the input plane from `input_start`
     /// on, `cols.stride` apart.
-    fn for_each_column_run(&self, mut visit: impl FnMut(usize, std::ops::Range<usize>, usize)) {
+    fn for_each_column_run(&self, mut visit: impl FnMut(usize, Range<usize>, usize)) {
         let [kh, kw] = self.taps;
         let wo = self.cols.output;
         let w = self.cols.input;
@@ -338,67 +340,102 @@ fn conv2d_backward_weight_on_threads<T: Float>(
 /// The input positions along one axis that the pooling window of output position
 /// `out_index` covers: `out_index stride - padding` and the `kernel - 1` after it,
 /// clipped to the input `0..len`.
-fn window_span(out_index: usize, kernel: usize, stride: usize, padding: usize, len: usize) -> std::ops::Range<usize> {
+fn window_span(out_index: usize, kernel: usize, stride: usize, padding: usize, len: usize) -> Range<usize> {
     let start = out_index * stride; // in padded coordinates
     start.saturating_sub(padding)..(start + kernel).saturating_sub(padding).min(len)
 }
 
-/// Calls `visit(offset)` for the offset within its plane of every element of the pooling
-/// window of output position (i, j) that lies inside the input, in row-major order.
-#[inline]
-fn for_each_in_window(geo: &Pool2dGeometry, i: usize, j: usize, mut visit: impl FnMut(usize)) {
-    let columns = window_span(j, geo.kernel[1], geo.stride[1], geo.padding[1], geo.input[1]);
-    for y in window_span(i, geo.kernel[0], geo.stride[0], geo.padding[0], geo.input[0]) {
-        for x in columns.clone() {
-            visit(y * geo.input[1] + x);
+/// The windows of a pooling: for each output row and each output column, the input
+/// rows and columns its window covers inside the input.
+struct Windows {
+    rows: Vec<Range<usize>>,
+    cols: Vec<Range<usize>>,
+    /// Input width: the distance between rows of a plane.
+    width: usize,
+}
+
+impl Windows {
+    fn of(geo: &Pool2dGeometry) -> Self {
+        let spans = |d: usize| -> Vec<Range<usize>> {
+            (0..geo.output[d]).map(|i| window_span(i, geo.kernel[d], geo.stride[d], geo.padding[d], geo.input[d])).collect()
+        };
+        Windows { rows: spans(0), cols: spans(1), width: geo.input[1] }
+    }
+
+    /// Calls `visit(offset)` for the offset within its plane of every element of the
+    /// window of output position (i, j) that lies inside the input, in row-major order.
+    #[inline]
+    fn for_each_in(&self, i: usize, j: usize, mut visit: impl FnMut(usize)) {
+        for y in self.rows[i].clone() {
+            for x in self.cols[j].clone() {
+                visit(y * self.width + x);
+            }
         }
+    }
+
+    /// The maximum of a window and the offset of its selected element (`Op::MaxPool2d`):
+    /// the running maximum starts at -inf on the first element inside the input and is
+    /// replaced by any greater element or any NaN.
+    fn max<T: Float>(&self, plane: &[T], i: usize, j: usize) -> (T, usize) {
+        let mut best = (T::NEG_INFINITY, None);
+        self.for_each_in(i, j, |at| {
+            let v = plane[at];
+            if best.1.is_none() {
+                best.1 = Some(at);
+            }
+            if v > best.0 || v.is_nan() {
+                best = (v, Some(at));
+            }
+        });
+        // Padding is at most half the kernel, so every window holds an input element.
+        (best.0, best.1.expect("every pooling window overlaps the input"))
     }
 }
 
-/// The maximum of a window and the offset of its selected element (`Op::MaxPool2d`):
-/// the running maximum starts at -inf on the first element inside the input and is
-/// replaced by any greater element or any NaN.
-fn window_max<T: Float>(geo: &Pool2dGeometry, plane: &[T], i: usize, j: usize) -> (T, usize) {
-    let mut best = (T::NEG_INFINITY, None);
-    for_each_in_window(geo, i, j, |at| {
-        let v = plane[at];
-        if best.1.is_none() {
-            best.1 = Some(at);
-        }
-        if v > best.0 || v.is_nan() {
-            best = (v, Some(at));
+/// Calls `task(plane, out)` for each (n, c) plane of a pooling, `out` being that plane's
+/// `out_plane_len` elements of the output (the pooled plane, or for a gradient the
+/// input-sized plane). Planes are independent, so they are spread over threads.
+fn for_each_plane<T: Float>(geo: &Pool2dGeometry, out: &mut [T], out_plane_len: usize, task: impl Fn(usize, &mut [T]) + Sync) {
+    let planes = geo.batch * geo.channels;
+    let threads = parallel::threads_for(planes, planes * geo.input[0] * geo.input[1]);
+    parallel::split_units(out, out_plane_len, threads, |range, out| {
+        for (plane, out) in range.zip(out.chunks_exact_mut(out_plane_len)) {
+            task(plane, out);
         }
     });
-    // Padding is at most half the kernel, so every window holds an input element.
-    (best.0, best.1.expect("every pooling window overlaps the input"))
 }
 
-/// Calls `visit(plane, output_offset)` for each (n, c) plane of x and each output
-/// position of it, in row-major order of the output.
-fn for_each_output(geo: &Pool2dGeometry, mut visit: impl FnMut(usize, usize, usize, usize)) {
+/// Calls `visit(i, j, at)` for every output position of a plane, in row-major order;
+/// `at` is its offset in the pooled plane.
+fn for_each_output(geo: &Pool2dGeometry, mut visit: impl FnMut(usize, usize, usize)) {
     let [ho, wo] = geo.output;
-    for plane in 0..geo.batch * geo.channels {
-        for i in 0..ho {
-            for j in 0..wo {
-                visit(plane, (plane * ho + i) * wo + j, i, j);
-            }
+    for i in 0..ho {
+        for j in 0..wo {
+            visit(i, j, i * wo + j);
         }
     }
 }
 
 pub fn max_pool2d<T: Float>(geo: &Pool2dGeometry, x: &[T], out: &mut [T]) {
-    let area = geo.input[0] * geo.input[1];
-    for_each_output(geo, |plane, at, i, j| out[at] = window_max(geo, &x[plane * area..][..area], i, j).0);
+    let (area, pooled) = (geo.input[0] * geo.input[1], geo.output[0] * geo.output[1]);
+    let windows = Windows::of(geo);
+    for_each_plane(geo, out, pooled, |plane, out| {
+        let plane = &x[plane * area..][..area];
+        for_each_output(geo, |i, j, at| out[at] = windows.max(plane, i, j).0);
+    });
 }
 
 /// Each grad_out element goes to its window's selected element, in output order.
 pub fn max_pool2d_backward<T: Float>(geo: &Pool2dGeometry, x: &[T], grad_out: &[T], out: &mut [T]) {
-    let area = geo.input[0] * geo.input[1];
-    out.fill(T::ZERO);
-    for_each_output(geo, |plane, at, i, j| {
-        let (_, selected) = window_max(geo, &x[plane * area..][..area], i, j);
-        let target = plane * area + selected;
-        out[target] = out[target] + grad_out[at];
+    let (area, pooled) = (geo.input[0] * geo.input[1], geo.output[0] * geo.output[1]);
+    let windows = Windows::of(geo);
+    for_each_plane(geo, out, area, |plane, grad_x| {
+        let (x, grads) = (&x[plane * area..][..area], &grad_out[plane * pooled..][..pooled]);
+        grad_x.fill(T::ZERO);
+        for_each_output(geo, |i, j, at| {
+            let (_, selected) = windows.max(x, i, j);
+            grad_x[selected] = grad_x[selected] + grads[at];
+        });
     });
 }
 
@@ -408,26 +445,30 @@ fn window_size<T: Float>(geo: &Pool2dGeometry) -> T {
 }
 
 pub fn avg_pool2d<T: Float>(geo: &Pool2dGeometry, x: &[T], out: &mut [T]) {
-    let area = geo.input[0] * geo.input[1];
-    let size = window_size::<T>(geo);
-    for_each_output(geo, |plane, at, i, j| {
+    let (area, pooled) = (geo.input[0] * geo.input[1], geo.output[0] * geo.output[1]);
+    let (windows, size) = (Windows::of(geo), window_size::<T>(geo));
+    for_each_plane(geo, out, pooled, |plane, out| {
         let plane = &x[plane * area..][..area];
-        let mut sum = T::ZERO;
-        for_each_in_window(geo, i, j, |offset| sum = sum + plane[offset]);
-        out[at] = sum / size;
+        for_each_output(geo, |i, j, at| {
+            let mut sum = T::ZERO;
+            windows.for_each_in(i, j, |offset| sum = sum + plane[offset]);
+            out[at] = sum / size;
+        });
     });
 }
 
 /// Each grad_out element, divided by the window size, is added to every input element of
 /// its window, in output order.
 pub fn avg_pool2d_backward<T: Float>(geo: &Pool2dGeometry, grad_out: &[T], out: &mut [T]) {
-    let area = geo.input[0] * geo.input[1];
-    let size = window_size::<T>(geo);
-    out.fill(T::ZERO);
-    for_each_output(geo, |plane, at, i, j| {
-        let share = grad_out[at] / size;
-        let plane = &mut out[plane * area..][..area];
-        for_each_in_window(geo, i, j, |offset| plane[offset] = plane[offset] + share);
+    let (area, pooled) = (geo.input[0] * geo.input[1], geo.output[0] * geo.output[1]);
+    let (windows, size) = (Windows::of(geo), window_size::<T>(geo));
+    for_each_plane(geo, out, area, |plane, grad_x| {
+        let grads = &grad_out[plane * pooled..][..pooled];
+        grad_x.fill(T::ZERO);
+        for_each_output(geo, |i, j, at| {
+            let share = grads[at] / size;
+            windows.for_each_in(i, j, |offset| grad_x[offset] = grad_x[offset] + share);
+        });
     });
 }
 
@@ -475,6 +516,39 @@ mod tests {
             assert!(one.iter().all(|v| v.is_finite()), "{pass}: every element written");
             for threads in [2, 3, 5, 16] {
                 assert!(same_bits(&one, &run(threads)), "{pass}: {threads} threads differ from one");
+            }
+        }
+    }
+
+    /// Pooling spreads planes over threads: a batch large enough for that gives, plane
+    /// by plane, what each plane pooled alone (one thread) gives. 3x3 windows at stride
+    /// 2 with padding 1 overlap and clip at the edges.
+    #[test]
+    fn pooled_planes_match_planes_pooled_alone() {
+        let (planes, size) = (40, 121);
+        let x_shape = Shape(vec![4, 10, size, size]);
+        let out_shape = Shape(vec![4, 10, 61, 61]);
+        let geo = Pool2dGeometry::new(&x_shape, &out_shape, [3, 3], [2, 2], [1, 1]).expect("consistent shapes");
+        let one = Pool2dGeometry::new(&Shape(vec![1, 1, size, size]), &Shape(vec![1, 1, 61, 61]), [3, 3], [2, 2], [1, 1])
+            .expect("consistent shapes");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parallel::threads_for(planes, planes * size * size), cores.min(2), "enough work to use threads");
+        let (x, grad_out) = (values(x_shape.numel(), 4), values(out_shape.numel(), 5));
+        let (area, pooled) = (size * size, 61 * 61);
+        type Pass = fn(&Pool2dGeometry, &[f32], &[f32], &mut [f32]);
+        let passes: [(&str, Pass, usize); 4] = [
+            ("max", |g, x, _, o| max_pool2d(g, x, o), pooled),
+            ("max grad", |g, x, d, o| max_pool2d_backward(g, x, d, o), area),
+            ("avg", |g, x, _, o| avg_pool2d(g, x, o), pooled),
+            ("avg grad", |g, _, d, o| avg_pool2d_backward(g, d, o), area),
+        ];
+        for (name, pass, out_plane) in passes {
+            let mut all = vec![f32::NAN; planes * out_plane];
+            pass(&geo, &x, &grad_out, &mut all);
+            for p in 0..planes {
+                let mut alone = vec![f32::NAN; out_plane];
+                pass(&one, &x[p * area..][..area], &grad_out[p * pooled..][..pooled], &mut alone);
+                assert!(same_bits(&all[p * out_plane..][..out_plane], &alone), "{name}: plane {p}");
             }
         }
     }

@@ -5,8 +5,8 @@ use std::f64::consts::{FRAC_1_SQRT_2, PI};
 use kiln_core::{BinaryOp, CmpOp, Shape, UnaryOp};
 
 use crate::scalar::{nan_max, nan_min};
-use crate::strided::{for_each_broadcast_run, TensorRef};
-use crate::{Element, Float};
+use crate::strided::{BroadcastRuns, TensorRef};
+use crate::{parallel, Element, Float};
 
 /// The GELU tanh approximation's cubic coefficient.
 const GELU_CUBIC: f64 = 0.044715;
@@ -84,9 +84,12 @@ fn relu<T: Float>(x: T) -> T {
 }
 
 pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = unary_value(op, v);
-    }
+    let threads = parallel::threads_for(out.len(), out.len());
+    parallel::split_units(out, 1, threads, |range, out| {
+        for (o, &v) in out.iter_mut().zip(&x[range]) {
+            *o = unary_value(op, v);
+        }
+    });
 }
 
 /// One element of a binary op, as documented on [`BinaryOp`].
@@ -107,21 +110,33 @@ pub fn binary<T: Float>(op: BinaryOp, a: TensorRef<T>, b: TensorRef<T>, out: &mu
     map2(a, b, out, out_shape, |x, y| binary_value(op, x, y));
 }
 
-/// `out[e] = f(a[e], b[e])` with `a` and `b` broadcast to `out_shape`, run by run: runs
-/// where both operands advance one element at a time are plain slice loops.
-fn map2<A: Copy, B: Copy, O>(a: TensorRef<A>, b: TensorRef<B>, out: &mut [O], out_shape: &Shape, f: impl Fn(A, B) -> O) {
-    for_each_broadcast_run([a.shape, b.shape], out_shape, |run| {
-        let out = &mut out[run.out..][..run.len];
-        let ([ai, bi], [sa, sb]) = (run.inputs, run.strides);
-        if [sa, sb] == [1, 1] {
-            for ((o, &x), &y) in out.iter_mut().zip(&a.data[ai..][..run.len]).zip(&b.data[bi..][..run.len]) {
-                *o = f(x, y);
+/// `out[e] = f(a[e], b[e])` with `a` and `b` broadcast to `out_shape`, run by run (runs
+/// where both operands advance one element at a time are plain slice loops), large
+/// outputs split over threads.
+fn map2<A: Copy + Sync, B: Copy + Sync, O: Send>(
+    a: TensorRef<A>,
+    b: TensorRef<B>,
+    out: &mut [O],
+    out_shape: &Shape,
+    f: impl Fn(A, B) -> O + Sync,
+) {
+    let runs = BroadcastRuns::new([a.shape, b.shape], out_shape);
+    let threads = parallel::threads_for(runs.count(), out.len());
+    parallel::split_units(out, runs.len(), threads, |range, out| {
+        let first = range.start * runs.len();
+        runs.for_each(range, |run| {
+            let out = &mut out[run.out - first..][..run.len];
+            let ([ai, bi], [sa, sb]) = (run.inputs, run.strides);
+            if [sa, sb] == [1, 1] {
+                for ((o, &x), &y) in out.iter_mut().zip(&a.data[ai..][..run.len]).zip(&b.data[bi..][..run.len]) {
+                    *o = f(x, y);
+                }
+            } else {
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = f(a.data[ai + t * sa], b.data[bi + t * sb]);
+                }
             }
-        } else {
-            for (t, o) in out.iter_mut().enumerate() {
-                *o = f(a.data[ai + t * sa], b.data[bi + t * sb]);
-            }
-        }
+        });
     });
 }
 
@@ -145,19 +160,24 @@ pub fn compare<E: Element>(op: CmpOp, a: TensorRef<E>, b: TensorRef<E>, out: &mu
 /// `out = a where cond else b`, all three broadcast to `out_shape`; `cond` may have any
 /// element type, nonzero (NaN included) meaning true.
 pub fn select<C: Element, E: Element>(cond: TensorRef<C>, a: TensorRef<E>, b: TensorRef<E>, out: &mut [E], out_shape: &Shape) {
-    for_each_broadcast_run([cond.shape, a.shape, b.shape], out_shape, |run| {
-        let out = &mut out[run.out..][..run.len];
-        let ([ci, ai, bi], [sc, sa, sb]) = (run.inputs, run.strides);
-        if [sc, sa, sb] == [1, 1, 1] {
-            let (c, a, b) = (&cond.data[ci..][..run.len], &a.data[ai..][..run.len], &b.data[bi..][..run.len]);
-            for (((o, c), &x), &y) in out.iter_mut().zip(c).zip(a).zip(b) {
-                *o = if c.is_nonzero() { x } else { y };
+    let runs = BroadcastRuns::new([cond.shape, a.shape, b.shape], out_shape);
+    let threads = parallel::threads_for(runs.count(), out.len());
+    parallel::split_units(out, runs.len(), threads, |range, out| {
+        let first = range.start * runs.len();
+        runs.for_each(range, |run| {
+            let out = &mut out[run.out - first..][..run.len];
+            let ([ci, ai, bi], [sc, sa, sb]) = (run.inputs, run.strides);
+            if [sc, sa, sb] == [1, 1, 1] {
+                let (c, a, b) = (&cond.data[ci..][..run.len], &a.data[ai..][..run.len], &b.data[bi..][..run.len]);
+                for (((o, c), &x), &y) in out.iter_mut().zip(c).zip(a).zip(b) {
+                    *o = if c.is_nonzero() { x } else { y };
+                }
+            } else {
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = if cond.data[ci + t * sc].is_nonzero() { a.data[ai + t * sa] } else { b.data[bi + t * sb] };
+                }
             }
-        } else {
-            for (t, o) in out.iter_mut().enumerate() {
-                *o = if cond.data[ci + t * sc].is_nonzero() { a.data[ai + t * sa] } else { b.data[bi + t * sb] };
-            }
-        }
+        });
     });
 }
 
@@ -172,5 +192,36 @@ pub fn float_to_u32<T: Float>(x: &[T], out: &mut [u32]) {
 pub fn u32_to_float<T: Float>(x: &[u32], out: &mut [T]) {
     for (o, &v) in out.iter_mut().zip(x) {
         *o = T::from_f64(v as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outputs this large are split over threads, each starting at some run of the
+    /// broadcast walk: every element must still meet its own operands.
+    #[test]
+    fn large_broadcasts_match_the_element_formula() {
+        let (n, c, hw) = (4, 3, 300 * 300);
+        let out_shape = Shape(vec![n, c, 300, 300]);
+        let x: Vec<f32> = (0..out_shape.numel()).map(|i| (i % 1013) as f32).collect();
+        let bias_shape = Shape(vec![c, 1, 1]);
+        let bias = [0.25f32, 0.5, 0.75];
+        let mut sum = vec![f32::NAN; out_shape.numel()];
+        binary(BinaryOp::Add, TensorRef { data: &x, shape: &out_shape }, TensorRef { data: &bias, shape: &bias_shape }, &mut sum, &out_shape);
+        for (i, &v) in sum.iter().enumerate() {
+            assert_eq!(v, x[i] + bias[(i / hw) % c], "bias add, element {i}");
+        }
+        // where(x > 500, x, -1) with a scalar threshold and fill.
+        let scalar = Shape(vec![]);
+        let mut above = vec![f32::NAN; out_shape.numel()];
+        compare(CmpOp::Gt, TensorRef { data: &x, shape: &out_shape }, TensorRef { data: &[500.0], shape: &scalar }, &mut above, &out_shape);
+        let mut picked = vec![f32::NAN; out_shape.numel()];
+        let (cond, values, fill) = (TensorRef { data: &above, shape: &out_shape }, TensorRef { data: &x, shape: &out_shape }, TensorRef { data: &[-1.0], shape: &scalar });
+        select(cond, values, fill, &mut picked, &out_shape);
+        for (i, &v) in picked.iter().enumerate() {
+            assert_eq!(v, if x[i] > 500.0 { x[i] } else { -1.0 }, "where, element {i}");
+        }
     }
 }

@@ -110,47 +110,81 @@ pub struct Run<const K: usize> {
     pub len: usize,
 }
 
-/// Calls `visit` for the runs that cover a dense row-major output of `out_shape`, in
-/// order, with `K` operands of the given shapes broadcast to it (NumPy rules). Axes
-/// are merged where every operand allows it, so operands of the output's shape make
-/// one run of the whole tensor, and a [C, 1, 1] bias of a [N, C, H, W] tensor makes
-/// runs of H W.
-pub fn for_each_broadcast_run<const K: usize>(inputs: [&Shape; K], out_shape: &Shape, mut visit: impl FnMut(Run<K>)) {
-    if out_shape.numel() == 0 {
-        return;
-    }
-    let operand_strides = inputs.map(|shape| shape.broadcast_strides(out_shape));
-    // (length, stride of each operand) of the merged axes, outermost first.
-    let mut merged: Vec<(usize, [usize; K])> = Vec::with_capacity(out_shape.rank());
-    for (axis, &len) in out_shape.dims().iter().enumerate() {
-        let strides: [usize; K] = std::array::from_fn(|k| operand_strides[k][axis]);
-        match merged.last_mut() {
-            _ if len == 1 => {}
-            Some((outer_len, outer)) if (0..K).all(|k| outer[k] == strides[k] * len) => {
-                *outer_len *= len;
-                *outer = strides;
+/// The runs that cover a dense row-major output of some shape, in order, with `K`
+/// operands broadcast to it (NumPy rules). Axes are merged where every operand allows
+/// it, so operands of the output's shape make one run of the whole tensor, and a
+/// [C, 1, 1] bias of a [N, C, H, W] tensor makes runs of H W. Every run has the same
+/// length, so a range of runs is a range of the output.
+pub struct BroadcastRuns<const K: usize> {
+    /// (length, stride of each operand) of the merged axes outside the runs, outermost first.
+    outer: Vec<(usize, [usize; K])>,
+    len: usize,
+    strides: [usize; K],
+    count: usize,
+}
+
+impl<const K: usize> BroadcastRuns<K> {
+    pub fn new(inputs: [&Shape; K], out_shape: &Shape) -> Self {
+        let operand_strides = inputs.map(|shape| shape.broadcast_strides(out_shape));
+        let mut merged: Vec<(usize, [usize; K])> = Vec::with_capacity(out_shape.rank());
+        for (axis, &len) in out_shape.dims().iter().enumerate() {
+            let strides: [usize; K] = std::array::from_fn(|k| operand_strides[k][axis]);
+            match merged.last_mut() {
+                _ if len == 1 => {}
+                Some((outer_len, outer)) if (0..K).all(|k| outer[k] == strides[k] * len) => {
+                    *outer_len *= len;
+                    *outer = strides;
+                }
+                _ => merged.push((len, strides)),
             }
-            _ => merged.push((len, strides)),
         }
+        let (len, strides) = merged.pop().unwrap_or((1, [0; K]));
+        let count = if len == 0 { 0 } else { out_shape.numel() / len };
+        BroadcastRuns { outer: merged, len, strides, count }
     }
-    let (len, strides) = merged.pop().unwrap_or((1, [0; K]));
-    let mut index = vec![0; merged.len()];
-    let mut at = [0; K];
-    for out in (0..out_shape.numel()).step_by(len) {
-        visit(Run { out, inputs: at, strides, len });
-        // Advance the outer axes like an odometer (last fastest).
-        for (axis, &(axis_len, axis_strides)) in merged.iter().enumerate().rev() {
-            index[axis] += 1;
+
+    /// Elements per run.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Runs in the whole output.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Calls `visit` for runs `runs` (a range of `0..count`), in order.
+    pub fn for_each(&self, runs: std::ops::Range<usize>, mut visit: impl FnMut(Run<K>)) {
+        if runs.is_empty() {
+            return; // nor may an empty output's zero-length axes be divided by below
+        }
+        // The outer index of the first run, and the operands' offsets there.
+        let mut index = vec![0; self.outer.len()];
+        let mut at = [0; K];
+        let mut rest = runs.start;
+        for (axis, &(axis_len, axis_strides)) in self.outer.iter().enumerate().rev() {
+            index[axis] = rest % axis_len;
+            rest /= axis_len;
             for k in 0..K {
-                at[k] += axis_strides[k];
+                at[k] += index[axis] * axis_strides[k];
             }
-            if index[axis] < axis_len {
-                break;
+        }
+        for run in runs {
+            visit(Run { out: run * self.len, inputs: at, strides: self.strides, len: self.len });
+            // Advance the outer axes like an odometer (last fastest).
+            for (axis, &(axis_len, axis_strides)) in self.outer.iter().enumerate().rev() {
+                index[axis] += 1;
+                for k in 0..K {
+                    at[k] += axis_strides[k];
+                }
+                if index[axis] < axis_len {
+                    break;
+                }
+                for k in 0..K {
+                    at[k] -= axis_strides[k] * axis_len;
+                }
+                index[axis] = 0;
             }
-            for k in 0..K {
-                at[k] -= axis_strides[k] * axis_len;
-            }
-            index[axis] = 0;
         }
     }
 }
@@ -192,8 +226,15 @@ mod tests {
     #[test]
     fn broadcast_runs_merge_the_axes_every_operand_allows() {
         let runs = |inputs: [&Shape; 2], out: &Shape| {
+            let runs = BroadcastRuns::new(inputs, out);
             let mut all = Vec::new();
-            for_each_broadcast_run(inputs, out, |r| all.push((r.out, r.inputs, r.strides, r.len)));
+            runs.for_each(0..runs.count(), |r| all.push((r.out, r.inputs, r.strides, r.len)));
+            // Starting anywhere gives the same runs from there on.
+            for start in 0..runs.count() {
+                let mut tail = Vec::new();
+                runs.for_each(start..runs.count(), |r| tail.push((r.out, r.inputs, r.strides, r.len)));
+                assert_eq!(tail, all[start..]);
+            }
             all
         };
         let x = Shape::from([2, 3, 2, 2]);
