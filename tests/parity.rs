@@ -12,10 +12,13 @@
 //!   direction set by f32 rounding. PyTorch shows it too: its own float32 run of this
 //!   fixture is 8.4e-5 (relative) from the float64 answer on 2.weight, which holds one
 //!   element with |g| < 1e-7, while its float32 gradients are within 1.2e-8 (absolute).
-//!   kiln's float32 gradients are within 4.6e-8, the same rounding. So: elements whose
-//!   initial gradient stands clear of that noise (|g| >= 1e-6, or exactly 0 for a dead
-//!   ReLU unit) must match to 1e-5, and
-//!   every element to 1e-3.
+//!   kiln's float32 gradients are within 4.6e-8, the same rounding. Over three steps the
+//!   gradients of later steps are computed from f32 weights too, and where one passes
+//!   near zero its element's step again follows rounding (seen: 5 of 100,480 elements of
+//!   0.weight at 1.5e-5 on the f32 CPU backend, each with a sizeable first gradient; and
+//!   the one element of 2.weight above). So: every element within 1e-3, and at most one
+//!   in every (started) 10,000 outside 1e-5: a wrong bias correction or weight decay
+//!   moves nearly every element and fails that at once.
 use std::path::Path;
 
 use kiln_core::{Backend, DType, Graph, HostTensor, Plan, Reduction};
@@ -48,6 +51,21 @@ fn assert_close(what: &str, kiln: &HostTensor, torch: &HostTensor, tol: f64) {
     let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
     assert!(worst / scale <= tol, "{what}: max |kiln - torch| = {worst:e}, relative to max |torch| = {scale:e}: {:e} > {tol:e}", worst / scale);
+}
+
+/// The Adam-family check of the module comment: every element within `adam_tol`, and
+/// all but one in every (started) 10,000 within `tol`, both relative to the tensor's scale.
+fn assert_adam_close(what: &str, kiln: &HostTensor, torch: &HostTensor, subject: &Subject) {
+    assert_close(what, kiln, torch, subject.adam_tol);
+    let (a, b) = (kiln.to_f64_vec(), torch.to_f64_vec());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+    let outside = a.iter().zip(&b).filter(|(x, y)| (*x - *y).abs() > subject.tol * scale).count();
+    assert!(
+        outside <= a.len().div_ceil(10_000),
+        "{what}: {outside} of {} elements differ by more than {:e} of max |torch| (at most one per 10,000 may)",
+        a.len(),
+        subject.tol
+    );
 }
 
 fn subjects() -> Vec<Subject> {
@@ -105,7 +123,6 @@ fn three_steps_match(optimizer: &str, edit: impl Fn(&mut Config)) {
     edit(&mut config);
     for subject in subjects() {
         let backend = (subject.make)();
-        let tol = if optimizer.starts_with("adam") { subject.adam_tol } else { subject.tol };
         let mp = train_plan(&config, 16).expect("train plan");
         let mut exec = backend.load(&mp.plan).expect("load");
         let train = mp.train.as_ref().expect("training graph");
@@ -121,7 +138,12 @@ fn three_steps_match(optimizer: &str, edit: impl Fn(&mut Config)) {
         for (name, t) in &train.params {
             let value = exec.read_state(*t).expect("read");
             let what = format!("{}: {optimizer} {name} after 3 steps", backend.name());
-            assert_close(&what, &value, tensor(&f, &format!("{optimizer}.{name}")), tol);
+            let expected = tensor(&f, &format!("{optimizer}.{name}"));
+            if optimizer.starts_with("adam") {
+                assert_adam_close(&what, &value, expected, &subject);
+            } else {
+                assert_close(&what, &value, expected, subject.tol);
+            }
         }
         assert_eq!(train.params.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), PARAMS);
     }
