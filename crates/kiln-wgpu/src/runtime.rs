@@ -121,7 +121,9 @@ struct Shared {
     timestamps: bool,
 }
 
-/// The wgpu backend. Cheap to share: plans loaded on it share its device and pipelines.
+/// The wgpu backend. Cheap to share (clones share the device, the pipelines, the states
+/// and the matmul tuner).
+#[derive(Clone)]
 pub struct WgpuBackend {
     shared: Arc<Shared>,
 }
