@@ -126,14 +126,31 @@ fn map2<A: Copy + Sync, B: Copy + Sync, O: Send>(
         let first = range.start * runs.len();
         runs.for_each(range, |run| {
             let out = &mut out[run.out - first..][..run.len];
-            let ([ai, bi], [sa, sb]) = (run.inputs, run.strides);
-            if [sa, sb] == [1, 1] {
-                for ((o, &x), &y) in out.iter_mut().zip(&a.data[ai..][..run.len]).zip(&b.data[bi..][..run.len]) {
-                    *o = f(x, y);
+            let ([ai, bi], len) = (run.inputs, run.len);
+            // Dense operands and scalars (relu's `x > 0`) get loops without index
+            // arithmetic, which the compiler vectorises.
+            match run.strides {
+                [1, 1] => {
+                    for ((o, &x), &y) in out.iter_mut().zip(&a.data[ai..][..len]).zip(&b.data[bi..][..len]) {
+                        *o = f(x, y);
+                    }
                 }
-            } else {
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o = f(a.data[ai + t * sa], b.data[bi + t * sb]);
+                [1, 0] => {
+                    let y = b.data[bi];
+                    for (o, &x) in out.iter_mut().zip(&a.data[ai..][..len]) {
+                        *o = f(x, y);
+                    }
+                }
+                [0, 1] => {
+                    let x = a.data[ai];
+                    for (o, &y) in out.iter_mut().zip(&b.data[bi..][..len]) {
+                        *o = f(x, y);
+                    }
+                }
+                [sa, sb] => {
+                    for (t, o) in out.iter_mut().enumerate() {
+                        *o = f(a.data[ai + t * sa], b.data[bi + t * sb]);
+                    }
                 }
             }
         });
@@ -166,15 +183,26 @@ pub fn select<C: Element, E: Element>(cond: TensorRef<C>, a: TensorRef<E>, b: Te
         let first = range.start * runs.len();
         runs.for_each(range, |run| {
             let out = &mut out[run.out - first..][..run.len];
-            let ([ci, ai, bi], [sc, sa, sb]) = (run.inputs, run.strides);
-            if [sc, sa, sb] == [1, 1, 1] {
-                let (c, a, b) = (&cond.data[ci..][..run.len], &a.data[ai..][..run.len], &b.data[bi..][..run.len]);
-                for (((o, c), &x), &y) in out.iter_mut().zip(c).zip(a).zip(b) {
-                    *o = if c.is_nonzero() { x } else { y };
+            let ([ci, ai, bi], len) = (run.inputs, run.len);
+            // Dense operands, and a scalar fill (relu's gradient `where(x > 0, g, 0)`),
+            // get loops without index arithmetic.
+            match run.strides {
+                [1, 1, 1] => {
+                    let (c, a, b) = (&cond.data[ci..][..len], &a.data[ai..][..len], &b.data[bi..][..len]);
+                    for (((o, c), &x), &y) in out.iter_mut().zip(c).zip(a).zip(b) {
+                        *o = if c.is_nonzero() { x } else { y };
+                    }
                 }
-            } else {
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o = if cond.data[ci + t * sc].is_nonzero() { a.data[ai + t * sa] } else { b.data[bi + t * sb] };
+                [1, 1, 0] => {
+                    let (c, a, y) = (&cond.data[ci..][..len], &a.data[ai..][..len], b.data[bi]);
+                    for ((o, c), &x) in out.iter_mut().zip(c).zip(a) {
+                        *o = if c.is_nonzero() { x } else { y };
+                    }
+                }
+                [sc, sa, sb] => {
+                    for (t, o) in out.iter_mut().enumerate() {
+                        *o = if cond.data[ci + t * sc].is_nonzero() { a.data[ai + t * sa] } else { b.data[bi + t * sb] };
+                    }
                 }
             }
         });
@@ -217,6 +245,11 @@ mod tests {
         let scalar = Shape(vec![]);
         let mut above = vec![f32::NAN; out_shape.numel()];
         compare(CmpOp::Gt, TensorRef { data: &x, shape: &out_shape }, TensorRef { data: &[500.0], shape: &scalar }, &mut above, &out_shape);
+        // The same test written 500 < x: the scalar on the left.
+        let mut below = vec![f32::NAN; out_shape.numel()];
+        compare(CmpOp::Lt, TensorRef { data: &[500.0], shape: &scalar }, TensorRef { data: &x, shape: &out_shape }, &mut below, &out_shape);
+        assert_eq!(above, below);
+        assert_eq!(above.iter().filter(|&&v| v == 1.0).count(), x.iter().filter(|&&v| v > 500.0).count());
         let mut picked = vec![f32::NAN; out_shape.numel()];
         let (cond, values, fill) = (TensorRef { data: &above, shape: &out_shape }, TensorRef { data: &x, shape: &out_shape }, TensorRef { data: &[-1.0], shape: &scalar });
         select(cond, values, fill, &mut picked, &out_shape);
