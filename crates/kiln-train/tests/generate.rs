@@ -1,6 +1,8 @@
 //! Text generation: bucketed plans against the full-block plan, cropping of long
 //! contexts, a memorised string reproduced greedily (and by top-k 1), determinism for a
 //! seed, validation of options, prompts and weights, and the GPU against the CPU.
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use kiln_core::{Backend, DType, Graph, HostTensor, Plan};
@@ -9,6 +11,9 @@ use kiln_data::{CharCorpus, CharTokenizer, TextSplit};
 use kiln_nn::init::{normal, seeded_rng};
 use kiln_nn::{GptConfig, Module, TrainGraph, GPT};
 use kiln_train::generate::{generate, GptLogits, PlanLengths, SamplingOptions};
+use kiln_train::lm::{evaluate_lm_checkpoint, load_corpus, load_trained_gpt};
+use kiln_train::trainer::{train, TrainOptions, CHECKPOINT_FILE};
+use kiln_train::{Config, Device};
 
 fn config(vocab_size: usize, block_size: usize, n_layer: usize, n_head: usize, n_embd: usize) -> GptConfig {
     GptConfig { vocab_size, block_size, n_layer, n_head, n_embd, dropout: 0.0, bias: true, tie_weights: true }
@@ -314,4 +319,65 @@ fn gpu_generation_matches_the_cpu() {
     let greedy = SamplingOptions { temperature: 0.0, top_k: None, seed: 0 };
     let text = generate(&mut on_gpu, &m.tokenizer, "kiln g", 30, greedy, |_| Ok(())).unwrap().text;
     assert_eq!(text, continuation("kiln g", 30));
+}
+
+/// What `kiln generate` runs is the model `kiln train` trained: a short run of the tiny
+/// Shakespeare recipe (with dropout 0.2, so that training mode differs from evaluation),
+/// loaded by `load_trained_gpt`, gives through [`GptLogits`], one context at a time, the
+/// validation loss that `kiln eval` computes with its batched evaluation plan. Both are
+/// f32 on the CPU with sums in other orders: 1e-4 (a wrong weight, a dropped mask or a
+/// wrong row moves it by far more).
+#[test]
+fn generation_runs_the_trained_model_of_a_kiln_train_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
+    config.model.n_layer = 2;
+    config.model.n_head = 2;
+    config.model.n_embd = 32;
+    config.model.block_size = 16;
+    config.model.dropout = 0.2;
+    config.train.batch_size = 4;
+    config.train.steps = 20;
+    config.train.eval_batches = 2;
+    config.data.max_chars = 20_000;
+    config.data.path = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets"));
+    let options = TrainOptions { config: config.clone(), out_dir: dir.path().to_path_buf(), resume: None, progress: false, max_steps: None };
+    let device = Device::cpu();
+    train(&device, options, &AtomicBool::new(false)).expect("training run");
+    let checkpoint = dir.path().join(CHECKPOINT_FILE);
+
+    let (_, eval_loss) = evaluate_lm_checkpoint(&device, &checkpoint, None).expect("kiln eval");
+    let trained = load_trained_gpt(&checkpoint).expect("load");
+    assert_eq!(trained.config.dropout, 0.2);
+    let corpus = load_corpus(&config, Some(trained.tokenizer.clone())).expect("corpus");
+    let (batch, block) = (config.train.batch_size, config.model.block_size);
+    let windows = corpus.windows(TextSplit::Validation, batch, block, config.train.seed).expect("windows");
+    let mut model = GptLogits::new(device.backend.as_ref(), trained.config.clone(), &trained.weights, PlanLengths::PowersOfTwo)
+        .expect("model");
+    let (mut sum, mut count) = (0.0, 0);
+    for b in windows.take(config.train.eval_batches) {
+        let (x, y) = (b.x.to_u32_vec(), b.y.to_u32_vec());
+        for row in 0..batch {
+            for t in 0..block {
+                let logits = model.next_logits(&x[row * block..row * block + t + 1]).expect("logits");
+                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let log_total = max + logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln();
+                sum += log_total - logits[y[row * block + t] as usize];
+                count += 1;
+            }
+        }
+    }
+    let loss = sum / count as f64;
+    eprintln!("validation loss: kiln eval {eval_loss:.6}, through GptLogits {loss:.6}");
+    assert!((loss - eval_loss).abs() < 1e-4, "kiln eval says {eval_loss}, generation's model {loss}");
+
+    let sampling = SamplingOptions { temperature: 0.8, top_k: Some(40), seed: 1 };
+    let mut streamed = String::new();
+    let out = generate(&mut model, &trained.tokenizer, "ROMEO:", 20, sampling, |piece| {
+        streamed.push_str(piece);
+        Ok(())
+    })
+    .expect("generate");
+    assert_eq!(streamed, format!("ROMEO:{}", out.text));
+    assert_eq!(out.text.chars().count(), 20);
 }
