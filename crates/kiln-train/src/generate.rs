@@ -71,6 +71,10 @@ struct LengthPlan {
 
 /// A GPT loaded on a backend, in evaluation mode, answering "which logits follow this
 /// context?".
+///
+/// Its weights are backend states named as nanoGPT's parameters, and a backend shares
+/// states by name between everything loaded on it: two models with different weights
+/// need two backends.
 pub struct GptLogits<'b> {
     backend: &'b dyn Backend,
     graph: Graph,
@@ -151,10 +155,13 @@ impl<'b> GptLogits<'b> {
             let last_row = g.gather_rows(rows, last)?; // [1, V]
             let plan = Plan::compile(g, &[last_row])?;
             let mut exec = self.backend.load(&plan)?;
-            if let Some(weights) = self.pending_weights.take() {
-                for (state, value) in &weights {
+            // Cleared only once every write succeeded: after a failure the next plan
+            // tries again rather than running on the placeholder values.
+            if let Some(weights) = &self.pending_weights {
+                for (state, value) in weights {
                     exec.write_state(*state, value)?;
                 }
+                self.pending_weights = None;
             }
             self.plans.insert(length, LengthPlan { tokens, last, exec });
         }
