@@ -376,19 +376,21 @@ impl Windows {
     /// The maximum of a window and the offset of its selected element (`Op::MaxPool2d`):
     /// the running maximum starts at -inf on the first element inside the input and is
     /// replaced by any greater element or any NaN.
+    #[inline]
     fn max<T: Float>(&self, plane: &[T], i: usize, j: usize) -> (T, usize) {
-        let mut best = (T::NEG_INFINITY, None);
-        self.for_each_in(i, j, |at| {
-            let v = plane[at];
-            if best.1.is_none() {
-                best.1 = Some(at);
+        let (rows, cols) = (self.rows[i].clone(), self.cols[j].clone());
+        // Padding is at most half the kernel, so every window holds an input element:
+        // the first one is selected unless another replaces it.
+        let mut best = (T::NEG_INFINITY, rows.start * self.width + cols.start);
+        for y in rows {
+            let row = &plane[y * self.width..][cols.clone()];
+            for (x, &v) in cols.clone().zip(row) {
+                if v > best.0 || v.is_nan() {
+                    best = (v, y * self.width + x);
+                }
             }
-            if v > best.0 || v.is_nan() {
-                best = (v, Some(at));
-            }
-        });
-        // Padding is at most half the kernel, so every window holds an input element.
-        (best.0, best.1.expect("every pooling window overlaps the input"))
+        }
+        best
     }
 }
 

@@ -3,7 +3,7 @@
 use kiln_core::ReduceOp;
 
 use crate::scalar::nan_max;
-use crate::strided::{StridedOffsets, TensorRef};
+use crate::strided::{BroadcastRuns, StridedOffsets, TensorRef};
 use crate::Float;
 
 /// Below this many values a plain running sum is used: its error is bounded by the
@@ -37,10 +37,21 @@ pub fn reduce<T: Float>(op: ReduceOp, axes: &[usize], x: TensorRef<T>, out: &mut
     let reduced_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
     let count: usize = reduced_dims.iter().product();
 
+    // The values of one output, in runs along the innermost merged reduced axis.
+    let runs = BroadcastRuns::over(&reduced_dims, [&reduced_strides]);
     let mut gathered = Vec::with_capacity(count);
     for (o, base) in out.iter_mut().zip(StridedOffsets::new(&kept_dims, &strides, 0)) {
         gathered.clear();
-        gathered.extend(StridedOffsets::new(&reduced_dims, &reduced_strides, base).map(|i| x.data[i]));
+        runs.for_each(0..runs.count(), |run| {
+            let ([first], [stride]) = (run.inputs, run.strides);
+            let values = &x.data[base + first..];
+            // (No reduced axes make one run of one value, with stride 0.)
+            if stride == 1 || run.len == 1 {
+                gathered.extend_from_slice(&values[..run.len]);
+            } else {
+                gathered.extend(values.iter().step_by(stride).take(run.len));
+            }
+        });
         *o = match op {
             ReduceOp::Sum => pairwise_sum(&gathered),
             // 0 / 0 = NaN for an empty reduction, as in PyTorch.

@@ -126,8 +126,14 @@ pub struct BroadcastRuns<const K: usize> {
 impl<const K: usize> BroadcastRuns<K> {
     pub fn new(inputs: [&Shape; K], out_shape: &Shape) -> Self {
         let operand_strides = inputs.map(|shape| shape.broadcast_strides(out_shape));
-        let mut merged: Vec<(usize, [usize; K])> = Vec::with_capacity(out_shape.rank());
-        for (axis, &len) in out_shape.dims().iter().enumerate() {
+        BroadcastRuns::over(out_shape.dims(), operand_strides.each_ref().map(|s| s.as_slice()))
+    }
+
+    /// The runs of an index space `dims` walked by `K` operands with the given strides
+    /// (one per axis each); `Run::out` counts the elements of `dims` before the run.
+    pub fn over(dims: &[usize], operand_strides: [&[usize]; K]) -> Self {
+        let mut merged: Vec<(usize, [usize; K])> = Vec::with_capacity(dims.len());
+        for (axis, &len) in dims.iter().enumerate() {
             let strides: [usize; K] = std::array::from_fn(|k| operand_strides[k][axis]);
             match merged.last_mut() {
                 _ if len == 1 => {}
@@ -139,7 +145,7 @@ impl<const K: usize> BroadcastRuns<K> {
             }
         }
         let (len, strides) = merged.pop().unwrap_or((1, [0; K]));
-        let count = if len == 0 { 0 } else { out_shape.numel() / len };
+        let count = if len == 0 { 0 } else { dims.iter().product::<usize>() / len };
         BroadcastRuns { outer: merged, len, strides, count }
     }
 
