@@ -5,8 +5,13 @@ loss curves can be compared with PyTorch's.
 
 How to run (CPU is enough for the tiny config):
 
-    /opt/torchenv/bin/python scripts/reference_gpt.py                 # tiny: 2 layers, 4 heads, 128 wide, 2000 steps
-    /opt/torchenv/bin/python scripts/reference_gpt.py --steps 200 --eval-interval 50
+    # exactly kiln's recipe (crates/kiln-train/src/config.rs), as `kiln train shakespeare-gpt-tiny`:
+    /opt/torchenv/bin/python scripts/reference_gpt.py --recipe shakespeare-gpt-tiny
+    # exactly what a kiln run used: the config.toml it wrote into its folder
+    /opt/torchenv/bin/python scripts/reference_gpt.py --kiln-config runs/shakespeare-gpt-tiny/config.toml
+    # a recipe with some settings changed (explicit flags win over the recipe)
+    /opt/torchenv/bin/python scripts/reference_gpt.py --recipe shakespeare-gpt-tiny --steps 200
+    /opt/torchenv/bin/python scripts/reference_gpt.py                 # the flags' defaults: 2 layers, 4 heads, 128 wide, 2000 steps
     # the configuration of crates/kiln-nn/tests/gpt.rs (tiny_gpt_learns_shakespeare_on_cpu):
     /opt/torchenv/bin/python scripts/reference_gpt.py --max-chars 200000 --n-embd 64 --block-size 32 \
         --batch-size 16 --steps 250 --lr 6e-3 --min-lr 6e-4 --warmup-steps 30 --eval-interval 50
@@ -18,7 +23,10 @@ It prints a header, then one line per evaluation, CSV-ish:
     ...
 
 Both losses are means over fixed sets of batches (drawn once from a seeded generator,
-the same at every evaluation), measured in eval mode (no dropout).
+the same at every evaluation), measured in eval mode (no dropout). kiln evaluates the
+validation split only; its training loss is the mean of the steps since the last
+evaluation. At the end it prints the time per training step (evaluations excluded),
+the final and the best validation loss.
 
 What matches kiln (crates/kiln-nn/src/gpt.rs):
 - model: token + position embeddings, dropout, n_layer pre-LayerNorm blocks (causal
@@ -34,7 +42,7 @@ What matches kiln (crates/kiln-nn/src/gpt.rs):
   lr * step / warmup during the warm-up, then
   min_lr + (lr - min_lr) * (1 + cos(pi * (step - warmup) / (steps - warmup))) / 2.
 - data: the whole corpus (datasets/shakespeare/shakespeare.txt.gz) encoded with the
-  sorted set of its characters (65), split in text order: the first round(0.9 n) tokens
+  sorted set of its characters (84), split in text order: the first round(0.9 n) tokens
   train, the rest validate; training batches are windows of block_size + 1 tokens at
   uniformly random offsets (x = window[:-1], y = window[1:]).
 The random streams (init, batches) are PyTorch's, so runs agree in distribution, not
@@ -218,6 +226,49 @@ def mean_loss(model, batches):
     return sum(losses) / len(losses)
 
 
+# kiln's GPT recipes (crates/kiln-train/src/config.rs, Config::recipe), as this script's
+# flags. Keep in step with the Rust; `--kiln-config` reads a run's config.toml instead.
+RECIPES = {
+    # nanoGPT's "baby GPT" (config/train_shakespeare_char.py)
+    "shakespeare-gpt": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch_size=64, steps=5000,
+        lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_interval=250, eval_batches=200,
+    ),
+    "shakespeare-gpt-tiny": dict(
+        n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, steps=600,
+        lr=3e-3, min_lr=3e-4, warmup_steps=50, eval_interval=100, eval_batches=20,
+    ),
+}
+# Shared by both recipes: AdamW (0.9, 0.99), weight decay 0.1 on matrices, clip 1.0,
+# biases and tied weights on, the 90/10 split of the whole corpus, seed 0.
+RECIPE_COMMON = dict(weight_decay=0.1, beta1=0.9, beta2=0.99, clip=1.0, bias=True, tie_weights=True,
+                     train_fraction=0.9, max_chars=0, seed=0)
+
+
+def kiln_config_flags(path):
+    """The flags equivalent to a kiln config.toml (model.kind = "gpt")."""
+    import tomllib
+
+    with open(path, "rb") as f:
+        c = tomllib.load(f)
+    model, opt, sched = c["model"], c.get("optimizer", {}), c.get("schedule", {})
+    data, train = c.get("data", {}), c.get("train", {})
+    if model.get("kind") != "gpt":
+        sys.exit(f"{path}: model.kind is {model.get('kind')!r}, not 'gpt'")
+    if opt.get("kind", "adam") != "adamw" or sched.get("kind", "constant") != "cosine":
+        sys.exit(f"{path}: this script mirrors AdamW with a warm-up and cosine schedule only")
+    betas = opt.get("betas", [0.9, 0.999])
+    return dict(
+        n_layer=model["n_layer"], n_head=model["n_head"], n_embd=model["n_embd"], block_size=model["block_size"],
+        dropout=model.get("dropout", 0.0), bias=model.get("bias", True), tie_weights=model.get("tie_weights", True),
+        batch_size=train.get("batch_size", 128), steps=train["steps"], eval_interval=train["eval_every"],
+        eval_batches=train["eval_batches"], seed=train.get("seed", 0),
+        lr=opt.get("lr", 1e-3), min_lr=sched.get("eta_min", 0.0), warmup_steps=sched.get("warmup_steps", 0),
+        weight_decay=opt.get("weight_decay", 0.0), beta1=betas[0], beta2=betas[1], clip=opt.get("clip_grad_norm", 0.0),
+        train_fraction=data.get("train_fraction", 0.9), max_chars=data.get("max_chars", 0),
+    )
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=DEFAULT_CORPUS, help="corpus (.txt or .txt.gz)")
@@ -243,6 +294,16 @@ def parse_args(argv):
     p.add_argument("--eval-batches", type=int, default=20, help="fixed batches per split for each evaluation")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), help="kiln's recipe of this name (other flags override it)")
+    p.add_argument("--kiln-config", help="a kiln run's config.toml (other flags override it)")
+    # The recipe or config sets the defaults; flags given explicitly still win.
+    first = p.parse_args(argv)
+    if first.recipe and first.kiln_config:
+        p.error("give --recipe or --kiln-config, not both")
+    if first.recipe:
+        p.set_defaults(**RECIPE_COMMON, **RECIPES[first.recipe])
+    elif first.kiln_config:
+        p.set_defaults(**kiln_config_flags(first.kiln_config))
     return p.parse_args(argv)
 
 
@@ -282,14 +343,18 @@ def main(argv):
 
     print("step,lr,train_loss,val_loss", flush=True)
     started = time.time()
+    step_seconds = 0.0
+    best = (float("inf"), 0)
     for step in range(args.steps + 1):
         lr = lr_at(step, args)
         if step % args.eval_interval == 0 or step == args.steps:
             train_loss = mean_loss(model, eval_sets["train"])
             val_loss = mean_loss(model, eval_sets["val"])
+            best = min(best, (val_loss, step))
             print(f"{step},{lr:.6e},{train_loss:.4f},{val_loss:.4f}", flush=True)
         if step == args.steps:
             break
+        step_started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = get_batch(train_tokens, args.batch_size, args.block_size, batch_gen)
@@ -299,7 +364,14 @@ def main(argv):
         if args.clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
-    print(f"# {args.steps} steps in {time.time() - started:.1f} s", file=sys.stderr)
+        step_seconds += time.perf_counter() - step_started
+    ms = 1e3 * step_seconds / max(1, args.steps)
+    tokens_per_s = args.batch_size * args.block_size / max(ms / 1e3, 1e-12)
+    print(
+        f"# {args.steps} steps in {time.time() - started:.1f} s ({ms:.1f} ms/step, {tokens_per_s:.0f} tokens/s, "
+        f"{torch.get_num_threads()} threads); final val loss {val_loss:.4f}, best {best[0]:.4f} at step {best[1]}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -508,10 +508,10 @@ struct GptShape {
 
 /// shakespeare-gpt-tiny's training settings, chosen so that `kiln train
 /// shakespeare-gpt-tiny --device cpu` takes a few minutes on a 2-core machine.
-const TINY_LR: f64 = 2e-3;
+const TINY_LR: f64 = 3e-3;
 const TINY_WARMUP: u64 = 50;
 const TINY_BATCH: usize = 32;
-const TINY_STEPS: u64 = 1000;
+const TINY_STEPS: u64 = 600;
 const TINY_EVAL_EVERY: u64 = 100;
 const TINY_EVAL_BATCHES: usize = 20;
 

@@ -309,13 +309,19 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
             save_latest(train_exec.as_mut(), at)?;
             if opts.progress {
                 let best = at.best.expect("set above");
-                bar.println(format!(
+                let line = format!(
                     "step {:>6}: val loss {val_loss:.4}{} (best {:.4} at step {})",
                     at.step,
                     train_loss.map(|l| format!(", train loss {l:.4}")).unwrap_or_default(),
                     best.loss,
                     best.step
-                ));
+                );
+                // A bar not drawn (output not a terminal) prints nothing of its own.
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
         }
         if at.step >= total {
@@ -380,6 +386,11 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
 pub fn load_trained_gpt(checkpoint: &Path) -> Result<TrainedGpt, TrainError> {
     let ck = Checkpoint::load(checkpoint)?;
     let config = checkpoint_config(&ck, checkpoint)?;
+    trained_gpt_from(&ck, &config, checkpoint)
+}
+
+/// [`load_trained_gpt`] of a checkpoint already read from `checkpoint`, with its config.
+fn trained_gpt_from(ck: &Checkpoint, config: &Config, checkpoint: &Path) -> Result<TrainedGpt, TrainError> {
     if !config.model.is_gpt() {
         return Err(TrainError::Checkpoint {
             file: checkpoint.to_path_buf(),
@@ -388,7 +399,7 @@ pub fn load_trained_gpt(checkpoint: &Path) -> Result<TrainedGpt, TrainError> {
     }
     let tokenizer_path = checkpoint.parent().unwrap_or(Path::new(".")).join(TOKENIZER_FILE);
     let tokenizer = load_tokenizer(&tokenizer_path)?;
-    let gpt = gpt_config(&config, tokenizer.vocab_size());
+    let gpt = gpt_config(config, tokenizer.vocab_size());
 
     // The expected names and shapes, from the model itself (its init draws are cheap
     // next to reading the file).
@@ -418,8 +429,10 @@ pub fn load_trained_gpt(checkpoint: &Path) -> Result<TrainedGpt, TrainError> {
 /// `kiln eval` of a GPT checkpoint: the mean validation loss over the config's fixed
 /// validation batches (the ones its training evaluated on).
 pub fn evaluate_lm_checkpoint(device: &Device, file: &Path, data_dir: Option<&Path>) -> Result<(Config, f64), TrainError> {
-    let trained = load_trained_gpt(file)?;
-    let mut config = checkpoint_config(&Checkpoint::load(file)?, file)?;
+    let ck = Checkpoint::load(file)?;
+    let mut config = checkpoint_config(&ck, file)?;
+    let trained = trained_gpt_from(&ck, &config, file)?;
+    drop(ck); // the weights are in `trained` now; a big model need not be held twice
     if let Some(dir) = data_dir {
         config.data.path = Some(dir.to_path_buf());
     }
