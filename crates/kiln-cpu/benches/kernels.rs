@@ -19,10 +19,13 @@ enum Pass {
     GradWeight,
 }
 
+/// Builds a case's graph and returns the tensor to time.
+type Build = Box<dyn Fn(&mut Graph) -> Result<Tensor, GraphError>>;
+
 struct Case {
     name: String,
     flops: f64,
-    build: Box<dyn Fn(&mut Graph) -> Result<Tensor, GraphError>>,
+    build: Build,
 }
 
 fn state(graph: &mut Graph, name: &str, shape: Vec<usize>, seed: u64) -> Result<Tensor, GraphError> {

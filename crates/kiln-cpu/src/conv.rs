@@ -91,10 +91,10 @@ impl Axis {
 /// (0 in the padding). Then, per group g, with W_g the group's weights as an
 /// [OG, CG KH KW] matrix and Y_g its output channels as [OG, HO WO]:
 ///
-/// - forward:       Y_g = W_g columns, each output summing over (c, a, b) in the order
-///                  of `Op::Conv2d`;
+/// - forward: Y_g = W_g columns, each output summing over (c, a, b) in the order of
+///   `Op::Conv2d` (within each of the gemm's k blocks);
 /// - gradient of x: columns' = W_g^T dY_g, each element of which is then added to the
-///                  x element its place in the column matrix reads (col2im);
+///   x element its place in the column matrix reads (col2im);
 /// - gradient of W: dW_g = dY_g columns^T, summed over images.
 ///
 /// A thread holds one column matrix at a time: CG KH KW x HO WO elements.
@@ -512,7 +512,8 @@ mod tests {
             conv2d_backward_weight_on_threads(&geo, &x, &grad_out, &mut out, threads);
             out
         };
-        let passes: [(&str, &dyn Fn(usize) -> Vec<f32>); 3] = [("forward", &forward), ("grad x", &grad_x), ("grad w", &grad_w)];
+        type Pass<'a> = &'a dyn Fn(usize) -> Vec<f32>;
+        let passes: [(&str, Pass); 3] = [("forward", &forward), ("grad x", &grad_x), ("grad w", &grad_w)];
         for (pass, run) in passes {
             let one = run(1);
             assert!(one.iter().all(|v| v.is_finite()), "{pass}: every element written");

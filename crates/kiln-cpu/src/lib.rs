@@ -1,9 +1,22 @@
-//! kiln-cpu: the reference backend. Executes a Plan with plain loops; `CpuBackend<f64>`
-//! runs every float tensor in f64 for gradient checks.
+//! kiln-cpu: the reference backend. Executes a Plan on the CPU; `CpuBackend<f64>` runs
+//! every float tensor in f64 for gradient checks.
 //!
-//! Every GPU kernel is judged against these loops, so they follow the words of
-//! `kiln_core::Op` as directly as possible. Op families live in their own files:
-//! elementwise, reduce, matmul, softmax (with cross-entropy), movement, index and random.
+//! Every GPU kernel is judged against this backend, and it is also fast enough to train
+//! the CNN and small GPT recipes on a CPU. The two are kept apart like this:
+//!
+//! - Matmul and convolution run on matrixmultiply's blocked sgemm/dgemm (convolutions
+//!   as im2col / col2im around it). They change only the order in which a sum adds its
+//!   products, never which products: tests/kernels_vs_definition.rs checks every
+//!   result against loops that spell out the words of `kiln_core::Op`, within the
+//!   rounding bound of a sum of that many terms, in f32 and f64.
+//! - Every other op follows the words of `kiln_core::Op` directly, with loops that only
+//!   avoid per-element index arithmetic (broadcasts walk runs along merged axes).
+//! - Large kernels split their output over threads (`parallel`) in whole units (rows,
+//!   images, planes, fixed chunks of a weight gradient's sum), each computed the same
+//!   way on any thread: results do not depend on the number of cores, bit for bit.
+//!
+//! Op families live in their own files: elementwise, reduce, matmul, conv (with
+//! pooling), softmax (with cross-entropy), movement, index and random.
 use kiln_core::{Backend, ExecError, Executor, Plan};
 
 mod conv;

@@ -145,7 +145,7 @@ impl<const K: usize> BroadcastRuns<K> {
             }
         }
         let (len, strides) = merged.pop().unwrap_or((1, [0; K]));
-        let count = if len == 0 { 0 } else { dims.iter().product::<usize>() / len };
+        let count = dims.iter().product::<usize>().checked_div(len).unwrap_or(0);
         BroadcastRuns { outer: merged, len, strides, count }
     }
 
