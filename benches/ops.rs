@@ -4,7 +4,13 @@
 //!
 //!     cargo bench --bench ops                 # every case
 //!     cargo bench --bench ops -- --quick      # one small size of each op
+//!     cargo bench --bench ops -- --full       # also the matmul 8192^3
 //!     cargo bench --bench ops -- matmul gelu  # only ops whose name contains a filter
+//!     cargo bench --bench ops -- matmul --matmul-config 128x128x8-8x8  # no tuning
+//!
+//! Matmul rows also print the kernel configuration the autotuner chose and the kernel's
+//! own time (GPU timestamps where the adapter has them, `WgpuBackend::time_matmul`),
+//! which leaves out the submission and readback every run includes.
 //!
 //! How a run is timed: every input is a state tensor, uploaded once when the plan is
 //! loaded, and the plan's only output is one element of the result. A run therefore
@@ -23,28 +29,41 @@ use std::fmt;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kiln_core::{Backend, DType, ExecError, Executor, Graph, GraphError, HostTensor, Plan, Tensor};
+use kiln_core::{Backend, DType, ExecError, Executor, Graph, GraphError, HostTensor, Op, Plan, Tensor};
 use kiln_cpu::CpuBackend;
-use kiln_wgpu::{list_adapters, wgpu, WgpuBackend};
+use kiln_wgpu::kernels::matmul::MatmulConfig;
+use kiln_wgpu::{list_adapters, wgpu, WgpuBackend, WgpuOptions};
 
-const USAGE: &str = "usage: ops [--quick] [FILTER...]
+const USAGE: &str = "usage: ops [--quick] [--full] [--matmul-config NAME] [FILTER...]
   --quick   one small size of each op
+  --full    also the largest sizes (matmul 8192^3)
+  --matmul-config NAME
+            every GPU matmul uses this kernel configuration (e.g. 128x128x8-8x8), untimed
   FILTER    run only the ops whose name contains one of these (case-insensitive):
             matmul, elementwise, gelu, softmax, sum, conv2d";
 
 /// What the command line asks for.
 struct Options {
     quick: bool,
+    full: bool,
+    matmul_config: Option<String>,
     /// `cargo bench` passes `--bench`; without it (`cargo test --benches`) each case runs once.
     measure: bool,
     filters: Vec<String>,
 }
 
-fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
-    let mut options = Options { quick: false, measure: false, filters: Vec::new() };
-    for arg in args {
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options { quick: false, full: false, matmul_config: None, measure: false, filters: Vec::new() };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.quick = true,
+            "--full" => options.full = true,
+            "--matmul-config" => {
+                let name = args.next().ok_or_else(|| format!("--matmul-config needs a name\n{USAGE}"))?;
+                MatmulConfig::parse(&name)?;
+                options.matmul_config = Some(name);
+            }
             "--bench" => options.measure = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             flag if flag.starts_with('-') => return Err(format!("unknown option '{flag}'\n{USAGE}")),
@@ -98,8 +117,8 @@ impl Schedule {
 /// One op at one size.
 #[derive(Clone, Copy, Debug)]
 enum Case {
-    /// [n, n] @ [n, n].
-    Matmul { n: usize },
+    /// [batch, m, k] @ [batch, k, n] (no batch dim when `batch` is 1).
+    Matmul(MatmulShape),
     /// y = x * a + b, every tensor [len].
     ScaleShift { len: usize },
     /// gelu (erf form) over [len].
@@ -112,6 +131,50 @@ enum Case {
     /// as channels, stride 1, padding 1 ("same").
     Conv2d { pass: ConvPass, batch: usize, channels: usize, size: usize },
 }
+
+/// One matmul case's shape, and what it is: op(a) [batch, m, k] @ op(b) [batch, k, n].
+#[derive(Clone, Copy, Debug)]
+struct MatmulShape {
+    /// "4096^3", or the GPT layer it comes from.
+    label: &'static str,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// a is stored [k, m] (a weight gradient's xᵀ).
+    trans_a: bool,
+    /// b is stored [n, k] (an input gradient's Wᵀ).
+    trans_b: bool,
+}
+
+impl MatmulShape {
+    const fn cube(label: &'static str, n: usize) -> Self {
+        MatmulShape::plain(label, 1, n, n, n)
+    }
+
+    const fn plain(label: &'static str, batch: usize, m: usize, k: usize, n: usize) -> Self {
+        MatmulShape { label, batch, m, k, n, trans_a: false, trans_b: false }
+    }
+
+    fn multiply_adds(&self) -> f64 {
+        (self.batch * self.m * self.k * self.n) as f64
+    }
+}
+
+/// The matmuls of the char-GPT recipe (6 layers, 6 heads, 384 wide, T 256, batch 64): the
+/// token rows are 64 * 256 = 16384; attention has 64 * 6 = 384 heads of 64 dims.
+/// The qkv projection's backward pass shows the two transposed forms.
+const GPT_MATMULS: [MatmulShape; 7] = [
+    MatmulShape::plain("gpt qkv", 1, 16384, 384, 1152),
+    MatmulShape::plain("gpt mlp up", 1, 16384, 384, 1536),
+    MatmulShape::plain("gpt mlp down", 1, 16384, 1536, 384),
+    MatmulShape::plain("gpt q@kT", 384, 256, 64, 256),
+    MatmulShape::plain("gpt att@v", 384, 256, 256, 64),
+    // d(weight) = xᵀ @ d(qkv): x [16384, 384] read transposed.
+    MatmulShape { trans_a: true, ..MatmulShape::plain("gpt qkv dW", 1, 384, 16384, 1152) },
+    // d(x) = d(qkv) @ Wᵀ: W [384, 1152] read transposed.
+    MatmulShape { trans_b: true, ..MatmulShape::plain("gpt qkv dX", 1, 16384, 1152, 384) },
+];
 
 /// Which of a convolution's three computations a conv case times.
 #[derive(Clone, Copy, Debug)]
@@ -126,6 +189,8 @@ enum ConvPass {
 /// What a run accomplishes, to turn a time into a rate.
 enum Work {
     Flops(f64),
+    /// Shown in TFLOP/s (the matmul rows).
+    TeraFlops(f64),
     Bytes(f64),
 }
 
@@ -134,7 +199,7 @@ const F32_BYTES: f64 = 4.0;
 impl Case {
     fn op(&self) -> &'static str {
         match self {
-            Case::Matmul { .. } => "matmul",
+            Case::Matmul(_) => "matmul",
             Case::ScaleShift { .. } => "elementwise x*a+b",
             Case::Gelu { .. } => "gelu",
             Case::Softmax { .. } => "softmax (rows)",
@@ -147,7 +212,7 @@ impl Case {
 
     fn size(&self) -> String {
         match *self {
-            Case::Matmul { n } => format!("{n}^3"),
+            Case::Matmul(shape) => shape.label.to_string(),
             Case::ScaleShift { len } | Case::Gelu { len } | Case::Sum { len } => count(len),
             Case::Softmax { rows, cols } => format!("[{rows}, {cols}]"),
             Case::Conv2d { batch, channels, size, .. } => format!("{batch}x{channels}x{size}^2"),
@@ -159,7 +224,7 @@ impl Case {
     /// kernels, so the traffic it really causes there is 1.5x this.
     fn work(&self) -> Work {
         match *self {
-            Case::Matmul { n } => Work::Flops(2.0 * (n as f64).powi(3)),
+            Case::Matmul(shape) => Work::TeraFlops(2.0 * shape.multiply_adds()),
             Case::ScaleShift { len } => Work::Bytes(4.0 * len as f64 * F32_BYTES),
             Case::Gelu { len } => Work::Bytes(2.0 * len as f64 * F32_BYTES),
             Case::Softmax { rows, cols } => Work::Bytes(2.0 * (rows * cols) as f64 * F32_BYTES),
@@ -180,15 +245,15 @@ impl Case {
             let software = matches!(backend.kind, BackendKind::Gpu { software: true });
             return (software && batch >= LARGE_CONV_BATCH).then_some("skipped (software adapter)");
         }
-        let Case::Matmul { n } = *self else { return None };
-        if n < LARGE_MATMUL {
-            return None;
-        }
-        // Minutes per run on a CPU; the figure says nothing there anyway.
+        let Case::Matmul(shape) = *self else { return None };
+        // Seconds to minutes per run on a CPU or a software adapter; the figure says
+        // nothing about GPU speed there anyway.
         match backend.kind {
-            BackendKind::CpuReference => Some("skipped (CPU reference)"),
-            BackendKind::Gpu { software: true } => Some("skipped (software adapter)"),
-            BackendKind::Gpu { software: false } => None,
+            BackendKind::CpuReference if shape.multiply_adds() > LARGE_CPU_MATMUL => Some("skipped (CPU reference)"),
+            BackendKind::Gpu { software: true } if shape.multiply_adds() > LARGE_SOFTWARE_MATMUL => {
+                Some("skipped (software adapter)")
+            }
+            _ => None,
         }
     }
 
@@ -202,10 +267,18 @@ impl Case {
             graph.state(&format!("bench.{tag}.{name}"), DType::F32, HostTensor::f32(shape, values))
         };
         match *self {
-            Case::Matmul { n } => {
-                let a = state(graph, "a", vec![n, n], 1)?;
-                let b = state(graph, "b", vec![n, n], 2)?;
-                graph.matmul(a, b)
+            Case::Matmul(MatmulShape { batch, m, k, n, trans_a, trans_b, .. }) => {
+                let stored = |rows, cols, transposed: bool| {
+                    let (rows, cols) = if transposed { (cols, rows) } else { (rows, cols) };
+                    if batch == 1 {
+                        vec![rows, cols]
+                    } else {
+                        vec![batch, rows, cols]
+                    }
+                };
+                let a = state(graph, "a", stored(m, k, trans_a), 1)?;
+                let b = state(graph, "b", stored(k, n, trans_b), 2)?;
+                graph.matmul_t(a, b, trans_a, trans_b)
             }
             Case::ScaleShift { len } => {
                 let x = state(graph, "x", vec![len], 1)?;
@@ -244,18 +317,20 @@ impl Case {
     }
 }
 
-/// Matmuls this large run only on a hardware GPU.
-const LARGE_MATMUL: usize = 4096;
+/// Matmuls of more multiply-adds than these skip the CPU reference (2048^3 takes about a
+/// second there) and software adapters (1024^3 takes about a second on lavapipe).
+const LARGE_CPU_MATMUL: f64 = (1u64 << 33) as f64;
+const LARGE_SOFTWARE_MATMUL: f64 = (1u64 << 30) as f64;
 /// Convolutions of this batch or more skip software adapters.
 const LARGE_CONV_BATCH: usize = 32;
 
 /// Every case, in table order.
-fn cases(quick: bool) -> Vec<Case> {
+fn cases(quick: bool, full: bool) -> Vec<Case> {
     const M16: usize = 16 << 20;
     if quick {
         let len = 1 << 20;
         return vec![
-            Case::Matmul { n: 256 },
+            Case::Matmul(MatmulShape::cube("256^3", 256)),
             Case::ScaleShift { len },
             Case::Gelu { len },
             Case::Softmax { rows: 256, cols: 1024 },
@@ -265,16 +340,25 @@ fn cases(quick: bool) -> Vec<Case> {
         .chain(conv_cases(8, 32, 28))
         .collect();
     }
-    vec![
-        Case::Matmul { n: 256 },
-        Case::Matmul { n: 1024 },
-        Case::Matmul { n: LARGE_MATMUL },
+    let mut matmuls = vec![
+        MatmulShape::cube("256^3", 256),
+        MatmulShape::cube("1024^3", 1024),
+        MatmulShape::cube("2048^3", 2048),
+        MatmulShape::cube("4096^3", 4096),
+    ];
+    if full {
+        matmuls.push(MatmulShape::cube("8192^3", 8192));
+    }
+    matmuls.extend(GPT_MATMULS);
+    matmuls
+        .into_iter()
+        .map(Case::Matmul)
+        .chain([
         Case::ScaleShift { len: M16 },
         Case::Gelu { len: M16 },
         Case::Softmax { rows: 4096, cols: 1024 },
         Case::Sum { len: M16 },
-    ]
-    .into_iter()
+    ])
     // A ResNet stage-1 convolution: 7.4 GFLOP per pass.
     .chain(conv_cases(32, 64, 56))
     .collect()
@@ -341,18 +425,27 @@ struct BenchBackend {
     label: &'static str,
     kind: BackendKind,
     backend: Box<dyn Backend>,
+    /// The same backend when it is the wgpu one: for the matmul rows' tuning notes.
+    wgpu: Option<WgpuBackend>,
 }
 
-/// The CPU reference, and the wgpu backend when an adapter exists.
-fn backends() -> (Vec<BenchBackend>, Vec<String>) {
+/// The CPU reference, and the wgpu backend when an adapter exists (every matmul with
+/// `matmul_config` when given, else autotuned).
+fn backends(matmul_config: Option<String>) -> (Vec<BenchBackend>, Vec<String>) {
     let cpu = CpuBackend::<f32>::new();
     let mut notes = vec![format!("cpu   {}", cpu.name())];
-    let mut backends = vec![BenchBackend { label: "cpu", kind: BackendKind::CpuReference, backend: Box::new(cpu) }];
+    let mut backends =
+        vec![BenchBackend { label: "cpu", kind: BackendKind::CpuReference, backend: Box::new(cpu), wgpu: None }];
     if list_adapters().is_empty() {
         notes.push("wgpu  no adapter found: GPU rows left out".to_string());
         return (backends, notes);
     }
-    match WgpuBackend::new() {
+    let mut options = WgpuOptions::default();
+    if matmul_config.is_some() {
+        options.matmul_config = matmul_config;
+    }
+    let forced = options.matmul_config.clone();
+    match WgpuBackend::with_options(options) {
         Ok(gpu) => {
             let report = gpu.adapter();
             let software = report.device_type == wgpu::DeviceType::Cpu;
@@ -363,7 +456,15 @@ fn backends() -> (Vec<BenchBackend>, Vec<String>) {
             if software {
                 notes.push("      a software adapter: its figures say nothing about GPU speed".to_string());
             }
-            backends.push(BenchBackend { label: "wgpu", kind: BackendKind::Gpu { software }, backend: Box::new(gpu) });
+            if let Some(config) = forced {
+                notes.push(format!("      every matmul runs configuration {config}, untimed"));
+            }
+            backends.push(BenchBackend {
+                label: "wgpu",
+                kind: BackendKind::Gpu { software },
+                backend: Box::new(gpu.clone()),
+                wgpu: Some(gpu),
+            });
         }
         Err(e) => notes.push(format!("wgpu  an adapter exists but kiln cannot open it ({e}): GPU rows left out")),
     }
@@ -410,6 +511,7 @@ enum Outcome {
 fn rate(work: &Work, seconds: f64) -> String {
     match work {
         Work::Flops(flops) => format!("{:.2} GFLOP/s", flops / seconds / 1e9),
+        Work::TeraFlops(flops) => format!("{:.3} TFLOP/s", flops / seconds / 1e12),
         Work::Bytes(bytes) => format!("{:.2} GB/s", bytes / seconds / 1e9),
     }
 }
@@ -453,6 +555,19 @@ fn print_row(case: &Case, backend: &str, outcome: &Outcome) {
     if let Outcome::Failed(message) = outcome {
         println!("  {op} {size} on {backend}: {message}");
     }
+}
+
+/// Under a GPU matmul row: the configuration the plan's matmul got (and how), and the
+/// kernel's own rate, timed without the submission and readback around every run.
+fn matmul_note(gpu: &WgpuBackend, case: &Case, plan: &Plan) -> Option<String> {
+    let choice = gpu.matmul_tuning().choices.last()?.clone();
+    let step = plan.steps.iter().find(|s| matches!(s.op, Op::MatMul { .. }))?;
+    let kernel = match gpu.time_matmul(step, choice.config) {
+        Ok(seconds) => format!("kernel alone {:.3} ms, {}", seconds * 1e3, rate(&case.work(), seconds)),
+        Err(e) => format!("timing the kernel alone failed: {e}"),
+    };
+    let runner_up = choice.timings.get(1).map(|(c, s)| format!("; runner-up {c} at {:.3} ms", s * 1e3)).unwrap_or_default();
+    Some(format!("  config {} ({}); {kernel}{runner_up}", choice.config, choice.source))
 }
 
 /// Load `plan` on `backend` and time it.
@@ -504,7 +619,7 @@ fn main() -> ExitCode {
         (true, true) => Schedule::quick(),
         (true, false) => Schedule::full(),
     };
-    let selected: Vec<Case> = cases(quick)
+    let selected: Vec<Case> = cases(quick, options.full)
         .into_iter()
         .filter(|case| options.filters.is_empty() || options.filters.iter().any(|f| case.op().contains(f.as_str())))
         .collect();
@@ -513,7 +628,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
-    let (backends, notes) = backends();
+    let (backends, notes) = backends(options.matmul_config.clone());
     let mode = match (options.measure, quick) {
         (false, _) => "test mode: each case runs once to check it works; the figures are not measurements",
         (true, true) => "quick: one small size of each op",
@@ -528,7 +643,7 @@ fn main() -> ExitCode {
          4-byte readback (inputs stay on the device), so small sizes are latency-bound."
     );
     println!(
-        "GFLOP/s = 2*n^3 / time; conv2d, x [N, C, H, H] shown as NxCxH^2 with C filters: 2*N*C*H^2*C*9 \
+        "matmul: TFLOP/s = 2*batch*M*N*K / time (the tuned config and the kernel's own time below each GPU row); conv2d, x [N, C, H, H] shown as NxCxH^2 with C filters: 2*N*C*H^2*C*9 \
          per pass / time.\nGB/s = least bytes the op must move (each f32 input read once, the result \
          written once) / time."
     );
@@ -539,7 +654,7 @@ fn main() -> ExitCode {
         backend: "backend",
         runs: "runs".into(),
         ms_per_run: "ms/run".into(),
-        rate: "GFLOP/s or GB/s".into(),
+        rate: "TFLOP/s, GFLOP/s or GB/s".into(),
     };
     println!("{header}");
     println!("|{:-<19}|{:-<14}|{:-<9}|{:->6}|{:->12}|{:-<28}|", "", "", "", "", "", "");
@@ -561,6 +676,13 @@ fn main() -> ExitCode {
                 failures += 1;
             }
             print_row(case, backend.label, &outcome);
+            if let (Case::Matmul(_), Some(gpu), Outcome::Measured(_), Some(Ok(plan))) =
+                (case, &backend.wgpu, &outcome, &plan)
+            {
+                if let Some(note) = matmul_note(gpu, case, plan) {
+                    println!("{note}");
+                }
+            }
         }
     }
     if failures > 0 {
