@@ -1,6 +1,7 @@
 //! Throughput of the CPU backend's heavy kernels: matmul at 512^3 and 1024^3, and the
-//! convolutions of the mnist-cnn recipe (forward, grad x, grad w at batch 128). Prints
-//! GFLOP/s; asserts nothing about time.
+//! convolutions and first max pooling of the mnist-cnn recipe (forward and gradients at
+//! batch 128). Prints GFLOP/s (for pooling, billions of input elements per second);
+//! asserts nothing about time.
 //!
 //!     cargo bench -p kiln-cpu --bench kernels            # every case
 //!     cargo bench -p kiln-cpu --bench kernels -- conv    # only cases whose name contains "conv"
@@ -71,6 +72,24 @@ fn conv_case(pass: Pass, batch: usize, c_in: usize, c_out: usize, size: usize) -
     }
 }
 
+/// 2x2 max pooling at stride 2 of x [batch, channels, size, size], forward or gradient;
+/// the figure counts one operation per input element.
+fn max_pool_case(gradient: bool, batch: usize, channels: usize, size: usize) -> Case {
+    Case {
+        name: format!("max_pool 2x2 of [{batch}, {channels}, {size}, {size}], {}", if gradient { "grad x" } else { "forward" }),
+        flops: (batch * channels * size * size) as f64,
+        build: Box::new(move |g| {
+            let x = state(g, "x", vec![batch, channels, size, size], 1)?;
+            let y = g.max_pool2d(x, [2, 2], [2, 2], [0, 0])?;
+            if !gradient {
+                return Ok(y);
+            }
+            let seed = state(g, "grad_out", g.shape(y).dims().to_vec(), 3)?;
+            Ok(g.grad_with_seeds(&[(y, seed)], &[x])?[0])
+        }),
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
         matmul_case(512),
@@ -80,6 +99,8 @@ fn cases() -> Vec<Case> {
         conv_case(Pass::Forward, 128, 32, 64, 13),
         conv_case(Pass::GradInput, 128, 32, 64, 13),
         conv_case(Pass::GradWeight, 128, 32, 64, 13),
+        max_pool_case(false, 128, 32, 26),
+        max_pool_case(true, 128, 32, 26),
     ]
 }
 
