@@ -7,8 +7,9 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-/// Multiply-adds one thread should have at least: below that, starting a thread (tens
-/// of microseconds) costs more than it saves, and a kernel stays on the calling thread.
+/// Work one thread should have at least (multiply-adds, or elements for kernels that
+/// touch each element once): below that, starting a thread (tens of microseconds)
+/// costs more than it saves, and a kernel stays on the calling thread.
 const MIN_WORK_PER_THREAD: usize = 1 << 18;
 
 /// The cores this process may use (read once: on Linux the answer comes from cgroup files).
@@ -17,7 +18,8 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Threads worth using for `units` units of work holding `work` multiply-adds in all.
+/// Threads worth using for `units` units of work holding `work` in all (multiply-adds,
+/// or elements; see `MIN_WORK_PER_THREAD`).
 pub fn threads_for(units: usize, work: usize) -> usize {
     cores().min(units).min(work / MIN_WORK_PER_THREAD).max(1)
 }
