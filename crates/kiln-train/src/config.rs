@@ -475,7 +475,7 @@ impl Config {
         if !["sgd", "adam", "adamw"].contains(&self.optimizer.kind.as_str()) {
             return Err(format!("optimizer.kind '{}' is not one of sgd, adam, adamw", self.optimizer.kind));
         }
-        if !(self.optimizer.lr > 0.0) {
+        if self.optimizer.lr.is_nan() || self.optimizer.lr <= 0.0 {
             return Err(format!("optimizer.lr {} must be positive", self.optimizer.lr));
         }
         if !["constant", "step", "cosine"].contains(&self.schedule.kind.as_str()) {

@@ -32,8 +32,9 @@ pub enum Record {
     /// (Optional rather than NaN: JSON has no NaN, serde_json writes it as null.)
     Step { step: u64, loss: f64, lr: f64, grad_norm: Option<f64>, tokens_per_s: f64 },
     /// A language model's evaluation: mean validation loss over the fixed batches, and
-    /// the mean training loss of the steps since the previous evaluation (absent at
-    /// step 0), with the seconds since the run (or its resumption) started.
+    /// the mean training loss of the steps since the previous evaluation or, after a
+    /// resume, since the resume (absent when no step came before), with the seconds
+    /// since the run (or its resumption) started.
     Eval { step: u64, train_loss: Option<f64>, val_loss: f64, seconds: f64 },
 }
 
