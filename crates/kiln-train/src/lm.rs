@@ -267,6 +267,14 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
             train_windows.next_batch();
         }
         metrics.truncate_after(at.step);
+        // Resumed into another folder: bring the best model along, so that best_path
+        // holds the best so far even if this part never beats it.
+        let best_before = file.parent().unwrap_or(Path::new(".")).join(BEST_FILE);
+        let same_file = best_before.canonicalize().ok() == best_path.canonicalize().ok();
+        if at.best.is_some() && best_before.is_file() && !same_file {
+            std::fs::copy(&best_before, &best_path)
+                .map_err(|e| TrainError::Io(format!("copying {} to {}: {e}", best_before.display(), best_path.display())))?;
+        }
     }
 
     let save_latest = |exec: &mut dyn Executor, at: Progress| -> Result<(), TrainError> {

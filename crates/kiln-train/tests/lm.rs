@@ -130,13 +130,22 @@ fn an_interrupted_and_resumed_gpt_run_ends_bit_identical() {
     let split = dir.path().join("split");
     let first = run(&config, &split, None, Some(13)).expect("first part");
     assert!(first.interrupted && first.steps == 13);
+    // A copy of the stopped run, to resume into another folder as well.
+    let stopped = dir.path().join("stopped");
+    std::fs::create_dir_all(&stopped).expect("mkdir");
+    for file in [CHECKPOINT_FILE, BEST_FILE, TOKENIZER_FILE] {
+        std::fs::copy(split.join(file), stopped.join(file)).expect("copy");
+    }
     let second = run(&config, &split, Some(split.join(CHECKPOINT_FILE)), None).expect("resumed part");
     assert_eq!(second.steps, 30);
     assert!(!second.interrupted);
+    // Resumed elsewhere: the folder gets the tokenizer and the best model so far.
+    let moved = dir.path().join("moved");
+    run(&config, &moved, Some(stopped.join(CHECKPOINT_FILE)), None).expect("resumed into another folder");
 
-    for file in [CHECKPOINT_FILE, BEST_FILE] {
+    for (file, resumed) in [(CHECKPOINT_FILE, &split), (BEST_FILE, &split), (CHECKPOINT_FILE, &moved), (BEST_FILE, &moved)] {
         let a = Checkpoint::load(&straight.join(file)).expect("a");
-        let b = Checkpoint::load(&split.join(file)).expect("b");
+        let b = Checkpoint::load(&resumed.join(file)).expect("b");
         assert_eq!(a.tensors.keys().collect::<Vec<_>>(), b.tensors.keys().collect::<Vec<_>>(), "{file}");
         for (name, t) in &a.tensors {
             let (x, y) = (t.to_f32_vec(), b.tensors[name].to_f32_vec());
@@ -146,6 +155,14 @@ fn an_interrupted_and_resumed_gpt_run_ends_bit_identical() {
             assert_eq!(a.metadata.get(meta), b.metadata.get(meta), "{file}: metadata {meta}");
         }
     }
+    // Resuming a finished run into a new folder trains nothing, and still leaves the
+    // best model there, copied.
+    let finished = dir.path().join("finished");
+    let report = run(&config, &finished, Some(straight.join(CHECKPOINT_FILE)), None).expect("finished run");
+    assert_eq!(report.steps, 30);
+    let best = report.language_model.expect("lm").best_checkpoint;
+    assert_eq!(std::fs::read(&best).expect("best copied"), std::fs::read(straight.join(BEST_FILE)).expect("best"));
+
     let evals = |dir: &Path| eval_records(dir).into_iter().map(|(s, l)| (s, l.to_bits())).collect::<Vec<_>>();
     assert_eq!(evals(&straight), evals(&split), "the same validation curve");
 }
