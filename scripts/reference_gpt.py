@@ -235,7 +235,7 @@ RECIPES = {
         lr=1e-3, min_lr=1e-4, warmup_steps=100, eval_interval=250, eval_batches=200,
     ),
     "shakespeare-gpt-tiny": dict(
-        n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, steps=600,
+        n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch_size=32, steps=1000,
         lr=3e-3, min_lr=3e-4, warmup_steps=50, eval_interval=100, eval_batches=20,
     ),
 }

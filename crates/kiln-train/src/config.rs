@@ -511,7 +511,7 @@ struct GptShape {
 const TINY_LR: f64 = 3e-3;
 const TINY_WARMUP: u64 = 50;
 const TINY_BATCH: usize = 32;
-const TINY_STEPS: u64 = 600;
+const TINY_STEPS: u64 = 1000;
 const TINY_EVAL_EVERY: u64 = 100;
 const TINY_EVAL_BATCHES: usize = 20;
 
