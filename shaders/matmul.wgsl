@@ -27,10 +27,11 @@
 // in order k = 0, 1, .. with fma whatever the configuration (the zeros staged past K add
 // exactly nothing), so every configuration gives bit-identical results.
 //
-// Slots (filled by kernels/matmul.rs): T, the storage type of a, b and c (f32 or f16);
+// Slots (filled by kernels/matmul.rs): T, the storage type of a and b (f32 or f16); C_T,
+// that of c: T, or f32 for f16 operands (mixed precision: products and sums in f32);
 // TRANS_A, TRANS_B (true or false): whether a is stored [K, M] rather than [M, K], and b
 // [N, K] rather than [K, N]; BM, BN, BK, TM, TN: the configuration (TM and TN multiples of
-// 4); A_ELEM, B_ELEM, C_ELEM: each binding's element type, T or vec4 of T; A_QUAD, B_QUAD,
+// 4); A_ELEM, B_ELEM, C_ELEM: each binding's element type, T (C_T for c) or a vec4 of it; A_QUAD, B_QUAD,
 // C_QUAD: the bodies of the quad accessors below for that element type. Arithmetic is f32.
 //
 // params (u32 words; the layout is mirrored in crates/kiln-wgpu/src/kernels/matmul.rs):

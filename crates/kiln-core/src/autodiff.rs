@@ -1,7 +1,7 @@
 //! Reverse-mode differentiation: appends the backward graph to the same Graph.
 use std::collections::HashMap;
 
-use crate::{BinaryOp, Graph, GraphError, Op, ReduceOp, Result, Tensor, UnaryOp};
+use crate::{BinaryOp, DType, Graph, GraphError, Op, ReduceOp, Result, Tensor, UnaryOp};
 
 impl Graph {
     /// Gradients of the scalar `loss` with respect to each of `wrt`, as new graph nodes.
@@ -140,8 +140,20 @@ impl Graph {
             }
             Op::MatMul { trans_a, trans_b } => {
                 let (a, b, ta, tb) = (ins[0], ins[1], *trans_a, *trans_b);
-                let ga = if ta { self.matmul_t(b, g, tb, true)? } else { self.matmul_t(g, b, false, !tb)? };
-                let gb = if tb { self.matmul_t(g, a, true, ta)? } else { self.matmul_t(a, g, !ta, false)? };
+                // A mixed-precision product (f16 inputs, f32 output) has mixed-precision
+                // gradients, as in PyTorch's autocast: g is cast to f16, the products
+                // accumulate in f32, and each gradient is rounded to its input's dtype.
+                let mixed = self.dtype(a) != dt;
+                let product = |graph: &mut Graph, x: Tensor, y: Tensor, tx: bool, ty: bool| -> Result<Tensor> {
+                    if mixed {
+                        let accumulated = graph.matmul_f16_t(x, y, tx, ty)?;
+                        graph.cast(accumulated, DType::F16)
+                    } else {
+                        graph.matmul_t(x, y, tx, ty)
+                    }
+                };
+                let ga = if ta { product(self, b, g, tb, true)? } else { product(self, g, b, false, !tb)? };
+                let gb = if tb { product(self, g, a, true, ta)? } else { product(self, a, g, !ta, false)? };
                 vec![Some(ga), Some(gb)]
             }
             Op::Softmax { axis } => {
@@ -226,6 +238,9 @@ impl Graph {
                     node.op.name(),
                     "second derivatives of conv2d and pooling are not supported",
                 ))
+            }
+            Op::Fused(_) => {
+                return Err(GraphError::new(node.op.name(), "fused steps exist only in plans, never in a graph"))
             }
         })
     }

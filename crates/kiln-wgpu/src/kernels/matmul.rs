@@ -10,7 +10,7 @@ use std::fmt;
 
 use super::movement::{op_error, word};
 use super::{key, render, Access, Caps, Launch};
-use kiln_core::{ExecError, Op, Shape, Step, MAX_RANK};
+use kiln_core::{DType, ExecError, Op, Shape, Step, MAX_RANK};
 
 /// The kernel family's template (the autotuner keys its cache by a hash of it).
 pub(crate) const SHADER: &str = include_str!("../../../../shaders/matmul.wgsl");
@@ -180,7 +180,10 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
 
 /// A matmul step, checked, with what the launch needs.
 struct Checked {
+    /// `problem.storage` is the operands' storage type; the result's may differ (f32
+    /// from f16 operands). The tuner's classes go by the operands'.
     problem: MatmulProblem,
+    out_storage: &'static str,
     batch_out: Shape,
     a_strides: Vec<usize>,
     b_strides: Vec<usize>,
@@ -194,10 +197,16 @@ fn checked(step: &Step, caps: &Caps) -> Result<Checked, ExecError> {
         return Err(op_error(step, format!("expects 2 inputs, got {}", step.inputs.len())));
     };
     let out = &step.output;
-    if a.dtype != b.dtype || a.dtype != out.dtype || !out.dtype.is_float() {
+    // One dtype throughout, or f16 operands with an f32 result (mixed precision).
+    let mixed = a.dtype == DType::F16 && out.dtype == DType::F32;
+    if a.dtype != b.dtype || !(a.dtype == out.dtype || mixed) || !out.dtype.is_float() {
         return Err(op_error(
             step,
-            format!("expects float operands of one dtype, got {} @ {} -> {}", a.dtype, b.dtype, out.dtype),
+            format!(
+                "expects float operands of one dtype and a result of that dtype (or f16 operands and an f32 \
+                 result), got {} @ {} -> {}",
+                a.dtype, b.dtype, out.dtype
+            ),
         ));
     }
     let describe = || format!("{}{} @ {}{} -> {}", a.shape, t(trans_a), b.shape, t(trans_b), out.shape);
@@ -244,16 +253,16 @@ fn checked(step: &Step, caps: &Caps) -> Result<Checked, ExecError> {
         batch: batch_out.numel(),
         trans_a,
         trans_b,
-        storage: caps.storage_type(out.dtype),
+        storage: caps.storage_type(a.dtype),
         vec4: [a_contiguous % 4 == 0, b_contiguous % 4 == 0, n % 4 == 0],
     };
-    Ok(Checked { problem, batch_out, a_strides, b_strides })
+    Ok(Checked { problem, out_storage: caps.storage_type(out.dtype), batch_out, a_strides, b_strides })
 }
 
 /// The launch of a matmul step with configuration `config`.
 pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<Launch>, ExecError> {
     config.check().map_err(|why| op_error(step, format!("matmul config {config}: {why}")))?;
-    let Checked { problem, batch_out, a_strides, b_strides } = checked(step, caps)?;
+    let Checked { problem, out_storage, batch_out, a_strides, b_strides } = checked(step, caps)?;
     let MatmulProblem { m, n, k, batch, .. } = problem;
     if m * n * batch == 0 {
         return Ok(Vec::new());
@@ -275,7 +284,7 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
     }
     let groups = word(step, "workgroup count", batch * blocks_m * blocks_n)?;
 
-    let (source, key) = render_variant(&problem, config);
+    let (source, key) = render_variant(&problem, out_storage, config);
     let [a, b] = step.inputs.as_slice() else { unreachable!("checked() found two inputs") };
     Ok(vec![Launch {
         key,
@@ -287,16 +296,18 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
 }
 
 /// The WGSL of one variant, and its pipeline cache key.
-fn render_variant(problem: &MatmulProblem, config: MatmulConfig) -> (String, String) {
+fn render_variant(problem: &MatmulProblem, out_storage: &'static str, config: MatmulConfig) -> (String, String) {
     let storage = problem.storage;
     let [a_vec4, b_vec4, c_vec4] = problem.vec4;
-    let vec4_of = format!("vec4<{storage}>");
+    let (vec4_of, out_vec4_of) = (format!("vec4<{storage}>"), format!("vec4<{out_storage}>"));
     let elem = |vector: bool| if vector { vec4_of.as_str() } else { storage };
+    let c_elem = if c_vec4 { out_vec4_of.as_str() } else { out_storage };
     let numbers = [config.bm, config.bn, config.bk, config.tm, config.tn].map(|v| v.to_string());
-    let (a_quad, b_quad, c_quad) = (load_quad("a", a_vec4), load_quad("b", b_vec4), store_quad(storage, c_vec4));
+    let (a_quad, b_quad, c_quad) = (load_quad("a", a_vec4), load_quad("b", b_vec4), store_quad(out_storage, c_vec4));
     let bool_text = |v: bool| if v { "true" } else { "false" };
     let slots = [
         ("T", storage),
+        ("C_T", out_storage),
         ("TRANS_A", bool_text(problem.trans_a)),
         ("TRANS_B", bool_text(problem.trans_b)),
         ("BM", numbers[0].as_str()),
@@ -306,7 +317,7 @@ fn render_variant(problem: &MatmulProblem, config: MatmulConfig) -> (String, Str
         ("TN", numbers[4].as_str()),
         ("A_ELEM", elem(a_vec4)),
         ("B_ELEM", elem(b_vec4)),
-        ("C_ELEM", elem(c_vec4)),
+        ("C_ELEM", c_elem),
         ("A_QUAD", a_quad.as_str()),
         ("B_QUAD", b_quad.as_str()),
         ("C_QUAD", c_quad.as_str()),
@@ -315,6 +326,7 @@ fn render_variant(problem: &MatmulProblem, config: MatmulConfig) -> (String, Str
     let config_name = config.to_string();
     let key_slots = [
         ("T", storage),
+        ("C_T", out_storage),
         ("TRANS_A", bool_text(problem.trans_a)),
         ("TRANS_B", bool_text(problem.trans_b)),
         ("CONFIG", config_name.as_str()),
