@@ -94,16 +94,77 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Time one training step of a recipe on each backend.
+    /// Time one training step of a recipe on each backend, beside PyTorch's.
     Train {
         recipe: String,
         /// Timed steps per backend.
         #[arg(long, default_value_t = 50)]
         steps: usize,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// The recipe's batch size when absent.
+        #[arg(long)]
+        batch_size: Option<usize>,
         /// Backends to compare: all (GPU and CPU), gpu or cpu.
         #[arg(long, default_value = "all")]
         device: String,
+        #[command(flatten)]
+        pytorch: PytorchArgs,
+        /// Also time PyTorch with autocast to this dtype (bf16): the mixed-precision comparison.
+        #[arg(long, value_parser = ["bf16"])]
+        amp: Option<String>,
     },
+    /// Time single ops (matmul, elementwise, softmax, conv2d ...) beside PyTorch's.
+    Ops {
+        /// One small size of each op.
+        #[arg(long)]
+        quick: bool,
+        /// Also the largest sizes (matmul 8192^3).
+        #[arg(long)]
+        full: bool,
+        /// Every GPU matmul runs this kernel configuration (e.g. 128x128x8-8x8), untimed.
+        #[arg(long)]
+        matmul_config: Option<String>,
+        #[command(flatten)]
+        pytorch: PytorchArgs,
+        /// Only ops whose name contains one of these: matmul, elementwise, gelu, softmax, sum, conv2d.
+        filters: Vec<String>,
+    },
+}
+
+/// Whether and how to run scripts/bench_pytorch.py beside kiln.
+#[derive(clap::Args)]
+struct PytorchArgs {
+    /// Require PyTorch's figures (fail when no Python with torch runs the script).
+    #[arg(long, conflicts_with = "no_pytorch")]
+    pytorch: bool,
+    /// Leave PyTorch out (by default its column is there when a Python with torch is found).
+    #[arg(long)]
+    no_pytorch: bool,
+    /// The Python that has torch.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+    /// scripts/bench_pytorch.py (found from the working directory or the executable when absent).
+    #[arg(long)]
+    pytorch_script: Option<PathBuf>,
+}
+
+impl PytorchArgs {
+    /// The runner, or None with a note on stderr saying why there is no PyTorch column.
+    fn runner(&self) -> Result<Option<kiln_train::bench_pytorch::TorchRunner>, Box<dyn std::error::Error>> {
+        if self.no_pytorch {
+            return Ok(None);
+        }
+        match kiln_train::bench_pytorch::TorchRunner::open(&self.python, self.pytorch_script.as_deref()) {
+            Ok(runner) => Ok(Some(runner)),
+            Err(e) if self.pytorch => Err(format!("--pytorch: {e}").into()),
+            Err(e) => {
+                eprintln!("no PyTorch column ({e}); --python PATH names a Python with torch");
+                Ok(None)
+            }
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -225,27 +286,52 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("test accuracy {:.2}% (loss {loss:.4})", 100.0 * acc);
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Train { recipe, steps, device } } => {
+        Command::Bench { what: BenchCommand::Train { recipe, steps, warmup, batch_size, device, pytorch, amp } } => {
+            use kiln_train::bench::{bench_devices, print_train_table, BenchOptions, TorchComparison};
             let config = Config::recipe(&recipe)?;
-            let devices: Vec<Device> = match device.as_str() {
-                "gpu" => vec![Device::gpu()?],
-                "cpu" => vec![Device::cpu()],
-                _ => {
-                    let mut v = Vec::new();
-                    match Device::gpu() {
-                        Ok(d) => v.push(d),
-                        Err(e) => eprintln!("no GPU: {e}"),
-                    }
-                    v.push(Device::cpu());
-                    v
-                }
-            };
-            println!("{:<50} {:>10} {:>14} {:>10}", format!("{recipe}, batch {}", config.train.batch_size), "ms/step", "samples/s", "dispatches");
-            for d in &devices {
-                let r = kiln_train::bench::bench_train(d, &config, steps)?;
-                println!("{:<50} {:>10.3} {:>14.0} {:>10}", d.description, r.ms_per_step, r.samples_per_s, r.dispatches);
+            let options = BenchOptions { batch_size, warmup_steps: warmup, steps };
+            let runner = pytorch.runner()?;
+            let (devices, notes) = bench_devices(&device)?;
+            for note in notes {
+                eprintln!("{note}");
             }
-            Ok(())
+            let torch = runner.as_ref().map(|runner| TorchComparison { runner, amp: amp.as_deref() });
+            match print_train_table(&recipe, &config, &devices, options, torch) {
+                0 => Ok(()),
+                failed => Err(format!("{failed} backend(s) failed").into()),
+            }
+        }
+        Command::Bench { what: BenchCommand::Ops { quick, full, matmul_config, pytorch, filters } } => {
+            use kiln_train::bench_ops::{backends, has_hardware_gpu, run_ops_table, OpsOptions, PytorchColumn};
+            if let Some(name) = &matmul_config {
+                kiln_wgpu::kernels::matmul::MatmulConfig::parse(name).map_err(|e| format!("--matmul-config: {e}"))?;
+            }
+            let filters: Vec<String> = filters.iter().map(|f| f.to_lowercase()).collect();
+            let options = OpsOptions { quick, full, matmul_config, measure: true, filters };
+            if options.selected_cases().is_empty() {
+                return Err(format!("no op matches {:?} (matmul, elementwise, gelu, softmax, sum, conv2d)", options.filters).into());
+            }
+            let runner = pytorch.runner()?;
+            let (backends, notes) = backends(options.matmul_config.clone());
+            let column = match &runner {
+                Some(runner) => {
+                    let (torch_device, why) = kiln_train::bench_pytorch::choose_torch_device(has_hardware_gpu(&backends), &runner.info);
+                    eprintln!("PyTorch {} ops on {why} ...", runner.info.torch);
+                    match runner.ops(torch_device, options.quick_sizes(), options.full, &options.filters) {
+                        Ok(figures) => Some(PytorchColumn { device: format!("{why}, torch {}", runner.info.torch), figures }),
+                        Err(e) if pytorch.pytorch => return Err(e.into()),
+                        Err(e) => {
+                            eprintln!("no PyTorch column: {e}");
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            match run_ops_table(&options, &backends, &notes, column.as_ref()) {
+                0 => Ok(()),
+                failed => Err(format!("{failed} case(s) failed").into()),
+            }
         }
     }
 }

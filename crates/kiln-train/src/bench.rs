@@ -1,44 +1,316 @@
 //! `kiln bench train <recipe>`: the time of one training step, measured on a fixed batch
 //! after warm-up. Figures are printed, never asserted.
+//!
+//! Every recipe is measured the way it trains: layer-list models (mnist-mlp, the CNNs)
+//! in samples/s, the GPT recipes in tokens/s (batch * block_size tokens per step). The
+//! batch is fixed pseudo-random data: the data pipeline is not what is measured.
 use std::time::Instant;
 
-use kiln_core::HostTensor;
+use kiln_core::{Backend, Executor, HostTensor, Plan, Tensor};
+use kiln_wgpu::{wgpu, WgpuBackend};
 
+use crate::bench_pytorch::{choose_torch_device, format_ratio, speed_ratio, TorchRunner, TorchTrainFigure};
 use crate::config::Config;
 use crate::device::Device;
+use crate::lm::lm_train_plan;
 use crate::model::{input_shape, train_plan};
 use crate::TrainError;
 
-pub struct BenchReport {
-    pub ms_per_step: f64,
-    pub samples_per_s: f64,
-    /// Kernel launches recorded per step (plan steps; the GPU submits them at once).
-    pub dispatches: usize,
+/// The size of the character vocabulary of the Shakespeare corpus (the sorted set of its
+/// characters; scripts/reference_gpt.py and scripts/bench_pytorch.py use the same). A
+/// bench does not read the corpus; a test checks this against it.
+pub const SHAKESPEARE_VOCAB: usize = 84;
+
+/// Classes of the image recipes (MNIST and Fashion-MNIST).
+const IMAGE_CLASSES: u32 = 10;
+
+/// How a bench runs: the batch, and how many steps to warm up with and to time.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchOptions {
+    /// The recipe's batch size when None.
+    pub batch_size: Option<usize>,
+    /// Untimed steps first: pipelines, allocations and caches settle.
+    pub warmup_steps: usize,
+    /// Timed steps (at least 1).
+    pub steps: usize,
 }
 
-pub fn bench_train(device: &Device, config: &Config, steps: usize) -> Result<BenchReport, TrainError> {
-    let batch = config.train.batch_size;
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions { batch_size: None, warmup_steps: 3, steps: 50 }
+    }
+}
+
+/// What a training step is counted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThroughputUnit {
+    /// Images per second (the layer-list recipes).
+    Samples,
+    /// Tokens per second (the GPT recipes: batch * block_size per step).
+    Tokens,
+}
+
+impl ThroughputUnit {
+    pub fn label(self) -> &'static str {
+        match self {
+            ThroughputUnit::Samples => "samples/s",
+            ThroughputUnit::Tokens => "tokens/s",
+        }
+    }
+
+    /// The unit a recipe is measured in.
+    pub fn of(config: &Config) -> ThroughputUnit {
+        if config.model.is_gpt() {
+            ThroughputUnit::Tokens
+        } else {
+            ThroughputUnit::Samples
+        }
+    }
+}
+
+pub struct BenchReport {
+    pub batch_size: usize,
+    pub ms_per_step: f64,
+    /// Samples or tokens per second, as `unit` says.
+    pub throughput: f64,
+    pub unit: ThroughputUnit,
+    /// Kernel launches recorded per step (plan steps; the GPU submits them at once).
+    pub dispatches: usize,
+    pub timed_steps: usize,
+}
+
+/// A compiled training step with a fixed batch to feed it.
+struct PreparedStep {
+    plan: Plan,
+    feeds: Vec<(Tensor, HostTensor)>,
+    /// Samples or tokens one step processes.
+    items_per_step: usize,
+}
+
+/// Values in [0, 1) that look like pixel intensities, the same on every run.
+fn fixed_images(numel: usize) -> Vec<f32> {
+    (0..numel).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect()
+}
+
+fn prepare_layer_model(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
     let mp = train_plan(config, batch)?;
-    let mut exec = device.backend.load(&mp.plan)?;
     let train = mp.train.as_ref().expect("a training plan has its TrainGraph");
-    // A fixed pseudo-random batch: the data pipeline is not what is measured.
     let mut dims = vec![batch];
     dims.extend(input_shape(config)?);
     let numel: usize = dims.iter().product();
-    let images: Vec<f32> = (0..numel).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
-    let classes = 10;
-    let labels: Vec<u32> = (0..batch as u32).map(|i| i % classes).collect();
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % IMAGE_CLASSES).collect();
     let mut feeds = train.feeds(0, config.optimizer.lr);
-    feeds.push((mp.x, HostTensor::f32(dims, images)));
+    feeds.push((mp.x, HostTensor::f32(dims, fixed_images(numel))));
     feeds.push((mp.y, HostTensor::u32([batch], labels)));
-    // Warm-up: pipelines, allocations and caches settle before timing.
-    for _ in 0..3 {
-        exec.run(&feeds)?;
+    Ok(PreparedStep { plan: mp.plan, feeds, items_per_step: batch })
+}
+
+fn prepare_gpt(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
+    let lm = lm_train_plan(config, SHAKESPEARE_VOCAB, batch)?;
+    let train = lm.train.as_ref().expect("a training plan has its TrainGraph");
+    let block = config.model.block_size;
+    let tokens = batch * block;
+    // Token ids spread over the vocabulary; the targets are the next position's, as in
+    // a real window.
+    let ids: Vec<u32> = (0..tokens + 1).map(|i| ((i * 31 + 7) % SHAKESPEARE_VOCAB) as u32).collect();
+    let mut feeds = train.feeds(0, config.optimizer.lr);
+    feeds.push((lm.idx, HostTensor::u32([batch, block], ids[..tokens].to_vec())));
+    feeds.push((lm.targets, HostTensor::u32([batch, block], ids[1..].to_vec())));
+    Ok(PreparedStep { plan: lm.plan, feeds, items_per_step: tokens })
+}
+
+/// Time `options.steps` training steps of `config`'s model on `device` after warm-up.
+pub fn bench_train(device: &Device, config: &Config, options: BenchOptions) -> Result<BenchReport, TrainError> {
+    let batch = options.batch_size.unwrap_or(config.train.batch_size);
+    if batch == 0 {
+        return Err(TrainError::Config("bench: the batch size must be at least 1".into()));
     }
+    let prepared = if config.model.is_gpt() { prepare_gpt(config, batch)? } else { prepare_layer_model(config, batch)? };
+    let mut exec = device.backend.load(&prepared.plan)?;
+    for _ in 0..options.warmup_steps {
+        exec.run(&prepared.feeds)?;
+    }
+    let steps = options.steps.max(1);
+    let seconds = time_steps(exec.as_mut(), &prepared.feeds, steps)?;
+    Ok(BenchReport {
+        batch_size: batch,
+        ms_per_step: seconds * 1e3,
+        throughput: prepared.items_per_step as f64 / seconds,
+        unit: ThroughputUnit::of(config),
+        dispatches: prepared.plan.steps.len(),
+        timed_steps: steps,
+    })
+}
+
+/// Mean seconds per step over `steps` runs. Each run returns its outputs to the host
+/// (the loss), so the GPU's work is finished when the clock stops.
+fn time_steps(exec: &mut dyn Executor, feeds: &[(Tensor, HostTensor)], steps: usize) -> Result<f64, TrainError> {
     let start = Instant::now();
-    for _ in 0..steps.max(1) {
-        exec.run(&feeds)?;
+    for _ in 0..steps {
+        exec.run(feeds)?;
     }
-    let seconds = start.elapsed().as_secs_f64() / steps.max(1) as f64;
-    Ok(BenchReport { ms_per_step: seconds * 1e3, samples_per_s: batch as f64 / seconds, dispatches: mp.plan.steps.len() })
+    Ok(start.elapsed().as_secs_f64() / steps as f64)
+}
+
+/// A backend to bench on, and whether it is a hardware GPU (PyTorch then runs on CUDA
+/// when it can; beside a CPU or a software adapter it runs on the CPU).
+pub struct BenchDevice {
+    pub device: Device,
+    pub hardware_gpu: bool,
+}
+
+/// The backends `choice` names: "gpu", "cpu", or "all" (the GPU when there is one, then
+/// the CPU). Notes say what was left out and why.
+pub fn bench_devices(choice: &str) -> Result<(Vec<BenchDevice>, Vec<String>), TrainError> {
+    let gpu = || -> Result<BenchDevice, TrainError> {
+        let backend = WgpuBackend::new()?;
+        let hardware_gpu = backend.adapter().device_type != wgpu::DeviceType::Cpu;
+        let device = Device { description: backend.name(), backend: Box::new(backend), is_gpu: true };
+        Ok(BenchDevice { device, hardware_gpu })
+    };
+    let cpu = || BenchDevice { device: Device::cpu(), hardware_gpu: false };
+    match choice {
+        "gpu" => Ok((vec![gpu()?], vec![])),
+        "cpu" => Ok((vec![cpu()], vec![])),
+        "all" => match gpu() {
+            Ok(g) => Ok((vec![g, cpu()], vec![])),
+            Err(e) => Ok((vec![cpu()], vec![format!("no GPU row: {e}")])),
+        },
+        other => Err(TrainError::Config(format!("bench: device '{other}' is not one of all, gpu, cpu"))),
+    }
+}
+
+/// PyTorch's side of a training bench: the runner, and which autocast modes to time.
+pub struct TorchComparison<'a> {
+    pub runner: &'a TorchRunner,
+    /// Also time PyTorch with this autocast dtype ("bf16"), beside its f32 figure.
+    pub amp: Option<&'a str>,
+}
+
+/// `kiln bench train`: one row per backend, with PyTorch's figure for the same recipe and
+/// batch and the ratio when `torch` is given. PyTorch runs once per device it is asked
+/// for. A backend that fails prints its error under its row and the others still run;
+/// returns how many failed.
+pub fn print_train_table(
+    recipe: &str,
+    config: &Config,
+    devices: &[BenchDevice],
+    options: BenchOptions,
+    torch: Option<TorchComparison<'_>>,
+) -> usize {
+    let batch = options.batch_size.unwrap_or(config.train.batch_size);
+    let unit = ThroughputUnit::of(config).label();
+    let tokens = if config.model.is_gpt() { format!(" x {} tokens", config.model.block_size) } else { String::new() };
+    println!(
+        "kiln bench train {recipe}: batch {batch}{tokens}, {} timed steps after {} warm-up, f32",
+        options.steps.max(1),
+        options.warmup_steps
+    );
+    if let Some(t) = &torch {
+        println!("PyTorch {} (scripts/bench_pytorch.py); kiln/PyTorch > 1 means kiln is faster", t.runner.info.torch);
+    }
+    println!();
+    let mut header = format!("| {:<58} | {:>9} | {:>12} | {:>10} |", "kiln backend", "ms/step", unit, "dispatches");
+    let mut rule = format!("|{:-<60}|{:->11}|{:->14}|{:->12}|", "", "", "", "");
+    if torch.is_some() {
+        header += &format!(" {:<52} | {:>9} | {:>12} | {:>12} |", "PyTorch", "ms/step", unit, "kiln/PyTorch");
+        rule += &format!("{:-<54}|{:->11}|{:->14}|{:->14}|", "", "", "", "");
+    }
+    println!("{header}");
+    println!("{rule}");
+    // PyTorch's figures by (device, amp), each measured once.
+    let mut torch_figures: Vec<((String, Option<String>), Result<TorchTrainFigure, String>)> = Vec::new();
+    let mut failures = 0;
+    for bench_device in devices {
+        let description = &bench_device.device.description;
+        let kiln = bench_train(&bench_device.device, config, options);
+        let kiln_cells = match &kiln {
+            Ok(r) => format!("| {description:<58} | {:>9.3} | {:>12.0} | {:>10} |", r.ms_per_step, r.throughput, r.dispatches),
+            Err(_) => format!("| {description:<58} | {:>9} | {:>12} | {:>10} |", "FAILED", "-", "-"),
+        };
+        let report_failure = || {
+            if let Err(e) = &kiln {
+                println!("  kiln on {description}: {e}");
+            }
+        };
+        failures += usize::from(kiln.is_err());
+        let Some(t) = &torch else {
+            println!("{kiln_cells}");
+            report_failure();
+            continue;
+        };
+        let (torch_device, why) = choose_torch_device(bench_device.hardware_gpu, &t.runner.info);
+        let amps: Vec<Option<&str>> = std::iter::once(None).chain(t.amp.map(Some)).collect();
+        for (i, amp) in amps.into_iter().enumerate() {
+            let key = (torch_device.to_string(), amp.map(str::to_string));
+            if !torch_figures.iter().any(|(k, _)| *k == key) {
+                let figure = t.runner.train(recipe, torch_device, batch, options.steps.max(1), amp).map_err(|e| e.to_string());
+                torch_figures.push((key.clone(), figure));
+            }
+            let figure = &torch_figures.iter().find(|(k, _)| *k == key).expect("just inserted").1;
+            let label = format!("{why}{}", amp.map(|a| format!(", {a} autocast")).unwrap_or_default());
+            let torch_cells = match figure {
+                Ok(f) => {
+                    let ratio = kiln.as_ref().ok().and_then(|r| speed_ratio(r.throughput, f.throughput));
+                    format!(" {:<52} | {:>9.3} | {:>12.0} | {:>12} |", label, f.ms_per_step, f.throughput, format_ratio(ratio))
+                }
+                Err(e) => format!(" {label:<52} | {:>9} | {:>12} | {:>12} | error: {e}", "-", "-", "-"),
+            };
+            // A second PyTorch figure (autocast) goes on a row of its own under kiln's.
+            let left = if i == 0 { kiln_cells.clone() } else { format!("| {:<58} | {:>9} | {:>12} | {:>10} |", "", "", "", "") };
+            println!("{left}{torch_cells}");
+        }
+        report_failure();
+    }
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RECIPES;
+
+    fn one_step(batch_size: usize) -> BenchOptions {
+        BenchOptions { batch_size: Some(batch_size), warmup_steps: 0, steps: 1 }
+    }
+
+    #[test]
+    fn every_recipe_runs_one_step_on_the_cpu() {
+        for &name in RECIPES {
+            // A backend holds states by name, and the recipes share names ("0.weight").
+            let device = Device::cpu();
+            // shakespeare-gpt keeps its dropout 0.2, so dropout's feeds are exercised too.
+            let config = Config::recipe(name).expect("recipe");
+            // The full GPT at batch 1 is still 256 tokens through 6 layers: a second or
+            // two on the CPU; the others at batch 2 take milliseconds.
+            let batch = if config.model.is_gpt() { 1 } else { 2 };
+            let report = bench_train(&device, &config, one_step(batch)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(report.batch_size, batch, "{name}");
+            assert_eq!(report.timed_steps, 1, "{name}");
+            assert!(report.ms_per_step > 0.0 && report.ms_per_step.is_finite(), "{name}: {} ms", report.ms_per_step);
+            assert!(report.dispatches > 0, "{name}");
+            let items = if config.model.is_gpt() { batch * config.model.block_size } else { batch };
+            let implied_ms = items as f64 / report.throughput * 1e3;
+            assert!((implied_ms - report.ms_per_step).abs() < 1e-6 * report.ms_per_step.max(1.0), "{name}");
+            let expected_unit = if config.model.is_gpt() { ThroughputUnit::Tokens } else { ThroughputUnit::Samples };
+            assert_eq!(report.unit, expected_unit, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_zero_batch_is_refused_with_a_message() {
+        let config = Config::recipe("mnist-mlp").expect("recipe");
+        let err = bench_train(&Device::cpu(), &config, one_step(0)).err().expect("batch 0 must fail");
+        assert!(err.to_string().contains("batch size"), "{err}");
+    }
+
+    #[test]
+    fn the_vocabulary_constant_is_the_corpus_vocabulary() {
+        let config = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
+        match crate::lm::load_corpus(&config, None) {
+            Ok(corpus) => assert_eq!(corpus.tokenizer().vocab_size(), SHAKESPEARE_VOCAB),
+            // The corpus ships with the repository; without it there is nothing to compare.
+            Err(e) => eprintln!("skipped: no Shakespeare corpus ({e})"),
+        }
+    }
 }
