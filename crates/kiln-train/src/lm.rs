@@ -77,13 +77,13 @@ pub fn gpt_config(config: &Config, vocab_size: usize) -> GptConfig {
 
 /// A compiled GPT graph for `[batch, block_size]` windows: a training step, or an
 /// evaluation pass (mean loss, no dropout, no update).
-struct LmPlan {
+pub(crate) struct LmPlan {
     graph: Graph,
-    plan: Plan,
-    idx: Tensor,
-    targets: Tensor,
+    pub(crate) plan: Plan,
+    pub(crate) idx: Tensor,
+    pub(crate) targets: Tensor,
     /// Present for a training step: what to feed each step besides the batch.
-    train: Option<TrainGraph>,
+    pub(crate) train: Option<TrainGraph>,
     /// The model's state dict (what best.safetensors holds).
     model_tensors: Vec<(String, Tensor)>,
     /// The state dict, then the optimizer's moments under `optimizer.<name>`.
@@ -111,7 +111,7 @@ fn windows_inputs(g: &mut Graph, config: &Config, batch: usize) -> Result<(Tenso
     Ok((g.input("idx", dims, DType::U32)?, g.input("targets", dims, DType::U32)?))
 }
 
-fn lm_train_plan(config: &Config, vocab_size: usize, batch: usize) -> Result<LmPlan, TrainError> {
+pub(crate) fn lm_train_plan(config: &Config, vocab_size: usize, batch: usize) -> Result<LmPlan, TrainError> {
     let mut g = Graph::new();
     let model = build_gpt(&mut g, config, vocab_size)?;
     let (idx, targets) = windows_inputs(&mut g, config, batch)?;
