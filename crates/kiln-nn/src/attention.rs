@@ -5,6 +5,7 @@ use crate::dropout::Dropout;
 use crate::gpt::GptConfig;
 use crate::init::Rng;
 use crate::linear::Linear;
+use crate::mixed;
 use crate::module::{join_name, Mode, Module};
 use crate::transformer::gpt_linear;
 
@@ -123,7 +124,8 @@ impl Module for CausalSelfAttention {
         let (q, k, v) = (self.heads(g, q, batch, len)?, self.heads(g, k, batch, len)?, self.heads(g, v, batch, len)?);
 
         // [B, H, T, T]: row i holds position i's scores against every position j.
-        let scores = g.matmul_t(q, k, false, true)?;
+        // Both products in f16 with f32 accumulation inside mixed::autocast.
+        let scores = mixed::layer_matmul(g, q, k, false, true)?;
         let head_size = c / self.n_head;
         let scores = g.mul_scalar(scores, 1.0 / (head_size as f64).sqrt())?;
         // Future positions get -inf, hence probability exactly 0 (softmax subtracts the row
@@ -134,7 +136,7 @@ impl Module for CausalSelfAttention {
         let probs = g.softmax(scores, 3)?;
         let probs = self.attn_dropout.forward(g, probs)?;
 
-        let y = g.matmul(probs, v)?; // [B, H, T, D]
+        let y = mixed::layer_matmul(g, probs, v, false, false)?; // [B, H, T, D]
         let y = g.permute(y, &[0, 2, 1, 3])?;
         let y = g.reshape(y, [batch, len, c])?;
         let y = self.c_proj.forward(g, y)?;

@@ -22,6 +22,8 @@
 //! Training: [`loss`] functions, [`clip::clip_grad_norm`], the [`optim`] optimizers (SGD,
 //! Adam, AdamW) whose update is compiled into the step, [`schedule::LrSchedule`], and
 //! [`TrainGraph`], which appends backward pass, clipping and update in one call.
+//! Mixed precision ([`mixed`]): f16 matmuls inside [`autocast`], dynamic loss scaling
+//! with skipped overflow steps ([`LossScaler`], [`TrainGraph::build_scaled`]).
 
 // Type names follow torch.nn (SGD, GELU), which PyTorch users look for.
 #![allow(clippy::upper_case_acronyms)]
@@ -36,6 +38,7 @@ pub mod init;
 mod layers;
 mod linear;
 pub mod loss;
+pub mod mixed;
 mod module;
 mod norm;
 pub mod optim;
@@ -52,6 +55,7 @@ pub use gpt::{GptConfig, ParamGroups, GPT};
 pub use layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 pub use conv::{Conv2d, Size2};
 pub use linear::Linear;
+pub use mixed::{autocast, LossScaler, Precision};
 pub use module::{count_elements, join_name, tensors_of, Mode, Module};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm};
 pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};

@@ -2,6 +2,7 @@
 use kiln_core::{DType, Graph, GraphError, Result, Tensor};
 
 use crate::init::{self, FanMode, Nonlinearity, Rng};
+use crate::mixed;
 use crate::module::{join_name, Module};
 
 /// `y = x @ W^T + b`, as `torch.nn.Linear(in_features, out_features, bias)`.
@@ -109,7 +110,8 @@ impl Module for Linear {
         // is a single 2-d matmul rather than a broadcast batch of them.
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = g.reshape(x, [rows, self.in_features])?;
-        let y2 = g.matmul_t(x2, self.weight, false, true)?;
+        // f16 operands with f32 accumulation inside `mixed::autocast(Precision::Mixed)`.
+        let y2 = mixed::layer_matmul(g, x2, self.weight, false, true)?;
         let y2 = match self.bias {
             Some(b) => g.add(y2, b)?,
             None => y2,

@@ -3,6 +3,7 @@ use kiln_core::{Graph, GraphError, HostTensor, Plan, Result, Tensor};
 
 use crate::clip::clip_grad_norm;
 use crate::dropout::{rng_step_value, RNG_STEP_INPUT};
+use crate::mixed::{LossScaleState, LossScaler};
 use crate::module::tensors_of;
 use crate::optim::{step_feeds, Optimizer, StepInput};
 
@@ -37,6 +38,8 @@ pub struct TrainGraph {
     /// The `rng.step` counter of training-mode dropout, when the loss depends on it: fed
     /// with the step number by [`TrainGraph::feeds`].
     pub rng_step: Option<Tensor>,
+    /// The loss scaler's tensors when the step scales its loss (mixed precision).
+    pub loss_scale: Option<LossScaleState>,
 }
 
 impl TrainGraph {
@@ -49,10 +52,33 @@ impl TrainGraph {
         optimizer: &dyn Optimizer,
         max_grad_norm: Option<f64>,
     ) -> Result<TrainGraph> {
+        TrainGraph::build_scaled(g, loss, params, optimizer, max_grad_norm, None)
+    }
+
+    /// As [`TrainGraph::build`], with dynamic loss scaling when `loss_scaler` is given
+    /// (mixed precision, see [`crate::mixed`]): the gradients are those of the scaled
+    /// loss divided by the scale, clipping sees them unscaled, and the whole update is
+    /// skipped on a step with an inf or NaN gradient. The host-fed optimizer step (Adam's
+    /// bias correction, the schedule) still counts a skipped step, unlike PyTorch's,
+    /// whose skipped `optimizer.step()` does not advance `state["step"]`.
+    pub fn build_scaled(
+        g: &mut Graph,
+        loss: Tensor,
+        params: &[(String, Tensor)],
+        optimizer: &dyn Optimizer,
+        max_grad_norm: Option<f64>,
+        loss_scaler: Option<&LossScaler>,
+    ) -> Result<TrainGraph> {
         if params.is_empty() {
             return Err(GraphError::new("TrainGraph", format!("no parameters given to train with {}", optimizer.name())));
         }
-        let raw_grads = g.grad(loss, &tensors_of(params))?;
+        let (raw_grads, loss_scale) = match loss_scaler {
+            Some(scaler) => {
+                let scaled = scaler.scale_and_unscale(g, loss, &tensors_of(params))?;
+                (scaled.grads, Some(scaled.state))
+            }
+            None => (g.grad(loss, &tensors_of(params))?, None),
+        };
         let (grads, grad_norm) = match max_grad_norm {
             Some(max_norm) => {
                 let clipped = clip_grad_norm(g, &raw_grads, max_norm)?;
@@ -61,25 +87,42 @@ impl TrainGraph {
             None => (raw_grads, None),
         };
         let update = optimizer.append_update(g, params, &grads)?;
+        let updates = match &loss_scale {
+            Some(state) => LossScaler::gate_updates(g, state, update.updates)?,
+            None => update.updates,
+        };
         let rng_step = g.find(RNG_STEP_INPUT).filter(|&counter| depends_on(g, loss, counter));
         Ok(TrainGraph {
             loss,
             params: params.to_vec(),
             grads,
             grad_norm,
-            updates: update.updates,
+            updates,
             optimizer_state: update.state,
             step_inputs: update.step_inputs,
             rng_step,
+            loss_scale,
         })
     }
 
     /// What the step returns: the loss, then the pre-clipping gradient norm when clipping
-    /// is on.
+    /// is on, then with loss scaling the scale for the next step and the number of steps
+    /// skipped so far, this one included (both 0-d f32; [`TrainGraph::loss_scale_outputs`]).
     pub fn outputs(&self) -> Vec<Tensor> {
         let mut outputs = vec![self.loss];
         outputs.extend(self.grad_norm);
+        outputs.extend(self.loss_scale_outputs());
         outputs
+    }
+
+    /// With loss scaling: the scale for the next step and the count of skipped steps so
+    /// far, this one included (the step was skipped when it is larger than the last
+    /// run's); else nothing.
+    pub fn loss_scale_outputs(&self) -> Vec<Tensor> {
+        match &self.loss_scale {
+            Some(state) => vec![state.next_scale, state.next_skipped_steps],
+            None => Vec::new(),
+        }
     }
 
     /// `Plan::compile_with_updates` for [`outputs`](Self::outputs) followed by `extra`

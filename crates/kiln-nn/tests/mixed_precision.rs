@@ -1,0 +1,188 @@
+//! Mixed-precision training on the CPU reference (which computes f16 x f16 -> f32
+//! matmuls as the GPU kernels do: f16 operands, f32 sums):
+//! - an MLP trained under `autocast(Precision::Mixed)` with dynamic loss scaling reaches
+//!   nearly the loss of the same MLP trained in f32;
+//! - a step whose scaled gradients overflow is skipped: parameters and Adam's moments keep
+//!   their values, the scale halves, the skipped-step count grows, and training goes on;
+//! - the scale doubles after `growth_interval` good steps in a row;
+//! - the parameters of a mixed run are f32 states under the f32 run's names, so either
+//!   run's weights load into the other.
+use kiln_core::{Backend, DType, Executor, Graph, HostTensor, Op, Tensor};
+use kiln_cpu::CpuBackend;
+use kiln_nn::init::{normal, seeded_rng};
+use kiln_nn::loss::{cross_entropy, Reduction};
+use kiln_nn::mixed::{self, Precision};
+use kiln_nn::{Adam, LossScaler, Module, Sequential, TrainGraph};
+
+const POINTS: usize = 64;
+
+/// Four Gaussian clusters at (±1, ±1); the class is 1 where x0 and x1 have the same sign.
+fn xor_clusters(seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let noise = normal([POINTS, 2], 0.0, 0.25, &mut seeded_rng(seed)).to_f32_vec();
+    let mut xs = Vec::with_capacity(POINTS * 2);
+    let mut labels = Vec::with_capacity(POINTS);
+    for i in 0..POINTS {
+        let (sx, sy) = (if i % 2 == 0 { 1.0 } else { -1.0 }, if (i / 2) % 2 == 0 { 1.0 } else { -1.0 });
+        xs.push(sx + noise[2 * i]);
+        xs.push(sy + noise[2 * i + 1]);
+        labels.push(u32::from(sx == sy));
+    }
+    (xs, labels)
+}
+
+/// An MLP step graph, built in `precision` (with `scaler` for mixed), loaded on the CPU.
+struct Run {
+    graph: Graph,
+    train: TrainGraph,
+    exec: Box<dyn Executor>,
+    feeds: Vec<(Tensor, HostTensor)>,
+}
+
+fn mlp_run(precision: Precision, scaler: Option<LossScaler>) -> Run {
+    let mut g = Graph::new();
+    let mut rng = seeded_rng(2024);
+    let model = Sequential::new()
+        .linear(&mut g, 2, 32, &mut rng)
+        .and_then(|s| s.tanh().linear(&mut g, 32, 32, &mut rng))
+        .and_then(|s| s.relu().linear(&mut g, 32, 2, &mut rng))
+        .unwrap();
+    let x = g.input("x", [POINTS, 2], DType::F32).unwrap();
+    let y = g.input("y", [POINTS], DType::U32).unwrap();
+    let loss = {
+        let _autocast = mixed::autocast(precision);
+        let logits = model.forward(&mut g, x).unwrap();
+        cross_entropy(&mut g, logits, y, Reduction::Mean).unwrap()
+    };
+    assert_eq!(mixed::autocast_precision(), Precision::F32, "the guard restores f32");
+    let train = TrainGraph::build_scaled(&mut g, loss, &model.params(), &Adam::new(0.01), None, scaler.as_ref()).unwrap();
+    let plan = train.compile(&g, &[]).unwrap();
+    let exec = CpuBackend::<f32>::new().load(&plan).unwrap();
+    let (xs, labels) = xor_clusters(7);
+    let feeds = vec![(x, HostTensor::f32([POINTS, 2], xs)), (y, HostTensor::u32([POINTS], labels))];
+    Run { graph: g, train, exec, feeds }
+}
+
+impl Run {
+    /// Runs step `step`; returns the plan's outputs.
+    fn step(&mut self, step: u64) -> Vec<HostTensor> {
+        let mut feeds = self.train.feeds(step, 0.01);
+        feeds.extend(self.feeds.iter().cloned());
+        self.exec.run(&feeds).unwrap()
+    }
+
+    /// Every parameter and optimizer moment, by name.
+    fn states(&mut self) -> Vec<(String, Vec<f32>)> {
+        let named: Vec<(String, Tensor)> =
+            self.train.params.iter().chain(&self.train.optimizer_state).cloned().collect();
+        named.into_iter().map(|(name, t)| (name, self.exec.read_state(t).unwrap().to_f32_vec())).collect()
+    }
+
+    fn read(&mut self, t: Tensor) -> f64 {
+        self.exec.read_state(t).unwrap().scalar()
+    }
+}
+
+#[test]
+fn mixed_precision_mlp_reaches_nearly_the_f32_loss() {
+    let mut full = mlp_run(Precision::F32, None);
+    let mut mixed_run = mlp_run(Precision::Mixed, Some(LossScaler::default()));
+    // The mixed graph's forward and backward products are f16 x f16 -> f32: three layers,
+    // each a forward product and two gradient products (the graph holds the first layer's
+    // input gradient too, which no plan computes: x is not trained).
+    let mixed_products = |g: &Graph| {
+        g.nodes()
+            .iter()
+            .filter(|n| matches!(n.op, Op::MatMul { .. }) && n.dtype == DType::F32 && g.dtype(n.inputs[0]) == DType::F16)
+            .count()
+    };
+    assert_eq!(mixed_products(&mixed_run.graph), 9);
+    assert_eq!(mixed_products(&full.graph), 0);
+    // Parameters stay f32 (master weights).
+    for (name, t) in &mixed_run.train.params {
+        assert_eq!(mixed_run.graph.dtype(*t), DType::F32, "{name}");
+    }
+
+    let steps = 200;
+    let (mut full_losses, mut mixed_losses) = (Vec::new(), Vec::new());
+    for step in 0..steps {
+        full_losses.push(full.step(step)[0].scalar());
+        let out = mixed_run.step(step);
+        mixed_losses.push(out[0].scalar());
+        // Outputs: loss, the next step's scale, the steps skipped so far.
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1].scalar(), 65536.0, "step {step}: no overflow, no growth within 2000 steps");
+        assert_eq!(out[2].scalar(), 0.0, "step {step}: nothing skipped");
+    }
+    let (f, m) = (full_losses[steps as usize - 1], mixed_losses[steps as usize - 1]);
+    eprintln!("after {steps} steps: f32 loss {f:.5}, mixed loss {m:.5} (first {:.4})", full_losses[0]);
+    assert!(f < 1e-3, "the f32 run learns: {f}");
+    // f16 operands change each step's numbers by about 1e-3 relative; after 200 Adam
+    // steps the two runs are different runs of similar quality (both reach about 1e-5).
+    assert!(m < 2e-3, "mixed {m} vs f32 {f}");
+    // And the mixed run is not the f32 run: its matmuls did round.
+    assert_ne!(full_losses[5], mixed_losses[5]);
+}
+
+#[test]
+fn an_overflowing_step_is_skipped_and_the_scale_halves() {
+    // A scale of 2^127 makes the scaled loss's gradients overflow f32 on the first step.
+    let scaler = LossScaler { init_scale: 2f64.powi(127), ..LossScaler::default() };
+    let mut run = mlp_run(Precision::Mixed, Some(scaler));
+    let state = run.train.loss_scale.clone().expect("a scaled step");
+    let before = run.states();
+    let out = run.step(0);
+    assert!(out[0].scalar().is_finite(), "the reported loss is unscaled: {}", out[0].scalar());
+    assert_eq!((out[1].scalar(), out[2].scalar()), (2f64.powi(126), 1.0), "the next scale and the skipped count");
+    assert_eq!(run.states(), before, "parameters and moments unchanged on the skipped step");
+    assert_eq!(run.read(state.scale), 2f64.powi(126), "halved");
+    assert_eq!(run.read(state.skipped_steps), 1.0);
+    assert_eq!(run.read(state.growth_tracker), 0.0);
+
+    // It keeps halving until the gradients fit, then the update happens.
+    let mut step = 1;
+    while run.read(state.skipped_steps) as u64 == step {
+        run.step(step);
+        step += 1;
+        assert!(step < 200, "the scale never came down far enough");
+    }
+    let skipped = run.read(state.skipped_steps);
+    assert_eq!(skipped as u64, step - 1, "one good step after {skipped} skipped");
+    assert_eq!(run.read(state.scale), 2f64.powi(127 - skipped as i32), "halved once per skipped step");
+    assert_eq!(run.read(state.growth_tracker), 1.0);
+    let after = run.states();
+    for ((name, old), (_, new)) in before.iter().zip(&after) {
+        assert!(old != new, "{name} is updated on the good step");
+        assert!(new.iter().all(|v| v.is_finite()), "{name} stays finite");
+    }
+}
+
+#[test]
+fn the_scale_doubles_after_the_growth_interval() {
+    let scaler = LossScaler { init_scale: 8.0, growth_interval: 3, ..LossScaler::default() };
+    let mut run = mlp_run(Precision::Mixed, Some(scaler));
+    let scales: Vec<f64> = (0..7).map(|step| run.step(step)[1].scalar()).collect();
+    // The scale each step leaves for the next: doubled by every third good step.
+    assert_eq!(scales, [8.0, 8.0, 16.0, 16.0, 16.0, 32.0, 32.0]);
+}
+
+#[test]
+fn mixed_and_f32_runs_hold_the_same_f32_parameters() {
+    let mut mixed_run = mlp_run(Precision::Mixed, Some(LossScaler::default()));
+    let mut full = mlp_run(Precision::F32, None);
+    for step in 0..3 {
+        mixed_run.step(step);
+    }
+    let trained = mixed_run.states();
+    // Write the mixed run's weights into the f32 run, as a checkpoint would.
+    for ((name, t), (mixed_name, values)) in full.train.params.clone().iter().zip(&trained) {
+        assert_eq!(name, mixed_name);
+        let shape = full.graph.shape(*t).clone();
+        full.exec.write_state(*t, &HostTensor::f32(shape, values.clone())).unwrap();
+    }
+    let loaded = full.states();
+    for ((name, values), (_, expected)) in loaded.iter().zip(&trained).take(full.train.params.len()) {
+        assert_eq!(values, expected, "{name}");
+    }
+    // The loss scaler's states are extra: not among the parameters or optimizer moments.
+    assert!(trained.iter().all(|(name, _)| !name.starts_with("amp.")));
+}
