@@ -148,6 +148,10 @@ struct PytorchArgs {
     /// scripts/bench_pytorch.py (found from the working directory or the executable when absent).
     #[arg(long)]
     pytorch_script: Option<PathBuf>,
+    /// torch's CPU threads (torch's default when absent). On a busy machine torch's
+    /// OpenMP threads can spin-wait on each other: 1 may be faster than all cores.
+    #[arg(long)]
+    torch_threads: Option<usize>,
 }
 
 impl PytorchArgs {
@@ -157,7 +161,10 @@ impl PytorchArgs {
             return Ok(None);
         }
         match kiln_train::bench_pytorch::TorchRunner::open(&self.python, self.pytorch_script.as_deref()) {
-            Ok(runner) => Ok(Some(runner)),
+            Ok(mut runner) => {
+                runner.threads = self.torch_threads;
+                Ok(Some(runner))
+            }
             Err(e) if self.pytorch => Err(format!("--pytorch: {e}").into()),
             Err(e) => {
                 eprintln!("no PyTorch column ({e}); --python PATH names a Python with torch");

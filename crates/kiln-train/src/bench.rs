@@ -207,7 +207,11 @@ pub fn print_train_table(
         options.warmup_steps
     );
     if let Some(t) = &torch {
-        println!("PyTorch {} (scripts/bench_pytorch.py); kiln/PyTorch > 1 means kiln is faster", t.runner.info.torch);
+        println!(
+            "PyTorch {} (scripts/bench_pytorch.py) on CUDA beside a hardware GPU when torch.cuda.is_available() \
+             (here: {}), else on the CPU; kiln/PyTorch > 1 means kiln is faster",
+            t.runner.info.torch, t.runner.info.cuda
+        );
     }
     println!();
     let mut header = format!("| {:<58} | {:>9} | {:>12} | {:>10} |", "kiln backend", "ms/step", unit, "dispatches");
@@ -239,7 +243,7 @@ pub fn print_train_table(
             report_failure();
             continue;
         };
-        let (torch_device, why) = choose_torch_device(bench_device.hardware_gpu, &t.runner.info);
+        let (torch_device, _) = choose_torch_device(bench_device.hardware_gpu, &t.runner.info);
         let amps: Vec<Option<&str>> = std::iter::once(None).chain(t.amp.map(Some)).collect();
         for (i, amp) in amps.into_iter().enumerate() {
             let key = (torch_device.to_string(), amp.map(str::to_string));
@@ -248,13 +252,14 @@ pub fn print_train_table(
                 torch_figures.push((key.clone(), figure));
             }
             let figure = &torch_figures.iter().find(|(k, _)| *k == key).expect("just inserted").1;
-            let label = format!("{why}{}", amp.map(|a| format!(", {a} autocast")).unwrap_or_default());
+            let autocast = amp.map(|a| format!(", {a} autocast")).unwrap_or_default();
             let torch_cells = match figure {
                 Ok(f) => {
+                    let label = format!("{} ({}){autocast}", f.device, f.device_name);
                     let ratio = kiln.as_ref().ok().and_then(|r| speed_ratio(r.throughput, f.throughput));
                     format!(" {:<52} | {:>9.3} | {:>12.0} | {:>12} |", label, f.ms_per_step, f.throughput, format_ratio(ratio))
                 }
-                Err(e) => format!(" {label:<52} | {:>9} | {:>12} | {:>12} | error: {e}", "-", "-", "-"),
+                Err(e) => format!(" {:<52} | {:>9} | {:>12} | {:>12} | error: {e}", format!("{torch_device}{autocast}"), "-", "-", "-"),
             };
             // A second PyTorch figure (autocast) goes on a row of its own under kiln's.
             let left = if i == 0 { kiln_cells.clone() } else { format!("| {:<58} | {:>9} | {:>12} | {:>10} |", "", "", "", "") };

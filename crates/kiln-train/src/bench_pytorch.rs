@@ -113,6 +113,8 @@ pub struct TorchRunner {
     python: PathBuf,
     script: PathBuf,
     pub info: TorchInfo,
+    /// torch's CPU threads (`--threads`); torch's default when None.
+    pub threads: Option<usize>,
 }
 
 impl TorchRunner {
@@ -127,6 +129,7 @@ impl TorchRunner {
             python: python.to_path_buf(),
             script,
             info: TorchInfo { torch: String::new(), cuda: false, device_name: None, threads: None },
+            threads: None,
         };
         let lines = runner.run(&["info"])?;
         runner.info = lines
@@ -137,6 +140,14 @@ impl TorchRunner {
             })
             .ok_or_else(|| TrainError::Io(format!("{} info printed no info line", runner.script.display())))?;
         Ok(runner)
+    }
+
+    /// `args` and the thread count when one is set (for `train` and `ops`).
+    fn with_threads<'a>(&self, mut args: Vec<&'a str>, threads: &'a str) -> Vec<&'a str> {
+        if self.threads.is_some() {
+            args.extend(["--threads", threads]);
+        }
+        args
     }
 
     /// The script with `args`; its JSON lines, or an error with the end of its stderr.
@@ -159,7 +170,8 @@ impl TorchRunner {
     /// PyTorch's figure for one recipe's training step.
     pub fn train(&self, recipe: &str, device: &str, batch_size: usize, steps: usize, amp: Option<&str>) -> Result<TorchTrainFigure, TrainError> {
         let (batch, steps) = (batch_size.to_string(), steps.to_string());
-        let mut args = vec!["train", recipe, "--device", device, "--batch-size", &batch, "--steps", &steps];
+        let threads = self.threads.unwrap_or(0).to_string();
+        let mut args = self.with_threads(vec!["train", recipe, "--device", device, "--batch-size", &batch, "--steps", &steps], &threads);
         if let Some(amp) = amp {
             args.extend(["--amp", amp]);
         }
@@ -174,7 +186,8 @@ impl TorchRunner {
 
     /// PyTorch's figures for the op table's cases.
     pub fn ops(&self, device: &str, quick: bool, full: bool, filters: &[String]) -> Result<Vec<TorchOpFigure>, TrainError> {
-        let mut args = vec!["ops", "--device", device];
+        let threads = self.threads.unwrap_or(0).to_string();
+        let mut args = self.with_threads(vec!["ops", "--device", device], &threads);
         if quick {
             args.push("--quick");
         }
