@@ -44,6 +44,8 @@ pub struct AdapterReport {
     pub cooperative_matrix: bool,
     /// The cooperative-matrix shapes and types, one line each ("16x16x16 f16*f16 -> f32").
     pub cooperative_matrix_configs: Vec<String>,
+    /// Among them 16x16x16 f16 x f16 -> f32: what shaders/matmul_coop.wgsl multiplies with.
+    pub cooperative_matrix_f16_f32_16x16x16: bool,
 }
 
 impl AdapterReport {
@@ -72,6 +74,12 @@ impl AdapterReport {
         } else {
             Vec::new()
         };
+        let cooperative_matrix_f16_f32_16x16x16 = cooperative_matrix
+            && adapter.cooperative_matrix_properties().iter().any(|p| {
+                (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                    && p.ab_type == wgpu::CooperativeScalarType::F16
+                    && p.cr_type == wgpu::CooperativeScalarType::F32
+            });
         AdapterReport {
             name: info.name.clone(),
             backend: info.backend,
@@ -90,6 +98,7 @@ impl AdapterReport {
                 .then_some((info.subgroup_min_size, info.subgroup_max_size)),
             cooperative_matrix,
             cooperative_matrix_configs,
+            cooperative_matrix_f16_f32_16x16x16,
         }
     }
 
@@ -113,6 +122,7 @@ impl AdapterReport {
             subgroups: None,
             cooperative_matrix: false,
             cooperative_matrix_configs: Vec::new(),
+            cooperative_matrix_f16_f32_16x16x16: false,
         }
     }
 

@@ -195,3 +195,68 @@ fn every_mixed_matmul_launch_validates_with_and_without_shader_f16() {
     }
     assert_eq!(checked, 2 * SIZES.len() * TRANSPOSES.len());
 }
+
+/// The cooperative-matrix kernel's launches for every transpose and a batch, with the
+/// features it needs (f16, cooperative matrices, subgroups): naga parses and validates
+/// each, and writes it as SPIR-V (where naga 30 has panicked on cooperative stores).
+#[test]
+fn every_cooperative_matrix_launch_validates() {
+    use kiln_wgpu::kernels::matmul::lower_coop;
+    let mut graph = Graph::new();
+    let mut products = Vec::new();
+    for (ta, tb) in TRANSPOSES {
+        let a = graph.input(&format!("a{ta}{tb}"), [2, if ta { 40 } else { 130 }, if ta { 130 } else { 40 }], DType::F16).unwrap();
+        let b = graph.input(&format!("b{ta}{tb}"), stored(40, 300, tb), DType::F16).unwrap();
+        products.push(graph.matmul_f16_t(a, b, ta, tb).unwrap());
+    }
+    let plan = Plan::compile(&graph, &products).unwrap();
+    let caps = Caps { shader_f16: true, subgroups: true };
+    let mut keys = std::collections::BTreeSet::new();
+    for step in &plan.steps {
+        let launches = lower_coop(step, &caps).unwrap();
+        let [launch] = launches.as_slice() else { panic!("one launch per step, got {}", launches.len()) };
+        let source = &launch.source;
+        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}:\n{}", launch.key, e.emit_to_string(source)));
+        let mut validator =
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+        let info = validator.validate(&module).unwrap_or_else(|e| panic!("{}:\n{}", launch.key, e.emit_to_string(source)));
+        let options = naga::back::spv::Options::default();
+        naga::back::spv::write_vec(&module, &info, &options, None)
+            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", launch.key));
+        // 2 batches x 2 blocks along M (130 rows) x 2 along N (300 columns).
+        assert_eq!(launch.groups, 8, "{}", launch.key);
+        keys.insert(launch.key.clone());
+    }
+    assert_eq!(keys.len(), 4, "one variant per transpose pair");
+
+    // A same-dtype product is not this kernel's.
+    let mut g = Graph::new();
+    let a = g.input("a", [4, 4], DType::F16).unwrap();
+    let plain = g.matmul(a, a).unwrap();
+    let plan = Plan::compile(&g, &[plain]).unwrap();
+    let err = lower_coop(&plan.steps[0], &caps).unwrap_err().to_string();
+    assert!(err.contains("f16 @ f16 -> f16") && err.contains("cooperative"), "{err}");
+}
+
+/// The cooperative-matrix path against the CPU, on an adapter that has it (an H100: f16 x
+/// f16 -> f32 16x16x16, subgroups of 32). Everywhere else (lavapipe has no cooperative
+/// matrices) it says so and skips.
+#[test]
+fn cooperative_matrix_matmul_matches_cpu_where_the_adapter_has_it() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let supported = kiln_wgpu::kernels::matmul::coop_supported(gpu.adapter(), gpu.caps().shader_f16);
+    if !supported {
+        eprintln!("skipped: {} has no f16 x f16 -> f32 16x16x16 cooperative matrices with 32-wide subgroups", gpu.adapter().title());
+        return;
+    }
+    let Suite { graph, cases, products, scales, feeds } = suite();
+    let all: Vec<Tensor> = products.iter().chain(&scales).copied().collect();
+    let reference = run(&CpuBackend::<f32>::new(), &Plan::compile(&graph, &all).unwrap(), &feeds);
+    let (on_cpu, scale) = reference.split_at(products.len());
+    let on_gpu = run(&gpu, &Plan::compile(&graph, &products).unwrap(), &feeds);
+    for (i, &case) in cases.iter().enumerate() {
+        let bound = 1e-5 * (case.1 as f32).sqrt();
+        let scale = floats(&scale[i]);
+        assert_close_by(&format!("cooperative {}", describe(case)), &on_gpu[i], &on_cpu[i], |j, _| bound * scale[j] + 1e-30);
+    }
+}

@@ -263,25 +263,13 @@ fn checked(step: &Step, caps: &Caps) -> Result<Checked, ExecError> {
 pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<Launch>, ExecError> {
     config.check().map_err(|why| op_error(step, format!("matmul config {config}: {why}")))?;
     let Checked { problem, out_storage, batch_out, a_strides, b_strides } = checked(step, caps)?;
-    let MatmulProblem { m, n, k, batch, .. } = problem;
+    let MatmulProblem { m, n, batch, .. } = problem;
     if m * n * batch == 0 {
         return Ok(Vec::new());
     }
     let blocks_m = m.div_ceil(config.bm as usize);
     let blocks_n = n.div_ceil(config.bn as usize);
-    let mut params = vec![0u32; PARAM_WORDS];
-    params[0] = word(step, "M", m)?;
-    params[1] = word(step, "N", n)?;
-    params[2] = word(step, "K", k)?;
-    params[3] = word(step, "blocks along M", blocks_m)?;
-    params[4] = word(step, "blocks along N", blocks_n)?;
-    params[5] = word(step, "batch count", batch)?;
-    params[6] = word(step, "batch rank", batch_out.rank())?;
-    for d in 0..batch_out.rank() {
-        params[P_BATCH_DIMS + d] = word(step, "batch dim", batch_out.dims()[d])?;
-        params[P_A_BATCH_STRIDES + d] = word(step, "batch stride of a", a_strides[d])?;
-        params[P_B_BATCH_STRIDES + d] = word(step, "batch stride of b", b_strides[d])?;
-    }
+    let params = launch_params(step, &problem, &batch_out, &a_strides, &b_strides, blocks_m, blocks_n)?;
     let groups = word(step, "workgroup count", batch * blocks_m * blocks_n)?;
 
     let (source, key) = render_variant(&problem, out_storage, config);
@@ -293,6 +281,103 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
         bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
         groups,
     }])
+}
+
+/// The cooperative-matrix kernel (f16 x f16 -> f32 on 16x16x16 matrices).
+pub(crate) const COOP_SHADER: &str = include_str!("../../../../shaders/matmul_coop.wgsl");
+/// The output block one workgroup of the cooperative-matrix kernel computes (M x N).
+pub const COOP_BLOCK: [u32; 2] = [128, 256];
+/// The subgroup size the cooperative-matrix kernel is written for (8 subgroups of 32 make
+/// its 256 invocations).
+pub const COOP_SUBGROUP_SIZE: u32 = 32;
+/// Its workgroup memory: f16 tiles of a (128 x 32) and b (32 x 256), and one 16 x 16 f32
+/// scratch tile per subgroup.
+pub const COOP_WORKGROUP_BYTES: u32 = 128 * 32 * 2 + 32 * 256 * 2 + 8 * 16 * 16 * 4;
+const COOP_INVOCATIONS: u32 = 256;
+
+/// Whether an adapter can run the cooperative-matrix kernel: 16x16x16 f16 x f16 -> f32
+/// cooperative matrices, f16 in shaders, subgroups of exactly 32 and the kernel's
+/// workgroup memory and invocations. `shader_f16` is whether f16 tensors are stored as f16
+/// (`Caps::shader_f16`): the kernel reads f16 operands.
+pub fn coop_supported(report: &crate::AdapterReport, shader_f16: bool) -> bool {
+    report.cooperative_matrix_f16_f32_16x16x16
+        && shader_f16
+        && report.subgroups == Some((COOP_SUBGROUP_SIZE, COOP_SUBGROUP_SIZE))
+        && report.max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
+        && report.max_compute_invocations_per_workgroup >= COOP_INVOCATIONS
+}
+
+/// Whether a matmul step is the cooperative-matrix kernel's: f16 operands stored as f16
+/// and an f32 result (the mixed-precision form).
+pub fn coop_applies(step: &Step, caps: &Caps) -> bool {
+    let Op::MatMul { .. } = step.op else { return false };
+    let [a, b] = step.inputs.as_slice() else { return false };
+    a.dtype == DType::F16 && b.dtype == DType::F16 && step.output.dtype == DType::F32 && caps.shader_f16
+}
+
+/// The launch of a mixed-precision matmul step on the cooperative-matrix kernel, for an
+/// adapter where [`coop_supported`] holds.
+pub fn lower_coop(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
+    if !coop_applies(step, caps) {
+        let [a, b] = step.inputs.as_slice() else {
+            return Err(op_error(step, format!("expects 2 inputs, got {}", step.inputs.len())));
+        };
+        return Err(op_error(
+            step,
+            format!(
+                "the cooperative-matrix kernel multiplies f16 operands stored as f16 into f32, got {} @ {} -> {} \
+                 (f16 stored as {})",
+                a.dtype,
+                b.dtype,
+                step.output.dtype,
+                caps.storage_type(DType::F16)
+            ),
+        ));
+    }
+    let Checked { problem, batch_out, a_strides, b_strides, .. } = checked(step, caps)?;
+    let MatmulProblem { m, n, batch, trans_a, trans_b, .. } = problem;
+    if m * n * batch == 0 {
+        return Ok(Vec::new());
+    }
+    let [block_m, block_n] = COOP_BLOCK.map(|b| b as usize);
+    let params = launch_params(step, &problem, &batch_out, &a_strides, &b_strides, m.div_ceil(block_m), n.div_ceil(block_n))?;
+    let groups = word(step, "workgroup count", batch * m.div_ceil(block_m) * n.div_ceil(block_n))?;
+    let bool_text = |v: bool| if v { "true" } else { "false" };
+    let slots = [("TRANS_A", bool_text(trans_a)), ("TRANS_B", bool_text(trans_b))];
+    let [a, b] = step.inputs.as_slice() else { unreachable!("checked() found two inputs") };
+    Ok(vec![Launch {
+        key: key("matmul_coop", &slots),
+        source: render(COOP_SHADER, &slots),
+        params,
+        bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
+        groups,
+    }])
+}
+
+/// The params words of shaders/matmul.wgsl's layout (shared by the cooperative kernel).
+fn launch_params(
+    step: &Step,
+    problem: &MatmulProblem,
+    batch_out: &Shape,
+    a_strides: &[usize],
+    b_strides: &[usize],
+    blocks_m: usize,
+    blocks_n: usize,
+) -> Result<Vec<u32>, ExecError> {
+    let mut params = vec![0u32; PARAM_WORDS];
+    params[0] = word(step, "M", problem.m)?;
+    params[1] = word(step, "N", problem.n)?;
+    params[2] = word(step, "K", problem.k)?;
+    params[3] = word(step, "blocks along M", blocks_m)?;
+    params[4] = word(step, "blocks along N", blocks_n)?;
+    params[5] = word(step, "batch count", problem.batch)?;
+    params[6] = word(step, "batch rank", batch_out.rank())?;
+    for d in 0..batch_out.rank() {
+        params[P_BATCH_DIMS + d] = word(step, "batch dim", batch_out.dims()[d])?;
+        params[P_A_BATCH_STRIDES + d] = word(step, "batch stride of a", a_strides[d])?;
+        params[P_B_BATCH_STRIDES + d] = word(step, "batch stride of b", b_strides[d])?;
+    }
+    Ok(params)
 }
 
 /// The WGSL of one variant, and its pipeline cache key.
