@@ -239,6 +239,9 @@ impl Graph {
                     "second derivatives of conv2d and pooling are not supported",
                 ))
             }
+            Op::Fused(_) => {
+                return Err(GraphError::new(node.op.name(), "fused steps exist only in plans, never in a graph"))
+            }
         })
     }
 

@@ -155,6 +155,58 @@ impl Default for Conv2dParams {
     }
 }
 
+/// One instruction of a [`FusedProgram`]; its value is register `k` for the k-th
+/// instruction. Operands name earlier registers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FusedInstr {
+    /// Input `k` of the step at this element (broadcast to the output shape).
+    Load { input: usize },
+    /// A scalar, converted to the float type the backend computes in (as `Op::Constant`).
+    Constant { value: f64 },
+    Unary { op: UnaryOp, x: usize },
+    Binary { op: BinaryOp, a: usize, b: usize },
+    /// 1 where `a op b` holds, else 0 (as `Op::Compare` on floats).
+    Compare { op: CmpOp, a: usize, b: usize },
+    /// `a` where `cond` is nonzero (NaN included), else `b` (as `Op::Where`).
+    Where { cond: usize, a: usize, b: usize },
+}
+
+/// A register program over float values, evaluated once per output element: each
+/// instruction computes, with exactly the formula and precision of the op it replaces,
+/// one register; the last register is the output element. Every intermediate register
+/// is a float of at least f32 precision (the plan pass never fuses an f16 intermediate,
+/// whose value would be rounded between ops), so a backend that runs the program with
+/// its unfused per-op formulas gives the unfused result bit for bit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FusedProgram {
+    pub instrs: Vec<FusedInstr>,
+    /// The graph tensors the step's inputs hold, in input order (for checkers and
+    /// messages: a step's node alone no longer says what it reads), and the graph nodes
+    /// the program computes, in program order, the last one being the step's node.
+    pub sources: Vec<crate::Tensor>,
+    pub members: Vec<crate::Tensor>,
+}
+
+impl std::fmt::Display for FusedProgram {
+    /// One instruction per line (`r2 = add r0 r1`): the program's text, which a backend
+    /// may use as a cache key for the kernel it renders (sources and members left out).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (k, instr) in self.instrs.iter().enumerate() {
+            write!(f, "r{k} = ")?;
+            match instr {
+                FusedInstr::Load { input } => writeln!(f, "load x{input}")?,
+                FusedInstr::Constant { value } => writeln!(f, "const {value:?}")?,
+                FusedInstr::Unary { op: UnaryOp::LeakyRelu { alpha }, x } => writeln!(f, "leaky_relu({alpha:?}) r{x}")?,
+                FusedInstr::Unary { op, x } => writeln!(f, "{} r{x}", op.name())?,
+                FusedInstr::Binary { op, a, b } => writeln!(f, "{} r{a} r{b}", op.name())?,
+                FusedInstr::Compare { op, a, b } => writeln!(f, "{} r{a} r{b}", op.name())?,
+                FusedInstr::Where { cond, a, b } => writeln!(f, "where r{cond} r{a} r{b}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// Fed by the caller on every run. No step: its buffer is written by the feed.
@@ -286,6 +338,10 @@ pub enum Op {
     /// [N, C, H, W] (from the plan): each element of x gets the sum, over the windows
     /// that contain it in row-major order of the windows, of grad_out / (KH KW).
     AvgPool2dBackward { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
+    /// A chain of elementwise ops run as one kernel; never in a graph, only in a plan
+    /// (`Plan::compile` makes it, see `fuse.rs`). Inputs [x_0, x_1, ...] float, each
+    /// broadcast to the output shape (float); see [`FusedProgram`] for the semantics.
+    Fused(FusedProgram),
 }
 
 impl Op {
@@ -324,6 +380,7 @@ impl Op {
             Op::MaxPool2dBackward { .. } => "max_pool2d_backward",
             Op::AvgPool2d { .. } => "avg_pool2d",
             Op::AvgPool2dBackward { .. } => "avg_pool2d_backward",
+            Op::Fused(_) => "fused",
         }
     }
 

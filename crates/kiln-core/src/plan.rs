@@ -1,7 +1,24 @@
 //! `compile(graph, outputs)` turns a graph into the Plan every backend executes:
 //! live nodes in topological order, aliases resolved, and buffers assigned by
 //! liveness so that a dead intermediate's buffer is reused by a later one.
+use crate::fuse::{self, Fusion};
 use crate::{DType, ExecError, Graph, GraphError, HostTensor, Op, Result, Shape, Tensor};
+
+/// How `Plan::compile_with_options` compiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Merge chains of elementwise ops into `Op::Fused` steps (see `fuse.rs`). On by
+    /// default; the environment variable `KILN_FUSE=0` turns it off for `compile` and
+    /// `compile_with_updates` (to compare, or to rule fusion out when hunting a bug).
+    pub fuse_elementwise: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        let off = std::env::var("KILN_FUSE").is_ok_and(|v| v.trim() == "0");
+        CompileOptions { fuse_elementwise: !off }
+    }
+}
 
 /// Index into `Plan::buffers`.
 pub type BufferId = usize;
@@ -110,6 +127,22 @@ impl Plan {
     /// parameter): such a value is snapshotted by a copy step before the updates run.
     /// A state may be updated at most once.
     pub fn compile_with_updates(graph: &Graph, outputs: &[Tensor], updates: &[(Tensor, Tensor)]) -> Result<Plan> {
+        Plan::compile_with_options(graph, outputs, updates, CompileOptions::default())
+    }
+
+    /// `compile` without elementwise fusion: one step per node (the reference fused
+    /// plans are checked against).
+    pub fn compile_unfused(graph: &Graph, outputs: &[Tensor]) -> Result<Plan> {
+        Plan::compile_with_options(graph, outputs, &[], CompileOptions { fuse_elementwise: false })
+    }
+
+    /// `compile_with_updates` with explicit options.
+    pub fn compile_with_options(
+        graph: &Graph,
+        outputs: &[Tensor],
+        updates: &[(Tensor, Tensor)],
+        options: CompileOptions,
+    ) -> Result<Plan> {
         for &t in outputs {
             graph.check("compile", t)?;
         }
@@ -153,6 +186,18 @@ impl Plan {
             }
         }
 
+        let fusion = if options.fuse_elementwise {
+            let mut kept = vec![false; n];
+            for &t in outputs.iter().chain(updates.iter().map(|(_, v)| v)) {
+                kept[t.0] = true;
+            }
+            fuse::fuse(graph, &live, &kept)
+        } else {
+            Fusion::none(n)
+        };
+        // Nodes that run as a step of their own, or own a buffer as input or state.
+        let stored = |id: usize| live[id] && !fusion.is_absorbed(id);
+
         // Aliases (reshape, detach) share their input's storage.
         let mut storage: Vec<usize> = (0..n).collect();
         for id in 0..n {
@@ -162,8 +207,8 @@ impl Plan {
         }
         const FOREVER: usize = usize::MAX;
         let mut last_use = vec![0usize; n];
-        for (id, node) in graph.nodes.iter().enumerate().filter(|&(id, _)| live[id]) {
-            for i in &node.inputs {
+        for id in (0..n).filter(|&id| stored(id)) {
+            for i in fusion.step_of(graph, id).1 {
                 let s = storage[i.0];
                 last_use[s] = last_use[s].max(id);
             }
@@ -188,9 +233,10 @@ impl Plan {
             unshared_bytes: 0,
         };
         for id in 0..n {
-            if live[id] && storage[id] == id {
+            if stored(id) && storage[id] == id {
                 plan.unshared_bytes += buffer_bytes(&graph.nodes[id].shape, graph.nodes[id].dtype);
-                assign_node(graph, id, &mut buffers, &mut free, &mut buffer_of, &mut plan)?;
+                let (op, inputs) = fusion.step_of(graph, id);
+                assign_node(graph, id, op, inputs, &mut buffers, &mut free, &mut buffer_of, &mut plan)?;
                 let buffer = buffer_of[id].expect("just assigned");
                 if buffers[buffer].role == BufferRole::Scratch && last_use[id] != FOREVER {
                     // A value that nobody reads is released as soon as it is written.
@@ -343,10 +389,14 @@ fn operand_of(graph: &Graph, buffer_of: &[Option<BufferId>], storage: &[usize], 
     }
 }
 
-/// Give node `id` its buffer and record it as an input, a state or a step.
+/// Give node `id` its buffer and record it as an input, a state or a step that runs
+/// `op` on `inputs` (the node's own, or its fused group's).
+#[allow(clippy::too_many_arguments)]
 fn assign_node(
     graph: &Graph,
     id: usize,
+    op: &Op,
+    inputs: &[Tensor],
     buffers: &mut Vec<BufferDesc>,
     free: &mut Vec<BufferId>,
     buffer_of: &mut [Option<BufferId>],
@@ -354,7 +404,7 @@ fn assign_node(
 ) -> Result<()> {
     let node = &graph.nodes[id];
     let bytes = buffer_bytes(&node.shape, node.dtype);
-    let role = match node.op {
+    let role = match op {
         Op::Input { .. } => BufferRole::Input,
         Op::State { .. } => BufferRole::State,
         _ => BufferRole::Scratch,
@@ -368,7 +418,7 @@ fn assign_node(
     buffer_of[id] = Some(buffer);
     let out = Operand { buffer, shape: node.shape.clone(), dtype: node.dtype };
     let t = Tensor(id);
-    match &node.op {
+    match op {
         Op::Input { name } => plan.inputs.push(PlanInput { tensor: t, name: name.clone(), operand: out }),
         Op::State { name } => {
             let init = graph
@@ -386,8 +436,7 @@ fn assign_node(
                 }
                 s
             };
-            let inputs = node
-                .inputs
+            let inputs = inputs
                 .iter()
                 .map(|&i| Operand {
                     buffer: buffer_of[storage_root(i)].expect("inputs come before their users"),

@@ -5,7 +5,7 @@
 //! that no two tensors that are alive at the same time share a buffer.
 use std::collections::HashMap;
 
-use kiln_core::{BufferRole, DType, Graph, HostTensor, Op, Plan, Tensor};
+use kiln_core::{BufferRole, CompileOptions, DType, Graph, HostTensor, Op, Plan, Tensor};
 
 /// Index of a point in a plan's run: step `k` of `plan.steps`, with inputs and states
 /// written before step 0 and outputs and updates read after the last step.
@@ -64,13 +64,18 @@ fn check_buffer_sharing(graph: &Graph, plan: &Plan, updates: &[(Tensor, Tensor)]
         if node.op.is_alias() || matches!(node.op, Op::Input { .. } | Op::State { .. }) {
             return Err(format!("step {k} computes #{} ({}), which needs no step", step.node.id(), node.op.name()));
         }
-        if step.op != node.op || step.output.shape != node.shape || step.output.dtype != node.dtype {
+        // A fused step computes its node from the tensors its program names as sources.
+        let (op_matches, reads) = match &step.op {
+            Op::Fused(program) => (program.members.last() == Some(&step.node), &program.sources),
+            op => (*op == node.op, &node.inputs),
+        };
+        if !op_matches || step.output.shape != node.shape || step.output.dtype != node.dtype {
             return Err(format!("step {k} does not match node #{}", step.node.id()));
         }
-        if step.inputs.len() != node.inputs.len() {
-            return Err(format!("step {k} has {} inputs, its node {}", step.inputs.len(), node.inputs.len()));
+        if step.inputs.len() != reads.len() {
+            return Err(format!("step {k} has {} inputs, its node {}", step.inputs.len(), reads.len()));
         }
-        for (j, (&input, operand)) in node.inputs.iter().zip(&step.inputs).enumerate() {
+        for (j, (&input, operand)) in reads.iter().zip(&step.inputs).enumerate() {
             let root = storage_root(graph, input);
             let &(_, buffer) =
                 written.get(&root).ok_or_else(|| format!("step {k} reads #{} before it is written", root.id()))?;
@@ -173,13 +178,19 @@ fn compile(graph: &Graph, outputs: &[Tensor]) -> Plan {
     compile_with_updates(graph, outputs, &[])
 }
 
-/// Compile and verify the buffer invariants.
+/// Compile and verify the buffer invariants, with and without elementwise fusion.
+/// Returns the unfused plan (one step per node), whose layout these tests describe.
 fn compile_with_updates(graph: &Graph, outputs: &[Tensor], updates: &[(Tensor, Tensor)]) -> Plan {
-    let plan = Plan::compile_with_updates(graph, outputs, updates).expect("the test graphs are valid");
-    if let Err(problem) = check_buffer_sharing(graph, &plan, updates) {
-        panic!("buffer sharing is broken: {problem}\n{}", plan.describe());
+    let mut unfused = None;
+    for fuse_elementwise in [true, false] {
+        let options = CompileOptions { fuse_elementwise };
+        let plan = Plan::compile_with_options(graph, outputs, updates, options).expect("the test graphs are valid");
+        if let Err(problem) = check_buffer_sharing(graph, &plan, updates) {
+            panic!("buffer sharing is broken ({options:?}): {problem}\n{}", plan.describe());
+        }
+        unfused = Some(plan);
     }
-    plan
+    unfused.expect("compiled above")
 }
 
 fn step_nodes(plan: &Plan) -> Vec<Tensor> {

@@ -4,7 +4,7 @@ use kiln_core::{DType, ExecError, Executor, HostData, HostTensor, Op, Operand, P
 use crate::shared::{lock, SharedHandle, StateRegistry};
 use crate::storage::{Slot, View, ViewMut};
 use crate::strided::TensorRef;
-use crate::{conv, elementwise, index, matmul, movement, random, reduce, softmax, Element, Float};
+use crate::{conv, elementwise, fused, index, matmul, movement, random, reduce, softmax, Element, Float};
 
 pub struct CpuExecutor<T: Float> {
     plan: Plan,
@@ -387,6 +387,10 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
         (Op::AvgPool2dBackward { kernel, stride, padding }, [View::Float(g)], ViewMut::Float(o)) => {
             let geo = conv::pool_geometry(step, out_shape, &ops[0].shape, *kernel, *stride, *padding)?;
             conv::avg_pool2d_backward(&geo, g, o)
+        }
+        (Op::Fused(program), xs, ViewMut::Float(o)) => {
+            let xs = all_float(xs, ops).ok_or_else(mismatch)?;
+            fused::run(step, program, &xs, o, out_shape)?
         }
         _ => return Err(mismatch()),
     }

@@ -191,7 +191,7 @@ fn index_expr(input: &Operand, out: &Operand, k: usize) -> String {
     }
 }
 
-fn unary_expr(op: UnaryOp) -> String {
+pub(super) fn unary_expr(op: UnaryOp) -> String {
     match op {
         UnaryOp::Neg => "-a",
         UnaryOp::Exp => "exp(a)",
@@ -213,7 +213,7 @@ fn unary_expr(op: UnaryOp) -> String {
     .to_string()
 }
 
-fn binary_expr(op: BinaryOp) -> String {
+pub(super) fn binary_expr(op: BinaryOp) -> String {
     match op {
         BinaryOp::Add => "a + b",
         BinaryOp::Sub => "a - b",
@@ -229,7 +229,7 @@ fn binary_expr(op: BinaryOp) -> String {
 /// IEEE comparisons spelled out: with NaN only `ne` holds. A WGSL compiler may assume
 /// floats are never NaN (lavapipe's `!=` says NaN != 5e9 is false), so NaN is tested on
 /// the bits.
-fn float_comparison(op: CmpOp) -> String {
+pub(super) fn float_comparison(op: CmpOp) -> String {
     match op {
         CmpOp::Ne => "!(a == b) || is_nan(a) || is_nan(b)".to_string(),
         op => format!("(a {} b) && !is_nan(a) && !is_nan(b)", compare_symbol(op)),

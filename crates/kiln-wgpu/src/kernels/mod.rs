@@ -27,6 +27,7 @@ use kiln_core::{DType, ExecError, Step};
 
 mod conv;
 mod elementwise;
+mod fused;
 mod index;
 pub mod matmul;
 mod movement;
@@ -124,6 +125,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         Op::MaxPool2d { .. } | Op::MaxPool2dBackward { .. } | Op::AvgPool2d { .. } | Op::AvgPool2dBackward { .. } => {
             pool::lower(step, caps)
         }
+        Op::Fused(program) => fused::lower(step, program, caps),
         Op::Input { .. } | Op::State { .. } | Op::Reshape | Op::StopGradient => Err(ExecError::Unsupported(
             format!("{} is not a step; the plan should not contain it", step.op.name()),
         )),
