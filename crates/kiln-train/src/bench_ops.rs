@@ -103,7 +103,7 @@ pub fn run_ops_table(options: &OpsOptions, backends: &[BenchBackend], notes: &[S
         pytorch: pytorch.map(|_| ["torch ms".into(), "PyTorch rate".into(), "kiln/PyTorch".into()]),
     };
     println!("{header}");
-    let torch_rule = if pytorch.is_some() { format!("{:->12}|{:-<20}|{:->13}|", "", "", "") } else { String::new() };
+    let torch_rule = if pytorch.is_some() { format!("{:->12}|{:-<20}|{:->14}|", "", "", "") } else { String::new() };
     println!("|{:-<19}|{:-<14}|{:-<9}|{:->6}|{:->12}|{:-<28}|{torch_rule}", "", "", "", "", "", "");
 
     let mut failures = 0;
@@ -597,7 +597,7 @@ impl fmt::Display for Row<'_> {
             self.op, self.size, self.backend, self.runs, self.ms_per_run, self.rate
         )?;
         if let Some([ms, rate, ratio]) = &self.pytorch {
-            write!(f, " {ms:>10} | {rate:<18} | {ratio:>11} |")?;
+            write!(f, " {ms:>10} | {rate:<18} | {ratio:>12} |")?;
         }
         Ok(())
     }
