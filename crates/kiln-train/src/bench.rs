@@ -4,6 +4,7 @@
 //! Every recipe is measured the way it trains: layer-list models (mnist-mlp, the CNNs)
 //! in samples/s, the GPT recipes in tokens/s (batch * block_size tokens per step). The
 //! batch is fixed pseudo-random data: the data pipeline is not what is measured.
+use std::collections::HashMap;
 use std::time::Instant;
 
 use kiln_core::{Backend, Executor, HostTensor, Plan, Tensor};
@@ -180,6 +181,9 @@ pub fn bench_devices(choice: &str) -> Result<(Vec<BenchDevice>, Vec<String>), Tr
     }
 }
 
+/// PyTorch's device ("cuda" or "cpu") and autocast dtype.
+type TorchRun = (&'static str, Option<String>);
+
 /// PyTorch's side of a training bench: the runner, and which autocast modes to time.
 pub struct TorchComparison<'a> {
     pub runner: &'a TorchRunner,
@@ -222,8 +226,9 @@ pub fn print_train_table(
     }
     println!("{header}");
     println!("{rule}");
-    // PyTorch's figures by (device, amp), each measured once.
-    let mut torch_figures: Vec<((String, Option<String>), Result<TorchTrainFigure, String>)> = Vec::new();
+    // PyTorch's figures by device and autocast mode, each measured once (the CPU rows of a
+    // lavapipe and a CPU backend share one).
+    let mut torch_figures: HashMap<TorchRun, Result<TorchTrainFigure, String>> = HashMap::new();
     let mut failures = 0;
     for bench_device in devices {
         let description = &bench_device.device.description;
@@ -246,12 +251,9 @@ pub fn print_train_table(
         let (torch_device, _) = choose_torch_device(bench_device.hardware_gpu, &t.runner.info);
         let amps: Vec<Option<&str>> = std::iter::once(None).chain(t.amp.map(Some)).collect();
         for (i, amp) in amps.into_iter().enumerate() {
-            let key = (torch_device.to_string(), amp.map(str::to_string));
-            if !torch_figures.iter().any(|(k, _)| *k == key) {
-                let figure = t.runner.train(recipe, torch_device, batch, options.steps.max(1), amp).map_err(|e| e.to_string());
-                torch_figures.push((key.clone(), figure));
-            }
-            let figure = &torch_figures.iter().find(|(k, _)| *k == key).expect("just inserted").1;
+            let figure = torch_figures.entry((torch_device, amp.map(str::to_string))).or_insert_with(|| {
+                t.runner.train(recipe, torch_device, batch, options.steps.max(1), amp).map_err(|e| e.to_string())
+            });
             let autocast = amp.map(|a| format!(", {a} autocast")).unwrap_or_default();
             let torch_cells = match figure {
                 Ok(f) => {
@@ -272,6 +274,8 @@ pub fn print_train_table(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::config::RECIPES;
 
@@ -317,5 +321,49 @@ mod tests {
             // The corpus ships with the repository; without it there is nothing to compare.
             Err(e) => eprintln!("skipped: no Shakespeare corpus ({e})"),
         }
+    }
+
+    /// The whole `kiln bench train` path with a stand-in for bench_pytorch.py (plain
+    /// python3, no torch): PyTorch is asked once per device and autocast mode.
+    #[test]
+    fn the_train_table_asks_pytorch_once_per_device_and_mode() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let calls = dir.path().join("calls.txt");
+        let script = dir.path().join("fake_bench_pytorch.py");
+        let fake = format!(
+            r#"import json, sys
+open({calls:?}, "a").write(" ".join(sys.argv[1:]) + "\n")
+if sys.argv[1] == "info":
+    print(json.dumps(dict(kind="info", torch="0.test", cuda=False, device_name=None, threads=1)))
+else:
+    print(json.dumps(dict(kind="train", recipe=sys.argv[2], device="cpu", device_name="CPU, 1 threads",
+        batch_size=int(sys.argv[sys.argv.index("--batch-size") + 1]), amp=None, ms_per_step=1.0,
+        throughput=2.0, unit="samples/s")))
+"#,
+            calls = calls.display().to_string()
+        );
+        std::fs::write(&script, fake).expect("write the fake script");
+        let runner = match TorchRunner::open(Path::new("python3"), Some(&script)) {
+            Ok(runner) => runner,
+            Err(e) => {
+                eprintln!("skipped: no python3 ({e})");
+                return;
+            }
+        };
+        let config = Config::recipe("mnist-mlp").expect("recipe");
+        // Two backends that both get PyTorch's CPU figure (as lavapipe and the CPU do).
+        let devices = [
+            BenchDevice { device: Device::cpu(), hardware_gpu: false },
+            BenchDevice { device: Device::cpu(), hardware_gpu: false },
+        ];
+        let options = BenchOptions { batch_size: Some(4), warmup_steps: 0, steps: 1 };
+        let torch = TorchComparison { runner: &runner, amp: Some("bf16") };
+        assert_eq!(print_train_table("mnist-mlp", &config, &devices, options, Some(torch)), 0);
+        let calls = std::fs::read_to_string(&calls).expect("the fake script ran");
+        let calls: Vec<&str> = calls.lines().collect();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(calls[0], "info");
+        assert_eq!(calls[1], "train mnist-mlp --device cpu --batch-size 4 --steps 1");
+        assert_eq!(calls[2], "train mnist-mlp --device cpu --batch-size 4 --steps 1 --amp bf16");
     }
 }

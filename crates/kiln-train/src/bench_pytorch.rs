@@ -100,8 +100,8 @@ pub fn format_ratio(ratio: Option<f64>) -> String {
 
 /// Which device PyTorch runs on, and why: CUDA when kiln is on a hardware GPU and torch
 /// can use CUDA; otherwise the CPU (a comparison of unlike devices says little).
-pub fn choose_torch_device(kiln_on_discrete_gpu: bool, info: &TorchInfo) -> (&'static str, String) {
-    match (kiln_on_discrete_gpu, info.cuda) {
+pub fn choose_torch_device(kiln_on_hardware_gpu: bool, info: &TorchInfo) -> (&'static str, String) {
+    match (kiln_on_hardware_gpu, info.cuda) {
         (true, true) => ("cuda", format!("cuda ({})", info.device_name.as_deref().unwrap_or("unnamed GPU"))),
         (true, false) => ("cpu", "cpu (kiln is on a GPU but torch.cuda.is_available() is False)".to_string()),
         (false, _) => ("cpu", "cpu (kiln is not on a hardware GPU)".to_string()),
@@ -272,7 +272,7 @@ some warning torch printed
     }
 
     #[test]
-    fn pytorch_runs_on_cuda_only_beside_a_discrete_gpu() {
+    fn pytorch_runs_on_cuda_only_beside_a_hardware_gpu() {
         let mut info = TorchInfo { torch: "2.15".into(), cuda: true, device_name: Some("NVIDIA H100".into()), threads: None };
         assert_eq!(choose_torch_device(true, &info).0, "cuda");
         assert!(choose_torch_device(true, &info).1.contains("H100"));
