@@ -252,7 +252,7 @@ pub fn print_train_table(
         let amps: Vec<Option<&str>> = std::iter::once(None).chain(t.amp.map(Some)).collect();
         for (i, amp) in amps.into_iter().enumerate() {
             let figure = torch_figures.entry((torch_device, amp.map(str::to_string))).or_insert_with(|| {
-                t.runner.train(recipe, torch_device, batch, options.steps.max(1), amp).map_err(|e| e.to_string())
+                t.runner.train(recipe, torch_device, batch, options.warmup_steps, options.steps.max(1), amp).map_err(|e| e.to_string())
             });
             let autocast = amp.map(|a| format!(", {a} autocast")).unwrap_or_default();
             let torch_cells = match figure {
@@ -363,7 +363,7 @@ else:
         let calls: Vec<&str> = calls.lines().collect();
         assert_eq!(calls.len(), 3, "{calls:?}");
         assert_eq!(calls[0], "info");
-        assert_eq!(calls[1], "train mnist-mlp --device cpu --batch-size 4 --steps 1");
-        assert_eq!(calls[2], "train mnist-mlp --device cpu --batch-size 4 --steps 1 --amp bf16");
+        assert_eq!(calls[1], "train mnist-mlp --device cpu --batch-size 4 --warmup 0 --steps 1");
+        assert_eq!(calls[2], "train mnist-mlp --device cpu --batch-size 4 --warmup 0 --steps 1 --amp bf16");
     }
 }

@@ -167,11 +167,12 @@ impl TorchRunner {
         parse_lines(&String::from_utf8_lossy(&output.stdout))
     }
 
-    /// PyTorch's figure for one recipe's training step.
-    pub fn train(&self, recipe: &str, device: &str, batch_size: usize, steps: usize, amp: Option<&str>) -> Result<TorchTrainFigure, TrainError> {
-        let (batch, steps) = (batch_size.to_string(), steps.to_string());
+    /// PyTorch's figure for one recipe's training step, warmed up and timed as kiln's.
+    pub fn train(&self, recipe: &str, device: &str, batch_size: usize, warmup: usize, steps: usize, amp: Option<&str>) -> Result<TorchTrainFigure, TrainError> {
+        let (batch, warmup, steps) = (batch_size.to_string(), warmup.to_string(), steps.to_string());
         let threads = self.threads.unwrap_or(0).to_string();
-        let mut args = self.with_threads(vec!["train", recipe, "--device", device, "--batch-size", &batch, "--steps", &steps], &threads);
+        let base = vec!["train", recipe, "--device", device, "--batch-size", &batch, "--warmup", &warmup, "--steps", &steps];
+        let mut args = self.with_threads(base, &threads);
         if let Some(amp) = amp {
             args.extend(["--amp", amp]);
         }
