@@ -367,35 +367,45 @@ fn cross_backend_table() {
     let mut covered = BTreeSet::new();
     for (i, c) in cases().iter().enumerate() {
         let b = build(c);
-        let plan = Plan::compile(&b.graph, &b.outputs).unwrap_or_else(|e| panic!("case {}: {e}", c.name));
-        for step in &plan.steps {
-            covered.insert(step.op.name());
+        // Each op's own kernel (unfused), then, where the case has elementwise chains,
+        // the fused plan (`Op::Fused` rows, labelled "fused").
+        let unfused = Plan::compile_unfused(&b.graph, &b.outputs).unwrap_or_else(|e| panic!("case {}: {e}", c.name));
+        let fused = Plan::compile(&b.graph, &b.outputs).unwrap_or_else(|e| panic!("case {}: {e}", c.name));
+        let has_fused = fused.steps.iter().any(|s| matches!(s.op, kiln_core::Op::Fused(_)));
+        let mut plans = vec![(c.name.clone(), unfused)];
+        if has_fused {
+            plans.push((format!("{} (fused)", c.name), fused));
         }
         let feeds = feeds(c, &b, 1000 + i as u64);
-        let run = |backend: &dyn Backend| backend.load(&plan).and_then(|mut e| e.run(&feeds));
-        let (cpu_out, gpu_out) = match (run(&cpu), run(&gpu)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (a, b) => {
-                failures.push(format!("{}: cpu {:?} gpu {:?}", c.name, a.err(), b.err()));
-                continue;
+        for (name, plan) in &plans {
+            for step in &plan.steps {
+                covered.insert(step.op.name());
             }
-        };
-        let mut errs = [0f32, 0f32];
-        let mut failed = None;
-        for (k, (a, q)) in cpu_out.iter().zip(&gpu_out).enumerate() {
-            let (what, tol) = if k == 0 { ("forward", c.tol) } else { ("backward", Tol { rtol: (2.0 * c.tol.rtol).max(1e-5), atol: (2.0 * c.tol.atol).max(1e-5) }) };
-            match compare(&c.name, what, a, q, tol) {
-                Ok(e) => errs[(k > 0) as usize] = errs[(k > 0) as usize].max(e),
-                Err(msg) => {
-                    failed = Some(msg);
-                    break;
+            let run = |backend: &dyn Backend| backend.load(plan).and_then(|mut e| e.run(&feeds));
+            let (cpu_out, gpu_out) = match (run(&cpu), run(&gpu)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (a, b) => {
+                    failures.push(format!("{}: cpu {:?} gpu {:?}", name, a.err(), b.err()));
+                    continue;
+                }
+            };
+            let mut errs = [0f32, 0f32];
+            let mut failed = None;
+            for (k, (a, q)) in cpu_out.iter().zip(&gpu_out).enumerate() {
+                let (what, tol) = if k == 0 { ("forward", c.tol) } else { ("backward", Tol { rtol: (2.0 * c.tol.rtol).max(1e-5), atol: (2.0 * c.tol.atol).max(1e-5) }) };
+                match compare(name, what, a, q, tol) {
+                    Ok(e) => errs[(k > 0) as usize] = errs[(k > 0) as usize].max(e),
+                    Err(msg) => {
+                        failed = Some(msg);
+                        break;
+                    }
                 }
             }
-        }
-        let bwd = if c.backward { format!("{:.3}", errs[1]) } else { "-".into() };
-        println!("{:<48} {:>10.3} {:>10}  {}", c.name, errs[0], bwd, if failed.is_some() { "FAIL" } else { "ok" });
-        if let Some(msg) = failed {
-            failures.push(msg);
+            let bwd = if c.backward { format!("{:.3}", errs[1]) } else { "-".into() };
+            println!("{:<48} {:>10.3} {:>10}  {}", name, errs[0], bwd, if failed.is_some() { "FAIL" } else { "ok" });
+            if let Some(msg) = failed {
+                failures.push(msg);
+            }
         }
     }
     // Every primitive op a plan can contain must appear in some case.
@@ -405,7 +415,7 @@ fn cross_backend_table() {
         "lt", "le", "gt", "ge", "where", "sum", "mean", "max", "matmul", "softmax", "log_softmax", "permute", "broadcast_to",
         "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "argmax", "softmax_cross_entropy", "cast",
         "random_uniform", "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d", "max_pool2d_backward",
-        "avg_pool2d", "avg_pool2d_backward",
+        "avg_pool2d", "avg_pool2d_backward", "fused",
     ];
     let missing: Vec<&str> = all.iter().copied().filter(|op| !covered.contains(op)).collect();
     assert!(missing.is_empty(), "ops with no cross-backend case: {missing:?}");
