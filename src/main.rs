@@ -49,6 +49,10 @@ enum Command {
         /// Stop (with a checkpoint) after this many optimizer steps in all.
         #[arg(long)]
         max_steps: Option<u64>,
+        /// f32, or mixed: f16 matmuls with f32 accumulation and master weights, dynamic
+        /// loss scaling (checkpoints stay f32).
+        #[arg(long)]
+        precision: Option<String>,
     },
     /// Evaluate a checkpoint: test accuracy, or a language model's validation loss.
     Eval {
@@ -211,7 +215,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Train { recipe, config, device, epochs, steps, batch_size, lr, seed, data, out, resume, max_steps } => {
+        Command::Train { recipe, config, device, epochs, steps, batch_size, lr, seed, data, out, resume, max_steps, precision } => {
             let mut job = match (&resume, &config, &recipe) {
                 (Some(ck), _, _) => {
                     let file = kiln_train::Checkpoint::load(ck)?;
@@ -237,6 +241,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             if let Some(v) = seed {
                 job.train.seed = v;
+            }
+            if let Some(v) = precision {
+                job.train.precision = v;
             }
             if data.is_some() {
                 job.data.path = data;

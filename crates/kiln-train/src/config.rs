@@ -292,7 +292,14 @@ pub struct TrainConfig {
     /// Language models: how many fixed validation batches each evaluation averages.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub eval_batches: usize,
+    /// "f32", or "mixed": f16 matmul operands with f32 accumulation, f32 master weights
+    /// and dynamic loss scaling (`kiln_nn::mixed`). Checkpoints are f32 either way.
+    #[serde(default = "default_precision", skip_serializing_if = "is_f32")]
+    pub precision: String,
 }
+
+fn default_precision() -> String { "f32".into() }
+fn is_f32(precision: &String) -> bool { precision == "f32" }
 
 fn default_model_kind() -> String { "mlp".into() }
 fn default_activation() -> String { "relu".into() }
@@ -429,6 +436,11 @@ impl Config {
     }
 
     /// Check what serde cannot: known names and sensible numbers.
+    /// `train.precision`, parsed (f32 when it does not parse: `validate` refuses that).
+    pub fn precision(&self) -> kiln_nn::Precision {
+        self.train.precision.parse().unwrap_or_default()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         match self.model.kind.as_str() {
             "mlp" => {
@@ -474,6 +486,7 @@ impl Config {
         if !(0.0..1.0).contains(&self.model.dropout) {
             return Err(format!("model.dropout {} must be in [0, 1)", self.model.dropout));
         }
+        self.train.precision.parse::<kiln_nn::Precision>().map_err(|e| format!("train.precision: {e}"))?;
         if !["sgd", "adam", "adamw"].contains(&self.optimizer.kind.as_str()) {
             return Err(format!("optimizer.kind '{}' is not one of sgd, adam, adamw", self.optimizer.kind));
         }

@@ -115,10 +115,15 @@ pub(crate) fn lm_train_plan(config: &Config, vocab_size: usize, batch: usize) ->
     let mut g = Graph::new();
     let model = build_gpt(&mut g, config, vocab_size)?;
     let (idx, targets) = windows_inputs(&mut g, config, batch)?;
-    let logits = model.forward(&mut g, idx)?;
+    let logits = {
+        let _autocast = kiln_nn::autocast(config.precision());
+        model.forward(&mut g, idx)?
+    };
     let loss = model.loss(&mut g, logits, targets)?;
     let optimizer = gpt_optimizer(&model, &g, &config.optimizer);
-    let train = TrainGraph::build(&mut g, loss, &model.params(), optimizer.as_ref(), config.optimizer.clip_grad_norm)?;
+    let scaler = crate::model::loss_scaler(config);
+    let clip = config.optimizer.clip_grad_norm;
+    let train = TrainGraph::build_scaled(&mut g, loss, &model.params(), optimizer.as_ref(), clip, scaler.as_ref())?;
     let plan = train.compile(&g, &[])?;
     let model_tensors = model.state_dict();
     let mut checkpoint_tensors = model_tensors.clone();
@@ -131,7 +136,10 @@ fn lm_eval_plan(config: &Config, vocab_size: usize, batch: usize) -> Result<LmPl
     let mut model = build_gpt(&mut g, config, vocab_size)?;
     model.eval();
     let (idx, targets) = windows_inputs(&mut g, config, batch)?;
-    let logits = model.forward(&mut g, idx)?;
+    let logits = {
+        let _autocast = kiln_nn::autocast(config.precision());
+        model.forward(&mut g, idx)?
+    };
     let loss = model.loss(&mut g, logits, targets)?;
     let plan = Plan::compile(&g, &[loss])?;
     let model_tensors = model.state_dict();
@@ -356,15 +364,19 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
             return Err(diverged(loss, at.step + 1, &format!(" of {total}"), lr, &ck_path));
         }
         let grad_norm = train_graph.grad_norm.map(|_| out[1].scalar());
+        // Mixed precision: the last output counts the steps skipped for an inf or NaN
+        // gradient (TrainGraph::outputs).
+        let skipped = train_graph.loss_scale.as_ref().map(|_| out[out.len() - 1].scalar());
         at.step += 1;
         steps_here += 1;
         losses_since_eval += loss;
         steps_since_eval += 1;
         smoothed = if smoothed.is_nan() { loss } else { 0.95 * smoothed + 0.05 * loss };
         let tokens_per_s = steps_here as f64 * tokens_per_step / train_seconds.max(1e-9);
+        let skipped_text = skipped.map(|n| format!("  skipped {n}")).unwrap_or_default();
         bar.set_message(match last_eval.or(at.best) {
-            Some(v) => format!("loss {smoothed:.4}  val {:.4}  {tokens_per_s:.0} tok/s", v.loss),
-            None => format!("loss {smoothed:.4}  {tokens_per_s:.0} tok/s"),
+            Some(v) => format!("loss {smoothed:.4}  val {:.4}  {tokens_per_s:.0} tok/s{skipped_text}", v.loss),
+            None => format!("loss {smoothed:.4}  {tokens_per_s:.0} tok/s{skipped_text}"),
         });
         bar.inc(1);
         if at.step % LOG_EVERY == 0 {

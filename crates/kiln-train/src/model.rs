@@ -130,19 +130,31 @@ pub fn schedule(config: &ScheduleConfig, lr: f64, total_steps: u64) -> Result<Lr
     Ok(if config.warmup_steps > 0 { LrSchedule::warmup(config.warmup_steps, 0.0, main)? } else { main })
 }
 
+/// The loss scaler of a mixed-precision run (GradScaler's defaults); none in f32.
+pub fn loss_scaler(config: &Config) -> Option<kiln_nn::LossScaler> {
+    (config.precision() == kiln_nn::Precision::Mixed).then(kiln_nn::LossScaler::default)
+}
+
 /// The training step for batches of `batch` samples.
 pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError> {
     let mut g = Graph::new();
     let net = build_model(&mut g, &config.model, config.train.seed)?;
     let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
     let y = g.input("y", [batch], DType::U32)?;
-    let logits = net.forward(&mut g, x)?;
+    let logits = {
+        let _autocast = kiln_nn::autocast(config.precision());
+        net.forward(&mut g, x)?
+    };
     let loss = g.cross_entropy(logits, y, Reduction::Mean)?;
     let correct = correct_count(&mut g, logits, y)?;
     let opt = optimizer(&config.optimizer);
-    let train = TrainGraph::build(&mut g, loss, &net.params(), opt.as_ref(), config.optimizer.clip_grad_norm)?;
+    let scaler = loss_scaler(config);
+    let clip = config.optimizer.clip_grad_norm;
+    let train = TrainGraph::build_scaled(&mut g, loss, &net.params(), opt.as_ref(), clip, scaler.as_ref())?;
+    // [loss, correct, grad_norm?, next loss scale?, skipped steps?]
     let mut outputs = vec![loss, correct];
     outputs.extend(train.grad_norm);
+    outputs.extend(train.loss_scale_outputs());
     // BatchNorm's running statistics are updated by the same step as the weights.
     let mut updates = train.updates.clone();
     updates.extend(net.state_updates());
@@ -160,7 +172,10 @@ pub fn eval_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError>
     net.eval();
     let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
     let y = g.input("y", [batch], DType::U32)?;
-    let logits = net.forward(&mut g, x)?;
+    let logits = {
+        let _autocast = kiln_nn::autocast(config.precision());
+        net.forward(&mut g, x)?
+    };
     let loss = g.cross_entropy(logits, y, Reduction::Sum)?;
     let correct = correct_count(&mut g, logits, y)?;
     let plan = Plan::compile(&g, &[loss, correct])?;

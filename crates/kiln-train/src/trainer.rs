@@ -306,7 +306,17 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             seen += batch.len;
             smoothed = if smoothed.is_nan() { loss } else { 0.95 * smoothed + 0.05 * loss };
             let rate = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {smoothed:.4}  acc {:.2}%  {:.0} samples/s", 100.0 * correct / seen as f64, rate));
+            // Mixed precision: the last output counts the steps skipped for an inf or NaN
+            // gradient (model::train_plan).
+            let skipped = match train.loss_scale {
+                Some(_) => format!("  skipped {}", out[out.len() - 1].scalar()),
+                None => String::new(),
+            };
+            bar.set_message(format!(
+                "loss {smoothed:.4}  acc {:.2}%  {:.0} samples/s{skipped}",
+                100.0 * correct / seen as f64,
+                rate
+            ));
             bar.inc(1);
             if pos.step % LOG_EVERY == 0 {
                 metrics.push(Record::Train { step: pos.step, epoch: pos.epoch, loss, lr, samples_per_s: rate })?;
