@@ -172,6 +172,22 @@ fn fused_chains_equal_unfused_bit_for_bit_on_the_cpu() {
     }
 }
 
+#[test]
+fn large_fused_chains_split_over_threads_equal_unfused() {
+    // Large enough for the CPU to split the program's chunks over threads, each thread
+    // starting its broadcast walk mid-tensor (rows of 1001: chunks end mid-row).
+    let c = case("bias, scale, gelu [300, 1001]".into(), vec![(vec![300, 1001], -2.0, 2.0), (vec![1001], -1.0, 1.0), (vec![300, 1], 0.5, 1.5)], |g, x| {
+        let biased = g.add(x[0], x[1])?;
+        let scaled = g.mul(biased, x[2])?;
+        g.gelu(scaled)
+    });
+    let compiled = compile(&c);
+    let feeds = feeds(&c, &compiled.inputs, 5);
+    let cpu = CpuBackend::<f32>::new();
+    let (fused, unfused) = (run(&cpu, &compiled.fused, &feeds), run(&cpu, &compiled.unfused, &feeds));
+    assert!(bits(&fused) == bits(&unfused), "{}", c.name);
+}
+
 /// `|gpu - cpu| <= atol + rtol |cpu|`, NaN where NaN, equal infinities.
 fn assert_close(what: &str, cpu: &HostTensor, gpu: &HostTensor, rtol: f64, atol: f64) {
     assert_eq!(cpu.shape, gpu.shape, "{what}");
