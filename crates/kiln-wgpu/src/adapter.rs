@@ -268,6 +268,15 @@ pub(crate) struct OpenDevice {
 
 /// Open a device with the adapter's own limits and the optional features kiln uses
 /// (f16, subgroups, cooperative matrices) wherever the adapter has them.
+/// The device kiln would open (the adapter it picks, with every optional feature kiln
+/// requests), outside any backend: for tests that dispatch one kernel by hand.
+#[doc(hidden)]
+pub fn open_for_tests() -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), ExecError> {
+    let chosen = choose_adapter(&instance(), None)?;
+    let open = open_device(&chosen)?;
+    Ok((open.device, open.queue, open.report))
+}
+
 pub(crate) fn open_device(adapter: &wgpu::Adapter) -> Result<OpenDevice, ExecError> {
     let report = AdapterReport::of(adapter);
     let limits = adapter.limits();

@@ -238,9 +238,11 @@ fn every_cooperative_matrix_launch_validates() {
     assert!(err.contains("f16 @ f16 -> f16") && err.contains("cooperative"), "{err}");
 }
 
-/// The cooperative-matrix path against the CPU, on an adapter that has it (an H100: f16 x
-/// f16 -> f32 16x16x16, subgroups of 32). Everywhere else (lavapipe has no cooperative
-/// matrices) it says so and skips.
+/// Mixed products through the backend against the CPU, on an adapter with cooperative
+/// matrices (an H100: f16 x f16 -> f32 16x16x16, subgroups of 32). Everywhere else
+/// (lavapipe has none) it says so and skips. The runtime picks the cooperative kernel
+/// only once its `lower_step` routes mixed steps to `lower_coop` where `coop_supported`
+/// holds; the kernel itself is checked by hand below whatever the runtime picks.
 #[test]
 fn cooperative_matrix_matmul_matches_cpu_where_the_adapter_has_it() {
     let Some(gpu) = gpu_or_skip() else { return };
@@ -259,4 +261,116 @@ fn cooperative_matrix_matmul_matches_cpu_where_the_adapter_has_it() {
         let scale = floats(&scale[i]);
         assert_close_by(&format!("cooperative {}", describe(case)), &on_gpu[i], &on_cpu[i], |j, _| bound * scale[j] + 1e-30);
     }
+}
+
+/// Runs one launch of a mixed matmul step by hand on the device kiln opens (f16 operands
+/// stored as f16, f32 result), outside the runtime: the cooperative-matrix kernel is
+/// checked this way on an adapter that has it, whatever the runtime picks.
+fn dispatch_by_hand(launch: &kernels::Launch, a: &[f32], b: &[f32], c_len: usize) -> Vec<f32> {
+    use kiln_wgpu::wgpu;
+    use kiln_wgpu::wgpu::util::DeviceExt;
+    let (device, queue, _) = kiln_wgpu::adapter::open_for_tests().expect("device");
+    let module = naga::front::wgsl::parse_str(&launch.source).expect("parses");
+    let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(&launch.key),
+        source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(module)),
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&launch.key),
+        layout: None,
+        module: &shader,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    let storage = |bytes: &[u8]| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+        })
+    };
+    let halves = |values: &[f32]| -> Vec<u8> { values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect() };
+    let params: Vec<u8> = launch.params.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let buffers = [storage(&params), storage(&halves(a)), storage(&halves(b)), storage(&vec![0u8; c_len * 4])];
+    let layout = pipeline.get_bind_group_layout(0);
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, buffer)| wgpu::BindGroupEntry { binding: i as u32, resource: buffer.as_entire_binding() })
+        .collect();
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &layout, entries: &entries });
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (c_len * 4) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(launch.groups, 1, 1);
+    }
+    encoder.copy_buffer_to_buffer(&buffers[3], 0, &staging, 0, (c_len * 4) as u64);
+    queue.submit([encoder.finish()]);
+    staging.slice(..).map_async(wgpu::MapMode::Read, |result| result.expect("maps"));
+    device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).expect("finishes");
+    let bytes = staging.slice(..).get_mapped_range().expect("mapped").to_vec();
+    bytes.chunks_exact(4).map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])).collect()
+}
+
+/// Every size and transpose of the suite, f16 operands, through `lower` by hand, against
+/// the definition.
+fn by_hand_matches_definition(what: &str, lower: impl Fn(&kiln_core::Step) -> Vec<kernels::Launch>) {
+    for (m, k, n) in SIZES {
+        for (ta, tb) in TRANSPOSES {
+            let case = (m, k, n, ta, tb);
+            let mut g = Graph::new();
+            let a = g.input("a", stored(m, k, ta), DType::F16).unwrap();
+            let b = g.input("b", stored(k, n, tb), DType::F16).unwrap();
+            let c = g.matmul_f16_t(a, b, ta, tb).unwrap();
+            let plan = Plan::compile(&g, &[c]).unwrap();
+            let launches = lower(&plan.steps[0]);
+            let [launch] = launches.as_slice() else { panic!("one launch, got {}", launches.len()) };
+            let (av, bv) = (values(m * k, 11, -3.0, 3.0), values(k * n, 12, -3.0, 3.0));
+            let got = dispatch_by_hand(launch, &av, &bv, m * n);
+            let expected = definition(&av, &bv, case);
+            let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+            let scale = definition(&abs(&av), &abs(&bv), case);
+            let bound = 1e-5 * (k as f64).sqrt();
+            for (i, ((&x, &y), &s)) in got.iter().zip(&expected).zip(&scale).enumerate() {
+                assert!(((x as f64) - y).abs() <= bound * s + 1e-30, "{what} {}: element {i}: {x} vs {y}", describe(case));
+            }
+        }
+    }
+}
+
+/// The by-hand harness itself, checked with the tiled kernel on any adapter with f16.
+#[test]
+fn tiled_kernel_by_hand_matches_the_definition() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    if !gpu.adapter().shader_f16 {
+        eprintln!("skipped: {} has no SHADER_F16", gpu.adapter().title());
+        return;
+    }
+    drop(gpu);
+    let caps = Caps { shader_f16: true, subgroups: false };
+    by_hand_matches_definition("tiled", |step| {
+        kiln_wgpu::kernels::matmul::lower_with(step, &caps, kiln_wgpu::kernels::matmul::SMALL).unwrap()
+    });
+}
+
+/// The cooperative-matrix kernel itself, by hand, where the adapter has it.
+#[test]
+fn cooperative_matrix_kernel_by_hand_matches_the_definition_where_the_adapter_has_it() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    if !kiln_wgpu::kernels::matmul::coop_supported(gpu.adapter(), true) {
+        eprintln!("skipped: {} has no f16 x f16 -> f32 16x16x16 cooperative matrices with 32-wide subgroups", gpu.adapter().title());
+        return;
+    }
+    drop(gpu);
+    let caps = Caps { shader_f16: true, subgroups: true };
+    by_hand_matches_definition("cooperative", |step| kiln_wgpu::kernels::matmul::lower_coop(step, &caps).unwrap());
 }
