@@ -48,7 +48,7 @@ fn slot_samples(file: &str, slot: &str, float: &str) -> Option<Vec<String>> {
         ("reduce.wgsl", "BASE") => one("offset_of(o, params[P_KEPT_RANK], P_KEPT_DIMS, P_KEPT_STRIDES)"),
         ("reduce.wgsl", "OFFSET") => one("j * params[P_REDUCED_STRIDES]"),
         ("reduce.wgsl", "RESULT") => one(&format!("{float}((total.value + total.comp) / f32(m))")),
-        ("matmul.wgsl", "TRANS_A" | "TRANS_B") => Some(vec!["false".into(), "true".into()]),
+        ("matmul.wgsl" | "matmul_coop.wgsl", "TRANS_A" | "TRANS_B") => Some(vec!["false".into(), "true".into()]),
         ("matmul.wgsl", "BM" | "BN") => one("64"),
         ("matmul.wgsl", "BK") => one("16"),
         ("matmul.wgsl", "TM" | "TN") => one("4"),
