@@ -389,7 +389,9 @@ impl Config {
                 optimizer: OptimizerConfig { kind: "adamw".into(), weight_decay: 0.01, ..OptimizerConfig::default() },
                 schedule: ScheduleConfig { kind: "cosine".into(), ..ScheduleConfig::default() },
                 data: DataConfig { dataset: "fashion-mnist".into(), random_crop_padding: 2, horizontal_flip: 0.5, ..DataConfig::default() },
-                train: TrainConfig { epochs: 15, ..TrainConfig::default() },
+                // 5 epochs under the cosine schedule: the validation accuracy was 92.4% after
+                // 3 epochs of a 15-epoch run, and a step here costs half a second on 2 CPU cores.
+                train: TrainConfig { epochs: 5, ..TrainConfig::default() },
             }),
             // nanoGPT's "baby GPT" (config/train_shakespeare_char.py).
             "shakespeare-gpt" => Ok(gpt_recipe(
