@@ -25,11 +25,14 @@ impl Lcg {
     }
 }
 
+/// Builds a case's chain from its inputs.
+type BuildChain = Box<dyn Fn(&mut Graph, &[Tensor]) -> Result<Tensor>>;
+
 /// A case: input shapes with the range of their values, and the chain to build.
 struct Case {
     name: String,
     inputs: Vec<(Vec<usize>, f32, f32)>,
-    build: Box<dyn Fn(&mut Graph, &[Tensor]) -> Result<Tensor>>,
+    build: BuildChain,
 }
 
 fn case(name: String, inputs: Vec<(Vec<usize>, f32, f32)>, build: impl Fn(&mut Graph, &[Tensor]) -> Result<Tensor> + 'static) -> Case {

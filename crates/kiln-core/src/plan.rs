@@ -280,10 +280,15 @@ impl Plan {
         let mut s = String::new();
         for step in &self.steps {
             let ins: Vec<String> = step.inputs.iter().map(|o| format!("b{}{}", o.buffer, o.shape)).collect();
+            // A fused step says how many nodes it computes.
+            let op = match &step.op {
+                Op::Fused(program) => format!("fused({} ops)", program.members.len()),
+                op => op.name().to_string(),
+            };
             s.push_str(&format!(
                 "#{:<5} {:<22} b{}{} <- {}\n",
                 step.node.0,
-                step.op.name(),
+                op,
                 step.output.buffer,
                 step.output.shape,
                 ins.join(", ")
