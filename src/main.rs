@@ -118,6 +118,9 @@ enum BenchCommand {
         /// Also time PyTorch with autocast to this dtype (bf16): the mixed-precision comparison.
         #[arg(long, value_parser = ["bf16"])]
         amp: Option<String>,
+        /// kiln's precision: f32, or mixed (f16 matmuls, f32 master weights, loss scaling).
+        #[arg(long, value_parser = ["f32", "mixed"])]
+        precision: Option<String>,
     },
     /// Time single ops (matmul, elementwise, softmax, conv2d ...) beside PyTorch's.
     Ops {
@@ -300,9 +303,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("test accuracy {:.2}% (loss {loss:.4})", 100.0 * acc);
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Train { recipe, steps, warmup, batch_size, device, pytorch, amp } } => {
+        Command::Bench { what: BenchCommand::Train { recipe, steps, warmup, batch_size, device, pytorch, amp, precision } } => {
             use kiln_train::bench::{bench_devices, print_train_table, BenchOptions, TorchComparison};
-            let config = Config::recipe(&recipe)?;
+            let mut config = Config::recipe(&recipe)?;
+            if let Some(precision) = precision {
+                config.train.precision = precision;
+            }
             let options = BenchOptions { batch_size, warmup_steps: warmup, steps };
             let runner = pytorch.runner()?;
             let (devices, notes) = bench_devices(&device)?;

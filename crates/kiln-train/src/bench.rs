@@ -206,9 +206,10 @@ pub fn print_train_table(
     let unit = ThroughputUnit::of(config).label();
     let tokens = if config.model.is_gpt() { format!(" x {} tokens", config.model.block_size) } else { String::new() };
     println!(
-        "kiln bench train {recipe}: batch {batch}{tokens}, {} timed steps after {} warm-up, f32",
+        "kiln bench train {recipe}: batch {batch}{tokens}, {} timed steps after {} warm-up, {}",
         options.steps.max(1),
-        options.warmup_steps
+        options.warmup_steps,
+        config.train.precision
     );
     if let Some(t) = &torch {
         println!(

@@ -549,6 +549,11 @@ fn lower_step(shared: &Shared, step: &kiln_core::Step) -> Result<Vec<Launch>, Ex
     if !matches!(step.op, kiln_core::Op::MatMul { .. }) {
         return kernels::lower(step, &shared.caps);
     }
+    // Mixed-precision products go to tensor cores where the adapter has them; that kernel
+    // has one configuration, so there is nothing to tune.
+    if matmul::coop_supported(&shared.report, shared.caps.shader_f16) && matmul::coop_applies(step, &shared.caps) {
+        return matmul::lower_coop(step, &shared.caps);
+    }
     let problem = matmul::problem(step, &shared.caps)?;
     if problem.m * problem.n * problem.batch == 0 {
         return Ok(Vec::new()); // an empty output: nothing to choose
