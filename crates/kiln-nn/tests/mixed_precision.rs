@@ -7,28 +7,14 @@
 //! - the scale doubles after `growth_interval` good steps in a row;
 //! - the parameters of a mixed run are f32 states under the f32 run's names, so either
 //!   run's weights load into the other.
+mod common;
+use common::{xor_clusters, POINTS};
 use kiln_core::{Backend, DType, Executor, Graph, HostTensor, Op, Tensor};
 use kiln_cpu::CpuBackend;
-use kiln_nn::init::{normal, seeded_rng};
+use kiln_nn::init::seeded_rng;
 use kiln_nn::loss::{cross_entropy, Reduction};
 use kiln_nn::mixed::{self, Precision};
 use kiln_nn::{Adam, LossScaler, Module, Sequential, TrainGraph};
-
-const POINTS: usize = 64;
-
-/// Four Gaussian clusters at (±1, ±1); the class is 1 where x0 and x1 have the same sign.
-fn xor_clusters(seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let noise = normal([POINTS, 2], 0.0, 0.25, &mut seeded_rng(seed)).to_f32_vec();
-    let mut xs = Vec::with_capacity(POINTS * 2);
-    let mut labels = Vec::with_capacity(POINTS);
-    for i in 0..POINTS {
-        let (sx, sy) = (if i % 2 == 0 { 1.0 } else { -1.0 }, if (i / 2) % 2 == 0 { 1.0 } else { -1.0 });
-        xs.push(sx + noise[2 * i]);
-        xs.push(sy + noise[2 * i + 1]);
-        labels.push(u32::from(sx == sy));
-    }
-    (xs, labels)
-}
 
 /// An MLP step graph, built in `precision` (with `scaler` for mixed), loaded on the CPU.
 struct Run {

@@ -2,29 +2,16 @@
 //! (f32, as a GPU would run it) learns a problem no linear model can: XOR clusters, from
 //! chance (0.69) to a cross-entropy below 1e-3 in 150 full-batch steps (it reaches about
 //! 3e-5 with seed 2024), every point classified.
+mod common;
+use common::{xor_clusters, POINTS};
 use kiln_core::{Backend, DType, Graph, HostTensor};
 use kiln_cpu::CpuBackend;
-use kiln_nn::init::{normal, seeded_rng};
+use kiln_nn::init::seeded_rng;
 use kiln_nn::loss::{cross_entropy, Reduction};
 use kiln_nn::schedule::LrSchedule;
 use kiln_nn::{Adam, Module, Sequential, TrainGraph};
 
-const POINTS: usize = 64;
 const STEPS: u64 = 150;
-
-/// Four Gaussian clusters at (±1, ±1); the class is 1 where x0 and x1 have the same sign.
-fn xor_clusters(seed: u64) -> (Vec<f32>, Vec<u32>) {
-    let noise = normal([POINTS, 2], 0.0, 0.25, &mut seeded_rng(seed)).to_f32_vec();
-    let mut xs = Vec::with_capacity(POINTS * 2);
-    let mut labels = Vec::with_capacity(POINTS);
-    for i in 0..POINTS {
-        let (sx, sy) = (if i % 2 == 0 { 1.0 } else { -1.0 }, if (i / 2) % 2 == 0 { 1.0 } else { -1.0 });
-        xs.push(sx + noise[2 * i]);
-        xs.push(sy + noise[2 * i + 1]);
-        labels.push(u32::from(sx == sy));
-    }
-    (xs, labels)
-}
 
 #[test]
 fn mlp_learns_xor_clusters_with_adam() {

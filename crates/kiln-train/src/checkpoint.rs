@@ -40,14 +40,7 @@ impl Checkpoint {
 
     /// A metadata value parsed as a number, with an error naming the file when absent or bad.
     pub fn meta_u64(&self, key: &str, file: &Path) -> Result<u64, TrainError> {
-        let raw = self.metadata.get(key).ok_or_else(|| TrainError::Checkpoint {
-            file: file.to_path_buf(),
-            message: format!("metadata has no '{key}'"),
-        })?;
-        raw.parse().map_err(|_| TrainError::Checkpoint {
-            file: file.to_path_buf(),
-            message: format!("metadata '{key}' = '{raw}' is not a whole number"),
-        })
+        self.meta_parsed(key, file, "a whole number")
     }
 
     /// The metadata every training checkpoint carries: format, seed and the whole config
@@ -60,14 +53,14 @@ impl Checkpoint {
 
     /// A metadata value parsed as a float (a loss), with an error naming the file.
     pub fn meta_f64(&self, key: &str, file: &Path) -> Result<f64, TrainError> {
-        let raw = self.metadata.get(key).ok_or_else(|| TrainError::Checkpoint {
-            file: file.to_path_buf(),
-            message: format!("metadata has no '{key}'"),
-        })?;
-        raw.parse().map_err(|_| TrainError::Checkpoint {
-            file: file.to_path_buf(),
-            message: format!("metadata '{key}' = '{raw}' is not a number"),
-        })
+        self.meta_parsed(key, file, "a number")
+    }
+
+    /// A metadata value parsed as `T`; errors name the file, the key and what `T` is.
+    fn meta_parsed<T: std::str::FromStr>(&self, key: &str, file: &Path, what: &str) -> Result<T, TrainError> {
+        let error = |message: String| TrainError::Checkpoint { file: file.to_path_buf(), message };
+        let raw = self.metadata.get(key).ok_or_else(|| error(format!("metadata has no '{key}'")))?;
+        raw.parse().map_err(|_| error(format!("metadata '{key}' = '{raw}' is not {what}")))
     }
 
     /// The model's tensors only: without the optimizer state.
