@@ -270,8 +270,11 @@ impl Graph {
                 self.constant(0.0, n.shape, n.dtype)
             }
             UnaryOp::Relu => {
+                // y > 0 exactly where x > 0; reading the output rather than the input
+                // leaves the pre-activation with one reader, so the compiler can fuse
+                // it into the activation (bias add + ReLU in one kernel).
                 let zero = self.scalar(0.0, dt)?;
-                let pos = self.gt(x, zero)?;
+                let pos = self.gt(y, zero)?;
                 self.where_(pos, g, zero)
             }
             UnaryOp::LeakyRelu { alpha } => {
