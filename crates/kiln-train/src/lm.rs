@@ -366,21 +366,21 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
         let grad_norm = train_graph.grad_norm.map(|_| out[1].scalar());
         // Mixed precision: the last output counts the steps skipped for an inf or NaN
         // gradient (TrainGraph::outputs).
-        let skipped = train_graph.loss_scale.as_ref().map(|_| out[out.len() - 1].scalar());
+        let skipped_steps = train_graph.loss_scale.as_ref().map(|_| out[out.len() - 1].scalar() as u64);
         at.step += 1;
         steps_here += 1;
         losses_since_eval += loss;
         steps_since_eval += 1;
         smoothed = if smoothed.is_nan() { loss } else { 0.95 * smoothed + 0.05 * loss };
         let tokens_per_s = steps_here as f64 * tokens_per_step / train_seconds.max(1e-9);
-        let skipped_text = skipped.map(|n| format!("  skipped {n}")).unwrap_or_default();
+        let skipped_text = skipped_steps.map(|n| format!("  skipped {n}")).unwrap_or_default();
         bar.set_message(match last_eval.or(at.best) {
             Some(v) => format!("loss {smoothed:.4}  val {:.4}  {tokens_per_s:.0} tok/s{skipped_text}", v.loss),
             None => format!("loss {smoothed:.4}  {tokens_per_s:.0} tok/s{skipped_text}"),
         });
         bar.inc(1);
         if at.step % LOG_EVERY == 0 {
-            metrics.push(Record::Step { step: at.step, loss, lr, grad_norm, tokens_per_s })?;
+            metrics.push(Record::Step { step: at.step, loss, lr, grad_norm, tokens_per_s, skipped_steps })?;
         }
         evaluate_now = at.step % config.train.eval_every == 0 || at.step == total;
     }

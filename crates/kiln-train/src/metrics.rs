@@ -13,8 +13,17 @@ use crate::TrainError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
-    /// A training step (logged every few steps).
-    Train { step: u64, epoch: usize, loss: f64, lr: f64, samples_per_s: f64 },
+    /// A training step (logged every few steps). Under mixed precision, `skipped_steps`
+    /// counts the steps so far whose gradients overflowed and were not applied.
+    Train {
+        step: u64,
+        epoch: usize,
+        loss: f64,
+        lr: f64,
+        samples_per_s: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skipped_steps: Option<u64>,
+    },
     /// End of an epoch: mean training loss and accuracy, then validation figures.
     Epoch {
         epoch: usize,
@@ -30,7 +39,16 @@ pub enum Record {
     /// A language model's training step (logged every few steps): the step's loss, the
     /// global gradient norm before clipping (absent without clipping) and throughput.
     /// (Optional rather than NaN: JSON has no NaN, serde_json writes it as null.)
-    Step { step: u64, loss: f64, lr: f64, grad_norm: Option<f64>, tokens_per_s: f64 },
+    /// `skipped_steps` as in `Train`.
+    Step {
+        step: u64,
+        loss: f64,
+        lr: f64,
+        grad_norm: Option<f64>,
+        tokens_per_s: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        skipped_steps: Option<u64>,
+    },
     /// A language model's evaluation: mean validation loss over the fixed batches, and
     /// the mean training loss of the steps since the previous evaluation or, after a
     /// resume, since the resume (absent when no step came before), with the seconds
@@ -175,7 +193,7 @@ mod tests {
         {
             let mut log = MetricsLog::open(&path).expect("open");
             for s in 0..20 {
-                log.push(Record::Train { step: s, epoch: 0, loss: 2.0 / (s as f64 + 1.0), lr: 1e-3, samples_per_s: 1e4 }).expect("push");
+                log.push(Record::Train { step: s, epoch: 0, loss: 2.0 / (s as f64 + 1.0), lr: 1e-3, samples_per_s: 1e4, skipped_steps: None }).expect("push");
             }
             log.push(Record::Epoch { epoch: 0, step: 20, train_loss: 0.5, train_accuracy: 0.8, val_loss: 0.4, val_accuracy: 0.9, seconds: 1.0 }).expect("push");
         }

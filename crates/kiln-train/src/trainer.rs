@@ -308,10 +308,8 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             let rate = seen as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             // Mixed precision: the last output counts the steps skipped for an inf or NaN
             // gradient (model::train_plan).
-            let skipped = match train.loss_scale {
-                Some(_) => format!("  skipped {}", out[out.len() - 1].scalar()),
-                None => String::new(),
-            };
+            let skipped_steps = train.loss_scale.as_ref().map(|_| out[out.len() - 1].scalar() as u64);
+            let skipped = skipped_steps.map(|n| format!("  skipped {n}")).unwrap_or_default();
             bar.set_message(format!(
                 "loss {smoothed:.4}  acc {:.2}%  {:.0} samples/s{skipped}",
                 100.0 * correct / seen as f64,
@@ -319,7 +317,7 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             ));
             bar.inc(1);
             if pos.step % LOG_EVERY == 0 {
-                metrics.push(Record::Train { step: pos.step, epoch: pos.epoch, loss, lr, samples_per_s: rate })?;
+                metrics.push(Record::Train { step: pos.step, epoch: pos.epoch, loss, lr, samples_per_s: rate, skipped_steps })?;
             }
             if stop_requested(stop, &opts, pos.step) {
                 bar.abandon_with_message("stopping: writing a checkpoint");

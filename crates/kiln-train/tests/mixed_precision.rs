@@ -1,11 +1,13 @@
 //! `precision = "mixed"` through the training loop on the CPU backend with a small MNIST
 //! slice: the run learns as the f32 run does, its checkpoint holds f32 tensors under the
-//! f32 run's names (no loss-scaler state), and an f32 run resumes from it.
+//! f32 run's names (no loss-scaler state), an f32 run resumes from it, and metrics.jsonl
+//! carries the skipped-step count.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use kiln_core::HostData;
-use kiln_train::trainer::{train, TrainOptions, CHECKPOINT_FILE};
+use kiln_train::metrics::{MetricsLog, Record};
+use kiln_train::trainer::{train, TrainOptions, CHECKPOINT_FILE, METRICS_FILE};
 use kiln_train::{Checkpoint, Config, Device, TrainError, TrainReport};
 
 fn small_config(precision: &str) -> Config {
@@ -57,4 +59,23 @@ fn a_mixed_run_learns_like_f32_and_its_f32_checkpoint_resumes_in_an_f32_run() {
 fn an_unknown_precision_is_a_config_error() {
     let err = small_config("bf8").validate().expect_err("refused");
     assert!(err.contains("train.precision") && err.contains("bf8"), "{err}");
+}
+
+/// metrics.jsonl's training records carry the skipped-step count under mixed precision
+/// and leave it out in f32 runs.
+#[test]
+fn mixed_runs_log_their_skipped_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logged = |precision: &str| -> Vec<Option<u64>> {
+        let mut config = small_config(precision);
+        config.train.epochs = 4; // 56 steps: the loop logs every 50
+        let out = dir.path().join(precision);
+        run(&config, &out, None).unwrap_or_else(|e| panic!("{precision} run: {e}"));
+        let log = MetricsLog::open(&out.join(METRICS_FILE)).expect("metrics");
+        log.records().iter().filter_map(|r| if let Record::Train { skipped_steps, .. } = r { Some(*skipped_steps) } else { None }).collect()
+    };
+    let mixed = logged("mixed");
+    assert!(!mixed.is_empty() && mixed.iter().all(Option::is_some), "mixed: {mixed:?}");
+    let f32_counts = logged("f32");
+    assert!(!f32_counts.is_empty() && f32_counts.iter().all(Option::is_none), "f32: {f32_counts:?}");
 }
