@@ -608,6 +608,8 @@ struct WgpuExecutor {
     dispatches: Vec<Dispatch>,
     /// Bound by every dispatch; kept alive here.
     _params: wgpu::Buffer,
+    /// The steps' scratch slots (see `kernels::ScratchBinding`); kept alive here.
+    _scratch: Vec<wgpu::Buffer>,
     /// State updates: (target buffer, copy), in plan order.
     updates: Vec<(usize, BufferCopy)>,
     /// The outputs' readback: copies into `staging` at consecutive offsets.
@@ -654,7 +656,7 @@ impl WgpuExecutor {
         let out_of_memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut states = lock(&shared.states);
         let (buffers, regions, new_states) = allocate(&shared, plan, &sizes, &states)?;
-        let (dispatches, params) = build_dispatches(&shared, plan, &buffers, &regions)?;
+        let (dispatches, params, scratch) = build_dispatches(&shared, plan, &buffers, &regions)?;
 
         // States this plan is the first to declare start from its initial values.
         for state in plan.states.iter().filter(|s| new_states.iter().any(|(name, _)| *name == s.name)) {
@@ -706,6 +708,7 @@ impl WgpuExecutor {
             regions,
             dispatches,
             _params: params,
+            _scratch: scratch,
             updates,
             output_copies,
             staging,
@@ -822,7 +825,7 @@ fn build_dispatches(
     plan: &Plan,
     buffers: &[wgpu::Buffer],
     regions: &[Region],
-) -> Result<(Vec<Dispatch>, wgpu::Buffer), ExecError> {
+) -> Result<(Vec<Dispatch>, wgpu::Buffer, Vec<wgpu::Buffer>), ExecError> {
     let limits = &shared.limits;
     let mut launches: Vec<Launch> = Vec::new();
     for step in &plan.steps {
@@ -833,7 +836,7 @@ fn build_dispatches(
             other => other,
         })?;
         for launch in &lowered {
-            let tensors = launch.bindings.len() as u32;
+            let tensors = (launch.bindings.len() + launch.scratch.len()) as u32;
             if tensors + 1 > limits.max_storage_buffers_per_shader_stage {
                 return Err(ExecError::Unsupported(format!(
                     "{} (node #{}): kernel {} binds {} storage buffers; {} allows {}",
@@ -876,13 +879,33 @@ fn build_dispatches(
         usage: wgpu::BufferUsages::STORAGE,
     });
 
+    // One buffer per scratch slot, as large as its largest request.
+    let mut scratch_bytes: Vec<u64> = Vec::new();
+    for request in launches.iter().flat_map(|launch| &launch.scratch) {
+        if scratch_bytes.len() <= request.slot {
+            scratch_bytes.resize(request.slot + 1, 0);
+        }
+        scratch_bytes[request.slot] = scratch_bytes[request.slot].max(align_up(request.bytes.max(4), 4));
+    }
+    let scratch: Vec<wgpu::Buffer> = scratch_bytes
+        .iter()
+        .map(|&size| {
+            shared.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln step scratch"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            })
+        })
+        .collect();
+
     let mut dispatches = Vec::with_capacity(launches.len());
     for (launch, &(params_offset, params_size)) in launches.iter().zip(&params_at) {
         if launch.groups == 0 {
             continue; // an empty tensor: nothing to compute
         }
         let (x, y) = fold_groups(launch, limits, &shared.report)?;
-        let layout = shared.layout(launch.bindings.len());
+        let layout = shared.layout(launch.bindings.len() + launch.scratch.len());
         let pipeline = shared.pipeline(launch, &layout)?;
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,
@@ -903,6 +926,16 @@ fn build_dispatches(
                 }),
             });
         }
+        for (i, request) in launch.scratch.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: (launch.bindings.len() + i) as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &scratch[request.slot],
+                    offset: 0,
+                    size: wgpu::BufferSize::new(align_up(request.bytes.max(4), 4)),
+                }),
+            });
+        }
         let bind_group = shared.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&launch.key),
             layout: &layout.bind_group_layout,
@@ -910,7 +943,7 @@ fn build_dispatches(
         });
         dispatches.push(Dispatch { pipeline, bind_group, groups: (x, y) });
     }
-    Ok((dispatches, params))
+    Ok((dispatches, params, scratch))
 }
 
 /// Host data -> the bytes of `operand` on the device (padded to 4 bytes). f16 tensors

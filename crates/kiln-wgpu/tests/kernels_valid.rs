@@ -61,8 +61,8 @@ fn validate(launch: &Launch) {
         }
     }
     let mut expected: BTreeMap<u32, bool> = BTreeMap::from([(0, false)]);
-    for (i, (_, access)) in launch.bindings.iter().enumerate() {
-        expected.insert(i as u32 + 1, *access == Access::Write);
+    for (i, access) in launch.accesses().into_iter().enumerate() {
+        expected.insert(i as u32 + 1, access == Access::Write);
     }
     assert_eq!(declared, expected, "{}: declared bindings (binding -> writable) differ from the launch's", launch.key);
     assert!(launch.groups > 0, "{}: a launch with no workgroups should not exist", launch.key);

@@ -256,17 +256,17 @@ fn check_conventions(launch: &Launch, module: &naga::Module) -> Result<(), Strin
         let writable = access.contains(naga::StorageAccess::STORE);
         let expected = match binding.binding {
             0 => false,
-            b => match launch.bindings.get(b as usize - 1) {
-                Some((_, Access::Read)) => false,
-                Some((_, Access::Write)) => true,
-                None => return Err(format!("declares binding {b}, but the launch has {} bindings", launch.bindings.len())),
+            b => match launch.accesses().get(b as usize - 1) {
+                Some(Access::Read) => false,
+                Some(Access::Write) => true,
+                None => return Err(format!("declares binding {b}, but the launch has {} bindings", launch.accesses().len())),
             },
         };
         if writable != expected {
             return Err(format!("binding {} is declared {}", binding.binding, if writable { "read_write" } else { "read" }));
         }
     }
-    let expected: BTreeSet<u32> = (0..=launch.bindings.len() as u32).collect();
+    let expected: BTreeSet<u32> = (0..=launch.accesses().len() as u32).collect();
     if seen != expected {
         return Err(format!("declares bindings {seen:?}; the launch needs {expected:?}"));
     }

@@ -90,6 +90,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params: params_words,
         bindings: vec![(first.buffer, Access::Read), (second.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "workgroup count", groups_total)?,
+        scratch: Vec::new(),
     }])
 }
 

@@ -162,6 +162,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params,
         bindings,
         groups: word(step, "workgroup count", n.div_ceil(WORKGROUP))?,
+        scratch: Vec::new(),
     }])
 }
 

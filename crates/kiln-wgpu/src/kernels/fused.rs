@@ -158,6 +158,7 @@ pub fn lower(step: &Step, program: &FusedProgram, caps: &Caps) -> Result<Vec<Lau
         params,
         bindings,
         groups: word(step, "workgroup count", n.div_ceil(WORKGROUP))?,
+        scratch: Vec::new(),
     }])
 }
 

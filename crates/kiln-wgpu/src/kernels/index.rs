@@ -60,6 +60,7 @@ fn gather(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params,
         bindings: vec![(table.buffer, Access::Read), (indices.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
+        scratch: Vec::new(),
     }])
 }
 
@@ -101,6 +102,7 @@ fn scatter_add(step: &Step, caps: &Caps, rows: usize) -> Result<Vec<Launch>, Exe
         params,
         bindings: vec![(indices.buffer, Access::Read), (src.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "workgroup count", rows * blocks)?,
+        scratch: Vec::new(),
     }])
 }
 
@@ -132,5 +134,6 @@ fn one_hot(step: &Step, caps: &Caps, classes: usize) -> Result<Vec<Launch>, Exec
         params,
         bindings: vec![(indices.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
+        scratch: Vec::new(),
     }])
 }

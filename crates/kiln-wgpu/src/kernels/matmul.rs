@@ -280,6 +280,7 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
         params,
         bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
         groups,
+        scratch: Vec::new(),
     }])
 }
 
@@ -351,6 +352,7 @@ pub fn lower_coop(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params,
         bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
         groups,
+        scratch: Vec::new(),
     }])
 }
 

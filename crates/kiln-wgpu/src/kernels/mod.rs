@@ -83,6 +83,29 @@ pub struct Launch {
     pub bindings: Vec<(kiln_core::BufferId, Access)>,
     /// Total workgroups.
     pub groups: u32,
+    /// Scratch buffers bound after the tensors (at `bindings.len() + 1`..), in order.
+    pub scratch: Vec<ScratchBinding>,
+}
+
+impl Launch {
+    /// The access of every binding after params (1..): the tensors', then the scratch
+    /// buffers'.
+    pub fn accesses(&self) -> Vec<Access> {
+        let tensors = self.bindings.iter().map(|(_, access)| *access);
+        tensors.chain(self.scratch.iter().map(|s| s.access)).collect()
+    }
+}
+
+/// Device memory a step needs between its own launches and nowhere else (the partial
+/// sums of a split-K product, before the launch that adds them up): not a tensor of the
+/// plan, so the planner knows nothing of it. Slots are numbered per step; the runtime
+/// gives each slot number one buffer, as large as the largest request for it in the
+/// plan, and lets every step use it, since steps run one after another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScratchBinding {
+    pub slot: usize,
+    pub bytes: u64,
+    pub access: Access,
 }
 
 /// Fill `{{NAME}}` slots and prepend `enable f16;` when any slot is f16.

@@ -179,6 +179,7 @@ fn slice_scatter(
         params,
         bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
+        scratch: Vec::new(),
     }])
 }
 
@@ -264,6 +265,7 @@ impl StridedCopy {
             params,
             bindings: vec![(src, Access::Read), (out.buffer, Access::Write)],
             groups: word(step, "workgroup count", count.div_ceil(WG))?,
+            scratch: Vec::new(),
         }])
     }
 }

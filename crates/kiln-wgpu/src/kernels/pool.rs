@@ -66,6 +66,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params,
         bindings,
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
+        scratch: Vec::new(),
     }])
 }
 

@@ -36,5 +36,6 @@ pub fn lower(step: &Step, _caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params: vec![word(step, "element count", n)?, seed],
         bindings: vec![(counter.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "workgroup count", n.div_ceil(WG))?,
+        scratch: Vec::new(),
     }])
 }

@@ -121,6 +121,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params,
         bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "output count", outputs)?,
+        scratch: Vec::new(),
     }])
 }
 

@@ -48,6 +48,7 @@ fn rows(step: &Step, caps: &Caps, axis: usize, log: bool) -> Result<Vec<Launch>,
         params,
         bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "row count", outer * inner)?,
+        scratch: Vec::new(),
     }])
 }
 
@@ -88,5 +89,6 @@ fn cross_entropy(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params,
         bindings: vec![(logits.buffer, Access::Read), (labels.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "row count", rows)?,
+        scratch: Vec::new(),
     }])
 }
