@@ -1,9 +1,9 @@
 // Conv2d and its two gradients as implicit GEMMs: C[m, n] = sum over k of A[m, k] B[k, n],
-// with the tiling of matmul.wgsl, where A and B are never stored: each kernel section
-// says how an element of A or B is read from the tensors (the im2col index, computed
-// while staging a tile into workgroup memory) and where C[m, n] goes. See
-// kiln_core::Op::Conv2d for the semantics; crates/kiln-wgpu/src/kernels/conv.rs for
-// the host side.
+// on the fast path of matmul.wgsl (register tiles, double buffering, a configuration per
+// adapter and shape class from the autotuner), where A and B are never stored: each kernel
+// section says how an element of A or B is read from the tensors (the im2col index,
+// computed while a slice is fetched) and where C[m, n] goes. See kiln_core::Op::Conv2d for
+// the semantics; crates/kiln-wgpu/src/kernels/conv.rs for the host side.
 //
 //   forward:          M = N HO WO (n, i, j)   N = OG (o)     K = CG KH KW (c, a, b)
 //   backward_weight:  M = CG KH KW (c, a, b)  N = OG (o)     K = N HO WO (n, i, j)
@@ -15,30 +15,66 @@
 // the output rows of a strided convolution), so the GEMM of a phase runs over its H' x W'
 // positions and its KH' x KW' contributing taps only; a phase with no tap writes zeros.
 //
-// Each workgroup of 16x16 invocations computes a 64x64 block of C; invocation (tx, ty)
-// owns rows tx + 16 i and columns ty + 16 j (i, j < 4), so that consecutive invocations
-// write consecutive rows m, which are neighbouring addresses of every output here. K is
-// walked 16 deep. Sizes that are not multiples of the block stage zeros past the edge and
-// skip the stores there; every invocation runs every loop iteration, and the early
-// returns depend only on params and the workgroup id, so barriers stay uniform.
+// backward_weight has a small M x N and a huge K (every output position of the batch), so
+// K is split: split s of SPLITS sums k in [s CHUNK, (s + 1) CHUNK) and stores its partial C
+// in a scratch buffer; shaders/split_k.wgsl then adds the partials in split order (the
+// same order on every run: results are deterministic). With SPLITS = 1, C goes straight
+// to the output.
 //
-// Slot T: the storage type of every tensor (f32 or f16); arithmetic is f32.
+// The tiling (as matmul.wgsl): each workgroup of THREADS invocations computes a BM x BN
+// block of C, staging K BK deep in workgroup memory, k-major (tile_a[k][m], tile_b[k][n]).
+// Invocation (tm, tn), tm fastest, holds a TM x TN register tile: the row quads
+// tm + THREADS_M r and the column quads tn + THREADS_N s (a quad is 4 consecutive rows or
+// columns), so neighbouring invocations read neighbouring vec4s of the tiles and write
+// neighbouring rows m, which are neighbouring addresses of every output here. Double
+// buffering: while the block computes on one staged slice, every invocation has already
+// fetched its share of the next slice into registers; it writes them to the other half of
+// the tiles after computing, so one barrier per slice suffices. The staging slot of an
+// element is fixed across slices, so the part of the im2col index that depends on the row
+// of A (column of B) is worked out once per invocation.
+//
+// Sizes that are not multiples of the block stage zeros past the edge and skip the stores
+// there; every invocation runs every loop iteration, and the early returns depend only on
+// params and the workgroup id, so barriers stay uniform.
+//
+// Slots: T, the storage type of every tensor (f32 or f16; arithmetic is f32); BM, BN, BK,
+// TM, TN, the configuration (TM, TN and BK multiples of 4); WEIGHT_OUT (backward_weight
+// only): the partial-sum binding and `store_weight`, written by kernels/conv.rs.
 //
 // params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv.rs):
 //   0 slices, 1 blocks along M (the most any slice needs), 2 blocks along N,
 //   3 N (batch), 4 C, 5 H, 6 W, 7 O, 8 HO, 9 WO, 10 KH, 11 KW, 12 SH, 13 SW, 14 PH, 15 PW,
-//   16 DH, 17 DW, 18 CG = C / G, 19 OG = O / G;
-//   backward_input only: 20, 21 the tap step along H and W (S / gcd(S, D): taps of one
+//   16 DH, 17 DW, 18 CG = C / G, 19 OG = O / G, 20 SPLITS, 21 CHUNK (a multiple of BK),
+//   22 elements of one split's partial C (backward_weight: the weight's element count);
+//   backward_input only: 23, 24 the tap step along H and W (S / gcd(S, D): taps of one
 //   phase are that far apart), then a record of PHASE_WORDS words per phase of H (SH of
 //   them), then one per phase of W (SW): the first position of the phase, the number of
 //   positions, q0 (= (first + P - phase) / S), the first tap and the number of taps.
 
-const BLOCK: u32 = 64u;   // rows and columns of C per workgroup
-const DEPTH: u32 = 16u;   // K elements staged per iteration
-const THREADS: u32 = 256u;
-// Row pitch of the staged tiles: one more than BLOCK, so that the stores of a K-fast
-// staging (consecutive invocations writing one column of a tile) fall in different banks.
-const PITCH: u32 = 65u;
+const BM: u32 = {{BM}}u;  // rows of C per workgroup
+const BN: u32 = {{BN}}u;  // columns of C per workgroup
+const BK: u32 = {{BK}}u;  // K elements staged per slice
+const TM: u32 = {{TM}}u;  // rows of C per invocation
+const TN: u32 = {{TN}}u;  // columns of C per invocation
+
+const THREADS_M: u32 = BM / TM;
+const THREADS_N: u32 = BN / TN;
+const THREADS: u32 = THREADS_M * THREADS_N;
+const ROW_QUADS: u32 = TM / 4u;
+const COL_QUADS: u32 = TN / 4u;
+const BM_QUADS: u32 = BM / 4u;
+const BN_QUADS: u32 = BN / 4u;
+// Tile rows are one quad longer than a block row: when consecutive invocations stage
+// consecutive k (the K-fast operands), their stores land in different banks.
+const A_PITCH: u32 = BM_QUADS + 1u;
+const B_PITCH: u32 = BN_QUADS + 1u;
+const A_SLICE: u32 = BK * A_PITCH;  // vec4s in one half of tile_a
+const B_SLICE: u32 = BK * B_PITCH;
+// Elements of each operand per slice, and how many one invocation fetches at most.
+const A_ELEMS: u32 = BM * BK;
+const B_ELEMS: u32 = BN * BK;
+const A_FETCHES: u32 = (A_ELEMS + THREADS - 1u) / THREADS;
+const B_FETCHES: u32 = (B_ELEMS + THREADS - 1u) / THREADS;
 
 const P_SLICES: u32 = 0u;
 const P_BLOCKS_M: u32 = 1u;
@@ -60,31 +96,44 @@ const P_DH: u32 = 16u;
 const P_DW: u32 = 17u;
 const P_CG: u32 = 18u;
 const P_OG: u32 = 19u;
-const P_TAP_STEP_H: u32 = 20u;
-const P_TAP_STEP_W: u32 = 21u;
-const P_PHASES: u32 = 22u;
+const P_SPLITS: u32 = 20u;
+const P_CHUNK: u32 = 21u;
+const P_PARTIAL_STRIDE: u32 = 22u;
+const P_TAP_STEP_H: u32 = 23u;
+const P_TAP_STEP_W: u32 = 24u;
+const P_PHASES: u32 = 25u;
 const PHASE_WORDS: u32 = 5u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
 
-// tile_a[k * PITCH + m] = A[row0 + m, k0 + k]; tile_b[k * PITCH + n] = B[k0 + k, col0 + n].
-var<workgroup> tile_a: array<f32, 1040>;  // DEPTH * PITCH
-var<workgroup> tile_b: array<f32, 1040>;
+// tile_a[half * A_SLICE + k * A_PITCH + q][i] = A[row0 + 4 q + i, k0 + k];
+// tile_b[half * B_SLICE + k * B_PITCH + q][j] = B[k0 + k, col0 + 4 q + j].
+var<workgroup> tile_a: array<vec4<f32>, 2u * A_SLICE>;
+var<workgroup> tile_b: array<vec4<f32>, 2u * B_SLICE>;
 
-// Which element of the 64x16 A tile (and the 16x64 B tile) staging slot e fills: with
+// This invocation's staging slots: the rows of A and columns of B they hold (fixed for
+// the whole K loop), and the values fetched for the next slice.
+var<private> rows: array<RowA, A_FETCHES>;
+var<private> cols: array<ColB, B_FETCHES>;
+var<private> fetched_a: array<f32, A_FETCHES>;
+var<private> fetched_b: array<f32, B_FETCHES>;
+// Which K split this workgroup sums (backward_weight's partial store needs it).
+var<private> split_index: u32;
+
+// The element of the BM x BK slice of A (BK x BN of B) that staging slot e holds: with
 // A_M_FAST consecutive slots take consecutive m (the rows of A are neighbours in memory),
 // otherwise consecutive k. Each section sets A_M_FAST and B_N_FAST for its tensors.
 fn staged_a_row(e: u32) -> u32 {
-    return select(e / DEPTH, e % BLOCK, A_M_FAST);
+    return select(e / BK, e % BM, A_M_FAST);
 }
 fn staged_a_depth(e: u32) -> u32 {
-    return select(e % DEPTH, e / BLOCK, A_M_FAST);
+    return select(e % BK, e / BM, A_M_FAST);
 }
 fn staged_b_col(e: u32) -> u32 {
-    return select(e / DEPTH, e % BLOCK, B_N_FAST);
+    return select(e / BK, e % BN, B_N_FAST);
 }
 fn staged_b_depth(e: u32) -> u32 {
-    return select(e % DEPTH, e / BLOCK, B_N_FAST);
+    return select(e % BK, e / BN, B_N_FAST);
 }
 
 // Whether coordinate `at` lies in [0, len); outside is the zero padding.
@@ -92,102 +141,141 @@ fn inside(at: i32, len: u32) -> bool {
     return at >= 0 && at < i32(len);
 }
 
-// Stores one column of an invocation's 4x4 outputs (rows m, m + 16, m + 32, m + 48).
-fn store_column(p: Problem, m: u32, n: u32, values: vec4<f32>) {
-    if n >= p.n {
-        return;
+// Fetch this invocation's elements of the slice at k0 (zeros at and past k_end).
+fn fetch(p: Problem, lidx: u32, k0: u32, k_end: u32) {
+    for (var f = 0u; f < A_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        var value = 0.0;
+        let k = k0 + staged_a_depth(e);
+        if e < A_ELEMS && rows[f].valid && k < k_end {
+            value = load_a(p, rows[f], k);
+        }
+        fetched_a[f] = value;
     }
-    for (var i = 0u; i < 4u; i += 1u) {
-        let mi = m + 16u * i;
-        if mi < p.m {
-            store(p, mi, n, values[i]);
+    for (var f = 0u; f < B_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        var value = 0.0;
+        let k = k0 + staged_b_depth(e);
+        if e < B_ELEMS && cols[f].valid && k < k_end {
+            value = load_b(p, cols[f], k);
+        }
+        fetched_b[f] = value;
+    }
+}
+
+// Write the fetched elements into half `half` of the tiles.
+fn commit(lidx: u32, half: u32) {
+    for (var f = 0u; f < A_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        if e < A_ELEMS {
+            let m = staged_a_row(e);
+            tile_a[half * A_SLICE + staged_a_depth(e) * A_PITCH + m / 4u][m % 4u] = fetched_a[f];
+        }
+    }
+    for (var f = 0u; f < B_FETCHES; f += 1u) {
+        let e = lidx + f * THREADS;
+        if e < B_ELEMS {
+            let n = staged_b_col(e);
+            tile_b[half * B_SLICE + staged_b_depth(e) * B_PITCH + n / 4u][n % 4u] = fetched_b[f];
         }
     }
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(THREADS)
 fn main(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
 ) {
     let blocks_m = params[P_BLOCKS_M];
     let blocks_n = params[P_BLOCKS_N];
     let blocks_per_slice = blocks_m * blocks_n;
+    let blocks_per_split = blocks_per_slice * params[P_SLICES];
     let group = wid.x + wid.y * nwg.x;
     // The whole workgroup leaves together: barrier uniformity holds.
-    if group >= blocks_per_slice * params[P_SLICES] {
+    if group >= blocks_per_split * params[P_SPLITS] {
         return;
     }
-    let slice = group / blocks_per_slice;
+    split_index = group / blocks_per_split;
+    let slice = (group % blocks_per_split) / blocks_per_slice;
     let block = group % blocks_per_slice;
     let p = problem(slice);
-    let row0 = (block / blocks_n) * BLOCK;
-    let col0 = (block % blocks_n) * BLOCK;
+    let row0 = (block / blocks_n) * BM;
+    let col0 = (block % blocks_n) * BN;
     // Slices of backward_input differ in M: blocks past this slice's edge have no work.
     if row0 >= p.m || col0 >= p.n {
         return;
     }
+    let chunk = params[P_CHUNK];
+    let k_begin = split_index * chunk;
+    let k_end = min(p.k, k_begin + chunk);
 
-    // The rows of A and columns of B this invocation stages are the same on every pass
-    // over K, so their part of the im2col index is worked out once.
-    var rows: array<RowA, 4>;
-    var cols: array<ColB, 4>;
-    for (var r = 0u; r < 4u; r += 1u) {
-        let e = lidx + r * THREADS;
-        rows[r] = row_a(p, row0 + staged_a_row(e));
-        cols[r] = col_b(p, col0 + staged_b_col(e));
+    for (var f = 0u; f < A_FETCHES; f += 1u) {
+        rows[f] = row_a(p, row0 + staged_a_row(min(lidx + f * THREADS, A_ELEMS - 1u)));
+    }
+    for (var f = 0u; f < B_FETCHES; f += 1u) {
+        cols[f] = col_b(p, col0 + staged_b_col(min(lidx + f * THREADS, B_ELEMS - 1u)));
     }
 
-    let tx = lid.x;
-    let ty = lid.y;
-    // acc_j[i] = C[row0 + tx + 16 i, col0 + ty + 16 j]
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    let tm = lidx % THREADS_M;
+    let tn = lidx / THREADS_M;
+    // acc[(4 s + j) * ROW_QUADS + r][i] = C[row quad r, row i, column quad s, column j].
+    var acc: array<vec4<f32>, TN * ROW_QUADS>;
+    var frag_a: array<vec4<f32>, ROW_QUADS>;
+    var frag_b: array<vec4<f32>, COL_QUADS>;
 
-    for (var k0 = 0u; k0 < p.k; k0 += DEPTH) {
-        for (var r = 0u; r < 4u; r += 1u) {
-            let e = lidx + r * THREADS;
-            let am = staged_a_row(e);
-            let ak = staged_a_depth(e);
-            var va = 0.0;
-            if rows[r].valid && k0 + ak < p.k {
-                va = load_a(p, rows[r], k0 + ak);
-            }
-            tile_a[ak * PITCH + am] = va;
-            let bn = staged_b_col(e);
-            let bk = staged_b_depth(e);
-            var vb = 0.0;
-            if cols[r].valid && k0 + bk < p.k {
-                vb = load_b(p, cols[r], k0 + bk);
-            }
-            tile_b[bk * PITCH + bn] = vb;
+    // k_begin < p.k except for an empty slice (no taps in a phase): then no slices.
+    let slices = (max(k_end, k_begin) - k_begin + BK - 1u) / BK;
+    fetch(p, lidx, k_begin, k_end);
+    commit(lidx, 0u);
+    workgroupBarrier();
+    for (var s = 0u; s < slices; s += 1u) {
+        let half = s % 2u;
+        let more = s + 1u < slices;
+        if more {
+            fetch(p, lidx, k_begin + (s + 1u) * BK, k_end);
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < DEPTH; kk += 1u) {
-            let row = kk * PITCH;
-            let av = vec4<f32>(
-                tile_a[row + tx],
-                tile_a[row + tx + 16u],
-                tile_a[row + tx + 32u],
-                tile_a[row + tx + 48u],
-            );
-            acc0 = fma(av, vec4<f32>(tile_b[row + ty]), acc0);
-            acc1 = fma(av, vec4<f32>(tile_b[row + ty + 16u]), acc1);
-            acc2 = fma(av, vec4<f32>(tile_b[row + ty + 32u]), acc2);
-            acc3 = fma(av, vec4<f32>(tile_b[row + ty + 48u]), acc3);
+        let a_half = half * A_SLICE;
+        let b_half = half * B_SLICE;
+        for (var kk = 0u; kk < BK; kk += 1u) {
+            for (var r = 0u; r < ROW_QUADS; r += 1u) {
+                frag_a[r] = tile_a[a_half + kk * A_PITCH + tm + r * THREADS_M];
+            }
+            for (var q = 0u; q < COL_QUADS; q += 1u) {
+                frag_b[q] = tile_b[b_half + kk * B_PITCH + tn + q * THREADS_N];
+            }
+            for (var q = 0u; q < COL_QUADS; q += 1u) {
+                for (var j = 0u; j < 4u; j += 1u) {
+                    let b_value = vec4<f32>(frag_b[q][j]);
+                    for (var r = 0u; r < ROW_QUADS; r += 1u) {
+                        let at = (4u * q + j) * ROW_QUADS + r;
+                        acc[at] = fma(frag_a[r], b_value, acc[at]);
+                    }
+                }
+            }
+        }
+        if more {
+            commit(lidx, 1u - half);
         }
         workgroupBarrier();
     }
 
-    let m = row0 + tx;
-    store_column(p, m, col0 + ty, acc0);
-    store_column(p, m, col0 + ty + 16u, acc1);
-    store_column(p, m, col0 + ty + 32u, acc2);
-    store_column(p, m, col0 + ty + 48u, acc3);
+    for (var q = 0u; q < COL_QUADS; q += 1u) {
+        for (var j = 0u; j < 4u; j += 1u) {
+            let n = col0 + 4u * (tn + q * THREADS_N) + j;
+            if n < p.n {
+                for (var r = 0u; r < ROW_QUADS; r += 1u) {
+                    let values = acc[(4u * q + j) * ROW_QUADS + r];
+                    for (var i = 0u; i < 4u; i += 1u) {
+                        let m = row0 + 4u * (tm + r * THREADS_M) + i;
+                        if m < p.m {
+                            store(p, m, n, values[i]);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 //// kernel: forward
@@ -356,8 +444,11 @@ fn load_b(p: Problem, col: ColB, k: u32) -> f32 {
     return f32(grad_out[(k / area) * params[P_O] * area + col.plane + k % area]);
 }
 
+// store_weight(at, value): grad_weight[at] = value, or split split_index's partial of it.
+{{WEIGHT_OUT}}
+
 fn store(p: Problem, m: u32, n: u32, value: f32) {
-    grad_weight[(p.group * params[P_OG] + n) * p.m + m] = {{T}}(value);
+    store_weight((p.group * params[P_OG] + n) * p.m + m, value);
 }
 
 //// kernel: backward_input

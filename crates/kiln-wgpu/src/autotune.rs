@@ -1,4 +1,6 @@
-//! The matmul autotuner: which [`MatmulConfig`] each matmul of a plan runs with.
+//! The autotuner: which [`MatmulConfig`] each matmul and each convolution of a plan runs
+//! with (the conv kernels are GEMMs on the matmul kernel's tiling and take the same
+//! configurations; the two families have their own candidates, classes and cache entries).
 //!
 //! At plan load, a matmul is sorted into a *class*: the adapter (name, backend, driver and
 //! its version), the kernel family's version, the storage type, the transposes, which
@@ -26,12 +28,15 @@ use kiln_core::ExecError;
 use serde_json::{Map, Value};
 
 use crate::adapter::AdapterReport;
+use crate::kernels::conv::{self, ConvProblem};
 use crate::kernels::matmul::{self, heuristic, MatmulConfig, MatmulProblem, TUNE_THRESHOLD};
 
 /// `off`: no timing; every matmul takes the heuristic pick.
 pub const AUTOTUNE_ENV: &str = "KILN_AUTOTUNE";
 /// A configuration name ("128x128x8-8x8") that every matmul uses, for tests and benchmarks.
 pub const MATMUL_CONFIG_ENV: &str = "KILN_MATMUL_CONFIG";
+/// A configuration name ("128x64x8-8x4") that every convolution uses (see [`conv::CANDIDATES`]).
+pub const CONV_CONFIG_ENV: &str = "KILN_CONV_CONFIG";
 /// Where the tuning cache lives (before `$XDG_CACHE_HOME/kiln` and `~/.cache/kiln`).
 pub const CACHE_DIR_ENV: &str = "KILN_CACHE_DIR";
 /// The cache file's name inside the cache directory.
@@ -93,11 +98,24 @@ pub struct MatmulChoice {
     pub timings: Vec<(MatmulConfig, f64)>,
 }
 
+/// One convolution step's configuration and how it was chosen.
+#[derive(Clone, Debug)]
+pub struct ConvChoice {
+    pub problem: ConvProblem,
+    pub class: String,
+    pub config: MatmulConfig,
+    pub source: ChoiceSource,
+    /// As [`MatmulChoice::timings`].
+    pub timings: Vec<(MatmulConfig, f64)>,
+}
+
 /// What the tuner has done on one backend so far.
 #[derive(Clone, Debug, Default)]
 pub struct TuningReport {
     /// One per matmul step lowered, in load order.
     pub choices: Vec<MatmulChoice>,
+    /// One per convolution step lowered, in load order.
+    pub conv_choices: Vec<ConvChoice>,
     /// Candidate timings run on the device (a candidate timed once counts once).
     pub timed_candidates: usize,
     /// Cache problems met (unreadable, corrupt, unwritable), each also printed on stderr.
@@ -120,8 +138,27 @@ struct Remembered {
     timings: Vec<(MatmulConfig, f64)>,
 }
 
+/// A kernel family the tuner picks configurations for.
+#[derive(Clone, Copy)]
+struct Family {
+    /// In warnings: "matmul" or "conv".
+    name: &'static str,
+    /// The candidates an adapter with these limits (workgroup bytes, invocations) runs.
+    candidates: fn(u32, u32) -> Vec<MatmulConfig>,
+    fits: fn(MatmulConfig, u32, u32) -> bool,
+}
+
+const MATMUL: Family = Family { name: "matmul", candidates: matmul::candidates, fits: matmul_fits };
+const CONV: Family = Family { name: "conv", candidates: conv::candidates, fits: conv::fits };
+
+fn matmul_fits(config: MatmulConfig, max_workgroup_bytes: u32, max_invocations: u32) -> bool {
+    config.fits(max_workgroup_bytes, max_invocations)
+}
+
 pub(crate) struct Tuner {
     policy: Policy,
+    /// `KILN_CONV_CONFIG` / `WgpuOptions::conv_config`: every convolution's configuration.
+    forced_conv: Option<MatmulConfig>,
     /// Adapter name, backend and driver: the first part of every class key.
     device: String,
     max_workgroup_bytes: u32,
@@ -141,10 +178,19 @@ struct State {
 /// A short hash of the kernel family's source and candidate list: a cache entry made for
 /// another version of the kernels is not trusted.
 fn kernel_version() -> String {
+    family_version(&[matmul::SHADER], &matmul::CANDIDATES)
+}
+
+/// [`kernel_version`] of the conv kernels (and the split-K sum they may use).
+fn conv_kernel_version() -> String {
+    family_version(&[conv::SHADER, conv::SPLIT_K_SHADER], &conv::CANDIDATES)
+}
+
+fn family_version(sources: &[&str], candidates: &[MatmulConfig]) -> String {
     // FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let candidates: Vec<String> = matmul::CANDIDATES.iter().map(|c| c.to_string()).collect();
-    for byte in matmul::SHADER.bytes().chain(candidates.join(",").into_bytes()) {
+    let candidates: Vec<String> = candidates.iter().map(|c| c.to_string()).collect();
+    for byte in sources.concat().bytes().chain(candidates.join(",").into_bytes()) {
         hash ^= byte as u64;
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -157,7 +203,12 @@ fn bucket(x: usize) -> u32 {
 }
 
 impl Tuner {
-    pub(crate) fn new(policy: Policy, adapter: &AdapterReport, limits: &wgpu::Limits) -> Tuner {
+    pub(crate) fn new(
+        policy: Policy,
+        forced_conv: Option<MatmulConfig>,
+        adapter: &AdapterReport,
+        limits: &wgpu::Limits,
+    ) -> Tuner {
         let device = format!(
             "{} | {} | {} {}",
             adapter.name,
@@ -167,6 +218,7 @@ impl Tuner {
         );
         Tuner {
             policy,
+            forced_conv,
             device,
             max_workgroup_bytes: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
@@ -227,14 +279,59 @@ impl Tuner {
             Policy::Tune { .. } if problem.multiply_adds() < TUNE_THRESHOLD => {
                 (fallback, ChoiceSource::Heuristic, Vec::new())
             }
-            Policy::Tune { cache_dir } => self.tuned(&class, fallback, cache_dir.as_deref(), time),
+            Policy::Tune { cache_dir } => self.tuned(MATMUL, &class, fallback, cache_dir.as_deref(), time),
         };
         self.state().report.choices.push(MatmulChoice { problem: problem.clone(), class, config, source, timings });
         Ok(config)
     }
 
+    /// The key of a convolution's class on this adapter.
+    pub(crate) fn conv_class(&self, problem: &ConvProblem) -> String {
+        format!(
+            "{} | conv kernels {} | {} {} | m2^{} n2^{} k2^{} slices2^{}",
+            self.device,
+            conv_kernel_version(),
+            problem.kernel.name(),
+            problem.storage,
+            bucket(problem.m),
+            bucket(problem.n),
+            bucket(problem.k),
+            bucket(problem.slices)
+        )
+    }
+
+    /// [`Tuner::choose`] for a convolution: `KILN_CONV_CONFIG` forces one (a forced matmul
+    /// configuration does not: the families' candidates differ), otherwise the policy
+    /// decides as for matmuls.
+    pub(crate) fn choose_conv(&self, problem: &ConvProblem, time: &mut TimeConfig) -> Result<MatmulConfig, ExecError> {
+        let class = self.conv_class(problem);
+        let fallback = conv::heuristic(problem, self.max_workgroup_bytes, self.max_invocations);
+        let (config, source, timings) = match (&self.forced_conv, &self.policy) {
+            (Some(config), _) => {
+                if !conv::fits(*config, self.max_workgroup_bytes, self.max_invocations) {
+                    return Err(ExecError::Unsupported(format!(
+                        "conv config {config} ({CONV_CONFIG_ENV}) needs {} bytes of workgroup memory and {} \
+                         invocations per workgroup; this adapter allows {} and {}",
+                        conv::workgroup_bytes(*config),
+                        config.threads(),
+                        self.max_workgroup_bytes,
+                        self.max_invocations
+                    )));
+                }
+                (*config, ChoiceSource::Forced, Vec::new())
+            }
+            (None, Policy::Tune { cache_dir }) if problem.multiply_adds() >= TUNE_THRESHOLD => {
+                self.tuned(CONV, &class, fallback, cache_dir.as_deref(), time)
+            }
+            (None, _) => (fallback, ChoiceSource::Heuristic, Vec::new()),
+        };
+        self.state().report.conv_choices.push(ConvChoice { problem: problem.clone(), class, config, source, timings });
+        Ok(config)
+    }
+
     fn tuned(
         &self,
+        family: Family,
         class: &str,
         fallback: MatmulConfig,
         cache_dir: Option<&Path>,
@@ -243,11 +340,11 @@ impl Tuner {
         if let Some(known) = self.state().remembered.get(class) {
             return (known.config, ChoiceSource::Remembered, known.timings.clone());
         }
-        if let Some((config, timings)) = self.cached(class, cache_dir) {
+        if let Some((config, timings)) = self.cached(family, class, cache_dir) {
             self.remember(class, config, &timings);
             return (config, ChoiceSource::Cached, timings);
         }
-        match self.time_candidates(fallback, time) {
+        match self.time_candidates(family, fallback, time) {
             Ok((config, timings)) => {
                 self.remember(class, config, &timings);
                 self.store(class, config, &timings, cache_dir);
@@ -255,7 +352,7 @@ impl Tuner {
                 (config, source, timings)
             }
             Err(e) => {
-                self.warn(format!("timing matmul configs for {class} failed ({e}); using {fallback}"));
+                self.warn(format!("timing {} configs for {class} failed ({e}); using {fallback}", family.name));
                 (fallback, ChoiceSource::Heuristic, Vec::new())
             }
         }
@@ -266,6 +363,7 @@ impl Tuner {
     /// fastest wins. Returns the winner and the timings, fastest first.
     fn time_candidates(
         &self,
+        family: Family,
         fallback: MatmulConfig,
         time: &mut TimeConfig,
     ) -> Result<(MatmulConfig, Vec<(MatmulConfig, f64)>), ExecError> {
@@ -273,7 +371,7 @@ impl Tuner {
         self.state().report.timed_candidates += 1;
         let mut timings = vec![(fallback, first)];
         if first <= SLOW_RUN_SECONDS {
-            for config in matmul::candidates(self.max_workgroup_bytes, self.max_invocations) {
+            for config in (family.candidates)(self.max_workgroup_bytes, self.max_invocations) {
                 if config == fallback {
                     continue;
                 }
@@ -296,7 +394,12 @@ impl Tuner {
     }
 
     /// The cache file's entry for `class`, if it names a configuration this adapter runs.
-    fn cached(&self, class: &str, cache_dir: Option<&Path>) -> Option<(MatmulConfig, Vec<(MatmulConfig, f64)>)> {
+    fn cached(
+        &self,
+        family: Family,
+        class: &str,
+        cache_dir: Option<&Path>,
+    ) -> Option<(MatmulConfig, Vec<(MatmulConfig, f64)>)> {
         let dir = cache_dir?;
         if self.state().file.is_none() {
             let (entries, warning) = read_cache(&dir.join(CACHE_FILE));
@@ -307,7 +410,7 @@ impl Tuner {
         }
         let entry = self.state().file.as_ref()?.get(class)?.clone();
         let config = MatmulConfig::parse(entry.get("config")?.as_str()?).ok()?;
-        if !config.fits(self.max_workgroup_bytes, self.max_invocations) {
+        if !(family.fits)(config, self.max_workgroup_bytes, self.max_invocations) {
             return None;
         }
         let timings = entry
@@ -395,7 +498,7 @@ mod tests {
     fn tuner(policy: Policy) -> Tuner {
         let adapter = AdapterReport::for_tests("Test GPU");
         let limits = wgpu::Limits { max_compute_workgroup_storage_size: 32 * 1024, ..wgpu::Limits::default() };
-        Tuner::new(policy, &adapter, &limits)
+        Tuner::new(policy, None, &adapter, &limits)
     }
 
     /// Pretends the candidate with the largest block is fastest, and counts calls.

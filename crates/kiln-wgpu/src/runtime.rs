@@ -28,7 +28,8 @@ use kiln_core::{Backend, DType, ExecError, Executor, HostData, HostTensor, Opera
 use wgpu::util::DeviceExt;
 
 use crate::adapter::{self, AdapterReport, ADAPTER_ENV};
-use crate::autotune::{self, Policy, Tuner, TuningReport, AUTOTUNE_ENV, MATMUL_CONFIG_ENV};
+use crate::autotune::{self, Policy, Tuner, TuningReport, AUTOTUNE_ENV, CONV_CONFIG_ENV, MATMUL_CONFIG_ENV};
+use crate::kernels::conv;
 use crate::kernels::matmul::{self, MatmulConfig};
 use crate::kernels::{self, Caps, Launch};
 
@@ -36,7 +37,7 @@ use crate::kernels::{self, Caps, Launch};
 pub const TIMEOUT_ENV: &str = "KILN_GPU_TIMEOUT_SECS";
 
 /// How a `WgpuBackend` is opened. `Default` reads `KILN_ADAPTER`, `KILN_GPU_TIMEOUT_SECS`,
-/// `KILN_MATMUL_CONFIG`, `KILN_AUTOTUNE` and the cache directory variables (see
+/// `KILN_MATMUL_CONFIG`, `KILN_CONV_CONFIG`, `KILN_AUTOTUNE` and the cache directory variables (see
 /// [`crate::autotune`]).
 #[derive(Clone, Debug)]
 pub struct WgpuOptions {
@@ -55,6 +56,8 @@ pub struct WgpuOptions {
     pub timeout: Duration,
     /// A matmul configuration name ("128x128x8-8x8") every matmul uses: no tuning.
     pub matmul_config: Option<String>,
+    /// A conv configuration name (see `kernels::conv::CANDIDATES`) every convolution uses.
+    pub conv_config: Option<String>,
     /// Time matmul configurations at plan load (else the heuristic picks, untimed).
     pub autotune: bool,
     /// Where the matmul tuning cache lives; `None` keeps tuning results in memory only.
@@ -71,6 +74,7 @@ impl Default for WgpuOptions {
             max_buffer_size: None,
             timeout: Duration::from_secs(timeout_secs),
             matmul_config: std::env::var(MATMUL_CONFIG_ENV).ok().filter(|v| !v.trim().is_empty()),
+            conv_config: std::env::var(CONV_CONFIG_ENV).ok().filter(|v| !v.trim().is_empty()),
             autotune: !std::env::var(AUTOTUNE_ENV).is_ok_and(|v| ["off", "0", "false"].contains(&v.trim())),
             cache_dir: autotune::default_cache_dir(),
         }
@@ -142,6 +146,12 @@ impl WgpuBackend {
             None if options.autotune => Policy::Tune { cache_dir: options.cache_dir.clone() },
             None => Policy::HeuristicOnly,
         };
+        let forced_conv = match &options.conv_config {
+            Some(name) => Some(
+                MatmulConfig::parse(name).map_err(|e| ExecError::Unsupported(format!("{CONV_CONFIG_ENV}: {e}")))?,
+            ),
+            None => None,
+        };
         let instance = adapter::instance();
         let chosen = adapter::choose_adapter(&instance, options.adapter.as_deref())?;
         let open = adapter::open_device(&chosen)?;
@@ -164,7 +174,7 @@ impl WgpuBackend {
         open.device.set_device_lost_callback(move |reason, message| {
             *lock(&lost_sink) = Some(format!("{reason:?}: {message}"));
         });
-        let tuner = Tuner::new(policy, &open.report, &limits);
+        let tuner = Tuner::new(policy, forced_conv, &open.report, &limits);
         let shared = Shared {
             tuner,
             timestamps: open.features.contains(wgpu::Features::TIMESTAMP_QUERY),
@@ -207,7 +217,7 @@ impl WgpuBackend {
     /// the median of a few timed runs on scratch buffers; GPU timestamps where the adapter
     /// has them). What the autotuner measures, for benchmarks.
     pub fn time_matmul(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
-        self.shared.time_matmul(step, config)
+        self.shared.time_launches(step, &matmul::lower_with(step, &self.shared.caps, config)?)
     }
 
     /// Distinct compute pipelines created so far by every plan loaded on this backend.
@@ -394,68 +404,88 @@ const MAX_DISPATCHES_PER_SAMPLE: u32 = 64;
 /// Timed samples per candidate after the warm-up; the median counts.
 const TIMING_SAMPLES: usize = 3;
 
+/// A pipeline, its bindings and its (folded) workgroup grid, ready to dispatch.
+type TimedDispatch = (Arc<wgpu::ComputePipeline>, wgpu::BindGroup, (u32, u32));
+
 impl Shared {
-    /// Seconds per run of the matmul step `step` with `config`, on scratch buffers of the
-    /// step's sizes (filled with ones: all-zero data can run faster than real data). A
-    /// warm-up run, one timed run (the answer as it is when slower than
-    /// `autotune::SLOW_RUN_SECONDS`), then the median of [`TIMING_SAMPLES`] samples.
-    fn time_matmul(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
+    /// Seconds per run of `launches` (the lowering of `step` with one configuration), on
+    /// buffers of the step's sizes (its inputs filled with ones: all-zero data can run
+    /// faster than real data) and of the launches' scratch requests. A warm-up run, one
+    /// timed run (the answer as it is when slower than `autotune::SLOW_RUN_SECONDS`), then
+    /// the median of [`TIMING_SAMPLES`] samples.
+    fn time_launches(&self, step: &kiln_core::Step, launches: &[Launch]) -> Result<f64, ExecError> {
         self.check_healthy()?;
-        let launches = matmul::lower_with(step, &self.caps, config)?;
-        let Some(launch) = launches.first() else {
+        if launches.is_empty() {
             return Ok(0.0); // an empty output: nothing to run
-        };
+        }
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out_of_memory = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let one = match self.caps.storage_type(step.output.dtype) {
-            "f16" => [half::f16::ONE.to_bits(); 2].map(u16::to_le_bytes).concat(),
-            _ => 1.0f32.to_le_bytes().to_vec(),
-        };
-        let operands: Vec<&Operand> = step.inputs.iter().chain([&step.output]).collect();
-        let buffers: Vec<wgpu::Buffer> = operands
-            .iter()
-            .enumerate()
-            .map(|(i, operand)| {
-                let bytes = storage_bytes(operand, &self.caps);
-                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("kiln matmul timing"),
-                    size: bytes,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                if i < step.inputs.len() {
-                    self.queue.write_buffer(&buffer, 0, &one.repeat(bytes as usize / one.len()));
-                }
-                buffer
+        let buffer = |label: &str, bytes: u64| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: align_up(bytes.max(4), 4),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
             })
-            .collect();
-        let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("kiln matmul timing params"),
-            contents: bytemuck::cast_slice(&launch.params),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-        let layout = self.layout(launch.bindings.len());
-        let pipeline = self.pipeline(launch, &layout)?;
-        let entries: Vec<wgpu::BindGroupEntry> = std::iter::once(&params)
-            .chain(&buffers)
-            .enumerate()
-            .map(|(binding, buffer)| wgpu::BindGroupEntry { binding: binding as u32, resource: buffer.as_entire_binding() })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&launch.key),
-            layout: &layout.bind_group_layout,
-            entries: &entries,
-        });
+        };
+        // The step's operands by plan buffer id (what the launches' bindings name).
+        let mut operands: HashMap<kiln_core::BufferId, wgpu::Buffer> = HashMap::new();
+        for (i, operand) in step.inputs.iter().chain([&step.output]).enumerate() {
+            let bytes = storage_bytes(operand, &self.caps);
+            let target = buffer("kiln timing operand", bytes);
+            if i < step.inputs.len() {
+                let one = match self.caps.storage_type(operand.dtype) {
+                    "f16" => [half::f16::ONE.to_bits(); 2].map(u16::to_le_bytes).concat(),
+                    _ => 1.0f32.to_le_bytes().to_vec(),
+                };
+                self.queue.write_buffer(&target, 0, &one.repeat(align_up(bytes, 4) as usize / one.len()));
+            }
+            operands.entry(operand.buffer).or_insert(target);
+        }
+        let mut scratch: Vec<wgpu::Buffer> = Vec::new();
+        for request in launches.iter().flat_map(|l| &l.scratch) {
+            while scratch.len() <= request.slot {
+                let bytes = launches.iter().flat_map(|l| &l.scratch).filter(|r| r.slot == scratch.len()).map(|r| r.bytes);
+                scratch.push(buffer("kiln timing scratch", bytes.max().unwrap_or(4)));
+            }
+        }
+        let mut runs = Vec::with_capacity(launches.len());
+        for launch in launches {
+            let params = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("kiln timing params"),
+                contents: bytemuck::cast_slice(if launch.params.is_empty() { &[0u32][..] } else { &launch.params }),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
+            let layout = self.layout(launch.bindings.len() + launch.scratch.len());
+            let pipeline = self.pipeline(launch, &layout)?;
+            let mut bound: Vec<&wgpu::Buffer> = vec![&params];
+            for (id, _) in &launch.bindings {
+                bound.push(operands.get(id).ok_or_else(|| {
+                    ExecError::Unsupported(format!("kernel {} binds plan buffer {id}, not an operand of its step", launch.key))
+                })?);
+            }
+            bound.extend(launch.scratch.iter().map(|request| &scratch[request.slot]));
+            let entries: Vec<wgpu::BindGroupEntry> = bound
+                .iter()
+                .enumerate()
+                .map(|(binding, buffer)| wgpu::BindGroupEntry { binding: binding as u32, resource: buffer.as_entire_binding() })
+                .collect();
+            let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&launch.key),
+                layout: &layout.bind_group_layout,
+                entries: &entries,
+            });
+            runs.push((pipeline, bind_group, fold_groups(launch, &self.limits, &self.report)?));
+        }
         let oom = pollster::block_on(out_of_memory.pop());
         let invalid = pollster::block_on(validation.pop());
         if let Some(error) = oom.or(invalid) {
-            return Err(ExecError::Device(format!("preparing to time {}: {error}", launch.key)));
+            return Err(ExecError::Device(format!("preparing to time {}: {error}", launches[0].key)));
         }
-        let groups = fold_groups(launch, &self.limits, &self.report)?;
 
         // The first run may include compiling the kernel (some drivers compile lazily).
-        self.time_dispatches(&pipeline, &bind_group, groups, 1)?;
-        let once = self.time_dispatches(&pipeline, &bind_group, groups, 1)?;
+        self.time_dispatches(&runs, 1)?;
+        let once = self.time_dispatches(&runs, 1)?;
         if once > autotune::SLOW_RUN_SECONDS {
             return Ok(once);
         }
@@ -463,22 +493,16 @@ impl Shared {
         let per_sample = per_sample as u32;
         let mut samples = Vec::with_capacity(TIMING_SAMPLES);
         for _ in 0..TIMING_SAMPLES {
-            samples.push(self.time_dispatches(&pipeline, &bind_group, groups, per_sample)? / per_sample as f64);
+            samples.push(self.time_dispatches(&runs, per_sample)? / per_sample as f64);
         }
         samples.sort_by(f64::total_cmp);
         Ok(samples[samples.len() / 2])
     }
 
-    /// Seconds that `dispatches` back-to-back dispatches of one kernel take: between GPU
+    /// Seconds that `repeats` back-to-back rounds of `runs` take: between GPU
     /// timestamps at the start and end of their pass where the adapter has
     /// TIMESTAMP_QUERY, else the wall-clock time of submitting them and waiting.
-    fn time_dispatches(
-        &self,
-        pipeline: &wgpu::ComputePipeline,
-        bind_group: &wgpu::BindGroup,
-        groups: (u32, u32),
-        dispatches: u32,
-    ) -> Result<f64, ExecError> {
+    fn time_dispatches(&self, runs: &[TimedDispatch], repeats: u32) -> Result<f64, ExecError> {
         const TIMESTAMP_BYTES: u64 = 16; // two u64 ticks
         let queries = self.timestamps.then(|| {
             self.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -497,10 +521,12 @@ impl Shared {
             });
             let mut pass = encoder
                 .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("kiln matmul timing"), timestamp_writes });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bind_group, &[]);
-            for _ in 0..dispatches {
-                pass.dispatch_workgroups(groups.0, groups.1, 1);
+            for _ in 0..repeats {
+                for (pipeline, bind_group, groups) in runs {
+                    pass.set_pipeline(pipeline);
+                    pass.set_bind_group(0, bind_group, &[]);
+                    pass.dispatch_workgroups(groups.0, groups.1, 1);
+                }
             }
         }
         let staging = queries.as_ref().map(|query_set| {
@@ -546,7 +572,18 @@ fn fold_groups(launch: &Launch, limits: &wgpu::Limits, report: &AdapterReport) -
 /// The launches of one step. A matmul's configuration comes from the tuner (which may
 /// time candidates on the device now).
 fn lower_step(shared: &Shared, step: &kiln_core::Step) -> Result<Vec<Launch>, ExecError> {
-    if !matches!(step.op, kiln_core::Op::MatMul { .. }) {
+    use kiln_core::Op;
+    if matches!(step.op, Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. }) {
+        let problem = conv::problem(step, &shared.caps)?;
+        if step.output.numel() == 0 {
+            return Ok(Vec::new());
+        }
+        let config = shared.tuner.choose_conv(&problem, &mut |config| {
+            shared.time_launches(step, &conv::lower_with(step, &shared.caps, config)?)
+        })?;
+        return conv::lower_with(step, &shared.caps, config);
+    }
+    if !matches!(step.op, Op::MatMul { .. }) {
         return kernels::lower(step, &shared.caps);
     }
     // Mixed-precision products go to tensor cores where the adapter has them; that kernel
@@ -558,7 +595,9 @@ fn lower_step(shared: &Shared, step: &kiln_core::Step) -> Result<Vec<Launch>, Ex
     if problem.m * problem.n * problem.batch == 0 {
         return Ok(Vec::new()); // an empty output: nothing to choose
     }
-    let config = shared.tuner.choose(&problem, &mut |config| shared.time_matmul(step, config))?;
+    let config = shared.tuner.choose(&problem, &mut |config| {
+        shared.time_launches(step, &matmul::lower_with(step, &shared.caps, config)?)
+    })?;
     matmul::lower_with(step, &shared.caps, config)
 }
 

@@ -18,13 +18,11 @@ use kiln_core::testing::lcg_values;
 use kiln_core::{Conv2dParams, DType, Graph, HostTensor, Plan};
 use kiln_cpu::CpuBackend;
 use kiln_wgpu::testing::gpu_or_skip;
-use kiln_wgpu::WgpuBackend;
+use kiln_wgpu::kernels::conv;
+use kiln_wgpu::{WgpuBackend, WgpuOptions};
 
 mod common;
 use common::*;
-
-
-
 
 /// Bit-exact equality (NaN payloads aside: NaN meets NaN).
 fn assert_exact(what: &str, gpu: &HostTensor, cpu: &HostTensor) {
@@ -137,6 +135,44 @@ fn conv2d_with_f16_storage() {
     let Some(gpu) = gpu_or_skip() else { return };
     let strided = Conv2dParams { stride: [2, 1], padding: [1, 1], groups: 2, ..Default::default() };
     check_conv(&gpu, [2, 4, 7, 6], [6, 2, 3, 3], strided, DType::F16);
+    // A weight gradient long enough along K to be split (f32 partials, an f16 result).
+    check_conv(&gpu, [4, 2, 16, 16], [4, 2, 3, 3], Conv2dParams::default(), DType::F16);
+}
+
+/// The cases every configuration runs: several blocks along M and N, a strided grouped
+/// convolution (stride phases with no taps), and weight gradients split along K.
+fn config_cases() -> Vec<([usize; 4], [usize; 4], Conv2dParams)> {
+    let default = Conv2dParams::default();
+    vec![
+        ([1, 6, 15, 14], [70, 6, 3, 3], default),
+        ([2, 4, 9, 8], [6, 2, 3, 3], Conv2dParams { stride: [2, 2], dilation: [2, 1], padding: [1, 1], groups: 2 }),
+        ([4, 3, 14, 16], [8, 3, 3, 3], Conv2dParams { padding: [1, 0], ..default }),
+        ([3, 5, 9, 9], [33, 5, 1, 1], default),
+    ]
+}
+
+#[test]
+fn every_conv_config_matches_cpu() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let limits = gpu.limits();
+    let configs = conv::candidates(limits.max_compute_workgroup_storage_size, limits.max_compute_invocations_per_workgroup);
+    assert!(configs.len() >= 6, "only {} conv configs fit this adapter", configs.len());
+    for config in configs {
+        let options = WgpuOptions { conv_config: Some(config.to_string()), ..WgpuOptions::default() };
+        let forced = WgpuBackend::with_options(options).expect("the adapter opens again");
+        for (x, w, params) in config_cases() {
+            check_conv(&forced, x, w, params, DType::F32);
+        }
+        let report = forced.matmul_tuning();
+        assert!(!report.conv_choices.is_empty() && report.conv_choices.iter().all(|c| c.config == config), "{config}");
+        // The weight gradients of the last two cases are long enough along K to split.
+        let split = report
+            .conv_choices
+            .iter()
+            .filter(|c| c.problem.kernel == conv::ConvKernel::BackwardWeight && conv::k_split(&c.problem, config).splits > 1)
+            .count();
+        assert!(split >= 2, "{config}: only {split} split weight gradients");
+    }
 }
 
 /// Max and average pooling of `x` with the given window, and their gradients for a fixed

@@ -25,7 +25,7 @@
 //! tests/shaders_valid.rs validates every launch both as written and as loaded.
 use kiln_core::{DType, ExecError, Step};
 
-mod conv;
+pub mod conv;
 mod elementwise;
 mod fused;
 mod index;

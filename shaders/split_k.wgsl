@@ -1,0 +1,33 @@
+// The second half of a split-K product (see shaders/conv.wgsl): each split s of SPLITS
+// left its partial result in partial[s * LEN .. (s + 1) * LEN]; out[i] is their sum, added
+// in split order, so a run gives the same bits every time.
+//
+// Slot T: the storage type of the output (f32 or f16); the partials are f32.
+//
+// params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv.rs): 0 LEN, 1 SPLITS.
+
+const WG: u32 = 256u;
+const P_LEN: u32 = 0u;
+const P_SPLITS: u32 = 1u;
+
+@group(0) @binding(0) var<storage, read> params: array<u32>;
+@group(0) @binding(1) var<storage, read_write> out: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> partial: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let len = params[P_LEN];
+    let i = (wid.x + wid.y * nwg.x) * WG + lidx;
+    if i >= len {
+        return;
+    }
+    var total = 0.0;
+    for (var s = 0u; s < params[P_SPLITS]; s += 1u) {
+        total += partial[s * len + i];
+    }
+    out[i] = {{T}}(total);
+}
