@@ -1,44 +1,80 @@
 //! The fusion pass of `Plan::compile`: chains of elementwise ops become one step with
 //! an [`Op::Fused`] register program, so that a bias add and its activation, a dropout
-//! mask and its scaling, or an optimizer's update of one parameter cost one dispatch
-//! and write no intermediate tensor.
+//! mask and its scaling, or an optimizer's whole update of one parameter (new moments
+//! and new parameter) cost one dispatch and write no intermediate tensor.
 //!
-//! A group is the set of nodes one fused step computes: its *root* (the node whose
-//! value the step writes) and *members* whose values live only inside the step. A live
-//! node joins the group of its consumers when
-//! - it is a float Unary, Binary, Compare or Where with float inputs and an f32 output
-//!   (an f16 value would be rounded between ops; rounding it inside the program would
-//!   change the results),
-//! - every consumer that reads it is in that one group (a value read by a reduction, a
-//!   matmul, a reshape or two groups must be stored),
-//! - it is not a plan output nor an update's value (those must be stored),
-//! - it has the root's shape (a smaller value joining a larger root would be computed
-//!   once per element of the root), and
-//! - the group stays within [`MAX_FUSED_INPUTS`] inputs.
+//! A group is the set of nodes one fused step computes: its *root* (the step's node,
+//! the last one computed) and its *members*. A *plain* member's value lives only inside
+//! the step; a *stored* member's value is also written to a buffer of its own (an extra
+//! output of the step), because it is kept (a plan output or an update value) or read
+//! outside the group. The step runs where its root ran (at the root's node id: steps
+//! run in id order).
 //!
 //! Nodes are visited consumers first (ids descending: the graph is in topological
-//! order), so a node's consumers have their groups when it is visited. Since no member
-//! is read outside its group, no path leaves a group and comes back: the fused step may
-//! run where its root ran. Float scalar `Constant`s read by a group are inlined into its
-//! program as immediates; a constant whose every reader inlines it needs no step.
+//! order), so a node's consumers have their groups, and so their positions, when it is
+//! visited; a position never changes afterwards. A live node joins the group of its
+//! earliest-running consumer when
+//! - it is a float Unary, Binary, Compare or Where with float inputs and an f32 value
+//!   (an f16 value would be rounded between ops; rounding it inside the program would
+//!   change the results),
+//! - it has the root's shape (a smaller value joining a larger root would be computed
+//!   once per element of the root),
+//! - either every consumer is in that group and it is not kept (a plain member), or
+//!   every consumer outside the group runs after the group's step (a stored member:
+//!   its buffer is written at the group's step, before any of them reads it; kept
+//!   values are read after the last step), and
+//! - the group stays within the binding bounds ([`MAX_FUSED_BINDINGS`] inputs and
+//!   outputs together; [`MAX_FUSED_INPUTS`] per output, see below).
+//!
+//! Every input of a group is written at a position before the group's (an input's
+//! step, or a stored member's group, runs before every outside reader), and every
+//! outside reader of a group's outputs runs after it: ordering steps by position is a
+//! schedule, so no merge can make a cycle.
+//!
+//! Float scalar `Constant`s read by a group are inlined into its program as immediates;
+//! a constant whose every reader inlines it needs no step.
+
 use crate::{DType, FusedInstr, FusedProgram, Graph, Op, Tensor};
 
-/// The most inputs one fused step reads: WebGPU's default limit is 8 storage buffers
-/// per shader stage, and a kernel binds its params and its output besides.
+/// The most buffers one output of a fused step may need when the step is split into one
+/// launch per output (each reads the group's inputs it needs and the earlier outputs it
+/// needs from their buffers, and writes one output): WebGPU's guaranteed 8 storage
+/// buffers per shader stage, less the params and the output. A single-output group
+/// reads at most this many inputs, as before multi-output steps existed.
 pub const MAX_FUSED_INPUTS: usize = 6;
+
+/// The most buffers (inputs and outputs together) one fused step binds when it runs as
+/// one launch. Larger than WebGPU's guaranteed 8 storage buffers less params: Adam's
+/// update reads g, m, v, p and two step scalars and writes m, v and p (AdamW and
+/// AMSGrad add one input and one output each). Real adapters allow far more (Vulkan and
+/// D3D12 drivers: hundreds or more; Metal: 31); one that allows fewer gets the step
+/// split into one launch per output (kiln-wgpu), each within [`MAX_FUSED_INPUTS`].
+pub const MAX_FUSED_BINDINGS: usize = 12;
+
+/// Where a value is read after all the steps (plan outputs, update values).
+const AFTER_THE_STEPS: usize = usize::MAX;
+
+/// A fused step: the program, the tensors it reads and the members it also stores.
+pub(crate) struct FusedStep {
+    pub op: Op,
+    pub inputs: Vec<Tensor>,
+    /// Stored members, in program order (the step's extra outputs, in order).
+    pub stored: Vec<Tensor>,
+}
 
 /// What the pass decided, by node id.
 pub(crate) struct Fusion {
-    /// Nodes computed inside another node's fused step: no step, no buffer.
+    /// Nodes computed inside another node's fused step: no step of their own. (A stored
+    /// member still gets a buffer: its root's step writes it.)
     absorbed: Vec<bool>,
-    /// The fused op and input tensors of each root that became a fused step.
-    fused: Vec<Option<(Op, Vec<Tensor>)>>,
+    /// The fused step of each root that became one.
+    fused: Vec<Option<FusedStep>>,
 }
 
 impl Fusion {
     /// No fusion: every node is its own step.
     pub(crate) fn none(nodes: usize) -> Fusion {
-        Fusion { absorbed: vec![false; nodes], fused: vec![None; nodes] }
+        Fusion { absorbed: vec![false; nodes], fused: (0..nodes).map(|_| None).collect() }
     }
 
     /// Whether node `id` is computed inside another node's step (and needs no step of its own).
@@ -49,9 +85,14 @@ impl Fusion {
     /// The op node `id`'s step runs and the tensors it reads.
     pub(crate) fn step_of<'g>(&'g self, graph: &'g Graph, id: usize) -> (&'g Op, &'g [Tensor]) {
         match &self.fused[id] {
-            Some((op, inputs)) => (op, inputs),
+            Some(step) => (&step.op, &step.inputs),
             None => (&graph.nodes[id].op, &graph.nodes[id].inputs),
         }
+    }
+
+    /// The members node `id`'s step stores besides `id` itself, in program order.
+    pub(crate) fn extra_outputs(&self, id: usize) -> &[Tensor] {
+        self.fused[id].as_ref().map_or(&[], |step| &step.stored)
     }
 }
 
@@ -64,6 +105,64 @@ fn is_fusable_op(op: &Op) -> bool {
 /// the backend's float type exactly as the unfused Constant's does.
 fn is_inlinable_constant(graph: &Graph, id: usize) -> bool {
     matches!(graph.nodes[id].op, Op::Constant { .. }) && graph.nodes[id].dtype == DType::F32
+}
+
+/// The members of one group as the pass grows it.
+#[derive(Default)]
+struct Group {
+    /// Every member, the root first, then in the order they joined (ids descending).
+    members: Vec<usize>,
+    /// The members that are stored besides the root.
+    stored: Vec<usize>,
+}
+
+impl Group {
+    /// Whether the group, with `id` joining it (stored or not), stays within the
+    /// binding bounds: inputs and outputs together within [`MAX_FUSED_BINDINGS`], and
+    /// every output computable, in a launch of its own, from at most
+    /// [`MAX_FUSED_INPUTS`] buffers (the inputs it needs and the earlier stored members
+    /// it reads, as kiln-wgpu splits a step an adapter cannot bind at once).
+    fn fits_with(&self, graph: &Graph, id: usize, stored: bool) -> bool {
+        let is_member = |m: usize| m == id || self.members.contains(&m);
+        let is_stored = |m: usize| (m == id && stored) || self.stored.contains(&m);
+        let mut inputs: Vec<usize> = Vec::new();
+        for m in self.members.iter().copied().chain([id]) {
+            for input in &graph.nodes[m].inputs {
+                let i = input.0;
+                if !is_member(i) && !is_inlinable_constant(graph, i) && !inputs.contains(&i) {
+                    inputs.push(i);
+                }
+            }
+        }
+        let root = self.members[0];
+        let outputs = self.stored.len() + usize::from(stored) + 1;
+        if inputs.len() + outputs > MAX_FUSED_BINDINGS {
+            return false;
+        }
+        let outputs = self.stored.iter().copied().chain(stored.then_some(id)).chain([root]);
+        outputs.into_iter().all(|output| {
+            // The buffers this output's own launch would read: walk its members back to
+            // group inputs, stopping at other stored members (loaded from their buffers).
+            let mut reads: Vec<usize> = Vec::new();
+            let mut pending = vec![output];
+            let mut seen = vec![output];
+            while let Some(m) = pending.pop() {
+                for input in &graph.nodes[m].inputs {
+                    let i = input.0;
+                    if is_inlinable_constant(graph, i) || seen.contains(&i) {
+                        continue;
+                    }
+                    seen.push(i);
+                    if is_member(i) && !is_stored(i) {
+                        pending.push(i);
+                    } else {
+                        reads.push(i);
+                    }
+                }
+            }
+            reads.len() <= MAX_FUSED_INPUTS
+        })
+    }
 }
 
 /// Group the live nodes of `graph`. `kept[id]` marks plan outputs and update values.
@@ -79,79 +178,78 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
     }
     let fusable = |id: usize| {
         let node = &graph.nodes[id];
-        live[id]
-            && is_fusable_op(&node.op)
-            && node.dtype.is_float()
-            && node.inputs.iter().all(|i| graph.nodes[i.0].dtype.is_float())
-    };
-    // The inputs a member or root adds to its group (inlined constants are not inputs).
-    let external_inputs = |id: usize| -> Vec<usize> {
-        let mut found: Vec<usize> = Vec::new();
-        for input in &graph.nodes[id].inputs {
-            if !is_inlinable_constant(graph, input.0) && !found.contains(&input.0) {
-                found.push(input.0);
-            }
-        }
-        found
+        is_fusable_op(&node.op) && node.dtype.is_float() && node.inputs.iter().all(|i| graph.nodes[i.0].dtype.is_float())
     };
 
-    // group[id]: the root of the group that computes node id.
-    let mut group: Vec<Option<usize>> = vec![None; n];
-    // The inputs (node ids) each root's group reads, kept up to date as members join.
-    let mut sources: Vec<Vec<usize>> = vec![Vec::new(); n];
-    let mut members: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for id in (0..n).rev() {
-        if !fusable(id) {
+    // group_of[id]: the root of the group that computes node id.
+    let mut group_of: Vec<Option<usize>> = vec![None; n];
+    let mut groups: Vec<Group> = (0..n).map(|_| Group::default()).collect();
+    // position[id]: when node id's value is read by a consumer's step, as the node id
+    // that step runs at: its group's root, or the node itself for an op of its own.
+    // For an alias (no step), the earliest position its value is read at.
+    let mut position: Vec<usize> = vec![AFTER_THE_STEPS; n];
+    for id in (0..n).rev().filter(|&id| live[id]) {
+        let node = &graph.nodes[id];
+        if node.op.is_alias() {
+            position[id] = consumers[id].iter().map(|&c| position[c]).min().unwrap_or(AFTER_THE_STEPS);
             continue;
         }
-        let node = &graph.nodes[id];
-        let joined = (|| {
-            if kept[id] || node.dtype != DType::F32 {
-                return None;
-            }
-            let root = group[*consumers[id].first()?]?;
-            if consumers[id].iter().any(|&c| group[c] != Some(root)) || graph.nodes[root].shape != node.shape {
-                return None;
-            }
-            let mut widened: Vec<usize> = sources[root].iter().copied().filter(|&s| s != id).collect();
-            for input in external_inputs(id) {
-                if !widened.contains(&input) {
-                    widened.push(input);
-                }
-            }
-            (widened.len() <= MAX_FUSED_INPUTS).then_some((root, widened))
-        })();
-        match joined {
-            Some((root, widened)) => {
-                group[id] = Some(root);
-                sources[root] = widened;
-                members[root].push(id);
-            }
-            None => {
-                group[id] = Some(id);
-                sources[id] = external_inputs(id);
-                members[id].push(id);
-            }
+        if !fusable(id) {
+            position[id] = id;
+            continue;
         }
+        // The group the node joins, and whether it is stored there.
+        let joined = (|| {
+            if node.dtype != DType::F32 {
+                return None;
+            }
+            // Only the earliest reader's group can compute the value in time for every reader.
+            let earliest = *consumers[id].iter().min_by_key(|&&c| position[c])?;
+            let root = group_of[earliest]?;
+            if graph.nodes[root].shape != node.shape {
+                return None;
+            }
+            let mut outside = consumers[id].iter().filter(|&&c| group_of[c] != Some(root));
+            let stored = kept[id] || outside.clone().next().is_some();
+            // A reader outside the group must run after the step that now writes the value.
+            if outside.any(|&c| position[c] <= root) {
+                return None;
+            }
+            groups[root].fits_with(graph, id, stored).then_some((root, stored))
+        })();
+        let root = match joined {
+            Some((root, stored)) => {
+                if stored {
+                    groups[root].stored.push(id);
+                }
+                root
+            }
+            None => id,
+        };
+        group_of[id] = Some(root);
+        groups[root].members.push(id);
+        position[id] = root;
     }
 
     let mut fusion = Fusion::none(n);
     for root in 0..n {
-        if group[root] != Some(root) {
+        if group_of[root] != Some(root) {
             continue;
         }
-        // Visited consumers first: ascending ids are program order.
-        let group_members: Vec<usize> = members[root].iter().rev().copied().collect();
-        let reads_constant = group_members
-            .iter()
-            .any(|&m| graph.nodes[m].inputs.iter().any(|i| is_inlinable_constant(graph, i.0)));
-        if group_members.len() == 1 && !reads_constant {
+        // Ascending ids are program order; the root comes last.
+        let mut members = groups[root].members.clone();
+        members.sort_unstable();
+        let reads_constant =
+            members.iter().any(|&m| graph.nodes[m].inputs.iter().any(|i| is_inlinable_constant(graph, i.0)));
+        if members.len() == 1 && !reads_constant {
             continue; // nothing to gain: the node stays its own op
         }
-        for &m in &group_members[..group_members.len() - 1] {
+        for &m in &members[..members.len() - 1] {
             fusion.absorbed[m] = true;
         }
-        fusion.fused[root] = Some(program(graph, &group_members));
+        let mut stored = groups[root].stored.clone();
+        stored.sort_unstable();
+        fusion.fused[root] = Some(program(graph, &members, &stored));
     }
     // A constant whose every reader inlined it needs no step.
     for id in 0..n {
@@ -167,8 +265,9 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
     fusion
 }
 
-/// The fused op computing `members` (ascending ids, the root last) and its input tensors.
-fn program(graph: &Graph, members: &[usize]) -> (Op, Vec<Tensor>) {
+/// The fused step computing `members` (ascending ids, the root last) and storing
+/// `stored` (ascending ids) besides the root.
+fn program(graph: &Graph, members: &[usize], stored: &[usize]) -> FusedStep {
     let mut instrs: Vec<FusedInstr> = Vec::new();
     let mut sources: Vec<Tensor> = Vec::new();
     // The register holding each node's value, once computed or loaded.
@@ -204,6 +303,13 @@ fn program(graph: &Graph, members: &[usize]) -> (Op, Vec<Tensor>) {
         instrs.push(instr);
         register.push((m, instrs.len() - 1));
     }
-    let members = members.iter().map(|&m| Tensor(m)).collect();
-    (Op::Fused(FusedProgram { instrs, sources: sources.clone(), members }), sources)
+    let register_of = |m: usize| register.iter().find(|(id, _)| *id == m).expect("every member has a register").1;
+    let stores = stored.iter().map(|&m| register_of(m)).chain([instrs.len() - 1]).collect();
+    let program = FusedProgram {
+        instrs,
+        stores,
+        sources: sources.clone(),
+        members: members.iter().map(|&m| Tensor(m)).collect(),
+    };
+    FusedStep { op: Op::Fused(program), inputs: sources, stored: stored.iter().map(|&m| Tensor(m)).collect() }
 }

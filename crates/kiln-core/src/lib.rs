@@ -23,6 +23,6 @@ pub use graph::{Graph, Node, Tensor};
 pub use host::{HostData, HostTensor};
 pub use op::{BinaryOp, CmpOp, FusedInstr, FusedProgram, Op, ReduceOp, UnaryOp};
 pub use op::Conv2dParams;
-pub use fuse::MAX_FUSED_INPUTS;
-pub use plan::{CompileOptions, BufferDesc, BufferId, BufferRole, Operand, Plan, PlanInput, PlanOutput, PlanState, PlanUpdate, Step};
+pub use fuse::{MAX_FUSED_BINDINGS, MAX_FUSED_INPUTS};
+pub use plan::{CompileOptions, BufferDesc, BufferId, BufferRole, ExtraOutput, Operand, Plan, PlanInput, PlanOutput, PlanState, PlanUpdate, Step};
 pub use shape::{Shape, MAX_RANK};

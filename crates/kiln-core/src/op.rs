@@ -173,18 +173,34 @@ pub enum FusedInstr {
 
 /// A register program over float values, evaluated once per output element: each
 /// instruction computes, with exactly the formula and precision of the op it replaces,
-/// one register; the last register is the output element. Every intermediate register
+/// one register; the last register is the step's own node. Every intermediate register
 /// is a float of at least f32 precision (the plan pass never fuses an f16 intermediate,
 /// whose value would be rounded between ops), so a backend that runs the program with
 /// its unfused per-op formulas gives the unfused result bit for bit.
+///
+/// A program may store several registers (a multi-output step: an optimizer update
+/// writes the new moments and the new parameter in one kernel). `stores[k]` is written
+/// to the step's k-th output in `Step::outputs()` order: the extra outputs first, in
+/// program order, and the step's own output last, so `stores` always ends with the last
+/// register. A stored register that later instructions read is read from the register,
+/// not reloaded: each output element is computed once, exactly as its unfused step.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FusedProgram {
     pub instrs: Vec<FusedInstr>,
+    /// Registers written to the step's outputs, in `Step::outputs()` order (root last).
+    pub stores: Vec<usize>,
     /// The graph tensors the step's inputs hold, in input order (for checkers and
     /// messages: a step's node alone no longer says what it reads), and the graph nodes
     /// the program computes, in program order, the last one being the step's node.
     pub sources: Vec<crate::Tensor>,
     pub members: Vec<crate::Tensor>,
+}
+
+impl FusedProgram {
+    /// Whether the program writes more than the step's own node.
+    pub fn is_multi_output(&self) -> bool {
+        self.stores.len() > 1
+    }
 }
 
 impl std::fmt::Display for FusedProgram {
@@ -202,6 +218,11 @@ impl std::fmt::Display for FusedProgram {
                 FusedInstr::Compare { op, a, b } => writeln!(f, "{} r{a} r{b}", op.name())?,
                 FusedInstr::Where { cond, a, b } => writeln!(f, "where r{cond} r{a} r{b}")?,
             }
+        }
+        // A single-output program stores its last register: nothing to say.
+        if self.is_multi_output() {
+            let stores: Vec<String> = self.stores.iter().map(|r| format!("r{r}")).collect();
+            writeln!(f, "store {}", stores.join(" "))?;
         }
         Ok(())
     }
@@ -340,7 +361,9 @@ pub enum Op {
     AvgPool2dBackward { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
     /// A chain of elementwise ops run as one kernel; never in a graph, only in a plan
     /// (`Plan::compile` makes it, see `fuse.rs`). Inputs [x_0, x_1, ...] float, each
-    /// broadcast to the output shape (float); see [`FusedProgram`] for the semantics.
+    /// broadcast to the output shape (float); outputs: the step's own and its
+    /// `extra_outputs`, all of the output shape (extra outputs f32); see
+    /// [`FusedProgram`] for the semantics.
     Fused(FusedProgram),
 }
 

@@ -47,6 +47,26 @@ pub struct Step {
     pub op: Op,
     pub inputs: Vec<Operand>,
     pub output: Operand,
+    /// Values a multi-output fused step writes besides `output`, in the order of its
+    /// program's `stores` (empty for every other step). Each has a buffer of its own,
+    /// distinct from the step's inputs and other outputs.
+    pub extra_outputs: Vec<ExtraOutput>,
+}
+
+/// A value a fused step writes besides its node's: a member of its group that is kept
+/// (a plan output, an update value) or read by a later step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtraOutput {
+    pub node: Tensor,
+    pub operand: Operand,
+}
+
+impl Step {
+    /// Every operand the step writes, in the order of a fused program's `stores`: the
+    /// extra outputs, then `output`.
+    pub fn outputs(&self) -> impl Iterator<Item = &Operand> {
+        self.extra_outputs.iter().map(|e| &e.operand).chain([&self.output])
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,6 +227,7 @@ impl Plan {
         }
         const FOREVER: usize = usize::MAX;
         let mut last_use = vec![0usize; n];
+        // Only steps read: a stored member's step is its root's.
         for id in (0..n).filter(|&id| stored(id)) {
             for i in fusion.step_of(graph, id).1 {
                 let s = storage[i.0];
@@ -236,11 +257,18 @@ impl Plan {
             if stored(id) && storage[id] == id {
                 plan.unshared_bytes += buffer_bytes(&graph.nodes[id].shape, graph.nodes[id].dtype);
                 let (op, inputs) = fusion.step_of(graph, id);
-                assign_node(graph, id, op, inputs, &mut buffers, &mut free, &mut buffer_of, &mut plan)?;
-                let buffer = buffer_of[id].expect("just assigned");
-                if buffers[buffer].role == BufferRole::Scratch && last_use[id] != FOREVER {
-                    // A value that nobody reads is released as soon as it is written.
-                    releases[last_use[id].max(id)].push(buffer);
+                let extra_outputs = fusion.extra_outputs(id);
+                assign_node(graph, id, op, inputs, extra_outputs, &mut buffers, &mut free, &mut buffer_of, &mut plan)?;
+                // The step's outputs, all written at this step, each on its own buffer.
+                for extra in extra_outputs {
+                    plan.unshared_bytes += buffer_bytes(&graph.nodes[extra.0].shape, graph.nodes[extra.0].dtype);
+                }
+                for written in extra_outputs.iter().map(|t| t.0).chain([id]) {
+                    let buffer = buffer_of[written].expect("just assigned");
+                    if buffers[buffer].role == BufferRole::Scratch && last_use[written] != FOREVER {
+                        // A value that nobody reads is released as soon as it is written.
+                        releases[last_use[written].max(id)].push(buffer);
+                    }
                 }
             }
             free.append(&mut releases[id]);
@@ -263,6 +291,7 @@ impl Plan {
                     op: Op::Slice { starts: vec![0; rank], steps: vec![1; rank] },
                     inputs: vec![source],
                     output: snapshot.clone(),
+                    extra_outputs: Vec::new(),
                 });
                 plan.unshared_bytes += bytes;
                 source = snapshot;
@@ -285,8 +314,11 @@ impl Plan {
                 Op::Fused(program) => format!("fused({} ops)", program.members.len()),
                 op => op.name().to_string(),
             };
+            // The extra outputs of a multi-output step follow its own, with their nodes.
+            let extra: String =
+                step.extra_outputs.iter().map(|e| format!(", #{} b{}{}", e.node.0, e.operand.buffer, e.operand.shape)).collect();
             s.push_str(&format!(
-                "#{:<5} {:<22} b{}{} <- {}\n",
+                "#{:<5} {:<22} b{}{}{extra} <- {}\n",
                 step.node.0,
                 op,
                 step.output.buffer,
@@ -297,12 +329,12 @@ impl Plan {
         s
     }
 
-    /// Every operand the plan mentions: each step's inputs and output, the inputs,
+    /// Every operand the plan mentions: each step's inputs and outputs, the inputs,
     /// states, outputs, and both sides of every update.
     pub fn operands(&self) -> impl Iterator<Item = &Operand> {
         self.steps
             .iter()
-            .flat_map(|s| s.inputs.iter().chain([&s.output]))
+            .flat_map(|s| s.inputs.iter().chain(s.outputs()))
             .chain(self.inputs.iter().map(|i| &i.operand))
             .chain(self.states.iter().map(|s| &s.operand))
             .chain(self.outputs.iter().map(|o| &o.operand))
@@ -395,13 +427,15 @@ fn operand_of(graph: &Graph, buffer_of: &[Option<BufferId>], storage: &[usize], 
 }
 
 /// Give node `id` its buffer and record it as an input, a state or a step that runs
-/// `op` on `inputs` (the node's own, or its fused group's).
+/// `op` on `inputs` (the node's own, or its fused group's) and also writes
+/// `extra_outputs` (stored members of its group), each on a buffer of its own.
 #[allow(clippy::too_many_arguments)]
 fn assign_node(
     graph: &Graph,
     id: usize,
     op: &Op,
     inputs: &[Tensor],
+    extra_outputs: &[Tensor],
     buffers: &mut Vec<BufferDesc>,
     free: &mut Vec<BufferId>,
     buffer_of: &mut [Option<BufferId>],
@@ -449,7 +483,18 @@ fn assign_node(
                     dtype: graph.nodes[i.0].dtype,
                 })
                 .collect();
-            plan.steps.push(Step { node: t, op: op.clone(), inputs, output: out });
+            // Taken after the inputs were resolved and before any is released, so no
+            // output shares a buffer with an input or another output.
+            let extra_outputs = extra_outputs
+                .iter()
+                .map(|&e| {
+                    let node = &graph.nodes[e.0];
+                    let buffer = take_free_buffer(buffers, free, buffer_bytes(&node.shape, node.dtype));
+                    buffer_of[e.0] = Some(buffer);
+                    ExtraOutput { node: e, operand: Operand { buffer, shape: node.shape.clone(), dtype: node.dtype } }
+                })
+                .collect();
+            plan.steps.push(Step { node: t, op: op.clone(), inputs, output: out, extra_outputs });
         }
     }
     Ok(())

@@ -1,10 +1,13 @@
-//! The fusion pass of `Plan::compile`: what becomes one `Op::Fused` step, and what must
-//! stay a step of its own (values read twice, outputs, update values, f16 intermediates,
-//! values of another shape, reductions in between). Results are checked in
+//! The fusion pass of `Plan::compile`: what becomes one `Op::Fused` step, what a step
+//! stores besides its node (outputs, update values, values read by later steps: an
+//! optimizer's whole update is one step), and what must stay a step of its own (values
+//! read before the group runs, f16 intermediates, values of another shape, reductions
+//! in between). Results are checked in
 //! tests/fusion.rs (root) against unfused plans on the CPU and on the GPU.
+use kiln_core::testing::{adam_update, lcg_values};
 use kiln_core::{
     BinaryOp, CmpOp, CompileOptions, DType, FusedInstr, FusedProgram, Graph, HostTensor, Op, Plan, Step, Tensor, UnaryOp,
-    MAX_FUSED_INPUTS,
+    MAX_FUSED_BINDINGS, MAX_FUSED_INPUTS,
 };
 
 fn input(g: &mut Graph, name: &str, dims: &[usize]) -> Tensor {
@@ -99,9 +102,23 @@ fn a_value_read_twice_outside_the_group_is_stored() {
     let x = input(&mut g, "x", &[3]);
     let e = g.exp(x).unwrap();
     let a = g.neg(e).unwrap();
-    let s = g.sum_all(e).unwrap(); // a second reader, outside any group
+    let s = g.sum_all(e).unwrap(); // a second reader, outside any group, after a's
     let plan = Plan::compile(&g, &[a, s]).unwrap();
-    assert_eq!(ops(&plan), ["exp", "neg", "sum"], "{}", plan.describe());
+    // The step of e's first reader computes e and stores it for the sum.
+    assert_eq!(ops(&plan), ["fused", "sum"], "{}", plan.describe());
+    let (step, program) = fused_steps(&plan)[0];
+    assert_eq!((step.node, program.members.as_slice()), (a, [e, a].as_slice()));
+    assert_eq!(extra_nodes(step), [e]);
+    assert_eq!(plan.steps[1].inputs[0].buffer, step.extra_outputs[0].operand.buffer);
+
+    // Read by the sum first, e is a step of its own: no group runs before the sum.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[3]);
+    let e = g.exp(x).unwrap();
+    let s = g.sum_all(e).unwrap();
+    let a = g.neg(e).unwrap();
+    let plan = Plan::compile(&g, &[a, s]).unwrap();
+    assert_eq!(ops(&plan), ["exp", "sum", "neg"], "{}", plan.describe());
 }
 
 #[test]
@@ -127,10 +144,18 @@ fn outputs_and_update_values_are_stored() {
     let scaled = g.mul(e, p).unwrap(); // e is also an output: it must be stored
     let new_p = g.sub(p, scaled).unwrap();
     let plan = Plan::compile_with_updates(&g, &[e, y], &[(p, new_p)]).unwrap();
-    assert_eq!(ops(&plan), ["exp", "neg", "fused"], "{}", plan.describe());
-    let (step, program) = fused_steps(&plan)[0];
+    // e is computed and stored by the step of its first reader, y = -e; the update's
+    // step reads it after.
+    assert_eq!(ops(&plan), ["fused", "fused"], "{}", plan.describe());
+    let (first, first_program) = fused_steps(&plan)[0];
+    assert_eq!((first.node, first_program.members.as_slice()), (y, [e, y].as_slice()));
+    assert_eq!(first.extra_outputs.iter().map(|o| o.node).collect::<Vec<_>>(), [e]);
+    assert_eq!(plan.outputs[0].operand.buffer, first.extra_outputs[0].operand.buffer);
+    assert_eq!(plan.outputs[1].operand.buffer, first.output.buffer);
+    let (step, program) = fused_steps(&plan)[1];
     assert_eq!(step.node, new_p);
     assert_eq!(program.members, [scaled, new_p]);
+    assert_eq!(program.sources, [e, p]);
     assert_eq!(plan.updates[0].source.buffer, step.output.buffer);
 
     // An update value inside a chain ends its group there.
@@ -141,8 +166,14 @@ fn outputs_and_update_values_are_stored() {
     let new_p = g.add(p, e).unwrap();
     let y = g.relu(new_p).unwrap();
     let plan = Plan::compile_with_updates(&g, &[y], &[(p, new_p)]).unwrap();
-    assert_eq!(ops(&plan), ["fused", "relu"], "{}", plan.describe());
-    assert_eq!(fused_steps(&plan)[0].0.node, new_p);
+    // ... and stores it for the update: relu(new_p) is the step's node.
+    assert_eq!(ops(&plan), ["fused"], "{}", plan.describe());
+    let (step, program) = fused_steps(&plan)[0];
+    assert_eq!(step.node, y);
+    assert_eq!(program.members, [e, new_p, y]);
+    assert_eq!(step.extra_outputs.iter().map(|o| o.node).collect::<Vec<_>>(), [new_p]);
+    assert_eq!(plan.updates[0].source.buffer, step.extra_outputs[0].operand.buffer);
+    assert_ne!(step.extra_outputs[0].operand.buffer, step.output.buffer);
 }
 
 #[test]
@@ -239,4 +270,167 @@ fn fusion_can_be_turned_off() {
     assert_eq!(ops(&plan), ["exp", "neg"]);
     let on = CompileOptions { fuse_elementwise: true };
     assert_eq!(ops(&Plan::compile_with_options(&g, &[y], &[], on).unwrap()), ["fused"]);
+}
+
+fn param(g: &mut Graph, name: &str, dims: &[usize]) -> Tensor {
+    let n = dims.iter().product();
+    g.state(name, DType::F32, HostTensor::f32(dims, lcg_values(n, 3, -1.0, 1.0))).unwrap()
+}
+
+/// The nodes a step writes besides its own, in order.
+fn extra_nodes(step: &Step) -> Vec<Tensor> {
+    step.extra_outputs.iter().map(|o| o.node).collect()
+}
+
+#[test]
+fn an_adam_update_of_one_parameter_is_one_step_writing_m_v_and_p() {
+    for decoupled in [false, true] {
+        let mut g = Graph::new();
+        let p = param(&mut g, "w", &[4, 3]);
+        let grad = input(&mut g, "grad", &[4, 3]);
+        let adam = adam_update(&mut g, p, grad, decoupled).unwrap();
+        let plan = Plan::compile_with_updates(&g, &[], &adam.updates).unwrap();
+        let what = if decoupled { "AdamW" } else { "Adam" };
+        assert_eq!(ops(&plan), ["fused"], "{what}:\n{}", plan.describe());
+        let (step, program) = fused_steps(&plan)[0];
+        let [(_, new_m), (_, new_v), (_, new_p)] = adam.updates[..] else { unreachable!("m, v and p") };
+        assert_eq!(step.node, new_p, "{what}");
+        assert_eq!(extra_nodes(step), [new_m, new_v], "{what}");
+        // g, m, v, p and the step inputs (the decay factor too for AdamW).
+        assert_eq!(step.inputs.len(), 4 + adam.step_inputs.len(), "{what}: {:?}", program.sources);
+        assert!(step.inputs.len() + 3 <= MAX_FUSED_BINDINGS);
+        // Each update copies one of the step's outputs, in order m, v, p.
+        let written: Vec<usize> = step.outputs().map(|o| o.buffer).collect();
+        let sources: Vec<usize> = plan.updates.iter().map(|u| u.source.buffer).collect();
+        assert_eq!(sources, written, "{what}:\n{}", plan.describe());
+        // Every buffer the step touches is a different one.
+        let mut touched: Vec<usize> = step.inputs.iter().chain(step.outputs()).map(|o| o.buffer).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        assert_eq!(touched.len(), step.inputs.len() + 3, "{what}:\n{}", plan.describe());
+        // The program stores the registers of m', v' and p' (the last), and says so.
+        assert_eq!(program.stores.len(), 3);
+        assert_eq!(program.stores.last(), Some(&(program.instrs.len() - 1)));
+        let stores: Vec<String> = program.stores.iter().map(|r| format!("r{r}")).collect();
+        assert!(program.to_string().ends_with(&format!("store {}\n", stores.join(" "))), "{program}");
+        assert!(plan.describe().contains(&format!("#{} b", new_m.id())), "describe names the extra outputs:\n{}", plan.describe());
+
+        let unfused = Plan::compile_with_options(&g, &[], &adam.updates, CompileOptions { fuse_elementwise: false }).unwrap();
+        assert!(unfused.steps.len() >= 12, "{what}:\n{}", unfused.describe());
+    }
+}
+
+#[test]
+fn an_sgd_momentum_update_is_one_step_writing_the_buffer_and_p() {
+    // SGD with momentum as kiln-nn builds it: buf' = first ? g : momentum buf + g.
+    let mut g = Graph::new();
+    let p = param(&mut g, "w", &[5]);
+    let buf = param(&mut g, "w.momentum_buffer", &[5]);
+    let grad = input(&mut g, "grad", &[5]);
+    let first = input(&mut g, "first_step", &[]);
+    let lr = input(&mut g, "lr", &[]);
+    let kept = g.mul_scalar(buf, 0.9).unwrap();
+    let fresh = g.mul_scalar(grad, 1.0).unwrap();
+    let blended = g.add(kept, fresh).unwrap();
+    let new_buf = g.where_(first, grad, blended).unwrap();
+    let step = g.mul(lr, new_buf).unwrap();
+    let new_p = g.sub(p, step).unwrap();
+    let plan = Plan::compile_with_updates(&g, &[], &[(buf, new_buf), (p, new_p)]).unwrap();
+    assert_eq!(ops(&plan), ["fused"], "{}", plan.describe());
+    let (step, _) = fused_steps(&plan)[0];
+    assert_eq!((step.node, extra_nodes(step)), (new_p, vec![new_buf]));
+    assert_eq!(plan.updates[0].source.buffer, step.extra_outputs[0].operand.buffer);
+    assert_eq!(plan.updates[1].source.buffer, step.output.buffer);
+}
+
+#[test]
+fn a_merge_that_would_make_a_cycle_is_not_made() {
+    // a is read by b's group, then (through b, a sum and c's other input) by c's group.
+    // Stored by b's step, a is written before c reads it. Stored by c's step, it would
+    // be written after the sum that c's step waits for has read b, which needs a: a
+    // cycle. The pass must take the first.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[6]);
+    let a = g.exp(x).unwrap();
+    let b = g.neg(a).unwrap();
+    let s = g.sum_all(b).unwrap();
+    let c = g.mul(a, s).unwrap();
+    let d = g.tanh(c).unwrap();
+    let plan = Plan::compile(&g, &[d]).unwrap();
+    assert_eq!(ops(&plan), ["fused", "sum", "fused"], "{}", plan.describe());
+    let steps = fused_steps(&plan);
+    assert_eq!((steps[0].0.node, extra_nodes(steps[0].0)), (b, vec![a]));
+    assert_eq!(steps[1].1.members, [c, d]);
+    assert_eq!(steps[1].1.sources, [a, s]);
+
+    // With a reduction as a's first reader, no group can compute a in time: own step.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[6]);
+    let a = g.exp(x).unwrap();
+    let s = g.sum_all(a).unwrap();
+    let c = g.mul(a, s).unwrap();
+    let d = g.tanh(c).unwrap();
+    let plan = Plan::compile(&g, &[d]).unwrap();
+    assert_eq!(ops(&plan), ["exp", "sum", "fused"], "{}", plan.describe());
+
+    // The same when the early reader sees a through a reshape.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[2, 3]);
+    let a = g.exp(x).unwrap();
+    let flat = g.reshape(a, [6]).unwrap();
+    let s = g.sum_all(flat).unwrap();
+    let c = g.mul(a, s).unwrap();
+    let d = g.tanh(c).unwrap();
+    let plan = Plan::compile(&g, &[d]).unwrap();
+    assert_eq!(ops(&plan), ["exp", "sum", "fused"], "{}", plan.describe());
+}
+
+#[test]
+fn multi_output_groups_stay_within_the_binding_bounds() {
+    // A chain of kept values: each is stored by the step of its reader, until a step
+    // would bind more than MAX_FUSED_BINDINGS buffers.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[5]);
+    let mut chain = vec![g.exp(x).unwrap()];
+    for _ in 0..2 * MAX_FUSED_BINDINGS {
+        let next = g.tanh(*chain.last().unwrap()).unwrap();
+        chain.push(next);
+    }
+    let plan = Plan::compile(&g, &chain).unwrap();
+    assert!(plan.steps.len() >= 3, "{}", plan.describe());
+    let mut stored: Vec<Tensor> = Vec::new();
+    for step in &plan.steps {
+        assert!(step.inputs.len() + step.extra_outputs.len() + 1 <= MAX_FUSED_BINDINGS, "{}", plan.describe());
+        stored.extend(extra_nodes(step));
+        stored.push(step.node);
+    }
+    stored.sort_unstable();
+    assert_eq!(stored, chain, "every output is written once");
+
+    // ((x0 + x1) + (x2 + x3)) * x4 * ... with both sums kept: one step of 8 inputs and 3
+    // outputs. Split per output (an adapter that binds 8 buffers), the root's launch
+    // reads the two sums from their buffers and x4.., so one more multiplier would make
+    // it read 7: then the sums' step stays apart, although 9 inputs and 3 outputs would
+    // be within MAX_FUSED_BINDINGS.
+    for multipliers in [4, 5] {
+        let mut g = Graph::new();
+        let xs: Vec<Tensor> = (0..4 + multipliers).map(|k| input(&mut g, &format!("x{k}"), &[5])).collect();
+        let a = g.add(xs[0], xs[1]).unwrap();
+        let b = g.add(xs[2], xs[3]).unwrap();
+        let sum = g.add(a, b).unwrap();
+        let mut acc = sum;
+        for &x in &xs[4..] {
+            acc = g.mul(acc, x).unwrap();
+        }
+        let plan = Plan::compile(&g, &[a, b, acc]).unwrap();
+        let steps = fused_steps(&plan);
+        if multipliers == 4 {
+            assert_eq!(ops(&plan), ["fused"], "{}", plan.describe());
+            assert_eq!((steps[0].0.inputs.len(), extra_nodes(steps[0].0)), (8, vec![a, b]));
+        } else {
+            assert_eq!(ops(&plan), ["fused", "fused"], "{}", plan.describe());
+            assert_eq!((steps[0].0.node, extra_nodes(steps[0].0)), (sum, vec![a, b]));
+            assert_eq!(steps[1].0.inputs.len(), MAX_FUSED_INPUTS);
+        }
+    }
 }

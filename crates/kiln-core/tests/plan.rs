@@ -5,6 +5,7 @@
 //! that no two tensors that are alive at the same time share a buffer.
 use std::collections::HashMap;
 
+use kiln_core::testing::adam_update;
 use kiln_core::{BufferRole, CompileOptions, DType, Graph, HostTensor, Op, Plan, Tensor};
 
 /// Index of a point in a plan's run: step `k` of `plan.steps`, with inputs and states
@@ -24,7 +25,7 @@ fn storage_root(graph: &Graph, t: Tensor) -> Tensor {
 /// Verify that a plan never lets two simultaneously live tensors share a buffer, and
 /// that every operand points at the buffer that holds the value it names.
 ///
-/// Every stored tensor (a step's output, an input, a state) lives from the time it is
+/// Every stored tensor (a step's outputs, an input, a state) lives from the time it is
 /// written until the last time it is read: by a step (through any chain of aliases),
 /// or after the run as an output, an update source or a state. Two tensors on one
 /// buffer must have disjoint lifetimes; a step that reads a tensor also may not write
@@ -91,13 +92,33 @@ fn check_buffer_sharing(graph: &Graph, plan: &Plan, updates: &[(Tensor, Tensor)]
             let read = last_read.entry(root).or_insert(k + 1);
             *read = (*read).max(k + 1);
         }
-        if written.insert(step.node, (k + 1, step.output.buffer)).is_some() {
-            return Err(format!("node #{} is computed twice", step.node.id()));
+        // A multi-output fused step also writes members of its program, each stored
+        // register on a buffer of its own (the lifetime test below catches a buffer
+        // shared with an input or another output: they are all alive at step k).
+        let stores = match &step.op {
+            Op::Fused(program) => program.stores.len(),
+            _ => 1,
+        };
+        if stores != step.extra_outputs.len() + 1 {
+            return Err(format!("step {k} stores {stores} registers for {} outputs", step.extra_outputs.len() + 1));
         }
-        expect_role(plan, step.output.buffer, BufferRole::Scratch, &format!("step {k} output"))?;
-        let need = step.output.numel() * step.output.dtype.size_bytes();
-        if plan.buffers[step.output.buffer].bytes < need {
-            return Err(format!("step {k} writes {need} bytes into b{} of {} bytes", step.output.buffer, plan.buffers[step.output.buffer].bytes));
+        for extra in &step.extra_outputs {
+            let member = matches!(&step.op, Op::Fused(program) if program.members.contains(&extra.node));
+            let node = graph.node(extra.node);
+            if !member || extra.node == step.node || extra.operand.shape != node.shape || extra.operand.dtype != node.dtype {
+                return Err(format!("step {k}: extra output #{} is not a member of its program", extra.node.id()));
+            }
+        }
+        let outputs = step.extra_outputs.iter().map(|e| (e.node, &e.operand)).chain([(step.node, &step.output)]);
+        for (node, operand) in outputs {
+            if written.insert(node, (k + 1, operand.buffer)).is_some() {
+                return Err(format!("node #{} is computed twice", node.id()));
+            }
+            expect_role(plan, operand.buffer, BufferRole::Scratch, &format!("step {k} output #{}", node.id()))?;
+            let need = operand.numel() * operand.dtype.size_bytes();
+            if plan.buffers[operand.buffer].bytes < need {
+                return Err(format!("step {k} writes {need} bytes into b{} of {} bytes", operand.buffer, plan.buffers[operand.buffer].bytes));
+            }
         }
     }
     let mut read_at_end = |t: Tensor, operand: &kiln_core::Operand, what: &str| -> Result<(), String> {
@@ -406,4 +427,51 @@ fn checker_detects_shared_live_buffers() {
     let c_step = plan.steps.iter().position(|s| s.node == c).unwrap();
     plan.steps[c_step].inputs[0].buffer = plan.input("x").unwrap().operand.buffer;
     assert!(check_buffer_sharing(&g, &plan, &[]).is_err(), "a wrong operand buffer is caught");
+}
+
+#[test]
+fn multi_output_steps_keep_the_buffer_invariants() {
+    // A small MLP trained with Adam and AdamW: each parameter's update is one step
+    // writing m, v and p; values such as the hidden activation are stored by the step
+    // of their first reader. `compile_with_updates` checks the plan both fused and not.
+    for decoupled in [false, true] {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x", &[6, 5]);
+        let labels = g.input("labels", [6], DType::U32).unwrap();
+        let w1 = state(&mut g, "w1", &[5, 8]);
+        let b1 = state(&mut g, "b1", &[8]);
+        let w2 = state(&mut g, "w2", &[8, 3]);
+        let h = g.matmul(x, w1).unwrap();
+        let h = g.add(h, b1).unwrap();
+        let h = g.tanh(h).unwrap();
+        let logits = g.matmul(h, w2).unwrap();
+        let loss = g.cross_entropy(logits, labels, kiln_core::Reduction::Mean).unwrap();
+        let params = [w1, b1, w2];
+        let grads = g.grad(loss, &params).unwrap();
+        let mut updates = Vec::new();
+        for (&p, &dp) in params.iter().zip(&grads) {
+            updates.extend(adam_update(&mut g, p, dp, decoupled).unwrap().updates);
+        }
+        compile_with_updates(&g, &[loss, h], &updates);
+        let fused = Plan::compile_with_updates(&g, &[loss, h], &updates).unwrap();
+        let multi = fused.steps.iter().filter(|s| s.extra_outputs.len() == 2).count();
+        assert!(multi >= params.len(), "one step per parameter update writes m, v and p:\n{}", fused.describe());
+    }
+}
+
+#[test]
+fn checker_detects_an_extra_output_on_a_live_buffer() {
+    let mut g = Graph::new();
+    let p = state(&mut g, "p", &[4]);
+    let grad = input(&mut g, "grad", &[4]);
+    let updates = adam_update(&mut g, p, grad, false).unwrap().updates;
+    let mut plan = Plan::compile_with_updates(&g, &[], &updates).unwrap();
+    check_buffer_sharing(&g, &plan, &updates).expect("the compiled plan is sound");
+    let step = plan.steps.iter_mut().find(|s| !s.extra_outputs.is_empty()).expect("a multi-output step");
+    // m' written to the buffer of p', which the same step writes.
+    let shared = step.output.buffer;
+    step.extra_outputs[0].operand.buffer = shared;
+    plan.updates[0].source.buffer = shared;
+    let problem = check_buffer_sharing(&g, &plan, &updates).expect_err("two outputs on one buffer");
+    assert!(problem.contains(&format!("b{shared} holds")), "{problem}");
 }

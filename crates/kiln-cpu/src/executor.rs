@@ -1,5 +1,5 @@
 //! The loaded plan: storage slots, feeds, step dispatch, state updates and outputs.
-use kiln_core::{DType, ExecError, Executor, HostData, HostTensor, Op, Operand, Plan, Step, Tensor};
+use kiln_core::{DType, ExecError, Executor, FusedProgram, HostData, HostTensor, Op, Operand, Plan, Step, Tensor};
 
 use crate::shared::{lock, SharedHandle, StateRegistry};
 use crate::storage::{Slot, View, ViewMut};
@@ -23,12 +23,20 @@ impl<T: Float> CpuExecutor<T> {
     pub fn load(plan: &Plan, registry: &StateRegistry<T>) -> Result<Self, ExecError> {
         let capacity = buffer_capacities(plan)?;
         for step in &plan.steps {
-            if step.inputs.iter().any(|i| i.buffer == step.output.buffer) {
+            let outputs: Vec<&Operand> = step.outputs().collect();
+            for (k, output) in outputs.iter().enumerate() {
+                let problem = if step.inputs.iter().any(|i| i.buffer == output.buffer) {
+                    "while reading it"
+                } else if outputs[..k].iter().any(|o| o.buffer == output.buffer) {
+                    "twice"
+                } else {
+                    continue;
+                };
                 return Err(ExecError::Unsupported(format!(
-                    "plan step #{} ({}) writes buffer {} while reading it",
+                    "plan step #{} ({}) writes buffer {} {problem}",
                     step.node.id(),
                     step.op.name(),
-                    step.output.buffer
+                    output.buffer
                 )));
             }
         }
@@ -222,21 +230,61 @@ fn round_to_f16<T: Float>(values: &mut [T]) {
     }
 }
 
-/// Run one step: take its output slot out (a step never reads its own output buffer),
-/// compute into it, round f16 outputs, and put it back.
+/// Run one step: take its output slots out (a step never reads a buffer it writes, nor
+/// writes one twice: checked at load), compute into them, round f16 outputs, and put
+/// them back.
 fn execute_step<T: Float>(step: &Step, slots: &mut [Slot<T>], capacity: &[usize]) -> Result<(), ExecError> {
-    let out_buffer = step.output.buffer;
-    let mut out_slot = std::mem::replace(&mut slots[out_buffer], Slot::U32(Vec::new()));
-    out_slot.prepare_for(step.output.dtype, capacity[out_buffer]);
+    let outputs: Vec<&Operand> = step.outputs().collect();
+    let mut out_slots: Vec<Slot<T>> = outputs
+        .iter()
+        .map(|output| {
+            let mut slot = std::mem::replace(&mut slots[output.buffer], Slot::U32(Vec::new()));
+            slot.prepare_for(output.dtype, capacity[output.buffer]);
+            slot
+        })
+        .collect();
     let inputs: Result<Vec<View<T>>, ExecError> = step.inputs.iter().map(|o| slots[o.buffer].view(o)).collect();
-    let result = inputs.and_then(|inputs| dispatch(step, &inputs, out_slot.view_mut(&step.output)));
-    if step.output.dtype == DType::F16 {
-        if let ViewMut::Float(out) = out_slot.view_mut(&step.output) {
-            round_to_f16(out);
+    let result = inputs.and_then(|inputs| {
+        let mut outs: Vec<ViewMut<T>> = out_slots.iter_mut().zip(&outputs).map(|(slot, o)| slot.view_mut(o)).collect();
+        match (&step.op, outs.len()) {
+            (Op::Fused(program), _) => run_fused(step, program, &inputs, outs),
+            (_, 1) => dispatch(step, &inputs, outs.remove(0)),
+            (op, n) => Err(ExecError::Unsupported(format!(
+                "step #{} ({}) has {n} outputs; only a fused step writes more than one",
+                step.node.id(),
+                op.name()
+            ))),
+        }
+    });
+    for (slot, output) in out_slots.iter_mut().zip(&outputs) {
+        if output.dtype == DType::F16 {
+            if let ViewMut::Float(out) = slot.view_mut(output) {
+                round_to_f16(out);
+            }
         }
     }
-    slots[out_buffer] = out_slot;
+    for (slot, output) in out_slots.into_iter().zip(&outputs) {
+        slots[output.buffer] = slot;
+    }
     result
+}
+
+/// A fused step: float inputs, float outputs (its own and its extra outputs).
+fn run_fused<T: Float>(step: &Step, program: &FusedProgram, inputs: &[View<T>], outs: Vec<ViewMut<T>>) -> Result<(), ExecError> {
+    let kinds_error = || {
+        let ins: Vec<&str> = inputs.iter().map(|v| v.kind()).collect();
+        ExecError::Unsupported(format!("step #{} (fused): no CPU kernel for inputs {ins:?}: every input and output must be float", step.node.id()))
+    };
+    let xs = all_float(inputs, &step.inputs).ok_or_else(kinds_error)?;
+    let outs: Vec<&mut [T]> = outs
+        .into_iter()
+        .map(|out| match out {
+            ViewMut::Float(o) => Some(o),
+            ViewMut::U32(_) => None,
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(kinds_error)?;
+    fused::run(step, program, &xs, outs, &step.output.shape)
 }
 
 fn arg<'a, E>(data: &'a [E], operand: &'a Operand) -> TensorRef<'a, E> {
@@ -387,10 +435,6 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
         (Op::AvgPool2dBackward { kernel, stride, padding }, [View::Float(g)], ViewMut::Float(o)) => {
             let geo = conv::pool_geometry(step, out_shape, &ops[0].shape, *kernel, *stride, *padding)?;
             conv::avg_pool2d_backward(&geo, g, o)
-        }
-        (Op::Fused(program), xs, ViewMut::Float(o)) => {
-            let xs = all_float(xs, ops).ok_or_else(mismatch)?;
-            fused::run(step, program, &xs, o, out_shape)?
         }
         _ => return Err(mismatch()),
     }

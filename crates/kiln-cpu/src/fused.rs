@@ -2,6 +2,7 @@
 //! instruction is applied to a chunk of elements with the very functions the unfused
 //! ops use (`unary_value`, `binary_value`, `compare_value`, `where`'s truth test), in
 //! the backend's float type, so a fused step gives the unfused steps' result bit for bit.
+//! A multi-output program writes each stored register to its output as it is computed.
 use kiln_core::{ExecError, FusedInstr, FusedProgram, Shape, Step};
 
 use crate::elementwise::{binary_value, compare_value, unary_value};
@@ -62,8 +63,9 @@ fn malformed(step: &Step, message: String) -> ExecError {
     ExecError::Unsupported(format!("step #{} (fused): {message}", step.node.id()))
 }
 
-/// Check that the program only reads inputs the step has and registers computed before.
-fn check_program(step: &Step, program: &FusedProgram, inputs: usize) -> Result<(), ExecError> {
+/// Check that the program only reads inputs the step has and registers computed before,
+/// and stores one register per output.
+fn check_program(step: &Step, program: &FusedProgram, inputs: usize, outputs: usize) -> Result<(), ExecError> {
     if program.instrs.is_empty() {
         return Err(malformed(step, "empty program".into()));
     }
@@ -81,12 +83,29 @@ fn check_program(step: &Step, program: &FusedProgram, inputs: usize) -> Result<(
             return Err(malformed(step, format!("r{k} reads r{late}, which is not computed before it")));
         }
     }
+    if program.stores.len() != outputs {
+        return Err(malformed(step, format!("the program stores {} registers for {outputs} outputs", program.stores.len())));
+    }
+    if let Some(r) = program.stores.iter().find(|&&r| r >= program.instrs.len()) {
+        return Err(malformed(step, format!("stores r{r} of {} registers", program.instrs.len())));
+    }
     Ok(())
 }
 
-/// `out = program(inputs)` with every input broadcast to `out_shape`.
-pub fn run<T: Float>(step: &Step, program: &FusedProgram, inputs: &[TensorRef<T>], out: &mut [T], out_shape: &Shape) -> Result<(), ExecError> {
-    check_program(step, program, inputs.len())?;
+/// `outs[k] = register stores[k] of program(inputs)`, every input broadcast to
+/// `out_shape`, every output of that shape.
+pub fn run<T: Float>(
+    step: &Step,
+    program: &FusedProgram,
+    inputs: &[TensorRef<T>],
+    outs: Vec<&mut [T]>,
+    out_shape: &Shape,
+) -> Result<(), ExecError> {
+    check_program(step, program, inputs.len(), outs.len())?;
+    let len = out_shape.numel();
+    if let Some(k) = outs.iter().position(|out| out.len() != len) {
+        return Err(malformed(step, format!("output {k} holds {} elements, not the {len} of {out_shape}", outs[k].len())));
+    }
     let mut readers = Vec::with_capacity(inputs.len());
     for (k, input) in inputs.iter().enumerate() {
         if !input.shape.broadcasts_to(out_shape) {
@@ -100,26 +119,37 @@ pub fn run<T: Float>(step: &Step, program: &FusedProgram, inputs: &[TensorRef<T>
             Reader::Strided(input.shape.broadcast_strides(out_shape))
         });
     }
-    // Chunks are the units of work spread over threads; every element is computed on
-    // its own, so results do not depend on the number of threads.
-    let work = out.len() * program.instrs.len();
-    let threads = parallel::threads_for(out.len() / CHUNK, work);
+    // Whole chunks are the units of work spread over threads; every element is computed
+    // on its own, so results do not depend on the number of threads.
+    let threads = parallel::threads_for(len / CHUNK, len * program.instrs.len());
+    let mut outs = outs;
     if threads <= 1 {
-        run_piece(program, inputs, &readers, out_shape, 0, out);
+        run_piece(program, inputs, &readers, out_shape, 0, &mut outs);
         return Ok(());
     }
-    // split_units hands out whole chunks; a partial last chunk runs after them.
-    let (whole, tail) = out.split_at_mut(out.len() / CHUNK * CHUNK);
-    let tail_start = whole.len();
-    parallel::split_units(whole, CHUNK, threads, |units, piece| {
-        run_piece(program, inputs, &readers, out_shape, units.start * CHUNK, piece)
+    // Every output is cut at the same elements; the last piece takes the partial chunk.
+    let per_thread = (len / CHUNK).div_ceil(threads) * CHUNK;
+    let mut pieces: Vec<Vec<&mut [T]>> = (0..len.div_ceil(per_thread)).map(|_| Vec::with_capacity(outs.len())).collect();
+    for out in outs {
+        for (piece, part) in pieces.iter_mut().zip(out.chunks_mut(per_thread)) {
+            piece.push(part);
+        }
+    }
+    let readers = &readers;
+    std::thread::scope(|scope| {
+        let mut pieces = pieces.into_iter().enumerate();
+        let (_, mut first_piece) = pieces.next().expect("at least one piece: len > 0 when threads > 1");
+        for (index, mut piece) in pieces {
+            scope.spawn(move || run_piece(program, inputs, readers, out_shape, index * per_thread, &mut piece));
+        }
+        run_piece(program, inputs, readers, out_shape, 0, &mut first_piece);
     });
-    run_piece(program, inputs, &readers, out_shape, tail_start, tail);
     Ok(())
 }
 
-/// Elements `first..first + out.len()` of the output, chunk by chunk.
-fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers: &[Reader], out_shape: &Shape, first: usize, out: &mut [T]) {
+/// Elements `first..first + outs[k].len()` of every output, chunk by chunk.
+fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers: &[Reader], out_shape: &Shape, first: usize, outs: &mut [&mut [T]]) {
+    let Some(len) = outs.first().map(|out| out.len()) else { return };
     let mut cursors: Vec<Option<Cursor>> = readers
         .iter()
         .map(|reader| match reader {
@@ -134,8 +164,8 @@ fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers:
             register.fill(T::from_f64(*value));
         }
     }
-    for (chunk, out_chunk) in out.chunks_mut(CHUNK).enumerate() {
-        let (start, len) = (first + chunk * CHUNK, out_chunk.len());
+    for chunk_start in (0..len).step_by(CHUNK) {
+        let (start, len) = (first + chunk_start, CHUNK.min(len - chunk_start));
         for k in 0..program.instrs.len() {
             let (computed, rest) = registers.split_at_mut(k);
             let dst = &mut rest[0][..len];
@@ -177,7 +207,57 @@ fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers:
                 }
             }
         }
-        let result = registers.last().expect("checked: the program is not empty");
-        out_chunk.copy_from_slice(&result[..len]);
+        for (out, &register) in outs.iter_mut().zip(&program.stores) {
+            out[chunk_start..chunk_start + len].copy_from_slice(&registers[register][..len]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_core::testing::{adam_update, lcg_values};
+    use kiln_core::{Backend, CompileOptions, DType, Graph, HostTensor, Plan, Tensor};
+
+    use crate::{CpuBackend, Float};
+
+    /// Three Adam (or AdamW) steps of one parameter of `dims`, from a fixed gradient:
+    /// the parameter and both moments after them, as f64 bits.
+    fn adam_steps<T: Float>(dims: &[usize], decoupled: bool, fuse_elementwise: bool) -> (Plan, Vec<Vec<u64>>) {
+        let n: usize = dims.iter().product();
+        let mut g = Graph::new();
+        let p = g.state("w", DType::F32, HostTensor::f32(dims, lcg_values(n, 1, -1.0, 1.0))).unwrap();
+        let grad = g.input("grad", dims, DType::F32).unwrap();
+        let adam = adam_update(&mut g, p, grad, decoupled).unwrap();
+        let plan = Plan::compile_with_options(&g, &[], &adam.updates, CompileOptions { fuse_elementwise }).unwrap();
+        let mut exec = CpuBackend::<T>::new().load(&plan).unwrap();
+        for step in 0..3u64 {
+            let mut feeds: Vec<(Tensor, HostTensor)> =
+                adam.step_inputs.iter().enumerate().map(|(k, &t)| (t, HostTensor::f32([], vec![0.9 - 0.1 * k as f32]))).collect();
+            feeds.push((grad, HostTensor::f32(dims, lcg_values(n, 10 + step, -2.0, 2.0))));
+            exec.run(&feeds).unwrap();
+        }
+        let states = [p, adam.m, adam.v].map(|t| exec.read_state(t).unwrap().to_f64_vec().iter().map(|x| x.to_bits()).collect());
+        (plan, states.to_vec())
+    }
+
+    #[test]
+    fn a_multi_output_step_equals_the_unfused_steps_bit_for_bit() {
+        // [5, 3] runs on one thread; [200, 150] is split over threads (when the machine
+        // has several cores), pieces ending mid-chunk.
+        for dims in [&[5, 3][..], &[200, 150]] {
+            for decoupled in [false, true] {
+                let (fused, fused_f32) = adam_steps::<f32>(dims, decoupled, true);
+                assert_eq!(fused.steps.len(), 1, "one multi-output step:\n{}", fused.describe());
+                assert_eq!(fused.steps[0].extra_outputs.len(), 2);
+                let (unfused, unfused_f32) = adam_steps::<f32>(dims, decoupled, false);
+                assert!(unfused.steps.len() > 10);
+                assert!(fused_f32 == unfused_f32, "{dims:?} decoupled={decoupled}: f32 differs");
+                let (_, fused_f64) = adam_steps::<f64>(dims, decoupled, true);
+                let (_, unfused_f64) = adam_steps::<f64>(dims, decoupled, false);
+                assert!(fused_f64 == unfused_f64, "{dims:?} decoupled={decoupled}: f64 differs");
+                // The moments moved: the comparison is not of zeros.
+                assert!(fused_f32[1].iter().any(|&bits| f64::from_bits(bits) != 0.0));
+            }
+        }
     }
 }
