@@ -11,7 +11,7 @@ use kiln_wgpu::kernels::{lower, Access, Caps, Launch};
 type Build = fn(&mut Graph, DType) -> kiln_core::Result<Tensor>;
 
 fn caps_variants() -> [Caps; 2] {
-    [Caps { shader_f16: false, subgroups: false }, Caps { shader_f16: true, subgroups: true }]
+    [Caps { shader_f16: false, subgroups: false, ..Caps::default() }, Caps { shader_f16: true, subgroups: true, ..Caps::default() }]
 }
 
 /// The steps of the plan that computes `build`'s result (inputs are not steps).
@@ -249,7 +249,7 @@ fn f32_and_u32_moves_share_a_pipeline() {
     assert_eq!(of(DType::F32), of(DType::U32));
     // f16 without SHADER_F16 is stored as f32: the same bits-moving pipeline again.
     assert_eq!(of(DType::F16), of(DType::F32));
-    let f16_caps = Caps { shader_f16: true, subgroups: false };
+    let f16_caps = Caps { shader_f16: true, subgroups: false, ..Caps::default() };
     let f16_key = lower(&only_step(permute, DType::F16), &f16_caps).unwrap()[0].key.clone();
     assert_ne!(f16_key, of(DType::F32));
 }
@@ -325,7 +325,7 @@ fn slice_scatter_fill_is_stored_in_the_output_dtype() {
     assert_eq!(fill(DType::F32, &Caps::default()), (-1.5f32).to_bits());
     // u32 data converts as Cast does: toward zero, negatives to 0.
     assert_eq!(fill(DType::U32, &Caps::default()), 0);
-    let f16_caps = Caps { shader_f16: true, subgroups: false };
+    let f16_caps = Caps { shader_f16: true, subgroups: false, ..Caps::default() };
     assert_eq!(fill(DType::F16, &f16_caps), (-1.5f32).to_bits());
 }
 

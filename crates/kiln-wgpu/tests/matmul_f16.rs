@@ -210,7 +210,7 @@ fn every_cooperative_matrix_launch_validates() {
         products.push(graph.matmul_f16_t(a, b, ta, tb).unwrap());
     }
     let plan = Plan::compile(&graph, &products).unwrap();
-    let caps = Caps { shader_f16: true, subgroups: true };
+    let caps = Caps { shader_f16: true, subgroups: true, ..Caps::default() };
     let mut keys = std::collections::BTreeSet::new();
     for step in &plan.steps {
         let launches = lower_coop(step, &caps).unwrap();
@@ -356,7 +356,7 @@ fn tiled_kernel_by_hand_matches_the_definition() {
         return;
     }
     drop(gpu);
-    let caps = Caps { shader_f16: true, subgroups: false };
+    let caps = Caps { shader_f16: true, subgroups: false, ..Caps::default() };
     by_hand_matches_definition("tiled", |step| {
         kiln_wgpu::kernels::matmul::lower_with(step, &caps, kiln_wgpu::kernels::matmul::SMALL).unwrap()
     });
@@ -371,6 +371,6 @@ fn cooperative_matrix_kernel_by_hand_matches_the_definition_where_the_adapter_ha
         return;
     }
     drop(gpu);
-    let caps = Caps { shader_f16: true, subgroups: true };
+    let caps = Caps { shader_f16: true, subgroups: true, ..Caps::default() };
     by_hand_matches_definition("cooperative", |step| kiln_wgpu::kernels::matmul::lower_coop(step, &caps).unwrap());
 }

@@ -291,7 +291,7 @@ fn every_launch_of_every_op_family_validates() {
     for float in [DType::F32, DType::F16] {
         let (g, outs) = every_op(float);
         let plan = Plan::compile(&g, &outs).unwrap();
-        for caps in [Caps { shader_f16: true, subgroups: true }, Caps { shader_f16: false, subgroups: false }] {
+        for caps in [Caps { shader_f16: true, subgroups: true, ..Caps::default() }, Caps { shader_f16: false, subgroups: false, ..Caps::default() }] {
             for step in &plan.steps {
                 let what = format!("{} (node #{}, {float} tensors, {caps:?})", step.op.name(), step.node.id());
                 ops_seen.insert(step.op.name());

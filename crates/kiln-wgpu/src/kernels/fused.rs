@@ -4,8 +4,10 @@
 //! `elementwise.rs` writes for that op, with its operands renamed to registers.
 //!
 //! Inputs are bound at 1..=k as `in_0`, `in_1`, ...; input j's broadcast strides sit in
-//! the params after the template's own words, at `FIRST_STRIDES + MAX_RANK * j`. The
-//! cache key is the rendered program (statements and storage types).
+//! the params after the template's own words, at `FIRST_STRIDES + MAX_RANK * j`. A
+//! multi-output step binds its extra outputs after the inputs as `out_0`, `out_1`, ...
+//! and its own output last (the template's `out`), all written. The cache key is the
+//! rendered program (declarations, statements and storage types).
 use kiln_core::{DType, ExecError, FusedInstr, FusedProgram, Operand, Step, MAX_RANK};
 
 use super::elementwise::{binary_expr, float_comparison, unary_expr};
@@ -79,6 +81,41 @@ fn instr_expr(instr: &FusedInstr, load: impl Fn(usize) -> String) -> String {
     }
 }
 
+/// How a launch obtains one register: computed by its instruction, or loaded from the
+/// launch's read binding `j` (a step input, or an earlier output of a split step).
+#[derive(Clone, Copy)]
+enum Source {
+    Compute,
+    Read(usize),
+}
+
+/// The parts of a launch that differ between the whole step and one output of a split
+/// step: the registers it evaluates, the buffers it reads and the registers it stores.
+struct LaunchBody<'a> {
+    /// Ascending registers with how each is obtained.
+    registers: Vec<(usize, Source)>,
+    /// Bound at 1..=k as `in_0`, `in_1`, ..., each broadcast to the output shape.
+    reads: Vec<&'a Operand>,
+    /// (register, operand) pairs bound after the reads; the last one is the template's
+    /// `out`, the others are `out_0`, `out_1`, ...
+    stores: Vec<(usize, &'a Operand)>,
+}
+
+/// The registers an instruction reads.
+fn operands(instr: &FusedInstr) -> Vec<usize> {
+    match instr {
+        FusedInstr::Load { .. } | FusedInstr::Constant { .. } => Vec::new(),
+        FusedInstr::Unary { x, .. } => vec![*x],
+        FusedInstr::Binary { a, b, .. } | FusedInstr::Compare { a, b, .. } => vec![*a, *b],
+        FusedInstr::Where { cond, a, b } => vec![*cond, *a, *b],
+    }
+}
+
+/// Lower a fused step: one launch storing every output when the adapter can bind the
+/// step's inputs and outputs at once; otherwise one launch per output (in `stores`
+/// order), each reading the step inputs it needs and the earlier outputs it needs from
+/// their buffers: the launches of the separate steps the plan would have without
+/// multi-output fusion, which the plan pass keeps within WebGPU's guaranteed bindings.
 pub fn lower(step: &Step, program: &FusedProgram, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     let out = &step.output;
     if !out.dtype.is_float() {
@@ -92,32 +129,126 @@ pub fn lower(step: &Step, program: &FusedProgram, caps: &Caps) -> Result<Vec<Lau
             return Err(op_error(step, format!("input {j} {} {} is not a float broadcasting to {}", input.dtype, input.shape, out.shape)));
         }
     }
-    let n = out.numel();
-    if n == 0 {
+    for extra in &step.extra_outputs {
+        let operand = &extra.operand;
+        if !operand.dtype.is_float() || operand.shape != out.shape {
+            return Err(op_error(
+                step,
+                format!("extra output #{} {} {} is not a float of the output shape {}", extra.node.id(), operand.dtype, operand.shape, out.shape),
+            ));
+        }
+    }
+    let outputs: Vec<&Operand> = step.outputs().collect();
+    if program.stores.len() != outputs.len() {
+        return Err(op_error(step, format!("the program stores {} registers for {} outputs", program.stores.len(), outputs.len())));
+    }
+    for (k, instr) in program.instrs.iter().enumerate() {
+        if let FusedInstr::Load { input } = instr {
+            if *input >= step.inputs.len() {
+                return Err(op_error(step, format!("r{k} loads input {input} of {}", step.inputs.len())));
+            }
+        }
+        if let Some(late) = operands(instr).into_iter().find(|&r| r >= k) {
+            return Err(op_error(step, format!("r{k} reads r{late}, which is not computed before it")));
+        }
+    }
+    if let Some(r) = program.stores.iter().find(|&&r| r >= program.instrs.len()) {
+        return Err(op_error(step, format!("stores r{r} of {} registers", program.instrs.len())));
+    }
+    if out.numel() == 0 {
         return Ok(Vec::new());
     }
 
-    let mut params = vec![0u32; FIRST_STRIDES + MAX_RANK * step.inputs.len()];
+    let source_of = |instr: &FusedInstr| match instr {
+        FusedInstr::Load { input } => Source::Read(*input),
+        _ => Source::Compute,
+    };
+    // Params binding, inputs, outputs.
+    let bindings = 1 + step.inputs.len() + outputs.len();
+    if bindings <= caps.max_storage_buffers as usize {
+        let body = LaunchBody {
+            registers: program.instrs.iter().enumerate().map(|(k, instr)| (k, source_of(instr))).collect(),
+            reads: step.inputs.iter().collect(),
+            stores: program.stores.iter().copied().zip(outputs.iter().copied()).collect(),
+        };
+        return Ok(vec![render_launch(step, program, caps, &body)?]);
+    }
+
+    let mut launches = Vec::with_capacity(outputs.len());
+    for (k, (&stored, &output)) in program.stores.iter().zip(&outputs).enumerate() {
+        // An earlier output is read from its buffer: the launch that wrote it ran before.
+        let earlier = |r: usize| program.stores[..k].iter().position(|&s| s == r);
+        let mut needed = vec![false; program.instrs.len()];
+        let mut pending = vec![stored];
+        while let Some(r) = pending.pop() {
+            if std::mem::replace(&mut needed[r], true) || (r != stored && earlier(r).is_some()) {
+                continue;
+            }
+            pending.extend(operands(&program.instrs[r]));
+        }
+        let mut body = LaunchBody { registers: Vec::new(), reads: Vec::new(), stores: vec![(stored, output)] };
+        for r in (0..program.instrs.len()).filter(|&r| needed[r]) {
+            let operand = match (earlier(r), &program.instrs[r]) {
+                (Some(j), _) if r != stored => Some(outputs[j]),
+                (_, FusedInstr::Load { input }) => Some(&step.inputs[*input]),
+                _ => None,
+            };
+            let source = match operand {
+                Some(operand) => {
+                    let j = match body.reads.iter().position(|read| std::ptr::eq(*read, operand)) {
+                        Some(j) => j,
+                        None => {
+                            body.reads.push(operand);
+                            body.reads.len() - 1
+                        }
+                    };
+                    Source::Read(j)
+                }
+                None => Source::Compute,
+            };
+            body.registers.push((r, source));
+        }
+        launches.push(render_launch(step, program, caps, &body)?);
+    }
+    Ok(launches)
+}
+
+/// The WGSL expression that stores register `r` into a tensor of `dtype`.
+fn store_expr(caps: &Caps, dtype: DType, r: usize) -> String {
+    let to = caps.storage_type(dtype);
+    // f16 tensors stored as f32 keep f16 precision, as the CPU rounds them.
+    if dtype == DType::F16 && to == "f32" {
+        format!("f32(round_f16(r{r}))")
+    } else {
+        format!("{to}(r{r})")
+    }
+}
+
+/// Render one launch of a fused step into the elementwise template.
+fn render_launch(step: &Step, program: &FusedProgram, caps: &Caps, body: &LaunchBody) -> Result<Launch, ExecError> {
+    let out = &step.output;
+    let n = out.numel();
+    let mut params = vec![0u32; FIRST_STRIDES + MAX_RANK * body.reads.len()];
     params[0] = word(step, "element count", n)?;
     params[P_RANK] = out.shape.rank() as u32;
     for (d, &dim) in out.shape.dims().iter().enumerate() {
         params[P_DIMS + d] = word(step, "dimension", dim)?;
     }
     let mut declarations = String::new();
-    let mut any_f16 = caps.storage_type(out.dtype) == "f16";
-    for (j, input) in step.inputs.iter().enumerate() {
-        let ty = caps.storage_type(input.dtype);
+    let mut any_f16 = false;
+    for (j, read) in body.reads.iter().enumerate() {
+        let ty = caps.storage_type(read.dtype);
         any_f16 |= ty == "f16";
         declarations.push_str(&format!("@group(0) @binding({}) var<storage, read> in_{j}: array<{ty}>;\n", j + 1));
-        for (d, &stride) in input.shape.broadcast_strides(&out.shape).iter().enumerate() {
+        for (d, &stride) in read.shape.broadcast_strides(&out.shape).iter().enumerate() {
             params[FIRST_STRIDES + MAX_RANK * j + d] = word(step, "stride", stride)?;
         }
     }
     let load = |j: usize| -> String {
-        let input: &Operand = &step.inputs[j];
-        let index = if input.shape == out.shape {
+        let read = body.reads[j];
+        let index = if read.shape == out.shape {
             "i".to_string()
-        } else if input.numel() == 1 {
+        } else if read.numel() == 1 {
             "0u".to_string()
         } else {
             format!("broadcast_offset(i, {}u)", FIRST_STRIDES + MAX_RANK * j)
@@ -126,20 +257,26 @@ pub fn lower(step: &Step, program: &FusedProgram, caps: &Caps) -> Result<Vec<Lau
     };
 
     let mut statements = String::new();
-    for (k, instr) in program.instrs.iter().enumerate() {
-        if let FusedInstr::Load { input } = instr {
-            if *input >= step.inputs.len() {
-                return Err(op_error(step, format!("r{k} loads input {input} of {}", step.inputs.len())));
-            }
-        }
-        statements.push_str(&format!("    let r{k} = {};\n", instr_expr(instr, load)));
+    for &(k, source) in &body.registers {
+        let expr = match source {
+            Source::Compute => instr_expr(&program.instrs[k], &load),
+            Source::Read(j) => load(j),
+        };
+        statements.push_str(&format!("    let r{k} = {expr};\n"));
     }
-    let last = program.instrs.len().checked_sub(1).ok_or_else(|| op_error(step, "empty program"))?;
-    let to = caps.storage_type(out.dtype);
-    // f16 tensors stored as f32 keep f16 precision, as the CPU rounds them.
-    let expr = if out.dtype == DType::F16 && to == "f32" { format!("f32(round_f16(r{last}))") } else { format!("{to}(r{last})") };
+    let ((last, last_operand), extra) = body.stores.split_last().expect("a launch stores at least one output");
+    let first_out = body.reads.len() + 1;
+    for (e, &(r, operand)) in extra.iter().enumerate() {
+        let ty = caps.storage_type(operand.dtype);
+        any_f16 |= ty == "f16";
+        declarations.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out_{e}: array<{ty}>;\n", first_out + e));
+        statements.push_str(&format!("    out_{e}[i] = {};\n", store_expr(caps, operand.dtype, r)));
+    }
+    let to = caps.storage_type(last_operand.dtype);
+    any_f16 |= to == "f16";
+    let expr = store_expr(caps, last_operand.dtype, *last);
 
-    let out_binding = (step.inputs.len() + 1).to_string();
+    let out_binding = (first_out + extra.len()).to_string();
     let slots = [
         ("TO", to),
         // Only render's f16 check sees this slot: the template names no F16 slot.
@@ -150,16 +287,16 @@ pub fn lower(step: &Step, program: &FusedProgram, caps: &Caps) -> Result<Vec<Lau
         ("EXPR", expr.as_str()),
     ];
     let source = render(SHADER, &slots);
-    let mut bindings: Vec<_> = step.inputs.iter().map(|i| (i.buffer, Access::Read)).collect();
-    bindings.push((out.buffer, Access::Write));
-    Ok(vec![Launch {
+    let mut bindings: Vec<_> = body.reads.iter().map(|read| (read.buffer, Access::Read)).collect();
+    bindings.extend(body.stores.iter().map(|(_, operand)| (operand.buffer, Access::Write)));
+    Ok(Launch {
         key: format!("fused;TO={to};\n{declarations}{statements}{expr}"),
         source,
         params,
         bindings,
         groups: word(step, "workgroup count", n.div_ceil(WORKGROUP))?,
         scratch: Vec::new(),
-    }])
+    })
 }
 
 #[cfg(test)]

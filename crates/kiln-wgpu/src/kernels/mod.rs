@@ -37,11 +37,25 @@ mod reduce;
 mod softmax;
 
 /// What the adapter can do, as far as kernels care.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Caps {
     /// SHADER_F16: f16 tensors are stored as f16; otherwise they are stored as f32.
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// `max_storage_buffers_per_shader_stage`: the storage buffers one launch may bind,
+    /// params included. A multi-output fused step that needs more runs as one launch
+    /// per output.
+    pub max_storage_buffers: u32,
+}
+
+/// WebGPU's guaranteed storage buffers per shader stage (the least kiln opens a device with).
+pub const GUARANTEED_STORAGE_BUFFERS: u32 = 8;
+
+impl Default for Caps {
+    /// No optional feature, and WebGPU's guaranteed limits.
+    fn default() -> Self {
+        Caps { shader_f16: false, subgroups: false, max_storage_buffers: GUARANTEED_STORAGE_BUFFERS }
+    }
 }
 
 impl Caps {
