@@ -4,8 +4,10 @@
 //!   (the CPU runs a program with the unfused ops' own formulas, in the same order);
 //! - on the GPU (lavapipe here), fused results match the CPU's within the tolerance of
 //!   the ops they chain, and match the GPU's unfused kernels;
-//! - a whole MLP training step with Adam leaves the same parameters fused and unfused,
-//!   with fewer dispatches.
+//! - a whole MLP training step with Adam, AdamW or SGD with momentum leaves the same
+//!   parameters and optimizer state fused and unfused (bit for bit on the CPU, within
+//!   rounding on the GPU), with fewer dispatches: each parameter's update is one
+//!   multi-output step writing its moments and the parameter.
 //!
 //! Every unary, binary and comparison op appears inside a fused chain, with inputs
 //! broadcast along each axis and sizes that are not multiples of a workgroup.
@@ -14,7 +16,7 @@ use kiln_core::{
     UnaryOp,
 };
 use kiln_cpu::CpuBackend;
-use kiln_nn::optim::{Adam, Optimizer};
+use kiln_nn::optim::{Adam, AdamW, Optimizer, SGD};
 
 struct Lcg(u64);
 
@@ -223,7 +225,8 @@ fn fused_chains_on_the_gpu_match_the_cpu_and_the_unfused_kernels() {
     assert!(differing.is_empty(), "GPU fused and unfused differ in: {differing:?}");
 }
 
-/// An MLP step with Adam (as `kiln train` builds it: linear, ReLU, linear, cross-entropy).
+/// An MLP step with an optimizer (as `kiln train` builds it: linear, ReLU, linear,
+/// cross-entropy).
 struct TrainStep {
     plan: Plan,
     x: Tensor,
@@ -234,6 +237,10 @@ struct TrainStep {
 }
 
 fn mlp_adam_step(fuse_elementwise: bool) -> TrainStep {
+    mlp_step(&Adam::new(0.01).weight_decay(0.01), fuse_elementwise)
+}
+
+fn mlp_step(optimizer: &dyn Optimizer, fuse_elementwise: bool) -> TrainStep {
     let mut g = Graph::new();
     let mut rng = Lcg(7);
     let mut param = |g: &mut Graph, name: &str, shape: &[usize]| {
@@ -256,7 +263,7 @@ fn mlp_adam_step(fuse_elementwise: bool) -> TrainStep {
     let params = vec![w1, b1, w2, b2];
     let grads = g.grad(loss, &params).unwrap();
     let named: Vec<(String, Tensor)> = params.iter().map(|&p| (g.name_of(p).unwrap().to_string(), p)).collect();
-    let update = Adam::new(0.01).weight_decay(0.01).append_update(&mut g, &named, &grads).unwrap();
+    let update = optimizer.append_update(&mut g, &named, &grads).unwrap();
     let plan = Plan::compile_with_options(&g, &[loss], &update.updates, CompileOptions { fuse_elementwise }).unwrap();
     let moments = update.state.iter().map(|(_, t)| *t).collect();
     TrainStep { plan, x, y, params, moments, step_feeds: update }
@@ -303,5 +310,62 @@ fn mlp_adam_steps_give_the_same_parameters_fused_and_unfused() {
     }
     for (k, (a, b)) in fused_states.iter().zip(&gpu_states).enumerate() {
         assert_close(&format!("state {k} (GPU fused vs CPU)"), a, b, 1e-4, 1e-6);
+    }
+}
+
+#[test]
+fn optimizer_updates_are_one_step_per_parameter_and_give_the_unfused_parameters() {
+    let optimizers: [(&str, Box<dyn Optimizer>); 3] = [
+        ("Adam", Box::new(Adam::new(0.01))),
+        ("AdamW", Box::new(AdamW::new(0.01).no_weight_decay_for(["0.bias", "2.bias"]))),
+        ("SGD momentum", Box::new(SGD::new(0.05).momentum(0.9))),
+    ];
+    let gpu = kiln_wgpu::testing::gpu_or_skip();
+    for (name, optimizer) in &optimizers {
+        let (fused, unfused) = (mlp_step(optimizer.as_ref(), true), mlp_step(optimizer.as_ref(), false));
+        println!("MLP + {name} step: {} dispatches fused, {} unfused", fused.plan.steps.len(), unfused.plan.steps.len());
+        // Each parameter's update is one step that also writes its moments.
+        let moments_per_param = fused.moments.len() / fused.params.len();
+        for &p in &fused.params {
+            let (state, value) = fused.step_feeds.updates.iter().find(|(s, _)| *s == p).copied().unwrap();
+            let step = fused.plan.steps.iter().find(|s| s.node == value).unwrap_or_else(|| {
+                panic!("{name}: the new value of #{} is a step's own node:\n{}", state.id(), fused.plan.describe())
+            });
+            assert_eq!(step.extra_outputs.len(), moments_per_param, "{name}:\n{}", fused.plan.describe());
+        }
+
+        let mut rng = Lcg(99);
+        let xs = HostTensor::f32([9, 12], (0..9 * 12).map(|_| rng.next_f32() * 2.0 - 1.0).collect());
+        let ys = HostTensor::u32([9], (0..9).map(|k| (k * 3 % 5) as u32).collect());
+        // Three steps from the initial values; each run on a backend of its own (states
+        // are shared by name within a backend).
+        let run_steps = |backend: &dyn Backend, s: &TrainStep| -> Vec<HostTensor> {
+            let mut exec = backend.load(&s.plan).unwrap_or_else(|e| panic!("{name}: load: {e}"));
+            for step in 0..3 {
+                let mut feeds = s.step_feeds.feeds(step, optimizer.lr());
+                feeds.push((s.x, xs.clone()));
+                feeds.push((s.y, ys.clone()));
+                exec.run(&feeds).unwrap_or_else(|e| panic!("{name}: run: {e}"));
+            }
+            s.params.iter().chain(&s.moments).map(|&t| exec.read_state(t).unwrap()).collect()
+        };
+        let on_cpu = run_steps(&CpuBackend::<f32>::new(), &fused);
+        let unfused_on_cpu = run_steps(&CpuBackend::<f32>::new(), &unfused);
+        assert_eq!(on_cpu.len(), fused.params.len() * (1 + moments_per_param));
+        for (k, (a, b)) in on_cpu.iter().zip(&unfused_on_cpu).enumerate() {
+            assert_eq!(bits(a), bits(b), "{name}: state {k} after 3 steps, fused vs unfused on the CPU");
+        }
+        let initial = &fused.plan.states.iter().find(|s| s.tensor == fused.params[0]).unwrap().init;
+        assert_ne!(bits(&on_cpu[0]), bits(initial), "{name}: the steps changed the parameters");
+
+        if gpu.is_none() {
+            continue;
+        }
+        let fresh_gpu = || kiln_wgpu::testing::gpu_or_skip().expect("an adapter was found above");
+        let (on_gpu, unfused_on_gpu) = (run_steps(&fresh_gpu(), &fused), run_steps(&fresh_gpu(), &unfused));
+        for (k, ((cpu, gpu), gpu_unfused)) in on_cpu.iter().zip(&on_gpu).zip(&unfused_on_gpu).enumerate() {
+            assert_close(&format!("{name}: state {k} (GPU fused vs CPU)"), cpu, gpu, 1e-4, 1e-6);
+            assert_close(&format!("{name}: state {k} (GPU fused vs GPU unfused)"), gpu_unfused, gpu, 1e-4, 1e-6);
+        }
     }
 }
