@@ -400,7 +400,8 @@ fn multi_output_groups_stay_within_the_binding_bounds() {
     assert!(plan.steps.len() >= 3, "{}", plan.describe());
     let mut stored: Vec<Tensor> = Vec::new();
     for step in &plan.steps {
-        assert!(step.inputs.len() + step.extra_outputs.len() + 1 <= MAX_FUSED_BINDINGS, "{}", plan.describe());
+        let bindings = step.inputs.len() + step.extra_outputs.len() + 1;
+        assert!(bindings <= MAX_FUSED_BINDINGS, "{}", plan.describe());
         stored.extend(extra_nodes(step));
         stored.push(step.node);
     }

@@ -259,7 +259,7 @@ fn render_launch(step: &Step, program: &FusedProgram, caps: &Caps, body: &Launch
     let mut statements = String::new();
     for &(k, source) in &body.registers {
         let expr = match source {
-            Source::Compute => instr_expr(&program.instrs[k], &load),
+            Source::Compute => instr_expr(&program.instrs[k], load),
             Source::Read(j) => load(j),
         };
         statements.push_str(&format!("    let r{k} = {expr};\n"));
