@@ -137,7 +137,16 @@ impl TrainGraph {
     /// learning rate `lr`, and for the dropout counter `rng.step` when the loss reads it.
     /// The caller adds the batch's feeds.
     pub fn feeds(&self, step: u64, lr: f64) -> Vec<(Tensor, HostTensor)> {
-        let mut feeds = step_feeds(&self.step_inputs, step, lr);
+        self.feeds_after_skips(step, 0, lr)
+    }
+
+    /// [`TrainGraph::feeds`] for step `step` of a mixed-precision run in which
+    /// `skipped_steps` earlier steps were skipped (an inf or NaN gradient: no update was
+    /// applied). The optimizer's step inputs count only the updates applied, `step -
+    /// skipped_steps`, as PyTorch's `GradScaler` skips `optimizer.step()` and with it
+    /// Adam's step count (its bias corrections); the dropout counter counts every step.
+    pub fn feeds_after_skips(&self, step: u64, skipped_steps: u64, lr: f64) -> Vec<(Tensor, HostTensor)> {
+        let mut feeds = step_feeds(&self.step_inputs, step.saturating_sub(skipped_steps), lr);
         if let Some(counter) = self.rng_step {
             feeds.push((counter, rng_step_value(step)));
         }

@@ -56,6 +56,13 @@ impl Run {
         self.exec.run(&feeds).unwrap()
     }
 
+    /// Runs step `step` after `skipped` skipped steps (see `TrainGraph::feeds_after_skips`).
+    fn step_after_skips(&mut self, step: u64, skipped: u64) -> Vec<HostTensor> {
+        let mut feeds = self.train.feeds_after_skips(step, skipped, 0.01);
+        feeds.extend(self.feeds.iter().cloned());
+        self.exec.run(&feeds).unwrap()
+    }
+
     /// Every parameter and optimizer moment, by name.
     fn states(&mut self) -> Vec<(String, Vec<f32>)> {
         let named: Vec<(String, Tensor)> =
@@ -140,6 +147,38 @@ fn an_overflowing_step_is_skipped_and_the_scale_halves() {
         assert!(old != new, "{name} is updated on the good step");
         assert!(new.iter().all(|v| v.is_finite()), "{name} stays finite");
     }
+}
+
+/// Skipped steps do not count as Adam steps (PyTorch's GradScaler skips
+/// `optimizer.step()`): the first update applied after skips is Adam's first step, with
+/// its bias corrections, exactly as in a run that never overflowed.
+#[test]
+fn the_first_update_after_skipped_steps_is_adams_first_step() {
+    let scaler = LossScaler { init_scale: 2f64.powi(127), ..LossScaler::default() };
+    let mut skipping = mlp_run(Precision::Mixed, Some(scaler));
+    let mut skipped = 0;
+    let mut step = 0;
+    loop {
+        let out = skipping.step_after_skips(step, skipped);
+        step += 1;
+        if out[2].scalar() as u64 == skipped {
+            break; // this step's update was applied
+        }
+        skipped = out[2].scalar() as u64;
+        assert!(step < 200, "the scale never came down far enough");
+    }
+    assert!(skipped >= 1, "the run should start by skipping");
+
+    // A run that starts at the scale the skipping run's good step used.
+    let fitting = LossScaler { init_scale: 2f64.powi(127 - skipped as i32), ..LossScaler::default() };
+    let mut direct = mlp_run(Precision::Mixed, Some(fitting));
+    assert_eq!(direct.step(0)[2].scalar(), 0.0, "no skip at the lower scale");
+    assert_eq!(skipping.states(), direct.states(), "Adam step 1 after {skipped} skipped steps");
+
+    // Counting the skipped steps as Adam steps gives other bias corrections: another update.
+    let mut miscounted = mlp_run(Precision::Mixed, Some(fitting));
+    miscounted.step(skipped);
+    assert_ne!(miscounted.states(), direct.states());
 }
 
 #[test]

@@ -43,6 +43,16 @@ impl Checkpoint {
         self.meta_parsed(key, file, "a whole number")
     }
 
+    /// [`Checkpoint::meta_u64`] of a key that older checkpoints lack: `default` when absent,
+    /// an error naming the file when present but not a whole number.
+    pub fn meta_u64_or(&self, key: &str, default: u64, file: &Path) -> Result<u64, TrainError> {
+        if self.metadata.contains_key(key) {
+            self.meta_u64(key, file)
+        } else {
+            Ok(default)
+        }
+    }
+
     /// The metadata every training checkpoint carries: format, seed and the whole config
     /// (so that `--resume` and `kiln eval` need nothing else).
     pub fn set_run_meta(&mut self, config: &Config) {

@@ -215,6 +215,8 @@ fn load_tokenizer(path: &Path) -> Result<CharTokenizer, TrainError> {
 struct Progress {
     step: u64,
     best: Option<ValLoss>,
+    /// Mixed precision: steps skipped so far (see `trainer::Position::skipped_steps`).
+    skipped_steps: u64,
 }
 
 const META_STEP: &str = "step";
@@ -229,7 +231,8 @@ fn read_progress(ck: &Checkpoint, file: &Path) -> Result<Progress, TrainError> {
     } else {
         None
     };
-    Ok(Progress { step, best })
+    let skipped_steps = ck.meta_u64_or(crate::trainer::META_SKIPPED_STEPS, 0, file)?;
+    Ok(Progress { step, best, skipped_steps })
 }
 
 /// The training loop of a `kind = "gpt"` config (see the module docs for what it writes).
@@ -289,6 +292,7 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
         let mut ck = Checkpoint::read_from(exec, &train_mp.checkpoint_tensors)?;
         ck.set_run_meta(config);
         ck.set_meta(META_STEP, at.step);
+        ck.set_meta(crate::trainer::META_SKIPPED_STEPS, at.skipped_steps);
         if let Some(best) = at.best {
             ck.set_meta(META_BEST_LOSS, best.loss);
             ck.set_meta(META_BEST_STEP, best.step);
@@ -352,7 +356,7 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
 
         let lr = schedule.lr(at.step);
         let batch_data = train_windows.next_batch();
-        let mut feeds = train_graph.feeds(at.step, lr);
+        let mut feeds = train_graph.feeds_after_skips(at.step, at.skipped_steps, lr);
         feeds.push((train_mp.idx, batch_data.x));
         feeds.push((train_mp.targets, batch_data.y));
         let step_started = Instant::now();
@@ -367,6 +371,7 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
         // Mixed precision: the last output counts the steps skipped for an inf or NaN
         // gradient (TrainGraph::outputs).
         let skipped_steps = train_graph.loss_scale.as_ref().map(|_| out[out.len() - 1].scalar() as u64);
+        at.skipped_steps = skipped_steps.unwrap_or(0);
         at.step += 1;
         steps_here += 1;
         losses_since_eval += loss;

@@ -190,7 +190,13 @@ struct Position {
     epoch: usize,
     /// Batches of `epoch` already trained on.
     batch: usize,
+    /// Mixed precision: steps skipped for an inf or NaN gradient (no update applied), so
+    /// that the optimizer counts only the updates it made (`TrainGraph::feeds_after_skips`).
+    skipped_steps: u64,
 }
+
+/// Checkpoint metadata: `Position::skipped_steps` (absent before mixed precision: 0).
+pub(crate) const META_SKIPPED_STEPS: &str = "skipped_steps";
 
 fn save_checkpoint(runner: &mut Runner, config: &Config, pos: Position, path: &Path) -> Result<(), TrainError> {
     let mut ck = runner.snapshot(config.train.batch_size)?;
@@ -198,6 +204,7 @@ fn save_checkpoint(runner: &mut Runner, config: &Config, pos: Position, path: &P
     ck.set_meta("step", pos.step);
     ck.set_meta("epoch", pos.epoch);
     ck.set_meta("batch_in_epoch", pos.batch);
+    ck.set_meta(META_SKIPPED_STEPS, pos.skipped_steps);
     ck.save(path)
 }
 
@@ -273,6 +280,7 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             step: ck.meta_u64("step", resume)?,
             epoch: ck.meta_u64("epoch", resume)? as usize,
             batch: ck.meta_u64("batch_in_epoch", resume)? as usize,
+            skipped_steps: ck.meta_u64_or(META_SKIPPED_STEPS, 0, resume)?,
         };
         metrics.truncate_after(pos.step);
     }
@@ -289,7 +297,7 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             let lr = schedule.lr(pos.step);
             let (mp, exec) = runner.train_step(batch.len)?;
             let train = mp.train.as_ref().expect("a training plan has its TrainGraph");
-            let mut feeds: Vec<(Tensor, HostTensor)> = train.feeds(pos.step, lr);
+            let mut feeds: Vec<(Tensor, HostTensor)> = train.feeds_after_skips(pos.step, pos.skipped_steps, lr);
             feeds.push((mp.x, batch.images));
             feeds.push((mp.y, batch.labels));
             let out = exec.run(&feeds)?;
@@ -309,6 +317,7 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             // Mixed precision: the last output counts the steps skipped for an inf or NaN
             // gradient (model::train_plan).
             let skipped_steps = train.loss_scale.as_ref().map(|_| out[out.len() - 1].scalar() as u64);
+            pos.skipped_steps = skipped_steps.unwrap_or(0);
             let skipped = skipped_steps.map(|n| format!("  skipped {n}")).unwrap_or_default();
             bar.set_message(format!(
                 "loss {smoothed:.4}  acc {:.2}%  {:.0} samples/s{skipped}",
