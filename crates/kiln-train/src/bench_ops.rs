@@ -123,10 +123,13 @@ pub fn run_ops_table(options: &OpsOptions, backends: &[BenchBackend], notes: &[S
                 failures += 1;
             }
             print_row(case, backend.label, &outcome, pytorch);
-            if let (Case::Matmul(_), Some(gpu), Outcome::Measured(_), Some(Ok(plan))) =
-                (case, &backend.wgpu, &outcome, &plan)
-            {
-                if let Some(note) = matmul_note(gpu, case, plan) {
+            if let (Some(gpu), Outcome::Measured(_), Some(Ok(plan))) = (&backend.wgpu, &outcome, &plan) {
+                let note = match case {
+                    Case::Matmul(_) => matmul_note(gpu, case, plan),
+                    Case::Conv2d { .. } => conv_note(gpu, case, plan),
+                    _ => None,
+                };
+                if let Some(note) = note {
                     println!("{note}");
                 }
             }
@@ -682,6 +685,21 @@ fn matmul_note(gpu: &WgpuBackend, case: &Case, plan: &Plan) -> Option<String> {
     };
     let runner_up = choice.timings.get(1).map(|(c, s)| format!("; runner-up {c} at {:.3} ms", s * 1e3)).unwrap_or_default();
     Some(format!("  config {} ({}); {kernel}{runner_up}", choice.config, choice.source))
+}
+
+/// Under a GPU conv row: the configuration the plan's convolution got (and how), the
+/// K split of a weight gradient, and the kernels' own rate.
+fn conv_note(gpu: &WgpuBackend, case: &Case, plan: &Plan) -> Option<String> {
+    let choice = gpu.matmul_tuning().conv_choices.last()?.clone();
+    let is_conv = |op: &Op| matches!(op, Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. });
+    let step = plan.steps.iter().find(|s| is_conv(&s.op))?;
+    let kernel = match gpu.time_conv(step, choice.config) {
+        Ok(seconds) => format!("kernel alone {:.3} ms, {}", seconds * 1e3, rate(&case.work(), seconds)),
+        Err(e) => format!("timing the kernel alone failed: {e}"),
+    };
+    let split = kiln_wgpu::kernels::conv::k_split(&choice.problem, choice.config);
+    let split = if split.splits > 1 { format!(", K split {} ways", split.splits) } else { String::new() };
+    Some(format!("  config {} ({}{split}); {kernel}", choice.config, choice.source))
 }
 
 /// Load `plan` on `backend` and time it.

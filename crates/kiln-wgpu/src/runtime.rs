@@ -221,6 +221,12 @@ impl WgpuBackend {
         self.shared.time_launches(step, &matmul::lower_with(step, &self.shared.caps, config)?)
     }
 
+    /// [`WgpuBackend::time_matmul`] for a convolution step (its GEMM launch, and the sum
+    /// of its partials when the weight gradient splits K).
+    pub fn time_conv(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
+        self.shared.time_launches(step, &conv::lower_with(step, &self.shared.caps, config)?)
+    }
+
     /// Distinct compute pipelines created so far by every plan loaded on this backend.
     pub fn cached_pipelines(&self) -> usize {
         lock(&self.shared.pipelines).len()
