@@ -184,9 +184,10 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
     // group_of[id]: the root of the group that computes node id.
     let mut group_of: Vec<Option<usize>> = vec![None; n];
     let mut groups: Vec<Group> = (0..n).map(|_| Group::default()).collect();
-    // position[id]: when node id's value is read by a consumer's step, as the node id
-    // that step runs at: its group's root, or the node itself for an op of its own.
-    // For an alias (no step), the earliest position its value is read at.
+    // position[id]: the step node id runs in, named by the node id it runs at (steps run
+    // in id order): its group's root, or the node itself for an op of its own; for an
+    // alias (no step), the earliest step that reads its value. A consumer reads its
+    // inputs at its position.
     let mut position: Vec<usize> = vec![AFTER_THE_STEPS; n];
     for id in (0..n).rev().filter(|&id| live[id]) {
         let node = &graph.nodes[id];
