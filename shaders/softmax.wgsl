@@ -1,4 +1,5 @@
-// Softmax, LogSoftmax (kernel `rows`) and SoftmaxCrossEntropy (kernel `cross_entropy`).
+// Softmax, LogSoftmax (kernel `rows`), SoftmaxCrossEntropy (kernel `cross_entropy`) and
+// its gradient (kernel `cross_entropy_backward`).
 // The file is a common prelude followed by one section per kernel;
 // crates/kiln-wgpu/src/kernels/softmax.rs takes the prelude plus the section it needs.
 //
@@ -149,5 +150,50 @@ fn main(
         } else {
             loss[row] = {{T}}(bitcast<f32>(params[2]));
         }
+    }
+}
+
+//// kernel: cross_entropy_backward
+// grad_logits[r, c] = (softmax(logits[r])[c] - (c == label[r])) * grad[r]: the gradient of
+// cross_entropy in one pass per row, the softmax computed exactly as kernel `rows` does
+// (so the result is the unfused Softmax, OneHot, Sub and Mul's, bit for bit in f32).
+//
+// params: 0 N (rows), 1 C (classes, >= 1).
+@group(0) @binding(1) var<storage, read> logits: array<{{T}}>;
+@group(0) @binding(2) var<storage, read> labels: array<u32>;
+@group(0) @binding(3) var<storage, read> grad: array<{{T}}>;
+@group(0) @binding(4) var<storage, read_write> grad_logits: array<{{T}}>;
+
+@compute @workgroup_size(WG)
+fn main(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lidx: u32,
+) {
+    let rows = params[0];
+    let classes = params[1];
+    let row = row_index(wid, nwg);
+    if row >= rows {
+        return;
+    }
+    let base = row * classes;
+
+    var local_max = f32(logits[base]);
+    for (var c = lidx; c < classes; c += WG) {
+        local_max = max(local_max, f32(logits[base + c]));
+    }
+    let row_max = workgroup_max(local_max, lidx);
+
+    var local_sum = 0.0;
+    for (var c = lidx; c < classes; c += WG) {
+        local_sum += exp(f32(logits[base + c]) - row_max);
+    }
+    let row_sum = workgroup_sum(local_sum, lidx);
+
+    let label = labels[row];
+    let g = f32(grad[row]);
+    for (var c = lidx; c < classes; c += WG) {
+        let p = exp(f32(logits[base + c]) - row_max) / row_sum;
+        grad_logits[base + c] = {{T}}((p - select(0.0, 1.0, c == label)) * g);
     }
 }

@@ -269,6 +269,13 @@ fn cases() -> Vec<Case> {
 
     // Losses.
     cs.push(case("cross_entropy mean", vec![f(&[33, 10]), idx(&[33], 10)], sum_of(10), true, |g, x| g.cross_entropy(x[0], x[1], Reduction::Mean)));
+    // The fused gradient on its own: more classes than a workgroup has invocations, and an
+    // out-of-range label (no one-hot entry: softmax * grad).
+    cs.push(case("softmax_cross_entropy_backward, 300 classes", vec![f(&[5, 300]), idx(&[5], 300), f(&[5])], sum_of(300), false, |g, x| g.softmax_cross_entropy_backward(x[0], x[1], x[2])));
+    cs.push(case("softmax_cross_entropy_backward, label out of range", vec![f(&[3, 7]), vals(&[3], &[1.0, 7.0, 6.0]), f(&[3])], sum_of(7), false, |g, x| {
+        let labels = g.cast(x[1], DType::U32)?;
+        g.softmax_cross_entropy_backward(x[0], labels, x[2])
+    }));
     cs.push(case("cross_entropy sum, large logits", vec![vals(&[4, 3], &[1e4, -1e4, 0.0, 50.0, 49.0]), idx(&[4], 3)], sum_of(3), false, |g, x| g.cross_entropy(x[0], x[1], Reduction::Sum)));
     cs.push(case("mse_loss", vec![f(&[7, 3]), f(&[7, 3])], sum_of(21), true, |g, x| g.mse_loss(x[0], x[1], Reduction::Mean)));
     cs.push(case("bce_with_logits", vec![vals(&[6], &[-30.0, -1.0, 0.0, 0.5, 2.0, 40.0]), Input { shape: vec![6], dtype: DType::F32, gen: Gen::Uniform(0.0, 1.0) }], sum_of(6), true, |g, x| g.bce_with_logits(x[0], x[1], Reduction::Mean)));
@@ -413,7 +420,7 @@ fn cross_backend_table() {
         "constant", "neg", "exp", "log", "sqrt", "rsqrt", "abs", "sign", "relu", "leaky_relu", "sigmoid", "tanh", "gelu",
         "gelu_tanh", "softplus", "gelu_grad", "gelu_tanh_grad", "add", "sub", "mul", "div", "maximum", "minimum", "pow", "eq", "ne",
         "lt", "le", "gt", "ge", "where", "sum", "mean", "max", "matmul", "softmax", "log_softmax", "permute", "broadcast_to",
-        "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "argmax", "softmax_cross_entropy", "cast",
+        "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "argmax", "softmax_cross_entropy", "softmax_cross_entropy_backward", "cast",
         "random_uniform", "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d", "max_pool2d_backward",
         "avg_pool2d", "avg_pool2d_backward", "fused",
     ];

@@ -202,16 +202,7 @@ impl Graph {
                 vec![Some(self.scatter_add_rows(ins[1], g, rows)?), None]
             }
             Op::ScatterAdd { .. } => vec![None, Some(self.gather_rows(g, ins[0])?)],
-            Op::SoftmaxCrossEntropy => {
-                let classes = self.shape(ins[0]).dims()[1];
-                let p = self.softmax(ins[0], 1)?;
-                let onehot = self.one_hot(ins[1], classes)?;
-                let onehot = self.cast(onehot, dt)?;
-                let d = self.sub(p, onehot)?;
-                let rows = self.shape(g).dims()[0];
-                let gcol = self.reshape(g, [rows, 1])?;
-                vec![Some(self.mul(d, gcol)?), None]
-            }
+            Op::SoftmaxCrossEntropy => vec![Some(self.softmax_cross_entropy_backward(ins[0], ins[1], g)?), None],
             Op::Cast => {
                 let from = self.dtype(ins[0]);
                 if from.is_float() { vec![Some(self.cast(g, from)?)] } else { vec![None] }
@@ -233,10 +224,11 @@ impl Graph {
             Op::Conv2dBackwardInput { .. }
             | Op::Conv2dBackwardWeight { .. }
             | Op::MaxPool2dBackward { .. }
-            | Op::AvgPool2dBackward { .. } => {
+            | Op::AvgPool2dBackward { .. }
+            | Op::SoftmaxCrossEntropyBackward => {
                 return Err(GraphError::new(
                     node.op.name(),
-                    "second derivatives of conv2d and pooling are not supported",
+                    "second derivatives of conv2d, pooling and cross-entropy are not supported",
                 ))
             }
             Op::Fused(_) => {

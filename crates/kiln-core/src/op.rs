@@ -289,6 +289,12 @@ pub enum Op {
     /// -log_softmax(logits[n])[labels[n]], computed max-subtracted in one pass per row.
     /// An out-of-range label gives NaN for that row.
     SoftmaxCrossEntropy,
+    /// The gradient of `SoftmaxCrossEntropy` in one pass per row: inputs [logits [N, C]
+    /// float, labels [N] u32, grad [N] float (the loss rows' gradient)]; output [N, C]
+    /// float: (softmax(logits[n]) - onehot(labels[n])) * grad[n], with softmax and the
+    /// arithmetic exactly as the unfused Softmax, OneHot, Sub and Mul (a label >= C has
+    /// no one-hot entry). Has no gradient of its own.
+    SoftmaxCrossEntropyBackward,
     /// Inputs [x]; output the same values in the node's dtype (float -> u32 truncates
     /// toward zero and clamps negatives to 0; u32 -> float is exact below 2^24).
     Cast,
@@ -394,6 +400,7 @@ impl Op {
             Op::OneHot { .. } => "one_hot",
             Op::ArgMax { .. } => "argmax",
             Op::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Op::SoftmaxCrossEntropyBackward => "softmax_cross_entropy_backward",
             Op::Cast => "cast",
             Op::RandomUniform { .. } => "random_uniform",
             Op::Conv2d { .. } => "conv2d",

@@ -401,6 +401,9 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
         (Op::SoftmaxCrossEntropy, [View::Float(logits), View::U32(labels)], ViewMut::Float(o)) => {
             softmax::softmax_cross_entropy(arg(logits, &ops[0]), labels, o)
         }
+        (Op::SoftmaxCrossEntropyBackward, [View::Float(logits), View::U32(labels), View::Float(grad)], ViewMut::Float(o)) => {
+            softmax::softmax_cross_entropy_backward(arg(logits, &ops[0]), labels, grad, o)
+        }
         // Float -> float (f32 <-> f16) copies; the f16 rounding happens as the output is written.
         (Op::Cast, [View::Float(x)], ViewMut::Float(o)) => o.copy_from_slice(x),
         (Op::Cast, [View::Float(x)], ViewMut::U32(o)) => elementwise::float_to_u32(x, o),

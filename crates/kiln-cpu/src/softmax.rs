@@ -57,6 +57,25 @@ pub fn softmax_cross_entropy<T: Float>(logits: TensorRef<T>, labels: &[u32], out
     }
 }
 
+/// Per row n of logits [N, C]: (softmax(logits[n]) - onehot(labels[n])) * grad[n], the
+/// gradient of `softmax_cross_entropy`; softmax as `softmax` computes it, so the result is
+/// the unfused Softmax, OneHot, Sub and Mul's to the last bit.
+pub fn softmax_cross_entropy_backward<T: Float>(logits: TensorRef<T>, labels: &[u32], grad: &[T], out: &mut [T]) {
+    let classes = logits.shape.dims()[1].max(1);
+    let rows = out.chunks_exact_mut(classes).zip(logits.data.chunks_exact(classes)).zip(labels).zip(grad);
+    for (((result, row), &label), &g) in rows {
+        let max = max_of(row);
+        for (r, &v) in result.iter_mut().zip(row) {
+            *r = (v - max).exp();
+        }
+        let sum = pairwise_sum(result);
+        for (c, r) in result.iter_mut().enumerate() {
+            let onehot = if c == label as usize { T::ONE } else { T::ZERO };
+            *r = (*r / sum - onehot) * g;
+        }
+    }
+}
+
 /// Calls `f(row, result)` for every 1-d row of `x` along `axis` (copied to contiguous
 /// buffers), and scatters each result back to the same positions of `out`.
 fn for_each_row<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T], mut f: impl FnMut(&[T], &mut [T])) {

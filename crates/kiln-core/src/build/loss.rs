@@ -50,6 +50,36 @@ impl Graph {
         self.reduce_loss(rows, reduction)
     }
 
+    /// The gradient of the rows of `cross_entropy(logits, labels, Reduction::None)` with
+    /// respect to the logits, given the rows' gradient `grad` [N]: one fused op
+    /// ([`Op::SoftmaxCrossEntropyBackward`]), what autodiff emits for cross-entropy.
+    pub fn softmax_cross_entropy_backward(&mut self, logits: Tensor, labels: Tensor, grad: Tensor) -> Result<Tensor> {
+        const OP: &str = "softmax_cross_entropy_backward";
+        self.require_float(OP, logits)?;
+        self.check(OP, labels)?;
+        self.require_float(OP, grad)?;
+        let (ls, ys, gs) = (self.shape(logits).clone(), self.shape(labels).clone(), self.shape(grad).clone());
+        let ok = ls.rank() == 2
+            && ys.dims() == [ls.dims()[0]]
+            && gs.dims() == [ls.dims()[0]]
+            && self.dtype(labels) == DType::U32
+            && self.dtype(grad) == self.dtype(logits);
+        if !ok {
+            return Err(GraphError::new(
+                OP,
+                format!(
+                    "expects logits [N, C], u32 labels [N] and a gradient [N] of the logits' dtype; got logits {} {ls}, \
+                     labels {} {ys}, gradient {} {gs}",
+                    self.dtype(logits),
+                    self.dtype(labels),
+                    self.dtype(grad)
+                ),
+            ));
+        }
+        let dtype = self.dtype(logits);
+        self.push(Op::SoftmaxCrossEntropyBackward, vec![logits, labels, grad], ls, dtype)
+    }
+
     /// Mean squared error (as `torch.nn.functional.mse_loss`).
     pub fn mse_loss(&mut self, pred: Tensor, target: Tensor, reduction: Reduction) -> Result<Tensor> {
         self.require_same_shape("mse_loss", pred, target)?;

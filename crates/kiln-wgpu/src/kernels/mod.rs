@@ -152,7 +152,9 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         }
         Op::Reduce { .. } | Op::ArgMax { .. } => reduce::lower(step, caps),
         Op::MatMul { .. } => matmul::lower(step, caps),
-        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::SoftmaxCrossEntropy => softmax::lower(step, caps),
+        Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyBackward => {
+            softmax::lower(step, caps)
+        }
         Op::Permute { .. } | Op::Expand | Op::Slice { .. } | Op::SliceScatter { .. } | Op::Concat { .. } => {
             movement::lower(step, caps)
         }

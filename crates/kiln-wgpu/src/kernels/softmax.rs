@@ -1,5 +1,5 @@
-//! Softmax, LogSoftmax and SoftmaxCrossEntropy (shaders/softmax.wgsl): one workgroup per
-//! row, max-subtracted, each step a single launch.
+//! Softmax, LogSoftmax, SoftmaxCrossEntropy and its gradient (shaders/softmax.wgsl): one
+//! workgroup per row, max-subtracted, each step a single launch.
 use super::movement::{kernel_source, op_error, word};
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Step};
@@ -11,6 +11,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         Op::Softmax { axis } => rows(step, caps, axis, false),
         Op::LogSoftmax { axis } => rows(step, caps, axis, true),
         Op::SoftmaxCrossEntropy => cross_entropy(step, caps),
+        Op::SoftmaxCrossEntropyBackward => cross_entropy_backward(step, caps),
         _ => Err(op_error(step, "is not a softmax op")),
     }
 }
@@ -88,6 +89,50 @@ fn cross_entropy(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         source: render(&kernel_source(SHADER, "cross_entropy"), &slots),
         params,
         bindings: vec![(logits.buffer, Access::Read), (labels.buffer, Access::Read), (out.buffer, Access::Write)],
+        groups: word(step, "row count", rows)?,
+        scratch: Vec::new(),
+    }])
+}
+
+fn cross_entropy_backward(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
+    let out = &step.output;
+    let [logits, labels, grad] = step.inputs.as_slice() else {
+        return Err(op_error(step, format!("expects 3 inputs, got {}", step.inputs.len())));
+    };
+    let ld = logits.shape.dims();
+    let fits = ld.len() == 2
+        && logits.dtype.is_float()
+        && labels.dtype == DType::U32
+        && labels.shape.dims() == [ld[0]]
+        && grad.shape.dims() == [ld[0]]
+        && grad.dtype == logits.dtype
+        && out.shape == logits.shape
+        && out.dtype == logits.dtype;
+    if !fits {
+        return Err(op_error(
+            step,
+            format!(
+                "expects float logits [N, C], u32 labels [N] and a gradient [N] -> [N, C]; got {} {}, {} {}, {} {} -> {} {}",
+                logits.dtype, logits.shape, labels.dtype, labels.shape, grad.dtype, grad.shape, out.dtype, out.shape
+            ),
+        ));
+    }
+    let (rows, classes) = (ld[0], ld[1]);
+    if rows * classes == 0 {
+        return Ok(Vec::new());
+    }
+    word(step, "logit count", logits.numel())?;
+    let slots = [("T", caps.storage_type(logits.dtype))];
+    Ok(vec![Launch {
+        key: key("softmax.cross_entropy_backward", &slots),
+        source: render(&kernel_source(SHADER, "cross_entropy_backward"), &slots),
+        params: vec![word(step, "row count", rows)?, word(step, "class count", classes)?],
+        bindings: vec![
+            (logits.buffer, Access::Read),
+            (labels.buffer, Access::Read),
+            (grad.buffer, Access::Read),
+            (out.buffer, Access::Write),
+        ],
         groups: word(step, "row count", rows)?,
         scratch: Vec::new(),
     }])
