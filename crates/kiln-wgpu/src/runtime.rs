@@ -672,7 +672,11 @@ fn tensor_names(plan: &Plan) -> Vec<(String, &Operand)> {
     let inputs = plan.inputs.iter().map(|i| (format!("input '{}'", i.name), &i.operand));
     let states = plan.states.iter().map(|s| (format!("state '{}'", s.name), &s.operand));
     let steps = plan.steps.iter().map(|s| (format!("{} (node #{})", s.op.name(), s.node.id()), &s.output));
-    inputs.chain(states).chain(steps).collect()
+    // A fused step's other outputs, under their own nodes.
+    let extra = plan.steps.iter().flat_map(|s| {
+        s.extra_outputs.iter().map(move |e| (format!("{} (node #{}, stored by node #{})", s.op.name(), e.node.id(), s.node.id()), &e.operand))
+    });
+    inputs.chain(states).chain(steps).chain(extra).collect()
 }
 
 impl WgpuExecutor {
