@@ -38,8 +38,9 @@
 // params and the workgroup id, so barriers stay uniform.
 //
 // Slots: T, the storage type of every tensor (f32 or f16; arithmetic is f32); BM, BN, BK,
-// TM, TN, the configuration (TM, TN and BK multiples of 4); WEIGHT_OUT (backward_weight
-// only): the partial-sum binding and `store_weight`, written by kernels/conv.rs.
+// TM, TN, the configuration (TM, TN and BK multiples of 4); KW, TAPS, WO, AREA (see
+// below); WEIGHT_OUT (backward_weight only): the partial-sum binding and `store_weight`,
+// written by kernels/conv.rs.
 //
 // params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv.rs):
 //   0 slices, 1 blocks along M (the most any slice needs), 2 blocks along N,
@@ -56,6 +57,15 @@ const BN: u32 = {{BN}}u;  // columns of C per workgroup
 const BK: u32 = {{BK}}u;  // K elements staged per slice
 const TM: u32 = {{TM}}u;  // rows of C per invocation
 const TN: u32 = {{TN}}u;  // columns of C per invocation
+
+// The divisors of the hot index arithmetic (every staged element decomposes its k), as
+// constants: a division by a constant is a multiply and a shift, by a runtime value a long
+// instruction sequence. KW and KH KW split the forward pass's k into (c, a, b); WO and
+// HO WO the weight gradient's into (n, i, j). A kernel that does not use them gets 0.
+const KW: u32 = {{KW}}u;
+const TAPS: u32 = {{TAPS}}u;
+const WO: u32 = {{WO}}u;
+const AREA: u32 = {{AREA}}u;
 
 const THREADS_M: u32 = BM / TM;
 const THREADS_N: u32 = BN / TN;
@@ -329,8 +339,8 @@ fn row_a(p: Problem, m: u32) -> RowA {
 }
 
 fn load_a(p: Problem, row: RowA, k: u32) -> f32 {
-    let kw = params[P_KW];
-    let taps = params[P_KH] * kw;
+    let kw = KW;
+    let taps = TAPS;
     let c = k / taps;
     let tap = k % taps;
     let y = row.y0 + i32((tap / kw) * params[P_DH]);
@@ -413,8 +423,8 @@ fn row_a(p: Problem, m: u32) -> RowA {
 }
 
 fn load_a(p: Problem, row: RowA, k: u32) -> f32 {
-    let wo = params[P_WO];
-    let area = params[P_HO] * wo;
+    let wo = WO;
+    let area = AREA;
     let n = k / area;
     let i = (k % area) / wo;
     let j = k % wo;
@@ -440,7 +450,7 @@ fn col_b(p: Problem, n: u32) -> ColB {
 }
 
 fn load_b(p: Problem, col: ColB, k: u32) -> f32 {
-    let area = params[P_HO] * params[P_WO];
+    let area = AREA;
     return f32(grad_out[(k / area) * params[P_O] * area + col.plane + k % area]);
 }
 

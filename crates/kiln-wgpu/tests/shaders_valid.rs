@@ -60,6 +60,8 @@ fn slot_samples(file: &str, slot: &str, float: &str) -> Option<Vec<String>> {
         ("conv.wgsl", "BM" | "BN") => Some(vec!["32".into(), "64".into()]),
         ("conv.wgsl", "BK") => one("8"),
         ("conv.wgsl", "TM" | "TN") => one("4"),
+        ("conv.wgsl", "KW" | "WO") => one("3"),
+        ("conv.wgsl", "TAPS" | "AREA") => one("9"),
         ("conv.wgsl", "WEIGHT_OUT") => Some([false, true].map(|split| kernels::conv::weight_store(float, split)).to_vec()),
         ("softmax.wgsl", "LOG") => Some(vec!["false".into(), "true".into()]),
         ("movement.wgsl", "FILL") => one(&format!("{float}(bitcast<f32>(params[P_FILL]))")),

@@ -258,9 +258,11 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
     let storage = problem.storage;
     let number = |v: u32| v.to_string();
     let [bm, bn, bk, tm, tn] = [config.bm, config.bn, config.bk, config.tm, config.tn].map(number);
+    let [kw, taps, wo, area] = divisors(step, &problem, &geo)?.map(number);
     let split_scratch = split.splits > 1;
     let weight_out = weight_store(storage, split_scratch);
     let mut slots = vec![("T", storage), ("BM", &bm), ("BN", &bn), ("BK", &bk), ("TM", &tm), ("TN", &tn)];
+    slots.extend([("KW", kw.as_str()), ("TAPS", taps.as_str()), ("WO", wo.as_str()), ("AREA", area.as_str())]);
     if problem.kernel == ConvKernel::BackwardWeight {
         slots.push(("WEIGHT_OUT", &weight_out));
     }
@@ -270,8 +272,9 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
     let partial_bytes = (split.splits * out_len * 4) as u64;
     let partial = |access| ScratchBinding { slot: 0, bytes: partial_bytes, access };
     let variant = if split_scratch { format!("conv.{kernel}.split") } else { format!("conv.{kernel}") };
+    let divisors_key = format!("{kw},{taps},{wo},{area}");
     let mut launches = vec![Launch {
-        key: key(&variant, &[("T", storage), ("CONFIG", &config.to_string())]),
+        key: key(&variant, &[("T", storage), ("CONFIG", &config.to_string()), ("DIVISORS", &divisors_key)]),
         source: render(&kernel_source(SHADER, kernel), &slots),
         params,
         bindings: vec![(first.buffer, Access::Read), (second.buffer, Access::Read), (out.buffer, Access::Write)],
@@ -290,6 +293,23 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
         });
     }
     Ok(launches)
+}
+
+/// The KW, TAPS, WO and AREA constants of the shader: the divisors `kernel`'s staging
+/// uses (0 for the others, so that layers differing only in them share a pipeline).
+fn divisors(step: &Step, problem: &ConvProblem, geo: &Conv2dGeometry) -> Result<[u32; 4], ExecError> {
+    let [kh, kw] = geo.kernel;
+    let [ho, wo] = geo.output;
+    let values = match problem.kernel {
+        ConvKernel::Forward => [kw, kh * kw, 0, 0],
+        ConvKernel::BackwardWeight => [0, 0, wo, ho * wo],
+        ConvKernel::BackwardInput => [0; 4],
+    };
+    let mut words = [0u32; 4];
+    for (w, v) in words.iter_mut().zip(values) {
+        *w = word(step, "convolution size", v)?;
+    }
+    Ok(words)
 }
 
 /// The `WEIGHT_OUT` slot of backward_weight: `store_weight` writes the gradient (of
