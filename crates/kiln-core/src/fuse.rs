@@ -31,6 +31,12 @@
 //! outside reader of a group's outputs runs after it: ordering steps by position is a
 //! schedule, so no merge can make a cycle.
 //!
+//! A broadcast (`Expand` of an f32 value) joins the group of its readers as a plain
+//! member when every reader is in one group and it is not kept: the program loads its
+//! input in its place, broadcast to the root's shape (a value of any shape that
+//! broadcasts to the root's), so a LayerNorm's `[B, T, 1]` statistics broadcast to
+//! `[B, T, C]` cost neither a step nor a buffer. A broadcast is never a group's root.
+//!
 //! Float scalar `Constant`s read by a group are inlined into its program as immediates;
 //! a constant whose every reader inlines it needs no step.
 
@@ -99,6 +105,13 @@ impl Fusion {
 /// An op the pass can put inside a program.
 fn is_fusable_op(op: &Op) -> bool {
     matches!(op, Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where)
+}
+
+/// An `Expand` (broadcast_to) of an f32 value: a group that reads it can load its input
+/// instead, broadcast to the group's shape, with no instruction and no buffer.
+fn is_absorbable_broadcast(graph: &Graph, id: usize) -> bool {
+    let node = &graph.nodes[id];
+    matches!(node.op, Op::Expand) && node.dtype == DType::F32 && graph.nodes[node.inputs[0].0].dtype == DType::F32
 }
 
 /// A constant the pass can inline as an immediate: f32, so that its value converts to
@@ -195,7 +208,8 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
             position[id] = consumers[id].iter().map(|&c| position[c]).min().unwrap_or(AFTER_THE_STEPS);
             continue;
         }
-        if !fusable(id) {
+        let is_broadcast = is_absorbable_broadcast(graph, id);
+        if !fusable(id) && !is_broadcast {
             position[id] = id;
             continue;
         }
@@ -207,7 +221,17 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
             // Only the earliest reader's group can compute the value in time for every reader.
             let earliest = *consumers[id].iter().min_by_key(|&&c| position[c])?;
             let root = group_of[earliest]?;
-            if graph.nodes[root].shape != node.shape {
+            let root_shape = &graph.nodes[root].shape;
+            if is_broadcast {
+                // A broadcast is only ever a plain member: its input, loaded broadcast to
+                // the root's shape, is its value at every element of the root (two
+                // right-aligned broadcasts compose into one), so it needs no register of
+                // its own and no buffer; stored, it would need its own shape's buffer.
+                let plain = !kept[id] && consumers[id].iter().all(|&c| group_of[c] == Some(root));
+                let composes = node.shape.broadcasts_to(root_shape);
+                return (plain && composes && groups[root].fits_with(graph, id, false)).then_some((root, false));
+            }
+            if *root_shape != node.shape {
                 return None;
             }
             let mut outside = consumers[id].iter().filter(|&&c| group_of[c] != Some(root));
@@ -224,6 +248,12 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
                     groups[root].stored.push(id);
                 }
                 root
+            }
+            // A broadcast that joins no group is a step of its own, never a group's root:
+            // its producers would be computed once per element of the larger output.
+            None if is_broadcast => {
+                position[id] = id;
+                continue;
             }
             None => id,
         };
@@ -273,10 +303,19 @@ fn program(graph: &Graph, members: &[usize], stored: &[usize]) -> FusedStep {
     let mut sources: Vec<Tensor> = Vec::new();
     // The register holding each node's value, once computed or loaded.
     let mut register: Vec<(usize, usize)> = Vec::new();
-    for &m in members {
+    // A broadcast member computes nothing: a read of it loads its input (through any
+    // chain of broadcasts), which the step's input broadcasts to the output shape.
+    let is_broadcast_member = |t: Tensor| members.contains(&t.0) && matches!(graph.nodes[t.0].op, Op::Expand);
+    let through_broadcasts = |mut t: Tensor| {
+        while is_broadcast_member(t) {
+            t = graph.nodes[t.0].inputs[0];
+        }
+        t
+    };
+    for &m in members.iter().filter(|&&m| !is_broadcast_member(Tensor(m))) {
         let node = &graph.nodes[m];
         let mut operands = Vec::with_capacity(node.inputs.len());
-        for &input in &node.inputs {
+        for input in node.inputs.iter().map(|&i| through_broadcasts(i)) {
             let reg = match register.iter().find(|(id, _)| *id == input.0) {
                 Some(&(_, reg)) => reg,
                 None => {

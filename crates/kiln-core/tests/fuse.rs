@@ -435,3 +435,50 @@ fn multi_output_groups_stay_within_the_binding_bounds() {
         }
     }
 }
+
+#[test]
+fn a_broadcast_read_by_a_group_is_loaded_in_its_place() {
+    // LayerNorm's pattern: [B, T, 1] statistics broadcast to [B, T, C]; and a [C] bias
+    // broadcast to [T, C] read by a [B, T, C] root (ranks differ, right-aligned).
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[2, 3, 4]);
+    let stat = input(&mut g, "stat", &[2, 3, 1]);
+    let bias = input(&mut g, "bias", &[4]);
+    let stat_wide = g.broadcast_to(stat, [2, 3, 4]).unwrap();
+    let bias_wide = g.broadcast_to(bias, [3, 4]).unwrap();
+    let centered = g.sub(x, stat_wide).unwrap();
+    let shifted = g.add(centered, bias_wide).unwrap();
+    let y = g.tanh(shifted).unwrap();
+    let plan = Plan::compile(&g, &[y]).unwrap();
+    assert_eq!(ops(&plan), ["fused"], "{}", plan.describe());
+    let (step, program) = fused_steps(&plan)[0];
+    assert_eq!(program.sources, [x, stat, bias]);
+    assert_eq!(program.members, [stat_wide, bias_wide, centered, shifted, y]);
+    assert_eq!(program.to_string(), "r0 = load x0\nr1 = load x1\nr2 = sub r0 r1\nr3 = load x2\nr4 = add r2 r3\nr5 = tanh r4\n");
+    assert_eq!(step.inputs[1].shape.dims(), &[2, 3, 1]);
+    assert_eq!(step.inputs[2].shape.dims(), &[4]);
+    assert_eq!(Plan::compile_unfused(&g, &[y]).unwrap().steps.len(), 5);
+}
+
+#[test]
+fn a_broadcast_read_outside_the_group_or_kept_stays_a_step() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[2, 3]);
+    let row = input(&mut g, "row", &[3]);
+    let wide = g.broadcast_to(row, [2, 3]).unwrap();
+    let y = g.mul(x, wide).unwrap();
+    // Read by a matmul too: the broadcast is a value of its own.
+    let m = g.matmul_t(wide, x, true, false).unwrap();
+    let plan = Plan::compile(&g, &[y, m]).unwrap();
+    assert_eq!(ops(&plan), ["broadcast_to", "mul", "matmul"], "{}", plan.describe());
+    // Kept: a plan output needs its buffer.
+    let plan = Plan::compile(&g, &[y, wide]).unwrap();
+    assert!(ops(&plan).contains(&"broadcast_to"), "{}", plan.describe());
+    // Read by nothing fusable: a broadcast never becomes a group's root.
+    let mut g = Graph::new();
+    let row = input(&mut g, "row", &[3]);
+    let wide = g.broadcast_to(row, [2, 3]).unwrap();
+    let s = g.sum(wide, &[0], false).unwrap();
+    let plan = Plan::compile(&g, &[s]).unwrap();
+    assert_eq!(ops(&plan), ["broadcast_to", "sum"], "{}", plan.describe());
+}
