@@ -9,6 +9,12 @@ pub trait Executor {
     fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError>;
     /// Overwrite a state tensor (resume from a checkpoint).
     fn write_state(&mut self, state: Tensor, value: &HostTensor) -> Result<(), ExecError>;
+    /// Kernel launches per run, where the backend launches kernels: a step may take
+    /// several (a split-K product and its sum) or none (an empty tensor). `None`: one
+    /// computation per plan step.
+    fn dispatches(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Something that can load a Plan: the CPU reference, a GPU.

@@ -75,7 +75,8 @@ pub struct BenchReport {
     /// Samples or tokens per second, as `unit` says.
     pub throughput: f64,
     pub unit: ThroughputUnit,
-    /// Kernel launches recorded per step (plan steps; the GPU submits them at once).
+    /// Kernels launched per step (the GPU backend's dispatches, which it submits at once; plan
+    /// steps on the CPU reference).
     pub dispatches: usize,
     pub timed_steps: usize,
 }
@@ -138,7 +139,7 @@ pub fn bench_train(device: &Device, config: &Config, options: BenchOptions) -> R
         ms_per_step: seconds * 1e3,
         throughput: prepared.items_per_step as f64 / seconds,
         unit: ThroughputUnit::of(config),
-        dispatches: prepared.plan.steps.len(),
+        dispatches: exec.dispatches().unwrap_or(prepared.plan.steps.len()),
         timed_steps: steps,
     })
 }

@@ -1074,6 +1074,10 @@ impl Executor for WgpuExecutor {
             .collect())
     }
 
+    fn dispatches(&self) -> Option<usize> {
+        Some(self.dispatches.len())
+    }
+
     fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError> {
         self.shared.check_healthy()?;
         let (name, operand) = self.find_state(state)?;
