@@ -1,22 +1,28 @@
-// Reductions: Sum, Mean and Max over any set of axes, and ArgMax along one axis.
-// One workgroup per output element: each invocation strides over the reduced index
-// space (compensated, Neumaier, for sums), then the workgroup merges the partial
-// results in shared memory as a tree. Arithmetic in f32.
+// Reductions: Sum, Mean and Max over any set of axes, and ArgMax along one axis, of a
+// value x: a stored tensor, or (Op::FusedReduce) an elementwise program computed at
+// each element as it is read. One workgroup per output element: each invocation
+// strides over the reduced index space (compensated, Neumaier, for sums), then the
+// workgroup merges the partial results in shared memory as a tree. Arithmetic in f32.
 //
 // Template slots (filled by crates/kiln-wgpu/src/kernels/reduce.rs):
-//   TX      storage type of the input       TO  storage type of the output
-//   WG      invocations per workgroup (a power of two)
-//   ACC     sum | max: picks empty_*, add_* and merge_* below
-//   BASE    offset in x of output o's first element (an expression of o)
-//   OFFSET  offset of reduced element j from there (an expression of j)
-//   RESULT  the output value, an expression of the merged partial `total` and `m`
+//   INPUTS    declarations of the bindings x is read from (1..=k)
+//   OUT       binding number of the output, k + 1       TO  storage type of the output
+//   PROLOGUE  `fn value(e: u32) -> f32`: element e (row-major) of x, and whatever it
+//             needs (for a fused prologue: the elementwise ops' functions of
+//             shaders/elementwise.wgsl and the program's registers)
+//   WG        invocations per workgroup (a power of two)
+//   ACC       sum | max: picks empty_*, add_* and merge_* below
+//   BASE      offset in x of output o's first element (an expression of o)
+//   OFFSET    offset of reduced element j from there (an expression of j)
+//   RESULT    the output value, an expression of the merged partial `total` and `m`
 //
 // params (u32 words):
 //   [0] outputs   [1] m, elements per output   [2] kept rank   [3] reduced rank
 //   [4..12] kept dims, [12..20] their strides in x; [20..28] reduced dims, [28..36] their strides
+//   [36..] the prologue's own words (a fused prologue: x's rank and dims, the inputs' strides)
 @group(0) @binding(0) var<storage, read> params: array<u32>;
-@group(0) @binding(1) var<storage, read> x: array<{{TX}}>;
-@group(0) @binding(2) var<storage, read_write> out: array<{{TO}}>;
+{{INPUTS}}
+@group(0) @binding({{OUT}}) var<storage, read_write> out: array<{{TO}}>;
 
 const WG: u32 = {{WG}}u;
 const P_OUTPUTS: u32 = 0u;
@@ -52,13 +58,16 @@ fn offset_of(i: u32, rank: u32, dims_at: u32, strides_at: u32) -> u32 {
     return offset;
 }
 
-fn is_nan(v: f32) -> bool {
+// (Named apart from the elementwise functions a fused prologue brings along.)
+fn acc_is_nan(v: f32) -> bool {
     return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
 }
 
-fn round_f16(v: f32) -> f32 {
+fn acc_round_f16(v: f32) -> f32 {
     return unpack2x16float(pack2x16float(vec2<f32>(v, 0.0))).x;
 }
+
+{{PROLOGUE}}
 
 fn empty_sum() -> Acc {
     return Acc(0.0, 0.0, NO_INDEX);
@@ -95,8 +104,8 @@ fn merge_max(a: Acc, b: Acc) -> Acc {
     if (b.index == NO_INDEX) {
         return a;
     }
-    let a_nan = is_nan(a.value);
-    let b_nan = is_nan(b.value);
+    let a_nan = acc_is_nan(a.value);
+    let b_nan = acc_is_nan(b.value);
     var a_wins: bool;
     if (a_nan != b_nan) {
         a_wins = a_nan;
@@ -130,7 +139,7 @@ fn main(
     let base = {{BASE}};
     var acc = empty_{{ACC}}();
     for (var j = lid; j < m; j = j + WG) {
-        acc = add_{{ACC}}(acc, f32(x[base + {{OFFSET}}]), j);
+        acc = add_{{ACC}}(acc, value(base + {{OFFSET}}), j);
     }
     partial[lid] = acc;
     workgroupBarrier();

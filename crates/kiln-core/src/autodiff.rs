@@ -231,7 +231,7 @@ impl Graph {
                     "second derivatives of conv2d, pooling and cross-entropy are not supported",
                 ))
             }
-            Op::Fused(_) => {
+            Op::Fused(_) | Op::FusedReduce { .. } => {
                 return Err(GraphError::new(node.op.name(), "fused steps exist only in plans, never in a graph"))
             }
         })

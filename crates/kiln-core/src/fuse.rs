@@ -37,6 +37,14 @@
 //! broadcasts to the root's), so a LayerNorm's `[B, T, 1]` statistics broadcast to
 //! `[B, T, C]` cost neither a step nor a buffer. A broadcast is never a group's root.
 //!
+//! A group whose only reader is a `Reduce` (sum, mean, max) becomes that reduction's
+//! *prologue*: one [`Op::FusedReduce`] step computes the group's value on the fly for
+//! each element the reduction reads, so `sum(x * y, axis)`, a bias gradient or a
+//! LayerNorm statistic of a product stores no intermediate tensor. Only a
+//! single-output group (no stored members) whose root is f32, not kept and read by the
+//! reduction alone becomes a prologue; the step runs where the reduction ran, after
+//! every input of the group was written.
+//!
 //! Float scalar `Constant`s read by a group are inlined into its program as immediates;
 //! a constant whose every reader inlines it needs no step.
 
@@ -262,6 +270,15 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
         position[id] = root;
     }
 
+    // The reduction each group is the prologue of, by root: the group's program then
+    // runs inside the reduction's step.
+    let mut reduction_of: Vec<Option<usize>> = vec![None; n];
+    for id in (0..n).filter(|&id| live[id]) {
+        if let Some(root) = prologue_of_reduction(graph, id, &consumers, kept, &group_of, &groups) {
+            reduction_of[root] = Some(id);
+        }
+    }
+
     let mut fusion = Fusion::none(n);
     for root in 0..n {
         if group_of[root] != Some(root) {
@@ -270,6 +287,19 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
         // Ascending ids are program order; the root comes last.
         let mut members = groups[root].members.clone();
         members.sort_unstable();
+        if let Some(reduction) = reduction_of[root] {
+            for &m in &members {
+                fusion.absorbed[m] = true;
+            }
+            let Op::Reduce { op, axes } = &graph.nodes[reduction].op else {
+                unreachable!("prologue_of_reduction picks only Reduce nodes")
+            };
+            let prologue = program(graph, &members, &[]);
+            let Op::Fused(program) = prologue.op else { unreachable!("program() makes an Op::Fused") };
+            let op = Op::FusedReduce { program, op: *op, axes: axes.clone(), shape: graph.nodes[root].shape.clone() };
+            fusion.fused[reduction] = Some(FusedStep { op, inputs: prologue.inputs, stored: Vec::new() });
+            continue;
+        }
         let reads_constant =
             members.iter().any(|&m| graph.nodes[m].inputs.iter().any(|i| is_inlinable_constant(graph, i.0)));
         if members.len() == 1 && !reads_constant {
@@ -294,6 +324,30 @@ pub(crate) fn fuse(graph: &Graph, live: &[bool], kept: &[bool]) -> Fusion {
         }
     }
     fusion
+}
+
+/// The root of the group that becomes the prologue of node `id`, if `id` is a
+/// reduction that can compute its input on the fly: an f32 `Reduce` of the root of a
+/// group that stores nothing but its root (a single-output program), whose value is
+/// f32 (an f16 value would be rounded when stored, not inside the program), not kept,
+/// and read by this reduction alone. The group's inputs are written before its step,
+/// so before the later reduction's; its members are read by nothing outside it.
+fn prologue_of_reduction(
+    graph: &Graph,
+    id: usize,
+    consumers: &[Vec<usize>],
+    kept: &[bool],
+    group_of: &[Option<usize>],
+    groups: &[Group],
+) -> Option<usize> {
+    let node = &graph.nodes[id];
+    if !matches!(node.op, Op::Reduce { .. }) || node.dtype != DType::F32 {
+        return None;
+    }
+    let root = node.inputs[0].0;
+    let single_output = group_of[root] == Some(root) && groups[root].stored.is_empty();
+    let read_here_only = !kept[root] && consumers[root] == [id];
+    (single_output && read_here_only && graph.nodes[root].dtype == DType::F32).then_some(root)
 }
 
 /// The fused step computing `members` (ascending ids, the root last) and storing

@@ -371,6 +371,17 @@ pub enum Op {
     /// `extra_outputs`, all of the output shape (extra outputs f32); see
     /// [`FusedProgram`] for the semantics.
     Fused(FusedProgram),
+    /// A reduction whose input is computed on the fly by an elementwise prologue, never
+    /// stored; only in a plan (`Plan::compile` makes it from a `Reduce` of a fused
+    /// group's value that nothing else reads, see `fuse.rs`). Inputs [x_0, x_1, ...]
+    /// float, each broadcast to `shape`, the shape of the reduced value. `program` is
+    /// single-output: its last register, evaluated at every element of `shape` exactly
+    /// as an `Op::Fused` step computes it, is the value `Reduce { op, axes }` reduces,
+    /// with the same arithmetic and order of summation as that backend's `Reduce` of a
+    /// stored tensor (so the CPU gives the unfused plan's result bit for bit). Output:
+    /// `shape` with every axis in `axes` of size 1, f32. The program's `members` are the
+    /// prologue's nodes; the step's node is the reduction.
+    FusedReduce { program: FusedProgram, op: ReduceOp, axes: Vec<usize>, shape: crate::Shape },
 }
 
 impl Op {
@@ -411,6 +422,7 @@ impl Op {
             Op::AvgPool2d { .. } => "avg_pool2d",
             Op::AvgPool2dBackward { .. } => "avg_pool2d_backward",
             Op::Fused(_) => "fused",
+            Op::FusedReduce { .. } => "fused_reduce",
         }
     }
 

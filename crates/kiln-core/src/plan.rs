@@ -312,6 +312,7 @@ impl Plan {
             // A fused step says how many nodes it computes.
             let op = match &step.op {
                 Op::Fused(program) => format!("fused({} ops)", program.members.len()),
+                Op::FusedReduce { program, op, .. } => format!("{}(fused, {} ops)", op.name(), program.members.len()),
                 op => op.name().to_string(),
             };
             // The extra outputs of a multi-output step follow its own, with their nodes.

@@ -6,7 +6,7 @@
 //! tests/fusion.rs (root) against unfused plans on the CPU and on the GPU.
 use kiln_core::testing::{adam_update, lcg_values};
 use kiln_core::{
-    BinaryOp, CmpOp, CompileOptions, DType, FusedInstr, FusedProgram, Graph, HostTensor, Op, Plan, Step, Tensor, UnaryOp,
+    BinaryOp, CmpOp, CompileOptions, DType, FusedInstr, FusedProgram, Graph, HostTensor, Op, Plan, ReduceOp, Step, Tensor, UnaryOp,
     MAX_FUSED_BINDINGS, MAX_FUSED_INPUTS,
 };
 
@@ -481,4 +481,95 @@ fn a_broadcast_read_outside_the_group_or_kept_stays_a_step() {
     let s = g.sum(wide, &[0], false).unwrap();
     let plan = Plan::compile(&g, &[s]).unwrap();
     assert_eq!(ops(&plan), ["broadcast_to", "sum"], "{}", plan.describe());
+}
+
+/// The fused-reduce steps of a plan: the step, its prologue, and its reduction.
+fn fused_reduce_steps(plan: &Plan) -> Vec<(&Step, &FusedProgram, ReduceOp, &[usize])> {
+    plan.steps
+        .iter()
+        .filter_map(|s| match &s.op {
+            Op::FusedReduce { program, op, axes, .. } => Some((s, program, *op, axes.as_slice())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sum_of_a_product_is_one_step() {
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5]);
+    let y = input(&mut g, "y", &[4, 5]);
+    let product = g.mul(x, y).unwrap();
+    let total = g.sum(product, &[1], false).unwrap();
+    let plan = Plan::compile(&g, &[total]).unwrap();
+    assert_eq!(ops(&plan), ["fused_reduce"], "{}", plan.describe());
+    let (step, program, op, axes) = fused_reduce_steps(&plan)[0];
+    // The step computes the reduction (keepdim: the reshape after it is an alias).
+    assert_eq!((op, axes), (ReduceOp::Sum, &[1][..]));
+    assert_eq!(step.output.shape.dims(), &[4, 1]);
+    assert_eq!(program.sources, [x, y]);
+    assert_eq!(program.members, [product]);
+    assert_eq!(program.to_string(), "r0 = load x0\nr1 = load x1\nr2 = mul r0 r1\n");
+    assert!(matches!(&step.op, Op::FusedReduce { shape, .. } if shape.dims() == [4, 5]));
+    assert_eq!(step.inputs.iter().map(|i| i.buffer).collect::<Vec<_>>(), [plan.inputs[0].operand.buffer, plan.inputs[1].operand.buffer]);
+    // No buffer holds the product: only the inputs and the sum have one.
+    assert_eq!(plan.buffers.len(), 3, "{}", plan.describe());
+    assert_eq!(ops(&Plan::compile_unfused(&g, &[total]).unwrap()), ["mul", "sum"]);
+}
+
+#[test]
+fn a_layer_norm_variance_is_one_step_with_its_broadcast() {
+    // mean((x - broadcast(mean(x)))^2): the centred square, with the broadcast of the
+    // mean, is the prologue of the second mean.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[2, 3, 8]);
+    let mu = g.mean(x, &[2], true).unwrap();
+    let mu_wide = g.broadcast_to(mu, [2, 3, 8]).unwrap();
+    let centered = g.sub(x, mu_wide).unwrap();
+    let squared = g.mul(centered, centered).unwrap();
+    let var = g.mean(squared, &[2], true).unwrap();
+    let plan = Plan::compile(&g, &[var]).unwrap();
+    assert_eq!(ops(&plan), ["mean", "fused_reduce"], "{}", plan.describe());
+    let (step, program, op, _) = fused_reduce_steps(&plan)[0];
+    assert_eq!(op, ReduceOp::Mean);
+    assert_eq!(program.sources, [x, mu]);
+    assert_eq!(step.inputs[1].shape.dims(), &[2, 3, 1]);
+    assert_eq!(program.members, [mu_wide, centered, squared]);
+}
+
+#[test]
+fn a_value_read_besides_the_reduction_is_not_its_prologue() {
+    let build = || {
+        let mut g = Graph::new();
+        let x = input(&mut g, "x", &[4, 5]);
+        let y = input(&mut g, "y", &[4, 5]);
+        let product = g.mul(x, y).unwrap();
+        let total = g.sum(product, &[0], true).unwrap();
+        (g, product, total)
+    };
+    // Read by another step too: the product is stored, the sum reads it.
+    let (mut g, product, total) = build();
+    let other = g.exp(product).unwrap();
+    let plan = Plan::compile(&g, &[total, other]).unwrap();
+    assert!(fused_reduce_steps(&plan).is_empty(), "{}", plan.describe());
+    assert!(ops(&plan).contains(&"sum"), "{}", plan.describe());
+    // Kept (a plan output): the same.
+    let (g, product, total) = build();
+    let plan = Plan::compile(&g, &[total, product]).unwrap();
+    assert_eq!(ops(&plan), ["mul", "sum"], "{}", plan.describe());
+    // A group that stores a member besides its root is no prologue.
+    let mut g = Graph::new();
+    let x = input(&mut g, "x", &[4, 5]);
+    let e = g.exp(x).unwrap();
+    let scaled = g.mul_scalar(e, 3.0).unwrap();
+    let total = g.sum(scaled, &[1], false).unwrap();
+    let plan = Plan::compile(&g, &[total, e]).unwrap();
+    assert_eq!(ops(&plan), ["fused", "sum"], "{}", plan.describe());
+    // f16 values are rounded when stored: an f16 product stays a step.
+    let mut g = Graph::new();
+    let x = g.input("x", [4, 5], DType::F16).unwrap();
+    let sq = g.mul(x, x).unwrap();
+    let total = g.sum(sq, &[1], false).unwrap();
+    let plan = Plan::compile(&g, &[total]).unwrap();
+    assert!(fused_reduce_steps(&plan).is_empty(), "{}", plan.describe());
 }

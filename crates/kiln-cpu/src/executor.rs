@@ -248,6 +248,18 @@ fn execute_step<T: Float>(step: &Step, slots: &mut [Slot<T>], capacity: &[usize]
         let mut outs: Vec<ViewMut<T>> = out_slots.iter_mut().zip(&outputs).map(|(slot, o)| slot.view_mut(o)).collect();
         match (&step.op, outs.len()) {
             (Op::Fused(program), _) => run_fused(step, program, &inputs, outs),
+            (Op::FusedReduce { program, op, axes, shape }, 1) => {
+                let kinds_error = || {
+                    let ins: Vec<&str> = inputs.iter().map(|v| v.kind()).collect();
+                    ExecError::Unsupported(format!(
+                        "step #{} (fused_reduce): no CPU kernel for inputs {ins:?}: every input and the output must be float",
+                        step.node.id()
+                    ))
+                };
+                let xs = all_float(&inputs, &step.inputs).ok_or_else(kinds_error)?;
+                let ViewMut::Float(out) = outs.remove(0) else { return Err(kinds_error()) };
+                fused::run_reduce(step, program, *op, axes, &xs, shape, out)
+            }
             (_, 1) => dispatch(step, &inputs, outs.remove(0)),
             (op, n) => Err(ExecError::Unsupported(format!(
                 "step #{} ({}) has {n} outputs; only a fused step writes more than one",

@@ -3,7 +3,7 @@
 //! ops use (`unary_value`, `binary_value`, `compare_value`, `where`'s truth test), in
 //! the backend's float type, so a fused step gives the unfused steps' result bit for bit.
 //! A multi-output program writes each stored register to its output as it is computed.
-use kiln_core::{ExecError, FusedInstr, FusedProgram, Shape, Step};
+use kiln_core::{ExecError, FusedInstr, FusedProgram, ReduceOp, Shape, Step};
 
 use crate::elementwise::{binary_value, compare_value, unary_value};
 use crate::strided::TensorRef;
@@ -60,7 +60,7 @@ impl<'a> Cursor<'a> {
 }
 
 fn malformed(step: &Step, message: String) -> ExecError {
-    ExecError::Unsupported(format!("step #{} (fused): {message}", step.node.id()))
+    ExecError::Unsupported(format!("step #{} ({}): {message}", step.node.id(), step.op.name()))
 }
 
 /// Check that the program only reads inputs the step has and registers computed before,
@@ -144,6 +144,37 @@ pub fn run<T: Float>(
         }
         run_piece(program, inputs, readers, out_shape, 0, &mut first_piece);
     });
+    Ok(())
+}
+
+/// `Op::FusedReduce`: `out = reduce(op, axes, program(inputs))`, the program evaluated
+/// over `shape`. The CPU is the reference backend: it evaluates the prologue into a
+/// vector of `shape` with `run` and reduces that with the unfused `Reduce` kernel, so
+/// the result is the unfused plan's bit for bit by construction (the same value at
+/// every element, the same pairwise sums in the same order). What fusion saves, a
+/// stored tensor and a launch, matters on the GPU.
+pub fn run_reduce<T: Float>(
+    step: &Step,
+    program: &FusedProgram,
+    op: ReduceOp,
+    axes: &[usize],
+    inputs: &[TensorRef<T>],
+    shape: &Shape,
+    out: &mut [T],
+) -> Result<(), ExecError> {
+    if program.is_multi_output() {
+        return Err(malformed(step, format!("a reduction's prologue stores {} registers, not 1", program.stores.len())));
+    }
+    if axes.windows(2).any(|w| w[0] >= w[1]) || axes.last().is_some_and(|&a| a >= shape.rank()) {
+        return Err(malformed(step, format!("axes {axes:?} are not sorted, unique axes of {shape}")));
+    }
+    let outputs: usize = (0..shape.rank()).filter(|a| !axes.contains(a)).map(|a| shape.dims()[a]).product();
+    if out.len() != outputs {
+        return Err(malformed(step, format!("output holds {} elements, not the {outputs} of {shape} reduced over {axes:?}", out.len())));
+    }
+    let mut values = vec![T::ZERO; shape.numel()];
+    run(step, program, inputs, vec![&mut values], shape)?;
+    crate::reduce::reduce(op, axes, TensorRef { data: &values, shape }, out);
     Ok(())
 }
 

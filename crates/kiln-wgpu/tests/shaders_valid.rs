@@ -43,6 +43,10 @@ fn slot_samples(file: &str, slot: &str, float: &str) -> Option<Vec<String>> {
                 .map(|e| format!("{float}({e})"))
                 .collect(),
         ),
+        ("reduce.wgsl", "INPUTS") => one(&format!("@group(0) @binding(1) var<storage, read> x: array<{float}>;")),
+        ("reduce.wgsl", "OUT") => one("2"),
+        // A stored value; fused prologues are validated as rendered launches below.
+        ("reduce.wgsl", "PROLOGUE") => one("fn value(e: u32) -> f32 {\n    return f32(x[e]);\n}"),
         ("reduce.wgsl", "WG") => Some(vec!["64".into(), "256".into()]),
         ("reduce.wgsl", "ACC") => Some(vec!["sum".into(), "max".into()]),
         ("reduce.wgsl", "BASE") => one("offset_of(o, params[P_KEPT_RANK], P_KEPT_DIMS, P_KEPT_STRIDES)"),

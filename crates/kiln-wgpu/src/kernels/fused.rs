@@ -8,9 +8,14 @@
 //! multi-output step binds its extra outputs after the inputs as `out_0`, `out_1`, ...
 //! and its own output last (the template's `out`), all written. The cache key is the
 //! rendered program (declarations, statements and storage types).
-use kiln_core::{DType, ExecError, FusedInstr, FusedProgram, Operand, Step, MAX_RANK};
+//!
+//! `Op::FusedReduce`: the program is a reduction's prologue (`prologue`), rendered as
+//! the `value(e)` function of shaders/reduce.wgsl with the same instruction
+//! expressions and the elementwise template's functions.
+use kiln_core::{DType, ExecError, FusedInstr, FusedProgram, Operand, Shape, Step, MAX_RANK};
 
 use super::elementwise::{binary_expr, float_comparison, unary_expr};
+use super::reduce::ValueSource;
 use super::{render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/elementwise.wgsl");
@@ -296,6 +301,90 @@ fn render_launch(step: &Step, program: &FusedProgram, caps: &Caps, body: &Launch
         bindings,
         groups: word(step, "workgroup count", n.div_ceil(WORKGROUP))?,
         scratch: Vec::new(),
+    })
+}
+
+/// The elementwise ops' functions of the elementwise template (from its first constant
+/// to its entry point), for a reduction's prologue. They read `params[P_RANK]`,
+/// `P_DIMS` and `P_SCALAR`, which the prologue defines in its own params words.
+fn elementwise_functions() -> &'static str {
+    let start = SHADER.find("const SQRT_1_2").expect("shaders/elementwise.wgsl defines SQRT_1_2 before its functions");
+    let end = SHADER.find("@compute").expect("shaders/elementwise.wgsl has an entry point after its functions");
+    &SHADER[start..end]
+}
+
+/// A FusedReduce's value: `program`'s last register at element `e` of `shape` (the
+/// reduced value), each input broadcast to `shape`, as reduce.wgsl's `value(e)`.
+/// Appends the prologue's params words to the reduction's: the rank and dims of
+/// `shape` (P_RANK, P_DIMS, as the elementwise template's `broadcast_offset` reads
+/// them), an unused P_SCALAR, then each input's broadcast strides.
+pub(super) fn prologue(
+    step: &Step,
+    program: &FusedProgram,
+    shape: &Shape,
+    caps: &Caps,
+    params: &mut Vec<u32>,
+) -> Result<ValueSource, ExecError> {
+    if program.stores.len() != 1 || program.stores.last() != Some(&(program.instrs.len().wrapping_sub(1))) {
+        return Err(op_error(step, format!("a reduction's prologue must store its last register only, not {:?}", program.stores)));
+    }
+    for (j, input) in step.inputs.iter().enumerate() {
+        if !input.dtype.is_float() || !input.shape.broadcasts_to(shape) {
+            return Err(op_error(step, format!("input {j} {} {} is not a float broadcasting to {shape}", input.dtype, input.shape)));
+        }
+    }
+    for (k, instr) in program.instrs.iter().enumerate() {
+        if let FusedInstr::Load { input } = instr {
+            if *input >= step.inputs.len() {
+                return Err(op_error(step, format!("r{k} loads input {input} of {}", step.inputs.len())));
+            }
+        }
+        if let Some(late) = operands(instr).into_iter().find(|&r| r >= k) {
+            return Err(op_error(step, format!("r{k} reads r{late}, which is not computed before it")));
+        }
+    }
+    let p_rank = params.len();
+    let p_dims = p_rank + 1;
+    let p_scalar = p_dims + MAX_RANK;
+    let first_strides = p_scalar + 1;
+    params.resize(first_strides + MAX_RANK * step.inputs.len(), 0);
+    params[p_rank] = shape.rank() as u32;
+    for (d, &dim) in shape.dims().iter().enumerate() {
+        params[p_dims + d] = word(step, "dimension", dim)?;
+    }
+    let mut declarations = String::new();
+    let mut any_f16 = false;
+    for (j, input) in step.inputs.iter().enumerate() {
+        let ty = caps.storage_type(input.dtype);
+        any_f16 |= ty == "f16";
+        declarations.push_str(&format!("@group(0) @binding({}) var<storage, read> in_{j}: array<{ty}>;\n", j + 1));
+        for (d, &stride) in input.shape.broadcast_strides(shape).iter().enumerate() {
+            params[first_strides + MAX_RANK * j + d] = word(step, "stride", stride)?;
+        }
+    }
+    let load = |j: usize| -> String {
+        let input = &step.inputs[j];
+        let index = if input.shape == *shape {
+            "e".to_string()
+        } else if input.numel() == 1 {
+            "0u".to_string()
+        } else {
+            format!("broadcast_offset(e, {}u)", first_strides + MAX_RANK * j)
+        };
+        format!("f32(in_{j}[{index}])")
+    };
+    let mut value = String::from("fn value(e: u32) -> f32 {\n");
+    for (k, instr) in program.instrs.iter().enumerate() {
+        value.push_str(&format!("    let r{k} = {};\n", instr_expr(instr, load)));
+    }
+    value.push_str(&format!("    return r{};\n}}", program.instrs.len() - 1));
+    let constants = format!("const P_RANK: u32 = {p_rank}u;\nconst P_DIMS: u32 = {p_dims}u;\nconst P_SCALAR: u32 = {p_scalar}u;\n");
+    Ok(ValueSource {
+        bindings: step.inputs.iter().map(|input| (input.buffer, Access::Read)).collect(),
+        key: format!("{declarations}{value}"),
+        prologue: format!("{constants}{}\n{value}", elementwise_functions()),
+        declarations: declarations.trim_end().to_string(),
+        any_f16,
     })
 }
 

@@ -150,7 +150,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         Op::Constant { .. } | Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Where | Op::Cast => {
             elementwise::lower(step, caps)
         }
-        Op::Reduce { .. } | Op::ArgMax { .. } => reduce::lower(step, caps),
+        Op::Reduce { .. } | Op::ArgMax { .. } | Op::FusedReduce { .. } => reduce::lower(step, caps),
         Op::MatMul { .. } => matmul::lower(step, caps),
         Op::Softmax { .. } | Op::LogSoftmax { .. } | Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyBackward => {
             softmax::lower(step, caps)

@@ -1,13 +1,16 @@
-//! Reduce (Sum, Mean, Max over any set of axes) and ArgMax (shaders/reduce.wgsl): one
-//! workgroup per output element, a strided pass per invocation and a shared-memory tree.
+//! Reduce (Sum, Mean, Max over any set of axes), ArgMax and FusedReduce
+//! (shaders/reduce.wgsl): one workgroup per output element, a strided pass per
+//! invocation and a shared-memory tree.
 //!
-//! The input's axes are split into kept axes (which output element) and reduced axes
-//! (which element within it). Size-1 axes are dropped and neighbours that are
-//! contiguous in memory merged, so the common cases (the last axes, the leading axes)
-//! read `x[base + j]` or `x[base + j * stride]` without unravelling an index.
+//! The reduced value's axes are split into kept axes (which output element) and
+//! reduced axes (which element within it). Size-1 axes are dropped and neighbours that
+//! are contiguous in memory merged, so the common cases (the last axes, the leading
+//! axes) read element `base + j` or `base + j * stride` without unravelling an index.
+//! A FusedReduce computes that element with its prologue program (`fused::prologue`)
+//! where a Reduce loads it: the same loop, the same compensated sums, the same tree.
 use kiln_core::{DType, ExecError, Op, ReduceOp, Step, MAX_RANK};
 
-use super::{key, render, Access, Caps, Launch};
+use super::{fused, key, render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/reduce.wgsl");
 
@@ -16,7 +19,8 @@ const P_KEPT_DIMS: usize = 4;
 const P_KEPT_STRIDES: usize = 12;
 const P_REDUCED_DIMS: usize = 20;
 const P_REDUCED_STRIDES: usize = 28;
-const PARAM_WORDS: usize = 36;
+/// The reduction's own words; a fused prologue's follow them.
+pub(super) const PARAM_WORDS: usize = 36;
 /// At or above this many elements per output, 256 invocations share the work; below, 64.
 const LARGE_REDUCTION: usize = 4096;
 
@@ -35,42 +39,57 @@ enum Kind {
     ArgMax,
 }
 
+/// How the kernel reads the value it reduces: its bindings (after params), their
+/// declarations and the shader's `value(e)` function (see reduce.wgsl's PROLOGUE).
+pub(super) struct ValueSource {
+    pub bindings: Vec<(kiln_core::BufferId, Access)>,
+    pub declarations: String,
+    pub prologue: String,
+    /// The part of `declarations` and `prologue` that tells kernels apart (the cache key
+    /// leaves out the elementwise functions every fused prologue brings along).
+    pub key: String,
+    pub any_f16: bool,
+}
+
 pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     let (kind, axes) = match &step.op {
-        Op::Reduce { op, axes } => (Kind::Reduce(*op), axes.clone()),
+        Op::Reduce { op, axes } | Op::FusedReduce { op, axes, .. } => (Kind::Reduce(*op), axes.clone()),
         Op::ArgMax { axis } => (Kind::ArgMax, vec![*axis]),
         _ => return Err(op_error(step, "is not a reduction")),
     };
-    let [x] = step.inputs.as_slice() else {
-        return Err(op_error(step, format!("expects 1 input, got {}", step.inputs.len())));
+    // The reduced value: a stored input, or a program computed over `shape`.
+    let (shape, value_dtype) = match (&step.op, step.inputs.as_slice()) {
+        (Op::FusedReduce { shape, .. }, _) => (shape, DType::F32),
+        (_, [x]) => (&x.shape, x.dtype),
+        (_, inputs) => return Err(op_error(step, format!("expects 1 input, got {}", inputs.len()))),
     };
     let out = &step.output;
-    let dims = x.shape.dims();
+    let dims = shape.dims();
     if let Some(&bad) = axes.iter().find(|&&a| a >= dims.len()) {
-        return Err(op_error(step, format!("axis {bad} is out of range for {}", x.shape)));
+        return Err(op_error(step, format!("axis {bad} is out of range for {shape}")));
     }
     let kept_shape: Vec<usize> = (0..dims.len()).map(|a| if axes.contains(&a) { 1 } else { dims[a] }).collect();
-    let out_dtype = if kind == Kind::ArgMax { DType::U32 } else { x.dtype };
-    if !x.dtype.is_float() || out.shape.dims() != kept_shape.as_slice() || out.dtype != out_dtype {
+    let out_dtype = if kind == Kind::ArgMax { DType::U32 } else { value_dtype };
+    if !value_dtype.is_float() || out.shape.dims() != kept_shape.as_slice() || out.dtype != out_dtype {
         return Err(op_error(
             step,
             format!(
                 "expects a float input and an output with the reduced axes of size 1 ({out_dtype} {:?}); got {} {} -> {} {}",
-                kept_shape, x.dtype, x.shape, out.dtype, out.shape
+                kept_shape, value_dtype, shape, out.dtype, out.shape
             ),
         ));
     }
     if dims.len() > MAX_RANK {
-        return Err(op_error(step, format!("input {} has more than {MAX_RANK} dimensions", x.shape)));
+        return Err(op_error(step, format!("input {shape} has more than {MAX_RANK} dimensions")));
     }
     let outputs = out.numel();
     if outputs == 0 {
         return Ok(Vec::new());
     }
     let m: usize = axes.iter().map(|&a| dims[a]).product();
-    word(step, "input size", x.numel())?;
+    word(step, "input size", shape.numel())?;
 
-    let strides = x.shape.strides();
+    let strides = shape.strides();
     let kept = merged_axes(dims, &strides, |a| !axes.contains(&a));
     let reduced = merged_axes(dims, &strides, |a| axes.contains(&a));
     let mut params = vec![0u32; PARAM_WORDS];
@@ -86,12 +105,15 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         params[P_REDUCED_DIMS + i] = dim as u32;
         params[P_REDUCED_STRIDES + i] = stride as u32;
     }
+    let source = match &step.op {
+        Op::FusedReduce { program, shape, .. } => fused::prologue(step, program, shape, caps, &mut params)?,
+        _ => stored_value(&step.inputs[0], caps),
+    };
 
-    let tx = caps.storage_type(x.dtype);
     let to = caps.storage_type(out.dtype);
     let round = |e: &str| {
         if out.dtype == DType::F16 && to == "f32" {
-            format!("{to}(round_f16({e}))")
+            format!("{to}(acc_round_f16({e}))")
         } else {
             format!("{to}({e})")
         }
@@ -106,23 +128,43 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     let base = offset_expr("o", &kept, "P_KEPT_RANK", "P_KEPT_DIMS", "P_KEPT_STRIDES");
     let offset = offset_expr("j", &reduced, "P_REDUCED_RANK", "P_REDUCED_DIMS", "P_REDUCED_STRIDES");
     let workgroup = if m >= LARGE_REDUCTION { "256" } else { "64" };
+    let out_binding = (source.bindings.len() + 1).to_string();
     let slots = [
-        ("TX", tx),
         ("TO", to),
+        // Only render's f16 check sees this slot: the template names no F16 slot.
+        ("F16_STORAGE", if source.any_f16 || to == "f16" { "f16" } else { "-" }),
+        ("OUT", out_binding.as_str()),
         ("WG", workgroup),
         ("ACC", acc),
         ("BASE", base.as_str()),
         ("OFFSET", offset.as_str()),
         ("RESULT", result.as_str()),
     ];
+    let mut bindings = source.bindings;
+    bindings.push((out.buffer, Access::Write));
+    let all_slots: Vec<(&str, &str)> =
+        slots.iter().copied().chain([("INPUTS", source.declarations.as_str()), ("PROLOGUE", source.prologue.as_str())]).collect();
     Ok(vec![Launch {
-        key: key("reduce", &slots),
-        source: render(SHADER, &slots),
+        key: format!("{};VALUE={}", key("reduce", &slots), source.key),
+        source: render(SHADER, &all_slots),
         params,
-        bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings,
         groups: word(step, "output count", outputs)?,
         scratch: Vec::new(),
     }])
+}
+
+/// A stored tensor `x`, read element by element.
+fn stored_value(x: &kiln_core::Operand, caps: &Caps) -> ValueSource {
+    let tx = caps.storage_type(x.dtype);
+    let declarations = format!("@group(0) @binding(1) var<storage, read> x: array<{tx}>;");
+    ValueSource {
+        bindings: vec![(x.buffer, Access::Read)],
+        prologue: "fn value(e: u32) -> f32 {\n    return f32(x[e]);\n}".to_string(),
+        key: format!("x:{tx}"),
+        declarations,
+        any_f16: tx == "f16",
+    }
 }
 
 /// The (dim, stride) of the axes `pick` selects, outermost first: size-1 axes dropped,
