@@ -369,3 +369,69 @@ fn optimizer_updates_are_one_step_per_parameter_and_give_the_unfused_parameters(
         }
     }
 }
+
+/// LayerNorm forward and backward (by hand: mean, centred square, rsqrt, scale and
+/// shift, with the gradients of x, gamma and beta), and a softmax-attention-like block
+/// with its gradients: graphs full of broadcasts and reductions of products.
+fn norm_and_attention_graph() -> (Graph, Vec<Tensor>, Vec<Tensor>) {
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 5, 8], DType::F32).unwrap();
+    let gamma = g.input("gamma", [8], DType::F32).unwrap();
+    let beta = g.input("beta", [8], DType::F32).unwrap();
+    let target = g.input("target", [2, 5, 8], DType::F32).unwrap();
+    let mu = g.mean(x, &[2], true).unwrap();
+    let centered = g.sub(x, mu).unwrap();
+    let squared = g.mul(centered, centered).unwrap();
+    let var = g.mean(squared, &[2], true).unwrap();
+    let var = g.add_scalar(var, 1e-5).unwrap();
+    let inv = g.rsqrt(var).unwrap();
+    let normed = g.mul(centered, inv).unwrap();
+    let scaled = g.mul(normed, gamma).unwrap();
+    let y = g.add(scaled, beta).unwrap();
+    // Attention-like: softmax(y y^T) y.
+    let scores = g.matmul_t(y, y, false, true).unwrap();
+    let weights = g.softmax(scores, 2).unwrap();
+    let attended = g.matmul(weights, y).unwrap();
+    let error = g.mul(attended, target).unwrap();
+    let loss = g.sum_all(error).unwrap();
+    let grads = g.grad(loss, &[x, gamma, beta]).unwrap();
+    let mut outputs = vec![loss];
+    outputs.extend(&grads);
+    (g, vec![x, gamma, beta, target], outputs)
+}
+
+#[test]
+fn layer_norm_and_attention_gradients_with_fused_reductions_equal_unfused() {
+    let (g, inputs, outputs) = norm_and_attention_graph();
+    let fused = Plan::compile_with_options(&g, &outputs, &[], CompileOptions { fuse_elementwise: true }).unwrap();
+    let unfused = Plan::compile_with_options(&g, &outputs, &[], CompileOptions { fuse_elementwise: false }).unwrap();
+    let count = |plan: &Plan, name: &str| plan.steps.iter().filter(|s| s.op.name() == name).count();
+    println!("LayerNorm + attention: {} steps fused, {} unfused", fused.steps.len(), unfused.steps.len());
+    assert!(count(&fused, "fused_reduce") >= 3, "{}", fused.describe());
+    assert!(count(&fused, "broadcast_to") < count(&unfused, "broadcast_to"), "{}", fused.describe());
+    let mut rng = Lcg(11);
+    let feeds: Vec<(Tensor, HostTensor)> = inputs
+        .iter()
+        .map(|&t| {
+            let dims = g.node(t).shape.dims().to_vec();
+            let n: usize = dims.iter().product();
+            (t, HostTensor::f32(dims, (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()))
+        })
+        .collect();
+    let run_all = |backend: &dyn Backend, plan: &Plan| {
+        let mut exec = backend.load(plan).unwrap_or_else(|e| panic!("load: {e}"));
+        exec.run(&feeds).unwrap_or_else(|e| panic!("run: {e}\n{}", plan.describe()))
+    };
+    for (precision, backend) in [("f32", &CpuBackend::<f32>::new() as &dyn Backend), ("f64", &CpuBackend::<f64>::new())] {
+        let (a, b) = (run_all(backend, &fused), run_all(backend, &unfused));
+        for (k, (a, b)) in a.iter().zip(&b).enumerate() {
+            assert!(bits(a) == bits(b), "output {k} ({precision}): fused {:?}\nunfused {:?}", a.to_f64_vec(), b.to_f64_vec());
+        }
+    }
+    let Some(gpu) = kiln_wgpu::testing::gpu_or_skip() else { return };
+    let on_cpu = run_all(&CpuBackend::<f32>::new(), &fused);
+    let on_gpu = run_all(&gpu, &fused);
+    for (k, (c, q)) in on_cpu.iter().zip(&on_gpu).enumerate() {
+        assert_close(&format!("output {k} (GPU fused vs CPU)"), c, q, 1e-4, 1e-5);
+    }
+}
