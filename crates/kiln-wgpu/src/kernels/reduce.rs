@@ -207,3 +207,69 @@ mod tests {
         assert_eq!(merged_axes(&dims, &strides, |a| a == 2), vec![]);
     }
 }
+
+#[cfg(test)]
+mod fused_reduce_tests {
+    use kiln_core::{DType, Graph, Op, Plan};
+
+    use super::super::{lower, Access, Caps};
+
+    /// Every FusedReduce launch (sum of a product, LayerNorm's variance with its
+    /// broadcast, max of a ReLU with a constant; from f32 inputs and from an f16 input
+    /// cast to f32, with and without SHADER_F16) parses and validates with naga, as written and with tensor bindings
+    /// read_write (as the runtime loads it), and declares exactly its launch's bindings.
+    #[test]
+    fn fused_reduce_launches_validate() {
+        let mut checked = 0;
+        for input_dtype in [DType::F32, DType::F16] {
+            let mut g = Graph::new();
+            let x = g.input("x", [3, 4, 9], input_dtype).unwrap();
+            let x = if input_dtype == DType::F32 { x } else { g.cast(x, DType::F32).unwrap() };
+            let y = g.input("y", [9], DType::F32).unwrap();
+            let product = g.mul(x, y).unwrap();
+            let sum = g.sum(product, &[0, 1], false).unwrap();
+            let mu = g.mean(x, &[2], true).unwrap();
+            let centered = g.sub(x, mu).unwrap();
+            let squared = g.mul(centered, centered).unwrap();
+            let var = g.mean(squared, &[2], true).unwrap();
+            let relu = g.relu(x).unwrap();
+            let shifted = g.add_scalar(relu, 0.5).unwrap();
+            let max = g.max(shifted, &[1], true).unwrap();
+            let plan = Plan::compile(&g, &[sum, var, max]).unwrap();
+            let steps: Vec<_> = plan.steps.iter().filter(|s| matches!(s.op, Op::FusedReduce { .. })).collect();
+            assert_eq!(steps.len(), 3, "{}", plan.describe());
+            for caps in [Caps::default(), Caps { shader_f16: true, ..Caps::default() }] {
+                for step in &steps {
+                    for launch in lower(step, &caps).unwrap() {
+                        let mut module = naga::front::wgsl::parse_str(&launch.source)
+                            .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&launch.source)));
+                        let validate = |module: &naga::Module| {
+                            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                                .validate(module)
+                                .unwrap_or_else(|e| panic!("{}\n{}", e.emit_to_string(&launch.source), launch.source));
+                        };
+                        validate(&module);
+                        let declared: Vec<(u32, bool)> = module
+                            .global_variables
+                            .iter()
+                            .filter_map(|(_, var)| {
+                                let binding = var.binding.as_ref()?;
+                                let naga::AddressSpace::Storage { access } = var.space else { return None };
+                                Some((binding.binding, access.contains(naga::StorageAccess::STORE)))
+                            })
+                            .collect();
+                        let mut expected = vec![(0, false)];
+                        expected.extend(launch.accesses().iter().enumerate().map(|(k, a)| (k as u32 + 1, *a == Access::Write)));
+                        let mut sorted = declared.clone();
+                        sorted.sort_unstable();
+                        assert_eq!(sorted, expected, "{}", launch.source);
+                        crate::declare_tensor_bindings_read_write(&mut module);
+                        validate(&module);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 12);
+    }
+}
