@@ -375,10 +375,10 @@ fn cross_backend_table() {
     for (i, c) in cases().iter().enumerate() {
         let b = build(c);
         // Each op's own kernel (unfused), then, where the case has elementwise chains,
-        // the fused plan (`Op::Fused` rows, labelled "fused").
+        // the fused plan (`Op::Fused` and `Op::FusedReduce` rows, labelled "fused").
         let unfused = Plan::compile_unfused(&b.graph, &b.outputs).unwrap_or_else(|e| panic!("case {}: {e}", c.name));
         let fused = Plan::compile(&b.graph, &b.outputs).unwrap_or_else(|e| panic!("case {}: {e}", c.name));
-        let has_fused = fused.steps.iter().any(|s| matches!(s.op, kiln_core::Op::Fused(_)));
+        let has_fused = fused.steps.iter().any(|s| matches!(s.op, kiln_core::Op::Fused(_) | kiln_core::Op::FusedReduce { .. }));
         let mut plans = vec![(c.name.clone(), unfused)];
         if has_fused {
             plans.push((format!("{} (fused)", c.name), fused));
@@ -422,7 +422,7 @@ fn cross_backend_table() {
         "lt", "le", "gt", "ge", "where", "sum", "mean", "max", "matmul", "softmax", "log_softmax", "permute", "broadcast_to",
         "slice", "slice_scatter", "concat", "gather", "scatter_add", "one_hot", "argmax", "softmax_cross_entropy", "softmax_cross_entropy_backward", "cast",
         "random_uniform", "conv2d", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d", "max_pool2d_backward",
-        "avg_pool2d", "avg_pool2d_backward", "fused",
+        "avg_pool2d", "avg_pool2d_backward", "fused", "fused_reduce",
     ];
     let missing: Vec<&str> = all.iter().copied().filter(|op| !covered.contains(op)).collect();
     assert!(missing.is_empty(), "ops with no cross-backend case: {missing:?}");
