@@ -435,3 +435,41 @@ fn layer_norm_and_attention_gradients_with_fused_reductions_equal_unfused() {
         assert_close(&format!("output {k} (GPU fused vs CPU)"), c, q, 1e-4, 1e-5);
     }
 }
+
+#[test]
+fn a_one_layer_gpt_step_gives_the_same_loss_and_gradients_fused_and_unfused() {
+    use kiln_nn::init::seeded_rng;
+    use kiln_nn::{GptConfig, Module, GPT};
+    let (vocab, block) = (13, 8);
+    let mut g = Graph::new();
+    let config = GptConfig { vocab_size: vocab, block_size: block, n_layer: 1, n_head: 2, n_embd: 16, dropout: 0.0, bias: true, tie_weights: true };
+    let model = GPT::new(&mut g, config, &mut seeded_rng(3)).unwrap();
+    let idx = g.input("idx", [2, block], DType::U32).unwrap();
+    let targets = g.input("targets", [2, block], DType::U32).unwrap();
+    let logits = model.forward(&mut g, idx).unwrap();
+    let loss = model.loss(&mut g, logits, targets).unwrap();
+    let params: Vec<Tensor> = model.params().into_iter().map(|(_, t)| t).collect();
+    let grads = g.grad(loss, &params).unwrap();
+    let mut outputs = vec![loss];
+    outputs.extend(&grads);
+    let fused = Plan::compile_with_options(&g, &outputs, &[], CompileOptions { fuse_elementwise: true }).unwrap();
+    let unfused = Plan::compile_with_options(&g, &outputs, &[], CompileOptions { fuse_elementwise: false }).unwrap();
+    println!("1-layer GPT step: {} steps fused, {} unfused", fused.steps.len(), unfused.steps.len());
+    assert!(fused.steps.iter().any(|s| s.op.name() == "fused_reduce"), "{}", fused.describe());
+    let tokens = |seed: u32| HostTensor::u32([2, block], (0..2 * block as u32).map(|k| (k * 7 + seed) % vocab as u32).collect());
+    let feeds = vec![(idx, tokens(1)), (targets, tokens(4))];
+    let run_all = |backend: &dyn Backend, plan: &Plan| {
+        let mut exec = backend.load(plan).unwrap_or_else(|e| panic!("load: {e}"));
+        exec.run(&feeds).unwrap_or_else(|e| panic!("run: {e}\n{}", plan.describe()))
+    };
+    let on_cpu = run_all(&CpuBackend::<f32>::new(), &fused);
+    let unfused_on_cpu = run_all(&CpuBackend::<f32>::new(), &unfused);
+    for (k, (a, b)) in on_cpu.iter().zip(&unfused_on_cpu).enumerate() {
+        assert!(bits(a) == bits(b), "output {k}: fused vs unfused on the CPU differ");
+    }
+    let Some(gpu) = kiln_wgpu::testing::gpu_or_skip() else { return };
+    let on_gpu = run_all(&gpu, &fused);
+    for (k, (c, q)) in on_cpu.iter().zip(&on_gpu).enumerate() {
+        assert_close(&format!("output {k} (GPU fused vs CPU)"), c, q, 1e-4, 1e-6);
+    }
+}
