@@ -395,7 +395,11 @@ fn norm_and_attention_graph() -> (Graph, Vec<Tensor>, Vec<Tensor>) {
     let error = g.mul(attended, target).unwrap();
     let loss = g.sum_all(error).unwrap();
     let grads = g.grad(loss, &[x, gamma, beta]).unwrap();
-    let mut outputs = vec![loss];
+    // A reduction whose prologue reads a broadcast operand: x scaled by its rows'
+    // [2, 5, 1] inverse deviation, summed over the rows.
+    let weighted = g.mul(x, inv).unwrap();
+    let weighted_sum = g.sum(weighted, &[1], false).unwrap();
+    let mut outputs = vec![loss, weighted_sum];
     outputs.extend(&grads);
     (g, vec![x, gamma, beta, target], outputs)
 }
