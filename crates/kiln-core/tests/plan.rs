@@ -68,6 +68,8 @@ fn check_buffer_sharing(graph: &Graph, plan: &Plan, updates: &[(Tensor, Tensor)]
         // A fused step computes its node from the tensors its program names as sources.
         let (op_matches, reads) = match &step.op {
             Op::Fused(program) => (program.members.last() == Some(&step.node), &program.sources),
+            // The step's node is the reduction; the program's members are its prologue.
+            Op::FusedReduce { program, .. } => (matches!(node.op, Op::Reduce { .. }), &program.sources),
             op => (*op == node.op, &node.inputs),
         };
         if !op_matches || step.output.shape != node.shape || step.output.dtype != node.dtype {
