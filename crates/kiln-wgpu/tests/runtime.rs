@@ -431,7 +431,9 @@ fn pipelines_are_shared_by_plans_on_one_backend() {
     let (plan, feeds) = mixed_plan();
     let first = gpu.load(&plan).unwrap();
     let after_first = gpu.cached_pipelines();
-    assert!(after_first >= 4, "{after_first} pipelines for 5 steps of 4 kinds");
+    // Every step of this plan is a different kernel (fusion decides how many there are).
+    let kinds = plan.steps.len();
+    assert!(kinds >= 3 && after_first >= kinds, "{after_first} pipelines for {kinds} steps of different kernels");
     let mut second = gpu.load(&plan).unwrap();
     assert_eq!(gpu.cached_pipelines(), after_first, "a second load of the same plan compiled new pipelines");
     drop(first);
