@@ -147,16 +147,7 @@ pub fn lower(step: &Step, program: &FusedProgram, caps: &Caps) -> Result<Vec<Lau
     if program.stores.len() != outputs.len() {
         return Err(op_error(step, format!("the program stores {} registers for {} outputs", program.stores.len(), outputs.len())));
     }
-    for (k, instr) in program.instrs.iter().enumerate() {
-        if let FusedInstr::Load { input } = instr {
-            if *input >= step.inputs.len() {
-                return Err(op_error(step, format!("r{k} loads input {input} of {}", step.inputs.len())));
-            }
-        }
-        if let Some(late) = operands(instr).into_iter().find(|&r| r >= k) {
-            return Err(op_error(step, format!("r{k} reads r{late}, which is not computed before it")));
-        }
-    }
+    check_instructions(step, program)?;
     if let Some(r) = program.stores.iter().find(|&&r| r >= program.instrs.len()) {
         return Err(op_error(step, format!("stores r{r} of {} registers", program.instrs.len())));
     }
@@ -333,16 +324,7 @@ pub(super) fn prologue(
             return Err(op_error(step, format!("input {j} {} {} is not a float broadcasting to {shape}", input.dtype, input.shape)));
         }
     }
-    for (k, instr) in program.instrs.iter().enumerate() {
-        if let FusedInstr::Load { input } = instr {
-            if *input >= step.inputs.len() {
-                return Err(op_error(step, format!("r{k} loads input {input} of {}", step.inputs.len())));
-            }
-        }
-        if let Some(late) = operands(instr).into_iter().find(|&r| r >= k) {
-            return Err(op_error(step, format!("r{k} reads r{late}, which is not computed before it")));
-        }
-    }
+    check_instructions(step, program)?;
     let p_rank = params.len();
     let p_dims = p_rank + 1;
     let p_scalar = p_dims + MAX_RANK;
@@ -388,6 +370,22 @@ pub(super) fn prologue(
     })
 }
 
+/// Every load names an input of the step, and every instruction reads only registers
+/// computed before it.
+fn check_instructions(step: &Step, program: &FusedProgram) -> Result<(), ExecError> {
+    for (k, instr) in program.instrs.iter().enumerate() {
+        if let FusedInstr::Load { input } = instr {
+            if *input >= step.inputs.len() {
+                return Err(op_error(step, format!("r{k} loads input {input} of {}", step.inputs.len())));
+            }
+        }
+        if let Some(late) = operands(instr).into_iter().find(|&r| r >= k) {
+            return Err(op_error(step, format!("r{k} reads r{late}, which is not computed before it")));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::rename;
@@ -400,3 +398,4 @@ mod tests {
         assert_eq!(rename("1.0 / sqrt_f32(a)", &["a"], &to[..1]), "1.0 / sqrt_f32(r3)");
     }
 }
+
