@@ -209,19 +209,7 @@ impl ByHand {
             .collect();
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         for launch in launches {
-            let module = naga::front::wgsl::parse_str(&launch.source).expect("validated above");
-            let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&launch.key),
-                source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(module)),
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&launch.key),
-                layout: None,
-                module: &shader,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+            let pipeline = common::pipeline_of(device, launch);
             let params = storage(bytemuck::cast_slice(&launch.params));
             let mut entries = vec![wgpu::BindGroupEntry { binding: 0, resource: params.as_entire_binding() }];
             for (k, (buffer, _)) in launch.bindings.iter().enumerate() {

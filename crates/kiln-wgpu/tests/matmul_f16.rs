@@ -270,19 +270,7 @@ fn dispatch_by_hand(launch: &kernels::Launch, a: &[f32], b: &[f32], c_len: usize
     use kiln_wgpu::wgpu;
     use kiln_wgpu::wgpu::util::DeviceExt;
     let (device, queue, _) = kiln_wgpu::adapter::open_for_tests().expect("device");
-    let module = naga::front::wgsl::parse_str(&launch.source).expect("parses");
-    let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(&launch.key),
-        source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(module)),
-    });
-    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some(&launch.key),
-        layout: None,
-        module: &shader,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
-    });
+    let pipeline = common::pipeline_of(&device, launch);
     let storage = |bytes: &[u8]| {
         device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: None,

@@ -34,3 +34,22 @@ pub fn assert_close_by(what: &str, gpu: &HostTensor, cpu: &HostTensor, tolerance
     // Kept in the log: how much of the tolerance the worst element used.
     eprintln!("{what}: worst error {worst:.3} of tolerance");
 }
+
+/// A compute pipeline for `launch` exactly as written (naga parses its source; the layout
+/// comes from the shader), for tests that dispatch a kernel by hand.
+pub fn pipeline_of(device: &kiln_wgpu::wgpu::Device, launch: &kiln_wgpu::kernels::Launch) -> kiln_wgpu::wgpu::ComputePipeline {
+    use kiln_wgpu::wgpu;
+    let module = naga::front::wgsl::parse_str(&launch.source).unwrap_or_else(|e| panic!("{}: {e}", launch.key));
+    let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(&launch.key),
+        source: wgpu::ShaderSource::Naga(std::borrow::Cow::Owned(module)),
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(&launch.key),
+        layout: None,
+        module: &shader,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
