@@ -224,7 +224,7 @@ def op_cases(quick, full):
 
     if quick:
         n = 1 << 20
-        cases = [("matmul", "256^3", ("matmul", cube(256)))]
+        cases = [("matmul", "256^3", ("matmul", cube(256))), ("matmul f16", "256^3", ("matmul_f16", cube(256)))]
         cases += [
             ("elementwise x*a+b", count(n), ("scale_shift", n)),
             ("gelu", count(n), ("gelu", n)),
@@ -234,6 +234,8 @@ def op_cases(quick, full):
         return cases + conv(8, 32, 28)
     matmuls = [cube(n) for n in (256, 1024, 2048, 4096)] + ([cube(8192)] if full else []) + GPT_MATMULS
     cases = [("matmul", m[0], ("matmul", m)) for m in matmuls]
+    # f16 operands, f32 accumulation (cuBLAS's half GEMM; kiln's cooperative-matrix kernel).
+    cases += [("matmul f16", f"{n}^3", ("matmul_f16", cube(n))) for n in (1024, 4096) + ((8192,) if full else ())]
     cases += [
         ("elementwise x*a+b", count(M16), ("scale_shift", M16)),
         ("gelu", count(M16), ("gelu", M16)),
@@ -246,7 +248,7 @@ def op_cases(quick, full):
 def op_work(spec):
     """(amount, unit): what one run does, as kiln counts it."""
     kind = spec[0]
-    if kind == "matmul":
+    if kind in ("matmul", "matmul_f16"):
         _, batch, m, k, n, _, _ = spec[1]
         return 2.0 * batch * m * k * n / 1e12, "TFLOP/s"
     if kind == "scale_shift":
@@ -269,11 +271,12 @@ def op_fn(torch, spec, device):
         return (torch.rand(*shape, generator=gen) * 2 - 1).to(device)
 
     kind = spec[0]
-    if kind == "matmul":
+    if kind in ("matmul", "matmul_f16"):
         _, batch, m, k, n, trans_a, trans_b = spec[1]
         lead = (batch,) if batch > 1 else ()
-        a = rand(*lead, *((k, m) if trans_a else (m, k)))
-        b = rand(*lead, *((n, k) if trans_b else (k, n)))
+        dtype = torch.float16 if kind == "matmul_f16" else torch.float32
+        a = rand(*lead, *((k, m) if trans_a else (m, k))).to(dtype)
+        b = rand(*lead, *((n, k) if trans_b else (k, n))).to(dtype)
         a = a.transpose(-1, -2) if trans_a else a
         b = b.transpose(-1, -2) if trans_b else b
         return lambda: a @ b
@@ -302,7 +305,7 @@ def op_fn(torch, spec, device):
 
 
 def skip_reason(spec, device):
-    if device == "cpu" and spec[0] == "matmul":
+    if device == "cpu" and spec[0] in ("matmul", "matmul_f16"):
         _, batch, m, k, n, _, _ = spec[1]
         if batch * m * k * n > LARGE_CPU_MATMUL:
             return "skipped (CPU)"

@@ -133,6 +133,13 @@ enum BenchCommand {
         /// Every GPU matmul runs this kernel configuration (e.g. 128x128x8-8x8), untimed.
         #[arg(long)]
         matmul_config: Option<String>,
+        /// Backends to time: all (CPU reference and GPU), gpu or cpu.
+        #[arg(long, default_value = "all", value_parser = ["all", "gpu", "cpu"])]
+        device: String,
+        /// Run each case once, untimed: fills the autotuner's cache for these sizes, so a
+        /// later timed run loads its picks instead of tuning.
+        #[arg(long)]
+        once: bool,
         #[command(flatten)]
         pytorch: PytorchArgs,
         /// Only ops whose name contains one of these: matmul, elementwise, gelu, softmax, sum, conv2d.
@@ -321,18 +328,27 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 failed => Err(format!("{failed} backend(s) failed").into()),
             }
         }
-        Command::Bench { what: BenchCommand::Ops { quick, full, matmul_config, pytorch, filters } } => {
-            use kiln_train::bench_ops::{backends, has_hardware_gpu, run_ops_table, OpsOptions, PytorchColumn};
+        Command::Bench { what: BenchCommand::Ops { quick, full, matmul_config, device, once, pytorch, filters } } => {
+            use kiln_train::bench_ops::{backends, has_hardware_gpu, run_ops_table, BackendKind, OpsOptions, PytorchColumn};
             if let Some(name) = &matmul_config {
                 kiln_wgpu::kernels::matmul::MatmulConfig::parse(name).map_err(|e| format!("--matmul-config: {e}"))?;
             }
             let filters: Vec<String> = filters.iter().map(|f| f.to_lowercase()).collect();
-            let options = OpsOptions { quick, full, matmul_config, measure: true, filters };
+            let options = OpsOptions { quick, full, matmul_config, measure: true, once, filters };
             if options.selected_cases().is_empty() {
                 return Err(format!("no op matches {:?} (matmul, elementwise, gelu, softmax, sum, conv2d)", options.filters).into());
             }
-            let runner = pytorch.runner()?;
-            let (backends, notes) = backends(options.matmul_config.clone());
+            let (mut backends, notes) = backends(options.matmul_config.clone());
+            backends.retain(|b| match device.as_str() {
+                "gpu" => matches!(b.kind, BackendKind::Gpu { .. }),
+                "cpu" => matches!(b.kind, BackendKind::CpuReference),
+                _ => true,
+            });
+            if backends.is_empty() {
+                return Err(format!("--device {device}: no such backend here ({})", notes.join("; ")).into());
+            }
+            // A run that only fills the tuning cache has no figures to compare.
+            let runner = if once { None } else { pytorch.runner()? };
             let column = match &runner {
                 Some(runner) => {
                     let (torch_device, why) = kiln_train::bench_pytorch::choose_torch_device(has_hardware_gpu(&backends), &runner.info);

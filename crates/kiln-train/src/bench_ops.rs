@@ -38,6 +38,9 @@ pub struct OpsOptions {
     pub matmul_config: Option<String>,
     /// Time the cases; when false each runs once at the quick sizes, a check that it works.
     pub measure: bool,
+    /// Each case runs once, untimed, at the sizes asked for: the autotuner's picks for
+    /// those shapes go to its cache, so a later timed run loads them instead of tuning.
+    pub once: bool,
     /// Only ops whose name contains one of these (lowercase).
     pub filters: Vec<String>,
 }
@@ -66,15 +69,16 @@ pub fn has_hardware_gpu(backends: &[BenchBackend]) -> bool {
 /// and PyTorch's column when given. Returns how many rows failed.
 pub fn run_ops_table(options: &OpsOptions, backends: &[BenchBackend], notes: &[String], pytorch: Option<&PytorchColumn>) -> usize {
     let quick = options.quick_sizes();
-    let schedule = match (options.measure, quick) {
+    let schedule = match (options.measure && !options.once, quick) {
         (false, _) => Schedule::smoke(),
         (true, true) => Schedule::quick(),
         (true, false) => Schedule::full(),
     };
-    let mode = match (options.measure, quick) {
-        (false, _) => "test mode: each case runs once to check it works; the figures are not measurements",
-        (true, true) => "quick: one small size of each op",
-        (true, false) => "full sizes",
+    let mode = match (options.measure, options.once, quick) {
+        (false, _, _) => "test mode: each case runs once to check it works; the figures are not measurements",
+        (true, true, _) => "once: each case runs once to fill the tuning cache; the figures are not measurements",
+        (true, false, true) => "quick: one small size of each op",
+        (true, false, false) => "full sizes",
     };
     println!("kiln op benchmarks ({mode})");
     for note in notes {
@@ -125,6 +129,7 @@ pub fn run_ops_table(options: &OpsOptions, backends: &[BenchBackend], notes: &[S
             print_row(case, backend.label, &outcome, pytorch);
             if let (Some(gpu), Outcome::Measured(_), Some(Ok(plan))) = (&backend.wgpu, &outcome, &plan) {
                 let note = match case {
+                    Case::Matmul(MatmulShape { f16: true, .. }) => Some(f16_matmul_note(gpu)),
                     Case::Matmul(_) => matmul_note(gpu, case, plan),
                     Case::Conv2d { .. } => conv_note(gpu, case, plan),
                     _ => None,
@@ -210,6 +215,9 @@ pub struct MatmulShape {
     pub trans_a: bool,
     /// b is stored [n, k] (an input gradient's Wᵀ).
     pub trans_b: bool,
+    /// f16 operands stored as f16, products summed in f32 into an f32 result: the
+    /// mixed-precision matmul (cooperative matrices where the adapter has them).
+    pub f16: bool,
 }
 
 impl MatmulShape {
@@ -218,7 +226,12 @@ impl MatmulShape {
     }
 
     pub const fn plain(label: &'static str, batch: usize, m: usize, k: usize, n: usize) -> Self {
-        MatmulShape { label, batch, m, k, n, trans_a: false, trans_b: false }
+        MatmulShape { label, batch, m, k, n, trans_a: false, trans_b: false, f16: false }
+    }
+
+    /// `n`^3 with f16 operands and an f32 result.
+    pub const fn f16_cube(label: &'static str, n: usize) -> Self {
+        MatmulShape { f16: true, ..MatmulShape::cube(label, n) }
     }
 
     pub fn multiply_adds(&self) -> f64 {
@@ -264,6 +277,7 @@ const F32_BYTES: f64 = 4.0;
 impl Case {
     pub fn op(&self) -> &'static str {
         match self {
+            Case::Matmul(MatmulShape { f16: true, .. }) => "matmul f16",
             Case::Matmul(_) => "matmul",
             Case::ScaleShift { .. } => "elementwise x*a+b",
             Case::Gelu { .. } => "gelu",
@@ -326,13 +340,18 @@ impl Case {
     pub fn build(&self, graph: &mut Graph) -> Result<Tensor, GraphError> {
         // State names are unique per case: states belong to the backend by name, and
         // another case's tensor of another shape must not collide with these.
-        let tag = format!("{}.{}", self.op().split(' ').next().unwrap_or("op"), self.size());
-        let state = |graph: &mut Graph, name: &str, shape: Vec<usize>, seed: u64| {
+        // The f16 matmul's operands are f16 states, not the f32 matmul's of the same size.
+        let family = match self {
+            Case::Matmul(MatmulShape { f16: true, .. }) => "matmul_f16",
+            _ => self.op().split(' ').next().unwrap_or("op"),
+        };
+        let tag = format!("{family}.{}", self.size());
+        let state = |graph: &mut Graph, name: &str, dtype: DType, shape: Vec<usize>, seed: u64| {
             let values = pseudo_random(shape.iter().product(), seed);
-            graph.state(&format!("bench.{tag}.{name}"), DType::F32, HostTensor::f32(shape, values))
+            graph.state(&format!("bench.{tag}.{name}"), dtype, HostTensor::f32(shape, values))
         };
         match *self {
-            Case::Matmul(MatmulShape { batch, m, k, n, trans_a, trans_b, .. }) => {
+            Case::Matmul(MatmulShape { batch, m, k, n, trans_a, trans_b, f16, .. }) => {
                 let stored = |rows, cols, transposed: bool| {
                     let (rows, cols) = if transposed { (cols, rows) } else { (rows, cols) };
                     if batch == 1 {
@@ -341,37 +360,42 @@ impl Case {
                         vec![batch, rows, cols]
                     }
                 };
-                let a = state(graph, "a", stored(m, k, trans_a), 1)?;
-                let b = state(graph, "b", stored(k, n, trans_b), 2)?;
-                graph.matmul_t(a, b, trans_a, trans_b)
+                let dtype = if f16 { DType::F16 } else { DType::F32 };
+                let a = state(graph, "a", dtype, stored(m, k, trans_a), 1)?;
+                let b = state(graph, "b", dtype, stored(k, n, trans_b), 2)?;
+                if f16 {
+                    graph.matmul_f16_t(a, b, trans_a, trans_b)
+                } else {
+                    graph.matmul_t(a, b, trans_a, trans_b)
+                }
             }
             Case::ScaleShift { len } => {
-                let x = state(graph, "x", vec![len], 1)?;
-                let a = state(graph, "a", vec![len], 2)?;
-                let b = state(graph, "b", vec![len], 3)?;
+                let x = state(graph, "x", DType::F32, vec![len], 1)?;
+                let a = state(graph, "a", DType::F32, vec![len], 2)?;
+                let b = state(graph, "b", DType::F32, vec![len], 3)?;
                 let scaled = graph.mul(x, a)?;
                 graph.add(scaled, b)
             }
             Case::Gelu { len } => {
-                let x = state(graph, "x", vec![len], 1)?;
+                let x = state(graph, "x", DType::F32, vec![len], 1)?;
                 graph.gelu(x)
             }
             Case::Softmax { rows, cols } => {
-                let x = state(graph, "x", vec![rows, cols], 1)?;
+                let x = state(graph, "x", DType::F32, vec![rows, cols], 1)?;
                 graph.softmax(x, 1)
             }
             Case::Sum { len } => {
-                let x = state(graph, "x", vec![len], 1)?;
+                let x = state(graph, "x", DType::F32, vec![len], 1)?;
                 graph.sum_all(x)
             }
             Case::Conv2d { pass, batch, channels, size } => {
-                let x = state(graph, "x", vec![batch, channels, size, size], 1)?;
-                let w = state(graph, "w", vec![channels, channels, 3, 3], 2)?;
+                let x = state(graph, "x", DType::F32, vec![batch, channels, size, size], 1)?;
+                let w = state(graph, "w", DType::F32, vec![channels, channels, 3, 3], 2)?;
                 let same = kiln_core::Conv2dParams { padding: [1, 1], ..Default::default() };
                 let y = graph.conv2d(x, w, None, same)?;
                 // A gradient's plan holds only its own step: the forward is not computed.
                 let out_shape = graph.shape(y).dims().to_vec();
-                let seed = state(graph, "grad_out", out_shape, 3)?;
+                let seed = state(graph, "grad_out", DType::F32, out_shape, 3)?;
                 match pass {
                     ConvPass::Forward => Ok(y),
                     ConvPass::GradInput => Ok(graph.grad_with_seeds(&[(y, seed)], &[x])?[0]),
@@ -396,6 +420,7 @@ pub fn cases(quick: bool, full: bool) -> Vec<Case> {
         let len = 1 << 20;
         return vec![
             Case::Matmul(MatmulShape::cube("256^3", 256)),
+            Case::Matmul(MatmulShape::f16_cube("256^3", 256)),
             Case::ScaleShift { len },
             Case::Gelu { len },
             Case::Softmax { rows: 256, cols: 1024 },
@@ -415,6 +440,11 @@ pub fn cases(quick: bool, full: bool) -> Vec<Case> {
         matmuls.push(MatmulShape::cube("8192^3", 8192));
     }
     matmuls.extend(GPT_MATMULS);
+    // The mixed-precision matmul (issue #7's cooperative-matrix target is at 4096^3).
+    matmuls.extend([MatmulShape::f16_cube("1024^3", 1024), MatmulShape::f16_cube("4096^3", 4096)]);
+    if full {
+        matmuls.push(MatmulShape::f16_cube("8192^3", 8192));
+    }
     matmuls
         .into_iter()
         .map(Case::Matmul)
@@ -685,6 +715,19 @@ fn matmul_note(gpu: &WgpuBackend, case: &Case, plan: &Plan) -> Option<String> {
     };
     let runner_up = choice.timings.get(1).map(|(c, s)| format!("; runner-up {c} at {:.3} ms", s * 1e3)).unwrap_or_default();
     Some(format!("  config {} ({}); {kernel}{runner_up}", choice.config, choice.source))
+}
+
+/// Under a GPU f16 matmul row: which kernel multiplies (the autotuner tunes f32 matmuls only).
+fn f16_matmul_note(gpu: &WgpuBackend) -> String {
+    let report = gpu.adapter();
+    if kiln_wgpu::kernels::matmul::coop_supported(report, gpu.caps().shader_f16) {
+        "  kernel: cooperative matrices (shaders/matmul_coop.wgsl, f16 x f16 -> f32 16x16x16)".to_string()
+    } else {
+        format!(
+            "  kernel: the tiled matmul on f16 operands stored as {} (no f16 x f16 -> f32 16x16x16 cooperative matrices with 32-wide subgroups here)",
+            gpu.caps().storage_type(DType::F16)
+        )
+    }
 }
 
 /// Under a GPU conv row: the configuration the plan's convolution got (and how), the
