@@ -19,7 +19,6 @@
 //!   the one element of 2.weight above). So: every element within 1e-3, and at most one
 //!   in every (started) 10,000 outside 1e-5: a wrong bias correction or weight decay
 //!   moves nearly every element and fails that at once.
-use std::path::Path;
 
 use kiln_core::{Backend, DType, Graph, HostTensor, Plan, Reduction};
 use kiln_cpu::CpuBackend;
@@ -37,7 +36,7 @@ struct Subject {
 const PARAMS: [&str; 6] = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"];
 
 fn fixture() -> Checkpoint {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mlp_parity.safetensors");
+    let path = kiln_core::testing::repository_file(env!("CARGO_MANIFEST_DIR"), "tests/fixtures/mlp_parity.safetensors");
     Checkpoint::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -18,7 +18,7 @@
 //!   loss.
 //! - f32 after the Adam step: see [`ADAM_NOISE_FLOOR`].
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kiln_core::{Backend, Conv2dParams, DType, Graph, HostTensor, Plan, Tensor};
 use kiln_cpu::CpuBackend;
@@ -56,7 +56,7 @@ struct Fixture {
 
 impl Fixture {
     fn load(name: &str) -> Fixture {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let path = kiln_core::testing::repository_file(env!("CARGO_MANIFEST_DIR"), &format!("tests/fixtures/{name}"));
         let file = Checkpoint::load(&path).unwrap_or_else(|e| panic!("{e}"));
         Fixture { path, file }
     }

@@ -67,3 +67,19 @@ pub fn adam_update(g: &mut crate::Graph, param: crate::Tensor, grad: crate::Tens
     let new_p = g.sub(decayed, step)?;
     Ok(AdamUpdate { m, v, step_inputs, updates: vec![(m, new_m), (v, new_v), (param, new_p)] })
 }
+
+/// A file of the repository that a test reads (`tests/fixtures/...`, `datasets/...`):
+/// under `compiled_root` (the test's `env!("CARGO_MANIFEST_DIR")`) where that checkout
+/// still exists, else under `$KILN_REPO`, else under the working directory. Test
+/// executables carried to another machine (scripts/gpu-check) run from a checkout at
+/// another path than the one they were compiled in.
+pub fn repository_file(compiled_root: &str, relative: &str) -> std::path::PathBuf {
+    let compiled = std::path::Path::new(compiled_root).join(relative);
+    if compiled.exists() {
+        return compiled;
+    }
+    match std::env::var_os("KILN_REPO").filter(|v| !v.is_empty()) {
+        Some(repo) => std::path::Path::new(&repo).join(relative),
+        None => std::path::PathBuf::from(relative),
+    }
+}
