@@ -3,6 +3,29 @@ use std::collections::HashMap;
 
 use crate::{BinaryOp, DType, Graph, GraphError, Op, ReduceOp, Result, Tensor, UnaryOp};
 
+/// A gradient rule for a composite (a function the graph builds out of several ops),
+/// which autodiff uses in place of the chain rule through the composite's nodes.
+///
+/// A composite written for a stable forward can have kinks inside it whose subgradient
+/// conventions do not add up to the derivative of the function it computes, even where
+/// that function is smooth: stable BCE with logits, `relu(x) - x y + softplus(-|x|)`,
+/// gets relu'(0) = 0 and abs'(0) = 0 and so -y at x = 0, not sigmoid(0) - y = 0.5 - y.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum CompositeGradient {
+    /// Elementwise BCE with logits of `logits` x and `target` y (one shape): d/dx =
+    /// (sigmoid(x) - y) g and d/dy = -x g.
+    BceWithLogits { logits: Tensor, target: Tensor },
+}
+
+impl CompositeGradient {
+    /// The tensors the rule sends gradients to.
+    fn inputs(&self) -> Vec<Tensor> {
+        match *self {
+            CompositeGradient::BceWithLogits { logits, target } => vec![logits, target],
+        }
+    }
+}
+
 impl Graph {
     /// Gradients of the scalar `loss` with respect to each of `wrt`, as new graph nodes.
     /// A tensor of `wrt` that the loss does not depend on gets a zero gradient.
@@ -42,7 +65,7 @@ impl Graph {
             depends[w.0] = true;
         }
         for id in 0..forward_len {
-            if !depends[id] && self.nodes[id].inputs.iter().any(|i| depends[i.0]) {
+            if !depends[id] && self.gradient_inputs(id).iter().any(|i| depends[i.0]) {
                 depends[id] = !matches!(self.nodes[id].op, Op::StopGradient);
             }
         }
@@ -52,7 +75,7 @@ impl Graph {
         }
         for id in (0..forward_len).rev() {
             if reaches[id] {
-                for i in self.nodes[id].inputs.clone() {
+                for i in self.gradient_inputs(id) {
                     reaches[i.0] = true;
                 }
             }
@@ -68,8 +91,11 @@ impl Graph {
                 continue;
             }
             let Some(&g) = grads.get(&id) else { continue };
-            let inputs = self.nodes[id].inputs.clone();
-            let input_grads = self.vjp(Tensor(id), g)?;
+            let inputs = self.gradient_inputs(id);
+            let input_grads = match self.composite_gradients.get(&id).copied() {
+                Some(rule) => self.composite_vjp(rule, g)?,
+                None => self.vjp(Tensor(id), g)?,
+            };
             for (input, ig) in inputs.into_iter().zip(input_grads) {
                 if let Some(ig) = ig {
                     if depends[input.0] {
@@ -87,6 +113,38 @@ impl Graph {
                 }
             })
             .collect()
+    }
+
+    /// Give the composite ending at `output` its own gradient rule: autodiff then sends
+    /// the gradient of `output` straight to the rule's inputs, and none through the
+    /// composite's inner nodes.
+    pub(crate) fn set_composite_gradient(&mut self, output: Tensor, rule: CompositeGradient) {
+        self.composite_gradients.insert(output.0, rule);
+    }
+
+    /// The tensors that node `id`'s gradient flows into: the inputs of its composite's
+    /// rule if it has one, else its own inputs.
+    fn gradient_inputs(&self, id: usize) -> Vec<Tensor> {
+        match self.composite_gradients.get(&id) {
+            Some(rule) => rule.inputs(),
+            None => self.nodes[id].inputs.clone(),
+        }
+    }
+
+    /// Gradient contributions of a composite to each of its rule's inputs, in the order
+    /// of [`CompositeGradient::inputs`], given the gradient `g` of its output.
+    fn composite_vjp(&mut self, rule: CompositeGradient, g: Tensor) -> Result<Vec<Option<Tensor>>> {
+        match rule {
+            CompositeGradient::BceWithLogits { logits, target } => {
+                // PyTorch's binary_cross_entropy_with_logits_backward, term for term.
+                let probability = self.sigmoid(logits)?;
+                let residual = self.sub(probability, target)?;
+                let g_logits = self.mul(residual, g)?;
+                let minus_g = self.neg(g)?;
+                let g_target = self.mul(minus_g, logits)?;
+                Ok(vec![Some(g_logits), Some(g_target)])
+            }
+        }
     }
 
     fn accumulate(&mut self, grads: &mut HashMap<usize, Tensor>, t: Tensor, g: Tensor) -> Result<()> {

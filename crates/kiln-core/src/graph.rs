@@ -1,3 +1,6 @@
+use std::collections::BTreeMap;
+
+use crate::autodiff::CompositeGradient;
 use crate::{DType, GraphError, HostTensor, Op, Result, Shape, MAX_RANK};
 
 /// A symbolic tensor: a handle to one node of a [`Graph`].
@@ -26,6 +29,9 @@ pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     /// Initial values of state tensors, by node id.
     pub(crate) state_init: Vec<(Tensor, HostTensor)>,
+    /// Composites whose gradient autodiff takes from a rule rather than from the chain
+    /// rule through their nodes, by the id of the composite's output node.
+    pub(crate) composite_gradients: BTreeMap<usize, CompositeGradient>,
 }
 
 impl Graph {

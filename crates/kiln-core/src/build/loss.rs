@@ -1,3 +1,4 @@
+use crate::autodiff::CompositeGradient;
 use crate::{DType, Graph, GraphError, Op, Result, Shape, Tensor};
 
 /// How a loss reduces over the batch, as PyTorch's `reduction=`.
@@ -89,7 +90,11 @@ impl Graph {
     }
 
     /// Binary cross-entropy on logits (as `torch.nn.functional.binary_cross_entropy_with_logits`):
-    /// max(x, 0) - x*y + log(1 + exp(-|x|)), which never overflows.
+    /// max(x, 0) - x*y + log(1 + exp(-|x|)), which never overflows and keeps its relative
+    /// precision when the loss is small. Its gradient is PyTorch's, (sigmoid(x) - y) for
+    /// the logits and -x for the target, at every x: the chain rule through the relu and
+    /// abs of the formula would give -y at x = 0 (a zero-initialised head), where the loss
+    /// is smooth and its derivative is 0.5 - y.
     pub fn bce_with_logits(&mut self, logits: Tensor, target: Tensor, reduction: Reduction) -> Result<Tensor> {
         self.require_same_shape("bce_with_logits", logits, target)?;
         let pos = self.relu(logits)?;
@@ -98,8 +103,9 @@ impl Graph {
         let na = self.neg(a)?;
         let sp = self.softplus(na)?;
         let t = self.sub(pos, xy)?;
-        let l = self.add(t, sp)?;
-        self.reduce_loss(l, reduction)
+        let per_element = self.add(t, sp)?;
+        self.set_composite_gradient(per_element, CompositeGradient::BceWithLogits { logits, target });
+        self.reduce_loss(per_element, reduction)
     }
 
     fn reduce_loss(&mut self, per_element: Tensor, reduction: Reduction) -> Result<Tensor> {
