@@ -200,10 +200,36 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // 128 + SIGINT, as a shell reports an interrupted program: scripts can tell an
+        // interrupted run (checkpoint written, resumable) from a finished one.
+        Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A run stopped by Ctrl-C or SIGTERM after writing its checkpoint (already reported).
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// `path` as one shell word: printed commands must survive spaces and quotes in paths.
+fn shell_quoted(path: &std::path::Path) -> String {
+    let text = path.display().to_string();
+    let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_./-+,:=@%".contains(c));
+    if plain {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 
@@ -272,9 +298,21 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 eprintln!("\ninterrupt: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)");
             })?;
-            let report = kiln_train::train(&device, TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true, max_steps }, &stop)?;
+            // Config errors found while building the model name the file the config came from.
+            let origin = config.clone().or(resume.clone());
+            let options = TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true, max_steps };
+            let report = kiln_train::train(&device, options, &stop).map_err(|e| match (e, &origin) {
+                (kiln_train::TrainError::Config(message), Some(file)) if !message.contains(&file.display().to_string()) => {
+                    kiln_train::TrainError::Config(format!("{}: {message}", file.display()))
+                }
+                (e, _) => e,
+            })?;
+            if report.interrupted && stop.load(Ordering::SeqCst) {
+                println!("stopped after step {}; resume with: kiln train --resume {}", report.steps, shell_quoted(&report.checkpoint));
+                return Err(Interrupted.into());
+            }
             if report.interrupted {
-                println!("stopped after step {}; resume with: kiln train --resume {}", report.steps, report.checkpoint.display());
+                println!("stopped at --max-steps after step {}; resume with: kiln train --resume {}", report.steps, shell_quoted(&report.checkpoint));
             }
             if let Some(lm) = &report.language_model {
                 if let Some(last) = lm.last_eval {

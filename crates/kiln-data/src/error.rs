@@ -48,6 +48,16 @@ impl DataError {
     }
 }
 
+/// A value quoted in a message, cut to its first 80 characters: a corrupt file's 10 MB
+/// entry must not be echoed whole to the terminal.
+pub(crate) fn excerpt(text: &str) -> String {
+    const SHOWN: usize = 80;
+    match text.char_indices().nth(SHOWN) {
+        Some((cut, _)) => format!("{}... ({} characters in all)", &text[..cut], text.chars().count()),
+        None => text.to_string(),
+    }
+}
+
 fn format_paths(paths: &[PathBuf]) -> String {
     paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -28,7 +28,7 @@ pub use augment::{Augmentation, ImageShape, Transform};
 pub use csv_table::{read_csv, CsvOptions, LabelColumn};
 pub use dataset::{Dataset, Normalization};
 pub use error::{DataError, Result};
-pub use file::read_maybe_gzip;
+pub use file::{gunzip_if_gzip, read_maybe_gzip, require_regular_file};
 pub use idx::{
     parse_idx_u8, read_idx_images, read_idx_labels, read_idx_u8, IdxImages, IdxU8, IDX_IMAGES_U8_MAGIC,
     IDX_LABELS_U8_MAGIC,

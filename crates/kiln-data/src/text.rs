@@ -166,7 +166,7 @@ impl CharTokenizer {
             let mut it = entry.as_str().map(str::chars).ok_or(format!("chars[{i}] is not a string"))?;
             match (it.next(), it.next()) {
                 (Some(c), None) => chars.push(c),
-                _ => return Err(format!("chars[{i}] = {entry} is not exactly one character")),
+                _ => return Err(format!("chars[{i}] = {} is not exactly one character", crate::error::excerpt(&entry.to_string()))),
             }
         }
         Self::from_chars(chars).map_err(|e| e.to_string())
@@ -181,6 +181,7 @@ impl CharTokenizer {
     /// Reads a vocabulary written by [`CharTokenizer::save`].
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        crate::file::require_regular_file(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
         Self::from_json(&text).map_err(|message| DataError::format(path, message))
     }
@@ -283,6 +284,18 @@ impl TextWindows {
             )));
         }
         Ok(TextWindows { tokens, batch_size, block_size, rng })
+    }
+
+    /// Moves the stream past `batches` batches as [`TextWindows::next_batch`] would,
+    /// drawing their window starts without copying any window: a resumed run reaches
+    /// its position in the stream at a few nanoseconds a window.
+    pub fn skip_batches(&mut self, batches: u64) {
+        let last_start = self.tokens.len() - (self.block_size + 1);
+        for _ in 0..batches {
+            for _ in 0..self.batch_size {
+                let _: usize = self.rng.random_range(0..=last_start);
+            }
+        }
     }
 
     pub fn next_batch(&mut self) -> TextBatch {

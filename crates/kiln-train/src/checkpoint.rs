@@ -101,9 +101,46 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// What makes these tensors no good to train from or evaluate: every float tensor
+    /// holding NaN or an infinity (with how many of its values), and every Adam
+    /// second moment (`...exp_avg_sq`) with a negative value, whose square root is NaN.
+    /// Empty when all is well.
+    pub fn invalid_tensors(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, t) in &self.tensors {
+            let values: Box<dyn Iterator<Item = f64>> = match &t.data {
+                HostData::F32(v) => Box::new(v.iter().map(|&x| x as f64)),
+                HostData::F64(v) => Box::new(v.iter().copied()),
+                HostData::U32(_) => continue,
+            };
+            let (mut non_finite, mut negative) = (0usize, 0usize);
+            for x in values {
+                non_finite += usize::from(!x.is_finite());
+                negative += usize::from(x < 0.0);
+            }
+            if non_finite > 0 {
+                problems.push(format!("'{name}' has {non_finite} of {} values NaN or infinite", t.len()));
+            } else if negative > 0 && name.starts_with(OPTIMIZER_PREFIX) && name.ends_with(SECOND_MOMENT_SLOT) {
+                problems.push(format!("'{name}' (a second moment, never negative) has {negative} of {} values below 0", t.len()));
+            }
+        }
+        problems
+    }
+
     /// Write atomically: a temporary file beside `path`, flushed, then renamed over it.
+    /// Refuses tensors that [`Checkpoint::invalid_tensors`] finds (NaN or infinite
+    /// weights are never saved as a good checkpoint): the file at `path` stays as it was.
     pub fn save(&self, path: &Path) -> Result<(), TrainError> {
         let err = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
+        let invalid = self.invalid_tensors();
+        if !invalid.is_empty() {
+            return Err(TrainError::Diverged(format!(
+                "refusing to write {}: {}; {}",
+                path.display(),
+                list_problems(&invalid),
+                if path.exists() { "the previous checkpoint there is kept unchanged" } else { "no checkpoint had been written there yet" }
+            )));
+        }
         let mut bytes_by_name: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, t) in &self.tensors {
             let (dtype, bytes) = match &t.data {
@@ -137,10 +174,29 @@ impl Checkpoint {
     }
 
     pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
-        let err = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let error = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
+        kiln_data::require_regular_file(path).map_err(|e| error(e.to_string()))?;
+        // The file is read whole and its tensors copied once: it must fit twice.
+        let length = std::fs::metadata(path).map(|m| m.len() as u128).unwrap_or(0);
+        let budget = crate::limits::host_memory_budget() / 2;
+        if length > budget {
+            return Err(error(format!(
+                "is {}, more than the {} this machine can give to reading it",
+                crate::limits::bytes_text(length),
+                crate::limits::bytes_text(budget)
+            )));
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| TrainError::Checkpoint { file: path.to_path_buf(), message: format!("cannot read: {e}") })?;
+        Checkpoint::from_bytes(&bytes, path)
+    }
+
+    /// Parses the bytes of a safetensors file already in memory; `file` is only the name
+    /// its errors give (the checkpoint fuzz target starts here).
+    pub fn from_bytes(bytes: &[u8], file: &Path) -> Result<Checkpoint, TrainError> {
+        let err = |message: String| TrainError::Checkpoint { file: file.to_path_buf(), message };
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
         let mut ck = Checkpoint::new();
         if let Some(m) = meta.metadata() {
             ck.metadata = m.clone().into_iter().collect();
@@ -168,6 +224,10 @@ impl Checkpoint {
                 other => return Err(err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F64, F16 and U32"))),
             };
             ck.tensors.insert(name, t);
+        }
+        let invalid = ck.invalid_tensors();
+        if !invalid.is_empty() {
+            return Err(err(format!("cannot be trained from or evaluated: {}", list_problems(&invalid))));
         }
         Ok(ck)
     }
@@ -201,14 +261,54 @@ impl Checkpoint {
     }
 }
 
+/// The slot name of Adam's second moment (`optimizer.<param>.exp_avg_sq`), as PyTorch names it.
+const SECOND_MOMENT_SLOT: &str = ".exp_avg_sq";
+
+/// At most a few problems, then how many more: a corrupt file must not print a page.
+fn list_problems(problems: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = problems.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if problems.len() > SHOWN {
+        text.push_str(&format!(" and {} more tensors", problems.len() - SHOWN));
+    }
+    text
+}
+
 fn bytemuck_f32(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// What [`Checkpoint::save`] names its temporary file: `<file>.tmp-<pid>`.
+const TEMP_MARK: &str = ".tmp-";
+
 fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(format!("{TEMP_MARK}{}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Removes the temporary files that writers killed mid-write (kill -9, a power cut) left
+/// in `dir` (`checkpoint.safetensors.tmp-<pid>`, tens of MB each): those of processes
+/// that no longer run. A live process's temporary is its write in progress and stays.
+/// Where process ids cannot be checked (no /proc), nothing is removed. Returns what went.
+pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
+    let proc_root = Path::new("/proc");
+    if !proc_root.join("self").exists() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some((_, pid)) = name.rsplit_once(TEMP_MARK) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && !proc_root.join(pid.to_string()).exists() && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -206,7 +206,8 @@ pub struct OptimizerConfig {
     pub dampening: f64,
     #[serde(default)]
     pub nesterov: bool,
-    #[serde(default = "default_betas")]
+    /// Adam's (beta1, beta2): exactly two values (a third would be silently dropped).
+    #[serde(default = "default_betas", deserialize_with = "exactly_two")]
     pub betas: (f64, f64),
     #[serde(default = "default_eps")]
     pub eps: f64,
@@ -296,6 +297,15 @@ pub struct TrainConfig {
     /// and dynamic loss scaling (`kiln_nn::mixed`). Checkpoints are f32 either way.
     #[serde(default = "default_precision", skip_serializing_if = "is_f32")]
     pub precision: String,
+}
+
+/// A pair written as a two-element array, refusing any other length.
+fn exactly_two<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<(f64, f64), D::Error> {
+    let values = Vec::<f64>::deserialize(deserializer)?;
+    match values[..] {
+        [a, b] => Ok((a, b)),
+        _ => Err(serde::de::Error::custom(format!("expected exactly 2 values, got {}: {values:?}", values.len()))),
+    }
 }
 
 fn default_precision() -> String { "f32".into() }
@@ -428,6 +438,7 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, TrainError> {
+        kiln_data::require_regular_file(path).map_err(|e| TrainError::Config(format!("cannot read config: {e}")))?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrainError::Config(format!("cannot read config {}: {e}", path.display())))?;
         Config::from_toml(&text, path)
@@ -510,9 +521,83 @@ impl Config {
         if self.train.batch_size == 0 || self.train.epochs == 0 {
             return Err("train.batch_size and train.epochs must be at least 1".into());
         }
+        self.check_ranges()
+    }
+
+    /// Every number against the range kiln can train with (`crate::limits`), so that a
+    /// job that cannot run fails as it is read, naming the field.
+    fn check_ranges(&self) -> Result<(), String> {
+        use crate::limits::*;
+        let (m, o, s, d, t) = (&self.model, &self.optimizer, &self.schedule, &self.data, &self.train);
+        for (i, &width) in m.sizes.iter().enumerate() {
+            count_in_range(&format!("model.sizes[{i}]"), width, MAX_WIDTH)?;
+        }
+        for (i, &dim) in m.input.iter().enumerate() {
+            count_in_range(&format!("model.input[{i}]"), dim, MAX_INPUT_DIM)?;
+        }
+        for (i, layer) in m.layers.iter().enumerate() {
+            let field = |name: &str| format!("model.layers[{i}].{name}");
+            match *layer {
+                LayerConfig::Conv2d { out, kernel, stride, padding, dilation, groups } => {
+                    count_in_range(&field("out"), out, MAX_WIDTH)?;
+                    count_in_range(&field("kernel"), kernel, MAX_KERNEL)?;
+                    count_in_range(&field("stride"), stride, MAX_KERNEL)?;
+                    count_in_range(&field("dilation"), dilation, MAX_KERNEL)?;
+                    count_in_range(&field("groups"), groups, MAX_WIDTH)?;
+                    if padding > MAX_KERNEL {
+                        return Err(format!("{} = {padding} must be at most {MAX_KERNEL}", field("padding")));
+                    }
+                }
+                LayerConfig::Linear { out } => count_in_range(&field("out"), out, MAX_WIDTH)?,
+                LayerConfig::MaxPool2d { kernel, stride } | LayerConfig::AvgPool2d { kernel, stride } => {
+                    count_in_range(&field("kernel"), kernel, MAX_KERNEL)?;
+                    if let Some(stride) = stride {
+                        count_in_range(&field("stride"), stride, MAX_KERNEL)?;
+                    }
+                }
+                LayerConfig::Dropout { p } => finite_where(&field("p"), p, (0.0..1.0).contains(&p), "in [0, 1)")?,
+                _ => {}
+            }
+        }
+        if m.is_gpt() {
+            count_in_range("model.n_layer", m.n_layer, MAX_LAYERS)?;
+            count_in_range("model.n_head", m.n_head, MAX_LAYERS)?;
+            count_in_range("model.n_embd", m.n_embd, MAX_WIDTH)?;
+            count_in_range("model.block_size", m.block_size, MAX_BLOCK_SIZE)?;
+            count_in_range("train.eval_batches", t.eval_batches, MAX_EVAL_BATCHES)?;
+            if t.steps > MAX_STEPS {
+                return Err(format!("train.steps = {} must be at most {MAX_STEPS}", t.steps));
+            }
+        }
+        count_in_range("train.batch_size", t.batch_size, MAX_BATCH)?;
+        count_in_range("train.epochs", t.epochs, MAX_EPOCHS)?;
+        if t.eval_every > MAX_STEPS || s.warmup_steps > MAX_STEPS || s.step_size.is_some_and(|n| n > MAX_STEPS) {
+            return Err(format!("train.eval_every, schedule.warmup_steps and schedule.step_size must be at most {MAX_STEPS}"));
+        }
+        finite_where("optimizer.lr", o.lr, o.lr > 0.0, "positive and finite")?;
+        finite_where("optimizer.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "at least 0")?;
+        finite_where("optimizer.momentum", o.momentum, (0.0..1.0).contains(&o.momentum), "in [0, 1)")?;
+        finite_where("optimizer.dampening", o.dampening, (0.0..=1.0).contains(&o.dampening), "in [0, 1]")?;
+        finite_where("optimizer.betas[0]", o.betas.0, (0.0..1.0).contains(&o.betas.0), "in [0, 1)")?;
+        finite_where("optimizer.betas[1]", o.betas.1, (0.0..1.0).contains(&o.betas.1), "in [0, 1)")?;
+        // eps = 0 divides by sqrt(v) = 0 on the first step of any parameter with a zero gradient.
+        finite_where("optimizer.eps", o.eps, o.eps > 0.0, "positive")?;
+        if let Some(clip) = o.clip_grad_norm {
+            finite_where("optimizer.clip_grad_norm", clip, clip > 0.0, "positive")?;
+        }
+        finite_where("schedule.gamma", s.gamma, s.gamma > 0.0, "positive (the factor the rate is multiplied by)")?;
+        finite_where("schedule.eta_min", s.eta_min, s.eta_min >= 0.0 && s.eta_min <= o.lr, "in [0, optimizer.lr]")?;
+        // A shift beyond the image's side moves every pixel out: nothing left to learn.
+        let side = m.input.iter().skip(1).copied().max().unwrap_or(MNIST_SIDE);
+        if d.random_crop_padding > side {
+            return Err(format!("data.random_crop_padding = {} must be at most the image's side, {side}", d.random_crop_padding));
+        }
         Ok(())
     }
 }
+
+/// The side of an MNIST or Fashion-MNIST image.
+const MNIST_SIDE: usize = 28;
 
 /// Model sizes of a GPT recipe.
 struct GptShape {

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod generate;
+pub mod limits;
 pub mod lm;
 pub mod metrics;
 pub mod model;

@@ -91,9 +91,27 @@ pub(crate) struct LmPlan {
 }
 
 /// The initial weights depend only on the seed, so the training and evaluation graphs
-/// agree on them (and a backend shares the named states between them anyway).
+/// agree on them (and a backend shares the named states between them anyway). The
+/// model's memory is checked first (`crate::limits`): a GPT of 10^6 layers or 10^6
+/// wide is refused at once instead of initialising for minutes or aborting.
 fn build_gpt(g: &mut Graph, config: &Config, vocab_size: usize) -> Result<GPT, TrainError> {
+    gpt_footprint(config, vocab_size)
+        .check(config.train.batch_size, crate::limits::host_memory_budget(), "model.n_layer, n_embd, block_size or train.batch_size")
+        .map_err(TrainError::Config)?;
     Ok(GPT::new(g, gpt_config(config, vocab_size), &mut seeded_rng(config.train.seed))?)
+}
+
+/// What a GPT of `config` needs, per sequence of `block_size` tokens: GPT-2's parameter
+/// count (embeddings, and per block the attention's 4 E^2 and the MLP's 8 E^2 weights
+/// with their biases and LayerNorms), and per block the residual-stream activations
+/// (about 16 E per token) and the attention matrices (heads x T per token).
+fn gpt_footprint(config: &Config, vocab_size: usize) -> crate::limits::Footprint {
+    let m = &config.model;
+    let (v, t, l, h, e) = (vocab_size as u128, m.block_size as u128, m.n_layer as u128, m.n_head as u128, m.n_embd as u128);
+    crate::limits::Footprint {
+        parameters: v * e + t * e + l * (12 * e * e + 13 * e) + 2 * e,
+        activations_per_sample: t * (l * (16 * e + 2 * h * t) + v),
+    }
 }
 
 /// nanoGPT's optimizer: AdamW with weight decay on the weight matrices and embeddings
@@ -125,6 +143,8 @@ pub(crate) fn lm_train_plan(config: &Config, vocab_size: usize, batch: usize) ->
     let clip = config.optimizer.clip_grad_norm;
     let train = TrainGraph::build_scaled(&mut g, loss, &model.params(), optimizer.as_ref(), clip, scaler.as_ref())?;
     let plan = train.compile(&g, &[])?;
+    crate::limits::check_plan_bytes(plan.peak_bytes, &format!("the training step at train.batch_size = {batch}"))
+        .map_err(TrainError::Config)?;
     let model_tensors = model.state_dict();
     let mut checkpoint_tensors = model_tensors.clone();
     checkpoint_tensors.extend(train.optimizer_state.iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), *t)));
@@ -176,7 +196,22 @@ fn windows(corpus: &CharCorpus, split: TextSplit, config: &Config) -> Result<Tex
 /// The fixed validation batches every evaluation averages over (the same at each one,
 /// so that the curve shows the model changing, not the sample).
 fn validation_batches(corpus: &CharCorpus, config: &Config) -> Result<Vec<TextBatch>, TrainError> {
-    Ok(windows(corpus, TextSplit::Validation, config)?.take(config.train.eval_batches).collect())
+    // Held in memory for the whole run: two u32 tokens (input, target) per position.
+    let t = &config.train;
+    let bytes = t.eval_batches as u128 * t.batch_size as u128 * config.model.block_size as u128 * 8;
+    let budget = crate::limits::host_memory_budget() / 2;
+    if bytes > budget {
+        return Err(TrainError::Config(format!(
+            "train.eval_batches = {}: {} validation batches of {} x {} tokens need {}, more than the {} this machine can give them",
+            t.eval_batches,
+            t.eval_batches,
+            t.batch_size,
+            config.model.block_size,
+            crate::limits::bytes_text(bytes),
+            crate::limits::bytes_text(budget)
+        )));
+    }
+    Ok(windows(corpus, TextSplit::Validation, config)?.take(t.eval_batches).collect())
 }
 
 /// Mean loss of an evaluation plan over batches.
@@ -201,7 +236,7 @@ fn save_tokenizer(tokenizer: &CharTokenizer, path: &Path) -> Result<(), TrainErr
 }
 
 fn load_tokenizer(path: &Path) -> Result<CharTokenizer, TrainError> {
-    if !path.is_file() {
+    if !path.exists() {
         return Err(TrainError::Checkpoint {
             file: path.to_path_buf(),
             message: format!("not found: kiln train writes the tokenizer ({TOKENIZER_FILE}) beside the checkpoints of a GPT run"),
@@ -235,6 +270,84 @@ fn read_progress(ck: &Checkpoint, file: &Path) -> Result<Progress, TrainError> {
     Ok(Progress { step, best, skipped_steps })
 }
 
+/// Checkpoint metadata: a hash of the vocabulary it was trained with, in order.
+const META_VOCABULARY_HASH: &str = "vocabulary_fnv1a64";
+
+/// FNV-1a (64-bit) of the vocabulary's characters in id order, as 16 hex digits: a
+/// tokenizer.json with the same characters in another order (every id meaning another
+/// character) hashes differently.
+fn vocabulary_hash(tokenizer: &CharTokenizer) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in tokenizer.chars() {
+        let mut utf8 = [0u8; 4];
+        for &byte in c.encode_utf8(&mut utf8).as_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator, so that the split between characters counts too.
+        hash ^= 0xff;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Err when the checkpoint records a vocabulary hash and `tokenizer` (read from
+/// `tokenizer_path`) is not that vocabulary. Checkpoints from before the hash carry none.
+fn check_vocabulary(ck: &Checkpoint, tokenizer: &CharTokenizer, tokenizer_path: &Path, file: &Path) -> Result<(), TrainError> {
+    let Some(recorded) = ck.metadata.get(META_VOCABULARY_HASH) else { return Ok(()) };
+    let found = vocabulary_hash(tokenizer);
+    if *recorded != found {
+        return Err(TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: format!(
+                "was trained with another vocabulary than {} (hash {recorded} in the checkpoint, {found} in the file): \
+                 its token ids would mean other characters",
+                tokenizer_path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Names of the tied pair (GPT-2's weight tying: the head reads the token embedding).
+const TIED_HEAD: &str = "lm_head.weight";
+const TIED_EMBEDDING: &str = "transformer.wte.weight";
+
+/// With tied weights the file holds the shared matrix twice (as PyTorch's state dict
+/// does); two different values mean the file was altered, and which one a load would
+/// keep is arbitrary, so it is an error (as `generate` already refuses it).
+fn check_tied_weights(ck: &Checkpoint, config: &Config, file: &Path) -> Result<(), TrainError> {
+    if !config.model.tie_weights {
+        return Ok(());
+    }
+    if let (Some(head), Some(embedding)) = (ck.tensors.get(TIED_HEAD), ck.tensors.get(TIED_EMBEDDING)) {
+        if head.shape != embedding.shape || head.to_f32_vec() != embedding.to_f32_vec() {
+            return Err(TrainError::Checkpoint {
+                file: file.to_path_buf(),
+                message: format!("the config ties {TIED_HEAD} to {TIED_EMBEDDING} (model.tie_weights), but the two differ"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a checkpoint position this run cannot continue from: a step beyond the
+/// run's `train.steps` (a corrupt or foreign checkpoint), a best step after the step,
+/// or more skipped steps than steps.
+fn check_resumable(at: Progress, total: u64, file: &Path) -> Result<(), TrainError> {
+    let bad = |message: String| Err(TrainError::Checkpoint { file: file.to_path_buf(), message });
+    if at.step > total {
+        return bad(format!("metadata step = {} is beyond this run's train.steps = {total}: nothing is left to train", at.step));
+    }
+    if at.skipped_steps > at.step || at.best.is_some_and(|b| b.step > at.step || !b.loss.is_finite()) {
+        return bad(format!(
+            "metadata is inconsistent: step {}, skipped_steps {}, best {:?}",
+            at.step, at.skipped_steps, at.best
+        ));
+    }
+    Ok(())
+}
+
 /// The training loop of a `kind = "gpt"` config (see the module docs for what it writes).
 pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
     let config = &opts.config;
@@ -246,8 +359,10 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
     let resumed = match &opts.resume {
         Some(file) => {
             let ck = Checkpoint::load(file)?;
-            let dir = file.parent().unwrap_or(Path::new("."));
-            Some((ck, load_tokenizer(&dir.join(TOKENIZER_FILE))?, file.clone()))
+            let tokenizer_path = file.parent().unwrap_or(Path::new(".")).join(TOKENIZER_FILE);
+            let tokenizer = load_tokenizer(&tokenizer_path)?;
+            check_vocabulary(&ck, &tokenizer, &tokenizer_path, file)?;
+            Some((ck, tokenizer, file.clone()))
         }
         None => None,
     };
@@ -270,13 +385,13 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
 
     let mut at = Progress::default();
     if let Some((ck, _, file)) = &resumed {
+        check_tied_weights(ck, config, file)?;
         ck.write_to(train_exec.as_mut(), &train_mp.graph, &train_mp.checkpoint_tensors, file)?;
         at = read_progress(ck, file)?;
+        check_resumable(at, total, file)?;
         // Replay the batch stream up to where the run stopped, so that it goes on with
         // the very batches an uninterrupted run would have drawn.
-        for _ in 0..at.step {
-            train_windows.next_batch();
-        }
+        train_windows.skip_batches(at.step);
         metrics.truncate_after(at.step);
         // Resumed into another folder: bring the best model along, so that best_path
         // holds the best so far even if this part never beats it.
@@ -291,6 +406,7 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
     let save_latest = |exec: &mut dyn Executor, at: Progress| -> Result<(), TrainError> {
         let mut ck = Checkpoint::read_from(exec, &train_mp.checkpoint_tensors)?;
         ck.set_run_meta(config);
+        ck.set_meta(META_VOCABULARY_HASH, vocabulary_hash(corpus.tokenizer()));
         ck.set_meta(META_STEP, at.step);
         ck.set_meta(crate::trainer::META_SKIPPED_STEPS, at.skipped_steps);
         if let Some(best) = at.best {
@@ -313,6 +429,7 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
         if evaluate_now {
             bar.set_message("evaluating");
             let val_loss = mean_loss(&eval_mp, eval_exec.as_mut(), &val_batches)?;
+            crate::trainer::check_eval_loss(val_loss, at.step, &ck_path)?;
             let train_loss = (steps_since_eval > 0).then(|| losses_since_eval / steps_since_eval as f64);
             (losses_since_eval, steps_since_eval) = (0.0, 0);
             metrics.push(Record::Eval { step: at.step, train_loss, val_loss, seconds: started.elapsed().as_secs_f64() })?;
@@ -322,6 +439,7 @@ pub fn train_lm(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Resul
                 at.best = Some(eval);
                 let mut best = Checkpoint::read_from(eval_exec.as_mut(), &eval_mp.model_tensors)?;
                 best.set_run_meta(config);
+                best.set_meta(META_VOCABULARY_HASH, vocabulary_hash(corpus.tokenizer()));
                 best.set_meta(META_STEP, at.step);
                 best.set_meta(META_VAL_LOSS, val_loss);
                 best.save(&best_path)?;
@@ -422,6 +540,7 @@ fn trained_gpt_from(ck: &Checkpoint, config: &Config, checkpoint: &Path) -> Resu
             message: format!("holds a '{}' model, not a GPT (model.kind = \"gpt\")", config.model.kind),
         });
     }
+    check_tied_weights(ck, config, checkpoint)?;
     let tokenizer_path = checkpoint.parent().unwrap_or(Path::new(".")).join(TOKENIZER_FILE);
     let tokenizer = load_tokenizer(&tokenizer_path)?;
     let gpt = gpt_config(config, tokenizer.vocab_size());
@@ -444,6 +563,8 @@ fn trained_gpt_from(ck: &Checkpoint, config: &Config, checkpoint: &Path) -> Resu
         },
         other => other,
     })?;
+    // Of the same size (the shapes matched), but perhaps in another order.
+    check_vocabulary(ck, &tokenizer, &tokenizer_path, checkpoint)?;
     let weights = state_dict
         .iter()
         .map(|(name, _)| (name.clone(), weights.tensors.remove(name).expect("check_matches found every name")))
@@ -467,5 +588,6 @@ pub fn evaluate_lm_checkpoint(device: &Device, file: &Path, data_dir: Option<&Pa
     let weights = Checkpoint { tensors: trained.weights.into_iter().collect(), metadata: Default::default() };
     weights.write_to(exec.as_mut(), &mp.graph, &mp.model_tensors, file)?;
     let loss = mean_loss(&mp, exec.as_mut(), &validation_batches(&corpus, &config)?)?;
+    crate::trainer::check_evaluated(loss, file)?;
     Ok((config, loss))
 }

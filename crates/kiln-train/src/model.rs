@@ -23,17 +23,29 @@ pub struct ModelPlan {
 pub const TRAIN_OUTPUTS: [&str; 2] = ["loss (mean)", "correct"];
 pub const EVAL_OUTPUTS: [&str; 2] = ["loss (sum)", "correct"];
 
+/// The classes of the image datasets (MNIST, Fashion-MNIST): labels 0 to 9.
+pub const CLASSES: usize = 10;
+
 /// Build the model as a `torch.nn.Sequential`, working out each layer's input channels
-/// or features from the shape the previous layers produce.
-fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64) -> Result<Sequential, TrainError> {
+/// or features from the shape the previous layers produce. Each layer's memory (see
+/// `crate::limits`) is checked, for training batches of `batch`, before its weights are
+/// initialised.
+fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: usize) -> Result<Sequential, TrainError> {
     // The same seed gives the same initial weights for every batch size's graph; a
     // backend keeps one copy of each named parameter, so these graphs share them.
     let mut rng = seeded_rng(seed);
     let (layers, input) = model.layers_and_input().map_err(TrainError::Config)?;
+    let budget = crate::limits::host_memory_budget();
+    let mut footprint = crate::limits::Footprint::default();
     let mut shape = input; // one sample's shape as it flows through the layers
     let mut net = Sequential::new();
     for (i, layer) in layers.iter().enumerate() {
         let bad = |what: String| TrainError::Config(format!("model.layers[{i}] ({layer:?}): {what}"));
+        let (parameters, output) = layer_size(layer, &shape).map_err(bad)?;
+        footprint.parameters += parameters;
+        footprint.activations_per_sample += output.iter().map(|&d| d as u128).product::<u128>();
+        let cause = if model.kind == "mlp" { "model.sizes".to_string() } else { format!("model.layers[{i}]") };
+        footprint.check(batch, budget, &format!("{cause} (train.batch_size = {batch})")).map_err(TrainError::Config)?;
         let image = |shape: &[usize]| -> Result<[usize; 3], TrainError> {
             match *shape {
                 [c, h, w] => Ok([c, h, w]),
@@ -91,7 +103,43 @@ fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64) -> Result<Sequenti
             LayerConfig::GeluTanh => net.gelu_tanh(),
         };
     }
+    // A head narrower than the labels makes some labels out of range: the loss would be
+    // NaN at the first step, and blamed on the learning rate.
+    if shape != [CLASSES] {
+        return Err(TrainError::Config(format!(
+            "the model's output is {shape:?} per sample, but the dataset has {CLASSES} classes: the last layer must give [{CLASSES}] \
+             (e.g. model.sizes ending in {CLASSES}, or a final {{ type = \"linear\", out = {CLASSES} }})"
+        )));
+    }
     Ok(net)
+}
+
+/// The parameter count of `layer` on an input of one sample's `shape`, and the shape it
+/// produces, in u128 so that no size a config can name overflows.
+fn layer_size(layer: &LayerConfig, shape: &[usize]) -> Result<(u128, Vec<usize>), String> {
+    let wide = |v: usize| v as u128;
+    let image = || match *shape {
+        [c, h, w] => Ok((c, h, w)),
+        _ => Err(format!("needs an image [C, H, W] input, got {shape:?}")),
+    };
+    Ok(match *layer {
+        LayerConfig::Conv2d { out, kernel, groups, .. } => {
+            let (c, _, _) = image()?;
+            if groups == 0 || c % groups != 0 || out % groups != 0 {
+                return Err(format!("groups = {groups} must divide the input channels ({c}) and out ({out})"));
+            }
+            // The output's spatial size is checked by the layer itself; bound it by the input's.
+            let (_, h, w) = image()?;
+            (wide(out) * wide(c / groups) * wide(kernel) * wide(kernel) + wide(out), vec![out, h, w])
+        }
+        LayerConfig::Linear { out } => {
+            let features: u128 = shape.iter().map(|&d| wide(d)).product();
+            (features * wide(out) + wide(out), vec![out])
+        }
+        LayerConfig::BatchNorm1d | LayerConfig::BatchNorm2d => (4 * wide(shape.first().copied().unwrap_or(0)), shape.to_vec()),
+        LayerConfig::LayerNorm => (2 * shape.iter().map(|&d| wide(d)).product::<u128>(), shape.to_vec()),
+        _ => (0, shape.to_vec()),
+    })
 }
 
 /// One sample's input shape for a config (what the dataset's images are reshaped to).
@@ -138,7 +186,7 @@ pub fn loss_scaler(config: &Config) -> Option<kiln_nn::LossScaler> {
 /// The training step for batches of `batch` samples.
 pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError> {
     let mut g = Graph::new();
-    let net = build_model(&mut g, &config.model, config.train.seed)?;
+    let net = build_model(&mut g, &config.model, config.train.seed, batch)?;
     let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
     let y = g.input("y", [batch], DType::U32)?;
     let logits = {
@@ -159,6 +207,8 @@ pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError
     let mut updates = train.updates.clone();
     updates.extend(net.state_updates());
     let plan = Plan::compile_with_updates(&g, &outputs, &updates)?;
+    crate::limits::check_plan_bytes(plan.peak_bytes, &format!("the training step at train.batch_size = {batch}"))
+        .map_err(TrainError::Config)?;
     let mut checkpoint_tensors = net.state_dict();
     checkpoint_tensors.extend(train.optimizer_state.iter().map(|(n, t)| (format!("{}{n}", crate::checkpoint::OPTIMIZER_PREFIX), *t)));
     Ok(ModelPlan { graph: g, plan, x, y, train: Some(train), checkpoint_tensors })
@@ -168,7 +218,7 @@ pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError
 /// the number of correct predictions.
 pub fn eval_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError> {
     let mut g = Graph::new();
-    let mut net = build_model(&mut g, &config.model, config.train.seed)?;
+    let mut net = build_model(&mut g, &config.model, config.train.seed, batch)?;
     net.eval();
     let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
     let y = g.input("y", [batch], DType::U32)?;

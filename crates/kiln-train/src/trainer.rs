@@ -90,6 +90,15 @@ pub fn load_mnist(config: &Config) -> Result<MnistData, TrainError> {
         if sample.len() == 1 { Ok(d.flattened()) } else { d.reshaped(sample.clone()).map_err(data_err) }
     };
     let all = prepare(mnist.load(MnistSplit::Train).map_err(data_err)?)?;
+    // A run with nothing to train on (or to test on) is an error, not 10 empty epochs.
+    let dir = mnist.dir().display();
+    if config.data.validation >= all.len() {
+        return Err(TrainError::Config(format!(
+            "data.validation = {} leaves no training samples: the training set in {dir} has {} images",
+            config.data.validation,
+            all.len()
+        )));
+    }
     let (mut train, validation) = if config.data.validation > 0 {
         let (t, v) = all.split(config.data.validation, config.train.seed).map_err(data_err)?;
         (t, Some(v))
@@ -100,6 +109,9 @@ pub fn load_mnist(config: &Config) -> Result<MnistData, TrainError> {
         train = train.subset(config.data.limit_train.min(train.len())).map_err(data_err)?;
     }
     let mut test = prepare(mnist.load(MnistSplit::Test).map_err(data_err)?)?;
+    if test.is_empty() {
+        return Err(TrainError::Io(format!("the test set in {dir} has no images: nothing to evaluate on")));
+    }
     if config.data.limit_test > 0 {
         test = test.subset(config.data.limit_test.min(test.len())).map_err(data_err)?;
     }
@@ -195,6 +207,34 @@ struct Position {
     skipped_steps: u64,
 }
 
+/// Refuses a checkpoint position this run cannot continue from: an epoch beyond the
+/// run's, a batch beyond the epoch's, or a step that is not where that epoch and batch
+/// put it (a step near u64::MAX would otherwise wrap, and count wrongly ever after).
+fn check_position(pos: Position, steps_per_epoch: u64, epochs: usize, file: &Path) -> Result<(), TrainError> {
+    let expected_step = (pos.epoch as u128) * steps_per_epoch as u128 + pos.batch as u128;
+    let problem = if pos.epoch > epochs {
+        Some(format!("epoch = {} is beyond this run's train.epochs = {epochs}", pos.epoch))
+    } else if pos.batch as u64 > steps_per_epoch {
+        Some(format!("batch_in_epoch = {} is beyond the {steps_per_epoch} batches of an epoch", pos.batch))
+    } else if pos.step as u128 != expected_step {
+        Some(format!(
+            "step = {} does not match epoch {} and batch {} ({steps_per_epoch} batches an epoch make step {expected_step})",
+            pos.step, pos.epoch, pos.batch
+        ))
+    } else if pos.skipped_steps > pos.step {
+        Some(format!("skipped_steps = {} is more than step = {}", pos.skipped_steps, pos.step))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: format!("cannot resume from its metadata: {problem} (was it written by another config, or altered?)"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Checkpoint metadata: `Position::skipped_steps` (absent before mixed precision: 0).
 pub(crate) const META_SKIPPED_STEPS: &str = "skipped_steps";
 
@@ -222,6 +262,9 @@ pub fn checkpoint_config(ck: &Checkpoint, file: &Path) -> Result<Config, TrainEr
 pub(crate) fn prepare_run(opts: &TrainOptions) -> Result<PathBuf, TrainError> {
     opts.config.validate().map_err(TrainError::Config)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", opts.out_dir.display())))?;
+    for stale in crate::checkpoint::remove_stale_temporaries(&opts.out_dir) {
+        eprintln!("removed {}, left by a writer that was killed mid-write", stale.display());
+    }
     let config_file = opts.out_dir.join(CONFIG_FILE);
     std::fs::write(&config_file, opts.config.to_toml()).map_err(|e| TrainError::Io(format!("{}: {e}", config_file.display())))?;
     Ok(opts.out_dir.join(CHECKPOINT_FILE))
@@ -243,6 +286,35 @@ pub(crate) fn diverged(loss: f64, step: u64, place: &str, lr: f64, checkpoint: &
     TrainError::Diverged(format!(
         "the loss became {loss} at step {step}{place} (learning rate {lr:e}); training stopped and {kept}. Try a lower learning rate or gradient clipping."
     ))
+}
+
+/// The error for an evaluation (validation) loss that is no longer finite after step
+/// `step`: weights that evaluate to NaN are not saved, even when each of them is finite
+/// (about 1e20 after a far too large learning rate).
+pub(crate) fn check_eval_loss(loss: f64, step: u64, checkpoint: &Path) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    let kept = if checkpoint.exists() {
+        format!("the last good checkpoint is kept unchanged at {}", checkpoint.display())
+    } else {
+        "no checkpoint had been written yet".to_string()
+    };
+    Err(TrainError::Diverged(format!(
+        "the validation loss became {loss} after step {step}: the model's weights no longer evaluate to a number, so they \
+         are not saved; training stopped and {kept}. Try a lower learning rate or gradient clipping."
+    )))
+}
+
+/// The error for a checkpoint whose finite weights evaluate to a loss that is not.
+pub(crate) fn check_evaluated(loss: f64, file: &Path) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(TrainError::Checkpoint {
+        file: file.to_path_buf(),
+        message: format!("its weights evaluate to a loss of {loss}: the model is diverged, not a result"),
+    })
 }
 
 /// Dispatch: a language model (`model.kind = "gpt"`) trains in [`crate::lm`], by steps;
@@ -282,6 +354,7 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             batch: ck.meta_u64("batch_in_epoch", resume)? as usize,
             skipped_steps: ck.meta_u64_or(META_SKIPPED_STEPS, 0, resume)?,
         };
+        check_position(pos, steps_per_epoch, config.train.epochs, resume)?;
         metrics.truncate_after(pos.step);
     }
 
@@ -340,6 +413,9 @@ fn train_classifier(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> R
             Some(v) => runner.evaluate(v)?,
             None => (f64::NAN, f64::NAN),
         };
+        if data.validation.is_some() {
+            check_eval_loss(val_loss, pos.step, &ck_path)?;
+        }
         let seen = seen.max(1) as f64;
         metrics.push(Record::Epoch {
             epoch: pos.epoch,
@@ -397,6 +473,7 @@ pub fn evaluate_checkpoint(device: &Device, file: &Path, data_dir: Option<&Path>
     let (mp, exec) = runner.eval_pass(EVAL_BATCH.min(data.test.len().max(1)))?;
     ck.model_only().write_to(exec.as_mut(), &mp.graph, &mp.checkpoint_tensors, file)?;
     let (loss, accuracy) = runner.evaluate(&data.test)?;
+    check_evaluated(loss, file)?;
     Ok((config, loss, accuracy))
 }
 
