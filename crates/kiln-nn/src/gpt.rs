@@ -77,6 +77,32 @@ impl GptConfig {
         }
         Ok(())
     }
+
+    /// Checks the sizes that set how much a [`GPT::new`] allocates (vocabulary, width,
+    /// context length, depth) against a state dict read from a file, given as
+    /// `shape_of(name)`: a config read from a file must not make the model allocate
+    /// before its tensors are known to be there. Every tensor's shape is checked later,
+    /// against the model built; this check only keeps that build as large as the file.
+    pub fn check_sizes_against(&self, shape_of: &dyn Fn(&str) -> Option<Vec<usize>>) -> std::result::Result<(), String> {
+        let (c, blocks) = (self.n_embd, self.n_layer);
+        for (name, expected, what) in [
+            ("transformer.wte.weight", [self.vocab_size, c], "[vocab_size, n_embd]"),
+            ("transformer.wpe.weight", [self.block_size, c], "[block_size, n_embd]"),
+        ] {
+            match shape_of(name) {
+                Some(found) if found == expected => {}
+                Some(found) => return Err(format!("the config's {what} is {expected:?}, but '{name}' is {found:?}")),
+                None => return Err(format!("'{name}' is missing")),
+            }
+        }
+        let block = |i: usize| format!("transformer.h.{i}.attn.c_attn.weight");
+        let last_block_present = blocks.checked_sub(1).is_some_and(|last| shape_of(&block(last)).is_some());
+        if !last_block_present || shape_of(&block(blocks)).is_some() {
+            let held = (0..=blocks.min(1 << 16)).take_while(|&i| shape_of(&block(i)).is_some()).count();
+            return Err(format!("the config's n_layer is {blocks}, but the file holds {held} blocks"));
+        }
+        Ok(())
+    }
 }
 
 /// Parameters split as nanoGPT's `configure_optimizers` does: weight decay for every

@@ -544,6 +544,13 @@ fn trained_gpt_from(ck: &Checkpoint, config: &Config, checkpoint: &Path) -> Resu
     let tokenizer_path = checkpoint.parent().unwrap_or(Path::new(".")).join(TOKENIZER_FILE);
     let tokenizer = load_tokenizer(&tokenizer_path)?;
     let gpt = gpt_config(config, tokenizer.vocab_size());
+    // Building the model below allocates every weight: a config damaged in the file must
+    // not make it larger than the tensors the file holds.
+    gpt.check_sizes_against(&|name| ck.tensors.get(name).map(|t| t.shape.dims().to_vec())).map_err(|message| {
+        let vocabulary = format!("vocab_size is the {} characters of {}", tokenizer.vocab_size(), tokenizer_path.display());
+        let message = format!("does not match the config in its metadata ({vocabulary}): {message}");
+        TrainError::Checkpoint { file: checkpoint.to_path_buf(), message }
+    })?;
 
     // The expected names and shapes, from the model itself (its init draws are cheap
     // next to reading the file).
