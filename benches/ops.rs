@@ -1,7 +1,7 @@
 //! Op benchmarks: matmul, elementwise, gelu, softmax, sum and conv2d (forward and both
 //! gradients) on the CPU reference (f32) and on the wgpu backend, side by side. Prints a
 //! table; asserts nothing about time. The cases and the table live in
-//! `kiln_train::bench_ops`, shared with `kiln bench ops` (which adds PyTorch's column).
+//! `kiln_bench::ops`, shared with `kiln bench ops` (which adds PyTorch's column).
 //!
 //!     cargo bench --bench ops                 # every case
 //!     cargo bench --bench ops -- --quick      # one small size of each op
@@ -13,7 +13,7 @@
 //! every case loads and runs once, at the quick sizes.
 use std::process::ExitCode;
 
-use kiln_train::bench_ops::{backends, run_ops_table, OpsOptions};
+use kiln_bench::ops::{backends, run_ops_table, OpsOptions};
 use kiln_wgpu::kernels::matmul::MatmulConfig;
 
 const USAGE: &str = "usage: ops [--quick] [--full] [--matmul-config NAME] [FILTER...]

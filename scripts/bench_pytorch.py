@@ -29,7 +29,7 @@ steps, --steps steps are timed with one synchronize at each end: PyTorch's best 
 (no per-step readback, so the host may run ahead of the GPU), whereas every kiln step
 reads its loss back.
 
-ops: the rows of benches/ops.rs (crates/kiln-train/src/bench_ops.rs), with the same
+ops: the rows of benches/ops.rs (crates/kiln-bench/src/ops.rs), with the same
 labels and the same rate formulas; every run is synchronized and the median run is
 reported. TF32 is off for matmuls and convolutions (kiln computes in f32).
 """
@@ -41,7 +41,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# The vocabulary of the Shakespeare corpus (kiln: bench::SHAKESPEARE_VOCAB).
+# The vocabulary of the Shakespeare corpus (kiln: kiln_bench::train::SHAKESPEARE_VOCAB).
 SHAKESPEARE_VOCAB = 84
 
 TRAIN_RECIPES = {
@@ -188,7 +188,7 @@ def cmd_train(args):
     ))
 
 
-# --- ops (the rows of crates/kiln-train/src/bench_ops.rs) ---
+# --- ops (the rows of crates/kiln-bench/src/ops.rs) ---
 
 # (label, batch, m, k, n, trans_a, trans_b)
 GPT_MATMULS = [

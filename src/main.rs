@@ -170,11 +170,11 @@ struct PytorchArgs {
 
 impl PytorchArgs {
     /// The runner, or None with a note on stderr saying why there is no PyTorch column.
-    fn runner(&self) -> Result<Option<kiln_train::bench_pytorch::TorchRunner>, Box<dyn std::error::Error>> {
+    fn runner(&self) -> Result<Option<kiln_bench::pytorch::TorchRunner>, Box<dyn std::error::Error>> {
         if self.no_pytorch {
             return Ok(None);
         }
-        match kiln_train::bench_pytorch::TorchRunner::open(&self.python, self.pytorch_script.as_deref()) {
+        match kiln_bench::pytorch::TorchRunner::open(&self.python, self.pytorch_script.as_deref()) {
             Ok(mut runner) => {
                 runner.threads = self.torch_threads;
                 Ok(Some(runner))
@@ -349,7 +349,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::Train { recipe, steps, warmup, batch_size, device, pytorch, amp, precision } } => {
-            use kiln_train::bench::{bench_devices, print_train_table, BenchOptions, TorchComparison};
+            use kiln_bench::train::{bench_devices, print_train_table, BenchOptions, TorchComparison};
             let mut config = Config::recipe(&recipe)?;
             if let Some(precision) = precision {
                 config.train.precision = precision;
@@ -367,7 +367,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Bench { what: BenchCommand::Ops { quick, full, matmul_config, device, once, pytorch, filters } } => {
-            use kiln_train::bench_ops::{backends, has_hardware_gpu, run_ops_table, BackendKind, OpsOptions, PytorchColumn};
+            use kiln_bench::ops::{backends, has_hardware_gpu, run_ops_table, BackendKind, OpsOptions, PytorchColumn};
             if let Some(name) = &matmul_config {
                 kiln_wgpu::kernels::matmul::MatmulConfig::parse(name).map_err(|e| format!("--matmul-config: {e}"))?;
             }
@@ -389,7 +389,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let runner = if once { None } else { pytorch.runner()? };
             let column = match &runner {
                 Some(runner) => {
-                    let (torch_device, why) = kiln_train::bench_pytorch::choose_torch_device(has_hardware_gpu(&backends), &runner.info);
+                    let (torch_device, why) = kiln_bench::pytorch::choose_torch_device(has_hardware_gpu(&backends), &runner.info);
                     eprintln!("PyTorch {} ops on {why} ...", runner.info.torch);
                     match runner.ops(torch_device, options.quick_sizes(), options.full, &options.filters) {
                         Ok(figures) => Some(PytorchColumn { device: format!("{why}, torch {}", runner.info.torch), figures }),

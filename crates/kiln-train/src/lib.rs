@@ -1,8 +1,5 @@
 //! kiln-train: the training loop, recipes and configs, metrics and plots, and
 //! safetensors checkpoints.
-pub mod bench;
-pub mod bench_ops;
-pub mod bench_pytorch;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

@@ -151,6 +151,15 @@ pub(crate) fn lm_train_plan(config: &Config, vocab_size: usize, batch: usize) ->
     Ok(LmPlan { graph: g, plan, idx, targets, train: Some(train), model_tensors, checkpoint_tensors })
 }
 
+/// The training step a GPT recipe runs, for `[batch, block_size]` windows of a
+/// `vocab_size` vocabulary (what `kiln bench train` times): the compiled plan, what to
+/// feed it each step besides the batch, and the batch's inputs `(idx, targets)`.
+pub fn gpt_train_step(config: &Config, vocab_size: usize, batch: usize) -> Result<(Plan, TrainGraph, (Tensor, Tensor)), TrainError> {
+    let lm = lm_train_plan(config, vocab_size, batch)?;
+    let train = lm.train.expect("a training plan has its TrainGraph");
+    Ok((lm.plan, train, (lm.idx, lm.targets)))
+}
+
 fn lm_eval_plan(config: &Config, vocab_size: usize, batch: usize) -> Result<LmPlan, TrainError> {
     let mut g = Graph::new();
     let mut model = build_gpt(&mut g, config, vocab_size)?;

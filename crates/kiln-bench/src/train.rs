@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use kiln_core::{Backend, Executor, HostTensor, Plan, Tensor};
+use kiln_train::config::Config;
+use kiln_train::device::Device;
+use kiln_train::lm::gpt_train_step;
+use kiln_train::model::{input_shape, train_plan};
+use kiln_train::TrainError;
 use kiln_wgpu::{wgpu, WgpuBackend};
 
-use crate::bench_pytorch::{choose_torch_device, format_ratio, speed_ratio, TorchRunner, TorchTrainFigure};
-use crate::config::Config;
-use crate::device::Device;
-use crate::lm::lm_train_plan;
-use crate::model::{input_shape, train_plan};
-use crate::TrainError;
+use crate::pytorch::{choose_torch_device, format_ratio, speed_ratio, TorchRunner, TorchTrainFigure};
 
 /// The size of the character vocabulary of the Shakespeare corpus (the sorted set of its
 /// characters; scripts/reference_gpt.py and scripts/bench_pytorch.py use the same). A
@@ -108,17 +108,16 @@ fn prepare_layer_model(config: &Config, batch: usize) -> Result<PreparedStep, Tr
 }
 
 fn prepare_gpt(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
-    let lm = lm_train_plan(config, SHAKESPEARE_VOCAB, batch)?;
-    let train = lm.train.as_ref().expect("a training plan has its TrainGraph");
+    let (plan, train, (idx, targets)) = gpt_train_step(config, SHAKESPEARE_VOCAB, batch)?;
     let block = config.model.block_size;
     let tokens = batch * block;
     // Token ids spread over the vocabulary; the targets are the next position's, as in
     // a real window.
     let ids: Vec<u32> = (0..tokens + 1).map(|i| ((i * 31 + 7) % SHAKESPEARE_VOCAB) as u32).collect();
     let mut feeds = train.feeds(0, config.optimizer.lr);
-    feeds.push((lm.idx, HostTensor::u32([batch, block], ids[..tokens].to_vec())));
-    feeds.push((lm.targets, HostTensor::u32([batch, block], ids[1..].to_vec())));
-    Ok(PreparedStep { plan: lm.plan, feeds, items_per_step: tokens })
+    feeds.push((idx, HostTensor::u32([batch, block], ids[..tokens].to_vec())));
+    feeds.push((targets, HostTensor::u32([batch, block], ids[1..].to_vec())));
+    Ok(PreparedStep { plan, feeds, items_per_step: tokens })
 }
 
 /// Time `options.steps` training steps of `config`'s model on `device` after warm-up.
@@ -279,7 +278,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::RECIPES;
+    use kiln_train::config::RECIPES;
 
     fn one_step(batch_size: usize) -> BenchOptions {
         BenchOptions { batch_size: Some(batch_size), warmup_steps: 0, steps: 1 }
@@ -318,7 +317,7 @@ mod tests {
     #[test]
     fn the_vocabulary_constant_is_the_corpus_vocabulary() {
         let config = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
-        match crate::lm::load_corpus(&config, None) {
+        match kiln_train::lm::load_corpus(&config, None) {
             Ok(corpus) => assert_eq!(corpus.tokenizer().vocab_size(), SHAKESPEARE_VOCAB),
             // The corpus ships with the repository; without it there is nothing to compare.
             Err(e) => eprintln!("skipped: no Shakespeare corpus ({e})"),

@@ -25,7 +25,7 @@ use kiln_core::{Backend, DType, ExecError, Executor, Graph, GraphError, HostTens
 use kiln_cpu::CpuBackend;
 use kiln_wgpu::{list_adapters, wgpu, WgpuBackend, WgpuOptions};
 
-use crate::bench_pytorch::{format_ratio, speed_ratio, TorchOpFigure};
+use crate::pytorch::{format_ratio, speed_ratio, TorchOpFigure};
 
 /// What to run: the sizes, the cases, and whether to measure or only check.
 #[derive(Clone, Debug, Default)]
@@ -780,7 +780,7 @@ mod tests {
     /// its labels must be kiln's, or the PyTorch column silently stays empty.
     #[test]
     fn the_pytorch_scripts_cases_are_these() {
-        let script = crate::bench_pytorch::find_script().expect("the script is in the repository");
+        let script = crate::pytorch::find_script().expect("the script is in the repository");
         for (quick, full) in [(true, false), (false, false), (false, true)] {
             let mut command = std::process::Command::new("python3");
             command.arg(&script).args(["ops", "--list"]);
@@ -798,11 +798,11 @@ mod tests {
                 }
             };
             assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-            let lines = crate::bench_pytorch::parse_lines(&String::from_utf8_lossy(&output.stdout)).expect("parses");
+            let lines = crate::pytorch::parse_lines(&String::from_utf8_lossy(&output.stdout)).expect("parses");
             let script_cases: Vec<(String, String)> = lines
                 .into_iter()
                 .map(|line| match line {
-                    crate::bench_pytorch::TorchLine::Case(c) => (c.op, c.size),
+                    crate::pytorch::TorchLine::Case(c) => (c.op, c.size),
                     other => panic!("unexpected line {other:?}"),
                 })
                 .collect();

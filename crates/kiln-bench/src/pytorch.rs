@@ -6,9 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use kiln_train::TrainError;
 use serde::Deserialize;
-
-use crate::TrainError;
 
 /// Where the script lives relative to the repository root.
 pub const SCRIPT: &str = "scripts/bench_pytorch.py";

@@ -1,0 +1,9 @@
+//! kiln-bench: `kiln bench`, kiln's ops and training steps timed side by side with
+//! PyTorch's. Figures are printed, never asserted.
+//!
+//! - [`train`]: `kiln bench train <recipe>`, one training step of a recipe per backend.
+//! - [`ops`]: the op table of `kiln bench ops` and `cargo bench --bench ops`.
+//! - [`pytorch`]: PyTorch's side, `scripts/bench_pytorch.py` run and read.
+pub mod ops;
+pub mod pytorch;
+pub mod train;
