@@ -588,16 +588,13 @@ impl Config {
         finite_where("schedule.gamma", s.gamma, s.gamma > 0.0, "positive (the factor the rate is multiplied by)")?;
         finite_where("schedule.eta_min", s.eta_min, s.eta_min >= 0.0 && s.eta_min <= o.lr, "in [0, optimizer.lr]")?;
         // A shift beyond the image's side moves every pixel out: nothing left to learn.
-        let side = m.input.iter().skip(1).copied().max().unwrap_or(MNIST_SIDE);
+        let side = m.input.iter().skip(1).copied().max().unwrap_or(kiln_data::MNIST_SIDE);
         if d.random_crop_padding > side {
             return Err(format!("data.random_crop_padding = {} must be at most the image's side, {side}", d.random_crop_padding));
         }
         Ok(())
     }
 }
-
-/// The side of an MNIST or Fashion-MNIST image.
-const MNIST_SIDE: usize = 28;
 
 /// Model sizes of a GPT recipe.
 struct GptShape {

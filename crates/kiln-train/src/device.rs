@@ -1,4 +1,7 @@
-//! Which backend a job runs on: the best GPU, else a software Vulkan driver, else the CPU.
+//! Which backend a job runs on: a hardware GPU, else the CPU backend. A software Vulkan
+//! driver (Mesa's lavapipe) is used only when asked for (`--device gpu`, or
+//! `KILN_ADAPTER` naming it): it takes about 10x longer per mnist-mlp step than kiln's
+//! own CPU backend (benches/results), so it is for testing the GPU path, not training.
 use kiln_core::Backend;
 use kiln_cpu::CpuBackend;
 use kiln_wgpu::WgpuBackend;
@@ -7,7 +10,8 @@ use crate::TrainError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
-    /// A GPU adapter if wgpu finds one (hardware first, then software), else the CPU.
+    /// A hardware GPU adapter if wgpu finds one (or the adapter `KILN_ADAPTER` names),
+    /// else the CPU backend.
     Auto,
     /// A GPU adapter, or an error saying how to get one.
     Gpu,
@@ -39,15 +43,36 @@ impl Device {
         match choice {
             DeviceChoice::Cpu => Ok(Device::cpu()),
             DeviceChoice::Gpu => Device::gpu(),
-            DeviceChoice::Auto => match Device::gpu() {
-                Ok(d) => Ok(d),
-                Err(e) => {
+            DeviceChoice::Auto => {
+                let named = std::env::var(kiln_wgpu::adapter::ADAPTER_ENV).is_ok_and(|v| !v.is_empty());
+                let adapters = kiln_wgpu::list_adapters();
+                let software = |a: &kiln_wgpu::AdapterReport| a.device_type == kiln_wgpu::wgpu::DeviceType::Cpu;
+                if !named && !adapters.is_empty() && adapters.iter().all(software) {
                     let mut d = Device::cpu();
-                    d.description = format!("{} (no GPU: {e})", d.description);
-                    Ok(d)
+                    let names: Vec<String> = adapters.iter().map(|a| a.title()).collect();
+                    d.description = format!(
+                        "{} (no hardware GPU; the software adapter {} is slower than this backend: --device gpu uses it)",
+                        d.description,
+                        names.join(", ")
+                    );
+                    return Ok(d);
                 }
-            },
+                match Device::gpu() {
+                    Ok(d) => Ok(d),
+                    Err(e) => {
+                        let mut d = Device::cpu();
+                        d.description = format!("{} (no GPU: {e})", d.description);
+                        Ok(d)
+                    }
+                }
+            }
         }
+    }
+
+    /// A hardware GPU if there is one, else the CPU backend; [`Device::description`]
+    /// says which, and why.
+    pub fn auto() -> Result<Device, TrainError> {
+        Device::open(DeviceChoice::Auto)
     }
 
     pub fn cpu() -> Device {

@@ -24,7 +24,7 @@ pub const TRAIN_OUTPUTS: [&str; 2] = ["loss (mean)", "correct"];
 pub const EVAL_OUTPUTS: [&str; 2] = ["loss (sum)", "correct"];
 
 /// The classes of the image datasets (MNIST, Fashion-MNIST): labels 0 to 9.
-pub const CLASSES: usize = 10;
+pub const CLASSES: usize = kiln_data::MNIST_CLASSES;
 
 /// Build the model as a `torch.nn.Sequential`, working out each layer's input channels
 /// or features from the shape the previous layers produce. Each layer's memory (see
