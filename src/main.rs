@@ -12,6 +12,10 @@ use kiln_train::{Config, Device, DeviceChoice, TrainOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads of the CPU backend (also KILN_THREADS; every core when absent). Results
+    /// are the same for any count; `kiln bench` gives PyTorch as many unless told otherwise.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=kiln_cpu::MAX_THREADS as u64))]
+    threads: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -162,8 +166,8 @@ struct PytorchArgs {
     /// scripts/bench_pytorch.py (found from the working directory or the executable when absent).
     #[arg(long)]
     pytorch_script: Option<PathBuf>,
-    /// torch's CPU threads (torch's default when absent). On a busy machine torch's
-    /// OpenMP threads can spin-wait on each other: 1 may be faster than all cores.
+    /// torch's CPU threads: as many as kiln's CPU backend when absent (--threads), so
+    /// that the two are compared on the same cores.
     #[arg(long)]
     torch_threads: Option<usize>,
 }
@@ -176,7 +180,7 @@ impl PytorchArgs {
         }
         match kiln_bench::pytorch::TorchRunner::open(&self.python, self.pytorch_script.as_deref()) {
             Ok(mut runner) => {
-                runner.threads = self.torch_threads;
+                runner.threads = Some(self.torch_threads.unwrap_or_else(kiln_cpu::threads));
                 Ok(Some(runner))
             }
             Err(e) if self.pytorch => Err(format!("--pytorch: {e}").into()),
@@ -198,6 +202,10 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
+    if let Some(threads) = cli.threads {
+        // Before any thread exists: the CPU backend reads it once, when it first runs.
+        std::env::set_var(kiln_cpu::THREADS_ENV, threads.to_string());
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // 128 + SIGINT, as a shell reports an interrupted program: scripts can tell an
@@ -376,11 +384,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if options.selected_cases().is_empty() {
                 return Err(format!("no op matches {:?} (matmul, elementwise, gelu, softmax, sum, conv2d)", options.filters).into());
             }
-            let (mut backends, notes) = backends(options.matmul_config.clone());
+            let (mut backends, mut notes) = backends(options.matmul_config.clone());
             backends.retain(|b| match device.as_str() {
                 "gpu" => matches!(b.kind, BackendKind::Gpu { .. }),
                 "cpu" => matches!(b.kind, BackendKind::CpuReference),
                 _ => true,
+            });
+            // The notes about a backend left out go too: each starts with its label, and
+            // its continuation lines with spaces.
+            let mut keep = true;
+            notes.retain(|note| {
+                if !note.starts_with(' ') {
+                    keep = device == "all" || (device == "cpu") == note.starts_with("cpu ");
+                }
+                keep
             });
             if backends.is_empty() {
                 return Err(format!("--device {device}: no such backend here ({})", notes.join("; ")).into());

@@ -35,6 +35,7 @@ mod softmax;
 mod storage;
 mod strided;
 
+pub use parallel::{threads, MAX_THREADS, THREADS_ENV};
 pub use scalar::{Element, Float};
 use shared::StateRegistry;
 
@@ -64,7 +65,8 @@ impl<T: Float> Default for CpuBackend<T> {
 
 impl<T: Float> Backend for CpuBackend<T> {
     fn name(&self) -> String {
-        format!("CPU reference ({})", std::any::type_name::<T>())
+        let threads = parallel::threads();
+        format!("CPU reference ({}, {threads} thread{})", std::any::type_name::<T>(), if threads == 1 { "" } else { "s" })
     }
 
     fn load(&self, plan: &Plan) -> Result<Box<dyn Executor>, ExecError> {

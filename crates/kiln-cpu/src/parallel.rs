@@ -12,10 +12,27 @@ use std::sync::OnceLock;
 /// costs more than it saves, and a kernel stays on the calling thread.
 const MIN_WORK_PER_THREAD: usize = 1 << 18;
 
-/// The cores this process may use (read once: on Linux the answer comes from cgroup files).
+/// Threads the CPU backend may use: `KILN_THREADS` when it holds a whole number from 1
+/// to [`MAX_THREADS`], else every core this process may use. `kiln --threads N` sets it.
+pub const THREADS_ENV: &str = "KILN_THREADS";
+/// The most threads `KILN_THREADS` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+/// The threads the CPU backend uses (read once: on Linux the core count comes from
+/// cgroup files). Results do not depend on it (see the module comment).
+pub fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        let asked = std::env::var(THREADS_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok());
+        match asked {
+            Some(n) if (1..=MAX_THREADS).contains(&n) => n,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    })
+}
+
 fn cores() -> usize {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    threads()
 }
 
 /// Threads worth using for `units` units of work holding `work` in all (multiply-adds,
