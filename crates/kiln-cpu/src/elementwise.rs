@@ -11,7 +11,9 @@ use crate::{parallel, Element, Float};
 /// The GELU tanh approximation's cubic coefficient.
 const GELU_CUBIC: f64 = 0.044715;
 
-/// One element of a unary op, exactly as documented on [`UnaryOp`].
+/// One element of a unary op, exactly as documented on [`UnaryOp`]. Always inlined: the
+/// slice loops below call it with a constant op, which folds its `match` away.
+#[inline(always)]
 pub fn unary_value<T: Float>(op: UnaryOp, x: T) -> T {
     let c = |v: f64| T::from_f64(v);
     let (zero, one, half, two) = (T::ZERO, T::ONE, c(0.5), c(2.0));
@@ -85,14 +87,67 @@ fn relu<T: Float>(x: T) -> T {
 
 pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
     let threads = parallel::threads_for(out.len(), out.len());
-    parallel::split_units(out, 1, threads, |range, out| {
-        for (o, &v) in out.iter_mut().zip(&x[range]) {
-            *o = unary_value(op, v);
-        }
-    });
+    parallel::split_units(out, 1, threads, |range, out| unary_slice(op, &x[range], out));
 }
 
-/// One element of a binary op, as documented on [`BinaryOp`].
+/// `out[i] = unary_value(op, x[i])`, the op matched once for the whole slice: in each
+/// arm the op is a constant, so the loop's arithmetic inlines and vectorises, and every
+/// element is still exactly `unary_value(op, x[i])` (what the fused and unfused kernels
+/// share, bit for bit).
+pub fn unary_slice<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
+    fn each<T: Float>(x: &[T], out: &mut [T], f: impl Fn(T) -> T) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f(v);
+        }
+    }
+    macro_rules! with_constant_op {
+        ($($variant:ident),*) => {
+            match op {
+                $(UnaryOp::$variant => each(x, out, |v| unary_value(UnaryOp::$variant, v)),)*
+                UnaryOp::LeakyRelu { alpha } => each(x, out, |v| unary_value(UnaryOp::LeakyRelu { alpha }, v)),
+            }
+        };
+    }
+    with_constant_op!(Neg, Exp, Log, Sqrt, Rsqrt, Abs, Sign, Relu, Sigmoid, Tanh, GeluErf, GeluTanh, Softplus, GeluErfGrad, GeluTanhGrad)
+}
+
+/// `out[i] = binary_value(op, a[i], b[i])`, the op matched once (see [`unary_slice`]).
+pub fn binary_slice<T: Float>(op: BinaryOp, a: &[T], b: &[T], out: &mut [T]) {
+    fn each<T: Float>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+    }
+    macro_rules! with_constant_op {
+        ($($variant:ident),*) => {
+            match op {
+                $(BinaryOp::$variant => each(a, b, out, |x, y| binary_value(BinaryOp::$variant, x, y)),)*
+            }
+        };
+    }
+    with_constant_op!(Add, Sub, Mul, Div, Maximum, Minimum, Pow)
+}
+
+/// `out[i] = 1 if compare_value(op, a[i], b[i]) else 0`, the op matched once.
+pub fn compare_slice<T: Float>(op: CmpOp, a: &[T], b: &[T], out: &mut [T]) {
+    fn each<T: Float>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> bool) {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = if f(x, y) { T::ONE } else { T::ZERO };
+        }
+    }
+    macro_rules! with_constant_op {
+        ($($variant:ident),*) => {
+            match op {
+                $(CmpOp::$variant => each(a, b, out, |x, y| compare_value(CmpOp::$variant, x, y)),)*
+            }
+        };
+    }
+    with_constant_op!(Eq, Ne, Lt, Le, Gt, Ge)
+}
+
+/// One element of a binary op, as documented on [`BinaryOp`] (always inlined, as
+/// [`unary_value`]).
+#[inline(always)]
 pub fn binary_value<T: Float>(op: BinaryOp, a: T, b: T) -> T {
     match op {
         BinaryOp::Add => a + b,
@@ -107,7 +162,15 @@ pub fn binary_value<T: Float>(op: BinaryOp, a: T, b: T) -> T {
 
 /// `out = op(a, b)` with `a` and `b` broadcast to `out_shape`.
 pub fn binary<T: Float>(op: BinaryOp, a: TensorRef<T>, b: TensorRef<T>, out: &mut [T], out_shape: &Shape) {
-    map2(a, b, out, out_shape, |x, y| binary_value(op, x, y));
+    // One walk per op, each with the op a constant in its loops (see `unary_slice`).
+    macro_rules! with_constant_op {
+        ($($variant:ident),*) => {
+            match op {
+                $(BinaryOp::$variant => map2(a, b, out, out_shape, |x, y| binary_value(BinaryOp::$variant, x, y)),)*
+            }
+        };
+    }
+    with_constant_op!(Add, Sub, Mul, Div, Maximum, Minimum, Pow)
 }
 
 /// `out[e] = f(a[e], b[e])` with `a` and `b` broadcast to `out_shape`, run by run (runs
@@ -158,6 +221,7 @@ fn map2<A: Copy + Sync, B: Copy + Sync, O: Send>(
 }
 
 /// Whether `a op b` holds (IEEE rules: every comparison with NaN is false but `ne`).
+#[inline(always)]
 pub fn compare_value<E: Element>(op: CmpOp, a: E, b: E) -> bool {
     match op {
         CmpOp::Eq => a == b,
@@ -171,7 +235,14 @@ pub fn compare_value<E: Element>(op: CmpOp, a: E, b: E) -> bool {
 
 /// `out = 1 where (a op b) else 0`, broadcast, in the inputs' element type.
 pub fn compare<E: Element>(op: CmpOp, a: TensorRef<E>, b: TensorRef<E>, out: &mut [E], out_shape: &Shape) {
-    map2(a, b, out, out_shape, |x, y| if compare_value(op, x, y) { E::ONE } else { E::ZERO });
+    macro_rules! with_constant_op {
+        ($($variant:ident),*) => {
+            match op {
+                $(CmpOp::$variant => map2(a, b, out, out_shape, |x, y| if compare_value(CmpOp::$variant, x, y) { E::ONE } else { E::ZERO }),)*
+            }
+        };
+    }
+    with_constant_op!(Eq, Ne, Lt, Le, Gt, Ge)
 }
 
 /// `out = a where cond else b`, all three broadcast to `out_shape`; `cond` may have any

@@ -1,11 +1,12 @@
 //! `Op::Fused`: a register program of elementwise ops, run chunk by chunk. Each
 //! instruction is applied to a chunk of elements with the very functions the unfused
-//! ops use (`unary_value`, `binary_value`, `compare_value`, `where`'s truth test), in
+//! ops use (`unary_slice`, `binary_slice`, `compare_slice` over `unary_value` and its
+//! siblings, `where`'s truth test), in
 //! the backend's float type, so a fused step gives the unfused steps' result bit for bit.
 //! A multi-output program writes each stored register to its output as it is computed.
 use kiln_core::{ExecError, FusedInstr, FusedProgram, ReduceOp, Shape, Step};
 
-use crate::elementwise::{binary_value, compare_value, unary_value};
+use crate::elementwise::{binary_slice, compare_slice, unary_slice};
 use crate::strided::TensorRef;
 use crate::{parallel, Float};
 
@@ -216,21 +217,9 @@ fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers:
                     }
                 }
                 FusedInstr::Constant { .. } => {}
-                FusedInstr::Unary { op, x } => {
-                    for (d, &v) in dst.iter_mut().zip(reg(*x)) {
-                        *d = unary_value(*op, v);
-                    }
-                }
-                FusedInstr::Binary { op, a, b } => {
-                    for ((d, &x), &y) in dst.iter_mut().zip(reg(*a)).zip(reg(*b)) {
-                        *d = binary_value(*op, x, y);
-                    }
-                }
-                FusedInstr::Compare { op, a, b } => {
-                    for ((d, &x), &y) in dst.iter_mut().zip(reg(*a)).zip(reg(*b)) {
-                        *d = if compare_value(*op, x, y) { T::ONE } else { T::ZERO };
-                    }
-                }
+                FusedInstr::Unary { op, x } => unary_slice(*op, reg(*x), dst),
+                FusedInstr::Binary { op, a, b } => binary_slice(*op, reg(*a), reg(*b), dst),
+                FusedInstr::Compare { op, a, b } => compare_slice(*op, reg(*a), reg(*b), dst),
                 FusedInstr::Where { cond, a, b } => {
                     for (((d, c), &x), &y) in dst.iter_mut().zip(reg(*cond)).zip(reg(*a)).zip(reg(*b)) {
                         *d = if c.is_nonzero() { x } else { y };
