@@ -2,12 +2,19 @@
 //! (each expected value is worked out in the comment above it), the gradients that
 //! have a hand-checkable answer (max-pool ties, overlapping windows), and the
 //! builder's shape errors.
-use kiln_core::{Backend, Conv2dParams, DType, Graph, HostData, HostTensor, Plan, Tensor};
+use kiln_core::{Backend, Conv2dParams, DType, Graph, HostData, HostTensor, Op, Plan, Tensor};
 use kiln_cpu::CpuBackend;
+
+#[path = "common/coverage.rs"]
+mod coverage;
 
 /// Compile `outputs`, run once on the f64 backend with those of `feeds` the plan reads.
 fn run(g: &Graph, outputs: &[Tensor], feeds: &[(Tensor, HostTensor)]) -> Vec<Vec<f64>> {
     let plan = Plan::compile(g, outputs).unwrap_or_else(|e| panic!("compile: {e}"));
+    // For the coverage test: the values compared are computed by these ops.
+    if coverage::recording() {
+        coverage::record(coverage::Role::Checked, coverage::ops_of_plan(g, &plan));
+    }
     let mut exec = CpuBackend::<f64>::new().load(&plan).unwrap_or_else(|e| panic!("load: {e}"));
     let used: Vec<(Tensor, HostTensor)> =
         feeds.iter().filter(|(t, _)| plan.inputs.iter().any(|i| i.tensor == *t)).cloned().collect();
@@ -324,4 +331,26 @@ fn second_derivatives_of_conv_and_pooling_are_refused_clearly() {
     let loss2 = g.sum_all(gx[0]).expect("sum of the gradient");
     let e = g.grad(loss2, &[w]).expect_err("no second derivative").to_string();
     assert_mentions(&e, &["second derivatives", "not supported"]);
+}
+
+/// The convolution and pooling ops (`coverage::IN_CONV_FORWARD`, which forward.rs leaves to
+/// this file) and a test here that compares values computed by each with hand-computed ones.
+const CONV_FORWARD_VALUES: &[coverage::Row] = &[
+    ("conv2d", conv2d_valid_2x2),
+    ("conv2d_backward_input", conv2d_weight_gradient_correlates_input_and_grad_out),
+    ("conv2d_backward_weight", conv2d_weight_gradient_correlates_input_and_grad_out),
+    ("max_pool2d", max_pool2d_2x2_stride_2),
+    ("max_pool2d_backward", max_pool2d_gradient_goes_to_the_first_maximum),
+    ("avg_pool2d", avg_pool2d_2x2_stride_2),
+    ("avg_pool2d_backward", avg_pool2d_gradient_spreads_evenly),
+];
+
+#[test]
+fn conv_forward_values_cover_conv_and_pool_ops() {
+    let excluded: Vec<coverage::Exclusion> = Op::names()
+        .into_iter()
+        .filter(|op| !coverage::IN_CONV_FORWARD.contains(op))
+        .map(|op| (op, "hand-computed values in forward.rs (rows there)"))
+        .collect();
+    coverage::assert_rows_cover_every_op("conv_forward.rs", CONV_FORWARD_VALUES, &[], &excluded);
 }

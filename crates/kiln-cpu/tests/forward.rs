@@ -2,15 +2,26 @@
 //! hand (or, for transcendental functions, with Python's `math` module, noted where used).
 //! Graphs are built through the public Graph API, as users build them.
 use kiln_core::{
-    Backend, BinaryOp, CmpOp, DType, ExecError, Executor, Graph, HostData, HostTensor, Op, Plan, Reduction, Tensor,
-    UnaryOp,
+    Backend, BinaryOp, CmpOp, CompileOptions, DType, ExecError, Executor, Graph, HostData, HostTensor, Op, Plan,
+    Reduction, Tensor, UnaryOp,
 };
 use kiln_cpu::CpuBackend;
 use std::f64::consts::{E, LN_2, SQRT_2};
 
+#[path = "common/coverage.rs"]
+mod coverage;
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
+
+/// For the coverage test (see common/coverage.rs): the test compares values that a run of
+/// `plan` computes, so it checks the forward values of the ops they depend on.
+fn record(g: &Graph, plan: &Plan) {
+    if coverage::recording() {
+        coverage::record(coverage::Role::Checked, coverage::ops_of_plan(g, plan));
+    }
+}
 
 fn load_f64(plan: &Plan) -> Box<dyn Executor> {
     CpuBackend::<f64>::new().load(plan).unwrap_or_else(|e| panic!("load: {e}"))
@@ -19,12 +30,14 @@ fn load_f64(plan: &Plan) -> Box<dyn Executor> {
 /// Compile `outputs`, load on the f64 backend, run once.
 fn run_f64(g: &Graph, outputs: &[Tensor], feeds: &[(Tensor, HostTensor)]) -> Vec<HostTensor> {
     let plan = Plan::compile(g, outputs).unwrap_or_else(|e| panic!("compile: {e}"));
+    record(g, &plan);
     load_f64(&plan).run(feeds).unwrap_or_else(|e| panic!("run: {e}"))
 }
 
 /// Compile `outputs`, load on the f32 backend, run once.
 fn run_f32(g: &Graph, outputs: &[Tensor], feeds: &[(Tensor, HostTensor)]) -> Vec<HostTensor> {
     let plan = Plan::compile(g, outputs).unwrap_or_else(|e| panic!("compile: {e}"));
+    record(g, &plan);
     let mut exec = CpuBackend::<f32>::new().load(&plan).unwrap_or_else(|e| panic!("load: {e}"));
     exec.run(feeds).unwrap_or_else(|e| panic!("run: {e}"))
 }
@@ -681,6 +694,26 @@ fn forward_softmax_cross_entropy() {
     assert_f64(&out[2], &[], &[first + ln3], 1e-15);
 }
 
+#[test]
+fn forward_softmax_cross_entropy_backward() {
+    // (softmax(logits[n]) - onehot(labels[n])) * grad[n], row by row:
+    // - logits equal: softmax 1/3 each; label 1, grad 3 -> (1, 1 - 3, 1) = (1, -2, 1);
+    // - logits (0, ln 2, ln 5): exp gives 1, 2, 5 of 8; label 2, grad 0.5 -> (1/16, 1/8, -3/16);
+    // - label 7 is out of range (no one-hot entry): softmax * grad = 1/3 * -1.5 = -0.5 each.
+    let mut g = Graph::new();
+    let logits = g.input("logits", [3, 3], DType::F32).unwrap();
+    let labels = g.input("labels", [3], DType::U32).unwrap();
+    let grad = g.input("grad", [3], DType::F32).unwrap();
+    let y = g.softmax_cross_entropy_backward(logits, labels, grad).unwrap();
+    let feeds = [
+        (logits, f64s(&[3, 3], &[0.0, 0.0, 0.0, 0.0, LN_2, 5f64.ln(), 2.0, 2.0, 2.0])),
+        (labels, u32s(&[3], &[1, 2, 7])),
+        (grad, f64s(&[3], &[3.0, 0.5, -1.5])),
+    ];
+    let out = run_f64(&g, &[y], &feeds);
+    assert_f64(&out[0], &[3, 3], &[1.0, -2.0, 1.0, 0.0625, 0.125, -0.1875, -0.5, -0.5, -0.5], 1e-15);
+}
+
 // ---------------------------------------------------------------------------------------
 // Movement: permute, expand, slice, pad / slice-scatter, concat
 // ---------------------------------------------------------------------------------------
@@ -747,6 +780,7 @@ fn forward_slice_scatter_with_step() {
     let seed = g.input("seed", [2, 2], DType::F32).unwrap();
     let grads = g.grad_with_seeds(&[(y, seed)], &[x]).unwrap();
     let plan = Plan::compile(&g, &grads).unwrap();
+    record(&g, &plan);
     assert!(plan.steps.iter().any(|s| matches!(&s.op, Op::SliceScatter { steps, .. } if steps == &vec![1, 2])));
     let out = load_f64(&plan).run(&[(seed, f64s(&[2, 2], &[10.0, 20.0, 30.0, 40.0]))]).unwrap();
     assert_exact(&out[0], &[2, 5], &[0.0, 10.0, 0.0, 20.0, 0.0, 0.0, 30.0, 0.0, 40.0, 0.0]);
@@ -810,6 +844,7 @@ fn forward_scatter_add_sums_in_index_order() {
     let src = g.input("src", [3], DType::F32).unwrap();
     let y = g.scatter_add_rows(indices, src, 1).unwrap();
     let plan = Plan::compile(&g, &[y]).unwrap();
+    record(&g, &plan);
     let mut exec = CpuBackend::<f32>::new().load(&plan).unwrap();
     for _ in 0..2 {
         let feeds = [(indices, u32s(&[3], &[0, 0, 0])), (src, HostTensor::f32([3], vec![1e8, 1.0, -1e8]))];
@@ -894,6 +929,7 @@ fn forward_f16_tensors_are_rounded_when_written() {
     let sum = g.add(a, b).unwrap();
     let w = g.state("w", DType::F16, HostTensor::f32([1], vec![0.1])).unwrap();
     let plan = Plan::compile(&g, &[a, sum, w]).unwrap();
+    record(&g, &plan);
     for backend in [Box::new(CpuBackend::<f64>::new()) as Box<dyn Backend>, Box::new(CpuBackend::<f32>::new())] {
         let mut exec = backend.load(&plan).unwrap();
         // b = 0.0004 rounds to 0.0003998..; 1 + that is below half an f16 ulp at 1 (2^-11).
@@ -936,6 +972,7 @@ fn forward_buffer_shared_by_float_and_u32_tenants() {
     let y = g.add(back, n).unwrap();
     // Unfused: fusion would compute exp inside neg's step, leaving no exp buffer to share.
     let plan = Plan::compile_unfused(&g, &[y]).unwrap();
+    record(&g, &plan);
     let buffer_of = |pick: fn(&Op) -> bool| plan.steps.iter().find(|s| pick(&s.op)).map(|s| s.output.buffer);
     let exp_buffer = buffer_of(|op| matches!(op, Op::Unary(UnaryOp::Exp)));
     let argmax_buffer = buffer_of(|op| matches!(op, Op::ArgMax { .. }));
@@ -962,6 +999,7 @@ fn forward_state_updates_persist_across_runs() {
     let new_steps = g.add_scalar(steps, 1.0).unwrap();
     let scaled = g.mul(new_w, untouched).unwrap();
     let plan = Plan::compile_with_updates(&g, &[new_w, scaled], &[(w, new_w), (steps, new_steps)]).unwrap();
+    record(&g, &plan);
     let mut exec = load_f64(&plan);
 
     let out = exec.run(&[(x, f64s(&[2], &[10.0, 20.0]))]).unwrap();
@@ -986,6 +1024,7 @@ fn forward_state_swap_reads_old_values() {
     let a = g.state("a", DType::F32, HostTensor::f32([2], vec![1.0, 2.0])).unwrap();
     let b = g.state("b", DType::F32, HostTensor::f32([2], vec![3.0, 4.0])).unwrap();
     let plan = Plan::compile_with_updates(&g, &[], &[(a, b), (b, a)]).unwrap();
+    record(&g, &plan);
     let mut exec = load_f64(&plan);
     assert!(exec.run(&[]).unwrap().is_empty());
     assert_exact(&exec.read_state(a).unwrap(), &[2], &[3.0, 4.0]);
@@ -1177,4 +1216,103 @@ fn random_uniform_build_errors_name_the_counter() {
     // (x itself is not needed: the plan's only input is the counter.)
     let out = run_f64(&g, &[grads[0], u], &[(counter, HostTensor::u32([], vec![9]))]);
     assert_eq!(out[0].to_f64_vec(), out[1].to_f64_vec(), "d/dx sum(x * u) = u");
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused steps (only plans have them: Plan::compile makes them from elementwise chains)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn forward_fused_chain_and_fused_reduce() {
+    // x = 1..6 as [2, 3]. relu(2 x - 5) is one fused step: (-3, -1, 1, 3, 5, 7) -> (0, 0, 1, 3, 5, 7).
+    // sum((x - 2)^2) over rows reduces a fused prologue that is never stored:
+    // (1 + 0 + 1, 4 + 9 + 16) = (2, 29).
+    let mut g = Graph::new();
+    let x = g.input("x", [2, 3], DType::F32).unwrap();
+    let twice = g.mul_scalar(x, 2.0).unwrap();
+    let shifted = g.sub_scalar(twice, 5.0).unwrap();
+    let y = g.relu(shifted).unwrap();
+    let centred = g.sub_scalar(x, 2.0).unwrap();
+    let squared = g.mul(centred, centred).unwrap();
+    let s = g.sum(squared, &[1], false).unwrap();
+    let plan = Plan::compile_with_options(&g, &[y, s], &[], CompileOptions { fuse_elementwise: true }).unwrap();
+    record(&g, &plan);
+    let kinds: Vec<&str> = plan.steps.iter().map(|step| step.op.name()).collect();
+    assert!(kinds.contains(&"fused") && kinds.contains(&"fused_reduce"), "steps: {kinds:?}");
+    let out = load_f64(&plan).run(&[(x, f64s(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]))]).unwrap();
+    assert_exact(&out[0], &[2, 3], &[0.0, 0.0, 1.0, 3.0, 5.0, 7.0]);
+    assert_exact(&out[1], &[2], &[2.0, 29.0]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Coverage: every op of Op::names() has hand-computed forward values here, or is excluded
+// ---------------------------------------------------------------------------------------
+
+/// Each op and a test that compares values computed by it with hand-computed ones.
+const FORWARD_VALUES: &[coverage::Row] = &[
+    ("input", forward_input_is_returned_as_fed),
+    ("state", forward_state_updates_persist_across_runs),
+    ("constant", forward_constant),
+    ("neg", forward_neg),
+    ("exp", forward_exp),
+    ("log", forward_log),
+    ("sqrt", forward_sqrt),
+    ("rsqrt", forward_rsqrt),
+    ("abs", forward_abs),
+    ("sign", forward_sign),
+    ("relu", forward_relu),
+    ("leaky_relu", forward_leaky_relu),
+    ("sigmoid", forward_sigmoid),
+    ("tanh", forward_tanh),
+    ("gelu", forward_gelu_erf),
+    ("gelu_tanh", forward_gelu_tanh),
+    ("softplus", forward_softplus),
+    ("gelu_grad", forward_gelu_erf_grad),
+    ("gelu_tanh_grad", forward_gelu_tanh_grad),
+    ("add", forward_add),
+    ("sub", forward_sub),
+    ("mul", forward_mul),
+    ("div", forward_div),
+    ("maximum", forward_maximum),
+    ("minimum", forward_minimum),
+    ("pow", forward_pow),
+    ("eq", forward_eq),
+    ("ne", forward_ne),
+    ("lt", forward_lt),
+    ("le", forward_le),
+    ("gt", forward_gt),
+    ("ge", forward_ge),
+    ("where", forward_where_broadcasts_three_ways),
+    ("sum", forward_sum),
+    ("mean", forward_mean),
+    ("max", forward_max),
+    ("matmul", forward_matmul),
+    ("softmax", forward_softmax),
+    ("log_softmax", forward_log_softmax),
+    ("reshape", forward_reshape_and_detach_alias_their_input),
+    ("detach", forward_reshape_and_detach_alias_their_input),
+    ("permute", forward_permute),
+    ("broadcast_to", forward_expand),
+    ("slice", forward_slice_with_step),
+    ("slice_scatter", forward_slice_scatter_with_step),
+    ("concat", forward_concat_middle_axis),
+    ("gather", forward_gather_with_repeated_indices),
+    ("scatter_add", forward_scatter_add_with_repeated_indices),
+    ("one_hot", forward_one_hot),
+    ("argmax", forward_argmax),
+    ("softmax_cross_entropy", forward_softmax_cross_entropy),
+    ("softmax_cross_entropy_backward", forward_softmax_cross_entropy_backward),
+    ("cast", forward_cast),
+    ("random_uniform", forward_random_uniform_known_answers),
+    ("fused", forward_fused_chain_and_fused_reduce),
+    ("fused_reduce", forward_fused_chain_and_fused_reduce),
+];
+
+#[test]
+fn forward_values_cover_every_op() {
+    // Convolution and pooling have their hand-computed values in conv_forward.rs, whose own
+    // coverage test requires a row for each of them.
+    let excluded: Vec<coverage::Exclusion> =
+        coverage::IN_CONV_FORWARD.iter().map(|&op| (op, "hand-computed values in conv_forward.rs (rows there)")).collect();
+    coverage::assert_rows_cover_every_op("forward.rs", FORWARD_VALUES, &[], &excluded);
 }

@@ -28,6 +28,9 @@
 use kiln_core::{Backend, DType, Executor, Graph, HostTensor, Plan, Reduction, Shape, Tensor};
 use kiln_cpu::CpuBackend;
 
+#[path = "common/coverage.rs"]
+mod coverage;
+
 /// Required agreement between analytic and numeric gradients (see the module docs).
 const TOLERANCE: f64 = 1e-6;
 /// Finite-difference step for smooth ops with unit-scale inputs.
@@ -134,6 +137,9 @@ impl GradCheck {
     fn check(self, out: Tensor, eps: f64) {
         let name = self.name.clone();
         let report = self.run(out, eps);
+        if coverage::recording() {
+            return;
+        }
         let failures: Vec<&String> = report.iter().filter(|line| line.starts_with("FAIL")).collect();
         // Shown with `--nocapture`: how much room each check leaves under the tolerance.
         println!("gradcheck {name}: {} elements, eps {eps:e}, worst error {:.2e}", report.len(), worst_error(&report));
@@ -149,12 +155,26 @@ impl GradCheck {
     fn analytic(mut self, out: Tensor) -> (Vec<Vec<f64>>, Vec<f64>) {
         let (loss, w_feed) = self.weighted_loss(out);
         let wrt: Vec<Tensor> = self.wrt.iter().map(|(t, _)| *t).collect();
+        let first_gradient_node = self.g.len();
         let grads = self.g.grad(loss, &wrt).unwrap_or_else(|e| panic!("{}: grad failed: {e}", self.name));
+        self.record(out, first_gradient_node, &grads);
         let plan = Plan::compile(&self.g, &grads).unwrap_or_else(|e| panic!("{}: compile failed: {e}", self.name));
         let mut exec = load(&self.name, &plan);
         let feeds = self.feeds(&plan, std::slice::from_ref(&w_feed));
         let outs = exec.run(&feeds).unwrap_or_else(|e| panic!("{}: run failed: {e}", self.name));
         (outs.iter().map(HostTensor::to_f64_vec).collect(), w_feed.1.to_f64_vec())
+    }
+
+    /// For a coverage test (see common/coverage.rs): the ops on a path from a differentiated
+    /// input to `out` are checked (their gradient rules), and the ops of the gradients
+    /// (the nodes from `first_gradient_node` on) are in the analytic gradient compared.
+    fn record(&self, out: Tensor, first_gradient_node: usize, grads: &[Tensor]) {
+        if !coverage::recording() {
+            return;
+        }
+        let wrt: Vec<Tensor> = self.wrt.iter().map(|(t, _)| *t).collect();
+        coverage::record(coverage::Role::Checked, coverage::ops_between(&self.g, &wrt, &[out]));
+        coverage::record(coverage::Role::InGradient, coverage::ops_added_since(&self.g, first_gradient_node, grads));
     }
 
     /// Append `w` (a random fixed input of out's shape) and `loss = sum(out * w)`.
@@ -183,9 +203,15 @@ impl GradCheck {
         let name = self.name.clone();
         let (loss, w_feed) = self.weighted_loss(out);
         let wrt: Vec<Tensor> = self.wrt.iter().map(|(t, _)| *t).collect();
+        let first_gradient_node = self.g.len();
         let grads = self.g.grad(loss, &wrt).unwrap_or_else(|e| panic!("{name}: grad failed: {e}"));
         for (&x, &gx) in wrt.iter().zip(&grads) {
             assert_eq!(self.g.shape(x), self.g.shape(gx), "{name}: gradient shape differs from its input's");
+        }
+        self.record(out, first_gradient_node, &grads);
+        if coverage::recording() {
+            // A coverage test's run: the ops the check covers, not its finite differences.
+            return Vec::new();
         }
 
         let mut outputs = vec![loss];
@@ -1210,4 +1236,92 @@ fn gradcheck_batch_norm() {
     let out = c.g.batch_norm(x, None, None, None, None, true, 0.1, 1e-5).built(case);
     assert!(out.new_running_mean.is_none(), "{case}: nothing to update");
     c.check(out.y, EPS_SMOOTH);
+}
+
+// ---------------------------------------------------------------------------------
+// Coverage: every op of Op::names() is gradchecked or excluded here, with the reason
+// ---------------------------------------------------------------------------------
+
+/// Each differentiable op and a test that differentiates through it (its gradient rule).
+const GRADCHECKED: &[coverage::Row] = &[
+    ("input", gradcheck_neg),
+    ("neg", gradcheck_neg),
+    ("exp", gradcheck_exp),
+    ("log", gradcheck_log),
+    ("sqrt", gradcheck_sqrt),
+    ("rsqrt", gradcheck_rsqrt),
+    ("abs", gradcheck_abs),
+    ("sign", gradcheck_sign),
+    ("relu", gradcheck_relu),
+    ("leaky_relu", gradcheck_leaky_relu),
+    ("sigmoid", gradcheck_sigmoid),
+    ("tanh", gradcheck_tanh),
+    ("gelu", gradcheck_gelu),
+    ("gelu_tanh", gradcheck_gelu_tanh),
+    ("softplus", gradcheck_softplus),
+    ("add", gradcheck_add),
+    ("sub", gradcheck_sub),
+    ("mul", gradcheck_mul),
+    ("div", gradcheck_div),
+    ("maximum", gradcheck_maximum),
+    ("minimum", gradcheck_minimum),
+    ("pow", gradcheck_pow),
+    ("where", gradcheck_where),
+    ("sum", gradcheck_sum),
+    ("mean", gradcheck_mean),
+    ("max", gradcheck_max),
+    ("matmul", gradcheck_matmul),
+    ("softmax", gradcheck_softmax),
+    ("log_softmax", gradcheck_log_softmax),
+    ("reshape", gradcheck_reshape),
+    ("detach", gradcheck_detach),
+    ("permute", gradcheck_permute),
+    ("broadcast_to", gradcheck_broadcast_to),
+    ("slice", gradcheck_slice),
+    ("slice_scatter", gradcheck_pad),
+    ("concat", gradcheck_concat),
+    ("gather", gradcheck_gather_rows),
+    ("scatter_add", gradcheck_scatter_add),
+    ("softmax_cross_entropy", gradcheck_cross_entropy),
+    ("conv2d", gradcheck_conv2d),
+    ("max_pool2d", gradcheck_max_pool2d),
+    ("avg_pool2d", gradcheck_avg_pool2d),
+];
+
+/// Gradient-only ops (autodiff emits them; they have no gradient of their own: a second
+/// derivative through them is refused), each with a test whose analytic gradient, compared
+/// with finite differences, is computed by it.
+const CHECKED_AS_GRADIENTS: &[coverage::Row] = &[
+    ("gelu_grad", gradcheck_gelu),
+    ("gelu_tanh_grad", gradcheck_gelu_tanh),
+    ("softmax_cross_entropy_backward", gradcheck_cross_entropy),
+    ("conv2d_backward_input", gradcheck_conv2d),
+    ("conv2d_backward_weight", gradcheck_conv2d),
+    ("max_pool2d_backward", gradcheck_max_pool2d),
+    ("avg_pool2d_backward", gradcheck_avg_pool2d),
+];
+
+/// Ops no gradcheck can differentiate through, and why.
+const NOT_GRADCHECKED: &[coverage::Exclusion] = &[
+    ("state", "a leaf, differentiated exactly as an input (no rule of its own); parameters are states in graph_training.rs"),
+    ("constant", "no inputs: no path from a differentiated tensor reaches it"),
+    ("eq", "comparisons are not differentiable (no gradient flows through them)"),
+    ("ne", "comparisons are not differentiable"),
+    ("lt", "comparisons are not differentiable"),
+    ("le", "comparisons are not differentiable"),
+    ("gt", "comparisons are not differentiable (gradcheck_where checks that none flows through one)"),
+    ("ge", "comparisons are not differentiable"),
+    ("argmax", "not differentiable: its output is an index (u32)"),
+    ("one_hot", "not differentiable: its input is an index (u32)"),
+    ("random_uniform", "not differentiable: its input is a u32 counter"),
+    ("cast", "float -> u32 has no gradient, and float <-> f16 rounds to 11 bits, far above any finite-difference step; \
+              mixed-precision gradients are checked in kiln-wgpu's matmul_f16.rs and kiln-nn's mixed_precision.rs"),
+    ("fused", "plan-only (Plan::compile makes it from graph ops): never in a graph, so never differentiated; \
+               the plans every gradcheck runs are fused ones"),
+    ("fused_reduce", "plan-only, like fused"),
+];
+
+#[test]
+fn gradcheck_covers_every_op() {
+    coverage::assert_rows_cover_every_op("gradcheck.rs", GRADCHECKED, CHECKED_AS_GRADIENTS, NOT_GRADCHECKED);
 }
