@@ -1,13 +1,12 @@
 //! Causal multi-head self-attention, as nanoGPT's `CausalSelfAttention`.
 use kiln_core::{DType, Graph, GraphError, HostTensor, Result, Tensor};
 
+use crate::config::{gpt_linear, GptConfig};
 use crate::dropout::Dropout;
-use crate::gpt::GptConfig;
 use crate::init::Rng;
 use crate::linear::Linear;
 use crate::mixed;
 use crate::module::{join_name, Mode, Module};
-use crate::transformer::gpt_linear;
 
 /// The lower-triangular 0/1 matrix that keeps position `i` from attending to any `j > i`.
 ///

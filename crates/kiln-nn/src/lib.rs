@@ -30,6 +30,7 @@
 
 mod attention;
 pub mod clip;
+mod config;
 mod conv;
 mod dropout;
 mod embedding;
@@ -51,7 +52,8 @@ mod transformer;
 pub use attention::{CausalMask, CausalSelfAttention};
 pub use dropout::{dropout_seed, rng_step_feed, rng_step_feed_for_plan, rng_step_input, Dropout, RNG_STEP_INPUT};
 pub use embedding::Embedding;
-pub use gpt::{GptConfig, ParamGroups, GPT};
+pub use config::GptConfig;
+pub use gpt::{ParamGroups, GPT};
 pub use layers::{Flatten, GeluApproximate, Identity, LeakyReLU, ReLU, Sigmoid, Softplus, Tanh, GELU};
 pub use conv::{Conv2d, Size2};
 pub use linear::Linear;

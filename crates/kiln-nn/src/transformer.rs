@@ -1,39 +1,15 @@
-//! The pieces of a GPT-2 transformer block, as nanoGPT's `MLP` and `Block`, and the
-//! nanoGPT-style initialisation they share with [`crate::GPT`].
-use kiln_core::{DType, Graph, Result, Tensor};
+//! The pieces of a GPT-2 transformer block, as nanoGPT's `MLP` and `Block` (their
+//! nanoGPT-style initialisation, shared with attention and [`crate::GPT`], is in config.rs).
+use kiln_core::{Graph, Result, Tensor};
 
 use crate::attention::{CausalMask, CausalSelfAttention};
+use crate::config::{gpt_layer_norm, gpt_linear, GptConfig};
 use crate::dropout::Dropout;
-use crate::gpt::GptConfig;
-use crate::init::{self, Rng};
+use crate::init::Rng;
 use crate::layers::{GeluApproximate, GELU};
 use crate::linear::Linear;
 use crate::module::{join_name, Mode, Module};
 use crate::norm::LayerNorm;
-
-/// A `Linear(in_features, out_features, bias)` initialised as nanoGPT's `_init_weights`:
-/// weight N(0, std^2), bias 0 (PyTorch's default init is a uniform one).
-pub(crate) fn gpt_linear<R: Rng + ?Sized>(
-    g: &mut Graph,
-    prefix: &str,
-    in_features: usize,
-    out_features: usize,
-    bias: bool,
-    std: f64,
-    rng: &mut R,
-) -> Result<Linear> {
-    let weight_init = init::normal([out_features, in_features], 0.0, std, rng);
-    let weight = g.state(&join_name(prefix, "weight"), DType::F32, weight_init)?;
-    let bias =
-        if bias { Some(g.state(&join_name(prefix, "bias"), DType::F32, init::zeros([out_features]))?) } else { None };
-    Linear::from_parts(g, prefix, weight, bias)
-}
-
-/// nanoGPT's `LayerNorm(n_embd, bias)`: over the last axis, eps 1e-5, weight 1, and a
-/// zero bias only with `config.bias`.
-pub(crate) fn gpt_layer_norm(g: &mut Graph, prefix: &str, config: &GptConfig) -> Result<LayerNorm> {
-    LayerNorm::with_options(g, prefix, &[config.n_embd], 1e-5, true, config.bias)
-}
 
 /// nanoGPT's `MLP`: `c_fc` (C -> 4C), GELU (exact erf form, `nn.GELU()`), `c_proj`
 /// (4C -> C), dropout. `c_proj.weight` starts N(0, 0.02 / sqrt(2 n_layer)).
