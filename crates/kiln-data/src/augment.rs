@@ -11,52 +11,11 @@
 //! [`DataLoader`]: crate::DataLoader
 //! [`DataLoader::augment`]: crate::DataLoader::augment
 
-use std::fmt;
-
 use rand::RngExt;
 
-use crate::dataset::Normalization;
 use crate::error::{DataError, Result};
+use crate::image::{ImageShape, Normalization};
 use crate::shuffle::augmentation_rng;
-
-/// The row-major `[channels, height, width]` image one sample holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ImageShape {
-    pub channels: usize,
-    pub height: usize,
-    pub width: usize,
-}
-
-impl ImageShape {
-    pub const fn new(channels: usize, height: usize, width: usize) -> Self {
-        ImageShape { channels, height, width }
-    }
-
-    /// Values in one image (saturating, so an absurd shape never matches a real sample).
-    pub fn numel(&self) -> usize {
-        self.channels.saturating_mul(self.height).saturating_mul(self.width)
-    }
-
-    /// The image a sample of shape `[C, H, W]` or `[H, W]` (one channel) holds;
-    /// `None` for other ranks.
-    pub(crate) fn of_sample_shape(sample_shape: &[usize]) -> Option<ImageShape> {
-        match *sample_shape {
-            [channels, height, width] => Some(ImageShape::new(channels, height, width)),
-            [height, width] => Some(ImageShape::new(1, height, width)),
-            _ => None,
-        }
-    }
-
-    fn plane(&self) -> usize {
-        self.height * self.width
-    }
-}
-
-impl fmt::Display for ImageShape {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}, {}, {}]", self.channels, self.height, self.width)
-    }
-}
 
 /// One step of an [`Augmentation`]. Per-channel values (`fill`, `per_channel`)
 /// hold either one entry for every channel or one entry per channel.

@@ -2,8 +2,8 @@
 
 use kiln_core::HostTensor;
 
-use crate::augment::ImageShape;
 use crate::error::{DataError, Result};
+use crate::image::{ImageShape, Normalization};
 use crate::shuffle::split_indices;
 
 /// Labelled samples held in memory: `len` samples of `sample_shape` f32 values
@@ -19,18 +19,9 @@ pub struct Dataset {
     num_classes: usize,
 }
 
-/// Per-value normalisation `(x - mean) / std`, as torchvision's `Normalize`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Normalization {
-    pub mean: f32,
-    pub std: f32,
-}
-
+/// [`Normalization::from_data`] lives here, beside the values it reads; the type itself is
+/// in image.rs, which augment.rs and this file both import.
 impl Normalization {
-    /// The MNIST training-set pixel mean and standard deviation (of x/255)
-    /// that PyTorch's MNIST examples use.
-    pub const MNIST: Normalization = Normalization { mean: 0.1307, std: 0.3081 };
-
     /// The mean and (population) standard deviation of every value in `dataset`,
     /// accumulated in f64 so that tens of millions of values sum accurately.
     pub fn from_data(dataset: &Dataset) -> Result<Normalization> {
@@ -47,33 +38,6 @@ impl Normalization {
             ));
         }
         Ok(Normalization { mean: mean as f32, std: std as f32 })
-    }
-
-    /// One value normalised: `(x - mean) / std`. For example the fill of a
-    /// [`RandomCrop`](crate::Transform::RandomCrop) on normalised MNIST is
-    /// `Normalization::MNIST.normalize(0.0)`, the black background in the data's units.
-    pub fn normalize(&self, x: f32) -> f32 {
-        (x - self.mean) / self.std
-    }
-
-    /// Normalises every value of `values` in place. The one implementation behind
-    /// [`Dataset::normalize`] and the [`Normalize`](crate::Transform::Normalize) transform.
-    pub fn normalize_in_place(&self, values: &mut [f32]) {
-        for x in values {
-            *x = self.normalize(*x);
-        }
-    }
-
-    /// Checks that the mean is finite and the standard deviation finite and
-    /// positive; `context` names the caller in the error.
-    pub(crate) fn check(&self, context: &str) -> Result<()> {
-        if self.std.is_finite() && self.std > 0.0 && self.mean.is_finite() {
-            return Ok(());
-        }
-        Err(DataError::invalid(format!(
-            "{context}: mean {} and std {} must be finite and std positive",
-            self.mean, self.std
-        )))
     }
 }
 

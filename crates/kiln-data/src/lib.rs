@@ -18,21 +18,23 @@ mod dataset;
 mod error;
 mod file;
 mod idx;
+mod image;
 mod loader;
 mod locate;
 mod mnist;
 mod shuffle;
 mod text;
 
-pub use augment::{Augmentation, ImageShape, Transform};
+pub use augment::{Augmentation, Transform};
 pub use csv_table::{read_csv, CsvOptions, LabelColumn};
-pub use dataset::{Dataset, Normalization};
+pub use dataset::Dataset;
 pub use error::{DataError, Result};
 pub use file::{gunzip_if_gzip, read_maybe_gzip, require_regular_file};
 pub use idx::{
     parse_idx_u8, read_idx_images, read_idx_labels, read_idx_u8, IdxImages, IdxU8, IDX_IMAGES_U8_MAGIC,
     IDX_LABELS_U8_MAGIC,
 };
+pub use image::{ImageShape, Normalization};
 pub use loader::{Batch, DataLoader, Epoch, DEFAULT_PREFETCH_DEPTH};
 pub use locate::{find_dataset_dir, DATA_DIR_ENV};
 pub use mnist::{Mnist, MnistSplit, MNIST_CLASSES, MNIST_SIDE};

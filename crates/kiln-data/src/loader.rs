@@ -7,9 +7,10 @@ use std::thread::JoinHandle;
 
 use kiln_core::HostTensor;
 
-use crate::augment::{Augmentation, ImageShape};
+use crate::augment::Augmentation;
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
+use crate::image::ImageShape;
 use crate::shuffle::epoch_order;
 
 /// One batch: `images` `[len, ...sample_shape]` f32, `labels` `[len]` u32.
