@@ -15,7 +15,7 @@
 use kiln_core::{DType, ExecError, FusedInstr, FusedProgram, Operand, Shape, Step, MAX_RANK};
 
 use super::elementwise::{binary_expr, float_comparison, unary_expr};
-use super::reduce::ValueSource;
+use super::value_source::ValueSource;
 use super::{render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/elementwise.wgsl");

@@ -35,6 +35,7 @@ mod pool;
 mod random;
 mod reduce;
 mod softmax;
+mod value_source;
 
 /// What the adapter can do, as far as kernels care.
 #[derive(Clone, Debug)]

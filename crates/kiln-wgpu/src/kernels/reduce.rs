@@ -10,6 +10,7 @@
 //! where a Reduce loads it: the same loop, the same compensated sums, the same tree.
 use kiln_core::{DType, ExecError, Op, ReduceOp, Step, MAX_RANK};
 
+use super::value_source::ValueSource;
 use super::{fused, key, render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/reduce.wgsl");
@@ -37,18 +38,6 @@ fn word(step: &Step, what: &str, value: usize) -> Result<u32, ExecError> {
 enum Kind {
     Reduce(ReduceOp),
     ArgMax,
-}
-
-/// How the kernel reads the value it reduces: its bindings (after params), their
-/// declarations and the shader's `value(e)` function (see reduce.wgsl's PROLOGUE).
-pub(super) struct ValueSource {
-    pub bindings: Vec<(kiln_core::BufferId, Access)>,
-    pub declarations: String,
-    pub prologue: String,
-    /// The part of `declarations` and `prologue` that tells kernels apart (the cache key
-    /// leaves out the elementwise functions every fused prologue brings along).
-    pub key: String,
-    pub any_f16: bool,
 }
 
 pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
