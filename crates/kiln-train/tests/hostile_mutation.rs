@@ -355,3 +355,25 @@ fn a_gpt_config_larger_than_its_tensors_is_refused_before_the_model_is_built() {
     assert_eq!(pass.rejected, limits.len(), "a config larger than its tensors was accepted");
     pass.finish();
 }
+
+/// The valid files this pass mutates are also the fuzz targets' seed corpus:
+/// `KILN_FUZZ_SEEDS=fuzz/seeds cargo test -p kiln-train --test hostile_mutation seeds`
+/// writes them there, one folder per target (see fuzz/README.md). A no-op otherwise.
+#[test]
+fn seeds_for_the_fuzz_targets_are_written_when_asked() {
+    let Some(out) = std::env::var_os("KILN_FUZZ_SEEDS").map(PathBuf::from) else { return };
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let gpt = seeds::gpt_run(scratch.path());
+    let mut files: Vec<(&str, String, Vec<u8>)> = Vec::new();
+    files.extend(seeds::idx_files().into_iter().map(|s| ("idx", s.name.to_string(), s.bytes)));
+    files.extend(seeds::checkpoint_files(scratch.path()).into_iter().map(|s| ("checkpoint", s.name.to_string(), s.bytes)));
+    files.push(("checkpoint", "gpt-best.safetensors".into(), gpt.checkpoint.bytes));
+    files.extend(seeds::config_files().into_iter().map(|(name, toml)| ("config", format!("{name}.toml"), toml.into_bytes())));
+    files.push(("tokenizer", "tokenizer.json".into(), seeds::tokenizer_json().into_bytes()));
+    files.push(("tokenizer", "gpt-tokenizer.json".into(), gpt.tokenizer.into_bytes()));
+    for (target, name, bytes) in files {
+        let dir = out.join(target);
+        std::fs::create_dir_all(&dir).expect("seed folder");
+        std::fs::write(dir.join(name), bytes).expect("write a seed");
+    }
+}
