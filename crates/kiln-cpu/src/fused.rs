@@ -44,6 +44,28 @@ impl<'a> Cursor<'a> {
         Cursor { dims, strides, index, offset }
     }
 
+    /// The longest run from the current element, at most `max` elements, along which
+    /// the input advances by one fixed stride (it stays in one innermost row of the
+    /// output): `(offset, stride, len)`, and the cursor moves past it. A broadcast
+    /// input's rows are then plain copies or fills, not an odometer step per element.
+    fn take_run(&mut self, max: usize) -> (usize, usize, usize) {
+        let Some(last) = self.dims.len().checked_sub(1) else { return (self.offset, 0, max) };
+        let (offset, stride) = (self.offset, self.strides[last]);
+        let len = (self.dims[last] - self.index[last]).min(max);
+        if self.index[last] + len < self.dims[last] {
+            self.index[last] += len;
+            self.offset += len * stride;
+        } else {
+            // The row ends here: step onto its last element, then over the row's end
+            // with the odometer's carry.
+            let to_last = len - 1;
+            self.index[last] += to_last;
+            self.offset += to_last * stride;
+            self.advance();
+        }
+        (offset, stride, len)
+    }
+
     /// The current offset, then a step to the next element.
     fn advance(&mut self) -> usize {
         let current = self.offset;
@@ -209,8 +231,20 @@ fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers:
                         (Reader::Dense, _) => dst.copy_from_slice(&data[start..start + len]),
                         (Reader::Scalar, _) => dst.fill(data[0]),
                         (Reader::Strided(_), Some(cursor)) => {
-                            for d in dst.iter_mut() {
-                                *d = data[cursor.advance()];
+                            let mut filled = 0;
+                            while filled < len {
+                                let (offset, stride, run) = cursor.take_run(len - filled);
+                                let dst = &mut dst[filled..filled + run];
+                                match stride {
+                                    0 => dst.fill(data[offset]),
+                                    1 => dst.copy_from_slice(&data[offset..offset + run]),
+                                    _ => {
+                                        for (t, d) in dst.iter_mut().enumerate() {
+                                            *d = data[offset + t * stride];
+                                        }
+                                    }
+                                }
+                                filled += run;
                             }
                         }
                         (Reader::Strided(_), None) => unreachable!("every strided reader has a cursor"),
@@ -258,6 +292,31 @@ mod tests {
         }
         let states = [p, adam.m, adam.v].map(|t| exec.read_state(t).unwrap().to_f64_vec().iter().map(|x| x.to_bits()).collect());
         (plan, states.to_vec())
+    }
+
+    /// Runs of `take_run` visit exactly the offsets that one `advance` per element does,
+    /// from any first element and for any chunk length, rows crossed or not.
+    #[test]
+    fn runs_of_a_broadcast_cursor_match_its_element_steps() {
+        use super::Cursor;
+        let dims = [3, 4, 5];
+        for strides in [[0, 5, 1], [20, 0, 1], [1, 0, 0], [0, 1, 0], [7, 3, 2]] {
+            for first in [0, 1, 4, 5, 17, 59] {
+                for max in [1, 3, 5, 7, 60] {
+                    let total = 60 - first;
+                    let mut by_element = Cursor::at(&dims, &strides, first);
+                    let want: Vec<usize> = (0..total).map(|_| by_element.advance()).collect();
+                    let mut by_run = Cursor::at(&dims, &strides, first);
+                    let mut got = Vec::new();
+                    while got.len() < total {
+                        let (offset, stride, len) = by_run.take_run(max.min(total - got.len()));
+                        assert!(len >= 1 && len <= max);
+                        got.extend((0..len).map(|t| offset + t * stride));
+                    }
+                    assert_eq!(got, want, "strides {strides:?}, first {first}, runs of at most {max}");
+                }
+            }
+        }
     }
 
     #[test]
