@@ -8,9 +8,12 @@ use crate::{conv, elementwise, fused, index, matmul, movement, random, reduce, s
 
 pub struct CpuExecutor<T: Float> {
     plan: Plan,
-    /// The backend-wide value of each of `plan.states` (same order), and the version of
-    /// it this executor's slot holds.
-    shared: Vec<(SharedHandle<T>, u64)>,
+    /// The backend-wide value of each of `plan.states` (same order). A run moves each
+    /// value into its slot and back (no copy): plans loaded on one backend share their
+    /// states by name, and see each other's updates.
+    shared: Vec<SharedHandle<T>>,
+    /// The backend's lock for runs and state access (`StateRegistry::turn`).
+    turn: std::sync::Arc<std::sync::Mutex<()>>,
     /// One slot per plan buffer.
     slots: Vec<Slot<T>>,
     /// Elements of the largest tenant of each buffer: what a slot is allocated for.
@@ -53,10 +56,9 @@ impl<T: Float> CpuExecutor<T> {
                 }
                 Ok(value)
             })?;
-            // Version 0 is never current, so the first run copies the value in.
-            shared.push((handle, 0));
+            shared.push(handle);
         }
-        Ok(CpuExecutor { plan: plan.clone(), shared, slots, capacity })
+        Ok(CpuExecutor { plan: plan.clone(), shared, turn: registry.turn(), slots, capacity })
     }
 
     /// Write `value` (already checked against `operand`) into its buffer, rounding f16
@@ -97,40 +99,40 @@ impl<T: Float> CpuExecutor<T> {
         Ok((i, self.plan.states[i].operand.clone()))
     }
 
-    /// Copy into this executor's slots every state another plan (or `write_state`) has
-    /// changed since this executor last saw it.
-    fn pull_shared_states(&mut self) {
-        for i in 0..self.shared.len() {
-            let operand = self.plan.states[i].operand.clone();
-            let (handle, seen) = &self.shared[i];
-            let shared = lock(handle);
-            if shared.version == *seen {
-                continue;
+    /// Moves every state's value into its slot for a run. A state whose buffer is
+    /// larger than the state (the plan gave it other tenants too) is copied instead.
+    fn take_states(&mut self) {
+        for (state, handle) in self.plan.states.iter().zip(&self.shared) {
+            let operand = &state.operand;
+            let mut shared = lock(handle);
+            if self.capacity[operand.buffer] == shared.value.len() {
+                self.slots[operand.buffer] = std::mem::replace(&mut shared.value, Slot::U32(Vec::new()));
+            } else {
+                let value = shared.value.clone();
+                drop(shared);
+                let slot = &mut self.slots[operand.buffer];
+                slot.prepare_for(operand.dtype, self.capacity[operand.buffer]);
+                copy_into(slot, &value);
             }
-            let version = shared.version;
-            let value = shared.value.clone();
-            drop(shared);
-            self.store(&operand, value);
-            self.shared[i].1 = version;
         }
     }
 
-    /// Publish the states this plan's updates wrote.
-    fn push_updated_states(&mut self) -> Result<(), ExecError> {
-        for update in &self.plan.updates {
-            let Some(i) = self.plan.states.iter().position(|s| s.tensor == update.state) else { continue };
-            let operand = &self.plan.states[i].operand;
-            let value = match self.slots[operand.buffer].view(operand)? {
-                View::Float(v) => Slot::Float(v.to_vec()),
-                View::U32(v) => Slot::U32(v.to_vec()),
-            };
-            let handle = self.shared[i].0.clone();
-            let mut shared = lock(&handle);
-            shared.value = value;
-            shared.version += 1;
-            self.shared[i].1 = shared.version;
+    /// Moves (or copies, as `take_states` took them) every state's value back, updated
+    /// or not: after a run, and after a run that failed half way.
+    fn return_states(&mut self) {
+        for (state, handle) in self.plan.states.iter().zip(&self.shared) {
+            let operand = &state.operand;
+            let mut shared = lock(handle);
+            if shared.value.len() == 0 && self.capacity[operand.buffer] == operand.numel() && self.slots[operand.buffer].len() == operand.numel() {
+                shared.value = std::mem::replace(&mut self.slots[operand.buffer], Slot::U32(Vec::new()));
+            } else if let Ok(view) = self.slots[operand.buffer].view(operand) {
+                let value = match view {
+                    View::Float(v) => Slot::Float(v.to_vec()),
+                    View::U32(v) => Slot::U32(v.to_vec()),
+                };
+                shared.value = value;
+            }
         }
-        Ok(())
     }
 
     /// After the steps: copy each update's source into its state, in list order.
@@ -164,25 +166,38 @@ impl<T: Float> CpuExecutor<T> {
     }
 }
 
+impl<T: Float> CpuExecutor<T> {
+    /// The steps and the updates, with the states in their slots.
+    fn run_steps(&mut self) -> Result<(), ExecError> {
+        for step in &self.plan.steps {
+            execute_step(step, &mut self.slots, &self.capacity)?;
+        }
+        self.apply_updates()
+    }
+}
+
 impl<T: Float> Executor for CpuExecutor<T> {
     fn run(&mut self, feeds: &[(Tensor, HostTensor)]) -> Result<Vec<HostTensor>, ExecError> {
         let values = self.check_feeds(feeds)?;
-        self.pull_shared_states();
+        let turn = self.turn.clone();
+        let _turn = lock(&turn);
         for (at, value) in values {
             let operand = self.plan.inputs[at].operand.clone();
             self.store(&operand, value);
         }
-        for step in &self.plan.steps {
-            execute_step(step, &mut self.slots, &self.capacity)?;
-        }
-        self.apply_updates()?;
-        self.push_updated_states()?;
-        self.plan.outputs.iter().map(|o| self.fetch(&o.operand)).collect()
+        self.take_states();
+        let ran = self.run_steps();
+        // Outputs are read before the states go back: an output may be a state.
+        let outputs = ran.and_then(|()| self.plan.outputs.iter().map(|o| self.fetch(&o.operand)).collect());
+        self.return_states();
+        outputs
     }
 
     fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError> {
         let (index, operand) = self.state_index(state)?;
-        let shared = lock(&self.shared[index].0);
+        let turn = self.turn.clone();
+        let _turn = lock(&turn);
+        let shared = lock(&self.shared[index]);
         let shape = operand.shape.clone();
         Ok(match shared.value.view(&operand)? {
             View::Float(v) => T::to_host(shape, v.to_vec()),
@@ -199,9 +214,10 @@ impl<T: Float> Executor for CpuExecutor<T> {
                 round_to_f16(v);
             }
         }
-        let mut shared = lock(&self.shared[index].0);
+        let turn = self.turn.clone();
+        let _turn = lock(&turn);
+        let mut shared = lock(&self.shared[index]);
         shared.value = value;
-        shared.version += 1;
         Ok(())
     }
 }
@@ -209,6 +225,15 @@ impl<T: Float> Executor for CpuExecutor<T> {
 /// Elements each buffer must hold: the largest tenant among all operands of the plan.
 fn buffer_capacities(plan: &Plan) -> Result<Vec<usize>, ExecError> {
     Ok(plan.largest_tenants(0, |o| o.numel() as u64)?.into_iter().map(|n| n as usize).collect())
+}
+
+/// `value`'s elements into the start of `slot` (of the same kind, at least as long).
+fn copy_into<T: Float>(slot: &mut Slot<T>, value: &Slot<T>) {
+    match (slot, value) {
+        (Slot::Float(dst), Slot::Float(src)) => dst[..src.len()].copy_from_slice(src),
+        (Slot::U32(dst), Slot::U32(src)) => dst[..src.len()].copy_from_slice(src),
+        _ => unreachable!("a state's slot is prepared for the state's dtype"),
+    }
 }
 
 /// Host data (already checked with `HostTensor::check_fits`) as a slot value.

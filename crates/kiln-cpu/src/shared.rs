@@ -10,20 +10,30 @@ use crate::Float;
 pub struct SharedState<T> {
     pub shape: Shape,
     pub dtype: DType,
+    /// The value, except while a plan runs: a running executor holds it in its own slot
+    /// (moved, not copied) and moves it back when the run ends.
     pub value: Slot<T>,
-    /// Bumped on every write, so executors copy the value in only when it changed.
-    pub version: u64,
 }
 
 pub type SharedHandle<T> = Arc<Mutex<SharedState<T>>>;
 
 pub struct StateRegistry<T> {
     states: Mutex<HashMap<String, SharedHandle<T>>>,
+    /// Held for a whole run, and by every read or write of a state: plans of one backend
+    /// run one at a time, so no one sees a state whose value a run has moved out.
+    turn: Arc<Mutex<()>>,
 }
 
 impl<T> Default for StateRegistry<T> {
     fn default() -> Self {
-        StateRegistry { states: Mutex::new(HashMap::new()) }
+        StateRegistry { states: Mutex::new(HashMap::new()), turn: Arc::new(Mutex::new(())) }
+    }
+}
+
+impl<T> StateRegistry<T> {
+    /// The lock an executor takes for each run and state access (see `turn`).
+    pub fn turn(&self) -> Arc<Mutex<()>> {
+        self.turn.clone()
     }
 }
 
@@ -60,7 +70,6 @@ impl<T: Float> StateRegistry<T> {
             shape: operand.shape.clone(),
             dtype: operand.dtype,
             value: init()?,
-            version: 1,
         }));
         states.insert(name.to_string(), handle.clone());
         Ok(handle)

@@ -34,6 +34,14 @@ impl<T: Float> Slot<T> {
         }
     }
 
+    /// Elements held, of either kind.
+    pub fn len(&self) -> usize {
+        match self {
+            Slot::Float(v) => v.len(),
+            Slot::U32(v) => v.len(),
+        }
+    }
+
     /// Make this slot hold the kind of data `dtype` needs, keeping its storage if it
     /// already does (a buffer switches kind only when tenants of both kinds share it).
     pub fn prepare_for(&mut self, dtype: DType, capacity: usize) {
