@@ -159,14 +159,7 @@ pub fn run<T: Float>(
         }
     }
     let readers = &readers;
-    std::thread::scope(|scope| {
-        let mut pieces = pieces.into_iter().enumerate();
-        let (_, mut first_piece) = pieces.next().expect("at least one piece: len > 0 when threads > 1");
-        for (index, mut piece) in pieces {
-            scope.spawn(move || run_piece(program, inputs, readers, out_shape, index * per_thread, &mut piece));
-        }
-        run_piece(program, inputs, readers, out_shape, 0, &mut first_piece);
-    });
+    parallel::run_pieces(pieces, |index, mut piece| run_piece(program, inputs, readers, out_shape, index * per_thread, &mut piece));
     Ok(())
 }
 

@@ -1,4 +1,5 @@
-//! Spreading a kernel over the machine's cores with `std::thread::scope`.
+//! Spreading a kernel over the machine's cores, on one pool of threads that lives as
+//! long as the process (rayon's), sized by [`threads`].
 //!
 //! A kernel hands out whole units of work (output rows of a matmul, images of a
 //! convolution); each unit is computed by one thread exactly as it would be on any
@@ -41,24 +42,54 @@ pub fn threads_for(units: usize, work: usize) -> usize {
     cores().min(units).min(work / MIN_WORK_PER_THREAD).max(1)
 }
 
+/// The pool, started on first use with [`threads`] workers.
+fn pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads()).thread_name(|i| format!("kiln-cpu-{i}")).build().ok()
+    })
+    .as_ref()
+}
+
+/// Calls `task(index, piece)` for every piece, the pieces spread over the pool's threads,
+/// and returns when all are done. Where the pool could not be started (the system
+/// refused threads), the pieces run one after another on the calling thread: the same
+/// results, since no piece depends on another.
+pub fn run_pieces<P: Send>(pieces: Vec<P>, task: impl Fn(usize, P) + Sync) {
+    if pieces.len() <= 1 {
+        for (index, piece) in pieces.into_iter().enumerate() {
+            task(index, piece);
+        }
+        return;
+    }
+    let task = &task;
+    match pool() {
+        Some(pool) => pool.scope(|scope| {
+            for (index, piece) in pieces.into_iter().enumerate() {
+                scope.spawn(move |_| task(index, piece));
+            }
+        }),
+        None => {
+            for (index, piece) in pieces.into_iter().enumerate() {
+                task(index, piece);
+            }
+        }
+    }
+}
+
 /// `out` holds consecutive units of `unit_len` elements each. Calls `task(units, piece)`
-/// on `threads` threads (the calling thread among them), each with a consecutive range
-/// of units and the piece of `out` that holds exactly those units.
+/// on `threads` pieces at once, each with a consecutive range of units and the piece of
+/// `out` that holds exactly those units.
 pub fn split_units<T: Send>(out: &mut [T], unit_len: usize, threads: usize, task: impl Fn(Range<usize>, &mut [T]) + Sync) {
     if unit_len == 0 || out.is_empty() {
         return;
     }
     let units = out.len() / unit_len;
     let per_thread = units.div_ceil(threads.clamp(1, units.max(1)));
-    let mut pieces = out.chunks_mut(per_thread * unit_len).enumerate();
-    let Some((_, first_piece)) = pieces.next() else { return };
-    let task = &task;
-    std::thread::scope(|scope| {
-        for (index, piece) in pieces {
-            let start = index * per_thread;
-            scope.spawn(move || task(start..start + piece.len() / unit_len, piece));
-        }
-        task(0..first_piece.len() / unit_len, first_piece);
+    let pieces: Vec<&mut [T]> = out.chunks_mut(per_thread * unit_len).collect();
+    run_pieces(pieces, |index, piece| {
+        let start = index * per_thread;
+        task(start..start + piece.len() / unit_len, piece)
     });
 }
 
