@@ -2,10 +2,13 @@
 //! safetensors checkpoints.
 pub mod checkpoint;
 pub mod config;
+mod config_check;
+mod recipes;
 pub mod device;
 pub mod generate;
 pub mod limits;
 pub mod lm;
+mod lm_checks;
 pub mod metrics;
 pub mod model;
 pub mod trainer;

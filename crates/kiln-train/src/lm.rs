@@ -23,6 +23,7 @@ use crate::config::{Config, OptimizerConfig};
 use crate::device::Device;
 use crate::metrics::{MetricsLog, Record};
 use crate::trainer::{checkpoint_config, diverged, prepare_run, progress_bar, stop_requested, TrainOptions, TrainReport};
+use crate::lm_checks::{check_tied_weights, check_vocabulary, vocabulary_hash, META_VOCABULARY_HASH};
 use crate::TrainError;
 
 /// The model at its best validation loss, beside the latest checkpoint.
@@ -277,67 +278,6 @@ fn read_progress(ck: &Checkpoint, file: &Path) -> Result<Progress, TrainError> {
     };
     let skipped_steps = ck.meta_u64_or(crate::trainer::META_SKIPPED_STEPS, 0, file)?;
     Ok(Progress { step, best, skipped_steps })
-}
-
-/// Checkpoint metadata: a hash of the vocabulary it was trained with, in order.
-const META_VOCABULARY_HASH: &str = "vocabulary_fnv1a64";
-
-/// FNV-1a (64-bit) of the vocabulary's characters in id order, as 16 hex digits: a
-/// tokenizer.json with the same characters in another order (every id meaning another
-/// character) hashes differently.
-fn vocabulary_hash(tokenizer: &CharTokenizer) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for c in tokenizer.chars() {
-        let mut utf8 = [0u8; 4];
-        for &byte in c.encode_utf8(&mut utf8).as_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // A separator, so that the split between characters counts too.
-        hash ^= 0xff;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{hash:016x}")
-}
-
-/// Err when the checkpoint records a vocabulary hash and `tokenizer` (read from
-/// `tokenizer_path`) is not that vocabulary. Checkpoints from before the hash carry none.
-fn check_vocabulary(ck: &Checkpoint, tokenizer: &CharTokenizer, tokenizer_path: &Path, file: &Path) -> Result<(), TrainError> {
-    let Some(recorded) = ck.metadata.get(META_VOCABULARY_HASH) else { return Ok(()) };
-    let found = vocabulary_hash(tokenizer);
-    if *recorded != found {
-        return Err(TrainError::Checkpoint {
-            file: file.to_path_buf(),
-            message: format!(
-                "was trained with another vocabulary than {} (hash {recorded} in the checkpoint, {found} in the file): \
-                 its token ids would mean other characters",
-                tokenizer_path.display()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Names of the tied pair (GPT-2's weight tying: the head reads the token embedding).
-const TIED_HEAD: &str = "lm_head.weight";
-const TIED_EMBEDDING: &str = "transformer.wte.weight";
-
-/// With tied weights the file holds the shared matrix twice (as PyTorch's state dict
-/// does); two different values mean the file was altered, and which one a load would
-/// keep is arbitrary, so it is an error (as `generate` already refuses it).
-fn check_tied_weights(ck: &Checkpoint, config: &Config, file: &Path) -> Result<(), TrainError> {
-    if !config.model.tie_weights {
-        return Ok(());
-    }
-    if let (Some(head), Some(embedding)) = (ck.tensors.get(TIED_HEAD), ck.tensors.get(TIED_EMBEDDING)) {
-        if head.shape != embedding.shape || head.to_f32_vec() != embedding.to_f32_vec() {
-            return Err(TrainError::Checkpoint {
-                file: file.to_path_buf(),
-                message: format!("the config ties {TIED_HEAD} to {TIED_EMBEDDING} (model.tie_weights), but the two differ"),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Refuses a checkpoint position this run cannot continue from: a step beyond the
