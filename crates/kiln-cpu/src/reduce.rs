@@ -4,7 +4,7 @@ use kiln_core::ReduceOp;
 
 use crate::scalar::nan_max;
 use crate::strided::{BroadcastRuns, StridedOffsets, TensorRef};
-use crate::Float;
+use crate::{parallel, Float};
 
 /// Below this many values a plain running sum is used: its error is bounded by the
 /// block size, and recursing further would only cost time.
@@ -27,6 +27,12 @@ pub fn max_of<T: Float>(values: &[T]) -> T {
 /// Reduce `x` over `axes` (sorted, unique). The output keeps x's rank with every reduced
 /// axis of size 1, so its elements are in the order of x's kept indices.
 pub fn reduce<T: Float>(op: ReduceOp, axes: &[usize], x: TensorRef<T>, out: &mut [T]) {
+    let threads = parallel::threads_for(out.len(), x.data.len());
+    reduce_on_threads(op, axes, x, out, threads);
+}
+
+/// `reduce` with its outputs shared among `threads` threads.
+fn reduce_on_threads<T: Float>(op: ReduceOp, axes: &[usize], x: TensorRef<T>, out: &mut [T], threads: usize) {
     let dims = x.shape.dims();
     let strides = x.shape.strides();
     let is_reduced = |axis: usize| axes.contains(&axis);
@@ -39,12 +45,29 @@ pub fn reduce<T: Float>(op: ReduceOp, axes: &[usize], x: TensorRef<T>, out: &mut
 
     // The values of one output, in runs along the innermost merged reduced axis.
     let runs = BroadcastRuns::over(&reduced_dims, [&reduced_strides]);
+    // Outputs are independent: they are shared among threads in consecutive pieces, each
+    // reduced exactly as on one thread.
+    parallel::split_units(out, 1, threads, |outputs, piece| {
+        let offsets = StridedOffsets::new(&kept_dims, &strides, 0).skip(outputs.start);
+        reduce_outputs(op, x.data, &runs, count, offsets, piece);
+    });
+}
+
+/// Reduces, for each output of `out`, the values from its base offset in `offsets`.
+fn reduce_outputs<T: Float>(
+    op: ReduceOp,
+    data: &[T],
+    runs: &BroadcastRuns<1>,
+    count: usize,
+    offsets: impl Iterator<Item = usize>,
+    out: &mut [T],
+) {
     let mut gathered = Vec::with_capacity(count);
-    for (o, base) in out.iter_mut().zip(StridedOffsets::new(&kept_dims, &strides, 0)) {
+    for (o, base) in out.iter_mut().zip(offsets) {
         gathered.clear();
         runs.for_each(0..runs.count(), |run| {
             let ([first], [stride]) = (run.inputs, run.strides);
-            let values = &x.data[base + first..];
+            let values = &data[base + first..];
             // (No reduced axes make one run of one value, with stride 0.)
             if stride == 1 || run.len == 1 {
                 gathered.extend_from_slice(&values[..run.len]);
@@ -75,6 +98,23 @@ mod tests {
         let running_error = (values.iter().sum::<f32>() as f64 - exact).abs() / exact;
         assert!(pairwise_error < 1e-6, "pairwise relative error {pairwise_error}");
         assert!(running_error > 100.0 * pairwise_error, "running {running_error} vs pairwise {pairwise_error}");
+    }
+
+    /// Every output is reduced as on one thread, whatever piece it falls in.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let shape = Shape::from([7, 33, 5]);
+        let x: Vec<f32> = (0..shape.numel()).map(|v| ((v * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        for (op, axes) in [(ReduceOp::Sum, vec![1]), (ReduceOp::Mean, vec![0, 2]), (ReduceOp::Max, vec![2]), (ReduceOp::Sum, vec![0])] {
+            let outputs: usize = (0..3).filter(|a| !axes.contains(a)).map(|a| shape.dims()[a]).product();
+            let mut one = vec![0.0f32; outputs];
+            reduce_on_threads(op, &axes, TensorRef { data: &x, shape: &shape }, &mut one, 1);
+            for threads in 2..=4 {
+                let mut many = vec![0.0f32; outputs];
+                reduce_on_threads(op, &axes, TensorRef { data: &x, shape: &shape }, &mut many, threads);
+                assert!(one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()), "{op:?} {axes:?} on {threads} threads");
+            }
+        }
     }
 
     #[test]

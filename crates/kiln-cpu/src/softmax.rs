@@ -5,7 +5,7 @@
 //! -inf entries beside finite ones give probability 0 (log-probability -inf).
 use crate::reduce::{max_of, pairwise_sum};
 use crate::strided::{split_at_axis, TensorRef};
-use crate::Float;
+use crate::{parallel, Float};
 
 /// Softmax along `axis`: exp(x - max) / sum(exp(x - max)).
 pub fn softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
@@ -62,7 +62,17 @@ pub fn softmax_cross_entropy<T: Float>(logits: TensorRef<T>, labels: &[u32], out
 /// the unfused Softmax, OneHot, Sub and Mul's to the last bit.
 pub fn softmax_cross_entropy_backward<T: Float>(logits: TensorRef<T>, labels: &[u32], grad: &[T], out: &mut [T]) {
     let classes = logits.shape.dims()[1].max(1);
-    let rows = out.chunks_exact_mut(classes).zip(logits.data.chunks_exact(classes)).zip(labels).zip(grad);
+    // Rows are independent: shared among threads in pieces of whole rows.
+    let threads = parallel::threads_for(out.len() / classes, out.len());
+    parallel::split_units(out, classes, threads, |rows, piece| {
+        let (logits, labels, grad) = (&logits.data[rows.start * classes..], &labels[rows.clone()], &grad[rows]);
+        cross_entropy_backward_rows(classes, logits, labels, grad, piece);
+    });
+}
+
+/// `softmax_cross_entropy_backward` of the rows of `out`.
+fn cross_entropy_backward_rows<T: Float>(classes: usize, logits: &[T], labels: &[u32], grad: &[T], out: &mut [T]) {
+    let rows = out.chunks_exact_mut(classes).zip(logits.chunks_exact(classes)).zip(labels).zip(grad);
     for (((result, row), &label), &g) in rows {
         let max = max_of(row);
         for (r, &v) in result.iter_mut().zip(row) {
@@ -77,9 +87,20 @@ pub fn softmax_cross_entropy_backward<T: Float>(logits: TensorRef<T>, labels: &[
 }
 
 /// Calls `f(row, result)` for every 1-d row of `x` along `axis` (copied to contiguous
-/// buffers), and scatters each result back to the same positions of `out`.
-fn for_each_row<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T], mut f: impl FnMut(&[T], &mut [T])) {
+/// buffers), and scatters each result back to the same positions of `out`. Rows along
+/// the last axis are contiguous already: they are computed in place, shared among
+/// threads in pieces of whole rows (each row exactly as on one thread).
+fn for_each_row<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T], f: impl Fn(&[T], &mut [T]) + Sync) {
     let (outer, len, inner) = split_at_axis(x.shape, axis);
+    if inner == 1 && len > 0 {
+        let threads = parallel::threads_for(outer, x.data.len());
+        parallel::split_units(out, len, threads, |rows, piece| {
+            for (row, result) in x.data[rows.start * len..rows.end * len].chunks_exact(len).zip(piece.chunks_exact_mut(len)) {
+                f(row, result);
+            }
+        });
+        return;
+    }
     let mut row = vec![T::ZERO; len];
     let mut result = vec![T::ZERO; len];
     for o in 0..outer {
