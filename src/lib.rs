@@ -58,6 +58,6 @@ pub mod backends {
 pub mod prelude {
     pub use crate::nn::{Module, Sequential};
     pub use crate::optim::{Adam, AdamW, LrSchedule, Optimizer, TrainGraph, SGD};
-    pub use crate::train::{Checkpoint, Config};
+    pub use crate::train::{Checkpoint, Classification, Config, EarlyStopping, LanguageModel, Learner, TrainingData};
     pub use crate::{Backend, DType, Device, Executor, Graph, HostTensor, Plan, Reduction, Shape, Tensor};
 }

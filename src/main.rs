@@ -57,6 +57,14 @@ enum Command {
         /// loss scaling (checkpoints stay f32).
         #[arg(long)]
         precision: Option<String>,
+        /// Gradient accumulation: micro-batches of --batch-size per optimizer step (equal
+        /// to one step on their union, within f32 rounding).
+        #[arg(long)]
+        accumulate: Option<u64>,
+        /// Stop after this many evaluations without a better validation loss (see
+        /// [train.early_stopping] in a config for another figure).
+        #[arg(long)]
+        patience: Option<u32>,
     },
     /// Evaluate a checkpoint: test accuracy, or a language model's validation loss.
     Eval {
@@ -259,11 +267,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             Ok(())
         }
-        Command::Train { recipe, config, device, epochs, steps, batch_size, lr, seed, data, out, resume, max_steps, precision } => {
+        Command::Train { recipe, config, device, epochs, steps, batch_size, lr, seed, data, out, resume, max_steps, precision, accumulate, patience } => {
             let mut job = match (&resume, &config, &recipe) {
                 (Some(ck), _, _) => {
                     let file = kiln_train::Checkpoint::load(ck)?;
-                    kiln_train::trainer::checkpoint_config(&file, ck)?
+                    kiln_train::job::checkpoint_config(&file, ck)?
                 }
                 (None, Some(path), _) => Config::load(path)?,
                 (None, None, Some(name)) => Config::recipe(name)?,
@@ -291,6 +299,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             if data.is_some() {
                 job.data.path = data;
+            }
+            if let Some(v) = accumulate {
+                job.train.accumulate = v;
+            }
+            if let Some(patience) = patience {
+                let monitor = job.train.early_stopping.as_ref().map_or_else(|| "loss".to_string(), |e| e.monitor.clone());
+                job.train.early_stopping = Some(kiln_train::config::EarlyStoppingConfig { monitor, patience, min_delta: 0.0 });
             }
             // A resumed run continues in its checkpoint's folder unless told otherwise.
             let resumed_dir = resume.as_deref().and_then(|ck| ck.parent()).filter(|d| !d.as_os_str().is_empty()).map(PathBuf::from);
@@ -322,38 +337,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if report.interrupted {
                 println!("stopped at --max-steps after step {}; resume with: kiln train --resume {}", report.steps, shell_quoted(&report.checkpoint));
             }
-            if let Some(lm) = &report.language_model {
-                if let Some(last) = lm.last_eval {
-                    println!("val loss {:.4} at step {}; {} steps in {:.1}s on {}", last.loss, last.step, report.steps, report.seconds, report.device);
-                }
-                if let Some(best) = lm.best {
-                    println!("best val loss {:.4} at step {}: {}", best.loss, best.step, lm.best_checkpoint.display());
-                }
-                println!("wrote {}/{{checkpoint.safetensors, best.safetensors, tokenizer.json, metrics.jsonl, curves.svg, config.toml}}", out_dir.display());
-                return Ok(());
+            if let Some(last) = &report.last_eval {
+                println!("validation after step {}: {}", last.step, figures(last));
             }
-            println!(
-                "test accuracy {:.2}% (loss {:.4}) after {} steps in {:.1}s on {}",
-                100.0 * report.test_accuracy,
-                report.test_loss,
-                report.steps,
-                report.seconds,
-                report.device
-            );
-            println!("wrote {}/{{checkpoint.safetensors, metrics.jsonl, curves.svg, config.toml}}", out_dir.display());
+            if let Some(best) = &report.best {
+                println!("best validation at step {}: {} ({})", best.step, figures(best), report.best_checkpoint.display());
+            }
+            if report.stopped_early {
+                println!("stopped early: no improvement for the patience set in train.early_stopping");
+            }
+            if let Some(test) = &report.test {
+                println!("test: {}", figures(test));
+            }
+            println!("{} steps in {:.1}s on {}; wrote {}", report.steps, report.seconds, report.device, out_dir.display());
             Ok(())
         }
         Command::Eval { checkpoint, device, data } => {
             let device = Device::open(device)?;
             eprintln!("device: {}", device.description);
-            let file = kiln_train::Checkpoint::load(&checkpoint)?;
-            if kiln_train::trainer::checkpoint_config(&file, &checkpoint)?.model.is_gpt() {
-                let (config, loss) = kiln_train::lm::evaluate_lm_checkpoint(&device, &checkpoint, data.as_deref())?;
-                println!("val loss {loss:.4} (mean of {} fixed validation batches)", config.train.eval_batches);
-                return Ok(());
-            }
-            let (_, loss, acc) = kiln_train::trainer::evaluate_checkpoint(&device, &checkpoint, data.as_deref())?;
-            println!("test accuracy {:.2}% (loss {loss:.4})", 100.0 * acc);
+            let (_, eval) = kiln_train::job::evaluate_checkpoint(&device, &checkpoint, data.as_deref())?;
+            println!("{}", figures(&eval));
             Ok(())
         }
         Command::Bench { what: BenchCommand::Train { recipe, steps, warmup, batch_size, device, pytorch, amp, precision } } => {
@@ -425,6 +428,19 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+}
+
+/// An evaluation as one line: "loss 0.0712, accuracy 97.81%".
+fn figures(eval: &kiln_train::Evaluation) -> String {
+    let mut line = format!("loss {:.4}", eval.loss);
+    for (name, value) in &eval.metrics {
+        if name == "accuracy" {
+            line += &format!(", accuracy {:.2}%", 100.0 * value);
+        } else {
+            line += &format!(", {name} {value:.4}");
+        }
+    }
+    line
 }
 
 /// `kiln generate`: the prompt, then each sampled token, flushed to stdout as it comes;

@@ -11,7 +11,6 @@
 use kiln_core::{Backend, HostTensor};
 use kiln_cpu::CpuBackend;
 use kiln_data::{Mnist, MnistSplit, Normalization};
-use kiln_train::model::train_plan;
 use kiln_train::Config;
 
 const BATCH: usize = 8;
@@ -32,15 +31,14 @@ fn relative_gap(a: &HostTensor, b: &HostTensor) -> f64 {
 
 /// Run `steps` steps on one backend; returns the losses and the parameters after.
 fn train_steps(backend: &dyn Backend, config: &Config, steps: u64) -> (Vec<f64>, Vec<(String, HostTensor)>) {
-    let mp = train_plan(config, BATCH).expect("plan");
-    let mut exec = backend.load(&mp.plan).unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
-    let train = mp.train.as_ref().expect("training graph");
+    let step_plan = kiln_train::job::step_plan(config, 0, BATCH).expect("plan").compiled;
+    let mut exec = backend.load(&step_plan.plan).unwrap_or_else(|e| panic!("{}: {e}", backend.name()));
+    let train = step_plan.train_graph().expect("training graph");
     let (images, labels) = batch();
     let mut losses = Vec::new();
     for step in 0..steps {
         let mut feeds = train.feeds(step, config.optimizer.lr);
-        feeds.push((mp.x, images.clone()));
-        feeds.push((mp.y, labels.clone()));
+        feeds.extend(step_plan.batch_feeds(kiln_train::Batch { samples: BATCH, values: vec![images.clone(), labels.clone()] }));
         losses.push(exec.run(&feeds).unwrap_or_else(|e| panic!("{}: {e}", backend.name()))[0].scalar());
     }
     let params = train.params.iter().map(|(n, t)| (n.clone(), exec.read_state(*t).expect("read"))).collect();

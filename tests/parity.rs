@@ -23,7 +23,7 @@
 use kiln_core::{Backend, DType, Graph, HostTensor, Plan, Reduction};
 use kiln_cpu::CpuBackend;
 use kiln_nn::{init::seeded_rng, Module, Sequential};
-use kiln_train::{model::train_plan, Checkpoint, Config};
+use kiln_train::{job::step_plan, Checkpoint, Config};
 
 /// A backend under test and its tolerances: (everything but Adam, Adam-family steps).
 struct Subject {
@@ -122,16 +122,16 @@ fn three_steps_match(optimizer: &str, edit: impl Fn(&mut Config)) {
     edit(&mut config);
     for subject in subjects() {
         let backend = (subject.make)();
-        let mp = train_plan(&config, 16).expect("train plan");
+        let mp = step_plan(&config, 0, 16).map(|s| s.compiled).expect("train plan");
         let mut exec = backend.load(&mp.plan).expect("load");
-        let train = mp.train.as_ref().expect("training graph");
+        let train = mp.train_graph().expect("training graph");
         for (name, t) in &train.params {
             exec.write_state(*t, tensor(&f, &format!("init.{name}"))).expect("weights");
         }
         for step in 0..3 {
             let mut feeds = train.feeds(step, config.optimizer.lr);
-            feeds.push((mp.x, tensor(&f, "batch.x").clone()));
-            feeds.push((mp.y, tensor(&f, "batch.y").clone()));
+            feeds.push((mp.inputs[0], tensor(&f, "batch.x").clone()));
+            feeds.push((mp.inputs[1], tensor(&f, "batch.y").clone()));
             exec.run(&feeds).expect("step");
         }
         for (name, t) in &train.params {

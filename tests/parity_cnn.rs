@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use kiln_core::{Backend, Conv2dParams, DType, Graph, HostTensor, Plan, Tensor};
 use kiln_cpu::CpuBackend;
 use kiln_nn::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, Mode, Module};
-use kiln_train::{model::train_plan, Checkpoint, Config};
+use kiln_train::{job::step_plan, Checkpoint, Config};
 
 /// A backend under test and its tolerance (see the module comment).
 struct Subject {
@@ -431,11 +431,11 @@ fn mnist_cnn_adam_step_matches_pytorch() {
     for subject in subjects() {
         let backend = (subject.make)();
         let on = backend.name();
-        let mp = train_plan(&config, CNN_BATCH).unwrap_or_else(|e| panic!("train plan: {e}"));
-        let train = mp.train.as_ref().expect("a training plan has a training graph");
+        let mp = step_plan(&config, 0, CNN_BATCH).map(|s| s.compiled).unwrap_or_else(|e| panic!("train plan: {e}"));
+        let train = mp.train_graph().expect("a training plan has a training graph");
         let names: Vec<&str> = train.params.iter().map(|p| p.0.as_str()).collect();
         assert_eq!(names, CNN_PARAMS, "the recipe's parameters, named as torch.nn.Sequential names them");
-        let batch = [(mp.x, f.tensor("batch.x").clone()), (mp.y, f.tensor("batch.y").clone())];
+        let batch = [(mp.inputs[0], f.tensor("batch.x").clone()), (mp.inputs[1], f.tensor("batch.y").clone())];
 
         // The loss and gradients the training step computes, read out by a second plan
         // of the same graph (no update). It shares the parameters with the step's plan.

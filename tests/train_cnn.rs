@@ -10,7 +10,8 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use kiln_train::trainer::{load_mnist, train, TrainOptions, FASHION_MNIST_DIR};
+use kiln_train::job::{load_image_datasets, FASHION_MNIST_DIR};
+use kiln_train::{train, TrainOptions};
 use kiln_train::{Config, Device};
 
 fn small_mnist_cnn() -> Config {
@@ -29,8 +30,8 @@ fn cnn_on_2000_images_reaches_90_percent_on_cpu() {
     let options =
         TrainOptions { config: small_mnist_cnn(), out_dir: dir.path().to_path_buf(), resume: None, progress: false, max_steps: None };
     let report = train(&Device::cpu(), options, &AtomicBool::new(false)).unwrap_or_else(|e| panic!("cpu: {e}"));
-    println!("cpu: test accuracy {:.2}% after {} steps in {:.1}s", 100.0 * report.test_accuracy, report.steps, report.seconds);
-    assert!(report.test_accuracy >= 0.90, "test accuracy {:.2}% < 90%", 100.0 * report.test_accuracy);
+    println!("cpu: test accuracy {:.2}% after {} steps in {:.1}s", 100.0 * report.test_figure("accuracy").unwrap_or(f64::NAN), report.steps, report.seconds);
+    assert!(report.test_figure("accuracy").unwrap_or(f64::NAN) >= 0.90, "test accuracy {:.2}% < 90%", 100.0 * report.test_figure("accuracy").unwrap_or(f64::NAN));
     assert!(dir.path().join("checkpoint.safetensors").exists(), "no checkpoint written");
 }
 
@@ -47,7 +48,7 @@ fn fashion_mnist_loads_from_the_debian_package() {
         return;
     }
     let config = Config::recipe("fashion-cnn").expect("recipe");
-    let data = load_mnist(&config).unwrap_or_else(|e| panic!("{e}"));
+    let data = load_image_datasets(&config).unwrap_or_else(|e| panic!("{e}"));
     let validation = data.validation.as_ref().map_or(0, |v| v.len());
     assert_eq!(data.train.len() + validation, 60_000, "Fashion-MNIST has 60,000 training images");
     assert_eq!(data.test.len(), 10_000, "Fashion-MNIST has 10,000 test images");

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use kiln_core::Shape;
 use kiln_data::CharTokenizer;
 use kiln_train::lm::load_trained_gpt;
-use kiln_train::trainer::checkpoint_config;
+use kiln_train::job::checkpoint_config;
 use kiln_train::{Checkpoint, Config};
 use libfuzzer_sys::fuzz_target;
 

@@ -10,8 +10,6 @@ use std::time::Instant;
 use kiln_core::{Backend, Executor, HostTensor, Plan, Tensor};
 use kiln_train::config::Config;
 use kiln_train::device::Device;
-use kiln_train::lm::gpt_train_step;
-use kiln_train::model::{input_shape, train_plan};
 use kiln_train::TrainError;
 use kiln_wgpu::{wgpu, WgpuBackend};
 
@@ -21,9 +19,6 @@ use crate::pytorch::{choose_torch_device, format_ratio, speed_ratio, TorchRunner
 /// characters; scripts/reference_gpt.py and scripts/bench_pytorch.py use the same). A
 /// bench does not read the corpus; a test checks this against it.
 pub const SHAKESPEARE_VOCAB: usize = 84;
-
-/// Classes of the image recipes (MNIST and Fashion-MNIST).
-const IMAGE_CLASSES: u32 = 10;
 
 /// How a bench runs: the batch, and how many steps to warm up with and to time.
 #[derive(Clone, Copy, Debug)]
@@ -59,12 +54,11 @@ impl ThroughputUnit {
         }
     }
 
-    /// The unit a recipe is measured in.
-    pub fn of(config: &Config) -> ThroughputUnit {
-        if config.model.is_gpt() {
-            ThroughputUnit::Tokens
-        } else {
-            ThroughputUnit::Samples
+    /// The unit a task is measured in: tokens when it counts them.
+    pub fn of(tokens_per_sample: Option<usize>) -> ThroughputUnit {
+        match tokens_per_sample {
+            Some(_) => ThroughputUnit::Tokens,
+            None => ThroughputUnit::Samples,
         }
     }
 }
@@ -87,6 +81,7 @@ struct PreparedStep {
     feeds: Vec<(Tensor, HostTensor)>,
     /// Samples or tokens one step processes.
     items_per_step: usize,
+    unit: ThroughputUnit,
 }
 
 /// Values in [0, 1) that look like pixel intensities, the same on every run.
@@ -94,30 +89,24 @@ fn fixed_images(numel: usize) -> Vec<f32> {
     (0..numel).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect()
 }
 
-fn prepare_layer_model(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
-    let mp = train_plan(config, batch)?;
-    let train = mp.train.as_ref().expect("a training plan has its TrainGraph");
-    let mut dims = vec![batch];
-    dims.extend(input_shape(config)?);
-    let numel: usize = dims.iter().product();
-    let labels: Vec<u32> = (0..batch as u32).map(|i| i % IMAGE_CLASSES).collect();
+/// The recipe's training step with fixed inputs: pixel-like floats, and integer inputs
+/// (labels, token ids) spread over their range.
+fn prepare(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
+    let step = kiln_train::job::step_plan(config, SHAKESPEARE_VOCAB, batch)?;
+    let train = step.compiled.train_graph().expect("a training step");
     let mut feeds = train.feeds(0, config.optimizer.lr);
-    feeds.push((mp.x, HostTensor::f32(dims, fixed_images(numel))));
-    feeds.push((mp.y, HostTensor::u32([batch], labels)));
-    Ok(PreparedStep { plan: mp.plan, feeds, items_per_step: batch })
-}
-
-fn prepare_gpt(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
-    let (plan, train, (idx, targets)) = gpt_train_step(config, SHAKESPEARE_VOCAB, batch)?;
-    let block = config.model.block_size;
-    let tokens = batch * block;
-    // Token ids spread over the vocabulary; the targets are the next position's, as in
-    // a real window.
-    let ids: Vec<u32> = (0..tokens + 1).map(|i| ((i * 31 + 7) % SHAKESPEARE_VOCAB) as u32).collect();
-    let mut feeds = train.feeds(0, config.optimizer.lr);
-    feeds.push((idx, HostTensor::u32([batch, block], ids[..tokens].to_vec())));
-    feeds.push((targets, HostTensor::u32([batch, block], ids[1..].to_vec())));
-    Ok(PreparedStep { plan, feeds, items_per_step: tokens })
+    for (spec, &input) in step.inputs.iter().zip(&step.compiled.inputs) {
+        let mut dims = vec![batch];
+        dims.extend(&spec.sample_dims);
+        let numel: usize = dims.iter().product();
+        let value = match spec.values_below {
+            Some(bound) => HostTensor::u32(dims, (0..numel).map(|i| ((i * 31 + 7) % bound as usize) as u32).collect()),
+            None => HostTensor::f32(dims, fixed_images(numel)),
+        };
+        feeds.push((input, value));
+    }
+    let items_per_step = batch * step.tokens_per_sample.unwrap_or(1);
+    Ok(PreparedStep { plan: step.compiled.plan, feeds, items_per_step, unit: ThroughputUnit::of(step.tokens_per_sample) })
 }
 
 /// Time `options.steps` training steps of `config`'s model on `device` after warm-up.
@@ -126,7 +115,7 @@ pub fn bench_train(device: &Device, config: &Config, options: BenchOptions) -> R
     if batch == 0 {
         return Err(TrainError::Config("bench: the batch size must be at least 1".into()));
     }
-    let prepared = if config.model.is_gpt() { prepare_gpt(config, batch)? } else { prepare_layer_model(config, batch)? };
+    let prepared = prepare(config, batch)?;
     let mut exec = device.backend.load(&prepared.plan)?;
     for _ in 0..options.warmup_steps {
         exec.run(&prepared.feeds)?;
@@ -137,7 +126,7 @@ pub fn bench_train(device: &Device, config: &Config, options: BenchOptions) -> R
         batch_size: batch,
         ms_per_step: seconds * 1e3,
         throughput: prepared.items_per_step as f64 / seconds,
-        unit: ThroughputUnit::of(config),
+        unit: prepared.unit,
         dispatches: exec.dispatches().unwrap_or(prepared.plan.steps.len()),
         timed_steps: steps,
     })
@@ -203,8 +192,9 @@ pub fn print_train_table(
     torch: Option<TorchComparison<'_>>,
 ) -> usize {
     let batch = options.batch_size.unwrap_or(config.train.batch_size);
-    let unit = ThroughputUnit::of(config).label();
-    let tokens = if config.model.is_gpt() { format!(" x {} tokens", config.model.block_size) } else { String::new() };
+    let text = config.data.is_text();
+    let unit = if text { ThroughputUnit::Tokens } else { ThroughputUnit::Samples }.label();
+    let tokens = if text { format!(" x {} tokens", config.model.block_size) } else { String::new() };
     println!(
         "kiln bench train {recipe}: batch {batch}{tokens}, {} timed steps after {} warm-up, {}",
         options.steps.max(1),
@@ -293,16 +283,17 @@ mod tests {
             let config = Config::recipe(name).expect("recipe");
             // The full GPT at batch 1 is still 256 tokens through 6 layers: a second or
             // two on the CPU; the others at batch 2 take milliseconds.
-            let batch = if config.model.is_gpt() { 1 } else { 2 };
+            let text = config.data.is_text();
+            let batch = if text { 1 } else { 2 };
             let report = bench_train(&device, &config, one_step(batch)).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(report.batch_size, batch, "{name}");
             assert_eq!(report.timed_steps, 1, "{name}");
             assert!(report.ms_per_step > 0.0 && report.ms_per_step.is_finite(), "{name}: {} ms", report.ms_per_step);
             assert!(report.dispatches > 0, "{name}");
-            let items = if config.model.is_gpt() { batch * config.model.block_size } else { batch };
+            let items = if text { batch * config.model.block_size } else { batch };
             let implied_ms = items as f64 / report.throughput * 1e3;
             assert!((implied_ms - report.ms_per_step).abs() < 1e-6 * report.ms_per_step.max(1.0), "{name}");
-            let expected_unit = if config.model.is_gpt() { ThroughputUnit::Tokens } else { ThroughputUnit::Samples };
+            let expected_unit = if text { ThroughputUnit::Tokens } else { ThroughputUnit::Samples };
             assert_eq!(report.unit, expected_unit, "{name}");
         }
     }

@@ -28,6 +28,7 @@
 // Type names follow torch.nn (SGD, GELU), which PyTorch users look for.
 #![allow(clippy::upper_case_acronyms)]
 
+pub mod accumulate;
 mod attention;
 pub mod clip;
 mod config;
@@ -49,6 +50,7 @@ mod sequential;
 mod train;
 mod transformer;
 
+pub use accumulate::AccumulateGraph;
 pub use attention::{CausalMask, CausalSelfAttention};
 pub use dropout::{dropout_seed, rng_step_feed, rng_step_feed_for_plan, rng_step_input, Dropout, RNG_STEP_INPUT};
 pub use embedding::Embedding;

@@ -134,6 +134,15 @@ pub struct ScaledGrads {
     pub state: LossScaleState,
 }
 
+/// What [`LossScaler::unscaled_grads`] appended: the unscaled gradients, and the
+/// scaler's three states (scale, growth tracker, skipped steps) for
+/// [`LossScaler::check_and_advance`].
+#[derive(Clone, Debug)]
+pub struct UnscaledGrads {
+    pub grads: Vec<Tensor>,
+    pub states: [Tensor; 3],
+}
+
 /// The loss scaler's tensors in a step graph.
 #[derive(Clone, Debug)]
 pub struct LossScaleState {
@@ -157,6 +166,16 @@ impl LossScaler {
     /// over every gradient, the gradients divided by the scale (in f32), and the states'
     /// next values.
     pub fn scale_and_unscale(&self, g: &mut Graph, loss: Tensor, params: &[Tensor]) -> Result<ScaledGrads> {
+        let unscaled = self.unscaled_grads(g, loss, params)?;
+        let state = LossScaler::check_and_advance(self, g, unscaled.states, &unscaled.grads)?;
+        Ok(ScaledGrads { grads: unscaled.grads, state })
+    }
+
+    /// The first half of [`scale_and_unscale`](Self::scale_and_unscale): the scaler's
+    /// states and the gradients of `loss * scale` divided by the scale, without the
+    /// finiteness check. Gradient accumulation adds these up over micro-batches and
+    /// checks the sum once ([`check_and_advance`](Self::check_and_advance)).
+    pub fn unscaled_grads(&self, g: &mut Graph, loss: Tensor, params: &[Tensor]) -> Result<UnscaledGrads> {
         let scalar = |value: f64| HostTensor::f32(Shape::scalar(), vec![value as f32]);
         let scale = g.state(SCALE_STATE, DType::F32, scalar(self.init_scale))?;
         let growth_tracker = g.state(GROWTH_TRACKER_STATE, DType::F32, scalar(0.0))?;
@@ -165,12 +184,27 @@ impl LossScaler {
         let loss_f32 = g.cast(loss, DType::F32)?;
         let scaled_loss = g.mul(loss_f32, scale)?;
         let scaled_grads = g.grad(scaled_loss, params)?;
+        let inverse_scale = g.scalar_div(1.0, scale)?;
+        let grads = scaled_grads
+            .into_iter()
+            .map(|grad| {
+                let inverse = g.cast(inverse_scale, g.dtype(grad))?;
+                g.mul(grad, inverse)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UnscaledGrads { grads, states: [scale, growth_tracker, skipped_steps] })
+    }
 
+    /// The second half: whether every one of `grads` is finite, and the scaler's states
+    /// after this step (grown after `growth_interval` good steps, backed off on a bad one).
+    pub fn check_and_advance(&self, g: &mut Graph, states: [Tensor; 3], grads: &[Tensor]) -> Result<LossScaleState> {
+        let [scale, growth_tracker, skipped_steps] = states;
         // Sum of |gradient| over every gradient: inf or NaN as soon as one element is
         // (NaN propagates through sums; infinities here are all +inf, so they never
         // cancel). `total <= f32::MAX` is false for both: one check, one comparison.
+        // Unscaling multiplies by a positive finite number, so it keeps both.
         let mut total: Option<Tensor> = None;
-        for &grad in &scaled_grads {
+        for &grad in grads {
             let magnitude = g.abs(grad)?;
             let axes: Vec<usize> = (0..g.shape(grad).rank()).collect();
             let sum = g.sum(magnitude, &axes, false)?;
@@ -187,15 +221,6 @@ impl LossScaler {
         let largest = g.scalar(f32::MAX as f64, DType::F32)?;
         let all_finite = g.le(total, largest)?;
 
-        let inverse_scale = g.scalar_div(1.0, scale)?;
-        let grads = scaled_grads
-            .into_iter()
-            .map(|grad| {
-                let inverse = g.cast(inverse_scale, g.dtype(grad))?;
-                g.mul(grad, inverse)
-            })
-            .collect::<Result<Vec<_>>>()?;
-
         // Good steps in a row, counting this one; the scale grows when they reach the
         // interval, and the count starts again. A skipped step backs the scale off.
         let ok = all_finite;
@@ -211,16 +236,7 @@ impl LossScaler {
         let next_growth_tracker = g.where_(grow, zero, tracker)?;
         let skipped_now = g.scalar_sub(1.0, ok)?;
         let next_skipped_steps = g.add(skipped_steps, skipped_now)?;
-        let state = LossScaleState {
-            scale,
-            growth_tracker,
-            skipped_steps,
-            all_finite,
-            next_scale,
-            next_growth_tracker,
-            next_skipped_steps,
-        };
-        Ok(ScaledGrads { grads, state })
+        Ok(LossScaleState { scale, growth_tracker, skipped_steps, all_finite, next_scale, next_growth_tracker, next_skipped_steps })
     }
 
     /// `(state, new value)` pairs: each of `updates` kept at its old value unless every

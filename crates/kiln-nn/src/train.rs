@@ -40,6 +40,9 @@ pub struct TrainGraph {
     pub rng_step: Option<Tensor>,
     /// The loss scaler's tensors when the step scales its loss (mixed precision).
     pub loss_scale: Option<LossScaleState>,
+    /// Gradient accumulation ([`TrainGraph::build_accumulated`]): the 0-d f32 input fed
+    /// with this micro-batch's share of the step's samples.
+    pub micro_weight: Option<Tensor>,
 }
 
 impl TrainGraph {
@@ -69,9 +72,7 @@ impl TrainGraph {
         max_grad_norm: Option<f64>,
         loss_scaler: Option<&LossScaler>,
     ) -> Result<TrainGraph> {
-        if params.is_empty() {
-            return Err(GraphError::new("TrainGraph", format!("no parameters given to train with {}", optimizer.name())));
-        }
+        check_params(params, optimizer)?;
         let (raw_grads, loss_scale) = match loss_scaler {
             Some(scaler) => {
                 let scaled = scaler.scale_and_unscale(g, loss, &tensors_of(params))?;
@@ -79,6 +80,47 @@ impl TrainGraph {
             }
             None => (g.grad(loss, &tensors_of(params))?, None),
         };
+        TrainGraph::finish(g, loss, params, raw_grads, optimizer, max_grad_norm, loss_scale, None, Vec::new())
+    }
+
+    /// The step of the last micro-batch under gradient accumulation (see
+    /// [`crate::accumulate`]): the gradients are the accumulated ones plus this
+    /// micro-batch's, each weighted by its share of the step's samples (fed through
+    /// [`TrainGraph::micro_weight`]); clipping, the loss-scale check and the update then
+    /// see the step's whole gradient, as in [`TrainGraph::build_scaled`], and the
+    /// accumulators are zeroed for the next step.
+    pub fn build_accumulated(
+        g: &mut Graph,
+        loss: Tensor,
+        params: &[(String, Tensor)],
+        optimizer: &dyn Optimizer,
+        max_grad_norm: Option<f64>,
+        loss_scaler: Option<&LossScaler>,
+    ) -> Result<TrainGraph> {
+        check_params(params, optimizer)?;
+        let accumulated = crate::accumulate::accumulated_grads(g, loss, params, loss_scaler)?;
+        let loss_scale = match (loss_scaler, accumulated.scaler_states) {
+            (Some(scaler), Some(states)) => Some(scaler.check_and_advance(g, states, &accumulated.grads)?),
+            _ => None,
+        };
+        let (weight, resets) = (Some(accumulated.weight), accumulated.resets);
+        TrainGraph::finish(g, loss, params, accumulated.grads, optimizer, max_grad_norm, loss_scale, weight, resets)
+    }
+
+    /// Clipping, the optimizer's update and the loss-scale gate after the gradients;
+    /// `resets` (accumulators) are updated whether or not the step is skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        g: &mut Graph,
+        loss: Tensor,
+        params: &[(String, Tensor)],
+        raw_grads: Vec<Tensor>,
+        optimizer: &dyn Optimizer,
+        max_grad_norm: Option<f64>,
+        loss_scale: Option<LossScaleState>,
+        micro_weight: Option<Tensor>,
+        resets: Vec<(Tensor, Tensor)>,
+    ) -> Result<TrainGraph> {
         let (grads, grad_norm) = match max_grad_norm {
             Some(max_norm) => {
                 let clipped = clip_grad_norm(g, &raw_grads, max_norm)?;
@@ -87,10 +129,11 @@ impl TrainGraph {
             None => (raw_grads, None),
         };
         let update = optimizer.append_update(g, params, &grads)?;
-        let updates = match &loss_scale {
+        let mut updates = match &loss_scale {
             Some(state) => LossScaler::gate_updates(g, state, update.updates)?,
             None => update.updates,
         };
+        updates.extend(resets);
         let rng_step = g.find(RNG_STEP_INPUT).filter(|&counter| depends_on(g, loss, counter));
         Ok(TrainGraph {
             loss,
@@ -102,6 +145,7 @@ impl TrainGraph {
             step_inputs: update.step_inputs,
             rng_step,
             loss_scale,
+            micro_weight,
         })
     }
 
@@ -146,17 +190,35 @@ impl TrainGraph {
     /// skipped_steps`, as PyTorch's `GradScaler` skips `optimizer.step()` and with it
     /// Adam's step count (its bias corrections); the dropout counter counts every step.
     pub fn feeds_after_skips(&self, step: u64, skipped_steps: u64, lr: f64) -> Vec<(Tensor, HostTensor)> {
+        self.micro_batch_feeds(step, skipped_steps, lr, step, 1.0)
+    }
+
+    /// [`TrainGraph::feeds_after_skips`] for the last micro-batch of step `step` under
+    /// gradient accumulation: dropout's counter is fed `rng_counter` (the micro-batch's
+    /// own number, so each draws its own masks) and the micro-batch weight `weight` (its
+    /// share of the step's samples) when the graph has that input.
+    pub fn micro_batch_feeds(&self, step: u64, skipped_steps: u64, lr: f64, rng_counter: u64, weight: f64) -> Vec<(Tensor, HostTensor)> {
         let mut feeds = step_feeds(&self.step_inputs, step.saturating_sub(skipped_steps), lr);
         if let Some(counter) = self.rng_step {
-            feeds.push((counter, rng_step_value(step)));
+            feeds.push((counter, rng_step_value(rng_counter)));
+        }
+        if let Some(input) = self.micro_weight {
+            feeds.push((input, HostTensor::f32(kiln_core::Shape::scalar(), vec![weight as f32])));
         }
         feeds
     }
 }
 
+fn check_params(params: &[(String, Tensor)], optimizer: &dyn Optimizer) -> Result<()> {
+    if params.is_empty() {
+        return Err(GraphError::new("TrainGraph", format!("no parameters given to train with {}", optimizer.name())));
+    }
+    Ok(())
+}
+
 /// Whether `output` is computed from `input` (node ids are in topological order, so one
 /// backward sweep from the output marks everything it reads).
-fn depends_on(g: &Graph, output: Tensor, input: Tensor) -> bool {
+pub(crate) fn depends_on(g: &Graph, output: Tensor, input: Tensor) -> bool {
     if input.id() > output.id() {
         return false;
     }

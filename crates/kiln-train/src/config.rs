@@ -297,6 +297,54 @@ pub struct TrainConfig {
     /// and dynamic loss scaling (`kiln_nn::mixed`). Checkpoints are f32 either way.
     #[serde(default = "default_precision", skip_serializing_if = "is_f32")]
     pub precision: String,
+    /// Gradient accumulation: micro-batches of `batch_size` per optimizer step (1 = none).
+    #[serde(default = "one_u64", skip_serializing_if = "is_one")]
+    pub accumulate: u64,
+    /// Stop when a validation figure stops improving (`[train.early_stopping]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingConfig>,
+}
+
+/// `[train.early_stopping]`: stop after `patience` evaluations in a row without an
+/// improvement of more than `min_delta` in `monitor` ("loss", or a task's figure such as
+/// "accuracy"); the best checkpoint follows the same figure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingConfig {
+    #[serde(default = "default_monitor")]
+    pub monitor: String,
+    pub patience: u32,
+    #[serde(default)]
+    pub min_delta: f64,
+}
+
+fn default_monitor() -> String {
+    "loss".into()
+}
+fn one_u64() -> u64 {
+    1
+}
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_one(v: &u64) -> bool {
+    *v == 1
+}
+
+impl TrainConfig {
+    /// The loop's early stopping, when the config asks for it.
+    pub fn early_stopping(&self) -> Option<crate::learner::EarlyStopping> {
+        self.early_stopping.as_ref().map(|e| crate::learner::EarlyStopping {
+            monitor: e.monitor.clone(),
+            patience: e.patience,
+            min_delta: e.min_delta,
+        })
+    }
+}
+
+impl DataConfig {
+    /// A text corpus (a language model's data) rather than an image dataset.
+    pub fn is_text(&self) -> bool {
+        self.dataset == "shakespeare"
+    }
 }
 
 /// A pair written as a two-element array, refusing any other length.

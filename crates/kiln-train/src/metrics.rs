@@ -1,5 +1,6 @@
 //! `metrics.jsonl` (one JSON object per line, appended as training goes) and the
 //! loss/accuracy plot drawn from it.
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -13,58 +14,55 @@ use crate::TrainError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
-    /// A training step (logged every few steps). Under mixed precision, `skipped_steps`
-    /// counts the steps so far whose gradients overflowed and were not applied.
-    Train {
-        step: u64,
-        epoch: usize,
-        loss: f64,
-        lr: f64,
-        samples_per_s: f64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        skipped_steps: Option<u64>,
-    },
-    /// End of an epoch: mean training loss and accuracy, then validation figures.
-    Epoch {
-        epoch: usize,
-        step: u64,
-        train_loss: f64,
-        train_accuracy: f64,
-        val_loss: f64,
-        val_accuracy: f64,
-        seconds: f64,
-    },
-    /// Final evaluation on the test set.
-    Test { step: u64, loss: f64, accuracy: f64 },
-    /// A language model's training step (logged every few steps): the step's loss, the
+    /// A training step (logged every few steps): its mean loss, the learning rate, the
     /// global gradient norm before clipping (absent without clipping) and throughput.
-    /// (Optional rather than NaN: JSON has no NaN, serde_json writes it as null.)
-    /// `skipped_steps` as in `Train`.
+    /// `epoch` counts from 0 (finite training sets). Under mixed precision,
+    /// `skipped_steps` counts the steps so far whose gradients overflowed and were not
+    /// applied. (Optional rather than NaN: JSON has no NaN.)
     Step {
         step: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
         loss: f64,
         lr: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         grad_norm: Option<f64>,
-        tokens_per_s: f64,
+        samples_per_s: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens_per_s: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         skipped_steps: Option<u64>,
     },
-    /// A language model's evaluation: mean validation loss over the fixed batches, and
-    /// the mean training loss of the steps since the previous evaluation or, after a
-    /// resume, since the resume (absent when no step came before), with the seconds
-    /// since the run (or its resumption) started.
-    Eval { step: u64, train_loss: Option<f64>, val_loss: f64, seconds: f64 },
+    /// An evaluation on the validation set after `step` (with `epoch` whole epochs done,
+    /// for finite training sets): its mean loss and the task's figures, and the mean
+    /// training loss and metrics of the steps since the previous evaluation (absent when
+    /// no step came before), with the seconds since the run (or its resumption) started.
+    Eval {
+        step: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        train_loss: Option<f64>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        train_metrics: BTreeMap<String, f64>,
+        val_loss: f64,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        val_metrics: BTreeMap<String, f64>,
+        seconds: f64,
+    },
+    /// The test set, evaluated once after training.
+    Test {
+        step: u64,
+        loss: f64,
+        #[serde(default)]
+        metrics: BTreeMap<String, f64>,
+    },
 }
 
 impl Record {
     /// The optimizer step a record was taken at.
     pub fn step(&self) -> u64 {
         match self {
-            Record::Train { step, .. }
-            | Record::Epoch { step, .. }
-            | Record::Test { step, .. }
-            | Record::Step { step, .. }
-            | Record::Eval { step, .. } => *step,
+            Record::Step { step, .. } | Record::Eval { step, .. } | Record::Test { step, .. } => *step,
         }
     }
 }
@@ -122,7 +120,7 @@ pub fn plot_records(records: &[Record], path: &Path) -> Result<(), TrainError> {
     let train: Vec<(f64, f64)> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Train { step, loss, .. } | Record::Step { step, loss, .. } if loss.is_finite() => Some((*step as f64, *loss)),
+            Record::Step { step, loss, .. } if loss.is_finite() => Some((*step as f64, *loss)),
             _ => None,
         })
         .collect();
@@ -130,8 +128,9 @@ pub fn plot_records(records: &[Record], path: &Path) -> Result<(), TrainError> {
     let epochs: Vec<(f64, f64, f64)> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Epoch { step, val_loss, val_accuracy, .. } => Some((*step as f64, *val_loss, *val_accuracy)),
-            Record::Eval { step, val_loss, .. } => Some((*step as f64, *val_loss, f64::NAN)),
+            Record::Eval { step, val_loss, val_metrics, .. } => {
+                Some((*step as f64, *val_loss, val_metrics.get("accuracy").copied().unwrap_or(f64::NAN)))
+            }
             _ => None,
         })
         .collect();
@@ -193,9 +192,13 @@ mod tests {
         {
             let mut log = MetricsLog::open(&path).expect("open");
             for s in 0..20 {
-                log.push(Record::Train { step: s, epoch: 0, loss: 2.0 / (s as f64 + 1.0), lr: 1e-3, samples_per_s: 1e4, skipped_steps: None }).expect("push");
+                let loss = 2.0 / (s as f64 + 1.0);
+                let record = Record::Step { step: s, epoch: Some(0), loss, lr: 1e-3, grad_norm: None, samples_per_s: 1e4, tokens_per_s: None, skipped_steps: None };
+                log.push(record).expect("push");
             }
-            log.push(Record::Epoch { epoch: 0, step: 20, train_loss: 0.5, train_accuracy: 0.8, val_loss: 0.4, val_accuracy: 0.9, seconds: 1.0 }).expect("push");
+            let accuracy = BTreeMap::from([("accuracy".to_string(), 0.9)]);
+            let record = Record::Eval { step: 20, epoch: Some(1), train_loss: Some(0.5), train_metrics: BTreeMap::new(), val_loss: 0.4, val_metrics: accuracy, seconds: 1.0 };
+            log.push(record).expect("push");
         }
         let log = MetricsLog::open(&path).expect("reopen");
         assert_eq!(log.records().len(), 21);

@@ -1,27 +1,10 @@
-//! Builds a recipe's model into a graph for one batch size: the training step (loss,
-//! backward, optimizer update) or the evaluation pass (summed loss, correct count).
-use kiln_core::{Conv2dParams, DType, Graph, Plan, Reduction, Tensor};
-use kiln_nn::{init::seeded_rng, Adam, AdamW, LrSchedule, Module, Optimizer, Sequential, TrainGraph, SGD};
+//! A config's layer-list model built into a graph (its memory checked first), and its
+//! optimizer and schedule.
+use kiln_core::{Conv2dParams, Graph};
+use kiln_nn::{init::seeded_rng, Adam, AdamW, LrSchedule, Optimizer, Sequential, SGD};
 
 use crate::config::{Config, LayerConfig, ModelConfig, OptimizerConfig, ScheduleConfig};
 use crate::TrainError;
-
-/// A compiled graph for one batch size, with the handles a trainer feeds and reads.
-pub struct ModelPlan {
-    pub graph: Graph,
-    pub plan: Plan,
-    pub x: Tensor,
-    pub y: Tensor,
-    /// Present for a training step: what to feed each step besides the batch.
-    pub train: Option<TrainGraph>,
-    /// Everything a checkpoint holds: (name, tensor) for parameters, then optimizer state
-    /// under `optimizer.<name>`.
-    pub checkpoint_tensors: Vec<(String, Tensor)>,
-}
-
-/// Which outputs a plan returns, in order.
-pub const TRAIN_OUTPUTS: [&str; 2] = ["loss (mean)", "correct"];
-pub const EVAL_OUTPUTS: [&str; 2] = ["loss (sum)", "correct"];
 
 /// The classes of the image datasets (MNIST, Fashion-MNIST): labels 0 to 9.
 pub const CLASSES: usize = kiln_data::MNIST_CLASSES;
@@ -30,7 +13,7 @@ pub const CLASSES: usize = kiln_data::MNIST_CLASSES;
 /// or features from the shape the previous layers produce. Each layer's memory (see
 /// `crate::limits`) is checked, for training batches of `batch`, before its weights are
 /// initialised.
-fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: usize) -> Result<Sequential, TrainError> {
+pub(crate) fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: usize) -> Result<Sequential, TrainError> {
     // The same seed gives the same initial weights for every batch size's graph; a
     // backend keeps one copy of each named parameter, so these graphs share them.
     let mut rng = seeded_rng(seed);
@@ -147,24 +130,35 @@ pub fn input_shape(config: &Config) -> Result<Vec<usize>, TrainError> {
     Ok(config.model.layers_and_input().map_err(TrainError::Config)?.1)
 }
 
-fn batch_shape(config: &Config, batch: usize) -> Result<Vec<usize>, TrainError> {
-    let mut dims = vec![batch];
-    dims.extend(input_shape(config)?);
-    Ok(dims)
+/// A config's optimizer, by kind.
+pub enum AnyOptimizer {
+    Sgd(SGD),
+    Adam(Adam),
+    AdamW(AdamW),
 }
 
-pub fn optimizer(config: &OptimizerConfig) -> Box<dyn Optimizer> {
+impl AnyOptimizer {
+    pub fn boxed(self) -> Box<dyn Optimizer> {
+        match self {
+            AnyOptimizer::Sgd(o) => Box::new(o),
+            AnyOptimizer::Adam(o) => Box::new(o),
+            AnyOptimizer::AdamW(o) => Box::new(o),
+        }
+    }
+}
+
+pub fn optimizer(config: &OptimizerConfig) -> AnyOptimizer {
     let (b1, b2) = config.betas;
     match config.kind.as_str() {
-        "sgd" => Box::new(
+        "sgd" => AnyOptimizer::Sgd(
             SGD::new(config.lr)
                 .momentum(config.momentum)
                 .dampening(config.dampening)
                 .nesterov(config.nesterov)
                 .weight_decay(config.weight_decay),
         ),
-        "adamw" => Box::new(AdamW::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
-        _ => Box::new(Adam::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
+        "adamw" => AnyOptimizer::AdamW(AdamW::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
+        _ => AnyOptimizer::Adam(Adam::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
     }
 }
 
@@ -178,64 +172,3 @@ pub fn schedule(config: &ScheduleConfig, lr: f64, total_steps: u64) -> Result<Lr
     Ok(if config.warmup_steps > 0 { LrSchedule::warmup(config.warmup_steps, 0.0, main)? } else { main })
 }
 
-/// The loss scaler of a mixed-precision run (GradScaler's defaults); none in f32.
-pub fn loss_scaler(config: &Config) -> Option<kiln_nn::LossScaler> {
-    (config.precision() == kiln_nn::Precision::Mixed).then(kiln_nn::LossScaler::default)
-}
-
-/// The training step for batches of `batch` samples.
-pub fn train_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError> {
-    let mut g = Graph::new();
-    let net = build_model(&mut g, &config.model, config.train.seed, batch)?;
-    let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
-    let y = g.input("y", [batch], DType::U32)?;
-    let logits = {
-        let _autocast = kiln_nn::autocast(config.precision());
-        net.forward(&mut g, x)?
-    };
-    let loss = g.cross_entropy(logits, y, Reduction::Mean)?;
-    let correct = correct_count(&mut g, logits, y)?;
-    let opt = optimizer(&config.optimizer);
-    let scaler = loss_scaler(config);
-    let clip = config.optimizer.clip_grad_norm;
-    let train = TrainGraph::build_scaled(&mut g, loss, &net.params(), opt.as_ref(), clip, scaler.as_ref())?;
-    // [loss, correct, grad_norm?, next loss scale?, skipped steps?]
-    let mut outputs = vec![loss, correct];
-    outputs.extend(train.grad_norm);
-    outputs.extend(train.loss_scale_outputs());
-    // BatchNorm's running statistics are updated by the same step as the weights.
-    let mut updates = train.updates.clone();
-    updates.extend(net.state_updates());
-    let plan = Plan::compile_with_updates(&g, &outputs, &updates)?;
-    crate::limits::check_plan_bytes(plan.peak_bytes, &format!("the training step at train.batch_size = {batch}"))
-        .map_err(TrainError::Config)?;
-    let mut checkpoint_tensors = net.state_dict();
-    checkpoint_tensors.extend(train.optimizer_state.iter().map(|(n, t)| (format!("{}{n}", crate::checkpoint::OPTIMIZER_PREFIX), *t)));
-    Ok(ModelPlan { graph: g, plan, x, y, train: Some(train), checkpoint_tensors })
-}
-
-/// The evaluation pass (no update) for batches of `batch` samples: summed loss and
-/// the number of correct predictions.
-pub fn eval_plan(config: &Config, batch: usize) -> Result<ModelPlan, TrainError> {
-    let mut g = Graph::new();
-    let mut net = build_model(&mut g, &config.model, config.train.seed, batch)?;
-    net.eval();
-    let x = g.input("x", batch_shape(config, batch)?, DType::F32)?;
-    let y = g.input("y", [batch], DType::U32)?;
-    let logits = {
-        let _autocast = kiln_nn::autocast(config.precision());
-        net.forward(&mut g, x)?
-    };
-    let loss = g.cross_entropy(logits, y, Reduction::Sum)?;
-    let correct = correct_count(&mut g, logits, y)?;
-    let plan = Plan::compile(&g, &[loss, correct])?;
-    let checkpoint_tensors = net.state_dict();
-    Ok(ModelPlan { graph: g, plan, x, y, train: None, checkpoint_tensors })
-}
-
-fn correct_count(g: &mut Graph, logits: Tensor, y: Tensor) -> Result<Tensor, TrainError> {
-    let predicted = g.argmax(logits, 1, false)?;
-    let hits = g.eq(predicted, y)?;
-    let hits = g.cast(hits, DType::F32)?;
-    Ok(g.sum_all(hits)?)
-}

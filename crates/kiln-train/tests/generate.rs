@@ -11,8 +11,9 @@ use kiln_data::{CharCorpus, CharTokenizer, TextSplit};
 use kiln_nn::init::{normal, seeded_rng};
 use kiln_nn::{GptConfig, Module, TrainGraph, GPT};
 use kiln_train::generate::{generate, GptLogits, PlanLengths, SamplingOptions};
-use kiln_train::lm::{evaluate_lm_checkpoint, load_corpus, load_trained_gpt};
-use kiln_train::trainer::{train, TrainOptions, CHECKPOINT_FILE};
+use kiln_train::job::evaluate_checkpoint;
+use kiln_train::lm::{load_corpus, load_trained_gpt};
+use kiln_train::{train, TrainOptions, CHECKPOINT_FILE};
 use kiln_train::{Config, Device};
 
 fn config(vocab_size: usize, block_size: usize, n_layer: usize, n_head: usize, n_embd: usize) -> GptConfig {
@@ -346,7 +347,7 @@ fn generation_runs_the_trained_model_of_a_kiln_train_run() {
     train(&device, options, &AtomicBool::new(false)).expect("training run");
     let checkpoint = dir.path().join(CHECKPOINT_FILE);
 
-    let (_, eval_loss) = evaluate_lm_checkpoint(&device, &checkpoint, None).expect("kiln eval");
+    let eval_loss = evaluate_checkpoint(&device, &checkpoint, None).expect("kiln eval").1.loss;
     let trained = load_trained_gpt(&checkpoint).expect("load");
     assert_eq!(trained.config.dropout, 0.2);
     let corpus = load_corpus(&config, Some(trained.tokenizer.clone())).expect("corpus");

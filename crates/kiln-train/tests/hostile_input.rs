@@ -10,8 +10,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use kiln_core::HostTensor;
-use kiln_train::lm::{load_trained_gpt, BEST_FILE, TOKENIZER_FILE};
-use kiln_train::trainer::{evaluate_checkpoint, train, TrainOptions, CHECKPOINT_FILE};
+use kiln_train::lm::{load_trained_gpt, TOKENIZER_FILE};
+use kiln_train::BEST_FILE;
+use kiln_train::job::evaluate_checkpoint;
+use kiln_train::{train, TrainOptions, CHECKPOINT_FILE};
 use kiln_train::{Checkpoint, Config, Device, TrainError, TrainReport};
 
 fn datasets() -> PathBuf {
@@ -273,7 +275,7 @@ fn tied_weights_that_disagree_and_a_permuted_vocabulary_are_refused() {
     ck.save(&altered).expect("save");
     let msg = load_trained_gpt(&altered).err().expect("tied weights differ (eval, generate)").to_string();
     assert!(msg.contains("ties lm_head.weight"), "{msg}");
-    let config = kiln_train::trainer::checkpoint_config(&ck, &altered).expect("config");
+    let config = kiln_train::job::checkpoint_config(&ck, &altered).expect("config");
     let msg = run(&config, &dir.path().join("resumed"), Some(altered)).expect_err("tied weights differ (resume)").to_string();
     assert!(msg.contains("ties lm_head.weight"), "{msg}");
 

@@ -17,7 +17,7 @@ mod seeds;
 
 use kiln_data::{read_idx_images, read_idx_labels, read_idx_u8, CharTokenizer};
 use kiln_train::lm::load_trained_gpt;
-use kiln_train::trainer::checkpoint_config;
+use kiln_train::job::checkpoint_config;
 use kiln_train::{Checkpoint, Config};
 use mutate::{every_number_replaced, mutate_bytes, mutate_length_field, mutate_toml, Rng};
 

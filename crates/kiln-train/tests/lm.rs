@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use kiln_train::lm::{evaluate_lm_checkpoint, load_trained_gpt, BEST_FILE, TOKENIZER_FILE};
+use kiln_train::job::evaluate_checkpoint;
+use kiln_train::lm::{load_trained_gpt, TOKENIZER_FILE};
+use kiln_train::BEST_FILE;
 use kiln_train::metrics::{MetricsLog, Record};
-use kiln_train::trainer::{train, TrainOptions, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
+use kiln_train::{train, TrainOptions, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
 use kiln_train::{Checkpoint, Config, Device, TrainError, TrainReport};
 
 fn datasets() -> PathBuf {
@@ -64,7 +66,7 @@ fn a_small_gpt_learns_a_shakespeare_slice_and_leaves_a_loadable_run() {
     let report = run(&config, &out, None, None).expect("training");
     assert_eq!(report.steps, 250);
     assert!(!report.interrupted);
-    let lm = report.language_model.expect("a language model's report");
+    let lm = &report;
 
     let evals = eval_records(&out);
     assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![0, 50, 100, 150, 200, 250], "evaluations");
@@ -84,7 +86,7 @@ fn a_small_gpt_learns_a_shakespeare_slice_and_leaves_a_loadable_run() {
         .collect();
     assert_eq!(tail.len(), 5, "a step record every 10 steps");
     let final_train = tail.iter().sum::<f64>() / tail.len() as f64;
-    let best = lm.best.expect("evaluations happened");
+    let best = lm.best.clone().expect("evaluations happened");
     eprintln!("validation {evals:?}; training loss of the last 50 steps {final_train:.3}; {:.1} s", report.seconds);
     assert!(final_train < 2.5, "training loss after 250 steps: {final_train}");
     assert!(best.loss < 2.6, "best validation loss: {}", best.loss);
@@ -93,9 +95,9 @@ fn a_small_gpt_learns_a_shakespeare_slice_and_leaves_a_loadable_run() {
     // by evaluating that file (same plan, same batches, same backend: exactly).
     let (best_step, best_loss) = evals.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1)).expect("evals");
     assert_eq!((best.step, best.loss), (best_step, best_loss));
-    assert_eq!(lm.last_eval.map(|e| e.step), Some(250));
+    assert_eq!(lm.last_eval.as_ref().map(|e| e.step), Some(250));
     assert_eq!(lm.best_checkpoint, out.join(BEST_FILE));
-    let (_, reevaluated) = evaluate_lm_checkpoint(&Device::cpu(), &lm.best_checkpoint, None).expect("kiln eval");
+    let reevaluated = evaluate_checkpoint(&Device::cpu(), &lm.best_checkpoint, None).expect("kiln eval").1.loss;
     assert_eq!(reevaluated, best_loss, "evaluating best.safetensors again");
 
     // What kiln generate loads: nanoGPT names, no optimizer state, the 84-character vocabulary.
@@ -160,7 +162,7 @@ fn an_interrupted_and_resumed_gpt_run_ends_bit_identical() {
     let finished = dir.path().join("finished");
     let report = run(&config, &finished, Some(straight.join(CHECKPOINT_FILE)), None).expect("finished run");
     assert_eq!(report.steps, 30);
-    let best = report.language_model.expect("lm").best_checkpoint;
+    let best = report.best_checkpoint;
     assert_eq!(std::fs::read(&best).expect("best copied"), std::fs::read(straight.join(BEST_FILE)).expect("best"));
 
     let evals = |dir: &Path| eval_records(dir).into_iter().map(|(s, l)| (s, l.to_bits())).collect::<Vec<_>>();

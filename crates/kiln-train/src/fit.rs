@@ -1,0 +1,401 @@
+//! The body of [`Learner::fit`]: steps, evaluations, checkpoints and stops.
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use kiln_core::{HostTensor, Tensor};
+use kiln_nn::LrSchedule;
+
+use crate::checkpoint::Checkpoint;
+use crate::device::Device;
+use crate::learner::{higher_is_better, Evaluation, Learner, Length, TrainReport, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
+use crate::metrics::{MetricsLog, Record};
+use crate::plans::{PlanKind, Plans, StepSettings, Update};
+use crate::progress::Progress;
+use crate::run_state::{Best, RunState};
+use crate::task::{Batch, EvalSet, TrainingData};
+use crate::TrainError;
+
+/// The numbers a run is laid out by.
+struct Layout {
+    /// Optimizer steps in an epoch (finite training sets).
+    steps_per_epoch: Option<u64>,
+    total_steps: u64,
+    accumulate: u64,
+}
+
+fn layout(learner: &Learner, data: &TrainingData) -> Result<Layout, TrainError> {
+    let o = &learner.options;
+    if o.accumulate == 0 {
+        return Err(TrainError::Config("accumulate must be at least 1 (micro-batches per optimizer step)".into()));
+    }
+    let steps_per_epoch = data.train.batches_per_epoch().map(|b| b.div_ceil(o.accumulate));
+    if steps_per_epoch == Some(0) {
+        return Err(TrainError::Config("the training set gives no batch: nothing to train on".into()));
+    }
+    let total_steps = match (o.length, steps_per_epoch) {
+        (Length::Steps(n), _) => n,
+        (Length::Epochs(n), Some(spe)) => n.checked_mul(spe).ok_or_else(|| TrainError::Config(format!("{n} epochs of {spe} steps overflow")))?,
+        (Length::Epochs(_), None) => {
+            return Err(TrainError::Config("an endless training stream (a language model's windows) trains by steps, not epochs".into()))
+        }
+    };
+    if total_steps == 0 {
+        return Err(TrainError::Config("the run has no optimizer step to take (0 epochs or steps)".into()));
+    }
+    if o.eval_every == Some(0) || (o.eval_every.is_none() && steps_per_epoch.is_none() && data.validation.is_some()) {
+        return Err(TrainError::Config("eval_every must be at least 1 step (a stream has no epochs to evaluate after)".into()));
+    }
+    let figures = figure_names(learner);
+    let monitored = std::iter::once(&o.monitor).chain(o.early_stopping.as_ref().map(|e| &e.monitor));
+    for name in monitored {
+        if !figures.iter().any(|f| f == name) {
+            return Err(TrainError::Config(format!("cannot monitor '{name}': the task reports {}", figures.join(", "))));
+        }
+    }
+    if o.early_stopping.is_some() && data.validation.is_none() {
+        return Err(TrainError::Config("early stopping watches a validation figure, but there is no validation set".into()));
+    }
+    Ok(Layout { steps_per_epoch, total_steps, accumulate: o.accumulate })
+}
+
+/// "loss" and every figure the task reports.
+fn figure_names(learner: &Learner) -> Vec<String> {
+    let means: Vec<(&'static str, f64)> = learner.task.metric_names().into_iter().map(|n| (n, 0.0)).collect();
+    std::iter::once("loss".to_string()).chain(learner.task.report(0.0, &means).into_iter().map(|(n, _)| n.to_string())).collect()
+}
+
+fn step_settings(learner: &Learner, accumulate: bool) -> StepSettings {
+    StepSettings { clip_grad_norm: learner.options.clip_grad_norm, precision: learner.options.precision, accumulate }
+}
+
+pub(crate) fn run(learner: &Learner, device: &Device, mut data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+    let o = &learner.options;
+    let lay = layout(learner, &data)?;
+    let out = &o.out_dir;
+    std::fs::create_dir_all(out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
+    for stale in crate::checkpoint::remove_stale_temporaries(out) {
+        eprintln!("removed {}, left by a writer that was killed mid-write", stale.display());
+    }
+    let (ck_path, best_path) = (out.join(CHECKPOINT_FILE), out.join(BEST_FILE));
+    let schedule = match &learner.schedule {
+        Some(make) => make(lay.total_steps)?,
+        None => LrSchedule::constant(learner.optimizer.lr()),
+    };
+    let full_batch = data.train.batch_size();
+    let mut plans = Plans::new(device, learner.model.as_ref(), learner.task.as_ref(), learner.optimizer.as_ref(), step_settings(learner, lay.accumulate > 1));
+    let mut metrics = MetricsLog::open(&out.join(METRICS_FILE))?;
+
+    let mut state = RunState::new(lay.steps_per_epoch, lay.accumulate);
+    if let Some(resume) = &o.resume {
+        let ck = Checkpoint::load(resume)?;
+        plans.restore(full_batch, &ck, resume)?;
+        state = RunState::read(&ck, resume, lay.total_steps, lay.steps_per_epoch, lay.accumulate, &o.monitor)?;
+        metrics.truncate_after(state.step);
+        bring_best_along(resume, &best_path, state.best.is_some())?;
+    }
+    seek(&mut data, &lay, state.step)?;
+
+    let started = Instant::now();
+    let mut progress = Progress::new(o.progress, lay.total_steps, lay.steps_per_epoch, learner.task.tokens_per_sample());
+    progress.start_at(state.step);
+    let mut last_eval: Option<Evaluation> = None;
+    let (mut interrupted, mut stopped_early) = (false, false);
+    let mut evaluate_now = state.step == 0 && learner.task.evaluate_at_start() && data.validation.is_some();
+    loop {
+        if evaluate_now {
+            if let Some(validation) = &data.validation {
+                let eval = evaluate(&mut plans, learner, validation, state.step)?;
+                check_eval_loss(eval.loss, state.step, &ck_path)?;
+                let improved = state.record_evaluation(&eval, &o.monitor, o.early_stopping.as_ref());
+                if improved {
+                    save_best(&mut plans, learner, full_batch, &state, &eval, &best_path)?;
+                }
+                let train_means = progress.take_train_means();
+                metrics.push(Record::Eval {
+                    step: state.step,
+                    epoch: lay.steps_per_epoch.map(|spe| state.step / spe),
+                    train_loss: train_means.as_ref().map(|t| t.0),
+                    train_metrics: train_means.map(|t| t.1).unwrap_or_default(),
+                    val_loss: eval.loss,
+                    val_metrics: eval.metrics.iter().cloned().collect(),
+                    seconds: started.elapsed().as_secs_f64(),
+                })?;
+                progress.evaluated(&eval, state.best.as_ref());
+                last_eval = Some(eval);
+            }
+            save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;
+        }
+        // Also at the start of a resumed run that early stopping had ended.
+        if state.patience_spent(o.early_stopping.as_ref()) {
+            stopped_early = true;
+            break;
+        }
+        if state.step >= lay.total_steps {
+            break;
+        }
+        if stop.load(Ordering::SeqCst) || o.max_steps.is_some_and(|m| state.step >= m) {
+            progress.abandon("stopping: writing a checkpoint");
+            save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;
+            interrupted = true;
+            break;
+        }
+
+        let micro_batches = gather(&mut data, &lay, state.step)?;
+        let lr = schedule.lr(state.step);
+        let outcome = step(&mut plans, &micro_batches, &state, lr, lay.accumulate).map_err(|e| match e {
+            StepError::Diverged(loss) => {
+                progress.abandon("");
+                diverged(loss, state.step + 1, &progress.place(state.step), lr, &ck_path)
+            }
+            StepError::Other(e) => e,
+        })?;
+        state.step += 1;
+        if let Some(skipped) = outcome.skipped_steps {
+            state.skipped_steps = skipped;
+        }
+        let samples: usize = micro_batches.iter().map(|b| b.samples).sum();
+        progress.stepped(outcome.loss, samples, &outcome.sums, learner.task.metric_names(), outcome.skipped_steps);
+        if state.step % o.log_every.max(1) == 0 {
+            metrics.push(Record::Step {
+                step: state.step,
+                epoch: lay.steps_per_epoch.map(|spe| (state.step - 1) / spe),
+                loss: outcome.loss,
+                lr,
+                grad_norm: outcome.grad_norm,
+                samples_per_s: progress.samples_per_second(),
+                tokens_per_s: progress.tokens_per_second(),
+                skipped_steps: outcome.skipped_steps,
+            })?;
+        }
+        let epoch_ended = lay.steps_per_epoch.is_some_and(|spe| state.step % spe == 0);
+        if epoch_ended && state.step < lay.total_steps {
+            seek(&mut data, &lay, state.step)?;
+            progress.start_at(state.step);
+        }
+        evaluate_now = match o.eval_every {
+            Some(every) => state.step % every == 0,
+            None => epoch_ended,
+        } || state.step == lay.total_steps;
+    }
+    progress.finish();
+
+    let test = match &data.test {
+        Some(set) => Some(evaluate(&mut plans, learner, set, state.step)?),
+        None => None,
+    };
+    if let (Some(t), false) = (&test, interrupted) {
+        metrics.push(Record::Test { step: t.step, loss: t.loss, metrics: t.metrics.iter().cloned().collect() })?;
+    }
+    metrics.plot(&out.join(PLOT_FILE))?;
+    Ok(TrainReport {
+        device: device.description.clone(),
+        steps: state.step,
+        epochs_done: lay.steps_per_epoch.map(|spe| state.step / spe),
+        seconds: started.elapsed().as_secs_f64(),
+        last_eval,
+        best: state.best.map(|b| b.evaluation),
+        test,
+        interrupted,
+        stopped_early,
+        checkpoint: ck_path,
+        best_checkpoint: best_path,
+    })
+}
+
+/// Position the training batches at optimizer step `step`.
+fn seek(data: &mut TrainingData, lay: &Layout, step: u64) -> Result<(), TrainError> {
+    match lay.steps_per_epoch {
+        Some(spe) => data.train.seek(step / spe, (step % spe) * lay.accumulate),
+        None => data.train.seek(0, step * lay.accumulate),
+    }
+}
+
+/// The micro-batches of the next step: `accumulate` of them, fewer at an epoch's end.
+fn gather(data: &mut TrainingData, lay: &Layout, step: u64) -> Result<Vec<Batch>, TrainError> {
+    let mut batches = Vec::with_capacity(lay.accumulate as usize);
+    while batches.len() < lay.accumulate as usize {
+        match data.train.next_batch()? {
+            Some(batch) => batches.push(batch),
+            None => break,
+        }
+    }
+    if batches.is_empty() {
+        return Err(TrainError::Io(format!("the training batches ran out before step {}", step + 1)));
+    }
+    Ok(batches)
+}
+
+struct StepOutcome {
+    /// The step's mean loss over its samples.
+    loss: f64,
+    /// Metric sums over the step's samples.
+    sums: Vec<f64>,
+    grad_norm: Option<f64>,
+    skipped_steps: Option<u64>,
+}
+
+enum StepError {
+    Diverged(f64),
+    Other(TrainError),
+}
+
+impl From<TrainError> for StepError {
+    fn from(e: TrainError) -> Self {
+        StepError::Other(e)
+    }
+}
+
+impl From<kiln_core::ExecError> for StepError {
+    fn from(e: kiln_core::ExecError) -> Self {
+        StepError::Other(e.into())
+    }
+}
+
+/// One optimizer step: every micro-batch but the last accumulates, the last applies.
+fn step(plans: &mut Plans, batches: &[Batch], state: &RunState, lr: f64, accumulate: u64) -> Result<StepOutcome, StepError> {
+    let total: usize = batches.iter().map(|b| b.samples).sum();
+    let mut loss = 0.0;
+    let mut sums: Vec<f64> = Vec::new();
+    for (i, batch) in batches.iter().enumerate() {
+        let last = i + 1 == batches.len();
+        let weight = batch.samples as f64 / total as f64;
+        let rng_counter = if accumulate > 1 { state.step * accumulate + i as u64 } else { state.step };
+        let kind = if last { PlanKind::Step } else { PlanKind::Accumulate };
+        let (compiled, exec) = plans.get(kind, batch.samples)?;
+        let mut feeds: Vec<(Tensor, HostTensor)> = match &compiled.update {
+            Update::Step(train) => train.micro_batch_feeds(state.step, state.skipped_steps, lr, rng_counter, weight),
+            Update::Accumulate(acc) => acc.feeds(weight, rng_counter),
+            Update::Eval => unreachable!("training plans only"),
+        };
+        let metric_count = compiled.metric_count;
+        feeds.extend(compiled.batch_feeds(batch.clone()));
+        let out = exec.run(&feeds)?;
+        let micro_loss = out[0].scalar();
+        if !micro_loss.is_finite() {
+            return Err(StepError::Diverged(micro_loss));
+        }
+        loss += weight * micro_loss;
+        sums.resize(metric_count, 0.0);
+        for (sum, value) in sums.iter_mut().zip(&out[1..=metric_count]) {
+            *sum += value.scalar();
+        }
+        if last {
+            let train = compiled.train_graph().expect("a step plan");
+            let mut rest = out[1 + metric_count..].iter();
+            let grad_norm = train.grad_norm.and_then(|_| rest.next()).map(HostTensor::scalar);
+            // With loss scaling: the next scale, then the steps skipped so far.
+            let skipped_steps = train.loss_scale.as_ref().and_then(|_| rest.nth(1)).map(|t| t.scalar() as u64);
+            return Ok(StepOutcome { loss, sums, grad_norm, skipped_steps });
+        }
+    }
+    unreachable!("a step has at least one micro-batch")
+}
+
+/// Mean loss and figures of the model over `set`.
+fn evaluate(plans: &mut Plans, learner: &Learner, set: &EvalSet, step: u64) -> Result<Evaluation, TrainError> {
+    let (mut loss, mut sums, mut samples) = (0.0f64, Vec::<f64>::new(), 0usize);
+    for batch in &set.batches {
+        let (compiled, exec) = plans.get(PlanKind::Eval, batch.samples)?;
+        let out = exec.run(&compiled.batch_feeds(batch.clone()))?;
+        loss += out[0].scalar() * batch.samples as f64;
+        sums.resize(compiled.metric_count, 0.0);
+        for (sum, value) in sums.iter_mut().zip(&out[1..]) {
+            *sum += value.scalar();
+        }
+        samples += batch.samples;
+    }
+    let n = samples.max(1) as f64;
+    let means: Vec<(&'static str, f64)> = learner.task.metric_names().into_iter().zip(sums.iter().map(|s| s / n)).collect();
+    let loss = loss / n;
+    let metrics = learner.task.report(loss, &means).into_iter().map(|(name, v)| (name.to_string(), v)).collect();
+    Ok(Evaluation { step, loss, metrics })
+}
+
+pub(crate) fn evaluate_checkpoint(learner: &Learner, device: &Device, file: &Path, set: &EvalSet) -> Result<Evaluation, TrainError> {
+    let ck = Checkpoint::load(file)?;
+    let mut plans = Plans::new(device, learner.model.as_ref(), learner.task.as_ref(), learner.optimizer.as_ref(), step_settings(learner, false));
+    let first = set.batches.first().map_or(1, |b| b.samples);
+    plans.restore_model(first, &ck, file)?;
+    let eval = evaluate(&mut plans, learner, set, ck.meta_u64_or("step", 0, file)?)?;
+    if !eval.loss.is_finite() {
+        return Err(TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: format!("its weights evaluate to a loss of {}: the model is diverged, not a result", eval.loss),
+        });
+    }
+    Ok(eval)
+}
+
+fn save_latest(plans: &mut Plans, learner: &Learner, batch: usize, state: &RunState, path: &Path) -> Result<(), TrainError> {
+    let mut ck = plans.snapshot(batch)?;
+    for (key, value) in &learner.options.metadata {
+        ck.set_meta(key, value);
+    }
+    state.write(&mut ck, &learner.options.monitor);
+    ck.save(path)
+}
+
+fn save_best(plans: &mut Plans, learner: &Learner, batch: usize, state: &RunState, eval: &Evaluation, path: &Path) -> Result<(), TrainError> {
+    let mut ck = plans.model_snapshot(batch)?;
+    for (key, value) in &learner.options.metadata {
+        ck.set_meta(key, value);
+    }
+    ck.set_meta("step", state.step);
+    ck.set_meta("val_loss", eval.loss);
+    for (name, value) in &eval.metrics {
+        ck.set_meta(&format!("val_{name}"), value);
+    }
+    ck.save(path)
+}
+
+/// A run resumed into another folder brings its best model along, so that the best
+/// file holds the best so far even if this part never beats it.
+fn bring_best_along(resume: &Path, best_path: &Path, has_best: bool) -> Result<(), TrainError> {
+    let before = resume.parent().unwrap_or(Path::new(".")).join(BEST_FILE);
+    let same_file = before.canonicalize().ok() == best_path.canonicalize().ok();
+    if has_best && before.is_file() && !same_file {
+        std::fs::copy(&before, best_path)
+            .map_err(|e| TrainError::Io(format!("copying {} to {}: {e}", before.display(), best_path.display())))?;
+    }
+    Ok(())
+}
+
+/// What was kept when a run stopped on a bad number.
+fn kept(checkpoint: &Path) -> String {
+    if checkpoint.exists() {
+        format!("the last good checkpoint is kept unchanged at {}", checkpoint.display())
+    } else {
+        "no checkpoint had been written yet".to_string()
+    }
+}
+
+/// The error for a loss that is no longer finite at optimizer step `step` (from 1).
+fn diverged(loss: f64, step: u64, place: &str, lr: f64, checkpoint: &Path) -> TrainError {
+    TrainError::Diverged(format!(
+        "the loss became {loss} at step {step}{place} (learning rate {lr:e}); training stopped and {}. Try a lower learning rate or gradient clipping.",
+        kept(checkpoint)
+    ))
+}
+
+/// Weights that evaluate to a NaN loss are not saved, even when each of them is finite
+/// (about 1e20 after a far too large learning rate).
+fn check_eval_loss(loss: f64, step: u64, checkpoint: &Path) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(TrainError::Diverged(format!(
+        "the validation loss became {loss} after step {step}: the model's weights no longer evaluate to a number, so they \
+         are not saved; training stopped and {}. Try a lower learning rate or gradient clipping.",
+        kept(checkpoint)
+    )))
+}
+
+/// Whether `value` beats `best` on the figure `name` by more than `min_delta`.
+pub(crate) fn improves(name: &str, value: f64, best: &Best, min_delta: f64) -> bool {
+    if higher_is_better(name) {
+        value > best.value + min_delta
+    } else {
+        value < best.value - min_delta
+    }
+}

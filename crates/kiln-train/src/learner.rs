@@ -1,0 +1,307 @@
+//! The one training loop, for every task: [`Learner`] (in the spirit of Burn's `Learner`
+//! and PyTorch Lightning's `Trainer`).
+//!
+//! ```no_run
+//! use kiln_nn::{init::seeded_rng, Adam, Sequential};
+//! use kiln_train::{Classification, Device, Learner};
+//! # fn data() -> kiln_train::TrainingData { unimplemented!() }
+//! let model = |g: &mut kiln_core::Graph| {
+//!     let mut rng = seeded_rng(0);
+//!     Sequential::new().linear(g, 784, 128, &mut rng)?.relu().linear(g, 128, 10, &mut rng)
+//! };
+//! let report = Learner::new(model, Classification::new(10, [784]))
+//!     .optimizer(Adam::new(1e-3))
+//!     .epochs(10)
+//!     .out("runs/my-mlp")
+//!     .fit(&Device::auto()?, data())?;
+//! println!("test accuracy {:?}", report.test.and_then(|t| t.metric("accuracy")));
+//! # Ok::<(), kiln_train::TrainError>(())
+//! ```
+//!
+//! A run's folder holds `checkpoint.safetensors` (the latest state: model, optimizer
+//! moments, where the run stands; written at every evaluation and on a stop, so that
+//! `resume` continues exactly), `best.safetensors` (the model at its best validation
+//! figure), `metrics.jsonl` and `curves.svg`.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use kiln_nn::{Adam, LrSchedule, Precision};
+
+use crate::device::Device;
+use crate::task::{ModelBuilder, OptimizerBuilder, Task, TrainingData};
+use crate::TrainError;
+
+/// The latest checkpoint, in a run's folder.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The model at its best validation figure, beside the latest checkpoint.
+pub const BEST_FILE: &str = "best.safetensors";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const PLOT_FILE: &str = "curves.svg";
+
+/// How long a run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Length {
+    /// Whole passes over a finite training set.
+    Epochs(u64),
+    /// Optimizer steps (epochs wrap around for a finite training set).
+    Steps(u64),
+}
+
+/// Stop when the validation figure `monitor` has not improved by more than `min_delta`
+/// for `patience` evaluations in a row (Keras' and Lightning's `EarlyStopping`). The
+/// best checkpoint follows the same figure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlyStopping {
+    /// "loss" or one of the task's metrics ("accuracy"); lower is better for "loss" and
+    /// "perplexity", higher for the others.
+    pub monitor: String,
+    pub patience: u32,
+    pub min_delta: f64,
+}
+
+impl EarlyStopping {
+    pub fn new(monitor: impl Into<String>, patience: u32) -> EarlyStopping {
+        EarlyStopping { monitor: monitor.into(), patience, min_delta: 0.0 }
+    }
+}
+
+/// Whether a larger value of the figure `name` is better.
+pub(crate) fn higher_is_better(name: &str) -> bool {
+    !matches!(name, "loss" | "perplexity")
+}
+
+/// The loop's settings (the builder methods of [`Learner`] set them).
+#[derive(Clone, Debug)]
+pub struct LoopOptions {
+    pub length: Length,
+    /// Micro-batches per optimizer step (1: none).
+    pub accumulate: u64,
+    /// Evaluate every this many steps; by default at the end of each epoch.
+    pub eval_every: Option<u64>,
+    /// Write a step record to metrics.jsonl every this many steps.
+    pub log_every: u64,
+    pub clip_grad_norm: Option<f64>,
+    pub precision: Precision,
+    /// The validation figure the best checkpoint follows ("loss" by default).
+    pub monitor: String,
+    pub early_stopping: Option<EarlyStopping>,
+    pub out_dir: PathBuf,
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint, resumable) after this many steps in all.
+    pub max_steps: Option<u64>,
+    pub progress: bool,
+    /// Written into every checkpoint's metadata (a run's config, its seed).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions {
+            length: Length::Epochs(10),
+            accumulate: 1,
+            eval_every: None,
+            log_every: 50,
+            clip_grad_norm: None,
+            precision: Precision::F32,
+            monitor: "loss".into(),
+            early_stopping: None,
+            out_dir: PathBuf::from("runs/job"),
+            resume: None,
+            max_steps: None,
+            progress: true,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// One evaluation: the mean loss and the task's figures, after optimizer step `step`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub step: u64,
+    pub loss: f64,
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl Evaluation {
+    /// The figure `name`: "loss" or one of the task's metrics.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        if name == "loss" {
+            return Some(self.loss);
+        }
+        self.metrics.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    pub device: String,
+    /// Optimizer steps in all, counting those before a resume.
+    pub steps: u64,
+    /// Whole epochs done (finite training sets).
+    pub epochs_done: Option<u64>,
+    /// Seconds this run (or its resumed part) took.
+    pub seconds: f64,
+    /// The last validation of this run; the best one so far (counting those before a
+    /// resume), whose model is in `best_checkpoint`.
+    pub last_eval: Option<Evaluation>,
+    pub best: Option<Evaluation>,
+    /// The test set's figures on the final weights.
+    pub test: Option<Evaluation>,
+    /// A stop request (Ctrl-C, `max_steps`) ended the run; a checkpoint was written.
+    pub interrupted: bool,
+    /// Early stopping ended the run.
+    pub stopped_early: bool,
+    pub checkpoint: PathBuf,
+    pub best_checkpoint: PathBuf,
+}
+
+impl TrainReport {
+    /// A figure of the test set ("loss", "accuracy"), when there was one.
+    pub fn test_figure(&self, name: &str) -> Option<f64> {
+        self.test.as_ref().and_then(|t| t.metric(name))
+    }
+}
+
+type ScheduleFn<'a> = Box<dyn Fn(u64) -> Result<LrSchedule, TrainError> + 'a>;
+
+/// The training loop: give it a model, a task, an optimizer, a schedule and options,
+/// then [`fit`](Learner::fit) it on data. It compiles the step and evaluation plans (one
+/// submission per step), shows progress, writes metrics.jsonl, curves.svg and atomic
+/// checkpoints (the best one kept), resumes bit-exactly, stops on a NaN loss keeping
+/// the last good checkpoint, and on request (Ctrl-C) with a checkpoint; mixed
+/// precision, gradient clipping, gradient accumulation and early stopping are options.
+pub struct Learner<'a> {
+    pub(crate) model: Box<dyn ModelBuilder + 'a>,
+    pub(crate) task: Box<dyn Task + 'a>,
+    pub(crate) optimizer: Box<dyn OptimizerBuilder + 'a>,
+    pub(crate) schedule: Option<ScheduleFn<'a>>,
+    pub(crate) options: LoopOptions,
+}
+
+impl<'a> Learner<'a> {
+    /// A loop for `model` on `task`, with Adam at 1e-3 and 10 epochs until told otherwise.
+    pub fn new(model: impl ModelBuilder + 'a, task: impl Task + 'a) -> Learner<'a> {
+        Learner { model: Box::new(model), task: Box::new(task), optimizer: Box::new(Adam::new(1e-3)), schedule: None, options: LoopOptions::default() }
+    }
+
+    pub fn optimizer(mut self, optimizer: impl OptimizerBuilder + 'a) -> Self {
+        self.optimizer = Box::new(optimizer);
+        self
+    }
+
+    /// A fixed learning-rate schedule (by default the optimizer's rate throughout).
+    pub fn schedule(mut self, schedule: LrSchedule) -> Self {
+        self.schedule = Some(Box::new(move |_| Ok(schedule.clone())));
+        self
+    }
+
+    /// A schedule made once the run's length in optimizer steps is known (cosine decay
+    /// over the whole run).
+    pub fn schedule_for_steps(mut self, schedule: impl Fn(u64) -> Result<LrSchedule, TrainError> + 'a) -> Self {
+        self.schedule = Some(Box::new(schedule));
+        self
+    }
+
+    pub fn epochs(mut self, epochs: u64) -> Self {
+        self.options.length = Length::Epochs(epochs);
+        self
+    }
+
+    pub fn steps(mut self, steps: u64) -> Self {
+        self.options.length = Length::Steps(steps);
+        self
+    }
+
+    /// Gradient accumulation: each optimizer step adds up the gradients of `micro_batches`
+    /// batches (equal to one step on their union, within f32 rounding).
+    pub fn accumulate(mut self, micro_batches: u64) -> Self {
+        self.options.accumulate = micro_batches;
+        self
+    }
+
+    pub fn eval_every(mut self, steps: u64) -> Self {
+        self.options.eval_every = Some(steps);
+        self
+    }
+
+    pub fn log_every(mut self, steps: u64) -> Self {
+        self.options.log_every = steps;
+        self
+    }
+
+    pub fn clip_grad_norm(mut self, max_norm: f64) -> Self {
+        self.options.clip_grad_norm = Some(max_norm);
+        self
+    }
+
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.options.precision = precision;
+        self
+    }
+
+    /// The validation figure the best checkpoint follows ("loss", "accuracy").
+    pub fn monitor(mut self, figure: impl Into<String>) -> Self {
+        self.options.monitor = figure.into();
+        self
+    }
+
+    /// Stop early; the best checkpoint then follows the early-stopping figure.
+    pub fn early_stopping(mut self, early: EarlyStopping) -> Self {
+        self.options.monitor = early.monitor.clone();
+        self.options.early_stopping = Some(early);
+        self
+    }
+
+    /// The run's folder (checkpoints, metrics, plot).
+    pub fn out(mut self, dir: impl AsRef<Path>) -> Self {
+        self.options.out_dir = dir.as_ref().to_path_buf();
+        self
+    }
+
+    /// Continue from a checkpoint written by an earlier run of the same job.
+    pub fn resume(mut self, checkpoint: impl AsRef<Path>) -> Self {
+        self.options.resume = Some(checkpoint.as_ref().to_path_buf());
+        self
+    }
+
+    pub fn max_steps(mut self, steps: u64) -> Self {
+        self.options.max_steps = Some(steps);
+        self
+    }
+
+    /// Show a progress bar and a line per evaluation (on by default).
+    pub fn progress(mut self, show: bool) -> Self {
+        self.options.progress = show;
+        self
+    }
+
+    /// A metadata entry written into every checkpoint.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.options.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// All options at once.
+    pub fn options(mut self, options: LoopOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Train on `data` until the run's length, early stopping or a NaN loss.
+    pub fn fit(&self, device: &Device, data: TrainingData) -> Result<TrainReport, TrainError> {
+        self.fit_until(device, data, &AtomicBool::new(false))
+    }
+
+    /// [`fit`](Learner::fit), stopping with a checkpoint as soon as `stop` is set (what
+    /// a Ctrl-C handler sets).
+    pub fn fit_until(&self, device: &Device, data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+        crate::fit::run(self, device, data, stop)
+    }
+
+    /// Evaluate the model of `checkpoint` (model tensors only are read) on `set`.
+    pub fn evaluate_checkpoint(&self, device: &Device, checkpoint: &Path, set: &crate::task::EvalSet) -> Result<Evaluation, TrainError> {
+        crate::fit::evaluate_checkpoint(self, device, checkpoint, set)
+    }
+}

@@ -1,0 +1,198 @@
+//! The plans of a run, compiled and loaded when first needed and kept by batch size: a
+//! training step (or, under gradient accumulation, the accumulating micro-batch and the
+//! applying last one) and an evaluation pass. All share the model's state on the device
+//! (a backend keeps one copy of each named state).
+use std::collections::HashMap;
+use std::path::Path;
+
+use kiln_core::{Executor, Graph, HostTensor, Plan, Tensor};
+use kiln_nn::{AccumulateGraph, LossScaler, Precision, TrainGraph};
+
+use crate::checkpoint::{Checkpoint, OPTIMIZER_PREFIX};
+use crate::device::Device;
+use crate::task::{Batch, ModelBuilder, OptimizerBuilder, Task};
+use crate::TrainError;
+
+/// Which plan of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PlanKind {
+    /// A whole optimizer step, or the last micro-batch of an accumulated one.
+    Step,
+    /// A micro-batch that adds its gradients into the accumulators.
+    Accumulate,
+    /// Loss and metric sums, no update, the model in evaluation mode.
+    Eval,
+}
+
+/// What each kind of plan adds to a graph, beyond the objective.
+pub enum Update {
+    Step(TrainGraph),
+    Accumulate(AccumulateGraph),
+    Eval,
+}
+
+/// A compiled plan with the handles the loop feeds and reads.
+pub struct CompiledPlan {
+    pub graph: Graph,
+    pub plan: Plan,
+    /// The task's inputs, in [`crate::task::Task::inputs`] order.
+    pub inputs: Vec<Tensor>,
+    pub update: Update,
+    /// Outputs: the loss, then one sum per metric, then (a step) the gradient norm when
+    /// clipping and the loss scaler's next scale and skipped-step count when scaling.
+    pub metric_count: usize,
+    /// The model's state dict (what the best checkpoint holds).
+    pub model_tensors: Vec<(String, Tensor)>,
+    /// The state dict, then the optimizer's moments under `optimizer.<name>`.
+    pub checkpoint_tensors: Vec<(String, Tensor)>,
+}
+
+impl CompiledPlan {
+    /// The feeds of a batch's values.
+    pub fn batch_feeds(&self, batch: Batch) -> Vec<(Tensor, HostTensor)> {
+        self.inputs.iter().copied().zip(batch.values).collect()
+    }
+
+    /// The training graph of a step plan.
+    pub fn train_graph(&self) -> Option<&TrainGraph> {
+        match &self.update {
+            Update::Step(train) => Some(train),
+            _ => None,
+        }
+    }
+}
+
+/// How a run's training plans are made: what the loop passes through to every compile.
+pub struct StepSettings {
+    pub clip_grad_norm: Option<f64>,
+    pub precision: Precision,
+    /// Accumulated steps compile [`PlanKind::Accumulate`] plans and an applying step.
+    pub accumulate: bool,
+}
+
+impl StepSettings {
+    fn loss_scaler(&self) -> Option<LossScaler> {
+        (self.precision == Precision::Mixed).then(LossScaler::default)
+    }
+}
+
+/// Compile one plan of `kind` for batches of `batch` samples.
+pub fn compile(
+    model: &dyn ModelBuilder,
+    task: &dyn Task,
+    optimizer: &dyn OptimizerBuilder,
+    settings: &StepSettings,
+    kind: PlanKind,
+    batch: usize,
+) -> Result<CompiledPlan, TrainError> {
+    let mut g = Graph::new();
+    let mut net = model.build(&mut g, batch)?;
+    if kind == PlanKind::Eval {
+        net.eval();
+    }
+    let mut inputs = Vec::new();
+    for spec in task.inputs() {
+        let mut dims = vec![batch];
+        dims.extend(&spec.sample_dims);
+        inputs.push(g.input(&spec.name, dims, spec.dtype)?);
+    }
+    let objective = {
+        let _autocast = kiln_nn::autocast(settings.precision);
+        task.objective(&mut g, net.as_ref(), &inputs)?
+    };
+    let mut outputs = vec![objective.loss];
+    outputs.extend(&objective.sums);
+    let params = net.params();
+    let scaler = settings.loss_scaler();
+    let (update, mut updates, optimizer_state) = match kind {
+        PlanKind::Eval => (Update::Eval, Vec::new(), Vec::new()),
+        PlanKind::Accumulate => {
+            let acc = AccumulateGraph::build(&mut g, objective.loss, &params, scaler.as_ref())?;
+            let updates = acc.updates.clone();
+            (Update::Accumulate(acc), updates, Vec::new())
+        }
+        PlanKind::Step => {
+            let opt = optimizer.build(&g, &params);
+            let (loss, clip, scaler) = (objective.loss, settings.clip_grad_norm, scaler.as_ref());
+            let train = if settings.accumulate {
+                TrainGraph::build_accumulated(&mut g, loss, &params, opt.as_ref(), clip, scaler)?
+            } else {
+                TrainGraph::build_scaled(&mut g, loss, &params, opt.as_ref(), clip, scaler)?
+            };
+            outputs.extend(train.grad_norm);
+            outputs.extend(train.loss_scale_outputs());
+            let (updates, state) = (train.updates.clone(), train.optimizer_state.clone());
+            (Update::Step(train), updates, state)
+        }
+    };
+    if kind != PlanKind::Eval {
+        // BatchNorm's running statistics are updated by every training forward.
+        updates.extend(net.state_updates());
+    }
+    let plan = Plan::compile_with_updates(&g, &outputs, &updates)?;
+    if kind != PlanKind::Eval {
+        crate::limits::check_plan_bytes(plan.peak_bytes, &format!("the training step at a batch of {batch}"))
+            .map_err(TrainError::Config)?;
+    }
+    let model_tensors = net.state_dict();
+    let mut checkpoint_tensors = model_tensors.clone();
+    checkpoint_tensors.extend(optimizer_state.into_iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)));
+    Ok(CompiledPlan { graph: g, plan, inputs, update, metric_count: objective.sums.len(), model_tensors, checkpoint_tensors })
+}
+
+/// The loaded plans of one run, by kind and batch size.
+pub struct Plans<'r> {
+    device: &'r Device,
+    model: &'r dyn ModelBuilder,
+    task: &'r dyn Task,
+    optimizer: &'r dyn OptimizerBuilder,
+    settings: StepSettings,
+    loaded: HashMap<(PlanKind, usize), (CompiledPlan, Box<dyn Executor>)>,
+}
+
+impl<'r> Plans<'r> {
+    pub fn new(
+        device: &'r Device,
+        model: &'r dyn ModelBuilder,
+        task: &'r dyn Task,
+        optimizer: &'r dyn OptimizerBuilder,
+        settings: StepSettings,
+    ) -> Plans<'r> {
+        Plans { device, model, task, optimizer, settings, loaded: HashMap::new() }
+    }
+
+    /// The plan of `kind` for `batch` samples, compiled and loaded on first use.
+    pub fn get(&mut self, kind: PlanKind, batch: usize) -> Result<&mut (CompiledPlan, Box<dyn Executor>), TrainError> {
+        if !self.loaded.contains_key(&(kind, batch)) {
+            let compiled = compile(self.model, self.task, self.optimizer, &self.settings, kind, batch)?;
+            let exec = self.device.backend.load(&compiled.plan)?;
+            self.loaded.insert((kind, batch), (compiled, exec));
+        }
+        Ok(self.loaded.get_mut(&(kind, batch)).expect("inserted above"))
+    }
+
+    /// Every checkpoint tensor's current value (model and optimizer state).
+    pub fn snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
+        let (compiled, exec) = self.get(PlanKind::Step, batch)?;
+        Checkpoint::read_from(exec.as_mut(), &compiled.checkpoint_tensors)
+    }
+
+    /// The model's tensors only (what the best checkpoint holds).
+    pub fn model_snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
+        let (compiled, exec) = self.get(PlanKind::Step, batch)?;
+        Checkpoint::read_from(exec.as_mut(), &compiled.model_tensors)
+    }
+
+    /// Write a checkpoint into the device state, after checking that it holds exactly
+    /// this run's tensors (model and optimizer state).
+    pub fn restore(&mut self, batch: usize, ck: &Checkpoint, file: &Path) -> Result<(), TrainError> {
+        let (compiled, exec) = self.get(PlanKind::Step, batch)?;
+        ck.write_to(exec.as_mut(), &compiled.graph, &compiled.checkpoint_tensors, file)
+    }
+
+    /// Write a model-only checkpoint into an evaluation plan's state.
+    pub fn restore_model(&mut self, batch: usize, ck: &Checkpoint, file: &Path) -> Result<(), TrainError> {
+        let (compiled, exec) = self.get(PlanKind::Eval, batch)?;
+        ck.model_only().write_to(exec.as_mut(), &compiled.graph, &compiled.model_tensors, file)
+    }
+}
