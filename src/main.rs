@@ -295,7 +295,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 job.train.seed = v;
             }
             if let Some(v) = precision {
-                job.train.precision = v;
+                job.train.precision = parse_precision(&v)?;
             }
             if data.is_some() {
                 job.data.path = data;
@@ -363,7 +363,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             use kiln_bench::train::{bench_devices, print_train_table, BenchOptions, TorchComparison};
             let mut config = Config::recipe(&recipe)?;
             if let Some(precision) = precision {
-                config.train.precision = precision;
+                config.train.precision = parse_precision(&precision)?;
             }
             let options = BenchOptions { batch_size, warmup_steps: warmup, steps };
             let runner = pytorch.runner()?;
@@ -427,6 +427,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 failed => Err(format!("{failed} case(s) failed").into()),
             }
         }
+    }
+}
+
+/// `--precision`, as a config names it.
+fn parse_precision(text: &str) -> Result<kiln_train::config::PrecisionConfig, String> {
+    match text {
+        "f32" => Ok(kiln_train::config::PrecisionConfig::F32),
+        "mixed" => Ok(kiln_train::config::PrecisionConfig::Mixed),
+        other => Err(format!("--precision '{other}' is not one of f32, mixed")),
     }
 }
 

@@ -11,6 +11,7 @@
 use kiln_core::{Backend, HostTensor};
 use kiln_cpu::CpuBackend;
 use kiln_data::{Mnist, MnistSplit, Normalization};
+use kiln_train::config::OptimizerKind;
 use kiln_train::Config;
 
 const BATCH: usize = 8;
@@ -45,10 +46,10 @@ fn train_steps(backend: &dyn Backend, config: &Config, steps: u64) -> (Vec<f64>,
     (losses, params)
 }
 
-fn config(optimizer: &str) -> Config {
+fn config(optimizer: OptimizerKind) -> Config {
     let mut c = Config::recipe("mnist-cnn").expect("recipe");
-    c.optimizer.kind = optimizer.into();
-    if optimizer == "sgd" {
+    c.optimizer.kind = optimizer;
+    if optimizer == OptimizerKind::Sgd {
         c.optimizer.lr = 0.05;
         c.optimizer.momentum = 0.9;
     }
@@ -58,7 +59,7 @@ fn config(optimizer: &str) -> Config {
 #[test]
 fn one_sgd_step_of_the_cnn_matches_between_cpu_and_gpu() {
     let Some(gpu) = kiln_wgpu::testing::gpu_or_skip() else { return };
-    let c = config("sgd");
+    let c = config(OptimizerKind::Sgd);
     let (cpu_loss, cpu_params) = train_steps(&CpuBackend::<f32>::new(), &c, 1);
     let (gpu_loss, gpu_params) = train_steps(&gpu, &c, 1);
     assert!((cpu_loss[0] - gpu_loss[0]).abs() <= 1e-5 * cpu_loss[0].abs(), "loss cpu {} gpu {}", cpu_loss[0], gpu_loss[0]);
@@ -71,7 +72,7 @@ fn one_sgd_step_of_the_cnn_matches_between_cpu_and_gpu() {
 #[test]
 fn adam_steps_of_the_cnn_match_between_cpu_and_gpu() {
     let Some(gpu) = kiln_wgpu::testing::gpu_or_skip() else { return };
-    let c = config("adam");
+    let c = config(OptimizerKind::Adam);
     let (cpu_loss, cpu_params) = train_steps(&CpuBackend::<f32>::new(), &c, 2);
     let (gpu_loss, gpu_params) = train_steps(&gpu, &c, 2);
     assert!((cpu_loss[0] - gpu_loss[0]).abs() <= 1e-5 * cpu_loss[0].abs(), "first loss cpu {} gpu {}", cpu_loss[0], gpu_loss[0]);

@@ -151,7 +151,7 @@ fn three_steps_match(optimizer: &str, edit: impl Fn(&mut Config)) {
 #[test]
 fn three_adam_steps_match_pytorch() {
     three_steps_match("adam", |c| {
-        c.optimizer.kind = "adam".into();
+        c.optimizer.kind = kiln_train::config::OptimizerKind::Adam;
         c.optimizer.lr = 1e-3;
     });
 }
@@ -159,7 +159,7 @@ fn three_adam_steps_match_pytorch() {
 #[test]
 fn three_adamw_steps_match_pytorch() {
     three_steps_match("adamw", |c| {
-        c.optimizer.kind = "adamw".into();
+        c.optimizer.kind = kiln_train::config::OptimizerKind::AdamW;
         c.optimizer.lr = 1e-3;
         c.optimizer.weight_decay = 0.01;
     });
@@ -168,7 +168,7 @@ fn three_adamw_steps_match_pytorch() {
 #[test]
 fn three_sgd_momentum_steps_match_pytorch() {
     three_steps_match("sgd", |c| {
-        c.optimizer.kind = "sgd".into();
+        c.optimizer.kind = kiln_train::config::OptimizerKind::Sgd;
         c.optimizer.lr = 0.1;
         c.optimizer.momentum = 0.9;
         c.optimizer.weight_decay = 1e-4;

@@ -421,7 +421,7 @@ fn mnist_cnn_adam_step_matches_pytorch() {
     let config = Config::recipe("mnist-cnn").expect("recipe");
     let opt = &config.optimizer;
     // The fixture took one step of the recipe's optimizer, as the script spells it.
-    assert_eq!(opt.kind, "adam", "the mnist-cnn recipe's optimizer");
+    assert_eq!(opt.kind, kiln_train::config::OptimizerKind::Adam, "the mnist-cnn recipe's optimizer");
     for (key, value) in [("lr", opt.lr), ("beta1", opt.betas.0), ("beta2", opt.betas.1), ("eps", opt.eps), ("weight_decay", opt.weight_decay)] {
         assert_eq!(f.meta_f64(&format!("adam.{key}")), value, "the fixture's Adam {key} is not the mnist-cnn recipe's");
     }

@@ -60,7 +60,7 @@ fuzz_target!(|bytes: &[u8]| {
         Ok(config) => {
             let again = Config::from_toml(&config.to_toml(), file);
             assert!(again.is_ok(), "a config read from a checkpoint does not read back: {again:?}");
-            if config.model.is_gpt() {
+            if config.model.gpt().is_some() {
                 let path = gpt_run_folder().join(FILE);
                 std::fs::write(&path, bytes).expect("write the checkpoint");
                 if let Err(error) = load_trained_gpt(&path) {

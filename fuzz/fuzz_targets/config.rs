@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use kiln_train::config::{LayerConfig, ModelConfig};
-use kiln_train::{lm, model, Config};
+use kiln_train::Config;
 use libfuzzer_sys::fuzz_target;
 
 const FILE: &str = "fuzzed.toml";
@@ -19,19 +19,20 @@ const SMALL: usize = 64;
 /// a kernel, stride or dilation that does not fit the input must be refused before
 /// any weight exists, so those are left unbounded for the fuzzer to try.
 fn small_enough_to_build(model: &ModelConfig) -> bool {
-    let input_elements = model.input.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-    let layers_small = model.layers.len() <= 12
-        && model.layers.iter().all(|layer| match *layer {
-            LayerConfig::Conv2d { out, padding, .. } => out <= SMALL && padding <= SMALL / 4,
-            LayerConfig::Linear { out } => out <= SMALL,
-            _ => true,
-        });
-    let gpt_small = model.n_layer <= 2 && model.n_embd <= SMALL && model.block_size <= SMALL;
-    model.sizes.len() <= 6
-        && model.sizes.iter().all(|&width| width <= 4 * SMALL)
-        && input_elements.is_some_and(|n| n <= 4096)
-        && layers_small
-        && gpt_small
+    match model {
+        ModelConfig::Mlp(mlp) => mlp.sizes.len() <= 6 && mlp.sizes.iter().all(|&width| width <= 4 * SMALL),
+        ModelConfig::Sequential(seq) => {
+            let input_elements = seq.input.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            input_elements.is_some_and(|n| n <= 4096)
+                && seq.layers.len() <= 12
+                && seq.layers.iter().all(|layer| match *layer {
+                    LayerConfig::Conv2d { out, padding, .. } => out <= SMALL && padding <= SMALL / 4,
+                    LayerConfig::Linear { out } => out <= SMALL,
+                    _ => true,
+                })
+        }
+        ModelConfig::Gpt(gpt) => gpt.n_layer <= 2 && gpt.n_embd <= SMALL && gpt.block_size <= SMALL,
+    }
 }
 
 fuzz_target!(|bytes: &[u8]| {
@@ -53,10 +54,5 @@ fuzz_target!(|bytes: &[u8]| {
     }
     // A config that validates may still describe a model that cannot be built (a
     // kernel larger than its input): that must be an error, never a panic.
-    if config.model.is_gpt() {
-        let mut graph = kiln_core::Graph::new();
-        let _ = kiln_nn::GPT::new(&mut graph, lm::gpt_config(&config, 11), &mut kiln_nn::init::seeded_rng(0));
-    } else {
-        let _ = model::eval_plan(&config, 2);
-    }
+    let _ = kiln_train::job::step_plan(&config, 11, 2);
 });

@@ -194,12 +194,15 @@ pub fn print_train_table(
     let batch = options.batch_size.unwrap_or(config.train.batch_size);
     let text = config.data.is_text();
     let unit = if text { ThroughputUnit::Tokens } else { ThroughputUnit::Samples }.label();
-    let tokens = if text { format!(" x {} tokens", config.model.block_size) } else { String::new() };
+    let tokens = match config.model.gpt() {
+        Some(gpt) => format!(" x {} tokens", gpt.block_size),
+        None => String::new(),
+    };
     println!(
         "kiln bench train {recipe}: batch {batch}{tokens}, {} timed steps after {} warm-up, {}",
         options.steps.max(1),
         options.warmup_steps,
-        config.train.precision
+        config.precision().name()
     );
     if let Some(t) = &torch {
         println!(
@@ -290,7 +293,7 @@ mod tests {
             assert_eq!(report.timed_steps, 1, "{name}");
             assert!(report.ms_per_step > 0.0 && report.ms_per_step.is_finite(), "{name}: {} ms", report.ms_per_step);
             assert!(report.dispatches > 0, "{name}");
-            let items = if text { batch * config.model.block_size } else { batch };
+            let items = batch * config.model.gpt().map_or(1, |gpt| gpt.block_size);
             let implied_ms = items as f64 / report.throughput * 1e3;
             assert!((implied_ms - report.ms_per_step).abs() < 1e-6 * report.ms_per_step.max(1.0), "{name}");
             let expected_unit = if text { ThroughputUnit::Tokens } else { ThroughputUnit::Samples };

@@ -19,54 +19,137 @@ pub struct Config {
     pub train: TrainConfig,
 }
 
-/// The model, as a `torch.nn.Sequential`: children are numbered from 0 and their
-/// parameters named "0.weight", "3.bias", ...
-///
-/// - `kind = "mlp"`: a multilayer perceptron; `sizes` are the widths from input to
-///   output (784, 128, 64, 10 is the classic MNIST model), with `activation` (and
-///   `dropout` when above 0) after each hidden Linear.
-/// - `kind = "sequential"`: `input` is one sample's shape (e.g. [1, 28, 28]) and `layers`
-///   the list of layers; input channels and features are worked out from the shapes.
-/// - `kind = "gpt"`: a nanoGPT-style character language model (kiln_nn::GPT) of
-///   `n_layer` blocks, `n_head` heads, `n_embd` wide, reading `block_size` tokens, with
-///   `dropout`; the vocabulary comes from the corpus's tokenizer. Its parameters carry
-///   nanoGPT's names ("transformer.h.0.attn.c_attn.weight").
+/// The model, tagged by `kind` (absent: "mlp"). Layer-list models are a
+/// `torch.nn.Sequential`: children are numbered from 0 and their parameters named
+/// "0.weight", "3.bias", ...
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "toml::Table")]
+pub enum ModelConfig {
+    /// A multilayer perceptron.
+    Mlp(MlpConfig),
+    /// A list of layers.
+    Sequential(SequentialConfig),
+    /// A nanoGPT-style character language model (kiln_nn::GPT); the vocabulary comes
+    /// from the corpus's tokenizer. Its parameters carry nanoGPT's names
+    /// ("transformer.h.0.attn.c_attn.weight").
+    Gpt(GptModelConfig),
+}
+
+/// What `ModelConfig` reads, once [`ModelConfig::try_from`] has given it its kind.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum TaggedModel {
+    Mlp(MlpConfig),
+    Sequential(SequentialConfig),
+    Gpt(GptModelConfig),
+}
+
+/// Keys that configs written before the model kinds were types carried for every kind,
+/// at these values when unused (`kiln train` wrote them into config.toml and every
+/// checkpoint's metadata): dropped when they hold them, so those files still read.
+const UNUSED_BEFORE_TYPES: &[(&str, &str)] =
+    &[("sizes", "[]"), ("input", "[]"), ("layers", "[]"), ("activation", "\"relu\""), ("dropout", "0.0")];
+
+impl TryFrom<toml::Table> for ModelConfig {
+    type Error = String;
+
+    fn try_from(mut table: toml::Table) -> Result<Self, String> {
+        let kind = match table.get("kind") {
+            None => "mlp".to_string(),
+            Some(toml::Value::String(kind)) => kind.clone(),
+            Some(other) => return Err(format!("model.kind must be a string (mlp, sequential or gpt), not {other}")),
+        };
+        table.insert("kind".into(), toml::Value::String(kind.clone()));
+        let used: &[&str] = match kind.as_str() {
+            "mlp" => &["sizes", "activation", "dropout"],
+            "sequential" => &["input", "layers"],
+            "gpt" => &["dropout"],
+            _ => &[],
+        };
+        for (key, unused) in UNUSED_BEFORE_TYPES {
+            let holds_unused = table.get(*key).is_some_and(|v| v.to_string() == *unused);
+            if holds_unused && !used.contains(key) {
+                table.remove(*key);
+            }
+        }
+        let tagged: TaggedModel = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| format!("model: {}", e.message()))?;
+        Ok(match tagged {
+            TaggedModel::Mlp(m) => ModelConfig::Mlp(m),
+            TaggedModel::Sequential(m) => ModelConfig::Sequential(m),
+            TaggedModel::Gpt(m) => ModelConfig::Gpt(m),
+        })
+    }
+}
+
+/// `kind = "mlp"`: `sizes` are the widths from input to output (784, 128, 64, 10 is the
+/// classic MNIST model), with `activation` (and `dropout` when above 0) after each
+/// hidden Linear.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    #[serde(default = "default_model_kind")]
-    pub kind: String,
-    #[serde(default)]
+pub struct MlpConfig {
     pub sizes: Vec<usize>,
-    #[serde(default = "default_activation")]
-    pub activation: String,
+    #[serde(default)]
+    pub activation: Activation,
     /// Dropout probability after each hidden activation (0 = none).
     #[serde(default)]
     pub dropout: f64,
-    /// For "sequential": one sample's shape, e.g. [1, 28, 28] for an image.
-    #[serde(default)]
+}
+
+/// `kind = "sequential"`: `input` is one sample's shape (e.g. [1, 28, 28]) and `layers`
+/// the list of layers; input channels and features are worked out from the shapes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequentialConfig {
     pub input: Vec<usize>,
-    /// For "sequential": the layers, in order.
-    #[serde(default)]
     pub layers: Vec<LayerConfig>,
-    /// For "gpt": transformer blocks.
-    #[serde(default, skip_serializing_if = "is_zero")]
+}
+
+/// `kind = "gpt"`: `n_layer` blocks of `n_head` heads, `n_embd` wide, reading
+/// `block_size` tokens, with `dropout`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GptModelConfig {
     pub n_layer: usize,
-    /// For "gpt": attention heads per block (`n_embd` must be a multiple).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Attention heads per block (`n_embd` must be a multiple).
     pub n_head: usize,
-    /// For "gpt": width of the residual stream.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Width of the residual stream.
     pub n_embd: usize,
-    /// For "gpt": context length in tokens (the training windows' length).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    /// Context length in tokens (the training windows' length).
     pub block_size: usize,
-    /// For "gpt": biases in the Linear layers and LayerNorms (nanoGPT's default: on).
+    #[serde(default)]
+    pub dropout: f64,
+    /// Biases in the Linear layers and LayerNorms (nanoGPT's default: on).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub bias: bool,
-    /// For "gpt": lm_head shares the token embedding's weight (GPT-2's tying: on).
+    /// lm_head shares the token embedding's weight (GPT-2's tying: on).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub tie_weights: bool,
+}
+
+/// The activation of an MLP's hidden layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    #[default]
+    Relu,
+    LeakyRelu,
+    Sigmoid,
+    Tanh,
+    Gelu,
+    GeluTanh,
+}
+
+impl Activation {
+    fn layer(self) -> LayerConfig {
+        match self {
+            Activation::Relu => LayerConfig::Relu,
+            Activation::LeakyRelu => LayerConfig::LeakyRelu,
+            Activation::Sigmoid => LayerConfig::Sigmoid,
+            Activation::Tanh => LayerConfig::Tanh,
+            Activation::Gelu => LayerConfig::Gelu,
+            Activation::GeluTanh => LayerConfig::GeluTanh,
+        }
+    }
 }
 
 /// One layer of a "sequential" model, written in TOML as an inline table such as
@@ -128,6 +211,10 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 #[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+#[allow(clippy::trivially_copy_pass_by_ref)]
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -137,65 +224,119 @@ fn is_default_train_fraction(f: &f64) -> bool {
 }
 
 impl ModelConfig {
-    /// The GPT-only fields at their "not a GPT" values, for spelling out other models.
-    pub fn gpt_fields_unset() -> ModelConfig {
-        ModelConfig {
-            kind: default_model_kind(),
-            sizes: vec![],
-            activation: default_activation(),
-            dropout: 0.0,
-            input: vec![],
-            layers: vec![],
-            n_layer: 0,
-            n_head: 0,
-            n_embd: 0,
-            block_size: 0,
-            bias: true,
-            tie_weights: true,
+    /// The GPT's shape, when this is one.
+    pub fn gpt(&self) -> Option<&GptModelConfig> {
+        match self {
+            ModelConfig::Gpt(gpt) => Some(gpt),
+            _ => None,
         }
     }
 
-    pub fn is_gpt(&self) -> bool {
-        self.kind == "gpt"
+    pub fn gpt_mut(&mut self) -> Option<&mut GptModelConfig> {
+        match self {
+            ModelConfig::Gpt(gpt) => Some(gpt),
+            _ => None,
+        }
     }
 
-    /// The layers and one sample's input shape, for either kind of model.
+    pub fn mlp_mut(&mut self) -> Option<&mut MlpConfig> {
+        match self {
+            ModelConfig::Mlp(mlp) => Some(mlp),
+            _ => None,
+        }
+    }
+
+    /// The kind, as the config file names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelConfig::Mlp(_) => "mlp",
+            ModelConfig::Sequential(_) => "sequential",
+            ModelConfig::Gpt(_) => "gpt",
+        }
+    }
+
+    /// The layers and one sample's input shape of a layer-list model.
     pub fn layers_and_input(&self) -> Result<(Vec<LayerConfig>, Vec<usize>), String> {
-        if self.is_gpt() {
-            return Err("a gpt model is not a layer list (it is built by kiln_train::lm)".into());
-        }
-        if self.kind == "sequential" {
-            return Ok((self.layers.clone(), self.input.clone()));
-        }
-        let activation = match self.activation.as_str() {
-            "relu" => LayerConfig::Relu,
-            "leaky_relu" => LayerConfig::LeakyRelu,
-            "sigmoid" => LayerConfig::Sigmoid,
-            "tanh" => LayerConfig::Tanh,
-            "gelu" => LayerConfig::Gelu,
-            "gelu_tanh" => LayerConfig::GeluTanh,
-            other => return Err(format!("model.activation '{other}' is not one of relu, leaky_relu, sigmoid, tanh, gelu, gelu_tanh")),
-        };
-        let mut layers = Vec::new();
-        for (i, &out) in self.sizes.iter().skip(1).enumerate() {
-            layers.push(LayerConfig::Linear { out });
-            if i + 2 < self.sizes.len() {
-                layers.push(activation.clone());
-                if self.dropout > 0.0 {
-                    layers.push(LayerConfig::Dropout { p: self.dropout });
+        match self {
+            ModelConfig::Gpt(_) => Err("a gpt model is not a layer list (it is built by kiln_train::lm)".into()),
+            ModelConfig::Sequential(seq) => Ok((seq.layers.clone(), seq.input.clone())),
+            ModelConfig::Mlp(mlp) => {
+                let mut layers = Vec::new();
+                for (i, &out) in mlp.sizes.iter().skip(1).enumerate() {
+                    layers.push(LayerConfig::Linear { out });
+                    if i + 2 < mlp.sizes.len() {
+                        layers.push(mlp.activation.layer());
+                        if mlp.dropout > 0.0 {
+                            layers.push(LayerConfig::Dropout { p: mlp.dropout });
+                        }
+                    }
                 }
+                Ok((layers, mlp.sizes.first().map(|&w| vec![w]).unwrap_or_default()))
             }
         }
-        Ok((layers, self.sizes.first().map(|&w| vec![w]).unwrap_or_default()))
     }
+}
+
+/// The optimizer kinds (`torch.optim.SGD`, `Adam`, `AdamW`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    #[default]
+    Adam,
+    AdamW,
+}
+
+/// The learning-rate schedules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Constant,
+    Step,
+    Cosine,
+}
+
+/// The datasets a config can name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    /// Shipped in datasets/mnist.
+    #[default]
+    Mnist,
+    /// Debian's dataset-fashion-mnist package (/usr/share/datasets/fashion-mnist).
+    FashionMnist,
+    /// datasets/shakespeare: text, for a "gpt" model.
+    Shakespeare,
+}
+
+impl DatasetName {
+    /// The name a config file gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetName::Mnist => "mnist",
+            DatasetName::FashionMnist => "fashion-mnist",
+            DatasetName::Shakespeare => "shakespeare",
+        }
+    }
+}
+
+/// `train.precision`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrecisionConfig {
+    #[default]
+    F32,
+    /// f16 matmul operands with f32 accumulation, f32 master weights and dynamic loss
+    /// scaling (`kiln_nn::mixed`). Checkpoints are f32 either way.
+    Mixed,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
-    /// "sgd", "adam" or "adamw".
-    #[serde(default = "default_optimizer")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: OptimizerKind,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default)]
@@ -219,9 +360,8 @@ pub struct OptimizerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
-    /// "constant", "step" or "cosine".
-    #[serde(default = "default_schedule")]
-    pub kind: String,
+    #[serde(default)]
+    pub kind: ScheduleKind,
     /// Linear warm-up from 0 over this many steps before the schedule proper.
     #[serde(default)]
     pub warmup_steps: u64,
@@ -238,11 +378,8 @@ pub struct ScheduleConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// "mnist" (shipped in datasets/mnist), "fashion-mnist" (Debian's
-    /// dataset-fashion-mnist package, /usr/share/datasets/fashion-mnist) or, for a
-    /// "gpt" model, "shakespeare" (datasets/shakespeare).
-    #[serde(default = "default_dataset")]
-    pub dataset: String,
+    #[serde(default)]
+    pub dataset: DatasetName,
     /// Folder holding the dataset files; found automatically when absent.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -293,10 +430,8 @@ pub struct TrainConfig {
     /// Language models: how many fixed validation batches each evaluation averages.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub eval_batches: usize,
-    /// "f32", or "mixed": f16 matmul operands with f32 accumulation, f32 master weights
-    /// and dynamic loss scaling (`kiln_nn::mixed`). Checkpoints are f32 either way.
-    #[serde(default = "default_precision", skip_serializing_if = "is_f32")]
-    pub precision: String,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: PrecisionConfig,
     /// Gradient accumulation: micro-batches of `batch_size` per optimizer step (1 = none).
     #[serde(default = "one_u64", skip_serializing_if = "is_one")]
     pub accumulate: u64,
@@ -343,7 +478,7 @@ impl TrainConfig {
 impl DataConfig {
     /// A text corpus (a language model's data) rather than an image dataset.
     pub fn is_text(&self) -> bool {
-        self.dataset == "shakespeare"
+        self.dataset == DatasetName::Shakespeare
     }
 }
 
@@ -356,18 +491,11 @@ fn exactly_two<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<(f64
     }
 }
 
-fn default_precision() -> String { "f32".into() }
-fn is_f32(precision: &String) -> bool { precision == "f32" }
 
-fn default_model_kind() -> String { "mlp".into() }
-fn default_activation() -> String { "relu".into() }
-fn default_optimizer() -> String { "adam".into() }
 fn default_lr() -> f64 { 1e-3 }
 fn default_betas() -> (f64, f64) { (0.9, 0.999) }
 fn default_eps() -> f64 { 1e-8 }
-fn default_schedule() -> String { "constant".into() }
 fn default_gamma() -> f64 { 0.1 }
-fn default_dataset() -> String { "mnist".into() }
 fn default_validation() -> usize { 5000 }
 fn default_train_fraction() -> f64 { kiln_data::DEFAULT_TRAIN_FRACTION }
 fn default_epochs() -> usize { 10 }
@@ -416,112 +544,16 @@ impl Config {
         toml::to_string(self).unwrap_or_default()
     }
 
-    /// `train.precision`, parsed (f32 when it does not parse: `validate` refuses that).
+    /// `train.precision` as kiln-nn's.
     pub fn precision(&self) -> kiln_nn::Precision {
-        self.train.precision.parse().unwrap_or_default()
+        match self.train.precision {
+            PrecisionConfig::F32 => kiln_nn::Precision::F32,
+            PrecisionConfig::Mixed => kiln_nn::Precision::Mixed,
+        }
     }
 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recipes_round_trip_through_toml() {
-        for name in RECIPES {
-            let c = Config::recipe(name).expect("recipe");
-            let back = Config::from_toml(&c.to_toml(), Path::new("x.toml")).unwrap_or_else(|e| panic!("{name}: {e}\n{}", c.to_toml()));
-            assert_eq!(c, back, "{name}");
-        }
-    }
-
-    #[test]
-    fn a_conv_model_reads_from_inline_tables() {
-        let text = r#"
-            [model]
-            kind = "sequential"
-            input = [1, 28, 28]
-            layers = [
-                { type = "conv2d", out = 8, kernel = 3, padding = 1 },
-                { type = "batch_norm2d" },
-                { type = "relu" },
-                { type = "max_pool2d", kernel = 2 },
-                { type = "flatten" },
-                { type = "linear", out = 10 },
-            ]
-        "#;
-        let c = Config::from_toml(text, Path::new("cnn.toml")).expect("parse");
-        assert_eq!(c.model.layers.len(), 6);
-        assert_eq!(c.model.layers[0], LayerConfig::Conv2d { out: 8, kernel: 3, stride: 1, padding: 1, dilation: 1, groups: 1 });
-        let e = Config::from_toml(&text.replace("kernel = 2", "kernel = 2, bogus = 1"), Path::new("cnn.toml")).unwrap_err();
-        assert!(e.to_string().contains("bogus"), "{e}");
-    }
-
-    #[test]
-    fn gpt_recipes_are_nanogpts_settings() {
-        let baby = Config::recipe("shakespeare-gpt").expect("recipe");
-        let m = &baby.model;
-        assert_eq!((m.kind.as_str(), m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout), ("gpt", 6, 6, 384, 256, 0.2));
-        let o = &baby.optimizer;
-        assert_eq!((o.kind.as_str(), o.lr, o.weight_decay, o.betas, o.clip_grad_norm), ("adamw", 1e-3, 0.1, (0.9, 0.99), Some(1.0)));
-        let s = &baby.schedule;
-        assert_eq!((s.kind.as_str(), s.warmup_steps, s.eta_min), ("cosine", 100, 1e-4));
-        let t = &baby.train;
-        assert_eq!((t.batch_size, t.steps, t.eval_every, t.eval_batches), (64, 5000, 250, 200));
-        assert_eq!((baby.data.dataset.as_str(), baby.data.train_fraction), ("shakespeare", 0.9));
-        let tiny = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
-        assert_eq!((tiny.model.n_layer, tiny.model.n_head, tiny.model.n_embd, tiny.model.block_size), (2, 4, 128, 64));
-        // An MLP's TOML does not mention the GPT-only fields.
-        let mlp = Config::recipe("mnist-mlp").expect("recipe").to_toml();
-        for field in ["n_layer", "block_size", "tie_weights", "train_fraction", "max_chars", "eval_every"] {
-            assert!(!mlp.contains(field), "{field} in\n{mlp}");
-        }
-    }
-
-    #[test]
-    fn a_gpt_reads_from_toml_and_bad_ones_are_named() {
-        let text = r#"
-            [model]
-            kind = "gpt"
-            n_layer = 2
-            n_head = 4
-            n_embd = 64
-            block_size = 32
-            bias = false
-            [data]
-            dataset = "shakespeare"
-            max_chars = 100000
-            [train]
-            steps = 100
-            eval_every = 20
-            eval_batches = 5
-        "#;
-        let c = Config::from_toml(text, Path::new("gpt.toml")).expect("parse");
-        assert!(c.model.is_gpt() && !c.model.bias && c.model.tie_weights);
-        assert_eq!((c.data.max_chars, c.data.train_fraction, c.train.steps), (100_000, 0.9, 100));
-        assert_eq!(Config::from_toml(&c.to_toml(), Path::new("again.toml")).expect("round trip"), c);
-        for (change, expected) in [
-            (("n_embd = 64", "n_embd = 63"), "not a multiple of model.n_head"),
-            (("n_layer = 2", "n_layer = 0"), "n_layer"),
-            (("dataset = \"shakespeare\"", "dataset = \"mnist\""), "must be \"shakespeare\""),
-            (("steps = 100", "steps = 0"), "train.steps"),
-            (("max_chars = 100000", "train_fraction = 1.0"), "train_fraction"),
-        ] {
-            let e = Config::from_toml(&text.replace(change.0, change.1), Path::new("gpt.toml")).unwrap_err().to_string();
-            assert!(e.contains("gpt.toml") && e.contains(expected), "{change:?}: {e}");
-        }
-        let e = Config::from_toml("[model]\nsizes = [784, 10]\n[data]\ndataset = \"shakespeare\"\n", Path::new("m.toml")).unwrap_err();
-        assert!(e.to_string().contains("needs model.kind = \"gpt\""), "{e}");
-    }
-
-    #[test]
-    fn config_errors_name_the_file_and_the_field() {
-        let e = Config::from_toml("[model]\nsizes = [784, 10]\nactivation = \"swish\"\n", Path::new("job.toml")).unwrap_err();
-        let msg = e.to_string();
-        assert!(msg.contains("job.toml") && msg.contains("swish"), "{msg}");
-        let e = Config::from_toml("[model]\nsizes = [784, 10]\nbogus = 1\n", Path::new("job.toml")).unwrap_err();
-        assert!(e.to_string().contains("bogus"), "{e}");
-        assert!(Config::recipe("nope").unwrap_err().to_string().contains("mnist-mlp"));
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

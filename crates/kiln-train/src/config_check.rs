@@ -1,25 +1,32 @@
 //! What serde cannot check in a `Config`: known names, and every number against the
 //! range kiln can train with (`crate::limits`), so that a job that cannot run fails as
 //! it is read, naming the field.
-use crate::config::{Config, LayerConfig};
+use crate::config::{Config, LayerConfig, ModelConfig, ScheduleKind};
+
+fn check_dropout(field: &str, p: f64) -> Result<(), String> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(format!("{field} {p} must be in [0, 1)"));
+    }
+    Ok(())
+}
 
 impl Config {
-    /// Check what serde cannot: known names and sensible numbers.
+    /// Check what serde cannot: that the parts fit together, and sensible numbers.
     pub fn validate(&self) -> Result<(), String> {
-        match self.model.kind.as_str() {
-            "mlp" => {
-                if self.model.sizes.len() < 2 || self.model.sizes.contains(&0) {
-                    return Err(format!("model.sizes {:?} needs at least an input and an output width, none zero", self.model.sizes));
+        let text = self.data.is_text();
+        match &self.model {
+            ModelConfig::Mlp(mlp) => {
+                if mlp.sizes.len() < 2 || mlp.sizes.contains(&0) {
+                    return Err(format!("model.sizes {:?} needs at least an input and an output width, none zero", mlp.sizes));
                 }
-                self.model.layers_and_input()?;
+                check_dropout("model.dropout", mlp.dropout)?;
             }
-            "sequential" => {
-                if self.model.input.is_empty() || self.model.input.contains(&0) || self.model.layers.is_empty() {
+            ModelConfig::Sequential(seq) => {
+                if seq.input.is_empty() || seq.input.contains(&0) || seq.layers.is_empty() {
                     return Err("a sequential model needs model.input (one sample's shape) and model.layers".into());
                 }
             }
-            "gpt" => {
-                let m = &self.model;
+            ModelConfig::Gpt(m) => {
                 if m.n_layer == 0 || m.n_head == 0 || m.n_embd == 0 || m.block_size == 0 {
                     return Err(format!(
                         "a gpt model needs model.n_layer, n_head, n_embd and block_size of at least 1 (got {}, {}, {}, {})",
@@ -29,8 +36,9 @@ impl Config {
                 if !m.n_embd.is_multiple_of(m.n_head) {
                     return Err(format!("model.n_embd {} is not a multiple of model.n_head {}", m.n_embd, m.n_head));
                 }
-                if self.data.dataset != "shakespeare" {
-                    return Err(format!("a gpt model trains on text: data.dataset must be \"shakespeare\", not '{}'", self.data.dataset));
+                check_dropout("model.dropout", m.dropout)?;
+                if !text {
+                    return Err(format!("a gpt model trains on text: data.dataset must be \"shakespeare\", not '{}'", self.data.dataset.name()));
                 }
                 if self.train.steps == 0 || self.train.eval_every == 0 || self.train.eval_batches == 0 {
                     return Err(format!(
@@ -42,35 +50,30 @@ impl Config {
                     return Err(format!("data.train_fraction {} must lie strictly between 0 and 1", self.data.train_fraction));
                 }
             }
-            other => return Err(format!("model.kind '{other}' is not known (known: mlp, sequential, gpt)")),
         }
-        if !self.model.is_gpt() && self.data.dataset == "shakespeare" {
-            return Err(format!("data.dataset 'shakespeare' is text: it needs model.kind = \"gpt\", not '{}'", self.model.kind));
-        }
-        if !(0.0..1.0).contains(&self.model.dropout) {
-            return Err(format!("model.dropout {} must be in [0, 1)", self.model.dropout));
-        }
-        self.train.precision.parse::<kiln_nn::Precision>().map_err(|e| format!("train.precision: {e}"))?;
-        if !["sgd", "adam", "adamw"].contains(&self.optimizer.kind.as_str()) {
-            return Err(format!("optimizer.kind '{}' is not one of sgd, adam, adamw", self.optimizer.kind));
+        if text && self.model.gpt().is_none() {
+            return Err(format!("data.dataset 'shakespeare' is text: it needs model.kind = \"gpt\", not '{}'", self.model.kind()));
         }
         if self.optimizer.lr.is_nan() || self.optimizer.lr <= 0.0 {
             return Err(format!("optimizer.lr {} must be positive", self.optimizer.lr));
         }
-        if !["constant", "step", "cosine"].contains(&self.schedule.kind.as_str()) {
-            return Err(format!("schedule.kind '{}' is not one of constant, step, cosine", self.schedule.kind));
-        }
-        if self.schedule.kind == "step" && self.schedule.step_size.unwrap_or(0) == 0 {
+        if self.schedule.kind == ScheduleKind::Step && self.schedule.step_size.unwrap_or(0) == 0 {
             return Err("schedule.kind 'step' needs schedule.step_size >= 1".into());
         }
         if !(0.0..=1.0).contains(&self.data.horizontal_flip) {
             return Err(format!("data.horizontal_flip {} must be a probability in [0, 1]", self.data.horizontal_flip));
         }
-        if !["mnist", "fashion-mnist", "shakespeare"].contains(&self.data.dataset.as_str()) {
-            return Err(format!("data.dataset '{}' is not known (known: mnist, fashion-mnist, shakespeare)", self.data.dataset));
+        if self.train.batch_size == 0 || self.train.epochs == 0 || self.train.accumulate == 0 {
+            return Err("train.batch_size, train.epochs and train.accumulate must be at least 1".into());
         }
-        if self.train.batch_size == 0 || self.train.epochs == 0 {
-            return Err("train.batch_size and train.epochs must be at least 1".into());
+        if let Some(early) = &self.train.early_stopping {
+            let known: &[&str] = if text { &["loss", "perplexity"] } else { &["loss", "accuracy"] };
+            if !known.contains(&early.monitor.as_str()) {
+                return Err(format!("train.early_stopping.monitor '{}' is not one of {}", early.monitor, known.join(", ")));
+            }
+            if early.patience == 0 || !early.min_delta.is_finite() || early.min_delta < 0.0 {
+                return Err("train.early_stopping needs patience >= 1 and a finite min_delta >= 0".into());
+            }
         }
         self.check_ranges()
     }
@@ -79,14 +82,19 @@ impl Config {
     /// job that cannot run fails as it is read, naming the field.
     fn check_ranges(&self) -> Result<(), String> {
         use crate::limits::*;
-        let (m, o, s, d, t) = (&self.model, &self.optimizer, &self.schedule, &self.data, &self.train);
-        for (i, &width) in m.sizes.iter().enumerate() {
+        let (o, s, d, t) = (&self.optimizer, &self.schedule, &self.data, &self.train);
+        let (sizes, input, layers): (&[usize], &[usize], &[LayerConfig]) = match &self.model {
+            ModelConfig::Mlp(mlp) => (&mlp.sizes, &[], &[]),
+            ModelConfig::Sequential(seq) => (&[], &seq.input, &seq.layers),
+            ModelConfig::Gpt(_) => (&[], &[], &[]),
+        };
+        for (i, &width) in sizes.iter().enumerate() {
             count_in_range(&format!("model.sizes[{i}]"), width, MAX_WIDTH)?;
         }
-        for (i, &dim) in m.input.iter().enumerate() {
+        for (i, &dim) in input.iter().enumerate() {
             count_in_range(&format!("model.input[{i}]"), dim, MAX_INPUT_DIM)?;
         }
-        for (i, layer) in m.layers.iter().enumerate() {
+        for (i, layer) in layers.iter().enumerate() {
             let field = |name: &str| format!("model.layers[{i}].{name}");
             match *layer {
                 LayerConfig::Conv2d { out, kernel, stride, padding, dilation, groups } => {
@@ -110,7 +118,7 @@ impl Config {
                 _ => {}
             }
         }
-        if m.is_gpt() {
+        if let Some(m) = self.model.gpt() {
             count_in_range("model.n_layer", m.n_layer, MAX_LAYERS)?;
             count_in_range("model.n_head", m.n_head, MAX_LAYERS)?;
             count_in_range("model.n_embd", m.n_embd, MAX_WIDTH)?;
@@ -139,7 +147,7 @@ impl Config {
         finite_where("schedule.gamma", s.gamma, s.gamma > 0.0, "positive (the factor the rate is multiplied by)")?;
         finite_where("schedule.eta_min", s.eta_min, s.eta_min >= 0.0 && s.eta_min <= o.lr, "in [0, optimizer.lr]")?;
         // A shift beyond the image's side moves every pixel out: nothing left to learn.
-        let side = m.input.iter().skip(1).copied().max().unwrap_or(kiln_data::MNIST_SIDE);
+        let side = input.iter().skip(1).copied().max().unwrap_or(kiln_data::MNIST_SIDE);
         if d.random_crop_padding > side {
             return Err(format!("data.random_crop_padding = {} must be at most the image's side, {side}", d.random_crop_padding));
         }

@@ -10,7 +10,7 @@ use kiln_nn::{Module, Optimizer};
 
 use crate::checkpoint::Checkpoint;
 use crate::classification::{eval_set, Classification, DatasetBatches};
-use crate::config::{Config, OptimizerConfig};
+use crate::config::{Config, DatasetName, ModelConfig, OptimizerConfig};
 use crate::device::Device;
 use crate::language_model::{validation_windows, CorpusWindows, LanguageModel};
 use crate::learner::{Evaluation, Learner, Length, LoopOptions, TrainReport};
@@ -116,7 +116,8 @@ impl<'c> Job<'c> {
             crate::lm::save_tokenizer(corpus.tokenizer(), &dir.join(TOKENIZER_FILE))?;
         }
         let vocab_size = corpus.tokenizer().vocab_size();
-        let (batch, block, seed, t) = (config.train.batch_size, config.model.block_size, config.train.seed, &config.train);
+        let block = crate::lm::gpt_shape(config)?.block_size;
+        let (batch, seed, t) = (config.train.batch_size, config.train.seed, &config.train);
         crate::lm::check_validation_size(config)?;
         // A split too short for a window: say which settings decide its size.
         let sized = |e: TrainError| match e {
@@ -142,7 +143,8 @@ impl<'c> Job<'c> {
     fn learner(self, config: &Config, options: LoopOptions) -> (Learner<'c>, TrainingData) {
         let lr = config.optimizer.lr;
         let schedule_config = config.schedule.clone();
-        let matrices_only = config.model.is_gpt();
+        // nanoGPT's parameter groups for the GPT recipes (their AdamW decays matrices only).
+        let matrices_only = matches!(config.model, ModelConfig::Gpt(_));
         let mut options = LoopOptions {
             length: self.length,
             eval_every: self.eval_every,
@@ -222,13 +224,13 @@ pub struct ImageDatasets {
 }
 
 fn normalization(config: &Config) -> Normalization {
-    if config.data.dataset == "fashion-mnist" { FASHION_MNIST } else { Normalization::MNIST }
+    if config.data.dataset == DatasetName::FashionMnist { FASHION_MNIST } else { Normalization::MNIST }
 }
 
 pub fn load_image_datasets(config: &Config) -> Result<ImageDatasets, TrainError> {
     let data_err = |e: kiln_data::DataError| TrainError::Io(e.to_string());
-    let mnist = match (config.data.dataset.as_str(), config.data.path.as_deref()) {
-        ("fashion-mnist", None) => {
+    let mnist = match (config.data.dataset, config.data.path.as_deref()) {
+        (DatasetName::FashionMnist, None) => {
             let dir = Path::new(FASHION_MNIST_DIR);
             if !dir.is_dir() {
                 return Err(TrainError::Io(format!(
@@ -304,11 +306,12 @@ pub struct StepPlan {
 
 pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Result<StepPlan, TrainError> {
     let (model, task): (Box<dyn ModelBuilder + '_>, Box<dyn crate::task::Task>) = if config.data.is_text() {
-        (Box::new(GptBuilder::new(config, text_vocab_size)), Box::new(LanguageModel::new(config.model.block_size, text_vocab_size)))
+        let block = crate::lm::gpt_shape(config)?.block_size;
+        (Box::new(GptBuilder::new(config, text_vocab_size)), Box::new(LanguageModel::new(block, text_vocab_size)))
     } else {
         (Box::new(LayerModel(config)), Box::new(Classification::new(crate::model::CLASSES, crate::model::input_shape(config)?)))
     };
-    let optimizer = ConfigOptimizer { config: config.optimizer.clone(), matrices_only: config.model.is_gpt() };
+    let optimizer = ConfigOptimizer { config: config.optimizer.clone(), matrices_only: matches!(config.model, ModelConfig::Gpt(_)) };
     let settings = crate::plans::StepSettings { clip_grad_norm: config.optimizer.clip_grad_norm, precision: config.precision(), accumulate: false };
     let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, crate::plans::PlanKind::Step, batch)?;
     Ok(StepPlan { compiled, inputs: task.inputs(), tokens_per_sample: task.tokens_per_sample() })

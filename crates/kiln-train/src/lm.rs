@@ -11,7 +11,7 @@ use kiln_data::{CharCorpus, CharTokenizer, Shakespeare};
 use kiln_nn::{init::seeded_rng, GptConfig, Module, GPT};
 
 use crate::checkpoint::Checkpoint;
-use crate::config::Config;
+use crate::config::{Config, GptModelConfig};
 use crate::job::checkpoint_config;
 use crate::lm_checks::{check_tied_weights, check_vocabulary};
 use crate::task::ModelBuilder;
@@ -29,10 +29,15 @@ pub struct TrainedGpt {
     pub tokenizer: CharTokenizer,
 }
 
+/// The GPT shape of a config, or an error saying it has none.
+pub(crate) fn gpt_shape(config: &Config) -> Result<&GptModelConfig, TrainError> {
+    config.model.gpt().ok_or_else(|| TrainError::Config(format!("a '{}' model is not a GPT (model.kind = \"gpt\")", config.model.kind())))
+}
+
 /// The kiln-nn model shape of a `kind = "gpt"` config for a vocabulary of `vocab_size`.
-pub fn gpt_config(config: &Config, vocab_size: usize) -> GptConfig {
-    let m = &config.model;
-    GptConfig {
+pub fn gpt_config(config: &Config, vocab_size: usize) -> Result<GptConfig, TrainError> {
+    let m = gpt_shape(config)?;
+    Ok(GptConfig {
         vocab_size,
         block_size: m.block_size,
         n_layer: m.n_layer,
@@ -41,7 +46,7 @@ pub fn gpt_config(config: &Config, vocab_size: usize) -> GptConfig {
         dropout: m.dropout,
         bias: m.bias,
         tie_weights: m.tie_weights,
-    }
+    })
 }
 
 /// A config's GPT for a vocabulary of `vocab_size`, built into each plan's graph.
@@ -78,18 +83,17 @@ pub(crate) fn resumed_tokenizer(checkpoint: &Path) -> Result<CharTokenizer, Trai
 /// model's memory is checked first (`crate::limits`): a GPT of 10^6 layers or 10^6
 /// wide is refused at once instead of initialising for minutes or aborting.
 fn build_gpt(g: &mut Graph, config: &Config, vocab_size: usize, batch: usize) -> Result<GPT, TrainError> {
-    gpt_footprint(config, vocab_size)
+    gpt_footprint(gpt_shape(config)?, vocab_size)
         .check(batch, crate::limits::host_memory_budget(), "model.n_layer, n_embd, block_size or train.batch_size")
         .map_err(TrainError::Config)?;
-    Ok(GPT::new(g, gpt_config(config, vocab_size), &mut seeded_rng(config.train.seed))?)
+    Ok(GPT::new(g, gpt_config(config, vocab_size)?, &mut seeded_rng(config.train.seed))?)
 }
 
 /// What a GPT of `config` needs, per sequence of `block_size` tokens: GPT-2's parameter
 /// count (embeddings, and per block the attention's 4 E^2 and the MLP's 8 E^2 weights
 /// with their biases and LayerNorms), and per block the residual-stream activations
 /// (about 16 E per token) and the attention matrices (heads x T per token).
-fn gpt_footprint(config: &Config, vocab_size: usize) -> crate::limits::Footprint {
-    let m = &config.model;
+fn gpt_footprint(m: &GptModelConfig, vocab_size: usize) -> crate::limits::Footprint {
     let (v, t, l, h, e) = (vocab_size as u128, m.block_size as u128, m.n_layer as u128, m.n_head as u128, m.n_embd as u128);
     crate::limits::Footprint {
         parameters: v * e + t * e + l * (12 * e * e + 13 * e) + 2 * e,
@@ -116,7 +120,8 @@ pub fn load_corpus(config: &Config, tokenizer: Option<CharTokenizer>) -> Result<
 /// two u32 tokens (input, target) per position.
 pub(crate) fn check_validation_size(config: &Config) -> Result<(), TrainError> {
     let t = &config.train;
-    let bytes = t.eval_batches as u128 * t.batch_size as u128 * config.model.block_size as u128 * 8;
+    let block_size = gpt_shape(config)?.block_size;
+    let bytes = t.eval_batches as u128 * t.batch_size as u128 * block_size as u128 * 8;
     let budget = crate::limits::host_memory_budget() / 2;
     if bytes > budget {
         return Err(TrainError::Config(format!(
@@ -124,7 +129,7 @@ pub(crate) fn check_validation_size(config: &Config) -> Result<(), TrainError> {
             t.eval_batches,
             t.eval_batches,
             t.batch_size,
-            config.model.block_size,
+            block_size,
             crate::limits::bytes_text(bytes),
             crate::limits::bytes_text(budget)
         )));
@@ -166,16 +171,16 @@ pub fn load_trained_gpt(checkpoint: &Path) -> Result<TrainedGpt, TrainError> {
 
 /// [`load_trained_gpt`] of a checkpoint already read from `checkpoint`, with its config.
 fn trained_gpt_from(ck: &Checkpoint, config: &Config, checkpoint: &Path) -> Result<TrainedGpt, TrainError> {
-    if !config.model.is_gpt() {
+    if config.model.gpt().is_none() {
         return Err(TrainError::Checkpoint {
             file: checkpoint.to_path_buf(),
-            message: format!("holds a '{}' model, not a GPT (model.kind = \"gpt\")", config.model.kind),
+            message: format!("holds a '{}' model, not a GPT (model.kind = \"gpt\")", config.model.kind()),
         });
     }
     check_tied_weights(ck, config, checkpoint)?;
     let tokenizer_path = checkpoint.parent().unwrap_or(Path::new(".")).join(TOKENIZER_FILE);
     let tokenizer = load_tokenizer(&tokenizer_path)?;
-    let gpt = gpt_config(config, tokenizer.vocab_size());
+    let gpt = gpt_config(config, tokenizer.vocab_size())?;
     // Building the model below allocates every weight: a config damaged in the file must
     // not make it larger than the tensors the file holds.
     gpt.check_sizes_against(&|name| ck.tensors.get(name).map(|t| t.shape.dims().to_vec())).map_err(|message| {

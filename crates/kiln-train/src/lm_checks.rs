@@ -56,7 +56,7 @@ const TIED_EMBEDDING: &str = "transformer.wte.weight";
 /// does); two different values mean the file was altered, and which one a load would
 /// keep is arbitrary, so it is an error (as `generate` already refuses it).
 pub(crate) fn check_tied_weights(ck: &Checkpoint, config: &Config, file: &Path) -> Result<(), TrainError> {
-    if !config.model.tie_weights {
+    if !config.model.gpt().is_some_and(|m| m.tie_weights) {
         return Ok(());
     }
     if let (Some(head), Some(embedding)) = (ck.tensors.get(TIED_HEAD), ck.tensors.get(TIED_EMBEDDING)) {

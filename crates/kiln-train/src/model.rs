@@ -3,7 +3,7 @@
 use kiln_core::{Conv2dParams, Graph};
 use kiln_nn::{init::seeded_rng, Adam, AdamW, LrSchedule, Optimizer, Sequential, SGD};
 
-use crate::config::{Config, LayerConfig, ModelConfig, OptimizerConfig, ScheduleConfig};
+use crate::config::{Config, LayerConfig, ModelConfig, OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
 use crate::TrainError;
 
 /// The classes of the image datasets (MNIST, Fashion-MNIST): labels 0 to 9.
@@ -27,7 +27,7 @@ pub(crate) fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: 
         let (parameters, output) = layer_size(layer, &shape).map_err(bad)?;
         footprint.parameters += parameters;
         footprint.activations_per_sample += output.iter().map(|&d| d as u128).product::<u128>();
-        let cause = if model.kind == "mlp" { "model.sizes".to_string() } else { format!("model.layers[{i}]") };
+        let cause = if matches!(model, ModelConfig::Mlp(_)) { "model.sizes".to_string() } else { format!("model.layers[{i}]") };
         footprint.check(batch, budget, &format!("{cause} (train.batch_size = {batch})")).map_err(TrainError::Config)?;
         let image = |shape: &[usize]| -> Result<[usize; 3], TrainError> {
             match *shape {
@@ -149,25 +149,25 @@ impl AnyOptimizer {
 
 pub fn optimizer(config: &OptimizerConfig) -> AnyOptimizer {
     let (b1, b2) = config.betas;
-    match config.kind.as_str() {
-        "sgd" => AnyOptimizer::Sgd(
+    match config.kind {
+        OptimizerKind::Sgd => AnyOptimizer::Sgd(
             SGD::new(config.lr)
                 .momentum(config.momentum)
                 .dampening(config.dampening)
                 .nesterov(config.nesterov)
                 .weight_decay(config.weight_decay),
         ),
-        "adamw" => AnyOptimizer::AdamW(AdamW::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
-        _ => AnyOptimizer::Adam(Adam::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
+        OptimizerKind::AdamW => AnyOptimizer::AdamW(AdamW::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
+        OptimizerKind::Adam => AnyOptimizer::Adam(Adam::new(config.lr).betas(b1, b2).eps(config.eps).weight_decay(config.weight_decay)),
     }
 }
 
 /// The learning rate for every optimizer step of a run of `total_steps`.
 pub fn schedule(config: &ScheduleConfig, lr: f64, total_steps: u64) -> Result<LrSchedule, TrainError> {
-    let main = match config.kind.as_str() {
-        "step" => LrSchedule::step(lr, config.step_size.unwrap_or(1), config.gamma)?,
-        "cosine" => LrSchedule::cosine(lr, total_steps.saturating_sub(config.warmup_steps).max(1), config.eta_min)?,
-        _ => LrSchedule::constant(lr),
+    let main = match config.kind {
+        ScheduleKind::Step => LrSchedule::step(lr, config.step_size.unwrap_or(1), config.gamma)?,
+        ScheduleKind::Cosine => LrSchedule::cosine(lr, total_steps.saturating_sub(config.warmup_steps).max(1), config.eta_min)?,
+        ScheduleKind::Constant => LrSchedule::constant(lr),
     };
     Ok(if config.warmup_steps > 0 { LrSchedule::warmup(config.warmup_steps, 0.0, main)? } else { main })
 }

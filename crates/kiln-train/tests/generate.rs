@@ -332,11 +332,11 @@ fn gpu_generation_matches_the_cpu() {
 fn generation_runs_the_trained_model_of_a_kiln_train_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
-    config.model.n_layer = 2;
-    config.model.n_head = 2;
-    config.model.n_embd = 32;
-    config.model.block_size = 16;
-    config.model.dropout = 0.2;
+    config.model.gpt_mut().expect("a gpt").n_layer = 2;
+    config.model.gpt_mut().expect("a gpt").n_head = 2;
+    config.model.gpt_mut().expect("a gpt").n_embd = 32;
+    config.model.gpt_mut().expect("a gpt").block_size = 16;
+    config.model.gpt_mut().expect("a gpt").dropout = 0.2;
     config.train.batch_size = 4;
     config.train.steps = 20;
     config.train.eval_batches = 2;
@@ -351,7 +351,7 @@ fn generation_runs_the_trained_model_of_a_kiln_train_run() {
     let trained = load_trained_gpt(&checkpoint).expect("load");
     assert_eq!(trained.config.dropout, 0.2);
     let corpus = load_corpus(&config, Some(trained.tokenizer.clone())).expect("corpus");
-    let (batch, block) = (config.train.batch_size, config.model.block_size);
+    let (batch, block) = (config.train.batch_size, config.model.gpt().expect("a gpt").block_size);
     let windows = corpus.windows(TextSplit::Validation, batch, block, config.train.seed).expect("windows");
     let mut model = GptLogits::new(device.backend.as_ref(), trained.config.clone(), &trained.weights, PlanLengths::PowersOfTwo)
         .expect("model");

@@ -23,7 +23,7 @@ fn datasets() -> PathBuf {
 /// mnist-mlp at 784-32-10, one batch of 64 per epoch: each epoch is one optimizer step.
 fn one_step_epochs() -> Config {
     let mut c = Config::recipe("mnist-mlp").expect("recipe");
-    c.model.sizes = vec![784, 32, 10];
+    c.model.mlp_mut().expect("an mlp").sizes = vec![784, 32, 10];
     c.data.validation = 64;
     c.data.limit_train = 64;
     c.data.limit_test = 64;
@@ -101,8 +101,8 @@ fn sizes_beyond_the_machine_fail_at_build_time_within_seconds_naming_the_field()
     let dir = tempfile::tempdir().expect("tempdir");
     let cases: Vec<(&str, Box<dyn Fn(&mut Config)>, &str)> = vec![
         ("batch 10^12", Box::new(|c: &mut Config| c.train.batch_size = 1_000_000_000_000), "train.batch_size"),
-        ("a 10^12-wide layer", Box::new(|c: &mut Config| c.model.sizes = vec![784, 1_000_000_000_000, 10]), "model.sizes[1]"),
-        ("a 10^6-wide layer", Box::new(|c: &mut Config| c.model.sizes = vec![784, 1_000_000, 1_000_000, 10]), "model.sizes"),
+        ("a 10^12-wide layer", Box::new(|c: &mut Config| c.model.mlp_mut().expect("an mlp").sizes = vec![784, 1_000_000_000_000, 10]), "model.sizes[1]"),
+        ("a 10^6-wide layer", Box::new(|c: &mut Config| c.model.mlp_mut().expect("an mlp").sizes = vec![784, 1_000_000, 1_000_000, 10]), "model.sizes"),
     ];
     for (what, change, field) in cases {
         let mut config = one_step_epochs();
@@ -131,9 +131,9 @@ fn sizes_beyond_the_machine_fail_at_build_time_within_seconds_naming_the_field()
     // weights are initialised, with the figure and the limit.
     for (n_layer, n_embd) in [(2, 1_000_000), (4000, 4096)] {
         let mut gpt = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
-        gpt.model.n_layer = n_layer;
-        gpt.model.n_embd = n_embd;
-        gpt.model.n_head = 64;
+        gpt.model.gpt_mut().expect("a gpt").n_layer = n_layer;
+        gpt.model.gpt_mut().expect("a gpt").n_embd = n_embd;
+        gpt.model.gpt_mut().expect("a gpt").n_head = 64;
         gpt.data.path = Some(datasets());
         let started = Instant::now();
         let err = run(&gpt, dir.path(), None).expect_err("a GPT of 10^12 parameters").to_string();
@@ -197,7 +197,7 @@ fn configs_that_cannot_train_are_errors_naming_file_and_field() {
     assert!(msg.contains("data.validation = 60000") && msg.contains("mnist") && msg.contains("60000 images"), "{msg}");
     // A head narrower than the labels: before, "loss became NaN ... lower learning rate".
     let mut narrow = one_step_epochs();
-    narrow.model.sizes = vec![784, 32, 7];
+    narrow.model.mlp_mut().expect("an mlp").sizes = vec![784, 32, 7];
     let msg = run(&narrow, dir.path(), None).expect_err("7 outputs for 10 classes").to_string();
     assert!(msg.contains("[7]") && msg.contains("10 classes"), "{msg}");
 }
@@ -244,10 +244,10 @@ fn stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept() {
 /// A GPT run of two steps, for the checks of its checkpoint's companions.
 fn tiny_gpt_run(dir: &Path) -> PathBuf {
     let mut c = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
-    c.model.n_layer = 1;
-    c.model.n_embd = 16;
-    c.model.n_head = 2;
-    c.model.block_size = 8;
+    c.model.gpt_mut().expect("a gpt").n_layer = 1;
+    c.model.gpt_mut().expect("a gpt").n_embd = 16;
+    c.model.gpt_mut().expect("a gpt").n_head = 2;
+    c.model.gpt_mut().expect("a gpt").block_size = 8;
     c.train.batch_size = 2;
     c.train.steps = 2;
     c.train.eval_every = 2;

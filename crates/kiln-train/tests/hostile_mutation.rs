@@ -341,9 +341,12 @@ fn a_gpt_config_larger_than_its_tensors_is_refused_before_the_model_is_built() {
     for (mutant, (field, limit)) in limits.into_iter().enumerate() {
         let mut config = checkpoint_config(run, &seed.checkpoint_path).expect("the run's config");
         match field {
-            "n_embd" => (config.model.n_embd, config.model.n_head) = (limit, 1),
-            "n_layer" => config.model.n_layer = limit,
-            _ => config.model.block_size = limit,
+            "n_embd" => {
+                let m = config.model.gpt_mut().expect("a gpt");
+                (m.n_embd, m.n_head) = (limit, 1)
+            }
+            "n_layer" => config.model.gpt_mut().expect("a gpt").n_layer = limit,
+            _ => config.model.gpt_mut().expect("a gpt").block_size = limit,
         }
         let mut damaged = run.clone();
         damaged.set_run_meta(&config);

@@ -18,10 +18,10 @@ fn datasets() -> PathBuf {
 /// The tiny recipe, resized.
 fn gpt_config(n_embd: usize, n_head: usize, block_size: usize, batch_size: usize, steps: u64, max_chars: usize) -> Config {
     let mut c = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
-    c.model.n_layer = 2;
-    c.model.n_head = n_head;
-    c.model.n_embd = n_embd;
-    c.model.block_size = block_size;
+    c.model.gpt_mut().expect("a gpt").n_layer = 2;
+    c.model.gpt_mut().expect("a gpt").n_head = n_head;
+    c.model.gpt_mut().expect("a gpt").n_embd = n_embd;
+    c.model.gpt_mut().expect("a gpt").block_size = block_size;
     c.train.batch_size = batch_size;
     c.train.steps = steps;
     c.data.max_chars = max_chars;
@@ -123,7 +123,7 @@ fn a_small_gpt_learns_a_shakespeare_slice_and_leaves_a_loadable_run() {
 fn an_interrupted_and_resumed_gpt_run_ends_bit_identical() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = gpt_config(32, 2, 16, 8, 30, 50_000);
-    config.model.dropout = 0.1;
+    config.model.gpt_mut().expect("a gpt").dropout = 0.1;
     config.train.eval_every = 10;
     config.train.eval_batches = 2;
     let straight = dir.path().join("straight");
@@ -205,7 +205,7 @@ fn missing_or_mismatched_files_are_errors_naming_them() {
     // A GPT config with windows longer than the validation split is refused up front.
     let mut short = config.clone();
     short.data.max_chars = 100; // 10 validation characters
-    short.model.block_size = 16;
+    short.model.gpt_mut().expect("a gpt").block_size = 16;
     let msg = run(&short, &dir.path().join("short"), None, None).expect_err("too short").to_string();
     assert!(msg.contains("Validation split (10 tokens") && msg.contains("max_chars = 100"), "{msg}");
 }

@@ -8,17 +8,18 @@ use std::sync::atomic::AtomicBool;
 use kiln_core::HostData;
 use kiln_train::metrics::{MetricsLog, Record};
 use kiln_train::{train, TrainOptions, CHECKPOINT_FILE, METRICS_FILE};
+use kiln_train::config::PrecisionConfig;
 use kiln_train::{Checkpoint, Config, Device, TrainError, TrainReport};
 
-fn small_config(precision: &str) -> Config {
+fn small_config(precision: PrecisionConfig) -> Config {
     let mut c = Config::recipe("mnist-mlp").expect("recipe");
-    c.model.sizes = vec![784, 32, 10];
+    c.model.mlp_mut().expect("an mlp").sizes = vec![784, 32, 10];
     c.data.validation = 128;
     c.data.limit_train = 1000;
     c.data.limit_test = 300;
     c.train.batch_size = 64;
     c.train.epochs = 2;
-    c.train.precision = precision.into();
+    c.train.precision = precision;
     c
 }
 
@@ -30,8 +31,8 @@ fn run(config: &Config, out: &Path, resume: Option<PathBuf>) -> Result<TrainRepo
 #[test]
 fn a_mixed_run_learns_like_f32_and_its_f32_checkpoint_resumes_in_an_f32_run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let full = run(&small_config("f32"), &dir.path().join("f32"), None).expect("f32 run");
-    let mixed = run(&small_config("mixed"), &dir.path().join("mixed"), None).expect("mixed run");
+    let full = run(&small_config(PrecisionConfig::F32), &dir.path().join("f32"), None).expect("f32 run");
+    let mixed = run(&small_config(PrecisionConfig::Mixed), &dir.path().join("mixed"), None).expect("mixed run");
     eprintln!("test accuracy: f32 {:.4}, mixed {:.4}", full.test_figure("accuracy").unwrap_or(f64::NAN), mixed.test_figure("accuracy").unwrap_or(f64::NAN));
     // 1,000 training images, 2 epochs: about 75% on 300 test images.
     assert!(full.test_figure("accuracy").unwrap_or(f64::NAN) > 0.7, "f32 learns: {}", full.test_figure("accuracy").unwrap_or(f64::NAN));
@@ -49,7 +50,7 @@ fn a_mixed_run_learns_like_f32_and_its_f32_checkpoint_resumes_in_an_f32_run() {
     assert_ne!(a.tensors["0.weight"].to_f32_vec(), b.tensors["0.weight"].to_f32_vec());
 
     // An f32 run picks the mixed run's weights and moments up and trains on.
-    let mut more = small_config("f32");
+    let mut more = small_config(PrecisionConfig::F32);
     more.train.epochs = 3;
     let resumed = run(&more, &dir.path().join("mixed"), Some(mixed_ck)).expect("f32 resume of a mixed checkpoint");
     assert!(resumed.steps > mixed.steps && resumed.test_figure("accuracy").unwrap_or(f64::NAN) > 0.7, "{resumed:?}");
@@ -57,8 +58,9 @@ fn a_mixed_run_learns_like_f32_and_its_f32_checkpoint_resumes_in_an_f32_run() {
 
 #[test]
 fn an_unknown_precision_is_a_config_error() {
-    let err = small_config("bf8").validate().expect_err("refused");
-    assert!(err.contains("train.precision") && err.contains("bf8"), "{err}");
+    let text = "[model]\nsizes = [784, 10]\n[train]\nprecision = \"bf8\"\n";
+    let err = Config::from_toml(text, std::path::Path::new("job.toml")).expect_err("refused").to_string();
+    assert!(err.contains("job.toml") && err.contains("precision") && err.contains("bf8") && err.contains("mixed"), "{err}");
 }
 
 /// metrics.jsonl's training records carry the skipped-step count under mixed precision
@@ -66,16 +68,16 @@ fn an_unknown_precision_is_a_config_error() {
 #[test]
 fn mixed_runs_log_their_skipped_steps() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let logged = |precision: &str| -> Vec<Option<u64>> {
+    let logged = |precision: PrecisionConfig| -> Vec<Option<u64>> {
         let mut config = small_config(precision);
         config.train.epochs = 4; // 56 steps: the loop logs every 50
-        let out = dir.path().join(precision);
-        run(&config, &out, None).unwrap_or_else(|e| panic!("{precision} run: {e}"));
+        let out = dir.path().join(format!("{precision:?}"));
+        run(&config, &out, None).unwrap_or_else(|e| panic!("{precision:?} run: {e}"));
         let log = MetricsLog::open(&out.join(METRICS_FILE)).expect("metrics");
         log.records().iter().filter_map(|r| if let Record::Step { skipped_steps, .. } = r { Some(*skipped_steps) } else { None }).collect()
     };
-    let mixed = logged("mixed");
+    let mixed = logged(PrecisionConfig::Mixed);
     assert!(!mixed.is_empty() && mixed.iter().all(Option::is_some), "mixed: {mixed:?}");
-    let f32_counts = logged("f32");
+    let f32_counts = logged(PrecisionConfig::F32);
     assert!(!f32_counts.is_empty() && f32_counts.iter().all(Option::is_none), "f32: {f32_counts:?}");
 }

@@ -8,8 +8,8 @@ use kiln_train::{Checkpoint, Config, Device, TrainError};
 
 fn small_config() -> Config {
     let mut c = Config::recipe("mnist-mlp").expect("recipe");
-    c.model.sizes = vec![784, 32, 10];
-    c.model.dropout = 0.1; // masks come from the step number: a resume must replay them
+    c.model.mlp_mut().expect("an mlp").sizes = vec![784, 32, 10];
+    c.model.mlp_mut().expect("an mlp").dropout = 0.1; // masks come from the step number: a resume must replay them
     c.data.validation = 128;
     c.data.limit_train = 500; // 8 batches of 64, the last one partial (52)
     c.data.limit_test = 200;
@@ -78,7 +78,7 @@ fn a_checkpoint_of_another_model_lists_the_mismatched_tensors() {
     run(&config, dir.path(), None, None).expect("train");
     let ck = dir.path().join(CHECKPOINT_FILE);
     let mut other = config.clone();
-    other.model.sizes = vec![784, 16, 10];
+    other.model.mlp_mut().expect("an mlp").sizes = vec![784, 16, 10];
     let msg = run(&other, &dir.path().join("other"), Some(ck), None).expect_err("mismatch").to_string();
     assert!(msg.contains("checkpoint.safetensors") && msg.contains("does not match"), "{msg}");
     assert!(msg.contains("'0.weight' is [32, 784]") && msg.contains("[16, 784]"), "{msg}");

@@ -79,7 +79,7 @@ pub fn encode(checkpoint: &Checkpoint) -> Vec<u8> {
 
 fn small_mlp_config() -> Config {
     let mut config = Config::recipe("mnist-mlp").expect("recipe");
-    config.model.sizes = vec![3, 4, 2];
+    config.model.mlp_mut().expect("an mlp").sizes = vec![3, 4, 2];
     config
 }
 
@@ -209,9 +209,12 @@ pub struct GptRun {
 pub fn gpt_run(dir: &Path) -> GptRun {
     let tokenizer = CharTokenizer::from_text("to be, or not to be");
     let mut config = Config::recipe("shakespeare-gpt-tiny").expect("recipe");
-    (config.model.n_layer, config.model.n_head, config.model.n_embd, config.model.block_size) = (1, 2, 8, 8);
+    {
+        let m = config.model.gpt_mut().expect("a gpt");
+        (m.n_layer, m.n_head, m.n_embd, m.block_size) = (1, 2, 8, 8);
+    }
     let mut graph = Graph::new();
-    let model = GPT::new(&mut graph, lm::gpt_config(&config, tokenizer.vocab_size()), &mut seeded_rng(0)).expect("a tiny GPT");
+    let model = GPT::new(&mut graph, lm::gpt_config(&config, tokenizer.vocab_size()).expect("a gpt config"), &mut seeded_rng(0)).expect("a tiny GPT");
     let mut checkpoint = Checkpoint::new();
     for (name, tensor) in model.state_dict() {
         checkpoint.insert(name, graph.state_init(tensor).expect("a parameter has its initial value").clone());
