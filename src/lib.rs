@@ -25,7 +25,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub use kiln_core::{Backend, DType, Executor, Graph, GraphError, HostTensor, Plan, Reduction, Shape, Tensor};
+pub use kiln_core::{Backend, Conv2dParams, DType, Executor, Graph, GraphError, HostTensor, Plan, Reduction, Result, Shape, Tensor};
 pub use kiln_train::{Device, DeviceChoice, TrainError};
 
 /// Layers with PyTorch's names and initialisation, losses, mixed precision.

@@ -121,7 +121,7 @@ pub(crate) fn run(learner: &Learner, device: &Device, mut data: TrainingData, st
                     val_metrics: eval.metrics.iter().cloned().collect(),
                     seconds: started.elapsed().as_secs_f64(),
                 })?;
-                progress.evaluated(&eval, state.best.as_ref());
+                progress.evaluated(&eval, state.best.as_ref(), &o.monitor);
                 last_eval = Some(eval);
             }
             save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;

@@ -119,7 +119,7 @@ impl Progress {
     }
 
     /// Print an evaluation's line.
-    pub fn evaluated(&mut self, eval: &Evaluation, best: Option<&Best>) {
+    pub fn evaluated(&mut self, eval: &Evaluation, best: Option<&Best>, monitor: &str) {
         self.last_eval = Some(eval.loss);
         let mut line = match self.steps_per_epoch {
             Some(spe) => format!("epoch {:>2}/{} step {:>6}: val loss {:.4}", eval.step.div_ceil(spe), self.total_steps.div_ceil(spe), eval.step, eval.loss),
@@ -129,7 +129,7 @@ impl Progress {
             line += &format!(" {name} {}", figure(name, *value));
         }
         if let Some(best) = best {
-            line += &format!(" (best {:.4} at step {})", best.value, best.evaluation.step);
+            line += &format!(" (best {monitor} {} at step {})", figure(monitor, best.value), best.evaluation.step);
         }
         line += &format!(" | {:.1}s", self.started.elapsed().as_secs_f64());
         if self.show {
