@@ -229,6 +229,20 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
 }
 
 /// The launches of a convolution step with configuration `config`: the GEMM, and for a
+/// The launches of a convolution step on `target`, with the configuration the tuner picks
+/// (timing candidates on the device if need be).
+pub(crate) fn lower_tuned(step: &Step, target: &dyn super::Target) -> Result<Vec<Launch>, ExecError> {
+    let caps = target.caps();
+    let problem = problem(step, caps)?;
+    if step.output.numel() == 0 {
+        return Ok(Vec::new());
+    }
+    let config = target
+        .tuner()
+        .choose_conv(&problem, &mut |config| target.time(step, &lower_with(step, caps, config)?))?;
+    lower_with(step, caps, config)
+}
+
 /// split weight gradient the sum of its partials.
 pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<Launch>, ExecError> {
     config.check().map_err(|why| op_error(step, format!("conv config {config}: {why}")))?;

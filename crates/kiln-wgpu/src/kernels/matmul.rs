@@ -178,6 +178,24 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     lower_with(step, caps, heuristic(&problem, PORTABLE_WORKGROUP_BYTES, PORTABLE_INVOCATIONS))
 }
 
+/// The launches of a matmul step on `target`. Mixed-precision products go to tensor cores
+/// where the adapter has them (that kernel has one configuration: nothing to tune);
+/// otherwise the tuner picks the configuration, timing candidates on the device if need be.
+pub(crate) fn lower_tuned(step: &Step, target: &dyn super::Target) -> Result<Vec<Launch>, ExecError> {
+    let caps = target.caps();
+    if coop_supported(target.adapter(), caps.shader_f16) && coop_applies(step, caps) {
+        return lower_coop(step, caps);
+    }
+    let problem = problem(step, caps)?;
+    if problem.m * problem.n * problem.batch == 0 {
+        return Ok(Vec::new()); // an empty output: nothing to choose
+    }
+    let config = target
+        .tuner()
+        .choose(&problem, &mut |config| target.time(step, &lower_with(step, caps, config)?))?;
+    lower_with(step, caps, config)
+}
+
 /// A matmul step, checked, with what the launch needs.
 struct Checked {
     /// `problem.storage` is the operands' storage type; the result's may differ (f32

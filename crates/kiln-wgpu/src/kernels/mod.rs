@@ -1,5 +1,7 @@
 //! Lowering of Plan steps to WGSL launches. The runtime (`crate::runtime`) knows
 //! nothing about ops; each kernel family here knows nothing about wgpu objects.
+//! [`lower_for`] is the one place that decides how a step becomes launches on a device:
+//! which families are tuned (matmul, conv), and where the cooperative-matrix matmul runs.
 //!
 //! Conventions every shader in `shaders/` follows:
 //! - binding 0 is `var<storage, read> params: array<u32>` holding the launch's
@@ -144,7 +146,33 @@ pub fn key(name: &str, slots: &[(&str, &str)]) -> String {
     k
 }
 
-/// The launches that execute one step, in order.
+/// What lowering a step for one device may ask of it beyond [`Caps`]: its adapter (for
+/// kernels only some adapters run), the tuner, and the time a lowering takes to run there.
+/// The runtime implements it; tests of the tuner may fake it.
+pub(crate) trait Target {
+    fn caps(&self) -> &Caps;
+    fn adapter(&self) -> &crate::AdapterReport;
+    fn tuner(&self) -> &crate::autotune::Tuner;
+    /// Seconds per run of `launches` (a lowering of `step`) on this device.
+    fn time(&self, step: &Step, launches: &[Launch]) -> Result<f64, ExecError>;
+}
+
+/// The launches of one step on `target`: a tunable family's configuration comes from the
+/// tuner (which may time candidates on the device now); every other step lowers as
+/// [`lower`] does.
+pub(crate) fn lower_for(step: &Step, target: &dyn Target) -> Result<Vec<Launch>, ExecError> {
+    use kiln_core::Op;
+    match &step.op {
+        Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. } => {
+            conv::lower_tuned(step, target)
+        }
+        Op::MatMul { .. } => matmul::lower_tuned(step, target),
+        _ => lower(step, target.caps()),
+    }
+}
+
+/// The launches that execute one step, in order, with the configurations picked for
+/// adapters of WebGPU's guaranteed limits (no tuning, no adapter-specific kernels).
 pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     use kiln_core::Op;
     match &step.op {
