@@ -1,11 +1,13 @@
-//! The autotuner: which [`MatmulConfig`] each matmul and each convolution of a plan runs
-//! with (the conv kernels are GEMMs on the matmul kernel's tiling and take the same
-//! configurations; the two families have their own candidates, classes and cache entries).
+//! The autotuner: which [`MatmulConfig`] each kernel of a tunable family runs with. A family
+//! is a [`Tunable`], implemented beside its kernel (`kernels/matmul/tune.rs`,
+//! `kernels/conv/tune.rs`: the conv kernels are GEMMs on the matmul kernel's tiling and take
+//! the same configurations): its problem, candidates, heuristic and class keys. The tuner
+//! itself has one [`Tuner::choose`], one report and one cache for every family.
 //!
-//! At plan load, a matmul is sorted into a *class*: the adapter (name, backend, driver and
-//! its version), the kernel family's version, the storage type, the transposes, which
-//! operands are read by vec4, and log2 buckets of M, N, K and the batch count. The first
-//! matmul of a class big enough to be worth it ([`TUNE_THRESHOLD`] multiply-adds) has
+//! At plan load, a problem is sorted into a *class*: the adapter (name, backend, driver and
+//! its version), then what the family says ([`Tunable::class`]: for a matmul the kernels'
+//! version, the storage type, the transposes, which operands are read by vec4, and log2
+//! buckets of M, N, K and the batch count). The first problem of a class big enough to be worth it ([`TUNE_THRESHOLD`] multiply-adds) has
 //! every candidate configuration that fits the adapter timed on the device (a warm-up,
 //! then a few timed runs each; the runtime does the timing), and the fastest is kept, in
 //! memory and in a JSON file, so that later loads, in this process or the next, only look
@@ -19,6 +21,10 @@
 //!
 //! Choices never change results beyond rounding: every configuration sums each output's
 //! products in the same order (see shaders/matmul.wgsl), so they agree bit for bit.
+//!
+//! The cache file's format is unchanged by the generic tuner (version 1): the class keys a
+//! family writes are the ones it wrote before. A key names its kernels' version, so a
+//! kernel whose source changes is retuned (the old entries stay in the file, unused).
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,8 +34,9 @@ use kiln_core::ExecError;
 use serde_json::{Map, Value};
 
 use crate::adapter::AdapterReport;
-use crate::kernels::conv::{self, ConvProblem};
-use crate::kernels::matmul::{self, heuristic, MatmulConfig, MatmulProblem, TUNE_THRESHOLD};
+use crate::kernels::conv::ConvProblem;
+use crate::kernels::matmul::{MatmulConfig, MatmulProblem, TUNE_THRESHOLD};
+use crate::kernels::{Caps, Launch};
 
 /// `off`: no timing; every matmul takes the heuristic pick.
 pub const AUTOTUNE_ENV: &str = "KILN_AUTOTUNE";
@@ -85,10 +92,10 @@ impl fmt::Display for ChoiceSource {
     }
 }
 
-/// One matmul step's configuration and how it was chosen.
+/// One step's configuration and how it was chosen.
 #[derive(Clone, Debug)]
-pub struct MatmulChoice {
-    pub problem: MatmulProblem,
+pub struct Choice<P> {
+    pub problem: P,
     /// The class key it was looked up under.
     pub class: String,
     pub config: MatmulConfig,
@@ -98,16 +105,10 @@ pub struct MatmulChoice {
     pub timings: Vec<(MatmulConfig, f64)>,
 }
 
+/// One matmul step's configuration and how it was chosen.
+pub type MatmulChoice = Choice<MatmulProblem>;
 /// One convolution step's configuration and how it was chosen.
-#[derive(Clone, Debug)]
-pub struct ConvChoice {
-    pub problem: ConvProblem,
-    pub class: String,
-    pub config: MatmulConfig,
-    pub source: ChoiceSource,
-    /// As [`MatmulChoice::timings`].
-    pub timings: Vec<(MatmulConfig, f64)>,
-}
+pub type ConvChoice = Choice<ConvProblem>;
 
 /// What the tuner has done on one backend so far.
 #[derive(Clone, Debug, Default)]
@@ -122,43 +123,75 @@ pub struct TuningReport {
     pub warnings: Vec<String>,
 }
 
-/// The policy, fixed when the backend opens.
+/// The policy, fixed when the backend opens. A family may also have a configuration forced
+/// on it (see [`Tuner::new`]).
 #[derive(Clone, Debug)]
 pub enum Policy {
     Tune { cache_dir: Option<PathBuf> },
     HeuristicOnly,
-    Forced(MatmulConfig),
 }
 
 /// What a timing closure measures: seconds per run of `config` on the problem.
 pub type TimeConfig<'a> = dyn FnMut(MatmulConfig) -> Result<f64, ExecError> + 'a;
+
+/// A kernel family the tuner picks configurations for, implemented beside its kernel.
+/// Limits are the adapter's workgroup memory (bytes) and invocations per workgroup.
+pub trait Tunable {
+    /// What a step of the family poses, as far as choosing a configuration goes.
+    type Problem: Clone + fmt::Debug;
+    /// In messages and forced-configuration lists: "matmul", "conv".
+    const FAMILY: &'static str;
+    /// The environment variable that forces one configuration on the whole family.
+    const CONFIG_ENV: &'static str;
+    /// The step's problem, with every shape rule of its op checked.
+    fn problem(step: &kiln_core::Step, caps: &Caps) -> Result<Self::Problem, ExecError>;
+    /// The step's launches with `config`.
+    fn lower_with(step: &kiln_core::Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<Launch>, ExecError>;
+    /// The class key after the adapter's part: the kernels' version and what of the problem
+    /// changes which configuration is fastest (sizes in log2 buckets, see [`bucket`]).
+    fn class(problem: &Self::Problem) -> String;
+    /// Work of the problem: below [`TUNE_THRESHOLD`] it is not worth timing.
+    fn multiply_adds(problem: &Self::Problem) -> u64;
+    /// The pick without timing.
+    fn heuristic(problem: &Self::Problem, max_workgroup_bytes: u32, max_invocations: u32) -> MatmulConfig;
+    /// The configurations timed, among those that fit the limits.
+    fn candidates(max_workgroup_bytes: u32, max_invocations: u32) -> Vec<MatmulConfig>;
+    /// Workgroup memory of the family's kernel with `config`.
+    fn workgroup_bytes(config: MatmulConfig) -> u32;
+    /// Where the report keeps the family's choices.
+    fn choices(report: &mut TuningReport) -> &mut Vec<Choice<Self::Problem>>;
+
+    /// Whether an adapter with these limits runs the family's kernel with `config`.
+    fn fits(config: MatmulConfig, max_workgroup_bytes: u32, max_invocations: u32) -> bool {
+        Self::workgroup_bytes(config) <= max_workgroup_bytes && config.threads() <= max_invocations
+    }
+}
+
+/// The launches of a step of family `T` on `target`, with the configuration the tuner
+/// picks (timing candidates on the device now if need be).
+pub(crate) fn lower_tuned<T: Tunable>(
+    step: &kiln_core::Step,
+    target: &dyn crate::kernels::Target,
+) -> Result<Vec<Launch>, ExecError> {
+    let caps = target.caps();
+    let problem = T::problem(step, caps)?;
+    if step.output.numel() == 0 {
+        return Ok(Vec::new()); // an empty output: nothing to choose
+    }
+    let config = target.tuner().choose::<T>(&problem, &mut |config| target.time(step, &T::lower_with(step, caps, config)?))?;
+    T::lower_with(step, caps, config)
+}
 
 struct Remembered {
     config: MatmulConfig,
     timings: Vec<(MatmulConfig, f64)>,
 }
 
-/// A kernel family the tuner picks configurations for.
-#[derive(Clone, Copy)]
-struct Family {
-    /// In warnings: "matmul" or "conv".
-    name: &'static str,
-    /// The candidates an adapter with these limits (workgroup bytes, invocations) runs.
-    candidates: fn(u32, u32) -> Vec<MatmulConfig>,
-    fits: fn(MatmulConfig, u32, u32) -> bool,
-}
-
-const MATMUL: Family = Family { name: "matmul", candidates: matmul::candidates, fits: matmul_fits };
-const CONV: Family = Family { name: "conv", candidates: conv::candidates, fits: conv::fits };
-
-fn matmul_fits(config: MatmulConfig, max_workgroup_bytes: u32, max_invocations: u32) -> bool {
-    config.fits(max_workgroup_bytes, max_invocations)
-}
-
 pub(crate) struct Tuner {
     policy: Policy,
-    /// `KILN_CONV_CONFIG` / `WgpuOptions::conv_config`: every convolution's configuration.
-    forced_conv: Option<MatmulConfig>,
+    /// By family ([`Tunable::FAMILY`]): the configuration every kernel of it uses
+    /// (`KILN_MATMUL_CONFIG`, `KILN_CONV_CONFIG`).
+    forced: Vec<(&'static str, MatmulConfig)>,
     /// Adapter name, backend and driver: the first part of every class key.
     device: String,
     max_workgroup_bytes: u32,
@@ -175,18 +208,9 @@ struct State {
     report: TuningReport,
 }
 
-/// A short hash of the kernel family's source and candidate list: a cache entry made for
-/// another version of the kernels is not trusted.
-fn kernel_version() -> String {
-    family_version(&[matmul::SHADER], &matmul::CANDIDATES)
-}
-
-/// [`kernel_version`] of the conv kernels (and the split-K sum they may use).
-fn conv_kernel_version() -> String {
-    family_version(&[conv::SHADER, conv::SPLIT_K_SHADER], &conv::CANDIDATES)
-}
-
-fn family_version(sources: &[&str], candidates: &[MatmulConfig]) -> String {
+/// A short hash of a kernel family's sources and candidate list, for its class keys: a cache
+/// entry made for another version of the kernels is not trusted.
+pub fn family_version(sources: &[&str], candidates: &[MatmulConfig]) -> String {
     // FNV-1a, 64 bit: stable across builds and platforms, unlike std's hasher.
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let candidates: Vec<String> = candidates.iter().map(|c| c.to_string()).collect();
@@ -198,14 +222,15 @@ fn family_version(sources: &[&str], candidates: &[MatmulConfig]) -> String {
 }
 
 /// log2 of `x` rounded up: the bucket of a size in a class key.
-fn bucket(x: usize) -> u32 {
+pub fn bucket(x: usize) -> u32 {
     x.max(1).next_power_of_two().trailing_zeros()
 }
 
 impl Tuner {
+    /// `forced` names, by family, a configuration every kernel of the family uses.
     pub(crate) fn new(
         policy: Policy,
-        forced_conv: Option<MatmulConfig>,
+        forced: Vec<(&'static str, MatmulConfig)>,
         adapter: &AdapterReport,
         limits: &wgpu::Limits,
     ) -> Tuner {
@@ -218,7 +243,7 @@ impl Tuner {
         );
         Tuner {
             policy,
-            forced_conv,
+            forced,
             device,
             max_workgroup_bytes: limits.max_compute_workgroup_storage_size,
             max_invocations: limits.max_compute_invocations_per_workgroup,
@@ -235,103 +260,45 @@ impl Tuner {
     }
 
     /// The key of `problem`'s class on this adapter.
-    pub(crate) fn class(&self, problem: &MatmulProblem) -> String {
-        let t = |b: bool| if b { "t" } else { "n" };
-        let v = |b: bool| if b { "4" } else { "1" };
-        format!(
-            "{} | kernels {} | {} {}{} vec{}{}{} | m2^{} n2^{} k2^{} batch2^{}",
-            self.device,
-            kernel_version(),
-            problem.storage,
-            t(problem.trans_a),
-            t(problem.trans_b),
-            v(problem.vec4[0]),
-            v(problem.vec4[1]),
-            v(problem.vec4[2]),
-            bucket(problem.m),
-            bucket(problem.n),
-            bucket(problem.k),
-            bucket(problem.batch)
-        )
+    pub(crate) fn class<T: Tunable>(&self, problem: &T::Problem) -> String {
+        format!("{} | {}", self.device, T::class(problem))
     }
 
-    /// The configuration for `problem`, timing candidates with `time` when the policy and
-    /// the problem call for it. Errors only for a forced configuration the adapter cannot
-    /// run; a failed timing falls back to the heuristic (with a warning).
-    pub(crate) fn choose(&self, problem: &MatmulProblem, time: &mut TimeConfig) -> Result<MatmulConfig, ExecError> {
-        let class = self.class(problem);
-        let fallback = heuristic(problem, self.max_workgroup_bytes, self.max_invocations);
-        let (config, source, timings) = match &self.policy {
-            Policy::Forced(config) => {
-                if !config.fits(self.max_workgroup_bytes, self.max_invocations) {
-                    return Err(ExecError::Unsupported(format!(
-                        "matmul config {config} ({MATMUL_CONFIG_ENV}) needs {} bytes of workgroup memory and {} \
-                         invocations per workgroup; this adapter allows {} and {}",
-                        config.workgroup_bytes(),
-                        config.threads(),
-                        self.max_workgroup_bytes,
-                        self.max_invocations
-                    )));
-                }
-                (*config, ChoiceSource::Forced, Vec::new())
-            }
-            Policy::HeuristicOnly => (fallback, ChoiceSource::Heuristic, Vec::new()),
-            Policy::Tune { .. } if problem.multiply_adds() < TUNE_THRESHOLD => {
-                (fallback, ChoiceSource::Heuristic, Vec::new())
-            }
-            Policy::Tune { cache_dir } => self.tuned(MATMUL, &class, fallback, cache_dir.as_deref(), time),
-        };
-        self.state().report.choices.push(MatmulChoice { problem: problem.clone(), class, config, source, timings });
-        Ok(config)
-    }
-
-    /// The key of a convolution's class on this adapter.
-    pub(crate) fn conv_class(&self, problem: &ConvProblem) -> String {
-        format!(
-            "{} | conv kernels {} | {} {} | m2^{} n2^{} k2^{} slices2^{}",
-            self.device,
-            conv_kernel_version(),
-            problem.kernel.name(),
-            problem.storage,
-            bucket(problem.m),
-            bucket(problem.n),
-            bucket(problem.k),
-            bucket(problem.slices)
-        )
-    }
-
-    /// [`Tuner::choose`] for a convolution: `KILN_CONV_CONFIG` forces one (a forced matmul
-    /// configuration does not: the families' candidates differ), otherwise the policy
-    /// decides as for matmuls.
-    pub(crate) fn choose_conv(&self, problem: &ConvProblem, time: &mut TimeConfig) -> Result<MatmulConfig, ExecError> {
-        let class = self.conv_class(problem);
-        let fallback = conv::heuristic(problem, self.max_workgroup_bytes, self.max_invocations);
-        let (config, source, timings) = match (&self.forced_conv, &self.policy) {
+    /// The configuration for `problem`: the family's forced one if any (an error if the
+    /// adapter cannot run it), else timed candidates with `time` when the policy and the
+    /// problem call for it, else the heuristic's. A failed timing falls back to the
+    /// heuristic (with a warning).
+    pub(crate) fn choose<T: Tunable>(&self, problem: &T::Problem, time: &mut TimeConfig) -> Result<MatmulConfig, ExecError> {
+        let class = self.class::<T>(problem);
+        let fallback = T::heuristic(problem, self.max_workgroup_bytes, self.max_invocations);
+        let forced = self.forced.iter().find(|(family, _)| *family == T::FAMILY).map(|(_, config)| *config);
+        let (config, source, timings) = match (forced, &self.policy) {
             (Some(config), _) => {
-                if !conv::fits(*config, self.max_workgroup_bytes, self.max_invocations) {
+                if !T::fits(config, self.max_workgroup_bytes, self.max_invocations) {
                     return Err(ExecError::Unsupported(format!(
-                        "conv config {config} ({CONV_CONFIG_ENV}) needs {} bytes of workgroup memory and {} \
+                        "{} config {config} ({}) needs {} bytes of workgroup memory and {} \
                          invocations per workgroup; this adapter allows {} and {}",
-                        conv::workgroup_bytes(*config),
+                        T::FAMILY,
+                        T::CONFIG_ENV,
+                        T::workgroup_bytes(config),
                         config.threads(),
                         self.max_workgroup_bytes,
                         self.max_invocations
                     )));
                 }
-                (*config, ChoiceSource::Forced, Vec::new())
+                (config, ChoiceSource::Forced, Vec::new())
             }
-            (None, Policy::Tune { cache_dir }) if problem.multiply_adds() >= TUNE_THRESHOLD => {
-                self.tuned(CONV, &class, fallback, cache_dir.as_deref(), time)
+            (None, Policy::Tune { cache_dir }) if T::multiply_adds(problem) >= TUNE_THRESHOLD => {
+                self.tuned::<T>(&class, fallback, cache_dir.as_deref(), time)
             }
             (None, _) => (fallback, ChoiceSource::Heuristic, Vec::new()),
         };
-        self.state().report.conv_choices.push(ConvChoice { problem: problem.clone(), class, config, source, timings });
+        T::choices(&mut self.state().report).push(Choice { problem: problem.clone(), class, config, source, timings });
         Ok(config)
     }
 
-    fn tuned(
+    fn tuned<T: Tunable>(
         &self,
-        family: Family,
         class: &str,
         fallback: MatmulConfig,
         cache_dir: Option<&Path>,
@@ -340,11 +307,11 @@ impl Tuner {
         if let Some(known) = self.state().remembered.get(class) {
             return (known.config, ChoiceSource::Remembered, known.timings.clone());
         }
-        if let Some((config, timings)) = self.cached(family, class, cache_dir) {
+        if let Some((config, timings)) = self.cached::<T>(class, cache_dir) {
             self.remember(class, config, &timings);
             return (config, ChoiceSource::Cached, timings);
         }
-        match self.time_candidates(family, fallback, time) {
+        match self.time_candidates::<T>(fallback, time) {
             Ok((config, timings)) => {
                 self.remember(class, config, &timings);
                 self.store(class, config, &timings, cache_dir);
@@ -352,7 +319,7 @@ impl Tuner {
                 (config, source, timings)
             }
             Err(e) => {
-                self.warn(format!("timing {} configs for {class} failed ({e}); using {fallback}", family.name));
+                self.warn(format!("timing {} configs for {class} failed ({e}); using {fallback}", T::FAMILY));
                 (fallback, ChoiceSource::Heuristic, Vec::new())
             }
         }
@@ -361,9 +328,8 @@ impl Tuner {
     /// Times the heuristic's pick first: if one run of it is slower than [`SLOW_RUN_SECONDS`]
     /// it stays, untimed rivals and all. Otherwise every fitting candidate is timed and the
     /// fastest wins. Returns the winner and the timings, fastest first.
-    fn time_candidates(
+    fn time_candidates<T: Tunable>(
         &self,
-        family: Family,
         fallback: MatmulConfig,
         time: &mut TimeConfig,
     ) -> Result<(MatmulConfig, Vec<(MatmulConfig, f64)>), ExecError> {
@@ -371,7 +337,7 @@ impl Tuner {
         self.state().report.timed_candidates += 1;
         let mut timings = vec![(fallback, first)];
         if first <= SLOW_RUN_SECONDS {
-            for config in (family.candidates)(self.max_workgroup_bytes, self.max_invocations) {
+            for config in T::candidates(self.max_workgroup_bytes, self.max_invocations) {
                 if config == fallback {
                     continue;
                 }
@@ -394,9 +360,8 @@ impl Tuner {
     }
 
     /// The cache file's entry for `class`, if it names a configuration this adapter runs.
-    fn cached(
+    fn cached<T: Tunable>(
         &self,
-        family: Family,
         class: &str,
         cache_dir: Option<&Path>,
     ) -> Option<(MatmulConfig, Vec<(MatmulConfig, f64)>)> {
@@ -410,7 +375,7 @@ impl Tuner {
         }
         let entry = self.state().file.as_ref()?.get(class)?.clone();
         let config = MatmulConfig::parse(entry.get("config")?.as_str()?).ok()?;
-        if !(family.fits)(config, self.max_workgroup_bytes, self.max_invocations) {
+        if !T::fits(config, self.max_workgroup_bytes, self.max_invocations) {
             return None;
         }
         let timings = entry
@@ -490,6 +455,7 @@ fn write_cache(dir: &Path, path: &Path, entries: &BTreeMap<String, Value>) -> st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::matmul::{self, MatmulTuning};
 
     fn problem(m: usize, n: usize, k: usize) -> MatmulProblem {
         MatmulProblem { m, n, k, batch: 1, trans_a: false, trans_b: true, storage: "f32", vec4: [true, true, false] }
@@ -498,7 +464,7 @@ mod tests {
     fn tuner(policy: Policy) -> Tuner {
         let adapter = AdapterReport::for_tests("Test GPU");
         let limits = wgpu::Limits { max_compute_workgroup_storage_size: 32 * 1024, ..wgpu::Limits::default() };
-        Tuner::new(policy, None, &adapter, &limits)
+        Tuner::new(policy, Vec::new(), &adapter, &limits)
     }
 
     /// Pretends the candidate with the largest block is fastest, and counts calls.
@@ -512,9 +478,9 @@ mod tests {
     #[test]
     fn class_keys_bucket_sizes_and_name_everything_that_changes_the_kernel() {
         let t = tuner(Policy::HeuristicOnly);
-        assert_eq!(t.class(&problem(1000, 1000, 1000)), t.class(&problem(513, 1024, 600)));
-        assert_ne!(t.class(&problem(1000, 1000, 1000)), t.class(&problem(1025, 1000, 1000)));
-        let key = t.class(&problem(1000, 1000, 64));
+        assert_eq!(t.class::<MatmulTuning>(&problem(1000, 1000, 1000)), t.class::<MatmulTuning>(&problem(513, 1024, 600)));
+        assert_ne!(t.class::<MatmulTuning>(&problem(1000, 1000, 1000)), t.class::<MatmulTuning>(&problem(1025, 1000, 1000)));
+        let key = t.class::<MatmulTuning>(&problem(1000, 1000, 64));
         assert!(key.contains("Test GPU") && key.contains("f32 nt vec441") && key.contains("k2^6"), "{key}");
     }
 
@@ -526,15 +492,15 @@ mod tests {
         let big = problem(512, 512, 512);
         let mut calls = 0;
         let first = tuner(policy.clone());
-        let picked = first.choose(&big, &mut fake_timer(&mut calls)).unwrap();
+        let picked = first.choose::<MatmulTuning>(&big, &mut fake_timer(&mut calls)).unwrap();
         // The largest block that fits 32 KiB.
         assert_eq!(picked, MatmulConfig::new(128, 128, 16, 8, 8));
         let timed = calls;
         assert!(timed >= 5, "{timed}");
-        assert_eq!(first.choose(&big, &mut fake_timer(&mut calls)).unwrap(), picked);
+        assert_eq!(first.choose::<MatmulTuning>(&big, &mut fake_timer(&mut calls)).unwrap(), picked);
         assert_eq!(calls, timed, "remembered in this process");
         let second = tuner(policy);
-        assert_eq!(second.choose(&big, &mut fake_timer(&mut calls)).unwrap(), picked);
+        assert_eq!(second.choose::<MatmulTuning>(&big, &mut fake_timer(&mut calls)).unwrap(), picked);
         assert_eq!(calls, timed, "read from the file");
         let report = second.report();
         assert_eq!(report.choices[0].source, ChoiceSource::Cached);
@@ -547,9 +513,9 @@ mod tests {
     fn small_problems_and_tuning_off_take_the_heuristic_without_timing() {
         let mut calls = 0;
         let t = tuner(Policy::Tune { cache_dir: None });
-        assert_eq!(t.choose(&problem(64, 64, 64), &mut fake_timer(&mut calls)).unwrap(), matmul::SMALL);
+        assert_eq!(t.choose::<MatmulTuning>(&problem(64, 64, 64), &mut fake_timer(&mut calls)).unwrap(), matmul::SMALL);
         let off = tuner(Policy::HeuristicOnly);
-        assert_eq!(off.choose(&problem(1024, 1024, 1024), &mut fake_timer(&mut calls)).unwrap(), matmul::LARGE);
+        assert_eq!(off.choose::<MatmulTuning>(&problem(1024, 1024, 1024), &mut fake_timer(&mut calls)).unwrap(), matmul::LARGE);
         assert_eq!(calls, 0);
         assert_eq!(off.report().choices[0].source, ChoiceSource::Heuristic);
     }
@@ -562,17 +528,20 @@ mod tests {
             calls += 1;
             Ok(SLOW_RUN_SECONDS * 2.0)
         };
-        assert_eq!(t.choose(&problem(1024, 1024, 1024), &mut slow).unwrap(), matmul::LARGE);
+        assert_eq!(t.choose::<MatmulTuning>(&problem(1024, 1024, 1024), &mut slow).unwrap(), matmul::LARGE);
         assert_eq!(calls, 1);
         let mut failing = |_| Err(ExecError::Device("lost".into()));
-        assert_eq!(t.choose(&problem(2048, 2048, 2048), &mut failing).unwrap(), matmul::LARGE);
+        assert_eq!(t.choose::<MatmulTuning>(&problem(2048, 2048, 2048), &mut failing).unwrap(), matmul::LARGE);
         assert!(t.report().warnings[0].contains("lost"), "{:?}", t.report().warnings);
     }
 
     #[test]
     fn a_forced_config_must_fit_the_adapter() {
-        let t = tuner(Policy::Forced(MatmulConfig::new(128, 128, 32, 8, 8)));
-        let err = t.choose(&problem(8, 8, 8), &mut |_| Ok(0.0)).unwrap_err().to_string();
+        let adapter = AdapterReport::for_tests("Test GPU");
+        let limits = wgpu::Limits { max_compute_workgroup_storage_size: 32 * 1024, ..wgpu::Limits::default() };
+        let forced = vec![("matmul", MatmulConfig::new(128, 128, 32, 8, 8))];
+        let t = Tuner::new(Policy::HeuristicOnly, forced, &adapter, &limits);
+        let err = t.choose::<MatmulTuning>(&problem(8, 8, 8), &mut |_| Ok(0.0)).unwrap_err().to_string();
         assert!(err.contains("128x128x32-8x8") && err.contains("32768"), "{err}");
     }
 }

@@ -164,7 +164,7 @@ pub(crate) fn lower_for(step: &Step, target: &dyn Target) -> Result<Vec<Launch>,
     use kiln_core::Op;
     match &step.op {
         Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. } => {
-            conv::lower_tuned(step, target)
+            crate::autotune::lower_tuned::<conv::ConvTuning>(step, target)
         }
         Op::MatMul { .. } => matmul::lower_tuned(step, target),
         _ => lower(step, target.caps()),

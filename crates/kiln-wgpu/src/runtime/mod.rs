@@ -35,9 +35,9 @@ use std::time::Duration;
 use kiln_core::{Backend, ExecError, Executor, Plan};
 
 use crate::adapter::{self, AdapterReport, ADAPTER_ENV};
-use crate::autotune::{self, Policy, Tuner, TuningReport, AUTOTUNE_ENV, CONV_CONFIG_ENV, MATMUL_CONFIG_ENV};
-use crate::kernels::conv;
-use crate::kernels::matmul::{self, MatmulConfig};
+use crate::autotune::{self, Policy, Tunable, Tuner, TuningReport, AUTOTUNE_ENV, CONV_CONFIG_ENV, MATMUL_CONFIG_ENV};
+use crate::kernels::conv::ConvTuning;
+use crate::kernels::matmul::{MatmulConfig, MatmulTuning};
 use crate::kernels::Caps;
 
 mod device;
@@ -117,19 +117,22 @@ impl WgpuBackend {
     }
 
     pub fn with_options(options: WgpuOptions) -> Result<Self, ExecError> {
+        // A forced matmul configuration also turns timing off (convolutions then take the
+        // heuristic's pick unless a conv configuration is forced too).
         let policy = match &options.matmul_config {
-            Some(name) => Policy::Forced(
-                MatmulConfig::parse(name).map_err(|e| ExecError::Unsupported(format!("{MATMUL_CONFIG_ENV}: {e}")))?,
-            ),
             None if options.autotune => Policy::Tune { cache_dir: options.cache_dir.clone() },
-            None => Policy::HeuristicOnly,
+            _ => Policy::HeuristicOnly,
         };
-        let forced_conv = match &options.conv_config {
-            Some(name) => Some(
-                MatmulConfig::parse(name).map_err(|e| ExecError::Unsupported(format!("{CONV_CONFIG_ENV}: {e}")))?,
-            ),
-            None => None,
-        };
+        let mut forced = Vec::new();
+        for (family, env, name) in [
+            (MatmulTuning::FAMILY, MATMUL_CONFIG_ENV, &options.matmul_config),
+            (ConvTuning::FAMILY, CONV_CONFIG_ENV, &options.conv_config),
+        ] {
+            if let Some(name) = name {
+                let config = MatmulConfig::parse(name).map_err(|e| ExecError::Unsupported(format!("{env}: {e}")))?;
+                forced.push((family, config));
+            }
+        }
         let instance = adapter::instance();
         let chosen = adapter::choose_adapter(&instance, options.adapter.as_deref())?;
         let open = adapter::open_device(&chosen)?;
@@ -153,7 +156,7 @@ impl WgpuBackend {
         open.device.set_device_lost_callback(move |reason, message| {
             *lock(&lost_sink) = Some(format!("{reason:?}: {message}"));
         });
-        let tuner = Tuner::new(policy, forced_conv, &open.report, &limits);
+        let tuner = Tuner::new(policy, forced, &open.report, &limits);
         let shared = Shared {
             tuner,
             timestamps: open.features.contains(wgpu::Features::TIMESTAMP_QUERY),
@@ -196,13 +199,17 @@ impl WgpuBackend {
     /// the median of a few timed runs on scratch buffers; GPU timestamps where the adapter
     /// has them). What the autotuner measures, for benchmarks.
     pub fn time_matmul(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
-        self.shared.time_launches(step, &matmul::lower_with(step, &self.shared.caps, config)?)
+        self.time_config::<MatmulTuning>(step, config)
     }
 
     /// [`WgpuBackend::time_matmul`] for a convolution step (its GEMM launch, and the sum
     /// of its partials when the weight gradient splits K).
     pub fn time_conv(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
-        self.shared.time_launches(step, &conv::lower_with(step, &self.shared.caps, config)?)
+        self.time_config::<ConvTuning>(step, config)
+    }
+
+    fn time_config<T: Tunable>(&self, step: &kiln_core::Step, config: MatmulConfig) -> Result<f64, ExecError> {
+        self.shared.time_launches(step, &T::lower_with(step, &self.shared.caps, config)?)
     }
 
     /// Distinct compute pipelines created so far by every plan loaded on this backend.

@@ -8,12 +8,16 @@
 //! the shader, so that each variant reads its operands along their contiguous axis.
 use std::fmt;
 
+mod tune;
+pub use tune::MatmulTuning;
+pub(crate) use tune::lower_tuned;
+
 use super::movement::{op_error, word};
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Shape, Step, MAX_RANK};
 
 /// The kernel family's template (the autotuner keys its cache by a hash of it).
-pub(crate) const SHADER: &str = include_str!("../../../../shaders/matmul.wgsl");
+pub(crate) const SHADER: &str = include_str!("../../../../../shaders/matmul.wgsl");
 
 /// Batch dims the params have room for: the output's rank minus the two matrix axes.
 const MAX_BATCH_RANK: usize = MAX_RANK - 2;
@@ -178,24 +182,6 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     lower_with(step, caps, heuristic(&problem, PORTABLE_WORKGROUP_BYTES, PORTABLE_INVOCATIONS))
 }
 
-/// The launches of a matmul step on `target`. Mixed-precision products go to tensor cores
-/// where the adapter has them (that kernel has one configuration: nothing to tune);
-/// otherwise the tuner picks the configuration, timing candidates on the device if need be.
-pub(crate) fn lower_tuned(step: &Step, target: &dyn super::Target) -> Result<Vec<Launch>, ExecError> {
-    let caps = target.caps();
-    if coop_supported(target.adapter(), caps.shader_f16) && coop_applies(step, caps) {
-        return lower_coop(step, caps);
-    }
-    let problem = problem(step, caps)?;
-    if problem.m * problem.n * problem.batch == 0 {
-        return Ok(Vec::new()); // an empty output: nothing to choose
-    }
-    let config = target
-        .tuner()
-        .choose(&problem, &mut |config| target.time(step, &lower_with(step, caps, config)?))?;
-    lower_with(step, caps, config)
-}
-
 /// A matmul step, checked, with what the launch needs.
 struct Checked {
     /// `problem.storage` is the operands' storage type; the result's may differ (f32
@@ -303,7 +289,7 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
 }
 
 /// The cooperative-matrix kernel (f16 x f16 -> f32 on 16x16x16 matrices).
-pub(crate) const COOP_SHADER: &str = include_str!("../../../../shaders/matmul_coop.wgsl");
+pub(crate) const COOP_SHADER: &str = include_str!("../../../../../shaders/matmul_coop.wgsl");
 /// The output block one workgroup of the cooperative-matrix kernel computes (M x N).
 pub const COOP_BLOCK: [u32; 2] = [128, 256];
 /// The subgroup size the cooperative-matrix kernel is written for (8 subgroups of 32 make

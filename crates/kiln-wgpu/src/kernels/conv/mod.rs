@@ -7,13 +7,16 @@
 //! sums in a scratch buffer, added up by a second launch (shaders/split_k.wgsl).
 use kiln_core::{Conv2dGeometry, ExecError, Op, Step};
 
+mod tune;
+pub use tune::ConvTuning;
+
 use super::matmul::{MatmulConfig, PORTABLE_INVOCATIONS, PORTABLE_WORKGROUP_BYTES};
 use super::movement::{kernel_source, op_error, word};
 use super::{key, render, Access, Caps, Launch, ScratchBinding};
 
 /// The kernel family's template (the autotuner keys its cache by a hash of it).
-pub(crate) const SHADER: &str = include_str!("../../../../shaders/conv.wgsl");
-pub(crate) const SPLIT_K_SHADER: &str = include_str!("../../../../shaders/split_k.wgsl");
+pub(crate) const SHADER: &str = include_str!("../../../../../shaders/conv.wgsl");
+pub(crate) const SPLIT_K_SHADER: &str = include_str!("../../../../../shaders/split_k.wgsl");
 /// Invocations per workgroup of the split-K sum (`WG` in its shader).
 const SPLIT_K_WORKGROUP: usize = 256;
 
@@ -229,20 +232,6 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
 }
 
 /// The launches of a convolution step with configuration `config`: the GEMM, and for a
-/// The launches of a convolution step on `target`, with the configuration the tuner picks
-/// (timing candidates on the device if need be).
-pub(crate) fn lower_tuned(step: &Step, target: &dyn super::Target) -> Result<Vec<Launch>, ExecError> {
-    let caps = target.caps();
-    let problem = problem(step, caps)?;
-    if step.output.numel() == 0 {
-        return Ok(Vec::new());
-    }
-    let config = target
-        .tuner()
-        .choose_conv(&problem, &mut |config| target.time(step, &lower_with(step, caps, config)?))?;
-    lower_with(step, caps, config)
-}
-
 /// split weight gradient the sum of its partials.
 pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<Launch>, ExecError> {
     config.check().map_err(|why| op_error(step, format!("conv config {config}: {why}")))?;
