@@ -115,6 +115,7 @@ const P_PHASES: u32 = 25u;
 const PHASE_WORDS: u32 = 5u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
+// uses: index
 
 // tile_a[half * A_SLICE + k * A_PITCH + q][i] = A[row0 + 4 q + i, k0 + k];
 // tile_b[half * B_SLICE + k * B_PITCH + q][j] = B[k0 + k, col0 + 4 q + j].
@@ -201,7 +202,7 @@ fn main(
     let blocks_n = params[P_BLOCKS_N];
     let blocks_per_slice = blocks_m * blocks_n;
     let blocks_per_split = blocks_per_slice * params[P_SLICES];
-    let group = wid.x + wid.y * nwg.x;
+    let group = workgroup_index(wid, nwg);
     // The whole workgroup leaves together: barrier uniformity holds.
     if group >= blocks_per_split * params[P_SPLITS] {
         return;

@@ -8,10 +8,7 @@
 const WG: u32 = 256u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
-
-fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
+// uses: index element
 
 //// kernel: gather
 // out[i, r] = table[indices[i], r] for i < I (all indices, flattened) and r < R (the
@@ -29,7 +26,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
 ) {
-    let e = group_index(wid, nwg) * WG + lidx;
+    let e = element_index(wid, nwg, lidx);
     if e >= params[0] {
         return;
     }
@@ -70,7 +67,7 @@ fn main(
     let columns = params[1];
     let count = params[2];
     let blocks = params[3];
-    let group = group_index(wid, nwg);
+    let group = workgroup_index(wid, nwg);
     // The whole workgroup leaves together: barrier uniformity holds.
     if group >= rows * blocks {
         return;
@@ -115,7 +112,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lidx: u32,
 ) {
-    let e = group_index(wid, nwg) * WG + lidx;
+    let e = element_index(wid, nwg, lidx);
     if e >= params[0] {
         return;
     }

@@ -78,6 +78,7 @@ const P_A_BATCH_STRIDES: u32 = 14u;
 const P_B_BATCH_STRIDES: u32 = 20u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
+// uses: index gemm_batch
 @group(0) @binding(1) var<storage, read> a: array<{{A_ELEM}}>;
 @group(0) @binding(2) var<storage, read> b: array<{{B_ELEM}}>;
 @group(0) @binding(3) var<storage, read_write> c: array<{{C_ELEM}}>;
@@ -202,7 +203,7 @@ fn main(
     let blocks_m = params[P_BLOCKS_M];
     let blocks_n = params[P_BLOCKS_N];
     let blocks_per_batch = blocks_m * blocks_n;
-    let group = wid.x + wid.y * nwg.x;
+    let group = workgroup_index(wid, nwg);
     // The whole workgroup leaves together: barrier uniformity holds.
     if group >= blocks_per_batch * params[P_BATCH] {
         return;
@@ -212,18 +213,10 @@ fn main(
     let row0 = (block / blocks_n) * BM;
     let col0 = (block % blocks_n) * BN;
 
-    // Offsets of this batch's matrices: decompose the batch index over the output batch
-    // dims, innermost last, and weigh each coordinate by the operands' (broadcast) strides.
-    var a_base = 0u;
-    var b_base = 0u;
-    var rest = batch;
-    for (var d = params[P_BATCH_RANK]; d > 0u; d -= 1u) {
-        let dim = params[P_BATCH_DIMS + d - 1u];
-        let coord = rest % dim;
-        rest = rest / dim;
-        a_base += coord * params[P_A_BATCH_STRIDES + d - 1u];
-        b_base += coord * params[P_B_BATCH_STRIDES + d - 1u];
-    }
+    // Offsets of this batch's matrices (lib/gemm_batch.wgsl).
+    let bases = batch_bases(batch);
+    let a_base = bases.x;
+    let b_base = bases.y;
     let c_base = batch * m * n;
 
     let tx = lidx % THREADS_N;

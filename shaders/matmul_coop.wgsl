@@ -53,6 +53,7 @@ const P_A_BATCH_STRIDES: u32 = 14u;
 const P_B_BATCH_STRIDES: u32 = 20u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
+// uses: gemm_batch
 @group(0) @binding(1) var<storage, read> a: array<f16>;
 @group(0) @binding(2) var<storage, read> b: array<f16>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
@@ -108,6 +109,8 @@ fn main(
     let blocks_m = params[P_BLOCKS_M];
     let blocks_n = params[P_BLOCKS_N];
     let blocks_per_batch = blocks_m * blocks_n;
+    // lib/index.wgsl's workgroup_index, written out: naga takes a function's result for
+    // non-uniform, and cooperative-matrix loads need uniform control flow after the return.
     let group = wid.x + wid.y * nwg.x;
     // The whole workgroup leaves together: uniformity holds.
     if group >= blocks_per_batch * params[P_BATCH] {
@@ -118,17 +121,10 @@ fn main(
     let row0 = (block / blocks_n) * BM;
     let col0 = (block % blocks_n) * BN;
 
-    // Offsets of this batch's matrices, as in shaders/matmul.wgsl.
-    var a_base = 0u;
-    var b_base = 0u;
-    var rest = batch;
-    for (var d = params[P_BATCH_RANK]; d > 0u; d -= 1u) {
-        let dim = params[P_BATCH_DIMS + d - 1u];
-        let coord = rest % dim;
-        rest = rest / dim;
-        a_base += coord * params[P_A_BATCH_STRIDES + d - 1u];
-        b_base += coord * params[P_B_BATCH_STRIDES + d - 1u];
-    }
+    // Offsets of this batch's matrices (lib/gemm_batch.wgsl).
+    let bases = batch_bases(batch);
+    let a_base = bases.x;
+    let b_base = bases.y;
     let c_base = batch * m * n;
 
     // This subgroup's corner of the block, in tile coordinates.

@@ -12,12 +12,9 @@ const WG: u32 = 256u;
 const MAX_RANK: u32 = 8u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
+// uses: index element
 @group(0) @binding(1) var<storage, read> src: array<{{T}}>;
 @group(0) @binding(2) var<storage, read_write> dst: array<{{T}}>;
-
-fn element_index(wid: vec3<u32>, nwg: vec3<u32>, lidx: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lidx;
-}
 
 //// kernel: copy
 // For every index i of an iteration shape (rank <= 8):

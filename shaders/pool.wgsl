@@ -26,10 +26,7 @@ const P_PH: u32 = 9u;
 const P_PW: u32 = 10u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
-
-fn element_index(wid: vec3<u32>, nwg: vec3<u32>, lidx: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lidx;
-}
+// uses: index element
 
 // The positions [start, end) along one axis of window `index` that lie inside the input.
 fn span(index: u32, kernel: u32, stride: u32, padding: u32, len: u32) -> vec2<u32> {

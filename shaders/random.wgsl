@@ -6,6 +6,7 @@
 // params (u32 words): [0] n, the number of output elements   [1] seed
 // bindings: 1 the 0-d u32 counter, 2 the f32 output.
 @group(0) @binding(0) var<storage, read> params: array<u32>;
+// uses: index element
 @group(0) @binding(1) var<storage, read> counter: array<u32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
@@ -32,7 +33,7 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = element_index(wid, nwg, lid);
     if (i >= params[P_N]) {
         return;
     }

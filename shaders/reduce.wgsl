@@ -8,8 +8,8 @@
 //   INPUTS    declarations of the bindings x is read from (1..=k)
 //   OUT       binding number of the output, k + 1       TO  storage type of the output
 //   PROLOGUE  `fn value(e: u32) -> f32`: element e (row-major) of x, and whatever it
-//             needs (for a fused prologue: the elementwise ops' functions of
-//             shaders/elementwise.wgsl and the program's registers)
+//             needs (for a fused prologue: its params words and the program's
+//             registers; the composer adds shaders/lib/math.wgsl and broadcast.wgsl)
 //   WG        invocations per workgroup (a power of two)
 //   ACC       sum | max: picks empty_*, add_* and merge_* below
 //   BASE      offset in x of output o's first element (an expression of o)
@@ -21,6 +21,7 @@
 //   [4..12] kept dims, [12..20] their strides in x; [20..28] reduced dims, [28..36] their strides
 //   [36..] the prologue's own words (a fused prologue: x's rank and dims, the inputs' strides)
 @group(0) @binding(0) var<storage, read> params: array<u32>;
+// uses: index
 {{INPUTS}}
 @group(0) @binding({{OUT}}) var<storage, read_write> out: array<{{TO}}>;
 
@@ -131,7 +132,7 @@ fn main(
     @builtin(local_invocation_index) lid: u32,
 ) {
     // The same for every invocation of the workgroup, so returning keeps barriers uniform.
-    let o = wid.x + wid.y * nwg.x;
+    let o = workgroup_index(wid, nwg);
     if (o >= params[P_OUTPUTS]) {
         return;
     }

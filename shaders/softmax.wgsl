@@ -14,43 +14,7 @@ const WG: u32 = 256u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
 
-var<workgroup> partial: array<f32, WG>;
-
-fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.x + wid.y * nwg.x;
-}
-
-// Tree reduction of every invocation's `value` by max. Must be called by the whole
-// workgroup (uniform control flow); every invocation gets the result.
-fn workgroup_max(value: f32, lidx: u32) -> f32 {
-    partial[lidx] = value;
-    workgroupBarrier();
-    for (var width = WG / 2u; width > 0u; width = width / 2u) {
-        if lidx < width {
-            partial[lidx] = max(partial[lidx], partial[lidx + width]);
-        }
-        workgroupBarrier();
-    }
-    let result = partial[0];
-    // Nobody may overwrite `partial` for the next reduction before everyone has read it.
-    workgroupBarrier();
-    return result;
-}
-
-// Tree reduction of every invocation's `value` by sum; same contract as workgroup_max.
-fn workgroup_sum(value: f32, lidx: u32) -> f32 {
-    partial[lidx] = value;
-    workgroupBarrier();
-    for (var width = WG / 2u; width > 0u; width = width / 2u) {
-        if lidx < width {
-            partial[lidx] = partial[lidx] + partial[lidx + width];
-        }
-        workgroupBarrier();
-    }
-    let result = partial[0];
-    workgroupBarrier();
-    return result;
-}
+// uses: index workgroup_reduce
 
 //// kernel: rows
 // Softmax or LogSoftmax along one axis. The tensor is viewed as [outer, n, inner];
@@ -74,7 +38,7 @@ fn main(
     let outer = params[0];
     let n = params[1];
     let inner = params[2];
-    let row = row_index(wid, nwg);
+    let row = workgroup_index(wid, nwg);
     // The whole workgroup leaves together: barrier uniformity holds.
     if row >= outer * inner {
         return;
@@ -125,7 +89,7 @@ fn main(
 ) {
     let rows = params[0];
     let classes = params[1];
-    let row = row_index(wid, nwg);
+    let row = workgroup_index(wid, nwg);
     if row >= rows {
         return;
     }
@@ -172,7 +136,7 @@ fn main(
 ) {
     let rows = params[0];
     let classes = params[1];
-    let row = row_index(wid, nwg);
+    let row = workgroup_index(wid, nwg);
     if row >= rows {
         return;
     }

@@ -11,6 +11,7 @@ const P_LEN: u32 = 0u;
 const P_SPLITS: u32 = 1u;
 
 @group(0) @binding(0) var<storage, read> params: array<u32>;
+// uses: index element
 @group(0) @binding(1) var<storage, read_write> out: array<{{T}}>;
 @group(0) @binding(2) var<storage, read> partial: array<f32>;
 
@@ -21,7 +22,7 @@ fn main(
     @builtin(local_invocation_index) lidx: u32,
 ) {
     let len = params[P_LEN];
-    let i = (wid.x + wid.y * nwg.x) * WG + lidx;
+    let i = element_index(wid, nwg, lidx);
     if i >= len {
         return;
     }

@@ -1,6 +1,7 @@
 //! Every WGSL kernel parses and validates with naga, with no GPU needed:
 //! 1. every shaders/*.wgsl file (each `//// kernel: NAME` section of it, with the
-//!    file's prelude), its template slots filled with sample values, in f32 and f16;
+//!    file's prelude), composed with the shaders/lib snippets it names by the kernels'
+//!    own composer, its template slots filled with sample values, in f32 and f16;
 //! 2. the rendered source of every launch `kernels::lower` produces for a step of every
 //!    op family, in f32 and f16 tensors, with and without SHADER_F16 — both as written
 //!    and as the runtime hands it to wgpu (tensor bindings read_write) — and each
@@ -110,22 +111,42 @@ fn combinations(file: &str, slots: &[String], float: &str) -> Result<Vec<Vec<(St
     Ok(all)
 }
 
-/// The kernels of a shader file: the whole file, or prelude + section for each
-/// `//// kernel: NAME` section (the convention of files holding several kernels).
+/// The kernels of a shader file, composed as the kernels compose them (the prelude, the
+/// section and the shared snippets they name): the whole file, or one per
+/// `//// kernel: NAME` section.
 fn kernels_of(text: &str) -> Vec<(String, String)> {
-    const MARKER: &str = "//// kernel: ";
-    let mut parts = text.split(MARKER);
-    let prelude = parts.next().unwrap_or_default();
-    let sections: Vec<(String, String)> = parts
-        .map(|part| {
-            let (title, body) = part.split_once('\n').unwrap_or((part, ""));
-            (title.trim().to_string(), format!("{prelude}{body}"))
-        })
-        .collect();
+    let sections = kernels::compose::sections(text);
     if sections.is_empty() {
-        vec![("main".to_string(), text.to_string())]
-    } else {
-        sections
+        return vec![("main".to_string(), kernels::compose::compose(text, &[]))];
+    }
+    sections.into_iter().map(|name| (name.to_string(), kernels::compose::kernel_source(text, name))).collect()
+}
+
+/// Every snippet of shaders/lib is one the composer knows (and so is validated inside the
+/// kernels that name it), and every one is named by some kernel.
+#[test]
+fn every_snippet_is_known_and_used() {
+    let lib = shaders_dir().join("lib");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&lib)
+        .expect("shaders/lib exists")
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .map(|p| p.file_stem().expect("a file name").to_string_lossy().to_string())
+        .collect();
+    on_disk.sort();
+    let mut known: Vec<String> = kernels::compose::snippet_names().map(String::from).collect();
+    known.sort();
+    assert_eq!(on_disk, known, "shaders/lib and the composer's list differ");
+    let mut kernels_text = String::new();
+    for entry in std::fs::read_dir(shaders_dir()).expect("shaders/ exists") {
+        let path = entry.expect("readable directory entry").path();
+        if path.extension().is_some_and(|e| e == "wgsl") {
+            kernels_text.push_str(&std::fs::read_to_string(&path).expect("readable shader"));
+        }
+    }
+    for name in &known {
+        let named = kernels_text.lines().any(|l| l.trim_start().starts_with("// uses:") && l.split_whitespace().any(|w| w == name));
+        assert!(named, "no kernel file uses shaders/lib/{name}.wgsl");
     }
 }
 

@@ -5,6 +5,7 @@
 //! (NumPy rules, rank <= MAX_RANK); an input of the output's shape is read at `i` directly.
 use kiln_core::{BinaryOp, CmpOp, DType, ExecError, Op, Operand, Step, UnaryOp, MAX_RANK};
 
+use super::compose::compose;
 use super::{key, render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/elementwise.wgsl");
@@ -158,7 +159,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     let key_slots: Vec<(&str, &str)> = slots.iter().copied().filter(|(name, _)| *name != "INPUTS").collect();
     Ok(vec![Launch {
         key: key("elementwise", &key_slots),
-        source: render(SHADER, &slots),
+        source: render(&compose(SHADER, &[]), &slots),
         params,
         bindings,
         groups: word(step, "workgroup count", n.div_ceil(WORKGROUP))?,

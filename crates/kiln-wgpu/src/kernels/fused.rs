@@ -11,14 +11,20 @@
 //!
 //! `Op::FusedReduce`: the program is a reduction's prologue (`prologue`), rendered as
 //! the `value(e)` function of shaders/reduce.wgsl with the same instruction
-//! expressions and the elementwise template's functions.
+//! expressions; the composer brings the elementwise ops' functions (shaders/lib/math.wgsl
+//! and broadcast.wgsl) along.
 use kiln_core::{DType, ExecError, FusedInstr, FusedProgram, Operand, Shape, Step, MAX_RANK};
 
 use super::elementwise::{binary_expr, float_comparison, unary_expr};
 use super::value_source::ValueSource;
+use super::compose::compose;
 use super::{render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/elementwise.wgsl");
+
+/// The shared snippets a reduction's prologue needs: the elementwise ops' functions and
+/// broadcast reads (which read the P_RANK, P_DIMS and P_SCALAR the prologue defines).
+const PROLOGUE_LIBS: &[&str] = &["math", "broadcast"];
 
 /// Invocations per workgroup (`WG` in the shader).
 const WORKGROUP: usize = 256;
@@ -282,7 +288,7 @@ fn render_launch(step: &Step, program: &FusedProgram, caps: &Caps, body: &Launch
         ("LOADS", statements.trim_end()),
         ("EXPR", expr.as_str()),
     ];
-    let source = render(SHADER, &slots);
+    let source = render(&compose(SHADER, &[]), &slots);
     let mut bindings: Vec<_> = body.reads.iter().map(|read| (read.buffer, Access::Read)).collect();
     bindings.extend(body.stores.iter().map(|(_, operand)| (operand.buffer, Access::Write)));
     Ok(Launch {
@@ -293,15 +299,6 @@ fn render_launch(step: &Step, program: &FusedProgram, caps: &Caps, body: &Launch
         groups: word(step, "workgroup count", n.div_ceil(WORKGROUP))?,
         scratch: Vec::new(),
     })
-}
-
-/// The elementwise ops' functions of the elementwise template (from its first constant
-/// to its entry point), for a reduction's prologue. They read `params[P_RANK]`,
-/// `P_DIMS` and `P_SCALAR`, which the prologue defines in its own params words.
-fn elementwise_functions() -> &'static str {
-    let start = SHADER.find("const SQRT_1_2").expect("shaders/elementwise.wgsl defines SQRT_1_2 before its functions");
-    let end = SHADER.find("@compute").expect("shaders/elementwise.wgsl has an entry point after its functions");
-    &SHADER[start..end]
 }
 
 /// A FusedReduce's value: `program`'s last register at element `e` of `shape` (the
@@ -364,7 +361,8 @@ pub(super) fn prologue(
     Ok(ValueSource {
         bindings: step.inputs.iter().map(|input| (input.buffer, Access::Read)).collect(),
         key: format!("{declarations}{value}"),
-        prologue: format!("{constants}{}\n{value}", elementwise_functions()),
+        prologue: format!("{constants}\n{value}"),
+        libs: PROLOGUE_LIBS,
         declarations: declarations.trim_end().to_string(),
         any_f16,
     })

@@ -1,5 +1,6 @@
 //! Gather, ScatterAdd and OneHot (shaders/index.wgsl), one launch each.
-use super::movement::{kernel_source, move_type, op_error, word};
+use super::movement::{move_type, op_error, word};
+use super::compose::kernel_source;
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Operand, Step};
 

@@ -27,6 +27,7 @@
 //! tests/shaders_valid.rs validates every launch both as written and as loaded.
 use kiln_core::{DType, ExecError, Step};
 
+pub mod compose;
 pub mod conv;
 mod elementwise;
 mod fused;

@@ -8,6 +8,7 @@
 //! share with this one.
 use std::fmt::Display;
 
+use super::compose::kernel_source;
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{BufferId, DType, ExecError, Op, Operand, Shape, Step, MAX_RANK};
 
@@ -290,24 +291,4 @@ pub(super) fn move_type(caps: &Caps, dtype: DType) -> &'static str {
     } else {
         "u32"
     }
-}
-
-/// Marks the start of a kernel section in a shader file that holds several kernels:
-/// `//// kernel: NAME` on a line of its own. The text before the first marker is a
-/// prelude shared by every kernel of the file.
-const SECTION_MARKER: &str = "//// kernel: ";
-
-/// The prelude of a multi-kernel shader file followed by the section of kernel `name`.
-pub(super) fn kernel_source(file: &str, name: &str) -> String {
-    let mut parts = file.split(SECTION_MARKER);
-    let prelude = parts.next().unwrap_or_default();
-    for part in parts {
-        let (title, body) = part.split_once('\n').unwrap_or((part, ""));
-        if title.trim() == name {
-            return format!("{prelude}{body}");
-        }
-    }
-    // The shader files are compiled in and every section name is a literal in this
-    // directory: a miss is a programming error, caught by the naga validation tests.
-    panic!("no `{SECTION_MARKER}{name}` section in the shader source")
 }

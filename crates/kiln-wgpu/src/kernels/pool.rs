@@ -3,7 +3,8 @@
 //! each input element.
 use kiln_core::{ExecError, Op, Operand, Pool2dGeometry, Step};
 
-use super::movement::{kernel_source, op_error, word};
+use super::movement::{op_error, word};
+use super::compose::kernel_source;
 use super::{key, render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/pool.wgsl");

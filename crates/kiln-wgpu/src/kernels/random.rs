@@ -32,7 +32,7 @@ pub fn lower(step: &Step, _caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     }
     Ok(vec![Launch {
         key: "random.uniform".to_string(),
-        source: SHADER.to_string(),
+        source: super::compose::compose(SHADER, &[]),
         params: vec![word(step, "element count", n)?, seed],
         bindings: vec![(counter.buffer, Access::Read), (out.buffer, Access::Write)],
         groups: word(step, "workgroup count", n.div_ceil(WG))?,

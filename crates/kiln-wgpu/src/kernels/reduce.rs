@@ -11,6 +11,7 @@
 use kiln_core::{DType, ExecError, Op, ReduceOp, Step, MAX_RANK};
 
 use super::value_source::ValueSource;
+use super::compose::compose;
 use super::{fused, key, render, Access, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/reduce.wgsl");
@@ -135,7 +136,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         slots.iter().copied().chain([("INPUTS", source.declarations.as_str()), ("PROLOGUE", source.prologue.as_str())]).collect();
     Ok(vec![Launch {
         key: format!("{};VALUE={}", key("reduce", &slots), source.key),
-        source: render(SHADER, &all_slots),
+        source: render(&compose(SHADER, source.libs), &all_slots),
         params,
         bindings,
         groups: word(step, "output count", outputs)?,
@@ -150,6 +151,7 @@ fn stored_value(x: &kiln_core::Operand, caps: &Caps) -> ValueSource {
     ValueSource {
         bindings: vec![(x.buffer, Access::Read)],
         prologue: "fn value(e: u32) -> f32 {\n    return f32(x[e]);\n}".to_string(),
+        libs: &[],
         key: format!("x:{tx}"),
         declarations,
         any_f16: tx == "f16",

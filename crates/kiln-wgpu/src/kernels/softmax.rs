@@ -1,6 +1,7 @@
 //! Softmax, LogSoftmax, SoftmaxCrossEntropy and its gradient (shaders/softmax.wgsl): one
 //! workgroup per row, max-subtracted, each step a single launch.
-use super::movement::{kernel_source, op_error, word};
+use super::movement::{op_error, word};
+use super::compose::kernel_source;
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Step};
 

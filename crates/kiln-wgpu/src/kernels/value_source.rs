@@ -10,6 +10,8 @@ pub(super) struct ValueSource {
     pub bindings: Vec<(kiln_core::BufferId, Access)>,
     pub declarations: String,
     pub prologue: String,
+    /// Snippets of shaders/lib the prologue needs (see `compose`).
+    pub libs: &'static [&'static str],
     /// The part of `declarations` and `prologue` that tells kernels apart (the cache key
     /// leaves out the elementwise functions every fused prologue brings along).
     pub key: String,

@@ -11,7 +11,8 @@ mod tune;
 pub use tune::ConvTuning;
 
 use super::matmul::{MatmulConfig, PORTABLE_INVOCATIONS, PORTABLE_WORKGROUP_BYTES};
-use super::movement::{kernel_source, op_error, word};
+use super::movement::{op_error, word};
+use super::compose::{compose, kernel_source};
 use super::{key, render, Access, Caps, Launch, ScratchBinding};
 
 /// The kernel family's template (the autotuner keys its cache by a hash of it).
@@ -288,7 +289,7 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
         let sum_slots = [("T", storage)];
         launches.push(Launch {
             key: key("split_k", &sum_slots),
-            source: render(SPLIT_K_SHADER, &sum_slots),
+            source: render(&compose(SPLIT_K_SHADER, &[]), &sum_slots),
             params: vec![word(step, "output length", out_len)?, word(step, "split count", split.splits)?],
             bindings: vec![(out.buffer, Access::Write)],
             groups: word(step, "workgroup count", out_len.div_ceil(SPLIT_K_WORKGROUP))?,

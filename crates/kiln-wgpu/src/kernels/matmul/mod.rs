@@ -13,6 +13,7 @@ pub use tune::MatmulTuning;
 pub(crate) use tune::lower_tuned;
 
 use super::movement::{op_error, word};
+use super::compose::compose;
 use super::{key, render, Access, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Shape, Step, MAX_RANK};
 
@@ -352,7 +353,7 @@ pub fn lower_coop(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     let [a, b] = step.inputs.as_slice() else { unreachable!("checked() found two inputs") };
     Ok(vec![Launch {
         key: key("matmul_coop", &slots),
-        source: render(COOP_SHADER, &slots),
+        source: render(&compose(COOP_SHADER, &[]), &slots),
         params,
         bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
         groups,
@@ -425,7 +426,7 @@ fn render_variant(problem: &MatmulProblem, out_storage: &'static str, config: Ma
         ("VEC4_B", bool_text(b_vec4)),
         ("VEC4_C", bool_text(c_vec4)),
     ];
-    (render(SHADER, &slots), key("matmul", &key_slots))
+    (render(&compose(SHADER, &[]), &slots), key("matmul", &key_slots))
 }
 
 /// The body of `fn a_quad(at, valid) -> vec4<f32>` (or b_quad) in the shader.
