@@ -39,7 +39,7 @@
 //
 // Slots: T, the storage type of every tensor (f32 or f16; arithmetic is f32); BM, BN, BK,
 // TM, TN, the configuration (TM, TN and BK multiples of 4); KW, TAPS, WO, AREA (see
-// below); WEIGHT_OUT (backward_weight only): the partial-sum binding and `store_weight`,
+// below); WEIGHT_OUT (backward_weight only): `store_weight`,
 // written by kernels/conv.rs.
 //
 // params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv.rs):
@@ -114,7 +114,6 @@ const P_TAP_STEP_W: u32 = 24u;
 const P_PHASES: u32 = 25u;
 const PHASE_WORDS: u32 = 5u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index
 
 // tile_a[half * A_SLICE + k * A_PITCH + q][i] = A[row0 + 4 q + i, k0 + k];
@@ -293,9 +292,6 @@ fn main(
 // out[n, o, i, j] = C[(n, i, j), o - g OG] of group g:
 //   A[(n, i, j), (c, a, b)] = x[n, g CG + c, i SH - PH + a DH, j SW - PW + b DW] (0 outside)
 //   B[(c, a, b), o']        = weight[g OG + o', c, a, b]
-@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> weight: array<{{T}}>;
-@group(0) @binding(3) var<storage, read_write> out: array<{{T}}>;
 
 // Consecutive m are neighbouring output columns j, reading x SW apart; a weight row is
 // contiguous along k.
@@ -379,9 +375,6 @@ fn store(p: Problem, m: u32, n: u32, value: f32) {
 // grad_weight[g OG + o', c, a, b] = C[(c, a, b), o'] of group g:
 //   A[(c, a, b), (n, i, j)] = x[n, g CG + c, i SH - PH + a DH, j SW - PW + b DW] (0 outside)
 //   B[(n, i, j), o']        = grad_out[n, g OG + o', i, j]
-@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> grad_out: array<{{T}}>;
-@group(0) @binding(3) var<storage, read_write> grad_weight: array<{{T}}>;
 
 // Both operands are contiguous along k = (n, i, j) (x SW apart).
 const A_M_FAST: bool = false;
@@ -470,9 +463,6 @@ fn store(p: Problem, m: u32, n: u32, value: f32) {
 //   A[(n, u, v), (o', s, t)]  = grad_out[n, g OG + o', i, j] with i = (y + PH - a DH) / SH
 //                               = q0y + u - (a DH - ph) / SH (exact), 0 outside [0, HO)
 //   B[(o', s, t), c]          = weight[g OG + o', c, a, b]
-@group(0) @binding(1) var<storage, read> grad_out: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> weight: array<{{T}}>;
-@group(0) @binding(3) var<storage, read_write> grad_x: array<{{T}}>;
 
 // Consecutive m are neighbouring v, reading neighbouring output columns j.
 const A_M_FAST: bool = true;

@@ -2,10 +2,10 @@
 // One invocation per output element, 256 per workgroup; arithmetic in f32.
 //
 // Template slots (filled by crates/kiln-wgpu/src/kernels/elementwise.rs):
-//   INPUTS  declarations of the input bindings in_a, in_b, in_c (bindings 1..=k), of
-//           storage types TA, TB, TC (slots that only the key and render's f16 check see)
-//   OUT     binding number of the output, k + 1
-//   TO      storage type of the output (f32, f16 or u32)
+//   TA, TB, TC  storage types of the inputs in_a, in_b, in_c (slots that only the key and
+//               render's f16 check see: the bindings, in_a.. then out, are declared by
+//               the composer from the launch's list)
+//   TO      storage type of the output `out` (f32, f16 or u32)
 //   LOADS   statements loading this element's inputs as `a`, `b`, `c`
 //   EXPR    the output value, an expression of `a`, `b`, `c` (in TO)
 //
@@ -13,9 +13,6 @@
 //   [0] n, the number of output elements   [1] rank of the output
 //   [2..10] output dims                    [10..18], [18..26], [26..34] strides of a, b, c
 //   [34] a scalar: the Constant's value (bits of TO as f32 or u32), LeakyRelu's alpha
-@group(0) @binding(0) var<storage, read> params: array<u32>;
-{{INPUTS}}
-@group(0) @binding({{OUT}}) var<storage, read_write> out: array<{{TO}}>;
 
 const WG: u32 = 256u;
 const P_N: u32 = 0u;

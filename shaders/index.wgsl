@@ -7,7 +7,6 @@
 
 const WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index element
 
 //// kernel: gather
@@ -16,9 +15,6 @@ const WG: u32 = 256u;
 // T moves the stored bits unchanged: u32 for 4-byte storage, f16 for f16 storage.
 //
 // params: 0 output element count (I * R), 1 R, 2 V.
-@group(0) @binding(1) var<storage, read> table: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> indices: array<u32>;
-@group(0) @binding(3) var<storage, read_write> out: array<{{T}}>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -51,9 +47,6 @@ fn main(
 // T: the float storage type (f32 or f16); sums are f32.
 //
 // params: 0 rows, 1 C (columns per row), 2 I (index count), 3 column blocks per row.
-@group(0) @binding(1) var<storage, read> indices: array<u32>;
-@group(0) @binding(2) var<storage, read> src: array<{{T}}>;
-@group(0) @binding(3) var<storage, read_write> out: array<{{T}}>;
 
 var<workgroup> chunk: array<u32, WG>;
 
@@ -103,8 +96,6 @@ fn main(
 // of zeros. T: the output's storage type.
 //
 // params: 0 output element count (I * C), 1 C.
-@group(0) @binding(1) var<storage, read> indices: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<{{T}}>;
 
 @compute @workgroup_size(WG)
 fn main(

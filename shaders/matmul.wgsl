@@ -77,11 +77,7 @@ const P_BATCH_DIMS: u32 = 8u;
 const P_A_BATCH_STRIDES: u32 = 14u;
 const P_B_BATCH_STRIDES: u32 = 20u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index gemm_batch
-@group(0) @binding(1) var<storage, read> a: array<{{A_ELEM}}>;
-@group(0) @binding(2) var<storage, read> b: array<{{B_ELEM}}>;
-@group(0) @binding(3) var<storage, read_write> c: array<{{C_ELEM}}>;
 
 // tile_a[half * A_SLICE + k * BM_QUADS + q] = op(a)[block row + 4 q + 0..4, slice k0 + k];
 // tile_b[half * B_SLICE + k * BN_QUADS + q] = op(b)[k0 + k, block column + 4 q + 0..4].

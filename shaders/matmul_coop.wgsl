@@ -52,11 +52,7 @@ const P_BATCH_DIMS: u32 = 8u;
 const P_A_BATCH_STRIDES: u32 = 14u;
 const P_B_BATCH_STRIDES: u32 = 20u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: gemm_batch
-@group(0) @binding(1) var<storage, read> a: array<f16>;
-@group(0) @binding(2) var<storage, read> b: array<f16>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
 
 // tile_a[r * BK + kk] = op(a)[block row + r, k0 + kk]; tile_b[kk * BN + j] = op(b)[k0 + kk, block column + j].
 var<workgroup> tile_a: array<f16, BM * BK>;

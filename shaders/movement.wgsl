@@ -11,10 +11,7 @@
 const WG: u32 = 256u;
 const MAX_RANK: u32 = 8u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index element
-@group(0) @binding(1) var<storage, read> src: array<{{T}}>;
-@group(0) @binding(2) var<storage, read_write> dst: array<{{T}}>;
 
 //// kernel: copy
 // For every index i of an iteration shape (rank <= 8):

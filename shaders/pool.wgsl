@@ -25,7 +25,6 @@ const P_SW: u32 = 8u;
 const P_PH: u32 = 9u;
 const P_PW: u32 = 10u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index element
 
 // The positions [start, end) along one axis of window `index` that lie inside the input.
@@ -93,8 +92,6 @@ fn scan_step(best: Best, v: f32, offset: u32) -> Best {
 
 //// kernel: max_forward
 // out[plane, i, j] = the maximum of window (i, j) of x's plane.
-@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
-@group(0) @binding(2) var<storage, read_write> out: array<{{T}}>;
 
 fn select_max(base: u32, i: u32, j: u32) -> Best {
     let win = window(i, j);
@@ -127,9 +124,6 @@ fn main(
 //// kernel: max_backward
 // grad_x[plane, y, x] = the sum of grad_out over the windows whose selected element is
 // (y, x), in row-major order of the windows.
-@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> grad_out: array<{{T}}>;
-@group(0) @binding(3) var<storage, read_write> grad_x: array<{{T}}>;
 
 fn select_max(base: u32, i: u32, j: u32) -> Best {
     let win = window(i, j);
@@ -175,8 +169,6 @@ fn main(
 //// kernel: avg_forward
 // out[plane, i, j] = the sum of window (i, j) of x's plane (padding adds 0), in row-major
 // order, divided by KH KW.
-@group(0) @binding(1) var<storage, read> x_data: array<{{T}}>;
-@group(0) @binding(2) var<storage, read_write> out: array<{{T}}>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -205,8 +197,6 @@ fn main(
 //// kernel: avg_backward
 // grad_x[plane, y, x] = the sum of grad_out / (KH KW) over the windows that contain
 // (y, x), in row-major order of the windows.
-@group(0) @binding(1) var<storage, read> grad_out: array<{{T}}>;
-@group(0) @binding(2) var<storage, read_write> grad_x: array<{{T}}>;
 
 @compute @workgroup_size(WG)
 fn main(

@@ -5,10 +5,7 @@
 //
 // params (u32 words): [0] n, the number of output elements   [1] seed
 // bindings: 1 the 0-d u32 counter, 2 the f32 output.
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index element
-@group(0) @binding(1) var<storage, read> counter: array<u32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 256u;
 const P_N: u32 = 0u;

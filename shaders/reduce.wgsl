@@ -5,8 +5,8 @@
 // workgroup merges the partial results in shared memory as a tree. Arithmetic in f32.
 //
 // Template slots (filled by crates/kiln-wgpu/src/kernels/reduce.rs):
-//   INPUTS    declarations of the bindings x is read from (1..=k)
-//   OUT       binding number of the output, k + 1       TO  storage type of the output
+//   TO        storage type of the output `out` (declared, after the bindings x is read
+//             from, by the composer from the launch's list)
 //   PROLOGUE  `fn value(e: u32) -> f32`: element e (row-major) of x, and whatever it
 //             needs (for a fused prologue: its params words and the program's
 //             registers; the composer adds shaders/lib/math.wgsl and broadcast.wgsl)
@@ -20,10 +20,7 @@
 //   [0] outputs   [1] m, elements per output   [2] kept rank   [3] reduced rank
 //   [4..12] kept dims, [12..20] their strides in x; [20..28] reduced dims, [28..36] their strides
 //   [36..] the prologue's own words (a fused prologue: x's rank and dims, the inputs' strides)
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index
-{{INPUTS}}
-@group(0) @binding({{OUT}}) var<storage, read_write> out: array<{{TO}}>;
 
 const WG: u32 = {{WG}}u;
 const P_OUTPUTS: u32 = 0u;

@@ -12,8 +12,6 @@
 
 const WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
-
 // uses: index workgroup_reduce
 
 //// kernel: rows
@@ -25,9 +23,6 @@ const WG: u32 = 256u;
 //
 // params: 0 outer, 1 n (>= 1), 2 inner.
 const LOG: bool = {{LOG}};
-
-@group(0) @binding(1) var<storage, read> x: array<{{T}}>;
-@group(0) @binding(2) var<storage, read_write> y: array<{{T}}>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -77,9 +72,6 @@ fn main(
 //
 // params: 0 N (rows), 1 C (classes, >= 1), 2 the bits of a quiet NaN (WGSL cannot
 // write a NaN constant).
-@group(0) @binding(1) var<storage, read> logits: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> labels: array<u32>;
-@group(0) @binding(3) var<storage, read_write> loss: array<{{T}}>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -123,10 +115,6 @@ fn main(
 // (so the result is the unfused Softmax, OneHot, Sub and Mul's, bit for bit in f32).
 //
 // params: 0 N (rows), 1 C (classes, >= 1).
-@group(0) @binding(1) var<storage, read> logits: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> labels: array<u32>;
-@group(0) @binding(3) var<storage, read> grad: array<{{T}}>;
-@group(0) @binding(4) var<storage, read_write> grad_logits: array<{{T}}>;
 
 @compute @workgroup_size(WG)
 fn main(

@@ -10,10 +10,7 @@ const WG: u32 = 256u;
 const P_LEN: u32 = 0u;
 const P_SPLITS: u32 = 1u;
 
-@group(0) @binding(0) var<storage, read> params: array<u32>;
 // uses: index element
-@group(0) @binding(1) var<storage, read_write> out: array<{{T}}>;
-@group(0) @binding(2) var<storage, read> partial: array<f32>;
 
 @compute @workgroup_size(WG)
 fn main(

@@ -18,6 +18,3 @@ pub use runtime::{WgpuBackend, WgpuOptions, TIMEOUT_ENV};
 /// The wgpu this crate is built on (AdapterReport and WgpuBackend::limits use its types).
 pub use wgpu;
 
-/// Exposed for tests that validate kernels exactly as the runtime hands them to wgpu.
-#[doc(hidden)]
-pub use runtime::declare_tensor_bindings_read_write;

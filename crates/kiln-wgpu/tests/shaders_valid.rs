@@ -1,16 +1,17 @@
-//! Every WGSL kernel parses and validates with naga, with no GPU needed:
-//! 1. every shaders/*.wgsl file (each `//// kernel: NAME` section of it, with the
-//!    file's prelude), composed with the shaders/lib snippets it names by the kernels'
-//!    own composer, its template slots filled with sample values, in f32 and f16;
-//! 2. the rendered source of every launch `kernels::lower` produces for a step of every
-//!    op family, in f32 and f16 tensors, with and without SHADER_F16 — both as written
-//!    and as the runtime hands it to wgpu (tensor bindings read_write) — and each
-//!    launch's bindings checked against the conventions in kernels/mod.rs.
+//! Every WGSL kernel parses and validates with naga, with no GPU needed. Shader files
+//! declare no bindings (the composer declares them from each launch's list), so what is
+//! validated is what the kernels compose and the runtime hands to wgpu:
+//! 1. the launch of every step of a graph with a step of every op family, in f32 and f16
+//!    tensors, with and without SHADER_F16, each launch's bindings checked against the
+//!    conventions in kernels/mod.rs; and for the tunable families every candidate
+//!    configuration, and the cooperative-matrix kernel;
+//! 2. every section of every shaders/*.wgsl file is reached by one of those launches, and
+//!    every shaders/lib snippet is one the composer knows and some kernel uses.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use kiln_core::{BinaryOp, CmpOp, Conv2dParams, DType, Graph, HostTensor, Plan, Reduction, Tensor, UnaryOp};
-use kiln_wgpu::kernels::{self, Access, Caps, Launch};
+use kiln_wgpu::kernels::{self, Caps, Launch};
 
 /// Parse and validate WGSL; the error is naga's report with the source excerpt.
 fn validate(source: &str) -> Result<naga::Module, String> {
@@ -28,102 +29,38 @@ fn shaders_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shaders")
 }
 
-/// Sample values for a template slot, given the float type of this rendering.
-/// Slots of files this test does not know fail the test: add them here.
-fn slot_samples(file: &str, slot: &str, float: &str) -> Option<Vec<String>> {
-    let one = |s: &str| Some(vec![s.to_string()]);
-    let input_decl = format!("@group(0) @binding(1) var<storage, read> in_a: array<{float}>;");
-    match (file, slot) {
-        (_, "T" | "TX" | "TO") => one(float),
-        ("elementwise.wgsl", "INPUTS") => one(&input_decl),
-        ("elementwise.wgsl", "OUT") => one("2"),
-        ("elementwise.wgsl", "LOADS") => one("    let a = f32(in_a[broadcast_offset(i, P_STRIDES_A)]);"),
-        ("elementwise.wgsl", "EXPR") => Some(
-            ["gelu_erf_f32(a)", "pow_f32(a, a)", "round_f16(softplus_f32(a))", "gelu_tanh_grad_f32(a)"]
-                .iter()
-                .map(|e| format!("{float}({e})"))
-                .collect(),
-        ),
-        ("reduce.wgsl", "INPUTS") => one(&format!("@group(0) @binding(1) var<storage, read> x: array<{float}>;")),
-        ("reduce.wgsl", "OUT") => one("2"),
-        // A stored value; fused prologues are validated as rendered launches below.
-        ("reduce.wgsl", "PROLOGUE") => one("fn value(e: u32) -> f32 {\n    return f32(x[e]);\n}"),
-        ("reduce.wgsl", "WG") => Some(vec!["64".into(), "256".into()]),
-        ("reduce.wgsl", "ACC") => Some(vec!["sum".into(), "max".into()]),
-        ("reduce.wgsl", "BASE") => one("offset_of(o, params[P_KEPT_RANK], P_KEPT_DIMS, P_KEPT_STRIDES)"),
-        ("reduce.wgsl", "OFFSET") => one("j * params[P_REDUCED_STRIDES]"),
-        ("reduce.wgsl", "RESULT") => one(&format!("{float}((total.value + total.comp) / f32(m))")),
-        ("matmul.wgsl" | "matmul_coop.wgsl", "TRANS_A" | "TRANS_B") => Some(vec!["false".into(), "true".into()]),
-        ("matmul.wgsl", "BM" | "BN") => one("64"),
-        ("matmul.wgsl", "BK") => one("16"),
-        ("matmul.wgsl", "TM" | "TN") => one("4"),
-        // Scalar bindings here; every vec4 variant is validated by tests/matmul_configs.rs.
-        ("matmul.wgsl", "A_ELEM" | "B_ELEM" | "C_ELEM") => one(float),
-        ("matmul.wgsl", "A_QUAD") => one(&kernels::matmul::load_quad("a", false)),
-        ("matmul.wgsl", "B_QUAD") => one(&kernels::matmul::load_quad("b", false)),
-        ("matmul.wgsl", "C_QUAD") => one(&kernels::matmul::store_quad(float, false)),
-        ("conv.wgsl", "BM" | "BN") => Some(vec!["32".into(), "64".into()]),
-        ("conv.wgsl", "BK") => one("8"),
-        ("conv.wgsl", "TM" | "TN") => one("4"),
-        ("conv.wgsl", "KW" | "WO") => one("3"),
-        ("conv.wgsl", "TAPS" | "AREA") => one("9"),
-        ("conv.wgsl", "WEIGHT_OUT") => Some([false, true].map(|split| kernels::conv::weight_store(float, split)).to_vec()),
-        ("softmax.wgsl", "LOG") => Some(vec!["false".into(), "true".into()]),
-        ("movement.wgsl", "FILL") => one(&format!("{float}(bitcast<f32>(params[P_FILL]))")),
-        _ => None,
-    }
-}
-
-/// The `{{NAME}}` slots of a template, in order of first appearance, outside comments.
-fn slots_of(template: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in template.lines().filter(|l| !l.trim_start().starts_with("//")) {
-        let mut rest = line;
-        while let Some(start) = rest.find("{{") {
-            let Some(len) = rest[start + 2..].find("}}") else { break };
-            let name = rest[start + 2..start + 2 + len].to_string();
-            if !names.contains(&name) {
-                names.push(name);
-            }
-            rest = &rest[start + 2 + len + 2..];
-        }
-    }
-    names
-}
-
-/// Every combination of sample values of `slots`.
-fn combinations(file: &str, slots: &[String], float: &str) -> Result<Vec<Vec<(String, String)>>, String> {
-    let mut all: Vec<Vec<(String, String)>> = vec![vec![]];
-    for slot in slots {
-        let samples = slot_samples(file, slot, float)
-            .ok_or_else(|| format!("{file}: no sample values for slot {{{{{slot}}}}}; add them to slot_samples"))?;
-        all = all
-            .into_iter()
-            .flat_map(|prefix| {
-                samples.iter().map(move |value| {
-                    let mut next = prefix.clone();
-                    next.push((slot.clone(), value.clone()));
-                    next
-                })
-            })
-            .collect();
-    }
-    Ok(all)
-}
-
-/// The kernels of a shader file, composed as the kernels compose them (the prelude, the
-/// section and the shared snippets they name): the whole file, or one per
-/// `//// kernel: NAME` section.
-fn kernels_of(text: &str) -> Vec<(String, String)> {
-    let sections = kernels::compose::sections(text);
+/// The kernels of a shader file, by the launch-key prefix that names them: the file's
+/// stem, and `stem.section` for each `//// kernel: NAME` section of a multi-kernel file.
+fn kernel_names(path: &Path) -> Vec<String> {
+    let stem = path.file_stem().expect("a file name").to_string_lossy().to_string();
+    let text = std::fs::read_to_string(path).expect("readable shader");
+    let sections = kernels::compose::sections(&text);
     if sections.is_empty() {
-        return vec![("main".to_string(), kernels::compose::compose(text, &[]))];
+        vec![stem]
+    } else {
+        sections.into_iter().map(|s| format!("{stem}.{s}")).collect()
     }
-    sections.into_iter().map(|name| (name.to_string(), kernels::compose::kernel_source(text, name))).collect()
 }
 
-/// Every snippet of shaders/lib is one the composer knows (and so is validated inside the
-/// kernels that name it), and every one is named by some kernel.
+fn shader_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(shaders_dir())
+        .expect("shaders/ exists")
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn no_shader_file_declares_a_binding() {
+    for path in shader_files() {
+        let text = std::fs::read_to_string(&path).expect("readable shader");
+        assert!(!text.contains("@binding"), "{} declares a binding: the composer declares them", path.display());
+    }
+}
+
+/// Every snippet of shaders/lib is one the composer knows, and some kernel file uses it.
 #[test]
 fn every_snippet_is_known_and_used() {
     let lib = shaders_dir().join("lib");
@@ -137,55 +74,12 @@ fn every_snippet_is_known_and_used() {
     let mut known: Vec<String> = kernels::compose::snippet_names().map(String::from).collect();
     known.sort();
     assert_eq!(on_disk, known, "shaders/lib and the composer's list differ");
-    let mut kernels_text = String::new();
-    for entry in std::fs::read_dir(shaders_dir()).expect("shaders/ exists") {
-        let path = entry.expect("readable directory entry").path();
-        if path.extension().is_some_and(|e| e == "wgsl") {
-            kernels_text.push_str(&std::fs::read_to_string(&path).expect("readable shader"));
-        }
-    }
+    let kernels_text: String =
+        shader_files().iter().map(|p| std::fs::read_to_string(p).expect("readable shader")).collect();
     for name in &known {
         let named = kernels_text.lines().any(|l| l.trim_start().starts_with("// uses:") && l.split_whitespace().any(|w| w == name));
         assert!(named, "no kernel file uses shaders/lib/{name}.wgsl");
     }
-}
-
-#[test]
-fn every_shader_file_validates_in_f32_and_f16() {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(shaders_dir())
-        .expect("shaders/ exists")
-        .map(|e| e.expect("readable directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wgsl"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 2, "found only {files:?}");
-    let mut failures = Vec::new();
-    let mut checked = 0;
-    for path in &files {
-        let file = path.file_name().expect("a file name").to_string_lossy().to_string();
-        let text = std::fs::read_to_string(path).expect("readable shader");
-        for (kernel, template) in kernels_of(&text) {
-            let slots = slots_of(&template);
-            for float in ["f32", "f16"] {
-                let combos = match combinations(&file, &slots, float) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        failures.push(e);
-                        continue;
-                    }
-                };
-                for combo in combos {
-                    let pairs: Vec<(&str, &str)> = combo.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                    let source = kernels::render(&template, &pairs);
-                    checked += 1;
-                    if let Err(e) = validate(&source) {
-                        failures.push(format!("{file} [{kernel}] with {pairs:?}:\n{e}"));
-                    }
-                }
-            }
-        }
-    }
-    assert!(failures.is_empty(), "{} of {checked} renderings fail:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// A graph with a step of every op family, its float tensors in `float`.
@@ -233,10 +127,17 @@ fn every_op(float: DType) -> (Graph, Vec<Tensor>) {
     outs.push(g.cast(x, DType::U32).unwrap());
     outs.push(g.cast(labels, float).unwrap());
     outs.push(g.sum(x, &[1], true).unwrap());
+    // A reduction long enough for the large workgroup.
+    let long = g.input("long", [2, 4096], float).unwrap();
+    outs.push(g.sum(long, &[1], false).unwrap());
     outs.push(g.mean(x, &[0], false).unwrap());
     outs.push(g.max(x, &[0, 1], false).unwrap());
     outs.push(g.argmax(x, 1, false).unwrap());
     outs.push(g.matmul(x, w).unwrap());
+    if float == DType::F16 {
+        // Mixed precision: the cooperative-matrix kernel's product where the adapter has it.
+        outs.push(g.matmul_f16_t(x, w, false, false).unwrap());
+    }
     let xt = g.transpose(x, 0, 1).unwrap();
     outs.push(g.matmul_t(xt, w, true, false).unwrap());
     let wt = g.transpose(w, 0, 1).unwrap();
@@ -244,6 +145,10 @@ fn every_op(float: DType) -> (Graph, Vec<Tensor>) {
     outs.push(g.softmax(x, 1).unwrap());
     outs.push(g.log_softmax(x, 0).unwrap());
     outs.push(g.cross_entropy(x, labels, Reduction::None).unwrap());
+    // Its gradient (the fused backward kernel).
+    let logits = g.input("logits", [4, 6], float).unwrap();
+    let ce = g.cross_entropy(logits, labels, Reduction::Mean).unwrap();
+    outs.extend(g.grad(ce, &[logits]).unwrap());
     outs.push(xt);
     outs.push(g.broadcast_to(row, [3, 6]).unwrap());
     outs.push(g.slice(x, 1, 1, 5, 2).unwrap());
@@ -266,13 +171,21 @@ fn every_op(float: DType) -> (Graph, Vec<Tensor>) {
     let max_loss = g.sum_all(max_pooled).unwrap();
     let avg_loss = g.sum_all(avg_pooled).unwrap();
     let pool_loss = g.add(max_loss, avg_loss).unwrap();
+    // A weight gradient whose K (every output position) is long enough to split.
+    let wide = g.input("wide", [2, 2, 16, 16], float).unwrap();
+    let wide_filters = g.input("wide_filters", [4, 2, 3, 3], float).unwrap();
+    let same = Conv2dParams { stride: [1, 1], padding: [1, 1], dilation: [1, 1], groups: 1 };
+    let wide_conv = g.conv2d(wide, wide_filters, None, same).unwrap();
+    let wide_loss = g.sum_all(wide_conv).unwrap();
     let loss = g.add(conv_loss, pool_loss).unwrap();
+    let loss = g.add(loss, wide_loss).unwrap();
     outs.extend([conv, max_pooled, avg_pooled]);
-    outs.extend(g.grad(loss, &[images, filters]).unwrap());
+    outs.extend(g.grad(loss, &[images, filters, wide, wide_filters]).unwrap());
     (g, outs)
 }
 
-/// Check a launch against the binding conventions of kernels/mod.rs.
+/// Check a launch against the binding conventions of kernels/mod.rs: params read-only at
+/// 0, then one read_write binding per tensor and scratch buffer.
 fn check_conventions(launch: &Launch, module: &naga::Module) -> Result<(), String> {
     let mut seen = BTreeSet::new();
     for (_, var) in module.global_variables.iter() {
@@ -285,14 +198,11 @@ fn check_conventions(launch: &Launch, module: &naga::Module) -> Result<(), Strin
             return Err(format!("binding {} is not a storage buffer", binding.binding));
         };
         let writable = access.contains(naga::StorageAccess::STORE);
-        let expected = match binding.binding {
-            0 => false,
-            b => match launch.accesses().get(b as usize - 1) {
-                Some(Access::Read) => false,
-                Some(Access::Write) => true,
-                None => return Err(format!("declares binding {b}, but the launch has {} bindings", launch.accesses().len())),
-            },
-        };
+        let b = binding.binding;
+        if b as usize > launch.accesses().len() {
+            return Err(format!("declares binding {b}, but the launch has {} bindings", launch.accesses().len()));
+        }
+        let expected = b != 0;
         if writable != expected {
             return Err(format!("binding {} is declared {}", binding.binding, if writable { "read_write" } else { "read" }));
         }
@@ -310,11 +220,34 @@ fn check_conventions(launch: &Launch, module: &naga::Module) -> Result<(), Strin
     Ok(())
 }
 
+/// The launches of `step` to validate: its lowering, and for the tunable families its
+/// lowering with every candidate configuration, and the cooperative-matrix kernel's.
+fn launches_of(step: &kiln_core::Step, caps: &Caps) -> Result<Vec<Launch>, String> {
+    use kiln_wgpu::kernels::{conv, matmul};
+    let mut all = kernels::lower(step, caps).map_err(|e| e.to_string())?;
+    match step.op.name() {
+        "matmul" if matmul::coop_applies(step, caps) => all.extend(matmul::lower_coop(step, caps).map_err(|e| e.to_string())?),
+        "matmul" => {
+            for config in matmul::CANDIDATES {
+                all.extend(matmul::lower_with(step, caps, config).map_err(|e| format!("{config}: {e}"))?);
+            }
+        }
+        "conv2d" | "conv2d_backward_input" | "conv2d_backward_weight" => {
+            for config in conv::CANDIDATES {
+                all.extend(conv::lower_with(step, caps, config).map_err(|e| format!("{config}: {e}"))?);
+            }
+        }
+        _ => {}
+    }
+    Ok(all)
+}
+
 #[test]
 fn every_launch_of_every_op_family_validates() {
     let mut failures = Vec::new();
     let mut launches = 0;
     let mut ops_seen = BTreeSet::new();
+    let mut keys = BTreeSet::new();
     for float in [DType::F32, DType::F16] {
         let (g, outs) = every_op(float);
         let plan = Plan::compile(&g, &outs).unwrap();
@@ -322,7 +255,7 @@ fn every_launch_of_every_op_family_validates() {
             for step in &plan.steps {
                 let what = format!("{} (node #{}, {float} tensors, {caps:?})", step.op.name(), step.node.id());
                 ops_seen.insert(step.op.name());
-                let lowered = match kernels::lower(step, &caps) {
+                let lowered = match launches_of(step, &caps) {
                     Ok(l) if !l.is_empty() => l,
                     Ok(_) => {
                         failures.push(format!("{what}: no launches for a non-empty tensor"));
@@ -335,17 +268,11 @@ fn every_launch_of_every_op_family_validates() {
                 };
                 for launch in lowered {
                     launches += 1;
+                    keys.insert(launch.key.clone());
                     if !caps.shader_f16 && launch.source.contains("enable f16") {
                         failures.push(format!("{what}: kernel {} enables f16 without SHADER_F16", launch.key));
                     }
-                    let checked = validate(&launch.source).and_then(|mut module| {
-                        check_conventions(&launch, &module)?;
-                        // As the runtime hands it to wgpu.
-                        kiln_wgpu::declare_tensor_bindings_read_write(&mut module);
-                        validate_module(&module, &launch.source)
-                            .map_err(|e| format!("with tensor bindings read_write (as the runtime loads it): {e}"))
-                    });
-                    if let Err(e) = checked {
+                    if let Err(e) = validate(&launch.source).and_then(|module| check_conventions(&launch, &module)) {
                         failures.push(format!("{what}: kernel {}:\n{e}", launch.key));
                     }
                 }
@@ -353,6 +280,14 @@ fn every_launch_of_every_op_family_validates() {
         }
     }
     assert!(failures.is_empty(), "{} failures over {launches} launches:\n{}", failures.len(), failures.join("\n\n"));
+    // Every kernel of every shader file was among them.
+    for path in shader_files() {
+        for name in kernel_names(&path) {
+            assert!(keys.iter().any(|k| k.starts_with(&name)), "no launch of {name} ({}) was validated", path.display());
+        }
+    }
+    assert!(keys.iter().any(|k| k.starts_with("conv.backward_weight.split")), "no split weight gradient: {keys:?}");
+    assert!(keys.iter().any(|k| k.contains("WG=256")), "no large reduction: {keys:?}");
     // The graph above must keep reaching every family.
     for op in ["constant", "gelu", "pow", "lt", "where", "cast", "mean", "argmax", "matmul", "softmax", "log_softmax"] {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");

@@ -5,7 +5,19 @@
 //! variant (a fused reduction's prologue brings `math` and `broadcast`). Each snippet
 //! comes once, in the order first named. That is the whole language: variants are chosen
 //! in Rust, and template slots (`{{T}}`) are filled by [`super::render`] afterwards.
+//!
+//! No shader file declares a binding: [`Bindings`] is a launch's list of storage buffers as
+//! the kernel names them, and the composer declares them from it (params at 0, then the
+//! tensors and scratch buffers in the launch's order). Every tensor binding is declared
+//! `read_write`: a plan's buffers share one arena `wgpu::Buffer`, and WebGPU tracks usage
+//! per buffer, so a dispatch reading one range and writing another must bind both
+//! writable. Params stay read-only, so values loaded from them remain uniform for
+//! barriers; a value loaded from a tensor binding is not.
 use std::fmt::Write;
+
+use kiln_core::BufferId;
+
+use super::Access;
 
 /// Every snippet of `shaders/lib/`, by name.
 const LIB: [(&str, &str); 6] = [
@@ -40,15 +52,67 @@ pub fn sections(file: &str) -> Vec<&str> {
     file.split(SECTION_MARKER).skip(1).map(|part| part.split_once('\n').map_or(part, |(title, _)| title).trim()).collect()
 }
 
+/// The storage buffers of one launch after params, in binding order: the plan's tensors
+/// (what becomes `Launch::bindings`), then the step's scratch buffers. Element types may
+/// be template slots (`"{{T}}"`): the declarations are rendered with the kernel.
+#[derive(Clone, Debug, Default)]
+pub struct Bindings {
+    declared: Vec<(String, String)>,
+    tensors: Vec<(BufferId, Access)>,
+}
+
+impl Bindings {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A tensor the kernel reads, as `name: array<elem>`.
+    pub fn read(self, name: impl Into<String>, elem: impl Into<String>, buffer: BufferId) -> Self {
+        self.tensor(name, elem, buffer, Access::Read)
+    }
+
+    /// A tensor the kernel writes.
+    pub fn write(self, name: impl Into<String>, elem: impl Into<String>, buffer: BufferId) -> Self {
+        self.tensor(name, elem, buffer, Access::Write)
+    }
+
+    pub fn tensor(mut self, name: impl Into<String>, elem: impl Into<String>, buffer: BufferId, access: Access) -> Self {
+        assert!(self.declared.len() == self.tensors.len(), "tensors are bound before scratch buffers");
+        self.declared.push((name.into(), elem.into()));
+        self.tensors.push((buffer, access));
+        self
+    }
+
+    /// A scratch buffer (see `ScratchBinding`), bound after every tensor.
+    pub fn scratch(mut self, name: impl Into<String>, elem: impl Into<String>) -> Self {
+        self.declared.push((name.into(), elem.into()));
+        self
+    }
+
+    /// The launch's tensor bindings (`Launch::bindings`).
+    pub fn tensors(&self) -> Vec<(BufferId, Access)> {
+        self.tensors.clone()
+    }
+
+    /// The WGSL declarations: params at binding 0, then every buffer in order.
+    pub fn declarations(&self) -> String {
+        let mut out = String::from("@group(0) @binding(0) var<storage, read> params: array<u32>;\n");
+        for (i, (name, elem)) in self.declared.iter().enumerate() {
+            let _ = writeln!(out, "@group(0) @binding({}) var<storage, read_write> {name}: array<{elem}>;", i + 1);
+        }
+        out
+    }
+}
+
 /// The prelude of a multi-kernel shader file followed by the section of kernel `name`,
-/// composed (see [`compose`]).
-pub fn kernel_source(file: &str, name: &str) -> String {
+/// composed with `bindings` (see [`compose`]).
+pub fn kernel_source(file: &str, name: &str, bindings: &Bindings) -> String {
     let mut parts = file.split(SECTION_MARKER);
     let prelude = parts.next().unwrap_or_default();
     for part in parts {
         let (title, body) = part.split_once('\n').unwrap_or((part, ""));
         if title.trim() == name {
-            return compose(&format!("{prelude}{body}"), &[]);
+            return compose(&format!("{prelude}{body}"), &[], bindings);
         }
     }
     // The shader files are compiled in and every section name is a literal in this
@@ -56,8 +120,9 @@ pub fn kernel_source(file: &str, name: &str) -> String {
     panic!("no `{SECTION_MARKER}{name}` section in the shader source")
 }
 
-/// `template` with the snippets its `// uses:` lines name, then `extra`, put before it.
-pub fn compose(template: &str, extra: &[&str]) -> String {
+/// `template` with the declarations of `bindings` and the snippets its `// uses:` lines
+/// name, then `extra`, put before it.
+pub fn compose(template: &str, extra: &[&str], bindings: &Bindings) -> String {
     let mut names: Vec<&str> = Vec::new();
     let named = template.lines().filter_map(|line| line.trim_start().strip_prefix(USES)).flat_map(str::split_whitespace);
     for name in named.chain(extra.iter().copied()) {
@@ -71,6 +136,8 @@ pub fn compose(template: &str, extra: &[&str]) -> String {
     for directive in directives {
         let _ = writeln!(out, "{directive}");
     }
+    out.push_str("// ---- bindings\n");
+    out.push_str(&bindings.declarations());
     for name in names {
         // Snippet names are literals of the shader files and of this crate: a miss is a
         // programming error, caught by the naga validation tests.

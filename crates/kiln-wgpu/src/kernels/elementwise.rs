@@ -5,8 +5,8 @@
 //! (NumPy rules, rank <= MAX_RANK); an input of the output's shape is read at `i` directly.
 use kiln_core::{BinaryOp, CmpOp, DType, ExecError, Op, Operand, Step, UnaryOp, MAX_RANK};
 
-use super::compose::compose;
-use super::{key, render, Access, Caps, Launch};
+use super::compose::{compose, Bindings};
+use super::{key, render, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
@@ -119,14 +119,14 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     }
     params[P_SCALAR] = scalar;
 
-    let mut declarations = String::new();
+    let mut buffers = Bindings::new();
     let mut statements = String::new();
     let mut input_types = ["-"; 3];
     for (k, (input, load)) in step.inputs.iter().zip(&loads).enumerate() {
         let ty = caps.storage_type(input.dtype);
         input_types[k] = ty;
         let name = VALUE[k];
-        declarations.push_str(&format!("@group(0) @binding({}) var<storage, read> in_{name}: array<{ty}>;\n", k + 1));
+        buffers = buffers.read(format!("in_{name}"), ty, input.buffer);
         let index = index_expr(input, out, k);
         for (d, &stride) in input.shape.broadcast_strides(&out.shape).iter().enumerate() {
             params[P_STRIDES[k] + d] = word(step, "stride", stride)?;
@@ -142,26 +142,21 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         statements.push_str(&format!("    let {name} = {value};\n"));
     }
 
-    let out_binding = (arity + 1).to_string();
+    let buffers = buffers.write("out", to, out.buffer);
     let slots = [
         ("TO", to),
         ("TA", input_types[0]),
         ("TB", input_types[1]),
         ("TC", input_types[2]),
-        ("OUT", out_binding.as_str()),
-        ("INPUTS", declarations.trim_end()),
         ("LOADS", statements.trim_end()),
         ("EXPR", expr.as_str()),
     ];
-    let mut bindings: Vec<_> = step.inputs.iter().map(|i| (i.buffer, Access::Read)).collect();
-    bindings.push((out.buffer, Access::Write));
-    // INPUTS follows from TA, TB, TC and OUT; leaving it out keeps keys readable.
-    let key_slots: Vec<(&str, &str)> = slots.iter().copied().filter(|(name, _)| *name != "INPUTS").collect();
+    // The bindings follow from TA, TB, TC (a "-" for an input the op lacks) and TO.
     Ok(vec![Launch {
-        key: key("elementwise", &key_slots),
-        source: render(&compose(SHADER, &[]), &slots),
+        key: key("elementwise", &slots),
+        source: render(&compose(SHADER, &[], &buffers), &slots),
         params,
-        bindings,
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", n.div_ceil(WORKGROUP))?,
         scratch: Vec::new(),
     }])

@@ -17,8 +17,8 @@ use kiln_core::{DType, ExecError, FusedInstr, FusedProgram, Operand, Shape, Step
 
 use super::elementwise::{binary_expr, float_comparison, unary_expr};
 use super::value_source::ValueSource;
-use super::compose::compose;
-use super::{render, Access, Caps, Launch};
+use super::compose::{compose, Bindings};
+use super::{render, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/elementwise.wgsl");
 
@@ -236,12 +236,12 @@ fn render_launch(step: &Step, program: &FusedProgram, caps: &Caps, body: &Launch
     for (d, &dim) in out.shape.dims().iter().enumerate() {
         params[P_DIMS + d] = word(step, "dimension", dim)?;
     }
-    let mut declarations = String::new();
+    let mut buffers = Bindings::new();
     let mut any_f16 = false;
     for (j, read) in body.reads.iter().enumerate() {
         let ty = caps.storage_type(read.dtype);
         any_f16 |= ty == "f16";
-        declarations.push_str(&format!("@group(0) @binding({}) var<storage, read> in_{j}: array<{ty}>;\n", j + 1));
+        buffers = buffers.read(format!("in_{j}"), ty, read.buffer);
         for (d, &stride) in read.shape.broadcast_strides(&out.shape).iter().enumerate() {
             params[FIRST_STRIDES + MAX_RANK * j + d] = word(step, "stride", stride)?;
         }
@@ -267,30 +267,27 @@ fn render_launch(step: &Step, program: &FusedProgram, caps: &Caps, body: &Launch
         statements.push_str(&format!("    let r{k} = {expr};\n"));
     }
     let ((last, last_operand), extra) = body.stores.split_last().expect("a launch stores at least one output");
-    let first_out = body.reads.len() + 1;
     for (e, &(r, operand)) in extra.iter().enumerate() {
         let ty = caps.storage_type(operand.dtype);
         any_f16 |= ty == "f16";
-        declarations.push_str(&format!("@group(0) @binding({}) var<storage, read_write> out_{e}: array<{ty}>;\n", first_out + e));
+        buffers = buffers.write(format!("out_{e}"), ty, operand.buffer);
         statements.push_str(&format!("    out_{e}[i] = {};\n", store_expr(caps, operand.dtype, r)));
     }
     let to = caps.storage_type(last_operand.dtype);
     any_f16 |= to == "f16";
     let expr = store_expr(caps, last_operand.dtype, *last);
+    let buffers = buffers.write("out", to, last_operand.buffer);
+    let declarations = buffers.declarations();
 
-    let out_binding = (first_out + extra.len()).to_string();
     let slots = [
         ("TO", to),
         // Only render's f16 check sees this slot: the template names no F16 slot.
         ("F16_STORAGE", if any_f16 { "f16" } else { "-" }),
-        ("OUT", out_binding.as_str()),
-        ("INPUTS", declarations.trim_end()),
         ("LOADS", statements.trim_end()),
         ("EXPR", expr.as_str()),
     ];
-    let source = render(&compose(SHADER, &[]), &slots);
-    let mut bindings: Vec<_> = body.reads.iter().map(|read| (read.buffer, Access::Read)).collect();
-    bindings.extend(body.stores.iter().map(|(_, operand)| (operand.buffer, Access::Write)));
+    let source = render(&compose(SHADER, &[], &buffers), &slots);
+    let bindings = buffers.tensors();
     Ok(Launch {
         key: format!("fused;TO={to};\n{declarations}{statements}{expr}"),
         source,
@@ -331,12 +328,14 @@ pub(super) fn prologue(
     for (d, &dim) in shape.dims().iter().enumerate() {
         params[p_dims + d] = word(step, "dimension", dim)?;
     }
-    let mut declarations = String::new();
+    let mut buffers = Bindings::new();
+    let mut inputs_key = String::new();
     let mut any_f16 = false;
     for (j, input) in step.inputs.iter().enumerate() {
         let ty = caps.storage_type(input.dtype);
         any_f16 |= ty == "f16";
-        declarations.push_str(&format!("@group(0) @binding({}) var<storage, read> in_{j}: array<{ty}>;\n", j + 1));
+        buffers = buffers.read(format!("in_{j}"), ty, input.buffer);
+        inputs_key.push_str(&format!("in_{j}:{ty};"));
         for (d, &stride) in input.shape.broadcast_strides(shape).iter().enumerate() {
             params[first_strides + MAX_RANK * j + d] = word(step, "stride", stride)?;
         }
@@ -359,11 +358,10 @@ pub(super) fn prologue(
     value.push_str(&format!("    return r{};\n}}", program.instrs.len() - 1));
     let constants = format!("const P_RANK: u32 = {p_rank}u;\nconst P_DIMS: u32 = {p_dims}u;\nconst P_SCALAR: u32 = {p_scalar}u;\n");
     Ok(ValueSource {
-        bindings: step.inputs.iter().map(|input| (input.buffer, Access::Read)).collect(),
-        key: format!("{declarations}{value}"),
+        buffers,
+        key: format!("{inputs_key}\n{value}"),
         prologue: format!("{constants}\n{value}"),
         libs: PROLOGUE_LIBS,
-        declarations: declarations.trim_end().to_string(),
         any_f16,
     })
 }

@@ -1,7 +1,7 @@
 //! Gather, ScatterAdd and OneHot (shaders/index.wgsl), one launch each.
 use super::movement::{move_type, op_error, word};
-use super::compose::kernel_source;
-use super::{key, render, Access, Caps, Launch};
+use super::compose::{kernel_source, Bindings};
+use super::{key, render, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Operand, Step};
 
 const SHADER: &str = include_str!("../../../../shaders/index.wgsl");
@@ -55,11 +55,16 @@ fn gather(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         word(step, "table rows", td[0])?,
     ];
     let slots = [("T", move_type(caps, out.dtype))];
+    let buffers = Bindings::new().read("table", "{{T}}", table.buffer).read("indices", "u32", indices.buffer).write(
+        "out",
+        "{{T}}",
+        out.buffer,
+    );
     Ok(vec![Launch {
         key: key("index.gather", &slots),
-        source: render(&kernel_source(SHADER, "gather"), &slots),
+        source: render(&kernel_source(SHADER, "gather", &buffers), &slots),
         params,
-        bindings: vec![(table.buffer, Access::Read), (indices.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
         scratch: Vec::new(),
     }])
@@ -97,11 +102,13 @@ fn scatter_add(step: &Step, caps: &Caps, rows: usize) -> Result<Vec<Launch>, Exe
         word(step, "column blocks", blocks)?,
     ];
     let slots = [("T", caps.storage_type(out.dtype))];
+    let buffers =
+        Bindings::new().read("indices", "u32", indices.buffer).read("src", "{{T}}", src.buffer).write("out", "{{T}}", out.buffer);
     Ok(vec![Launch {
         key: key("index.scatter_add", &slots),
-        source: render(&kernel_source(SHADER, "scatter_add"), &slots),
+        source: render(&kernel_source(SHADER, "scatter_add", &buffers), &slots),
         params,
-        bindings: vec![(indices.buffer, Access::Read), (src.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", rows * blocks)?,
         scratch: Vec::new(),
     }])
@@ -129,11 +136,12 @@ fn one_hot(step: &Step, caps: &Caps, classes: usize) -> Result<Vec<Launch>, Exec
     }
     let params = vec![word(step, "output element count", count)?, word(step, "class count", classes)?];
     let slots = [("T", caps.storage_type(out.dtype))];
+    let buffers = Bindings::new().read("indices", "u32", indices.buffer).write("out", "{{T}}", out.buffer);
     Ok(vec![Launch {
         key: key("index.one_hot", &slots),
-        source: render(&kernel_source(SHADER, "one_hot"), &slots),
+        source: render(&kernel_source(SHADER, "one_hot", &buffers), &slots),
         params,
-        bindings: vec![(indices.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
         scratch: Vec::new(),
     }])

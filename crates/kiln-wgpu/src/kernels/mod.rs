@@ -4,27 +4,26 @@
 //! which families are tuned (matmul, conv), and where the cooperative-matrix matmul runs.
 //!
 //! Conventions every shader in `shaders/` follows:
-//! - binding 0 is `var<storage, read> params: array<u32>` holding the launch's
-//!   `params` words (f32 values as `bitcast<f32>`); bindings 1.. are the launch's
-//!   `bindings`, in order: `var<storage, read>` for `Access::Read`,
-//!   `var<storage, read_write>` for `Access::Write`.
+//! - no shader declares a binding: the composer (`compose`) declares them from the
+//!   launch's [`compose::Bindings`]: binding 0 is `var<storage, read> params: array<u32>`
+//!   holding the launch's `params` words (f32 values as `bitcast<f32>`); bindings 1.. are
+//!   the launch's `bindings`, then its scratch buffers, in order, all
+//!   `var<storage, read_write>` (the plan's buffers share one arena `wgpu::Buffer`, and
+//!   WebGPU tracks read/write usage per buffer). `Access` says what the kernel does with
+//!   each. A value loaded from a tensor binding is non-uniform, so never let barriers or
+//!   workgroup-uniform control flow depend on one (use params).
+//! - shared helpers live in `shaders/lib/`; a kernel names those it uses on a
+//!   `// uses:` line (see [`compose`]).
 //! - the entry point is `main` with `@workgroup_size(WG)`; a launch asks for
 //!   `groups` workgroups in total. The runtime folds counts over 65,535 into 2-D, so a
-//!   shader computes its linear group index as `wid.x + wid.y * nwg.x` (from
-//!   `@builtin(workgroup_id)` and `@builtin(num_workgroups)`) and returns when past
-//!   its work, without breaking barrier uniformity.
+//!   shader computes its linear group index with `workgroup_index(wid, nwg)`
+//!   (shaders/lib/index.wgsl) and returns when past its work, without breaking barrier
+//!   uniformity.
 //! - element types are template slots written `{{NAME}}` (for example `{{T}}`, `{{IDX}}`);
 //!   `render` fills them with `f32`, `f16` or `u32` and adds `enable f16;` when needed.
 //!   Arithmetic is done in f32; f16 is a storage type only. `render` replaces slots
 //!   everywhere, comments included: name a slot in a comment without the braces.
-//!
-//! NOTE (runtime, added after the interface was fixed; nothing above changes): the
-//! plan's buffers share one arena `wgpu::Buffer`, and WebGPU tracks read/write usage per
-//! buffer, so the runtime re-declares every tensor binding (1..) `read_write` before
-//! handing a kernel to wgpu (binding 0, params, stays read-only). Keep writing `read`
-//! for `Access::Read`; but a value loaded from a tensor binding is then non-uniform, so
-//! never let barriers or workgroup-uniform control flow depend on one (use params).
-//! tests/shaders_valid.rs validates every launch both as written and as loaded.
+//! tests/shaders_valid.rs validates every launch.
 use kiln_core::{DType, ExecError, Step};
 
 pub mod compose;

@@ -8,8 +8,8 @@
 //! share with this one.
 use std::fmt::Display;
 
-use super::compose::kernel_source;
-use super::{key, render, Access, Caps, Launch};
+use super::compose::{kernel_source, Bindings};
+use super::{key, render, Caps, Launch};
 use kiln_core::{BufferId, DType, ExecError, Op, Operand, Shape, Step, MAX_RANK};
 
 const SHADER: &str = include_str!("../../../../shaders/movement.wgsl");
@@ -174,11 +174,12 @@ fn slice_scatter(
     // storage needs a conversion in the shader.
     let fill_expr = if element == "f16" { "f16(bitcast<f32>(params[P_FILL]))" } else { "params[P_FILL]" };
     let slots = [("T", element), ("FILL", fill_expr)];
+    let buffers = Bindings::new().read("src", "{{T}}", x.buffer).write("dst", "{{T}}", out.buffer);
     Ok(vec![Launch {
         key: key("movement.scatter", &slots),
-        source: render(&kernel_source(SHADER, "scatter"), &slots),
+        source: render(&kernel_source(SHADER, "scatter", &buffers), &slots),
         params,
-        bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
         scratch: Vec::new(),
     }])
@@ -260,11 +261,12 @@ impl StridedCopy {
             params[COPY_DST_STRIDES + d] = word(step, "output stride", copy.dst_strides[d])?;
         }
         let slots = [("T", move_type(caps, out.dtype))];
+        let buffers = Bindings::new().read("src", "{{T}}", src).write("dst", "{{T}}", out.buffer);
         Ok(vec![Launch {
             key: key("movement.copy", &slots),
-            source: render(&kernel_source(SHADER, "copy"), &slots),
+            source: render(&kernel_source(SHADER, "copy", &buffers), &slots),
             params,
-            bindings: vec![(src, Access::Read), (out.buffer, Access::Write)],
+            bindings: buffers.tensors(),
             groups: word(step, "workgroup count", count.div_ceil(WG))?,
             scratch: Vec::new(),
         }])

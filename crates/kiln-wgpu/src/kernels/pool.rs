@@ -4,8 +4,8 @@
 use kiln_core::{ExecError, Op, Operand, Pool2dGeometry, Step};
 
 use super::movement::{op_error, word};
-use super::compose::kernel_source;
-use super::{key, render, Access, Caps, Launch};
+use super::compose::{kernel_source, Bindings};
+use super::{key, render, Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/pool.wgsl");
 /// Invocations per workgroup (`WG` in the shader).
@@ -58,14 +58,21 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         geo.padding[1],
     ];
     let params = values.iter().map(|&v| word(step, "pooling size", v)).collect::<Result<Vec<u32>, _>>()?;
-    let mut bindings: Vec<_> = inputs.iter().map(|i| (i.buffer, Access::Read)).collect();
-    bindings.push((out.buffer, Access::Write));
+    // The kernel's names of the inputs, then of the output.
+    let names: &[&str] = match name {
+        "max_forward" | "avg_forward" => &["x_data", "out"],
+        "max_backward" => &["x_data", "grad_out", "grad_x"],
+        _ => &["grad_out", "grad_x"],
+    };
+    let (output_name, input_names) = names.split_last().expect("every kernel has an output");
+    let buffers = inputs.iter().zip(input_names).fold(Bindings::new(), |b, (input, n)| b.read(*n, "{{T}}", input.buffer));
+    let buffers = buffers.write(*output_name, "{{T}}", out.buffer);
     let slots = [("T", caps.storage_type(out.dtype))];
     Ok(vec![Launch {
         key: key(&format!("pool.{name}"), &slots),
-        source: render(&kernel_source(SHADER, name), &slots),
+        source: render(&kernel_source(SHADER, name, &buffers), &slots),
         params,
-        bindings,
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", count.div_ceil(WG))?,
         scratch: Vec::new(),
     }])

@@ -2,8 +2,9 @@
 //! shader has no template slots: the counter is always u32 and the output always f32.
 use kiln_core::{DType, ExecError, Op, Step};
 
+use super::compose::{compose, Bindings};
 use super::movement::{op_error, word};
-use super::{Access, Caps, Launch};
+use super::{Caps, Launch};
 
 const SHADER: &str = include_str!("../../../../shaders/random.wgsl");
 /// Invocations per workgroup (`WG` in the shader).
@@ -30,11 +31,12 @@ pub fn lower(step: &Step, _caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     if n == 0 {
         return Ok(Vec::new());
     }
+    let buffers = Bindings::new().read("counter", "u32", counter.buffer).write("out", "f32", out.buffer);
     Ok(vec![Launch {
         key: "random.uniform".to_string(),
-        source: super::compose::compose(SHADER, &[]),
+        source: compose(SHADER, &[], &buffers),
         params: vec![word(step, "element count", n)?, seed],
-        bindings: vec![(counter.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", n.div_ceil(WG))?,
         scratch: Vec::new(),
     }])

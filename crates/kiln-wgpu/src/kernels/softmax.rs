@@ -1,8 +1,8 @@
 //! Softmax, LogSoftmax, SoftmaxCrossEntropy and its gradient (shaders/softmax.wgsl): one
 //! workgroup per row, max-subtracted, each step a single launch.
 use super::movement::{op_error, word};
-use super::compose::kernel_source;
-use super::{key, render, Access, Caps, Launch};
+use super::compose::{kernel_source, Bindings};
+use super::{key, render, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Step};
 
 const SHADER: &str = include_str!("../../../../shaders/softmax.wgsl");
@@ -44,11 +44,12 @@ fn rows(step: &Step, caps: &Caps, axis: usize, log: bool) -> Result<Vec<Launch>,
     let params =
         vec![word(step, "outer size", outer)?, word(step, "row length", dims[axis])?, word(step, "inner size", inner)?];
     let slots = [("T", caps.storage_type(x.dtype)), ("LOG", if log { "true" } else { "false" })];
+    let buffers = Bindings::new().read("x", "{{T}}", x.buffer).write("y", "{{T}}", out.buffer);
     Ok(vec![Launch {
         key: key("softmax.rows", &slots),
-        source: render(&kernel_source(SHADER, "rows"), &slots),
+        source: render(&kernel_source(SHADER, "rows", &buffers), &slots),
         params,
-        bindings: vec![(x.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "row count", outer * inner)?,
         scratch: Vec::new(),
     }])
@@ -85,11 +86,16 @@ fn cross_entropy(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     word(step, "logit count", logits.numel())?;
     let params = vec![word(step, "row count", rows)?, word(step, "class count", classes)?, f32::NAN.to_bits()];
     let slots = [("T", caps.storage_type(logits.dtype))];
+    let buffers = Bindings::new().read("logits", "{{T}}", logits.buffer).read("labels", "u32", labels.buffer).write(
+        "loss",
+        "{{T}}",
+        out.buffer,
+    );
     Ok(vec![Launch {
         key: key("softmax.cross_entropy", &slots),
-        source: render(&kernel_source(SHADER, "cross_entropy"), &slots),
+        source: render(&kernel_source(SHADER, "cross_entropy", &buffers), &slots),
         params,
-        bindings: vec![(logits.buffer, Access::Read), (labels.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "row count", rows)?,
         scratch: Vec::new(),
     }])
@@ -124,16 +130,16 @@ fn cross_entropy_backward(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecE
     }
     word(step, "logit count", logits.numel())?;
     let slots = [("T", caps.storage_type(logits.dtype))];
+    let buffers = Bindings::new()
+        .read("logits", "{{T}}", logits.buffer)
+        .read("labels", "u32", labels.buffer)
+        .read("grad", "{{T}}", grad.buffer)
+        .write("grad_logits", "{{T}}", out.buffer);
     Ok(vec![Launch {
         key: key("softmax.cross_entropy_backward", &slots),
-        source: render(&kernel_source(SHADER, "cross_entropy_backward"), &slots),
+        source: render(&kernel_source(SHADER, "cross_entropy_backward", &buffers), &slots),
         params: vec![word(step, "row count", rows)?, word(step, "class count", classes)?],
-        bindings: vec![
-            (logits.buffer, Access::Read),
-            (labels.buffer, Access::Read),
-            (grad.buffer, Access::Read),
-            (out.buffer, Access::Write),
-        ],
+        bindings: buffers.tensors(),
         groups: word(step, "row count", rows)?,
         scratch: Vec::new(),
     }])

@@ -114,10 +114,9 @@ impl Shared {
         if let Some(pipeline) = lock(&self.pipelines).get(&launch.key) {
             return Ok(pipeline.clone());
         }
-        let mut module = naga::front::wgsl::parse_str(&launch.source).map_err(|e| {
+        let module = naga::front::wgsl::parse_str(&launch.source).map_err(|e| {
             ExecError::Device(format!("kernel {}: WGSL does not parse:\n{}", launch.key, e.emit_to_string(&launch.source)))
         })?;
-        declare_tensor_bindings_read_write(&mut module);
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let shader = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&launch.key),
@@ -208,18 +207,6 @@ impl Shared {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         })
-    }
-}
-
-/// Every storage binding other than params (group 0, binding 0) becomes read_write.
-pub fn declare_tensor_bindings_read_write(module: &mut naga::Module) {
-    for (_, var) in module.global_variables.iter_mut() {
-        let is_params = var.binding.as_ref().is_some_and(|b| b.group == 0 && b.binding == 0);
-        if let naga::AddressSpace::Storage { access } = &mut var.space {
-            if !is_params {
-                access.insert(naga::StorageAccess::LOAD | naga::StorageAccess::STORE);
-            }
-        }
     }
 }
 

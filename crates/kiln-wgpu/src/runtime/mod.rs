@@ -14,10 +14,10 @@
 //!
 //! A consequence of the arena: WebGPU tracks usage per buffer, not per range, so a
 //! dispatch that reads one range of the arena (`var<storage, read>`) and writes another
-//! (`var<storage, read_write>`) would be a usage conflict. The runtime therefore parses
-//! each kernel with naga and declares every tensor binding (1..) `read_write` before
-//! handing the module to wgpu; the binding layouts say the same. Binding 0 (params)
-//! stays read-only, so values loaded from it remain uniform for barriers.
+//! (`var<storage, read_write>`) would be a usage conflict. The shader composer
+//! (`kernels::compose`) therefore declares every tensor binding (1..) `read_write`, and the
+//! binding layouts say the same. Binding 0 (params) stays read-only, so values loaded from
+//! it remain uniform for barriers.
 //!
 //! The runtime knows no ops: `kernels::lower_for` decides how each step becomes launches
 //! (and which are tuned); the runtime compiles, binds, dispatches and times them.
@@ -45,7 +45,6 @@ mod dispatch;
 mod io;
 mod timing;
 
-pub use device::declare_tensor_bindings_read_write;
 use device::Shared;
 use dispatch::WgpuExecutor;
 

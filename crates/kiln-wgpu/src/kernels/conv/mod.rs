@@ -12,7 +12,7 @@ pub use tune::ConvTuning;
 
 use super::matmul::{MatmulConfig, PORTABLE_INVOCATIONS, PORTABLE_WORKGROUP_BYTES};
 use super::movement::{op_error, word};
-use super::compose::{compose, kernel_source};
+use super::compose::{compose, kernel_source, Bindings};
 use super::{key, render, Access, Caps, Launch, ScratchBinding};
 
 /// The kernel family's template (the autotuner keys its cache by a hash of it).
@@ -277,21 +277,35 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
     let partial = |access| ScratchBinding { slot: 0, bytes: partial_bytes, access };
     let variant = if split_scratch { format!("conv.{kernel}.split") } else { format!("conv.{kernel}") };
     let divisors_key = format!("{kw},{taps},{wo},{area}");
+    let [first_name, second_name, out_name] = match problem.kernel {
+        ConvKernel::Forward => ["x_data", "weight", "out"],
+        ConvKernel::BackwardWeight => ["x_data", "grad_out", "grad_weight"],
+        ConvKernel::BackwardInput => ["grad_out", "weight", "grad_x"],
+    };
+    let buffers =
+        Bindings::new().read(first_name, "{{T}}", first.buffer).read(second_name, "{{T}}", second.buffer).write(
+            out_name,
+            "{{T}}",
+            out.buffer,
+        );
+    // A split weight gradient writes its partial sums into scratch (see `weight_store`).
+    let buffers = if split_scratch { buffers.scratch("partial", "f32") } else { buffers };
     let mut launches = vec![Launch {
         key: key(&variant, &[("T", storage), ("CONFIG", &config.to_string()), ("DIVISORS", &divisors_key)]),
-        source: render(&kernel_source(SHADER, kernel), &slots),
+        source: render(&kernel_source(SHADER, kernel, &buffers), &slots),
         params,
-        bindings: vec![(first.buffer, Access::Read), (second.buffer, Access::Read), (out.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups: word(step, "workgroup count", groups)?,
         scratch: if split_scratch { vec![partial(Access::Write)] } else { Vec::new() },
     }];
     if split_scratch {
         let sum_slots = [("T", storage)];
+        let buffers = Bindings::new().write("out", "{{T}}", out.buffer).scratch("partial", "f32");
         launches.push(Launch {
             key: key("split_k", &sum_slots),
-            source: render(&compose(SPLIT_K_SHADER, &[]), &sum_slots),
+            source: render(&compose(SPLIT_K_SHADER, &[], &buffers), &sum_slots),
             params: vec![word(step, "output length", out_len)?, word(step, "split count", split.splits)?],
-            bindings: vec![(out.buffer, Access::Write)],
+            bindings: buffers.tensors(),
             groups: word(step, "workgroup count", out_len.div_ceil(SPLIT_K_WORKGROUP))?,
             scratch: vec![partial(Access::Read)],
         });
@@ -321,8 +335,7 @@ fn divisors(step: &Step, problem: &ConvProblem, geo: &Conv2dGeometry) -> Result<
 /// scratch buffer bound after the tensors.
 pub fn weight_store(storage: &str, split: bool) -> String {
     if split {
-        "@group(0) @binding(4) var<storage, read_write> partial: array<f32>;\n\
-         fn store_weight(at: u32, value: f32) {\n    partial[split_index * params[P_PARTIAL_STRIDE] + at] = value;\n}"
+        "fn store_weight(at: u32, value: f32) {\n    partial[split_index * params[P_PARTIAL_STRIDE] + at] = value;\n}"
             .to_string()
     } else {
         format!("fn store_weight(at: u32, value: f32) {{\n    grad_weight[at] = {storage}(value);\n}}")

@@ -7,7 +7,7 @@ use super::{candidates, fits, heuristic, lower_with, problem, workgroup_bytes, C
 use super::{SHADER, SPLIT_K_SHADER};
 use crate::autotune::{bucket, family_version, Choice, Tunable, TuningReport, CONV_CONFIG_ENV};
 use crate::kernels::matmul::MatmulConfig;
-use crate::kernels::compose::compose;
+use crate::kernels::compose::{compose, Bindings};
 use crate::kernels::{Caps, Launch};
 
 /// The implicit-GEMM convolution kernels (shaders/conv.wgsl, and the split-K sum they may
@@ -32,7 +32,7 @@ impl Tunable for ConvTuning {
     fn class(problem: &ConvProblem) -> String {
         format!(
             "conv kernels {} | {} {} | m2^{} n2^{} k2^{} slices2^{}",
-            family_version(&[&compose(SHADER, &[]), &compose(SPLIT_K_SHADER, &[])], &CANDIDATES),
+            family_version(&[&compose(SHADER, &[], &Bindings::new()), &compose(SPLIT_K_SHADER, &[], &Bindings::new())], &CANDIDATES),
             problem.kernel.name(),
             problem.storage,
             bucket(problem.m),

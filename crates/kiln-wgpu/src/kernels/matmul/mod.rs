@@ -13,8 +13,8 @@ pub use tune::MatmulTuning;
 pub(crate) use tune::lower_tuned;
 
 use super::movement::{op_error, word};
-use super::compose::compose;
-use super::{key, render, Access, Caps, Launch};
+use super::compose::{compose, Bindings};
+use super::{key, render, Caps, Launch};
 use kiln_core::{DType, ExecError, Op, Shape, Step, MAX_RANK};
 
 /// The kernel family's template (the autotuner keys its cache by a hash of it).
@@ -277,13 +277,18 @@ pub fn lower_with(step: &Step, caps: &Caps, config: MatmulConfig) -> Result<Vec<
     let params = launch_params(step, &problem, &batch_out, &a_strides, &b_strides, blocks_m, blocks_n)?;
     let groups = word(step, "workgroup count", batch * blocks_m * blocks_n)?;
 
-    let (source, key) = render_variant(&problem, out_storage, config);
     let [a, b] = step.inputs.as_slice() else { unreachable!("checked() found two inputs") };
+    let buffers = Bindings::new().read("a", "{{A_ELEM}}", a.buffer).read("b", "{{B_ELEM}}", b.buffer).write(
+        "c",
+        "{{C_ELEM}}",
+        step.output.buffer,
+    );
+    let (source, key) = render_variant(&problem, out_storage, config, &buffers);
     Ok(vec![Launch {
         key,
         source,
         params,
-        bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups,
         scratch: Vec::new(),
     }])
@@ -351,11 +356,12 @@ pub fn lower_coop(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     let bool_text = |v: bool| if v { "true" } else { "false" };
     let slots = [("TRANS_A", bool_text(trans_a)), ("TRANS_B", bool_text(trans_b))];
     let [a, b] = step.inputs.as_slice() else { unreachable!("checked() found two inputs") };
+    let buffers = Bindings::new().read("a", "f16", a.buffer).read("b", "f16", b.buffer).write("c", "f32", step.output.buffer);
     Ok(vec![Launch {
         key: key("matmul_coop", &slots),
-        source: render(&compose(COOP_SHADER, &[]), &slots),
+        source: render(&compose(COOP_SHADER, &[], &buffers), &slots),
         params,
-        bindings: vec![(a.buffer, Access::Read), (b.buffer, Access::Read), (step.output.buffer, Access::Write)],
+        bindings: buffers.tensors(),
         groups,
         scratch: Vec::new(),
     }])
@@ -388,7 +394,12 @@ fn launch_params(
 }
 
 /// The WGSL of one variant, and its pipeline cache key.
-fn render_variant(problem: &MatmulProblem, out_storage: &'static str, config: MatmulConfig) -> (String, String) {
+fn render_variant(
+    problem: &MatmulProblem,
+    out_storage: &'static str,
+    config: MatmulConfig,
+    buffers: &Bindings,
+) -> (String, String) {
     let storage = problem.storage;
     let [a_vec4, b_vec4, c_vec4] = problem.vec4;
     let (vec4_of, out_vec4_of) = (format!("vec4<{storage}>"), format!("vec4<{out_storage}>"));
@@ -426,7 +437,7 @@ fn render_variant(problem: &MatmulProblem, out_storage: &'static str, config: Ma
         ("VEC4_B", bool_text(b_vec4)),
         ("VEC4_C", bool_text(c_vec4)),
     ];
-    (render(&compose(SHADER, &[]), &slots), key("matmul", &key_slots))
+    (render(&compose(SHADER, &[], buffers), &slots), key("matmul", &key_slots))
 }
 
 /// The body of `fn a_quad(at, valid) -> vec4<f32>` (or b_quad) in the shader.

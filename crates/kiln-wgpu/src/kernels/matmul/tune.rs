@@ -4,7 +4,7 @@ use kiln_core::{ExecError, Step};
 
 use super::{candidates, heuristic, lower_with, problem, MatmulConfig, MatmulProblem, CANDIDATES, SHADER};
 use crate::autotune::{bucket, family_version, Choice, Tunable, TuningReport, MATMUL_CONFIG_ENV};
-use crate::kernels::compose::compose;
+use crate::kernels::compose::{compose, Bindings};
 use crate::kernels::{Caps, Launch};
 
 /// The register-tiled matmul kernels (shaders/matmul.wgsl) as a tunable family.
@@ -30,7 +30,7 @@ impl Tunable for MatmulTuning {
         let v = |b: bool| if b { "4" } else { "1" };
         format!(
             "kernels {} | {} {}{} vec{}{}{} | m2^{} n2^{} k2^{} batch2^{}",
-            family_version(&[&compose(SHADER, &[])], &CANDIDATES),
+            family_version(&[&compose(SHADER, &[], &Bindings::new())], &CANDIDATES),
             problem.storage,
             t(problem.trans_a),
             t(problem.trans_b),
