@@ -65,45 +65,9 @@ fn plane_position(e: u32, area: u32, width: u32) -> vec2<u32> {
     return vec2<u32>(at / width, at % width);
 }
 
-// NaN tested on the bits: WGSL lets a compiler assume floats are never NaN.
-fn is_nan(v: f32) -> bool {
-    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
-}
-
-// A running maximum and the offset (within its plane) of the element that set it.
-struct Best {
-    value: f32,
-    offset: u32,
-}
-
-// The start of a MaxPool2d scan: -inf, at the first element of the window.
-fn scan_start(win: Window) -> Best {
-    return Best(bitcast<f32>(0xff800000u), win.y.x * params[P_W] + win.x.x);
-}
-
-// The MaxPool2d rule: a greater value or a NaN replaces the running maximum (and a
-// value compared with a NaN maximum never does).
-fn scan_step(best: Best, v: f32, offset: u32) -> Best {
-    if is_nan(v) || (!is_nan(best.value) && v > best.value) {
-        return Best(v, offset);
-    }
-    return best;
-}
-
 //// kernel: max_forward
 // out[plane, i, j] = the maximum of window (i, j) of x's plane.
-
-fn select_max(base: u32, i: u32, j: u32) -> Best {
-    let win = window(i, j);
-    let w = params[P_W];
-    var best = scan_start(win);
-    for (var y = win.y.x; y < win.y.y; y += 1u) {
-        for (var x = win.x.x; x < win.x.y; x += 1u) {
-            best = scan_step(best, f32(x_data[base + y * w + x]), y * w + x);
-        }
-    }
-    return best;
-}
+// uses: max_window
 
 @compute @workgroup_size(WG)
 fn main(
@@ -124,18 +88,7 @@ fn main(
 //// kernel: max_backward
 // grad_x[plane, y, x] = the sum of grad_out over the windows whose selected element is
 // (y, x), in row-major order of the windows.
-
-fn select_max(base: u32, i: u32, j: u32) -> Best {
-    let win = window(i, j);
-    let w = params[P_W];
-    var best = scan_start(win);
-    for (var y = win.y.x; y < win.y.y; y += 1u) {
-        for (var x = win.x.x; x < win.x.y; x += 1u) {
-            best = scan_step(best, f32(x_data[base + y * w + x]), y * w + x);
-        }
-    }
-    return best;
-}
+// uses: max_window
 
 @compute @workgroup_size(WG)
 fn main(

@@ -14,6 +14,25 @@ const WG: u32 = 256u;
 
 // uses: index workgroup_reduce
 
+// The row's maximum and its sum of exp(x - max), over the n elements of x at
+// base + j * stride: for each, a strided pass per invocation, then a tree reduction.
+// Starts from the row's first element rather than -inf: an invocation with no element of
+// its own must not change the maximum. Called by the whole workgroup (uniform control
+// flow); every invocation gets the result.
+fn row_max_and_sum(base: u32, n: u32, stride: u32, lidx: u32) -> vec2<f32> {
+    var local_max = f32(x[base]);
+    for (var j = lidx; j < n; j += WG) {
+        local_max = max(local_max, f32(x[base + j * stride]));
+    }
+    let row_max = workgroup_max(local_max, lidx);
+
+    var local_sum = 0.0;
+    for (var j = lidx; j < n; j += WG) {
+        local_sum += exp(f32(x[base + j * stride]) - row_max);
+    }
+    return vec2<f32>(row_max, workgroup_sum(local_sum, lidx));
+}
+
 //// kernel: rows
 // Softmax or LogSoftmax along one axis. The tensor is viewed as [outer, n, inner];
 // row r = (o, i) holds the n elements at o * n * inner + j * inner + i.
@@ -40,19 +59,9 @@ fn main(
     }
     let base = (row / inner) * n * inner + row % inner;
 
-    // Start from the row's first element rather than -inf: an invocation with no element
-    // of its own must not change the maximum.
-    var local_max = f32(x[base]);
-    for (var j = lidx; j < n; j += WG) {
-        local_max = max(local_max, f32(x[base + j * inner]));
-    }
-    let row_max = workgroup_max(local_max, lidx);
-
-    var local_sum = 0.0;
-    for (var j = lidx; j < n; j += WG) {
-        local_sum += exp(f32(x[base + j * inner]) - row_max);
-    }
-    let row_sum = workgroup_sum(local_sum, lidx);
+    let stats = row_max_and_sum(base, n, inner, lidx);
+    let row_max = stats.x;
+    let row_sum = stats.y;
 
     let log_sum = log(row_sum);
     for (var j = lidx; j < n; j += WG) {
@@ -67,8 +76,9 @@ fn main(
 }
 
 //// kernel: cross_entropy
-// loss[r] = log(sum_c exp(logits[r, c] - max)) - (logits[r, label[r]] - max), the
-// max-subtracted -log_softmax(logits[r])[label[r]]; NaN when label[r] >= C.
+// x: the logits [N, C].
+// loss[r] = log(sum_c exp(x[r, c] - max)) - (x[r, label[r]] - max), the
+// max-subtracted -log_softmax(x[r])[label[r]]; NaN when label[r] >= C.
 //
 // params: 0 N (rows), 1 C (classes, >= 1), 2 the bits of a quiet NaN (WGSL cannot
 // write a NaN constant).
@@ -87,22 +97,14 @@ fn main(
     }
     let base = row * classes;
 
-    var local_max = f32(logits[base]);
-    for (var c = lidx; c < classes; c += WG) {
-        local_max = max(local_max, f32(logits[base + c]));
-    }
-    let row_max = workgroup_max(local_max, lidx);
-
-    var local_sum = 0.0;
-    for (var c = lidx; c < classes; c += WG) {
-        local_sum += exp(f32(logits[base + c]) - row_max);
-    }
-    let row_sum = workgroup_sum(local_sum, lidx);
+    let stats = row_max_and_sum(base, classes, 1u, lidx);
+    let row_max = stats.x;
+    let row_sum = stats.y;
 
     if lidx == 0u {
         let label = labels[row];
         if label < classes {
-            loss[row] = {{T}}(log(row_sum) - (f32(logits[base + label]) - row_max));
+            loss[row] = {{T}}(log(row_sum) - (f32(x[base + label]) - row_max));
         } else {
             loss[row] = {{T}}(bitcast<f32>(params[2]));
         }
@@ -110,7 +112,8 @@ fn main(
 }
 
 //// kernel: cross_entropy_backward
-// grad_logits[r, c] = (softmax(logits[r])[c] - (c == label[r])) * grad[r]: the gradient of
+// x: the logits [N, C].
+// grad_x[r, c] = (softmax(x[r])[c] - (c == label[r])) * grad[r]: the gradient of
 // cross_entropy in one pass per row, the softmax computed exactly as kernel `rows` does
 // (so the result is the unfused Softmax, OneHot, Sub and Mul's, bit for bit in f32).
 //
@@ -130,22 +133,14 @@ fn main(
     }
     let base = row * classes;
 
-    var local_max = f32(logits[base]);
-    for (var c = lidx; c < classes; c += WG) {
-        local_max = max(local_max, f32(logits[base + c]));
-    }
-    let row_max = workgroup_max(local_max, lidx);
-
-    var local_sum = 0.0;
-    for (var c = lidx; c < classes; c += WG) {
-        local_sum += exp(f32(logits[base + c]) - row_max);
-    }
-    let row_sum = workgroup_sum(local_sum, lidx);
+    let stats = row_max_and_sum(base, classes, 1u, lidx);
+    let row_max = stats.x;
+    let row_sum = stats.y;
 
     let label = labels[row];
     let g = f32(grad[row]);
     for (var c = lidx; c < classes; c += WG) {
-        let p = exp(f32(logits[base + c]) - row_max) / row_sum;
-        grad_logits[base + c] = {{T}}((p - select(0.0, 1.0, c == label)) * g);
+        let p = exp(f32(x[base + c]) - row_max) / row_sum;
+        grad_x[base + c] = {{T}}((p - select(0.0, 1.0, c == label)) * g);
     }
 }

@@ -20,13 +20,14 @@ use kiln_core::BufferId;
 use super::Access;
 
 /// Every snippet of `shaders/lib/`, by name.
-const LIB: [(&str, &str); 6] = [
+const LIB: [(&str, &str); 7] = [
     ("index", include_str!("../../../../shaders/lib/index.wgsl")),
     ("element", include_str!("../../../../shaders/lib/element.wgsl")),
     ("math", include_str!("../../../../shaders/lib/math.wgsl")),
     ("broadcast", include_str!("../../../../shaders/lib/broadcast.wgsl")),
     ("workgroup_reduce", include_str!("../../../../shaders/lib/workgroup_reduce.wgsl")),
     ("gemm_batch", include_str!("../../../../shaders/lib/gemm_batch.wgsl")),
+    ("max_window", include_str!("../../../../shaders/lib/max_window.wgsl")),
 ];
 
 /// The line that names the snippets a kernel uses.

@@ -86,7 +86,7 @@ fn cross_entropy(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     word(step, "logit count", logits.numel())?;
     let params = vec![word(step, "row count", rows)?, word(step, "class count", classes)?, f32::NAN.to_bits()];
     let slots = [("T", caps.storage_type(logits.dtype))];
-    let buffers = Bindings::new().read("logits", "{{T}}", logits.buffer).read("labels", "u32", labels.buffer).write(
+    let buffers = Bindings::new().read("x", "{{T}}", logits.buffer).read("labels", "u32", labels.buffer).write(
         "loss",
         "{{T}}",
         out.buffer,
@@ -131,10 +131,10 @@ fn cross_entropy_backward(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecE
     word(step, "logit count", logits.numel())?;
     let slots = [("T", caps.storage_type(logits.dtype))];
     let buffers = Bindings::new()
-        .read("logits", "{{T}}", logits.buffer)
+        .read("x", "{{T}}", logits.buffer)
         .read("labels", "u32", labels.buffer)
         .read("grad", "{{T}}", grad.buffer)
-        .write("grad_logits", "{{T}}", out.buffer);
+        .write("grad_x", "{{T}}", out.buffer);
     Ok(vec![Launch {
         key: key("softmax.cross_entropy_backward", &slots),
         source: render(&kernel_source(SHADER, "cross_entropy_backward", &buffers), &slots),
