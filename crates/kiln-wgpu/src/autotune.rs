@@ -23,8 +23,9 @@
 //! products in the same order (see shaders/matmul.wgsl), so they agree bit for bit.
 //!
 //! The cache file's format is unchanged by the generic tuner (version 1): the class keys a
-//! family writes are the ones it wrote before. A key names its kernels' version, so a
-//! kernel whose source changes is retuned (the old entries stay in the file, unused).
+//! family writes are the ones it wrote before. A key names its kernels' version (a hash
+//! of the composed shader source and the candidates), so a kernel whose source changes is
+//! retuned, with a warning that names the class; the old entries stay in the file, unused.
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -311,6 +312,12 @@ impl Tuner {
             self.remember(class, config, &timings);
             return (config, ChoiceSource::Cached, timings);
         }
+        if self.has_stale_entry(class) {
+            self.warn(format!(
+                "the tuning cache holds {} timings for this class made with other kernels ({class}); retuning",
+                T::FAMILY
+            ));
+        }
         match self.time_candidates::<T>(fallback, time) {
             Ok((config, timings)) => {
                 self.remember(class, config, &timings);
@@ -393,6 +400,15 @@ impl Tuner {
         Some((config, timings))
     }
 
+    /// Whether the cache file (as read) has an entry for `class` but for the kernels'
+    /// version: the family's kernels changed since it was timed.
+    fn has_stale_entry(&self, class: &str) -> bool {
+        let wanted = without_version(class);
+        let state = self.state();
+        let Some(file) = state.file.as_ref() else { return false };
+        file.keys().any(|key| key != class && without_version(key) == wanted)
+    }
+
     /// Adds the entry to the cache file: re-reads it (another process may have added
     /// entries since), writes a temporary file beside it and renames it into place.
     fn store(&self, class: &str, config: MatmulConfig, timings: &[(MatmulConfig, f64)], cache_dir: Option<&Path>) {
@@ -410,6 +426,17 @@ impl Tuner {
         }
         self.state().file = Some(entries);
     }
+}
+
+/// A class key with the kernels' version (the word after "kernels") blanked out.
+fn without_version(key: &str) -> String {
+    let mut words: Vec<&str> = key.split(' ').collect();
+    for i in 1..words.len() {
+        if words[i - 1] == "kernels" {
+            words[i] = "*";
+        }
+    }
+    words.join(" ")
 }
 
 /// The entries of a cache file; a missing file is empty, and an unreadable or corrupt one
@@ -506,6 +533,27 @@ mod tests {
         assert_eq!(report.choices[0].source, ChoiceSource::Cached);
         assert_eq!(report.choices[0].timings.len(), timed);
         assert_eq!(report.timed_candidates, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_entry_made_with_other_kernels_is_retuned_with_a_warning() {
+        let dir = std::env::temp_dir().join(format!("kiln-autotune-stale-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let t = tuner(Policy::Tune { cache_dir: Some(dir.clone()) });
+        let big = problem(512, 512, 512);
+        let class = t.class::<MatmulTuning>(&big);
+        let version = family_version(&[&crate::kernels::compose::compose(matmul::SHADER, &[], &Default::default())], &matmul::CANDIDATES);
+        assert!(class.contains(&format!("kernels {version} |")), "{class}");
+        let old = class.replace(&version, "0123abcd");
+        let mut entries = BTreeMap::new();
+        entries.insert(old, serde_json::json!({"config": "64x64x16-4x4", "seconds": {}}));
+        write_cache(&dir, &dir.join(CACHE_FILE), &entries).unwrap();
+        let mut calls = 0;
+        t.choose::<MatmulTuning>(&big, &mut fake_timer(&mut calls)).unwrap();
+        let report = t.report();
+        assert_eq!(report.choices[0].source, ChoiceSource::Tuned);
+        assert!(report.warnings.len() == 1 && report.warnings[0].contains("other kernels"), "{:?}", report.warnings);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -151,3 +151,36 @@ pub fn compose(template: &str, extra: &[&str], bindings: &Bindings) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_come_once_after_the_directives_and_bindings_in_order() {
+        let template = "enable f16;\n// uses: element index\nconst WG: u32 = 64u;\n// uses: index\nfn main() {}\n";
+        let bindings = Bindings::new().read("a", "{{T}}", 3).write("out", "f32", 7).scratch("partial", "f32");
+        let source = compose(template, &["math"], &bindings);
+        assert!(source.starts_with("enable f16;\n"), "{source}");
+        assert_eq!(source.matches("enable f16;").count(), 1, "{source}");
+        let at = |needle: &str| source.find(needle).unwrap_or_else(|| panic!("no {needle} in\n{source}"));
+        assert!(at("@binding(0) var<storage, read> params") < at("@binding(1) var<storage, read_write> a: array<{{T}}>"));
+        assert!(at("@binding(1)") < at("@binding(2) var<storage, read_write> out: array<f32>"));
+        assert!(at("@binding(2)") < at("@binding(3) var<storage, read_write> partial: array<f32>"));
+        // In the order first named, each once, then the kernel.
+        assert!(at("shaders/lib/element.wgsl") < at("shaders/lib/index.wgsl"));
+        assert!(at("shaders/lib/index.wgsl") < at("shaders/lib/math.wgsl"));
+        assert_eq!(source.matches("fn workgroup_index").count(), 1);
+        assert!(at("shaders/lib/math.wgsl") < at("const WG: u32 = 64u;"));
+        assert_eq!(bindings.tensors(), vec![(3, Access::Read), (7, Access::Write)]);
+    }
+
+    #[test]
+    fn sections_are_found_by_name_with_the_prelude() {
+        let file = "// uses: index\nconst P: u32 = 1u;\n//// kernel: one\nfn main() { let a = 1u; }\n//// kernel: two\nfn main() {}\n";
+        assert_eq!(sections(file), vec!["one", "two"]);
+        let one = kernel_source(file, "one", &Bindings::new());
+        assert!(one.contains("const P: u32 = 1u;") && one.contains("let a = 1u;") && one.contains("fn workgroup_index"));
+        assert!(!kernel_source(file, "two", &Bindings::new()).contains("let a = 1u;"));
+    }
+}
