@@ -5,7 +5,8 @@
 //! - [`WgpuBackend`]: loads a plan (arena, pipelines, bind groups) and runs it with one
 //!   queue submission per run.
 //! - [`kernels`]: lowering of plan steps to WGSL launches.
-//! - [`autotune`]: which matmul kernel configuration each matmul runs with (timed, cached on disk).
+//! - [`autotune`]: which configuration each kernel of a tunable family (matmul, conv) runs with
+//!   (timed, cached on disk); the families implement [`autotune::Tunable`] beside their kernels.
 //! - [`testing`]: the GPU-or-skip policy every GPU test follows.
 pub mod adapter;
 pub mod autotune;
