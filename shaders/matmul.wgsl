@@ -34,10 +34,8 @@
 // 4); A_ELEM, B_ELEM, C_ELEM: each binding's element type, T (C_T for c) or a vec4 of it; A_QUAD, B_QUAD,
 // C_QUAD: the bodies of the quad accessors below for that element type. Arithmetic is f32.
 //
-// params (u32 words; the layout is mirrored in crates/kiln-wgpu/src/kernels/matmul.rs):
-//   0 M, 1 N, 2 K, 3 blocks along M, 4 blocks along N, 5 batch count, 6 batch rank R (<= 6),
-//   8..14 output batch dims, 14..20 batch strides of a, 20..26 batch strides of b
-//   (elements; 0 on a broadcast dim), each right-aligned in its first R words.
+// params: the layout of shaders/lib/gemm_batch.wgsl (P_M ..), written by
+// crates/kiln-wgpu/src/kernels/matmul/mod.rs.
 
 const TRANS_A: bool = {{TRANS_A}};
 const TRANS_B: bool = {{TRANS_B}};
@@ -65,17 +63,6 @@ const B_FETCHES: u32 = (B_QUADS + THREADS - 1u) / THREADS;
 // vec4s in one half (one slice) of each double-buffered tile.
 const A_SLICE: u32 = BK * BM_QUADS;
 const B_SLICE: u32 = BK * BN_QUADS;
-
-const P_M: u32 = 0u;
-const P_N: u32 = 1u;
-const P_K: u32 = 2u;
-const P_BLOCKS_M: u32 = 3u;
-const P_BLOCKS_N: u32 = 4u;
-const P_BATCH: u32 = 5u;
-const P_BATCH_RANK: u32 = 6u;
-const P_BATCH_DIMS: u32 = 8u;
-const P_A_BATCH_STRIDES: u32 = 14u;
-const P_B_BATCH_STRIDES: u32 = 20u;
 
 // uses: index gemm_batch
 
@@ -196,24 +183,18 @@ fn main(
     let m = params[P_M];
     let n = params[P_N];
     let k = params[P_K];
-    let blocks_m = params[P_BLOCKS_M];
-    let blocks_n = params[P_BLOCKS_N];
-    let blocks_per_batch = blocks_m * blocks_n;
+    let blocks = params[P_BLOCKS_M] * params[P_BLOCKS_N] * params[P_BATCH];
     let group = workgroup_index(wid, nwg);
     // The whole workgroup leaves together: barrier uniformity holds.
-    if group >= blocks_per_batch * params[P_BATCH] {
+    if group >= blocks {
         return;
     }
-    let batch = group / blocks_per_batch;
-    let block = group % blocks_per_batch;
-    let row0 = (block / blocks_n) * BM;
-    let col0 = (block % blocks_n) * BN;
-
-    // Offsets of this batch's matrices (lib/gemm_batch.wgsl).
-    let bases = batch_bases(batch);
-    let a_base = bases.x;
-    let b_base = bases.y;
-    let c_base = batch * m * n;
+    let at = gemm_block(group, BM, BN);
+    let row0 = at.row0;
+    let col0 = at.col0;
+    let a_base = at.a_base;
+    let b_base = at.b_base;
+    let c_base = at.c_base;
 
     let tx = lidx % THREADS_N;
     let ty = lidx / THREADS_N;

@@ -20,8 +20,7 @@
 // Slots (filled by kernels/matmul_coop.rs): TRANS_A, TRANS_B (true or false): whether a
 // is stored [K, M] rather than [M, K], and b [N, K] rather than [K, N].
 //
-// params: the layout of shaders/matmul.wgsl (M, N, K, blocks along M and N, batch count,
-// batch rank, output batch dims, batch strides of a and b).
+// params: the layout of shaders/lib/gemm_batch.wgsl, as for shaders/matmul.wgsl.
 enable f16;
 enable wgpu_cooperative_matrix;
 
@@ -40,17 +39,6 @@ const SUB_N: u32 = 64u;  // columns
 const SUBGROUPS_N: u32 = BN / SUB_N;
 const TILES_M: u32 = SUB_M / TILE;  // 4 accumulators down
 const TILES_N: u32 = SUB_N / TILE;  // 4 across
-
-const P_M: u32 = 0u;
-const P_N: u32 = 1u;
-const P_K: u32 = 2u;
-const P_BLOCKS_M: u32 = 3u;
-const P_BLOCKS_N: u32 = 4u;
-const P_BATCH: u32 = 5u;
-const P_BATCH_RANK: u32 = 6u;
-const P_BATCH_DIMS: u32 = 8u;
-const P_A_BATCH_STRIDES: u32 = 14u;
-const P_B_BATCH_STRIDES: u32 = 20u;
 
 // uses: gemm_batch
 
@@ -102,26 +90,20 @@ fn main(
     let m = params[P_M];
     let n = params[P_N];
     let k = params[P_K];
-    let blocks_m = params[P_BLOCKS_M];
-    let blocks_n = params[P_BLOCKS_N];
-    let blocks_per_batch = blocks_m * blocks_n;
+    let blocks = params[P_BLOCKS_M] * params[P_BLOCKS_N] * params[P_BATCH];
     // lib/index.wgsl's workgroup_index, written out: naga takes a function's result for
     // non-uniform, and cooperative-matrix loads need uniform control flow after the return.
     let group = wid.x + wid.y * nwg.x;
     // The whole workgroup leaves together: uniformity holds.
-    if group >= blocks_per_batch * params[P_BATCH] {
+    if group >= blocks {
         return;
     }
-    let batch = group / blocks_per_batch;
-    let block = group % blocks_per_batch;
-    let row0 = (block / blocks_n) * BM;
-    let col0 = (block % blocks_n) * BN;
-
-    // Offsets of this batch's matrices (lib/gemm_batch.wgsl).
-    let bases = batch_bases(batch);
-    let a_base = bases.x;
-    let b_base = bases.y;
-    let c_base = batch * m * n;
+    let at = gemm_block(group, BM, BN);
+    let row0 = at.row0;
+    let col0 = at.col0;
+    let a_base = at.a_base;
+    let b_base = at.b_base;
+    let c_base = at.c_base;
 
     // This subgroup's corner of the block, in tile coordinates.
     let sub_row = (subgroup / SUBGROUPS_N) * SUB_M;

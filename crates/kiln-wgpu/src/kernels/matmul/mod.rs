@@ -22,7 +22,7 @@ pub(crate) const SHADER: &str = include_str!("../../../../../shaders/matmul.wgsl
 
 /// Batch dims the params have room for: the output's rank minus the two matrix axes.
 const MAX_BATCH_RANK: usize = MAX_RANK - 2;
-/// Word offsets of the params layout documented in shaders/matmul.wgsl.
+/// Word offsets of the params layout documented in shaders/lib/gemm_batch.wgsl.
 const P_BATCH_DIMS: usize = 8;
 const P_A_BATCH_STRIDES: usize = P_BATCH_DIMS + MAX_BATCH_RANK;
 const P_B_BATCH_STRIDES: usize = P_A_BATCH_STRIDES + MAX_BATCH_RANK;
@@ -367,7 +367,7 @@ pub fn lower_coop(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
     }])
 }
 
-/// The params words of shaders/matmul.wgsl's layout (shared by the cooperative kernel).
+/// The params words of shaders/lib/gemm_batch.wgsl's layout (matmul.wgsl and the cooperative kernel).
 fn launch_params(
     step: &Step,
     problem: &MatmulProblem,
