@@ -3,7 +3,7 @@
 // adapter and shape class from the autotuner), where A and B are never stored: each kernel
 // section says how an element of A or B is read from the tensors (the im2col index,
 // computed while a slice is fetched) and where C[m, n] goes. See kiln_core::Op::Conv2d for
-// the semantics; crates/kiln-wgpu/src/kernels/conv.rs for the host side.
+// the semantics; crates/kiln-wgpu/src/kernels/conv/mod.rs for the host side.
 //
 //   forward:          M = N HO WO (n, i, j)   N = OG (o)     K = CG KH KW (c, a, b)
 //   backward_weight:  M = CG KH KW (c, a, b)  N = OG (o)     K = N HO WO (n, i, j)
@@ -40,9 +40,9 @@
 // Slots: T, the storage type of every tensor (f32 or f16; arithmetic is f32); BM, BN, BK,
 // TM, TN, the configuration (TM, TN and BK multiples of 4); KW, TAPS, WO, AREA (see
 // below); WEIGHT_OUT (backward_weight only): `store_weight`,
-// written by kernels/conv.rs.
+// written by kernels/conv/mod.rs.
 //
-// params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv.rs):
+// params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv/mod.rs):
 //   0 slices, 1 blocks along M (the most any slice needs), 2 blocks along N,
 //   3 N (batch), 4 C, 5 H, 6 W, 7 O, 8 HO, 9 WO, 10 KH, 11 KW, 12 SH, 13 SW, 14 PH, 15 PW,
 //   16 DH, 17 DW, 18 CG = C / G, 19 OG = O / G, 20 SPLITS, 21 CHUNK (a multiple of BK),

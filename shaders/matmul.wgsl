@@ -1,6 +1,6 @@
 // Batched matrix product: c[batch] = op(a[batch]) @ op(b[batch]), op = transpose when asked.
 //
-// One kernel family, specialised per tile configuration (crates/kiln-wgpu/src/kernels/matmul.rs
+// One kernel family, specialised per tile configuration (crates/kiln-wgpu/src/kernels/matmul/mod.rs
 // lists the candidates; the autotuner picks one per adapter and shape class):
 //
 // - Each workgroup of THREADS invocations computes one BM x BN block of one output matrix.
@@ -27,7 +27,7 @@
 // in order k = 0, 1, .. with fma whatever the configuration (the zeros staged past K add
 // exactly nothing), so every configuration gives bit-identical results.
 //
-// Slots (filled by kernels/matmul.rs): T, the storage type of a and b (f32 or f16); C_T,
+// Slots (filled by kernels/matmul/mod.rs): T, the storage type of a and b (f32 or f16); C_T,
 // that of c: T, or f32 for f16 operands (mixed precision: products and sums in f32);
 // TRANS_A, TRANS_B (true or false): whether a is stored [K, M] rather than [M, K], and b
 // [N, K] rather than [K, N]; BM, BN, BK, TM, TN: the configuration (TM and TN multiples of

@@ -17,7 +17,7 @@
 //   on a non-uniform condition: every cooperative-matrix call is in uniform control flow
 //   (the early return for workgroups past the work is per workgroup, from params).
 //
-// Slots (filled by kernels/matmul_coop.rs): TRANS_A, TRANS_B (true or false): whether a
+// Slots (filled by lower_coop, kernels/matmul/mod.rs): TRANS_A, TRANS_B (true or false): whether a
 // is stored [K, M] rather than [M, K], and b [N, K] rather than [K, N].
 //
 // params: the layout of shaders/lib/gemm_batch.wgsl, as for shaders/matmul.wgsl.

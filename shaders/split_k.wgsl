@@ -4,7 +4,7 @@
 //
 // Slot T: the storage type of the output (f32 or f16); the partials are f32.
 //
-// params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv.rs): 0 LEN, 1 SPLITS.
+// params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv/mod.rs): 0 LEN, 1 SPLITS.
 
 const WG: u32 = 256u;
 const P_LEN: u32 = 0u;

@@ -201,8 +201,8 @@ mod fused_reduce_tests {
 
     /// Every FusedReduce launch (sum of a product, LayerNorm's variance with its
     /// broadcast, max of a ReLU with a constant; from f32 inputs and from an f16 input
-    /// cast to f32, with and without SHADER_F16) parses and validates with naga, as written and with tensor bindings
-    /// read_write (as the runtime loads it), and declares exactly its launch's bindings.
+    /// cast to f32, with and without SHADER_F16) parses and validates with naga (as the
+    /// runtime loads it), and declares exactly its launch's bindings.
     #[test]
     fn fused_reduce_launches_validate() {
         let mut checked = 0;
