@@ -316,3 +316,15 @@ pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Resul
     let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, crate::plans::PlanKind::Step, batch)?;
     Ok(StepPlan { compiled, inputs: task.inputs(), tokens_per_sample: task.tokens_per_sample() })
 }
+
+/// The MNIST shipped in datasets/mnist as a classification job's data, as the
+/// mnist-mlp recipe reads it: flattened 784-pixel samples normalised by MNIST's
+/// statistics, 5,000 training images held out for validation, batches of `batch_size`
+/// shuffled each epoch, and the 10,000 test images.
+pub fn mnist(batch_size: usize) -> Result<TrainingData, TrainError> {
+    let mut config = Config::recipe("mnist-mlp")?;
+    config.train.batch_size = batch_size;
+    config.validate().map_err(TrainError::Config)?;
+    let job = Job::new(&config, None, None)?;
+    Ok(job.data)
+}

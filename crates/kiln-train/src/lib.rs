@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! kiln-train: the one training loop ([`Learner`]) and its tasks (classification,
 //! language models), metrics and plots, safetensors checkpoints, and the recipes and
 //! TOML configs that `kiln train` runs through the loop.
@@ -28,7 +29,7 @@ pub use checkpoint::Checkpoint;
 pub use classification::{Classification, DatasetBatches};
 pub use config::Config;
 pub use device::{Device, DeviceChoice};
-pub use job::{train, TrainOptions};
+pub use job::{mnist, train, TrainOptions};
 pub use language_model::{CorpusWindows, LanguageModel};
 pub use learner::{EarlyStopping, Evaluation, Learner, Length, LoopOptions, TrainReport, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
 pub use task::{Batch, BatchSource, DecayMatricesOnly, EvalSet, InputSpec, ModelBuilder, Objective, OptimizerBuilder, Task, TrainingData};
