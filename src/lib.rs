@@ -61,3 +61,9 @@ pub mod prelude {
     pub use crate::train::{Checkpoint, Classification, Config, EarlyStopping, LanguageModel, Learner, TrainingData};
     pub use crate::{Backend, DType, Device, Executor, Graph, HostTensor, Plan, Reduction, Shape, Tensor};
 }
+
+/// The README's Rust snippets run as doc-tests, so that the first thing a reader
+/// copies works.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
