@@ -43,10 +43,6 @@ impl ResidualBlock {
             bn2: BatchNorm2d::new(g, &format!("{name}.bn2"), width)?,
         })
     }
-
-    fn layers(&self) -> [&dyn Module; 4] {
-        [&self.conv1, &self.bn1, &self.conv2, &self.bn2]
-    }
 }
 
 impl Module for ResidualBlock {
@@ -60,18 +56,10 @@ impl Module for ResidualBlock {
         g.relu(sum)
     }
 
-    // A container lists its children's tensors, in PyTorch's order.
-    fn params(&self) -> Vec<(String, Tensor)> {
-        self.layers().iter().flat_map(|l| l.params()).collect()
-    }
-    fn buffers(&self) -> Vec<(String, Tensor)> {
-        self.layers().iter().flat_map(|l| l.buffers()).collect()
-    }
-    fn state_dict(&self) -> Vec<(String, Tensor)> {
-        self.layers().iter().flat_map(|l| l.state_dict()).collect()
-    }
-    fn state_updates(&self) -> Vec<(Tensor, Tensor)> {
-        self.layers().iter().flat_map(|l| l.state_updates()).collect()
+    // Listing the children gives the parameters, buffers, state dict and BatchNorm's
+    // running-statistics updates, in PyTorch's order.
+    fn children(&self) -> Vec<&dyn Module> {
+        vec![&self.conv1, &self.bn1, &self.conv2, &self.bn2]
     }
     // BatchNorm normalises by the batch in training and by running statistics in eval.
     fn set_mode(&mut self, mode: Mode) {
@@ -102,10 +90,6 @@ impl ResidualCnn {
             head: Linear::new(g, "head", WIDTH, 10, rng)?,
         })
     }
-
-    fn layers(&self) -> [&dyn Module; 5] {
-        [&self.stem, &self.stem_bn, &self.block1, &self.block2, &self.head]
-    }
 }
 
 impl Module for ResidualCnn {
@@ -121,17 +105,8 @@ impl Module for ResidualCnn {
         let x = g.reshape(x, [n, WIDTH])?;
         self.head.forward(g, x)
     }
-    fn params(&self) -> Vec<(String, Tensor)> {
-        self.layers().iter().flat_map(|l| l.params()).collect()
-    }
-    fn buffers(&self) -> Vec<(String, Tensor)> {
-        self.layers().iter().flat_map(|l| l.buffers()).collect()
-    }
-    fn state_dict(&self) -> Vec<(String, Tensor)> {
-        self.layers().iter().flat_map(|l| l.state_dict()).collect()
-    }
-    fn state_updates(&self) -> Vec<(Tensor, Tensor)> {
-        self.layers().iter().flat_map(|l| l.state_updates()).collect()
+    fn children(&self) -> Vec<&dyn Module> {
+        vec![&self.stem, &self.stem_bn, &self.block1, &self.block2, &self.head]
     }
     fn set_mode(&mut self, mode: Mode) {
         self.stem_bn.set_mode(mode);

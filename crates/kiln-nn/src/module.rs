@@ -25,22 +25,37 @@ pub trait Module {
     /// Record the forward pass on `x` and return the output.
     fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor>;
 
-    /// Trainable parameters with their full names, in PyTorch's `named_parameters()`
-    /// order (a module's own parameters in creation order, then each child's).
-    fn params(&self) -> Vec<(String, Tensor)> {
+    /// The modules this one is made of, in registration order (PyTorch's `children()`).
+    /// A container that lists them here gets [`params`](Module::params),
+    /// [`buffers`](Module::buffers), [`state_dict`](Module::state_dict) and
+    /// [`state_updates`](Module::state_updates) from them without writing those out.
+    fn children(&self) -> Vec<&dyn Module> {
         Vec::new()
+    }
+
+    /// Trainable parameters with their full names, in PyTorch's `named_parameters()`
+    /// order (a module's own parameters in creation order, then each child's). By
+    /// default, the children's.
+    fn params(&self) -> Vec<(String, Tensor)> {
+        self.children().iter().flat_map(|c| c.params()).collect()
     }
 
     /// Non-trainable persistent tensors (BatchNorm's running statistics), in PyTorch's
-    /// `named_buffers()` order. They appear in the state dict but get no gradient.
+    /// `named_buffers()` order. They appear in the state dict but get no gradient. By
+    /// default, the children's.
     fn buffers(&self) -> Vec<(String, Tensor)> {
-        Vec::new()
+        self.children().iter().flat_map(|c| c.buffers()).collect()
     }
 
     /// Everything a checkpoint holds, in PyTorch's `state_dict()` order. For a leaf
-    /// module: its parameters, then its buffers. Containers override this to concatenate
-    /// their children's state dicts, since PyTorch groups tensors by module.
+    /// module: its parameters, then its buffers. A container concatenates its
+    /// children's state dicts, since PyTorch groups tensors by module (the default when
+    /// it lists [`children`](Module::children)).
     fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let children = self.children();
+        if !children.is_empty() {
+            return children.iter().flat_map(|c| c.state_dict()).collect();
+        }
         let mut all = self.params();
         all.extend(self.buffers());
         all
@@ -52,7 +67,7 @@ pub trait Module {
     /// Call it after `forward`: the new values are nodes of that forward pass. Empty
     /// for modules without such state; containers concatenate their children's.
     fn state_updates(&self) -> Vec<(Tensor, Tensor)> {
-        Vec::new()
+        self.children().iter().flat_map(|c| c.state_updates()).collect()
     }
 
     /// Switch between training and evaluation behaviour; containers pass it on to every
@@ -73,6 +88,9 @@ pub trait Module {
 impl<M: Module + ?Sized> Module for Box<M> {
     fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
         (**self).forward(g, x)
+    }
+    fn children(&self) -> Vec<&dyn Module> {
+        (**self).children()
     }
     fn params(&self) -> Vec<(String, Tensor)> {
         (**self).params()
