@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! kiln: train neural networks from Rust on any GPU that wgpu reaches (Vulkan, Metal,
 //! DX12), with every GPU kernel checked against a CPU reference.
 //!

@@ -19,21 +19,46 @@ pub const FORMAT: &str = "kiln-checkpoint-1";
 /// `{k: v for k, v in load_file(f).items() if not k.startswith("optimizer.")}`.
 pub const OPTIMIZER_PREFIX: &str = "optimizer.";
 
+/// A checkpoint in memory: named tensors and string metadata, as a safetensors file
+/// holds them.
+///
+/// ```
+/// use kiln_core::HostTensor;
+/// use kiln_train::Checkpoint;
+///
+/// let dir = tempfile::tempdir()?;
+/// let file = dir.path().join("model.safetensors");
+/// let mut ck = Checkpoint::new();
+/// ck.insert("0.weight", HostTensor::f32([2, 2], vec![1.0, 2.0, 3.0, 4.0]));
+/// ck.set_meta("step", 100);
+/// ck.save(&file)?; // atomically: a temporary file, then a rename
+/// let back = Checkpoint::load(&file)?;
+/// assert_eq!(back.meta_u64("step", &file)?, 100);
+/// assert_eq!(back.tensors["0.weight"].to_f32_vec(), vec![1.0, 2.0, 3.0, 4.0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Checkpoint {
+    /// Tensors by name: model parameters and buffers under PyTorch's names, optimizer
+    /// state under [`OPTIMIZER_PREFIX`]. Saved as f32 (f64 values are narrowed) or u32.
     pub tensors: BTreeMap<String, HostTensor>,
+    /// The safetensors header's `__metadata__`: `format`, `step`, `seed`, `config`, ...
     pub metadata: BTreeMap<String, String>,
 }
 
 impl Checkpoint {
+    /// An empty checkpoint, to fill with [`Checkpoint::insert`] and
+    /// [`Checkpoint::set_meta`].
     pub fn new() -> Self {
         Checkpoint::default()
     }
 
+    /// Add or replace the tensor `name`.
     pub fn insert(&mut self, name: impl Into<String>, value: HostTensor) {
         self.tensors.insert(name.into(), value);
     }
 
+    /// Set a metadata entry; numbers are stored as their decimal text.
     pub fn set_meta(&mut self, key: &str, value: impl ToString) {
         self.metadata.insert(key.to_string(), value.to_string());
     }
@@ -173,6 +198,9 @@ impl Checkpoint {
         })
     }
 
+    /// Read a safetensors file (kiln's, or PyTorch's with F32, F64, F16 or U32 tensors;
+    /// F16 is widened to f32). Refused: tensors [`Checkpoint::invalid_tensors`] objects
+    /// to, and a file over half the memory this machine can give (it is read whole).
     pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
         let error = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
         kiln_data::require_regular_file(path).map_err(|e| error(e.to_string()))?;

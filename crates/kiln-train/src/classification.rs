@@ -21,11 +21,12 @@ pub struct Classification {
 }
 
 impl Classification {
-    /// `classes` labels 0..classes, samples of shape `sample_dims` ([784], [1, 28, 28]).
+    /// `classes` labels 0..classes, samples of shape `sample_dims` (`[784]`, `[1, 28, 28]`).
     pub fn new(classes: usize, sample_dims: impl Into<Vec<usize>>) -> Classification {
         Classification { classes, sample_dims: sample_dims.into() }
     }
 
+    /// The number of labels, and so the width the model's output must have.
     pub fn classes(&self) -> usize {
         self.classes
     }
@@ -77,6 +78,8 @@ pub struct DatasetBatches {
 }
 
 impl DatasetBatches {
+    /// The batches of `loader`; none is given until a [`BatchSource::seek`] (the loop
+    /// seeks before its first step) picks the epoch and the batch in it.
     pub fn new(loader: DataLoader) -> DatasetBatches {
         DatasetBatches { loader, epoch: None }
     }

@@ -5,16 +5,23 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
+/// A whole job, one field per TOML table; only `[model]` is required, and an unknown key
+/// anywhere is an error. [`Config::validate`] checks what the types cannot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[model]`: the network, by `kind`.
     pub model: ModelConfig,
+    /// `[optimizer]`: Adam at 1e-3 when absent.
     #[serde(default)]
     pub optimizer: OptimizerConfig,
+    /// `[schedule]`: the optimizer's rate throughout when absent.
     #[serde(default)]
     pub schedule: ScheduleConfig,
+    /// `[data]`: the shipped MNIST when absent.
     #[serde(default)]
     pub data: DataConfig,
+    /// `[train]`: 10 epochs of 128-sample batches, seed 0, when absent.
     #[serde(default)]
     pub train: TrainConfig,
 }
@@ -87,9 +94,10 @@ impl TryFrom<toml::Table> for ModelConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MlpConfig {
+    /// At least two widths, none zero; the last must be the dataset's 10 classes.
     pub sizes: Vec<usize>,
     #[serde(default)]
-    pub activation: Activation,
+    /** Default "relu". */ pub activation: Activation,
     /// Dropout probability after each hidden activation (0 = none).
     #[serde(default)]
     pub dropout: f64,
@@ -100,7 +108,9 @@ pub struct MlpConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequentialConfig {
+    /// `[C, H, W]` for convolutions, `[features]` for a flat input; no dimension zero.
     pub input: Vec<usize>,
+    /// In order; the last must give the dataset's 10 classes per sample.
     pub layers: Vec<LayerConfig>,
 }
 
@@ -109,6 +119,7 @@ pub struct SequentialConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GptModelConfig {
+    /// Transformer blocks (at least 1).
     pub n_layer: usize,
     /// Attention heads per block (`n_embd` must be a multiple).
     pub n_head: usize,
@@ -116,6 +127,7 @@ pub struct GptModelConfig {
     pub n_embd: usize,
     /// Context length in tokens (the training windows' length).
     pub block_size: usize,
+    /// Dropout probability in [0, 1), nanoGPT's places (default 0: none).
     #[serde(default)]
     pub dropout: f64,
     /// Biases in the Linear layers and LayerNorms (nanoGPT's default: on).
@@ -131,12 +143,12 @@ pub struct GptModelConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     #[default]
-    Relu,
-    LeakyRelu,
-    Sigmoid,
-    Tanh,
-    Gelu,
-    GeluTanh,
+    /** "relu" (the default). */ Relu,
+    /** "leaky_relu": slope 0.01 below zero, as PyTorch's default. */ LeakyRelu,
+    /** "sigmoid". */ Sigmoid,
+    /** "tanh". */ Tanh,
+    /** "gelu": the exact, erf form. */ Gelu,
+    /** "gelu_tanh": GELU's tanh approximation (GPT-2's). */ GeluTanh,
 }
 
 impl Activation {
@@ -157,46 +169,51 @@ impl Activation {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LayerConfig {
+    /// "conv2d" on a `[C, H, W]` input: square kernel, the same stride, padding (zeros)
+    /// and dilation on both axes; input channels come from the previous layer.
     Conv2d {
-        out: usize,
-        kernel: usize,
+        /** Output channels. */ out: usize,
+        /** Kernel side in pixels. */ kernel: usize,
         #[serde(default = "one")]
-        stride: usize,
+        /** Default 1. */ stride: usize,
         #[serde(default)]
-        padding: usize,
+        /** Zero pixels added on each side (default 0). */ padding: usize,
         #[serde(default = "one")]
-        dilation: usize,
+        /** Default 1. */ dilation: usize,
         #[serde(default = "one")]
-        groups: usize,
+        /** Channel groups (default 1); must divide both channel counts. */ groups: usize,
     },
+    /// "linear" on a flat input (put a "flatten" after convolutions).
     Linear {
-        out: usize,
+        /** Output features. */ out: usize,
     },
-    /// Stride defaults to the kernel size, as in PyTorch.
+    /// "max_pool2d"; stride defaults to the kernel size, as in PyTorch.
     MaxPool2d {
-        kernel: usize,
+        /** Window side in pixels. */ kernel: usize,
         #[serde(default)]
-        stride: Option<usize>,
+        /** Default: the kernel size. */ stride: Option<usize>,
     },
+    /// "avg_pool2d"; stride defaults to the kernel size.
     AvgPool2d {
-        kernel: usize,
+        /** Window side in pixels. */ kernel: usize,
         #[serde(default)]
-        stride: Option<usize>,
+        /** Default: the kernel size. */ stride: Option<usize>,
     },
-    GlobalAvgPool2d,
-    BatchNorm1d,
-    BatchNorm2d,
-    LayerNorm,
+    /** "global_avg_pool2d": each channel's mean, `[C, 1, 1]`. */ GlobalAvgPool2d,
+    /** "batch_norm1d" over the features of a flat input. */ BatchNorm1d,
+    /** "batch_norm2d" over the channels of an image. */ BatchNorm2d,
+    /** "layer_norm" over the whole sample's shape. */ LayerNorm,
+    /// "dropout", seeded by `train.seed`; off in evaluation.
     Dropout {
-        p: f64,
+        /** Probability of zeroing each value, in [0, 1). */ p: f64,
     },
-    Flatten,
-    Relu,
-    LeakyRelu,
-    Sigmoid,
-    Tanh,
-    Gelu,
-    GeluTanh,
+    /** "flatten": one sample to `[features]`. */ Flatten,
+    /** "relu". */ Relu,
+    /** "leaky_relu", slope 0.01. */ LeakyRelu,
+    /** "sigmoid". */ Sigmoid,
+    /** "tanh". */ Tanh,
+    /** "gelu" (erf). */ Gelu,
+    /** "gelu_tanh" (tanh approximation). */ GeluTanh,
 }
 
 fn one() -> usize {
@@ -232,6 +249,7 @@ impl ModelConfig {
         }
     }
 
+    /// The GPT's shape to edit (a recipe's overrides), when this is one.
     pub fn gpt_mut(&mut self) -> Option<&mut GptModelConfig> {
         match self {
             ModelConfig::Gpt(gpt) => Some(gpt),
@@ -239,6 +257,7 @@ impl ModelConfig {
         }
     }
 
+    /// The MLP to edit, when this is one.
     pub fn mlp_mut(&mut self) -> Option<&mut MlpConfig> {
         match self {
             ModelConfig::Mlp(mlp) => Some(mlp),
@@ -281,10 +300,10 @@ impl ModelConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
-    Sgd,
+    /** "sgd", with optional momentum, dampening and Nesterov. */ Sgd,
     #[default]
-    Adam,
-    AdamW,
+    /** "adam" (the default); weight decay is L2 added to the gradient. */ Adam,
+    /** "adamw": decoupled weight decay. */ AdamW,
 }
 
 /// The learning-rate schedules.
@@ -292,9 +311,9 @@ pub enum OptimizerKind {
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
     #[default]
-    Constant,
-    Step,
-    Cosine,
+    /** "constant" (the default): `optimizer.lr` throughout. */ Constant,
+    /** "step": times `gamma` every `step_size` steps. */ Step,
+    /** "cosine": down to `eta_min` at the run's last step. */ Cosine,
 }
 
 /// The datasets a config can name.
@@ -326,42 +345,47 @@ impl DatasetName {
 #[serde(rename_all = "lowercase")]
 pub enum PrecisionConfig {
     #[default]
-    F32,
+    /** "f32" (the default): everything in f32. */ F32,
     /// f16 matmul operands with f32 accumulation, f32 master weights and dynamic loss
     /// scaling (`kiln_nn::mixed`). Checkpoints are f32 either way.
     Mixed,
 }
 
+/// `[optimizer]`: PyTorch's optimizers and their hyperparameters; SGD-only keys are
+/// ignored by Adam and AdamW, and the other way round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
     #[serde(default)]
-    pub kind: OptimizerKind,
+    /** `kind`: "sgd", "adam" (default) or "adamw". */ pub kind: OptimizerKind,
+    /// Base learning rate, positive (default 1e-3); a schedule starts from it.
     #[serde(default = "default_lr")]
     pub lr: f64,
+    /// At least 0 (default 0, for AdamW too, unlike PyTorch's 0.01).
     #[serde(default)]
     pub weight_decay: f64,
     #[serde(default)]
-    pub momentum: f64,
+    /** SGD: momentum in [0, 1) (default 0: none). */ pub momentum: f64,
     #[serde(default)]
-    pub dampening: f64,
+    /** SGD: dampening of the momentum, in [0, 1] (default 0). */ pub dampening: f64,
     #[serde(default)]
-    pub nesterov: bool,
+    /** SGD: Nesterov momentum (default off). */ pub nesterov: bool,
     /// Adam's (beta1, beta2): exactly two values (a third would be silently dropped).
     #[serde(default = "default_betas", deserialize_with = "exactly_two")]
     pub betas: (f64, f64),
     #[serde(default = "default_eps")]
-    pub eps: f64,
+    /** Adam's denominator term, positive (default 1e-8). */ pub eps: f64,
     /// Clip gradients to this global L2 norm before the update.
     #[serde(default)]
     pub clip_grad_norm: Option<f64>,
 }
 
+/// `[schedule]`: the learning rate at each optimizer step, from `optimizer.lr`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     #[serde(default)]
-    pub kind: ScheduleKind,
+    /** "constant" (default), "step" or "cosine". */ pub kind: ScheduleKind,
     /// Linear warm-up from 0 over this many steps before the schedule proper.
     #[serde(default)]
     pub warmup_steps: u64,
@@ -369,17 +393,18 @@ pub struct ScheduleConfig {
     #[serde(default)]
     pub step_size: Option<u64>,
     #[serde(default = "default_gamma")]
-    pub gamma: f64,
+    /** For "step": the factor, positive (default 0.1). */ pub gamma: f64,
     /// For "cosine": the floor the rate decays to (over the whole run).
     #[serde(default)]
     pub eta_min: f64,
 }
 
+/// `[data]`: which dataset, where, and how much of it; image keys are ignored for text.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     #[serde(default)]
-    pub dataset: DatasetName,
+    /** "mnist" (default), "fashion-mnist" or "shakespeare". */ pub dataset: DatasetName,
     /// Folder holding the dataset files; found automatically when absent.
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -408,13 +433,18 @@ pub struct DataConfig {
     pub max_chars: usize,
 }
 
+/// `[train]`: the loop's length, batches, seed and precision.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Image datasets: passes over the training set (default 10).
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// Samples per batch (default 128); under `accumulate`, per micro-batch.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Seeds initialisation, shuffling, the validation split, text windows, dropout and
+    /// augmentation, so that a run is reproducible.
     #[serde(default)]
     pub seed: u64,
     /// Drop the last partial batch of each epoch instead of running it.
@@ -431,7 +461,7 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub eval_batches: usize,
     #[serde(default, skip_serializing_if = "is_default")]
-    pub precision: PrecisionConfig,
+    /** "f32" (default) or "mixed". */ pub precision: PrecisionConfig,
     /// Gradient accumulation: micro-batches of `batch_size` per optimizer step (1 = none).
     #[serde(default = "one_u64", skip_serializing_if = "is_one")]
     pub accumulate: u64,
@@ -447,8 +477,9 @@ pub struct TrainConfig {
 #[serde(deny_unknown_fields)]
 pub struct EarlyStoppingConfig {
     #[serde(default = "default_monitor")]
-    pub monitor: String,
-    pub patience: u32,
+    /** "loss" (default), "accuracy" (images) or "perplexity" (text). */ pub monitor: String,
+    /** Evaluations without improvement before stopping (at least 1; required). */ pub patience: u32,
+    /// The smallest change that counts as improving, at least 0 (default 0).
     #[serde(default)]
     pub min_delta: f64,
 }
@@ -526,6 +557,7 @@ impl Default for TrainConfig {
 pub const RECIPES: &[&str] = &["mnist-mlp", "mnist-cnn", "fashion-cnn", "shakespeare-gpt", "shakespeare-gpt-tiny"];
 
 impl Config {
+    /// Parse and [validate](Config::validate) TOML text; errors start with `origin`.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, TrainError> {
         let config: Config =
             toml::from_str(text).map_err(|e| TrainError::Config(format!("{}: {e}", origin.display())))?;
@@ -533,6 +565,7 @@ impl Config {
         Ok(config)
     }
 
+    /// Read and check a config file (a regular file, not a folder or device).
     pub fn load(path: &Path) -> Result<Config, TrainError> {
         kiln_data::require_regular_file(path).map_err(|e| TrainError::Config(format!("cannot read config: {e}")))?;
         let text = std::fs::read_to_string(path)
@@ -540,6 +573,8 @@ impl Config {
         Config::from_toml(&text, path)
     }
 
+    /// TOML that [`Config::from_toml`] reads back as an equal config (what run folders
+    /// and checkpoints store); keys at their defaults may be left out.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }

@@ -8,6 +8,7 @@ use kiln_wgpu::WgpuBackend;
 
 use crate::TrainError;
 
+/// What `--device` asks for ("auto", "gpu" or "cpu", parsed by `str::parse`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceChoice {
     /// A hardware GPU adapter if wgpu finds one (or the adapter `KILN_ADAPTER` names),
@@ -33,12 +34,18 @@ impl std::str::FromStr for DeviceChoice {
 
 /// An opened backend and a line that says what it is (printed before a job starts).
 pub struct Device {
+    /// The backend plans are loaded on.
     pub backend: Box<dyn Backend>,
+    /// The backend's name (the adapter, for a GPU) and, for [`DeviceChoice::Auto`]
+    /// falling back to the CPU, why.
     pub description: String,
+    /// Whether the backend is wgpu's (any adapter, software ones included).
     pub is_gpu: bool,
 }
 
 impl Device {
+    /// The backend `choice` names; only [`DeviceChoice::Gpu`] fails (with how to get an
+    /// adapter) when no GPU is found, `Auto` then falls back to the CPU.
     pub fn open(choice: DeviceChoice) -> Result<Device, TrainError> {
         match choice {
             DeviceChoice::Cpu => Ok(Device::cpu()),
@@ -75,11 +82,14 @@ impl Device {
         Device::open(DeviceChoice::Auto)
     }
 
+    /// The CPU reference backend (f32): always available, slow for large models.
     pub fn cpu() -> Device {
         let backend = CpuBackend::<f32>::new();
         Device { description: backend.name(), backend: Box::new(backend), is_gpu: false }
     }
 
+    /// The wgpu backend on the adapter `KILN_ADAPTER` names, else on the best one wgpu
+    /// finds (software adapters included); an error when there is none.
     pub fn gpu() -> Result<Device, TrainError> {
         let backend = WgpuBackend::new()?;
         Ok(Device { description: backend.name(), backend: Box::new(backend), is_gpu: true })

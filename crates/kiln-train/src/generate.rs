@@ -19,6 +19,7 @@ use kiln_data::CharTokenizer;
 use kiln_nn::init::{seeded_rng, ChaCha8Rng, Rng};
 use kiln_nn::{GptConfig, Module, GPT};
 
+/// Why generation failed; each message starts with what went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     /// A bad option or prompt (temperature < 0, top-k 0, characters outside the vocabulary).
@@ -30,8 +31,10 @@ pub enum GenerateError {
     /// The model produced something that cannot be sampled from (NaN logits).
     #[error("generate: {0}")]
     Numerics(String),
+    /// The model's graph could not be built or compiled.
     #[error("{0}")]
     Graph(#[from] GraphError),
+    /// The backend failed to load or run a plan (a lost GPU device, out of memory).
     #[error("{0}")]
     Exec(#[from] ExecError),
     /// The callback that receives the text failed (a closed pipe, a full disk).
@@ -106,6 +109,8 @@ impl<'b> GptLogits<'b> {
         Ok(GptLogits { backend, graph, model, lengths, plans: BTreeMap::new(), pending_weights: Some(pending) })
     }
 
+    /// The model's shape (its `block_size` bounds the context read, `vocab_size` the
+    /// logits' length).
     pub fn config(&self) -> &GptConfig {
         &self.model.config
     }
@@ -274,6 +279,7 @@ impl Sampler {
         Ok(Sampler { rng: seeded_rng(options.seed), options })
     }
 
+    /// The options in use, as checked (top-k clamped to the vocabulary).
     pub fn options(&self) -> SamplingOptions {
         self.options
     }
@@ -367,6 +373,7 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Generated tokens per second of wall time; infinite when no time was measured.
     pub fn tokens_per_second(&self) -> f64 {
         if self.seconds > 0.0 {
             self.generated as f64 / self.seconds

@@ -23,8 +23,13 @@ pub const CONFIG_FILE: &str = "config.toml";
 
 /// A `kiln train` job.
 pub struct TrainOptions {
+    /// The job; validated again before anything is written.
     pub config: Config,
+    /// The run's folder: created if missing, and given config.toml, the checkpoints,
+    /// metrics.jsonl and curves.svg (and tokenizer.json for text).
     pub out_dir: PathBuf,
+    /// A checkpoint of an earlier run of the same config to continue from; its model's
+    /// shape (and, for text, its vocabulary) is checked against the config first.
     pub resume: Option<PathBuf>,
     /// Show a progress bar (off in tests).
     pub progress: bool,
@@ -218,8 +223,12 @@ pub fn checkpoint_config(ck: &Checkpoint, file: &Path) -> Result<Config, TrainEr
 /// The datasets of an image job: training, validation (held out of training) and test,
 /// normalised and shaped for the model.
 pub struct ImageDatasets {
+    /// The training split less the validation images, cut to `data.limit_train`.
     pub train: kiln_data::Dataset,
+    /// `data.validation` images drawn from the training split by the run's seed; `None`
+    /// when that is 0.
     pub validation: Option<kiln_data::Dataset>,
+    /// The test split, cut to `data.limit_test`; never empty.
     pub test: kiln_data::Dataset,
 }
 
@@ -227,6 +236,8 @@ fn normalization(config: &Config) -> Normalization {
     if config.data.dataset == DatasetName::FashionMnist { FASHION_MNIST } else { Normalization::MNIST }
 }
 
+/// Load the datasets of an image config (MNIST or Fashion-MNIST, from `data.path` or
+/// where they are found), with errors when a split would be left with no images.
 pub fn load_image_datasets(config: &Config) -> Result<ImageDatasets, TrainError> {
     let data_err = |e: kiln_data::DataError| TrainError::Io(e.to_string());
     let mnist = match (config.data.dataset, config.data.path.as_deref()) {
@@ -297,6 +308,7 @@ fn augmentation(config: &Config) -> Option<kiln_data::Augmentation> {
 /// size given instead of read from the corpus): what `kiln bench train` times, and
 /// what tests compare between backends and with PyTorch.
 pub struct StepPlan {
+    /// The compiled training step, not yet loaded on a backend.
     pub compiled: crate::plans::CompiledPlan,
     /// The task's inputs, in the order of `compiled.inputs`.
     pub inputs: Vec<crate::task::InputSpec>,
@@ -304,6 +316,8 @@ pub struct StepPlan {
     pub tokens_per_sample: Option<usize>,
 }
 
+/// Compile the training step of `config` for batches of `batch` samples; a text config
+/// gets a vocabulary of `text_vocab_size` (ignored for images).
 pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Result<StepPlan, TrainError> {
     let (model, task): (Box<dyn ModelBuilder + '_>, Box<dyn crate::task::Task>) = if config.data.is_text() {
         let block = crate::lm::gpt_shape(config)?.block_size;

@@ -17,6 +17,8 @@ pub struct LanguageModel {
 }
 
 impl LanguageModel {
+    /// Windows of `block_size` tokens (the model's context length) over a vocabulary of
+    /// `vocab_size`; the model's logits must be `[n, block_size, vocab_size]`.
     pub fn new(block_size: usize, vocab_size: usize) -> LanguageModel {
         LanguageModel { block_size, vocab_size }
     }
@@ -81,6 +83,8 @@ pub struct CorpusWindows {
 }
 
 impl CorpusWindows {
+    /// Batches of `batch_size` windows of `block_size` tokens, at offsets drawn from
+    /// `seed`; an error when the training split is too short for one window.
     pub fn new(corpus: CharCorpus, batch_size: usize, block_size: usize, seed: u64) -> Result<CorpusWindows, TrainError> {
         let windows = windows(&corpus, TextSplit::Train, batch_size, block_size, seed)?;
         Ok(CorpusWindows { corpus, batch_size, block_size, seed, windows })

@@ -36,7 +36,10 @@ use crate::TrainError;
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 /// The model at its best validation figure, beside the latest checkpoint.
 pub const BEST_FILE: &str = "best.safetensors";
+/// The run's log, one JSON record per line ([`crate::metrics::Record`]), appended to on a
+/// resume.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The loss (and accuracy) curves drawn from metrics.jsonl at the end of each run, as SVG.
 pub const PLOT_FILE: &str = "curves.svg";
 
 /// How long a run trains.
@@ -56,11 +59,16 @@ pub struct EarlyStopping {
     /// "loss" or one of the task's metrics ("accuracy"); lower is better for "loss" and
     /// "perplexity", higher for the others.
     pub monitor: String,
+    /// Evaluations in a row without an improvement before the run stops (0 counts as 1).
     pub patience: u32,
+    /// How much the figure must beat its best by to count as an improvement (in the
+    /// figure's own units; 0: any improvement counts).
     pub min_delta: f64,
 }
 
 impl EarlyStopping {
+    /// Early stopping on `monitor` after `patience` evaluations, any improvement counting
+    /// (`min_delta` 0; set the field for a threshold).
     pub fn new(monitor: impl Into<String>, patience: u32) -> EarlyStopping {
         EarlyStopping { monitor: monitor.into(), patience, min_delta: 0.0 }
     }
@@ -74,6 +82,7 @@ pub(crate) fn higher_is_better(name: &str) -> bool {
 /// The loop's settings (the builder methods of [`Learner`] set them).
 #[derive(Clone, Debug)]
 pub struct LoopOptions {
+    /// How long to train (default 10 epochs).
     pub length: Length,
     /// Micro-batches per optimizer step (1: none).
     pub accumulate: u64,
@@ -81,15 +90,22 @@ pub struct LoopOptions {
     pub eval_every: Option<u64>,
     /// Write a step record to metrics.jsonl every this many steps.
     pub log_every: u64,
+    /// Scale the gradients down to this global L2 norm before each update (default: no
+    /// clipping).
     pub clip_grad_norm: Option<f64>,
+    /// f32 (the default) or mixed precision with dynamic loss scaling.
     pub precision: Precision,
     /// The validation figure the best checkpoint follows ("loss" by default).
     pub monitor: String,
+    /// Stop when the validation figure stops improving (default: never).
     pub early_stopping: Option<EarlyStopping>,
+    /// The run's folder, created if missing (default `runs/job`); see the module docs.
     pub out_dir: PathBuf,
+    /// A checkpoint to continue from (default: a fresh start).
     pub resume: Option<PathBuf>,
     /// Stop (with a checkpoint, resumable) after this many steps in all.
     pub max_steps: Option<u64>,
+    /// Show a progress bar and a line per evaluation on stderr (default on).
     pub progress: bool,
     /// Written into every checkpoint's metadata (a run's config, its seed).
     pub metadata: BTreeMap<String, String>,
@@ -118,8 +134,12 @@ impl Default for LoopOptions {
 /// One evaluation: the mean loss and the task's figures, after optimizer step `step`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Evaluation {
+    /// Optimizer steps done when it ran (0: the untrained model).
     pub step: u64,
+    /// The mean loss over the set's samples.
     pub loss: f64,
+    /// The task's figures by name, such as ("accuracy", 0.98) or ("perplexity", 4.1):
+    /// means over the set's samples, or as [`Task::report`] derives them.
     pub metrics: Vec<(String, f64)>,
 }
 
@@ -136,6 +156,7 @@ impl Evaluation {
 /// How a run ended.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
+    /// The backend the run used, as [`Device::description`] says it.
     pub device: String,
     /// Optimizer steps in all, counting those before a resume.
     pub steps: u64,
@@ -146,6 +167,7 @@ pub struct TrainReport {
     /// The last validation of this run; the best one so far (counting those before a
     /// resume), whose model is in `best_checkpoint`.
     pub last_eval: Option<Evaluation>,
+    /// The best validation so far (see `last_eval`); `None` without a validation set.
     pub best: Option<Evaluation>,
     /// The test set's figures on the final weights.
     pub test: Option<Evaluation>,
@@ -153,7 +175,10 @@ pub struct TrainReport {
     pub interrupted: bool,
     /// Early stopping ended the run.
     pub stopped_early: bool,
+    /// Where the latest checkpoint is (`<out>/checkpoint.safetensors`): resume from it.
     pub checkpoint: PathBuf,
+    /// Where the best model is (`<out>/best.safetensors`); written only when a
+    /// validation set is evaluated, so it may not exist.
     pub best_checkpoint: PathBuf,
 }
 
@@ -186,6 +211,8 @@ impl<'a> Learner<'a> {
         Learner { model: Box::new(model), task: Box::new(task), optimizer: Box::new(Adam::new(1e-3)), schedule: None, options: LoopOptions::default() }
     }
 
+    /// The optimizer (any kiln-nn optimizer, or [`crate::DecayMatricesOnly`]); its rate is
+    /// the base a schedule starts from.
     pub fn optimizer(mut self, optimizer: impl OptimizerBuilder + 'a) -> Self {
         self.optimizer = Box::new(optimizer);
         self
@@ -204,11 +231,14 @@ impl<'a> Learner<'a> {
         self
     }
 
+    /// Train for `epochs` whole passes over a finite training set (an endless stream
+    /// cannot be trained by epochs: use [`Learner::steps`]).
     pub fn epochs(mut self, epochs: u64) -> Self {
         self.options.length = Length::Epochs(epochs);
         self
     }
 
+    /// Train for `steps` optimizer steps, wrapping epochs around as needed.
     pub fn steps(mut self, steps: u64) -> Self {
         self.options.length = Length::Steps(steps);
         self
@@ -221,21 +251,29 @@ impl<'a> Learner<'a> {
         self
     }
 
+    /// Evaluate the validation set (and write the checkpoint) every `steps` optimizer
+    /// steps and after the last, instead of at each epoch's end; at least 1.
     pub fn eval_every(mut self, steps: u64) -> Self {
         self.options.eval_every = Some(steps);
         self
     }
 
+    /// Write a step record to metrics.jsonl every `steps` optimizer steps (default 50;
+    /// 0 counts as 1).
     pub fn log_every(mut self, steps: u64) -> Self {
         self.options.log_every = steps;
         self
     }
 
+    /// Clip the gradients to a global L2 norm of `max_norm` before each update
+    /// (`torch.nn.utils.clip_grad_norm_`); step records then carry the norm before clipping.
     pub fn clip_grad_norm(mut self, max_norm: f64) -> Self {
         self.options.clip_grad_norm = Some(max_norm);
         self
     }
 
+    /// Mixed precision (f16 matmuls, f32 master weights, dynamic loss scaling) or f32,
+    /// the default. Checkpoints are f32 either way.
     pub fn precision(mut self, precision: Precision) -> Self {
         self.options.precision = precision;
         self
@@ -266,6 +304,8 @@ impl<'a> Learner<'a> {
         self
     }
 
+    /// Stop after `steps` optimizer steps in all (counting those before a resume), as a
+    /// Ctrl-C would: a checkpoint is written and the run can be resumed to its full length.
     pub fn max_steps(mut self, steps: u64) -> Self {
         self.options.max_steps = Some(steps);
         self

@@ -37,16 +37,29 @@ pub use task::{Batch, BatchSource, DecayMatricesOnly, EvalSet, InputSpec, ModelB
 /// Everything that can stop a run, each with a message that says what and where.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// A setting that cannot work (a bad config value, a model and task that do not fit,
+    /// a run too large for this machine's memory), naming the setting.
     #[error("config: {0}")]
     Config(String),
+    /// A checkpoint that cannot be read, written or used for this run.
     #[error("checkpoint {}: {message}", file.display())]
-    Checkpoint { file: PathBuf, message: String },
+    Checkpoint {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// What is wrong with it (missing or mis-shaped tensors, bad metadata, ...).
+        message: String,
+    },
+    /// The model, task or optimizer built an invalid graph (mismatched shapes).
     #[error("{0}")]
     Graph(#[from] kiln_core::GraphError),
+    /// The backend failed to compile, load or run a plan.
     #[error("{0}")]
     Exec(#[from] kiln_core::ExecError),
+    /// A file or dataset that cannot be read or written (the message names it).
     #[error("{0}")]
     Io(String),
+    /// The loss or the weights became NaN or infinite: training stopped, the last good
+    /// checkpoint (if any) is kept, and the message says where it is.
     #[error("{0}")]
     Diverged(String),
 }

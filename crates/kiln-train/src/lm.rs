@@ -22,10 +22,14 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// A GPT read back from a run: what `kiln generate` needs.
 pub struct TrainedGpt {
+    /// The model's shape, from the config in the checkpoint's metadata and the
+    /// tokenizer's vocabulary.
     pub config: GptConfig,
     /// The state dict in nanoGPT's order (with the tied `lm_head.weight` too), without
     /// optimizer state.
     pub weights: Vec<(String, HostTensor)>,
+    /// The run's tokenizer (tokenizer.json beside the checkpoint), which a prompt is
+    /// encoded with and the output decoded by.
     pub tokenizer: CharTokenizer,
 }
 

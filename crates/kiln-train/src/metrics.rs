@@ -20,16 +20,25 @@ pub enum Record {
     /// `skipped_steps` counts the steps so far whose gradients overflowed and were not
     /// applied. (Optional rather than NaN: JSON has no NaN.)
     Step {
+        /// Optimizer steps done, this one included (the first step logs as 1).
         step: u64,
+        /// The epoch the step belongs to, from 0; absent for a stream.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<u64>,
+        /// This step's mean loss over its samples (all micro-batches).
         loss: f64,
+        /// The learning rate the step used, after warm-up and schedule.
         lr: f64,
+        /// The global L2 gradient norm before clipping; only when clipping.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grad_norm: Option<f64>,
+        /// Training samples per second since the run (or its resumption) started,
+        /// evaluations included.
         samples_per_s: f64,
+        /// The same in tokens, for tasks that count them (language models).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tokens_per_s: Option<f64>,
+        /// Mixed precision only: steps so far skipped for overflowing gradients.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         skipped_steps: Option<u64>,
     },
@@ -38,21 +47,31 @@ pub enum Record {
     /// training loss and metrics of the steps since the previous evaluation (absent when
     /// no step came before), with the seconds since the run (or its resumption) started.
     Eval {
+        /// Optimizer steps done before the evaluation (0: the untrained model).
         step: u64,
+        /// Whole epochs done; absent for a stream.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epoch: Option<u64>,
+        /// The mean of the step losses since the previous evaluation (`null` if none).
         train_loss: Option<f64>,
+        /// The task's training metrics over the same steps, per sample ("accuracy").
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         train_metrics: BTreeMap<String, f64>,
+        /// The validation set's mean loss.
         val_loss: f64,
+        /// The validation set's figures ("accuracy", "perplexity").
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         val_metrics: BTreeMap<String, f64>,
+        /// Wall-clock seconds since the run (or its resumption) started.
         seconds: f64,
     },
     /// The test set, evaluated once after training.
     Test {
+        /// Optimizer steps the final weights had.
         step: u64,
+        /// The test set's mean loss.
         loss: f64,
+        /// The test set's figures ("accuracy").
         #[serde(default)]
         metrics: BTreeMap<String, f64>,
     },
@@ -67,6 +86,8 @@ impl Record {
     }
 }
 
+/// A run's metrics.jsonl, open for appending, with the records read so far (for the plot).
+/// Every push is flushed, so the file is complete up to the last record if the process dies.
 pub struct MetricsLog {
     path: PathBuf,
     out: BufWriter<File>,
@@ -90,6 +111,8 @@ impl MetricsLog {
         Ok(MetricsLog { path: path.to_path_buf(), out: BufWriter::new(file), records })
     }
 
+    /// The records of the file when opened (lines that do not parse are skipped), those
+    /// pushed since, minus any [`MetricsLog::truncate_after`] dropped.
     pub fn records(&self) -> &[Record] {
         &self.records
     }
@@ -99,6 +122,7 @@ impl MetricsLog {
         self.records.retain(|r| r.step() <= step);
     }
 
+    /// Append one record as a JSON line, flushed before returning.
     pub fn push(&mut self, record: Record) -> Result<(), TrainError> {
         let line = serde_json::to_string(&record).map_err(|e| TrainError::Io(e.to_string()))?;
         writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(|e| TrainError::Io(format!("{}: {e}", self.path.display())))?;

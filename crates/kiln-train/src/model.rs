@@ -132,12 +132,16 @@ pub fn input_shape(config: &Config) -> Result<Vec<usize>, TrainError> {
 
 /// A config's optimizer, by kind.
 pub enum AnyOptimizer {
+    /// `kind = "sgd"`.
     Sgd(SGD),
+    /// `kind = "adam"`.
     Adam(Adam),
+    /// `kind = "adamw"` (the GPT recipes wrap it in [`crate::DecayMatricesOnly`]).
     AdamW(AdamW),
 }
 
 impl AnyOptimizer {
+    /// The optimizer as a trait object, whichever kind it is.
     pub fn boxed(self) -> Box<dyn Optimizer> {
         match self {
             AnyOptimizer::Sgd(o) => Box::new(o),
@@ -147,6 +151,8 @@ impl AnyOptimizer {
     }
 }
 
+/// The kiln-nn optimizer of `[optimizer]`, each hyperparameter passed through (keys
+/// another kind uses are ignored).
 pub fn optimizer(config: &OptimizerConfig) -> AnyOptimizer {
     let (b1, b2) = config.betas;
     match config.kind {

@@ -26,17 +26,24 @@ pub enum PlanKind {
 
 /// What each kind of plan adds to a graph, beyond the objective.
 pub enum Update {
+    /// The gradients, optimizer update and (under clipping or loss scaling) their extra
+    /// outputs.
     Step(TrainGraph),
+    /// The gradients added into accumulators, applied by the next step plan.
     Accumulate(AccumulateGraph),
+    /// Nothing: an evaluation only reads outputs.
     Eval,
 }
 
 /// A compiled plan with the handles the loop feeds and reads.
 pub struct CompiledPlan {
+    /// The graph the plan was compiled from (its shapes check a restored checkpoint).
     pub graph: Graph,
+    /// The compiled plan, ready to load on a backend.
     pub plan: Plan,
     /// The task's inputs, in [`crate::task::Task::inputs`] order.
     pub inputs: Vec<Tensor>,
+    /// What the plan does besides the objective.
     pub update: Update,
     /// Outputs: the loss, then one sum per metric, then (a step) the gradient norm when
     /// clipping and the loss scaler's next scale and skipped-step count when scaling.
@@ -64,7 +71,9 @@ impl CompiledPlan {
 
 /// How a run's training plans are made: what the loop passes through to every compile.
 pub struct StepSettings {
+    /// The global L2 norm gradients are clipped to; `None`: no clipping.
     pub clip_grad_norm: Option<f64>,
+    /// Under [`Precision::Mixed`], step plans scale the loss dynamically.
     pub precision: Precision,
     /// Accumulated steps compile [`PlanKind::Accumulate`] plans and an applying step.
     pub accumulate: bool,
@@ -151,6 +160,7 @@ pub struct Plans<'r> {
 }
 
 impl<'r> Plans<'r> {
+    /// No plan yet: each is compiled by [`Plans::get`] when first asked for.
     pub fn new(
         device: &'r Device,
         model: &'r dyn ModelBuilder,

@@ -16,7 +16,9 @@ use crate::TrainError;
 pub struct InputSpec {
     /// The graph input's name ("x", "idx").
     pub name: String,
+    /// One sample's shape; the batch dimension is put in front.
     pub sample_dims: Vec<usize>,
+    /// The element type the loop feeds: f32 for images, u32 for labels and token ids.
     pub dtype: DType,
     /// For u32 inputs (labels, token ids): every value is below this bound.
     pub values_below: Option<u32>,
@@ -27,6 +29,7 @@ pub struct InputSpec {
 pub struct Batch {
     /// Samples in the batch (its first dimension).
     pub samples: usize,
+    /// One tensor per input, each `[samples, ..sample_dims]`.
     pub values: Vec<HostTensor>,
 }
 
@@ -142,10 +145,13 @@ pub trait BatchSource {
 /// Fixed batches an evaluation averages over (a validation or test set).
 #[derive(Clone, Debug, Default)]
 pub struct EvalSet {
+    /// The batches, evaluated in order; a last smaller batch is fine (a plan of its
+    /// size is compiled for it).
     pub batches: Vec<Batch>,
 }
 
 impl EvalSet {
+    /// Samples in all, the divisor of the set's mean loss and metrics.
     pub fn samples(&self) -> usize {
         self.batches.iter().map(|b| b.samples).sum()
     }
@@ -153,6 +159,7 @@ impl EvalSet {
 
 /// What the loop trains on and evaluates with.
 pub struct TrainingData {
+    /// The training batches, in the seeded order a resume can seek back to.
     pub train: Box<dyn BatchSource>,
     /// Evaluated every `eval_every` steps (or each epoch): the curves, the best
     /// checkpoint and early stopping follow it.
