@@ -189,13 +189,13 @@ impl Schedule {
 pub enum Case {
     /// [batch, m, k] @ [batch, k, n] (no batch dim when `batch` is 1).
     Matmul(MatmulShape),
-    /// y = x * a + b, every tensor [len].
+    /// y = x * a + b, every tensor `[len]`.
     ScaleShift { len: usize },
-    /// gelu (erf form) over [len].
+    /// gelu (erf form) over `[len]`.
     Gelu { len: usize },
     /// softmax along the rows of [rows, cols].
     Softmax { rows: usize, cols: usize },
-    /// The sum of [len] to one value.
+    /// The sum of `[len]` to one value.
     Sum { len: usize },
     /// One pass of a 3x3 convolution of x [batch, channels, size, size] by as many filters
     /// as channels, stride 1, padding 1 ("same").

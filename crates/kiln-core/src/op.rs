@@ -343,7 +343,7 @@ pub enum Op {
     /// `where(cond, a, b)`: inputs [cond, a, b] broadcast together; cond is any dtype,
     /// nonzero means true; a and b share the output dtype.
     Where,
-    /// Inputs [x]; see [`ReduceOp`]. `axes` are sorted and unique.
+    /// Inputs `[x]`; see [`ReduceOp`]. `axes` are sorted and unique.
     Reduce { op: ReduceOp, axes: Vec<usize> },
     /// Inputs [a, b], both rank >= 2, float, one dtype.
     /// a is [..., M, K] (or [..., K, M] with `trans_a`), b is [..., K, N] (or [..., N, K]
@@ -352,7 +352,7 @@ pub enum Op {
     /// each product of two f16 values is exact in f32 and the sums are f32, as an f16
     /// GEMM with f32 accumulation computes them; the order of the sum is the backend's).
     MatMul { trans_a: bool, trans_b: bool },
-    /// Softmax along `axis`, max-subtracted. Inputs [x]; output shape = input shape.
+    /// Softmax along `axis`, max-subtracted. Inputs `[x]`; output shape = input shape.
     Softmax { axis: usize },
     /// log(softmax(x)) along `axis`, computed as x - max - log(sum(exp(x - max))).
     LogSoftmax { axis: usize },
@@ -360,14 +360,14 @@ pub enum Op {
     Reshape,
     /// Same as the input, but the gradient does not flow through. Aliases like Reshape.
     StopGradient,
-    /// out[i_0, .., i_n] = x[j] where j[perm[k]] = i_k; i.e. output axis k is input axis perm[k].
+    /// `out[i_0, .., i_n] = x[j]` where `j[perm[k]] = i_k`; i.e. output axis k is input axis `perm[k]`.
     Permute { perm: Vec<usize> },
     /// Broadcast of x to the output shape (NumPy rules, right-aligned).
     Expand,
-    /// out[i] = x[starts + i * steps] per axis (steps >= 1). Output shape from the plan.
+    /// `out[i] = x[starts + i * steps]` per axis (steps >= 1). Output shape from the plan.
     Slice { starts: Vec<usize>, steps: Vec<usize> },
     /// The inverse placement of Slice: the output (shape from the plan) is filled with
-    /// `fill`, then out[starts + i * steps] = x[i] for every index i of x. Zero-padding
+    /// `fill`, then `out[starts + i * steps] = x[i]` for every index i of x. Zero-padding
     /// (`steps` all 1) and the gradient of Slice are this op.
     SliceScatter { starts: Vec<usize>, steps: Vec<usize>, fill: f64 },
     /// Inputs [x_0, x_1, ...] of one dtype, equal except along `axis`; joined along it.
@@ -376,29 +376,29 @@ pub enum Op {
     /// out[idx.., rest..] = table[indices[idx..], rest..]. Out-of-range rows read as 0.
     Gather,
     /// Inputs [indices, src]: indices u32 of shape I, src of shape I ++ rest;
-    /// output [rows, rest..] with out[r] = sum of src[i] over all i with indices[i] == r.
+    /// output [rows, rest..] with `out[r]` = the sum of `src[i]` over all i with `indices[i] == r`.
     /// Deterministic order (the gradient of Gather).
     ScatterAdd { rows: usize },
-    /// Inputs [indices] (u32, shape I); output float I ++ [classes], 1 at the index, else 0.
+    /// Inputs `[indices]` (u32, shape I); output float `I ++ [classes]`, 1 at the index, else 0.
     /// Out-of-range indices give an all-zero row.
     OneHot { classes: usize },
-    /// Inputs [x] float; output u32, same rank, `axis` of size 1: the index of the first
+    /// Inputs `[x]` float; output u32, same rank, `axis` of size 1: the index of the first
     /// maximum along `axis`.
     ArgMax { axis: usize },
-    /// Inputs [logits [N, C] float, labels [N] u32]; output [N] float:
-    /// -log_softmax(logits[n])[labels[n]], computed max-subtracted in one pass per row.
+    /// Inputs `[logits [N, C] float, labels [N] u32]`; output `[N]` float:
+    /// `-log_softmax(logits[n])[labels[n]]`, computed max-subtracted in one pass per row.
     /// An out-of-range label gives NaN for that row.
     SoftmaxCrossEntropy,
-    /// The gradient of `SoftmaxCrossEntropy` in one pass per row: inputs [logits [N, C]
-    /// float, labels [N] u32, grad [N] float (the loss rows' gradient)]; output [N, C]
-    /// float: (softmax(logits[n]) - onehot(labels[n])) * grad[n], with softmax and the
+    /// The gradient of `SoftmaxCrossEntropy` in one pass per row: inputs `[logits [N, C]
+    /// float, labels [N] u32, grad [N] float]` (grad: the loss rows' gradient); output `[N, C]`
+    /// float: `(softmax(logits[n]) - onehot(labels[n])) * grad[n]`, with softmax and the
     /// arithmetic exactly as the unfused Softmax, OneHot, Sub and Mul (a label >= C has
     /// no one-hot entry). Has no gradient of its own.
     SoftmaxCrossEntropyBackward,
-    /// Inputs [x]; output the same values in the node's dtype (float -> u32 truncates
+    /// Inputs `[x]`; output the same values in the node's dtype (float -> u32 truncates
     /// toward zero and clamps negatives to 0; u32 -> float is exact below 2^24).
     Cast,
-    /// Seeded counter-based random numbers: inputs [counter], a 0-d u32 tensor fed on
+    /// Seeded counter-based random numbers: inputs `[counter]`, a 0-d u32 tensor fed on
     /// every run (the optimizer step, for dropout); output f32 of the node's shape with
     /// element i (its row-major linear index, a u32) = `unit(bits(i, counter, seed))`,
     /// uniform in [0, 1) and the SAME bits on every backend. In wrapping u32 arithmetic:
@@ -459,7 +459,7 @@ pub enum Op {
     MaxPool2dBackward { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
     /// 2-D average pooling over NCHW, with the shapes of MaxPool2d: the sum of the window
     /// in row-major order, padding counting as 0, divided by KH KW (PyTorch's
-    /// `count_include_pad=True`). Inputs [x].
+    /// `count_include_pad=True`). Inputs `[x]`.
     AvgPool2d { kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2] },
     /// The gradient of AvgPool2d. Inputs [grad_out [N, C, HO, WO]]; output x's shape
     /// [N, C, H, W] (from the plan): each element of x gets the sum, over the windows

@@ -4,7 +4,7 @@
 //! Every parameter gets an accumulator state (`grad_accum.<name>`, zero between
 //! steps). A micro-batch that is not the last of its step runs the graph of
 //! [`AccumulateGraph`]: `accumulator += weight * gradient`. The last runs a
-//! [`TrainGraph`] built by [`TrainGraph::build_accumulated`]: the step's gradient is
+//! [`TrainGraph`](crate::TrainGraph) built by [`TrainGraph::build_accumulated`](crate::TrainGraph::build_accumulated): the step's gradient is
 //! `accumulator + weight * gradient`, then clipping, the loss-scale check and the update
 //! as in an ordinary step, and the accumulators are zeroed. `weight` is fed per
 //! micro-batch as its share of the step's samples (`n_i / Σ n`), so that mean losses of

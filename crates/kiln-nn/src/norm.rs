@@ -30,9 +30,9 @@ impl Default for BatchNormOptions {
 /// `x` [N, C, ...] over every axis but the channel axis 1 (see
 /// [`Graph::batch_norm`]), with PyTorch's state and modes.
 ///
-/// State dict, in PyTorch's order: `{prefix}.weight` [C] (init 1) and `{prefix}.bias`
-/// [C] (init 0) when affine, then the buffers `{prefix}.running_mean` [C] (init 0) and
-/// `{prefix}.running_var` [C] (init 1), all f32.
+/// State dict, in PyTorch's order: `{prefix}.weight` `[C]` (init 1) and `{prefix}.bias`
+/// `[C]` (init 0) when affine, then the buffers `{prefix}.running_mean` `[C]` (init 0) and
+/// `{prefix}.running_var` `[C]` (init 1), all f32.
 ///
 /// PyTorch's state dict also holds `{prefix}.num_batches_tracked`, an int64 counter
 /// that only matters for `momentum=None`. kiln has no 64-bit integer dtype and does

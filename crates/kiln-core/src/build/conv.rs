@@ -124,8 +124,8 @@ fn dims4(shape: &Shape) -> Option<[usize; 4]> {
 }
 
 impl Graph {
-    /// 2-D convolution of `x` [N, C, H, W] with `weight` [O, C / groups, KH, KW], plus
-    /// `bias` [O] when given: output [N, O, HO, WO] with HO = (H + 2 padding - dilation
+    /// 2-D convolution of `x` `[N, C, H, W]` with `weight` `[O, C / groups, KH, KW]`, plus
+    /// `bias` `[O]` when given: output `[N, O, HO, WO]` with HO = (H + 2 padding - dilation
     /// (KH - 1) - 1) / stride + 1 (floor), as `torch.nn.functional.conv2d`.
     pub fn conv2d(&mut self, x: Tensor, weight: Tensor, bias: Option<Tensor>, params: Conv2dParams) -> Result<Tensor> {
         const OP: &str = "conv2d";

@@ -40,7 +40,7 @@ impl Graph {
         self.push(Op::ScatterAdd { rows }, vec![indices, src], Shape(dims), dtype)
     }
 
-    /// One-hot f32 encoding of u32 class indices: shape indices.shape ++ [classes].
+    /// One-hot f32 encoding of u32 class indices: shape `indices.shape ++ [classes]`.
     pub fn one_hot(&mut self, indices: Tensor, classes: usize) -> Result<Tensor> {
         self.check("one_hot", indices)?;
         if self.dtype(indices) != DType::U32 {

@@ -27,7 +27,7 @@ impl Graph {
         self.push(Op::LogSoftmax { axis }, vec![x], n.shape, n.dtype)
     }
 
-    /// Cross-entropy of logits [N, C] against u32 class labels [N], fused with log-softmax
+    /// Cross-entropy of logits `[N, C]` against u32 class labels `[N]`, fused with log-softmax
     /// (as `torch.nn.functional.cross_entropy`).
     pub fn cross_entropy(&mut self, logits: Tensor, labels: Tensor, reduction: Reduction) -> Result<Tensor> {
         self.require_float("cross_entropy", logits)?;
@@ -52,7 +52,7 @@ impl Graph {
     }
 
     /// The gradient of the rows of `cross_entropy(logits, labels, Reduction::None)` with
-    /// respect to the logits, given the rows' gradient `grad` [N]: one fused op
+    /// respect to the logits, given the rows' gradient `grad` `[N]`: one fused op
     /// ([`Op::SoftmaxCrossEntropyBackward`]), what autodiff emits for cross-entropy.
     pub fn softmax_cross_entropy_backward(&mut self, logits: Tensor, labels: Tensor, grad: Tensor) -> Result<Tensor> {
         const OP: &str = "softmax_cross_entropy_backward";

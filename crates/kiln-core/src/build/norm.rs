@@ -8,11 +8,11 @@ use crate::{Graph, GraphError, Result, Shape, Tensor};
 pub struct BatchNormOut {
     /// The normalised (and, with weight and bias, scaled and shifted) input.
     pub y: Tensor,
-    /// `(1 - momentum) * running_mean + momentum * batch_mean`, shape [C]: present in
+    /// `(1 - momentum) * running_mean + momentum * batch_mean`, shape `[C]`: present in
     /// training mode when running statistics were given. The caller writes it back to
     /// the running-mean state (a `(state, new value)` pair of the plan's updates).
     pub new_running_mean: Option<Tensor>,
-    /// `(1 - momentum) * running_var + momentum * unbiased_batch_var`, shape [C]; as
+    /// `(1 - momentum) * running_var + momentum * unbiased_batch_var`, shape `[C]`; as
     /// `new_running_mean`.
     pub new_running_var: Option<Tensor>,
 }
@@ -71,7 +71,7 @@ impl Graph {
     /// - Evaluation: `x` is normalised with `running_mean` and `running_var`, which are
     ///   then required; nothing is updated.
     ///
-    /// `running_mean`, `running_var`, `weight` and `bias` are all [C]. PyTorch's
+    /// `running_mean`, `running_var`, `weight` and `bias` are all `[C]`. PyTorch's
     /// `momentum=None` (a cumulative average) is not supported: momentum is in [0, 1].
     // The argument list mirrors torch.nn.functional.batch_norm, which users know.
     #[allow(clippy::too_many_arguments)]

@@ -5,7 +5,7 @@ impl Op {
     /// Every name [`Op::name`] can return, each once, in declaration order: the one list
     /// of ops that the coverage checks of the op tables (the cross-backend table, gradcheck,
     /// the forward values) compare their rows with, so that an op added without rows fails
-    /// a test. The names of [`Op::one_of_each`]: complete by construction.
+    /// a test. The names of `Op::one_of_each`: complete by construction.
     pub fn names() -> Vec<&'static str> {
         Op::one_of_each().iter().map(Op::name).collect()
     }

@@ -2,7 +2,7 @@
 //! is a [`Tunable`], implemented beside its kernel (`kernels/matmul/tune.rs`,
 //! `kernels/conv/tune.rs`: the conv kernels are GEMMs on the matmul kernel's tiling and take
 //! the same configurations): its problem, candidates, heuristic and class keys. The tuner
-//! itself has one [`Tuner::choose`], one report and one cache for every family.
+//! itself has one `Tuner::choose`, one report and one cache for every family.
 //!
 //! At plan load, a problem is sorted into a *class*: the adapter (name, backend, driver and
 //! its version), then what the family says ([`Tunable::class`]: for a matmul the kernels'
@@ -11,7 +11,7 @@
 //! every candidate configuration that fits the adapter timed on the device (a warm-up,
 //! then a few timed runs each; the runtime does the timing), and the fastest is kept, in
 //! memory and in a JSON file, so that later loads, in this process or the next, only look
-//! it up. Smaller problems take [`heuristic`]'s pick without timing.
+//! it up. Smaller problems take [`Tunable::heuristic`]'s pick without timing.
 //!
 //! The cache file is `matmul-tuning.json` in the cache directory: `WgpuOptions::cache_dir`,
 //! else `$KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`. It is written
@@ -46,7 +46,7 @@ use cache::{read_cache, without_version, write_cache};
 pub const AUTOTUNE_ENV: &str = "KILN_AUTOTUNE";
 /// A configuration name ("128x128x8-8x8") that every matmul uses, for tests and benchmarks.
 pub const MATMUL_CONFIG_ENV: &str = "KILN_MATMUL_CONFIG";
-/// A configuration name ("128x64x8-8x4") that every convolution uses (see [`conv::CANDIDATES`]).
+/// A configuration name ("128x64x8-8x4") that every convolution uses (see [`conv::CANDIDATES`](crate::kernels::conv::CANDIDATES)).
 pub const CONV_CONFIG_ENV: &str = "KILN_CONV_CONFIG";
 /// Where the tuning cache lives (before `$XDG_CACHE_HOME/kiln` and `~/.cache/kiln`).
 pub const CACHE_DIR_ENV: &str = "KILN_CACHE_DIR";
@@ -128,7 +128,7 @@ pub struct TuningReport {
 }
 
 /// The policy, fixed when the backend opens. A family may also have a configuration forced
-/// on it (see [`Tuner::new`]).
+/// on it (see `Tuner::new`).
 #[derive(Clone, Debug)]
 pub enum Policy {
     Tune { cache_dir: Option<PathBuf> },

@@ -1,6 +1,6 @@
 //! Lowering of Plan steps to WGSL launches. The runtime (`crate::runtime`) knows
 //! nothing about ops; each kernel family here knows nothing about wgpu objects.
-//! [`lower_for`] is the one place that decides how a step becomes launches on a device:
+//! `lower_for` is the one place that decides how a step becomes launches on a device:
 //! which families are tuned (matmul, conv), and where the cooperative-matrix matmul runs.
 //!
 //! Conventions every shader in `shaders/` follows:
@@ -23,6 +23,7 @@
 //!   `render` fills them with `f32`, `f16` or `u32` and adds `enable f16;` when needed.
 //!   Arithmetic is done in f32; f16 is a storage type only. `render` replaces slots
 //!   everywhere, comments included: name a slot in a comment without the braces.
+//!
 //! tests/shaders_valid.rs validates every launch.
 use kiln_core::{DType, ExecError, Step};
 
