@@ -339,6 +339,15 @@ pub fn remove_stale_temporaries(dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// The config a checkpoint was trained with (from its metadata).
+pub fn checkpoint_config(ck: &Checkpoint, file: &Path) -> Result<Config, TrainError> {
+    let text = ck.metadata.get("config").ok_or_else(|| TrainError::Checkpoint {
+        file: file.to_path_buf(),
+        message: "metadata holds no 'config'; was it written by kiln train?".into(),
+    })?;
+    Config::from_toml(text, file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -497,8 +497,8 @@ fn is_one(v: &u64) -> bool {
 
 impl TrainConfig {
     /// The loop's early stopping, when the config asks for it.
-    pub fn early_stopping(&self) -> Option<crate::learner::EarlyStopping> {
-        self.early_stopping.as_ref().map(|e| crate::learner::EarlyStopping {
+    pub fn early_stopping(&self) -> Option<crate::options::EarlyStopping> {
+        self.early_stopping.as_ref().map(|e| crate::options::EarlyStopping {
             monitor: e.monitor.clone(),
             patience: e.patience,
             min_delta: e.min_delta,

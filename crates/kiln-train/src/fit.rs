@@ -8,13 +8,23 @@ use kiln_nn::LrSchedule;
 
 use crate::checkpoint::Checkpoint;
 use crate::device::Device;
-use crate::learner::{higher_is_better, Evaluation, Learner, Length, TrainReport, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
+use crate::options::{Evaluation, Length, LoopOptions, TrainReport, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
 use crate::metrics::{MetricsLog, Record};
 use crate::plans::{PlanKind, Plans, StepSettings, Update};
 use crate::progress::Progress;
-use crate::run_state::{Best, RunState};
-use crate::task::{Batch, EvalSet, TrainingData};
+use crate::run_state::RunState;
+use crate::task::{Batch, EvalSet, ModelBuilder, OptimizerBuilder, Task, TrainingData};
 use crate::TrainError;
+
+/// What a run is made of: [`crate::Learner`]'s parts, borrowed.
+pub(crate) struct RunParts<'r> {
+    pub model: &'r dyn ModelBuilder,
+    pub task: &'r dyn Task,
+    pub optimizer: &'r dyn OptimizerBuilder,
+    /// Makes the schedule once the run's length in steps is known.
+    pub schedule: Option<&'r (dyn Fn(u64) -> Result<LrSchedule, TrainError> + 'r)>,
+    pub options: &'r LoopOptions,
+}
 
 /// The numbers a run is laid out by.
 struct Layout {
@@ -24,7 +34,7 @@ struct Layout {
     accumulate: u64,
 }
 
-fn layout(learner: &Learner, data: &TrainingData) -> Result<Layout, TrainError> {
+fn layout(learner: &RunParts, data: &TrainingData) -> Result<Layout, TrainError> {
     let o = &learner.options;
     if o.accumulate == 0 {
         return Err(TrainError::Config("accumulate must be at least 1 (micro-batches per optimizer step)".into()));
@@ -60,16 +70,16 @@ fn layout(learner: &Learner, data: &TrainingData) -> Result<Layout, TrainError> 
 }
 
 /// "loss" and every figure the task reports.
-fn figure_names(learner: &Learner) -> Vec<String> {
+fn figure_names(learner: &RunParts) -> Vec<String> {
     let means: Vec<(&'static str, f64)> = learner.task.metric_names().into_iter().map(|n| (n, 0.0)).collect();
     std::iter::once("loss".to_string()).chain(learner.task.report(0.0, &means).into_iter().map(|(n, _)| n.to_string())).collect()
 }
 
-fn step_settings(learner: &Learner, accumulate: bool) -> StepSettings {
+fn step_settings(learner: &RunParts, accumulate: bool) -> StepSettings {
     StepSettings { clip_grad_norm: learner.options.clip_grad_norm, precision: learner.options.precision, accumulate }
 }
 
-pub(crate) fn run(learner: &Learner, device: &Device, mut data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
     let o = &learner.options;
     let lay = layout(learner, &data)?;
     let out = &o.out_dir;
@@ -78,12 +88,12 @@ pub(crate) fn run(learner: &Learner, device: &Device, mut data: TrainingData, st
         eprintln!("removed {}, left by a writer that was killed mid-write", stale.display());
     }
     let (ck_path, best_path) = (out.join(CHECKPOINT_FILE), out.join(BEST_FILE));
-    let schedule = match &learner.schedule {
+    let schedule = match learner.schedule {
         Some(make) => make(lay.total_steps)?,
         None => LrSchedule::constant(learner.optimizer.lr()),
     };
     let full_batch = data.train.batch_size();
-    let mut plans = Plans::new(device, learner.model.as_ref(), learner.task.as_ref(), learner.optimizer.as_ref(), step_settings(learner, lay.accumulate > 1));
+    let mut plans = Plans::new(device, learner.model, learner.task, learner.optimizer, step_settings(learner, lay.accumulate > 1));
     let mut metrics = MetricsLog::open(&out.join(METRICS_FILE))?;
 
     let mut state = RunState::new(lay.steps_per_epoch, lay.accumulate);
@@ -156,7 +166,7 @@ pub(crate) fn run(learner: &Learner, device: &Device, mut data: TrainingData, st
         }
         let samples: usize = micro_batches.iter().map(|b| b.samples).sum();
         progress.stepped(outcome.loss, samples, &outcome.sums, learner.task.metric_names(), outcome.skipped_steps);
-        if state.step % o.log_every.max(1) == 0 {
+        if state.step.is_multiple_of(o.log_every.max(1)) {
             metrics.push(Record::Step {
                 step: state.step,
                 epoch: lay.steps_per_epoch.map(|spe| (state.step - 1) / spe),
@@ -168,13 +178,13 @@ pub(crate) fn run(learner: &Learner, device: &Device, mut data: TrainingData, st
                 skipped_steps: outcome.skipped_steps,
             })?;
         }
-        let epoch_ended = lay.steps_per_epoch.is_some_and(|spe| state.step % spe == 0);
+        let epoch_ended = lay.steps_per_epoch.is_some_and(|spe| state.step.is_multiple_of(spe));
         if epoch_ended && state.step < lay.total_steps {
             seek(&mut data, &lay, state.step)?;
             progress.start_at(state.step);
         }
         evaluate_now = match o.eval_every {
-            Some(every) => state.step % every == 0,
+            Some(every) => state.step.is_multiple_of(every),
             None => epoch_ended,
         } || state.step == lay.total_steps;
     }
@@ -293,7 +303,7 @@ fn step(plans: &mut Plans, batches: &[Batch], state: &RunState, lr: f64, accumul
 }
 
 /// Mean loss and figures of the model over `set`.
-fn evaluate(plans: &mut Plans, learner: &Learner, set: &EvalSet, step: u64) -> Result<Evaluation, TrainError> {
+fn evaluate(plans: &mut Plans, learner: &RunParts, set: &EvalSet, step: u64) -> Result<Evaluation, TrainError> {
     let (mut loss, mut sums, mut samples) = (0.0f64, Vec::<f64>::new(), 0usize);
     for batch in &set.batches {
         let (compiled, exec) = plans.get(PlanKind::Eval, batch.samples)?;
@@ -312,9 +322,9 @@ fn evaluate(plans: &mut Plans, learner: &Learner, set: &EvalSet, step: u64) -> R
     Ok(Evaluation { step, loss, metrics })
 }
 
-pub(crate) fn evaluate_checkpoint(learner: &Learner, device: &Device, file: &Path, set: &EvalSet) -> Result<Evaluation, TrainError> {
+pub(crate) fn evaluate_checkpoint(learner: &RunParts, device: &Device, file: &Path, set: &EvalSet) -> Result<Evaluation, TrainError> {
     let ck = Checkpoint::load(file)?;
-    let mut plans = Plans::new(device, learner.model.as_ref(), learner.task.as_ref(), learner.optimizer.as_ref(), step_settings(learner, false));
+    let mut plans = Plans::new(device, learner.model, learner.task, learner.optimizer, step_settings(learner, false));
     let first = set.batches.first().map_or(1, |b| b.samples);
     plans.restore_model(first, &ck, file)?;
     let eval = evaluate(&mut plans, learner, set, ck.meta_u64_or("step", 0, file)?)?;
@@ -327,7 +337,7 @@ pub(crate) fn evaluate_checkpoint(learner: &Learner, device: &Device, file: &Pat
     Ok(eval)
 }
 
-fn save_latest(plans: &mut Plans, learner: &Learner, batch: usize, state: &RunState, path: &Path) -> Result<(), TrainError> {
+fn save_latest(plans: &mut Plans, learner: &RunParts, batch: usize, state: &RunState, path: &Path) -> Result<(), TrainError> {
     let mut ck = plans.snapshot(batch)?;
     for (key, value) in &learner.options.metadata {
         ck.set_meta(key, value);
@@ -336,7 +346,7 @@ fn save_latest(plans: &mut Plans, learner: &Learner, batch: usize, state: &RunSt
     ck.save(path)
 }
 
-fn save_best(plans: &mut Plans, learner: &Learner, batch: usize, state: &RunState, eval: &Evaluation, path: &Path) -> Result<(), TrainError> {
+fn save_best(plans: &mut Plans, learner: &RunParts, batch: usize, state: &RunState, eval: &Evaluation, path: &Path) -> Result<(), TrainError> {
     let mut ck = plans.model_snapshot(batch)?;
     for (key, value) in &learner.options.metadata {
         ck.set_meta(key, value);
@@ -389,13 +399,4 @@ fn check_eval_loss(loss: f64, step: u64, checkpoint: &Path) -> Result<(), TrainE
          are not saved; training stopped and {}. Try a lower learning rate or gradient clipping.",
         kept(checkpoint)
     )))
-}
-
-/// Whether `value` beats `best` on the figure `name` by more than `min_delta`.
-pub(crate) fn improves(name: &str, value: f64, best: &Best, min_delta: f64) -> bool {
-    if higher_is_better(name) {
-        value > best.value + min_delta
-    } else {
-        value < best.value - min_delta
-    }
 }

@@ -13,7 +13,8 @@ use crate::classification::{eval_set, Classification, DatasetBatches};
 use crate::config::{Config, DatasetName, ModelConfig, OptimizerConfig};
 use crate::device::Device;
 use crate::language_model::{validation_windows, CorpusWindows, LanguageModel};
-use crate::learner::{Evaluation, Learner, Length, LoopOptions, TrainReport};
+use crate::learner::Learner;
+use crate::options::{Evaluation, Length, LoopOptions, TrainReport};
 use crate::lm::{GptBuilder, TOKENIZER_FILE};
 use crate::task::{EvalSet, ModelBuilder, OptimizerBuilder, TrainingData};
 use crate::TrainError;
@@ -211,14 +212,8 @@ pub fn evaluate_checkpoint(device: &Device, file: &Path, data_dir: Option<&Path>
     Ok((config.clone(), eval))
 }
 
-/// The config a checkpoint was trained with (from its metadata).
-pub fn checkpoint_config(ck: &Checkpoint, file: &Path) -> Result<Config, TrainError> {
-    let text = ck.metadata.get("config").ok_or_else(|| TrainError::Checkpoint {
-        file: file.to_path_buf(),
-        message: "metadata holds no 'config'; was it written by kiln train?".into(),
-    })?;
-    Config::from_toml(text, file)
-}
+pub use crate::checkpoint::checkpoint_config;
+
 
 /// The datasets of an image job: training, validation (held out of training) and test,
 /// normalised and shaped for the model.

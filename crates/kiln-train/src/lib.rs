@@ -16,6 +16,7 @@ pub mod limits;
 pub mod lm;
 mod lm_checks;
 pub mod metrics;
+pub mod options;
 pub mod model;
 pub mod plans;
 mod progress;

@@ -12,7 +12,7 @@ use kiln_nn::{init::seeded_rng, GptConfig, Module, GPT};
 
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, GptModelConfig};
-use crate::job::checkpoint_config;
+use crate::checkpoint::checkpoint_config;
 use crate::lm_checks::{check_tied_weights, check_vocabulary};
 use crate::task::ModelBuilder;
 use crate::TrainError;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::learner::Evaluation;
+use crate::options::Evaluation;
 use crate::run_state::Best;
 
 pub struct Progress {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::checkpoint::Checkpoint;
-use crate::learner::{EarlyStopping, Evaluation};
+use crate::options::{higher_is_better, EarlyStopping, Evaluation};
 use crate::TrainError;
 
 /// The best validation figure so far and the evaluation it came from.
@@ -110,7 +110,7 @@ impl RunState {
         let min_delta = early.map_or(0.0, |e| e.min_delta);
         let improved = match &self.best {
             None => value.is_finite(),
-            Some(best) => crate::fit::improves(monitor, value, best, min_delta),
+            Some(best) => improves(monitor, value, best, min_delta),
         };
         if improved {
             self.best = Some(Best { value, evaluation: eval.clone() });
@@ -124,5 +124,14 @@ impl RunState {
     /// Whether early stopping's patience has run out.
     pub fn patience_spent(&self, early: Option<&EarlyStopping>) -> bool {
         early.is_some_and(|e| self.evals_without_improvement >= e.patience.max(1))
+    }
+}
+
+/// Whether `value` beats `best` on the figure `name` by more than `min_delta`.
+fn improves(name: &str, value: f64, best: &Best, min_delta: f64) -> bool {
+    if higher_is_better(name) {
+        value > best.value + min_delta
+    } else {
+        value < best.value - min_delta
     }
 }
