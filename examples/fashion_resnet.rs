@@ -2,7 +2,7 @@
 //! trained on Fashion-MNIST through kiln's training loop: progress, validation each
 //! epoch, metrics.jsonl, curves.svg, and checkpoints (latest and best) in runs/.
 //!
-//!     cargo run --release --example fashion_resnet             # 3 epochs, ~90% test accuracy
+//!     cargo run --release --example fashion_resnet             # 3 epochs: 87.7% test accuracy, 7 min on 2 CPU cores
 //!     cargo run --release --example fashion_resnet -- --short  # 1,024 images, 2 epochs (CI)
 //!
 //! Fashion-MNIST comes from Debian's package (`apt-get install dataset-fashion-mnist`,
