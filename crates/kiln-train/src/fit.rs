@@ -152,8 +152,9 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         }
 
         let micro_batches = gather(&mut data, &lay, state.step)?;
+        let samples: usize = micro_batches.iter().map(|b| b.samples).sum();
         let lr = schedule.lr(state.step);
-        let outcome = step(&mut plans, &micro_batches, &state, lr, lay.accumulate).map_err(|e| match e {
+        let outcome = step(&mut plans, micro_batches, &state, lr, lay.accumulate).map_err(|e| match e {
             StepError::Diverged(loss) => {
                 progress.abandon("");
                 diverged(loss, state.step + 1, &progress.place(state.step), lr, &ck_path)
@@ -164,7 +165,6 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         if let Some(skipped) = outcome.skipped_steps {
             state.skipped_steps = skipped;
         }
-        let samples: usize = micro_batches.iter().map(|b| b.samples).sum();
         progress.stepped(outcome.loss, samples, &outcome.sums, learner.task.metric_names(), outcome.skipped_steps);
         if state.step.is_multiple_of(o.log_every.max(1)) {
             metrics.push(Record::Step {
@@ -263,12 +263,14 @@ impl From<kiln_core::ExecError> for StepError {
 }
 
 /// One optimizer step: every micro-batch but the last accumulates, the last applies.
-fn step(plans: &mut Plans, batches: &[Batch], state: &RunState, lr: f64, accumulate: u64) -> Result<StepOutcome, StepError> {
+/// The batches are moved into the feeds: a step copies no host data.
+fn step(plans: &mut Plans, batches: Vec<Batch>, state: &RunState, lr: f64, accumulate: u64) -> Result<StepOutcome, StepError> {
     let total: usize = batches.iter().map(|b| b.samples).sum();
     let mut loss = 0.0;
     let mut sums: Vec<f64> = Vec::new();
-    for (i, batch) in batches.iter().enumerate() {
-        let last = i + 1 == batches.len();
+    let count = batches.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        let last = i + 1 == count;
         let weight = batch.samples as f64 / total as f64;
         let rng_counter = if accumulate > 1 { state.step * accumulate + i as u64 } else { state.step };
         let kind = if last { PlanKind::Step } else { PlanKind::Accumulate };
@@ -279,7 +281,7 @@ fn step(plans: &mut Plans, batches: &[Batch], state: &RunState, lr: f64, accumul
             Update::Eval => unreachable!("training plans only"),
         };
         let metric_count = compiled.metric_count;
-        feeds.extend(compiled.batch_feeds(batch.clone()));
+        feeds.extend(compiled.batch_feeds(batch));
         let out = exec.run(&feeds)?;
         let micro_loss = out[0].scalar();
         if !micro_loss.is_finite() {
