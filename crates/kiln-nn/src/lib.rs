@@ -11,6 +11,8 @@
 //! - [`Linear`], [`Sequential`], [`Flatten`], [`Identity`]
 //! - [`Embedding`]; a GPT-2 style language model: [`GPT`] (nanoGPT's names and init),
 //!   its [`Block`]s of [`CausalSelfAttention`] and [`Mlp`]
+//! - BERT-family encoders with Hugging Face's names ([`bert`]): [`BertModel`] with a
+//!   padding mask, mean or `[CLS]` pooling, and [`BertClassifier`]
 //! - activations: [`ReLU`], [`LeakyReLU`], [`Sigmoid`], [`Tanh`], [`GELU`] (erf and
 //!   tanh forms), [`Softplus`]
 //! - [`Dropout`], its masks drawn on the device and keyed by the `rng.step` counter input
@@ -30,6 +32,7 @@
 
 pub mod accumulate;
 mod attention;
+pub mod bert;
 pub mod clip;
 mod config;
 mod conv;
@@ -52,6 +55,7 @@ mod transformer;
 
 pub use accumulate::AccumulateGraph;
 pub use attention::{CausalMask, CausalSelfAttention};
+pub use bert::{BertActivation, BertClassifier, BertConfig, BertInit, BertModel, Pooling};
 pub use dropout::{dropout_seed, rng_step_feed, rng_step_feed_for_plan, rng_step_input, Dropout, RNG_STEP_INPUT};
 pub use embedding::Embedding;
 pub use config::GptConfig;

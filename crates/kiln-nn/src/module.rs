@@ -1,5 +1,5 @@
 //! The [`Module`] trait, the train/eval [`Mode`], and parameter naming.
-use kiln_core::{Graph, Result, Tensor};
+use kiln_core::{Graph, GraphError, Result, Tensor};
 
 /// Whether a module builds its training or its evaluation graph (PyTorch's
 /// `module.train()` / `module.eval()`).
@@ -24,6 +24,20 @@ pub enum Mode {
 pub trait Module {
     /// Record the forward pass on `x` and return the output.
     fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor>;
+
+    /// Record the forward pass on several inputs, as Hugging Face models take
+    /// `model(input_ids, attention_mask)`: a model that reads more than one graph input
+    /// overrides this. By default there must be exactly one input, given to
+    /// [`forward`](Module::forward).
+    fn forward_inputs(&self, g: &mut Graph, inputs: &[Tensor]) -> Result<Tensor> {
+        match inputs {
+            [x] => self.forward(g, *x),
+            _ => Err(GraphError::new(
+                "Module::forward_inputs",
+                format!("this model reads one input, but {} were given", inputs.len()),
+            )),
+        }
+    }
 
     /// The modules this one is made of, in registration order (PyTorch's `children()`).
     /// A container that lists them here gets [`params`](Module::params),
@@ -88,6 +102,9 @@ pub trait Module {
 impl<M: Module + ?Sized> Module for Box<M> {
     fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
         (**self).forward(g, x)
+    }
+    fn forward_inputs(&self, g: &mut Graph, inputs: &[Tensor]) -> Result<Tensor> {
+        (**self).forward_inputs(g, inputs)
     }
     fn children(&self) -> Vec<&dyn Module> {
         (**self).children()

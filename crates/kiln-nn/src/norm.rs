@@ -311,6 +311,28 @@ impl LayerNorm {
         Ok(LayerNorm { prefix: prefix.to_string(), normalized_shape: shape, eps, weight, bias })
     }
 
+    /// A LayerNorm named `prefix` over tensors that already exist in `g` (loaded
+    /// pretrained weights): `weight` and `bias`, each shaped `normalized_shape`.
+    pub fn from_parts(
+        g: &Graph,
+        prefix: &str,
+        normalized_shape: &[usize],
+        eps: f64,
+        weight: Tensor,
+        bias: Tensor,
+    ) -> Result<LayerNorm> {
+        for (what, t) in [("weight", weight), ("bias", bias)] {
+            if g.dims(t) != normalized_shape {
+                return Err(GraphError::new(
+                    format!("LayerNorm '{prefix}'"),
+                    format!("{what} must be [{}], got {}", join_dims(normalized_shape), g.shape(t)),
+                ));
+            }
+        }
+        let shape = normalized_shape.to_vec();
+        Ok(LayerNorm { prefix: prefix.to_string(), normalized_shape: shape, eps, weight: Some(weight), bias: Some(bias) })
+    }
+
     fn layer_name(&self) -> String {
         if self.prefix.is_empty() {
             "LayerNorm".to_string()

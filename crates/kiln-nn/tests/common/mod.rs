@@ -1,6 +1,8 @@
 //! Helpers shared by the kiln-nn integration tests.
 #![allow(dead_code)]
 
+pub mod gradcheck;
+
 /// |actual - expected| <= rel * |expected|, element by element, with a message naming
 /// what is compared.
 pub fn assert_rel_close(what: &str, actual: &[f64], expected: &[f64], rel: f64) {
