@@ -230,27 +230,7 @@ impl Checkpoint {
             ck.metadata = m.clone().into_iter().collect();
         }
         for (name, view) in st.tensors() {
-            let shape = Shape::new(view.shape().to_vec());
-            let data = view.data();
-            let t = match view.dtype() {
-                Dtype::F32 => HostTensor::f32(
-                    shape,
-                    data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                ),
-                Dtype::U32 => HostTensor::u32(
-                    shape,
-                    data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-                ),
-                Dtype::F64 => HostTensor::f64(
-                    shape,
-                    data.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
-                ),
-                Dtype::F16 => HostTensor::f32(
-                    shape,
-                    data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-                ),
-                other => return Err(err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F64, F16 and U32"))),
-            };
+            let t = host_tensor(&name, &view).map_err(err)?;
             ck.tensors.insert(name, t);
         }
         let invalid = ck.invalid_tensors();
@@ -287,6 +267,24 @@ impl Checkpoint {
             })
         }
     }
+}
+
+/// A safetensors tensor as a host tensor: F32, U32 and F64 as they are, F16 widened to f32.
+pub(crate) fn host_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<HostTensor, String> {
+    let shape = Shape::new(view.shape().to_vec());
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => HostTensor::f32(shape, data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Dtype::U32 => HostTensor::u32(shape, data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        Dtype::F64 => HostTensor::f64(
+            shape,
+            data.chunks_exact(8).map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect(),
+        ),
+        Dtype::F16 => {
+            HostTensor::f32(shape, data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+        }
+        other => return Err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F64, F16 and U32")),
+    })
 }
 
 /// The slot name of Adam's second moment (`optimizer.<param>.exp_avg_sq`), as PyTorch names it.

@@ -274,7 +274,7 @@ fn step(plans: &mut Plans, batches: Vec<Batch>, state: &RunState, lr: f64, accum
         let weight = batch.samples as f64 / total as f64;
         let rng_counter = if accumulate > 1 { state.step * accumulate + i as u64 } else { state.step };
         let kind = if last { PlanKind::Step } else { PlanKind::Accumulate };
-        let (compiled, exec) = plans.get(kind, batch.samples)?;
+        let (compiled, exec) = plans.get(kind, &batch.dims())?;
         let mut feeds: Vec<(Tensor, HostTensor)> = match &compiled.update {
             Update::Step(train) => train.micro_batch_feeds(state.step, state.skipped_steps, lr, rng_counter, weight),
             Update::Accumulate(acc) => acc.feeds(weight, rng_counter),
@@ -308,7 +308,7 @@ fn step(plans: &mut Plans, batches: Vec<Batch>, state: &RunState, lr: f64, accum
 fn evaluate(plans: &mut Plans, learner: &RunParts, set: &EvalSet, step: u64) -> Result<Evaluation, TrainError> {
     let (mut loss, mut sums, mut samples) = (0.0f64, Vec::<f64>::new(), 0usize);
     for batch in &set.batches {
-        let (compiled, exec) = plans.get(PlanKind::Eval, batch.samples)?;
+        let (compiled, exec) = plans.get(PlanKind::Eval, &batch.dims())?;
         let out = exec.run(&compiled.batch_feeds(batch.clone()))?;
         loss += out[0].scalar() * batch.samples as f64;
         sums.resize(compiled.metric_count, 0.0);

@@ -322,7 +322,7 @@ pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Resul
     };
     let optimizer = ConfigOptimizer { config: config.optimizer.clone(), matrices_only: matches!(config.model, ModelConfig::Gpt(_)) };
     let settings = crate::plans::StepSettings { clip_grad_norm: config.optimizer.clip_grad_norm, precision: config.precision(), accumulate: false };
-    let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, crate::plans::PlanKind::Step, batch)?;
+    let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, crate::plans::PlanKind::Step, &crate::plans::nominal_dims(task.as_ref(), batch))?;
     Ok(StepPlan { compiled, inputs: task.inputs(), tokens_per_sample: task.tokens_per_sample() })
 }
 

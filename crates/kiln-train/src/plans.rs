@@ -1,7 +1,8 @@
-//! The plans of a run, compiled and loaded when first needed and kept by batch size: a
-//! training step (or, under gradient accumulation, the accumulating micro-batch and the
-//! applying last one) and an evaluation pass. All share the model's state on the device
-//! (a backend keeps one copy of each named state).
+//! The plans of a run, compiled and loaded when first needed and kept by the shapes of
+//! the batch they take (its size, and for text its bucketed length): a training step
+//! (or, under gradient accumulation, the accumulating micro-batch and the applying last
+//! one) and an evaluation pass. All share the model's state on the device (a backend
+//! keeps one copy of each named state).
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -85,25 +86,45 @@ impl StepSettings {
     }
 }
 
-/// Compile one plan of `kind` for batches of `batch` samples.
+/// The shapes of a batch's inputs, in [`Task::inputs`] order: what a plan is compiled
+/// for and kept by.
+pub type BatchDims = Vec<Vec<usize>>;
+
+/// The input shapes of a batch of `batch` samples at the task's nominal sample shapes
+/// (for text, the longest length).
+pub fn nominal_dims(task: &dyn Task, batch: usize) -> BatchDims {
+    task.inputs()
+        .iter()
+        .map(|spec| std::iter::once(batch).chain(spec.sample_dims.iter().copied()).collect())
+        .collect()
+}
+
+/// Compile one plan of `kind` for batches whose inputs have the shapes `dims` (one per
+/// [`Task::inputs`], each with the batch size first).
 pub fn compile(
     model: &dyn ModelBuilder,
     task: &dyn Task,
     optimizer: &dyn OptimizerBuilder,
     settings: &StepSettings,
     kind: PlanKind,
-    batch: usize,
+    dims: &[Vec<usize>],
 ) -> Result<CompiledPlan, TrainError> {
+    let specs = task.inputs();
+    let batch = dims.first().and_then(|d| d.first()).copied().unwrap_or(0);
+    if specs.len() != dims.len() || dims.iter().any(|d| d.first() != Some(&batch)) {
+        return Err(TrainError::Config(format!(
+            "a batch must give the task's {} inputs with one batch size, got shapes {dims:?}",
+            specs.len()
+        )));
+    }
     let mut g = Graph::new();
     let mut net = model.build(&mut g, batch)?;
     if kind == PlanKind::Eval {
         net.eval();
     }
     let mut inputs = Vec::new();
-    for spec in task.inputs() {
-        let mut dims = vec![batch];
-        dims.extend(&spec.sample_dims);
-        inputs.push(g.input(&spec.name, dims, spec.dtype)?);
+    for (spec, dims) in specs.iter().zip(dims) {
+        inputs.push(g.input(&spec.name, dims.clone(), spec.dtype)?);
     }
     let objective = {
         let _autocast = kiln_nn::autocast(settings.precision);
@@ -149,14 +170,15 @@ pub fn compile(
     Ok(CompiledPlan { graph: g, plan, inputs, update, metric_count: objective.sums.len(), model_tensors, checkpoint_tensors })
 }
 
-/// The loaded plans of one run, by kind and batch size.
+/// The loaded plans of one run, by kind and batch shapes.
 pub struct Plans<'r> {
     device: &'r Device,
     model: &'r dyn ModelBuilder,
     task: &'r dyn Task,
     optimizer: &'r dyn OptimizerBuilder,
     settings: StepSettings,
-    loaded: HashMap<(PlanKind, usize), (CompiledPlan, Box<dyn Executor>)>,
+    loaded: HashMap<(PlanKind, BatchDims), (CompiledPlan, Box<dyn Executor>)>,
+    compiled: usize,
 }
 
 impl<'r> Plans<'r> {
@@ -168,41 +190,58 @@ impl<'r> Plans<'r> {
         optimizer: &'r dyn OptimizerBuilder,
         settings: StepSettings,
     ) -> Plans<'r> {
-        Plans { device, model, task, optimizer, settings, loaded: HashMap::new() }
+        Plans { device, model, task, optimizer, settings, loaded: HashMap::new(), compiled: 0 }
     }
 
-    /// The plan of `kind` for `batch` samples, compiled and loaded on first use.
-    pub fn get(&mut self, kind: PlanKind, batch: usize) -> Result<&mut (CompiledPlan, Box<dyn Executor>), TrainError> {
-        if !self.loaded.contains_key(&(kind, batch)) {
-            let compiled = compile(self.model, self.task, self.optimizer, &self.settings, kind, batch)?;
+    /// The plan of `kind` for batches of the shapes `dims`, compiled and loaded on first use.
+    pub fn get(&mut self, kind: PlanKind, dims: &[Vec<usize>]) -> Result<&mut (CompiledPlan, Box<dyn Executor>), TrainError> {
+        let key = (kind, dims.to_vec());
+        if !self.loaded.contains_key(&key) {
+            let compiled = compile(self.model, self.task, self.optimizer, &self.settings, kind, dims)?;
             let exec = self.device.backend.load(&compiled.plan)?;
-            self.loaded.insert((kind, batch), (compiled, exec));
+            self.loaded.insert(key.clone(), (compiled, exec));
+            self.compiled += 1;
         }
-        Ok(self.loaded.get_mut(&(kind, batch)).expect("inserted above"))
+        Ok(self.loaded.get_mut(&key).expect("inserted above"))
+    }
+
+    /// How many plans have been compiled so far (text batches of new lengths add some).
+    pub fn compiled_count(&self) -> usize {
+        self.compiled
+    }
+
+    /// A loaded plan of `kind`, any shape (they share the state), or a new one for
+    /// `batch` samples of the nominal shapes.
+    fn any(&mut self, kind: PlanKind, batch: usize) -> Result<&mut (CompiledPlan, Box<dyn Executor>), TrainError> {
+        let dims = match self.loaded.keys().find(|(k, _)| *k == kind) {
+            Some((_, dims)) => dims.clone(),
+            None => nominal_dims(self.task, batch),
+        };
+        self.get(kind, &dims)
     }
 
     /// Every checkpoint tensor's current value (model and optimizer state).
     pub fn snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
-        let (compiled, exec) = self.get(PlanKind::Step, batch)?;
+        let (compiled, exec) = self.any(PlanKind::Step, batch)?;
         Checkpoint::read_from(exec.as_mut(), &compiled.checkpoint_tensors)
     }
 
     /// The model's tensors only (what the best checkpoint holds).
     pub fn model_snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
-        let (compiled, exec) = self.get(PlanKind::Step, batch)?;
+        let (compiled, exec) = self.any(PlanKind::Step, batch)?;
         Checkpoint::read_from(exec.as_mut(), &compiled.model_tensors)
     }
 
     /// Write a checkpoint into the device state, after checking that it holds exactly
     /// this run's tensors (model and optimizer state).
     pub fn restore(&mut self, batch: usize, ck: &Checkpoint, file: &Path) -> Result<(), TrainError> {
-        let (compiled, exec) = self.get(PlanKind::Step, batch)?;
+        let (compiled, exec) = self.any(PlanKind::Step, batch)?;
         ck.write_to(exec.as_mut(), &compiled.graph, &compiled.checkpoint_tensors, file)
     }
 
     /// Write a model-only checkpoint into an evaluation plan's state.
     pub fn restore_model(&mut self, batch: usize, ck: &Checkpoint, file: &Path) -> Result<(), TrainError> {
-        let (compiled, exec) = self.get(PlanKind::Eval, batch)?;
+        let (compiled, exec) = self.any(PlanKind::Eval, batch)?;
         ck.model_only().write_to(exec.as_mut(), &compiled.graph, &compiled.model_tensors, file)
     }
 }

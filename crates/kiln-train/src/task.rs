@@ -33,6 +33,13 @@ pub struct Batch {
     pub values: Vec<HostTensor>,
 }
 
+impl Batch {
+    /// The shape of each input's values: what a plan is compiled for.
+    pub fn dims(&self) -> Vec<Vec<usize>> {
+        self.values.iter().map(|v| v.shape.dims().to_vec()).collect()
+    }
+}
+
 /// What a task records for one batch.
 pub struct Objective {
     /// The 0-d loss to minimise: the mean over the batch's samples.
