@@ -10,6 +10,9 @@
 //! - [`CharTokenizer`], [`CharCorpus`], [`TextWindows`]: character-level text
 //!   (the Shakespeare corpus) as random `[B, T]` windows with shifted targets.
 //! - [`read_csv`]: numeric tables with a class-label column.
+//! - [`PretrainedTokenizer`]: a Hugging Face `tokenizer.json` (WordPiece for
+//!   BERT-family encoders) with kiln's own truncation; [`pretrained_model_dir`]
+//!   finds a model fetched into kiln's cache.
 //!
 //! Nothing is downloaded: the data ships with the project in `datasets/`.
 mod augment;
@@ -22,6 +25,7 @@ mod image;
 mod loader;
 mod locate;
 mod mnist;
+mod pretrained_tokenizer;
 mod shuffle;
 mod text;
 
@@ -38,6 +42,9 @@ pub use image::{ImageShape, Normalization};
 pub use loader::{Batch, DataLoader, Epoch, DEFAULT_PREFETCH_DEPTH};
 pub use locate::{find_dataset_dir, DATA_DIR_ENV};
 pub use mnist::{Mnist, MnistSplit, MNIST_CLASSES, MNIST_SIDE};
+pub use pretrained_tokenizer::{
+    kiln_cache_dir, pretrained_model_dir, Encoded, PretrainedTokenizer, CACHE_DIR_ENV, MAX_TOKENIZER_FILE_BYTES,
+};
 pub use shuffle::{epoch_order, split_indices};
 pub use text::{
     read_text, CharCorpus, CharTokenizer, Shakespeare, TextBatch, TextSplit, TextWindows, DEFAULT_TRAIN_FRACTION,
