@@ -13,6 +13,10 @@
 //! - [`PretrainedTokenizer`]: a Hugging Face `tokenizer.json` (WordPiece for
 //!   BERT-family encoders) with kiln's own truncation; [`pretrained_model_dir`]
 //!   finds a model fetched into kiln's cache.
+//! - [`read_labelled_text`], [`LabelledTexts`], [`Sentiment`]: texts with class
+//!   labels from a TSV / CSV table, one split at a time (`datasets/sentiment`).
+//! - [`TokenizedTexts`], [`bucket_length`], [`pad_batch`]: variable-length token
+//!   batches padded to a few bucket lengths, with attention masks.
 //!
 //! Nothing is downloaded: the data ships with the project in `datasets/`.
 mod augment;
@@ -22,12 +26,14 @@ mod error;
 mod file;
 mod idx;
 mod image;
+mod labelled_text;
 mod loader;
 mod locate;
 mod mnist;
 mod pretrained_tokenizer;
 mod shuffle;
 mod text;
+mod text_batches;
 
 pub use augment::{Augmentation, Transform};
 pub use csv_table::{read_csv, CsvOptions, LabelColumn};
@@ -39,6 +45,9 @@ pub use idx::{
     IDX_LABELS_U8_MAGIC,
 };
 pub use image::{ImageShape, Normalization};
+pub use labelled_text::{
+    read_labelled_text, LabelledTexts, Sentiment, TextTableOptions, MAX_TEXT_ROWS, MAX_TEXT_TABLE_BYTES,
+};
 pub use loader::{Batch, DataLoader, Epoch, DEFAULT_PREFETCH_DEPTH};
 pub use locate::{find_dataset_dir, DATA_DIR_ENV};
 pub use mnist::{Mnist, MnistSplit, MNIST_CLASSES, MNIST_SIDE};
@@ -49,3 +58,4 @@ pub use shuffle::{epoch_order, split_indices};
 pub use text::{
     read_text, CharCorpus, CharTokenizer, Shakespeare, TextBatch, TextSplit, TextWindows, DEFAULT_TRAIN_FRACTION,
 };
+pub use text_batches::{bucket_length, pad_batch, PaddedTexts, TokenizedTexts};
