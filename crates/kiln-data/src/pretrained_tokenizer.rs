@@ -185,7 +185,10 @@ impl PretrainedTokenizer {
             }
         };
         let ids = encoding.get_ids().to_vec();
-        debug_assert!(ids.len() <= max_len);
+        if ids.len() > max_len {
+            let message = format!("the post-processor made {} tokens of at most {max_len}", ids.len());
+            return Err(self.error("encode", text, &message));
+        }
         Ok(Encoded { ids, truncated })
     }
 
