@@ -75,6 +75,16 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Classify texts with a fine-tuned text-classifier checkpoint: each text's label and
+    /// its probability, one line per text (the texts given, else stdin's lines).
+    Predict {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Texts to classify; none: one text per line of standard input.
+        texts: Vec<String>,
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+    },
     /// Continue a prompt with a trained GPT, printing the text as it is sampled.
     Generate {
         /// A GPT checkpoint written by `kiln train` (its tokenizer.json beside it).
@@ -238,6 +248,34 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// `kiln predict`: label and probability of each text, tab-separated, in input order.
+fn predict(checkpoint: &std::path::Path, mut texts: Vec<String>, device: DeviceChoice) -> Result<(), Box<dyn std::error::Error>> {
+    if texts.is_empty() {
+        use std::io::BufRead;
+        for (number, line) in std::io::stdin().lock().lines().enumerate() {
+            let line = line.map_err(|e| format!("standard input, line {}: {e}", number + 1))?;
+            if line.trim().is_empty() {
+                return Err(format!("standard input, line {}: an empty line has no text to classify", number + 1).into());
+            }
+            texts.push(line);
+        }
+    }
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(format!("text {} is empty: there is nothing to classify", i + 1).into());
+    }
+    let device = Device::open(device)?;
+    eprintln!("device: {}", device.description);
+    let predictions = kiln_train::text_job::predict(&device, checkpoint, &texts)?;
+    let truncated = predictions.iter().filter(|p| p.truncated).count();
+    for (text, p) in texts.iter().zip(&predictions) {
+        println!("{}\t{:.4}\t{text}", p.label, p.probability);
+    }
+    if truncated > 0 {
+        eprintln!("{truncated} of {} texts were longer than the model's max_len and were truncated", texts.len());
+    }
+    Ok(())
+}
+
 /// `path` as one shell word: printed commands must survive spaces and quotes in paths.
 fn shell_quoted(path: &std::path::Path) -> String {
     let text = path.display().to_string();
@@ -352,6 +390,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{} steps in {:.1}s on {}; wrote {}", report.steps, report.seconds, report.device, out_dir.display());
             Ok(())
         }
+        Command::Predict { checkpoint, texts, device } => predict(&checkpoint, texts, device),
         Command::Eval { checkpoint, device, data } => {
             let device = Device::open(device)?;
             eprintln!("device: {}", device.description);

@@ -303,6 +303,9 @@ impl Sentiment {
     pub fn read(&self, split: &str) -> Result<LabelledTexts> {
         let options = TextTableOptions {
             classes: Some(vec!["0".into(), "1".into()]),
+            // scripts/make_sentiment_dataset.py writes plain TSV: no text holds a tab or a
+            // line break, and some start with a quote that is part of the text.
+            quoting: false,
             ..TextTableOptions::default().with_split(split)
         };
         read_labelled_text(&self.path, &options)

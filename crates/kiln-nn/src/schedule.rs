@@ -15,6 +15,10 @@ pub enum LrSchedule {
     /// `eta_min + (lr - eta_min) * (1 + cos(pi * step / t_max)) / 2`.
     /// As in PyTorch, past `t_max` the cosine carries on (rising again).
     Cosine { lr: f64, t_max: u64, eta_min: f64 },
+    /// A straight line from `lr` at step 0 down to 0 at `t_max`, and 0 after it: the
+    /// decay of transformers' `get_linear_schedule_with_warmup` (which puts a
+    /// [`LrSchedule::Warmup`] from 0 before it).
+    Linear { lr: f64, t_max: u64 },
     /// `LinearLR(start_factor, total_iters=warmup_steps)` chained by `SequentialLR` with
     /// another schedule: for step < warmup_steps, `then.lr(0) * (start_factor + (1 -
     /// start_factor) * step / warmup_steps)`; after it, `then.lr(step - warmup_steps)`, so
@@ -43,6 +47,14 @@ impl LrSchedule {
         Ok(LrSchedule::Cosine { lr, t_max, eta_min })
     }
 
+    /// Linear decay from `lr` to 0 over `t_max` steps (`t_max` >= 1).
+    pub fn linear(lr: f64, t_max: u64) -> Result<Self> {
+        if t_max == 0 {
+            return Err(GraphError::new("linear decay", "its length in steps must be at least 1"));
+        }
+        Ok(LrSchedule::Linear { lr, t_max })
+    }
+
     /// Linear warm-up from `start_factor * then.lr(0)` over `warmup_steps` steps, then
     /// `then`. A warm-up from zero has `start_factor = 0`; PyTorch's `LinearLR` default is 1/3.
     pub fn warmup(warmup_steps: u64, start_factor: f64, then: LrSchedule) -> Result<Self> {
@@ -67,6 +79,7 @@ impl LrSchedule {
                 let phase = std::f64::consts::PI * step as f64 / *t_max as f64;
                 eta_min + (lr - eta_min) * (1.0 + phase.cos()) / 2.0
             }
+            LrSchedule::Linear { lr, t_max } => lr * (1.0 - step as f64 / *t_max as f64).max(0.0),
             LrSchedule::Warmup { warmup_steps, start_factor, then } => {
                 if step < *warmup_steps {
                     let progress = step as f64 / *warmup_steps as f64;

@@ -67,3 +67,16 @@ fn linear_warmup_then_cosine() {
     assert_lrs(&s, &[(0, 0.0), (1, 0.05), (3, 0.15), (4, 0.2), (8, 0.2), (9, 0.1)]);
     assert!(LrSchedule::warmup(4, 1.5, LrSchedule::constant(0.1)).is_err());
 }
+
+#[test]
+fn linear_schedule_with_warmup_as_transformers() {
+    // get_linear_schedule_with_warmup(num_warmup_steps=6, num_training_steps=20) at lr 5e-5:
+    // step / 6 during warm-up, then (20 - step) / 14, and 0 from step 20 on.
+    let lr = 5e-5;
+    let s = LrSchedule::warmup(6, 0.0, LrSchedule::linear(lr, 14).unwrap()).unwrap();
+    assert_lrs(
+        &s,
+        &[(0, 0.0), (3, lr * 3.0 / 6.0), (6, lr), (13, lr * 7.0 / 14.0), (19, lr / 14.0), (20, 0.0), (25, 0.0)],
+    );
+    assert!(LrSchedule::linear(lr, 0).is_err());
+}

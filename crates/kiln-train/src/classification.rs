@@ -41,33 +41,42 @@ impl Task for Classification {
     }
 
     fn objective(&self, g: &mut Graph, model: &dyn Module, inputs: &[Tensor]) -> Result<Objective, GraphError> {
-        let (x, y) = (inputs[0], inputs[1]);
-        let logits = model.forward(g, x)?;
-        let batch = g.dims(y)[0];
-        if g.dims(logits) != [batch, self.classes] {
-            // A head narrower than the labels makes some labels out of range: the loss
-            // would be NaN at the first step, and blamed on the learning rate.
-            return Err(GraphError::new(
-                "Classification",
-                format!(
-                    "the model's output is {} for a batch of {batch}, but the task has {} classes: the last layer must give [{batch}, {}]",
-                    g.shape(logits),
-                    self.classes,
-                    self.classes
-                ),
-            ));
-        }
-        let loss = g.cross_entropy(logits, y, Reduction::Mean)?;
-        let predicted = g.argmax(logits, 1, false)?;
-        let hits = g.eq(predicted, y)?;
-        let hits = g.cast(hits, DType::F32)?;
-        let correct = g.sum_all(hits)?;
-        Ok(Objective { loss, sums: vec![correct] })
+        let logits = model.forward(g, inputs[0])?;
+        classification_objective(g, "Classification", logits, inputs[1], self.classes)
     }
 
     fn metric_names(&self) -> Vec<&'static str> {
         vec!["accuracy"]
     }
+}
+
+/// Cross-entropy of `logits` `[n, classes]` against labels `y` `[n]`, and the number
+/// of correct predictions; `task` names the task in the error for logits of another width.
+pub(crate) fn classification_objective(
+    g: &mut Graph,
+    task: &str,
+    logits: Tensor,
+    y: Tensor,
+    classes: usize,
+) -> Result<Objective, GraphError> {
+    let batch = g.dims(y)[0];
+    if g.dims(logits) != [batch, classes] {
+        // A head narrower than the labels makes some labels out of range: the loss
+        // would be NaN at the first step, and blamed on the learning rate.
+        return Err(GraphError::new(
+            task,
+            format!(
+                "the model's output is {} for a batch of {batch}, but the task has {classes} classes: the last layer must give [{batch}, {classes}]",
+                g.shape(logits)
+            ),
+        ));
+    }
+    let loss = g.cross_entropy(logits, y, Reduction::Mean)?;
+    let predicted = g.argmax(logits, 1, false)?;
+    let hits = g.eq(predicted, y)?;
+    let hits = g.cast(hits, DType::F32)?;
+    let correct = g.sum_all(hits)?;
+    Ok(Objective { loss, sums: vec![correct] })
 }
 
 /// Training batches of a dataset: seeded shuffling per epoch, augmentation, the last

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
+pub use crate::config_text::{PoolingConfig, TextClassifierConfig};
+pub use crate::config_optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
+
 /// A whole job, one field per TOML table; only `[model]` is required, and an unknown key
 /// anywhere is an error. [`Config::validate`] checks what the types cannot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +43,10 @@ pub enum ModelConfig {
     /// from the corpus's tokenizer. Its parameters carry nanoGPT's names
     /// ("transformer.h.0.attn.c_attn.weight").
     Gpt(GptModelConfig),
+    /// A pretrained BERT-family encoder with a classification head, for text
+    /// (`kind = "text-classifier"`); Hugging Face's names under `bert.` and `classifier.`.
+    #[serde(rename = "text-classifier")]
+    TextClassifier(TextClassifierConfig),
 }
 
 /// What `ModelConfig` reads, once [`ModelConfig::try_from`] has given it its kind.
@@ -49,6 +56,8 @@ enum TaggedModel {
     Mlp(MlpConfig),
     Sequential(SequentialConfig),
     Gpt(GptModelConfig),
+    #[serde(rename = "text-classifier")]
+    TextClassifier(TextClassifierConfig),
 }
 
 /// Keys that configs written before the model kinds were types carried for every kind,
@@ -64,7 +73,7 @@ impl TryFrom<toml::Table> for ModelConfig {
         let kind = match table.get("kind") {
             None => "mlp".to_string(),
             Some(toml::Value::String(kind)) => kind.clone(),
-            Some(other) => return Err(format!("model.kind must be a string (mlp, sequential or gpt), not {other}")),
+            Some(other) => return Err(format!("model.kind must be a string (mlp, sequential, gpt or text-classifier), not {other}")),
         };
         table.insert("kind".into(), toml::Value::String(kind.clone()));
         let used: &[&str] = match kind.as_str() {
@@ -84,6 +93,7 @@ impl TryFrom<toml::Table> for ModelConfig {
             TaggedModel::Mlp(m) => ModelConfig::Mlp(m),
             TaggedModel::Sequential(m) => ModelConfig::Sequential(m),
             TaggedModel::Gpt(m) => ModelConfig::Gpt(m),
+            TaggedModel::TextClassifier(m) => ModelConfig::TextClassifier(m),
         })
     }
 }
@@ -271,6 +281,15 @@ impl ModelConfig {
             ModelConfig::Mlp(_) => "mlp",
             ModelConfig::Sequential(_) => "sequential",
             ModelConfig::Gpt(_) => "gpt",
+            ModelConfig::TextClassifier(_) => "text-classifier",
+        }
+    }
+
+    /// The text classifier's settings, when this is one.
+    pub fn text_classifier(&self) -> Option<&TextClassifierConfig> {
+        match self {
+            ModelConfig::TextClassifier(m) => Some(m),
+            _ => None,
         }
     }
 
@@ -278,6 +297,7 @@ impl ModelConfig {
     pub fn layers_and_input(&self) -> Result<(Vec<LayerConfig>, Vec<usize>), String> {
         match self {
             ModelConfig::Gpt(_) => Err("a gpt model is not a layer list (it is built by kiln_train::lm)".into()),
+            ModelConfig::TextClassifier(_) => Err("a text-classifier is not a layer list (it is a pretrained encoder)".into()),
             ModelConfig::Sequential(seq) => Ok((seq.layers.clone(), seq.input.clone())),
             ModelConfig::Mlp(mlp) => {
                 let mut layers = Vec::new();
@@ -296,26 +316,6 @@ impl ModelConfig {
     }
 }
 
-/// The optimizer kinds (`torch.optim.SGD`, `Adam`, `AdamW`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /** "sgd", with optional momentum, dampening and Nesterov. */ Sgd,
-    #[default]
-    /** "adam" (the default); weight decay is L2 added to the gradient. */ Adam,
-    /** "adamw": decoupled weight decay. */ AdamW,
-}
-
-/// The learning-rate schedules.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleKind {
-    #[default]
-    /** "constant" (the default): `optimizer.lr` throughout. */ Constant,
-    /** "step": times `gamma` every `step_size` steps. */ Step,
-    /** "cosine": down to `eta_min` at the run's last step. */ Cosine,
-}
-
 /// The datasets a config can name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -327,6 +327,8 @@ pub enum DatasetName {
     FashionMnist,
     /// datasets/shakespeare: text, for a "gpt" model.
     Shakespeare,
+    /// datasets/sentiment: labelled sentences, for a "text-classifier" model.
+    Sentiment,
 }
 
 impl DatasetName {
@@ -336,6 +338,7 @@ impl DatasetName {
             DatasetName::Mnist => "mnist",
             DatasetName::FashionMnist => "fashion-mnist",
             DatasetName::Shakespeare => "shakespeare",
+            DatasetName::Sentiment => "sentiment",
         }
     }
 }
@@ -349,54 +352,6 @@ pub enum PrecisionConfig {
     /// f16 matmul operands with f32 accumulation, f32 master weights and dynamic loss
     /// scaling (`kiln_nn::mixed`). Checkpoints are f32 either way.
     Mixed,
-}
-
-/// `[optimizer]`: PyTorch's optimizers and their hyperparameters; SGD-only keys are
-/// ignored by Adam and AdamW, and the other way round.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizerConfig {
-    #[serde(default)]
-    /** `kind`: "sgd", "adam" (default) or "adamw". */ pub kind: OptimizerKind,
-    /// Base learning rate, positive (default 1e-3); a schedule starts from it.
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    /// At least 0 (default 0, for AdamW too, unlike PyTorch's 0.01).
-    #[serde(default)]
-    pub weight_decay: f64,
-    #[serde(default)]
-    /** SGD: momentum in [0, 1) (default 0: none). */ pub momentum: f64,
-    #[serde(default)]
-    /** SGD: dampening of the momentum, in [0, 1] (default 0). */ pub dampening: f64,
-    #[serde(default)]
-    /** SGD: Nesterov momentum (default off). */ pub nesterov: bool,
-    /// Adam's (beta1, beta2): exactly two values (a third would be silently dropped).
-    #[serde(default = "default_betas", deserialize_with = "exactly_two")]
-    pub betas: (f64, f64),
-    #[serde(default = "default_eps")]
-    /** Adam's denominator term, positive (default 1e-8). */ pub eps: f64,
-    /// Clip gradients to this global L2 norm before the update.
-    #[serde(default)]
-    pub clip_grad_norm: Option<f64>,
-}
-
-/// `[schedule]`: the learning rate at each optimizer step, from `optimizer.lr`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleConfig {
-    #[serde(default)]
-    /** "constant" (default), "step" or "cosine". */ pub kind: ScheduleKind,
-    /// Linear warm-up from 0 over this many steps before the schedule proper.
-    #[serde(default)]
-    pub warmup_steps: u64,
-    /// For "step": multiply the rate by `gamma` every `step_size` steps.
-    #[serde(default)]
-    pub step_size: Option<u64>,
-    #[serde(default = "default_gamma")]
-    /** For "step": the factor, positive (default 0.1). */ pub gamma: f64,
-    /// For "cosine": the floor the rate decays to (over the whole run).
-    #[serde(default)]
-    pub eta_min: f64,
 }
 
 /// `[data]`: which dataset, where, and how much of it; image keys are ignored for text.
@@ -431,6 +386,14 @@ pub struct DataConfig {
     /// still the whole corpus's, so a model trained on a slice reads any of its text.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_chars: usize,
+    /// Labelled text (`text-classifier`): the column holding each text (default "text")
+    /// of the table `path` names (.tsv or .csv, with a header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// Labelled text: the column holding each label (default "label"): integers 0..n,
+    /// or names (classes in sorted order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
 }
 
 /// `[train]`: the loop's length, batches, seed and precision.
@@ -511,37 +474,21 @@ impl DataConfig {
     pub fn is_text(&self) -> bool {
         self.dataset == DatasetName::Shakespeare
     }
-}
 
-/// A pair written as a two-element array, refusing any other length.
-fn exactly_two<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<(f64, f64), D::Error> {
-    let values = Vec::<f64>::deserialize(deserializer)?;
-    match values[..] {
-        [a, b] => Ok((a, b)),
-        _ => Err(serde::de::Error::custom(format!("expected exactly 2 values, got {}: {values:?}", values.len()))),
+    /// The user's own table of labelled texts: `path` names a .tsv or .csv file.
+    pub fn text_table(&self) -> Option<&Path> {
+        let path = self.path.as_deref()?;
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        matches!(ext.as_str(), "tsv" | "csv" | "txt").then_some(path)
     }
 }
 
 
-fn default_lr() -> f64 { 1e-3 }
-fn default_betas() -> (f64, f64) { (0.9, 0.999) }
-fn default_eps() -> f64 { 1e-8 }
-fn default_gamma() -> f64 { 0.1 }
 fn default_validation() -> usize { 5000 }
 fn default_train_fraction() -> f64 { kiln_data::DEFAULT_TRAIN_FRACTION }
 fn default_epochs() -> usize { 10 }
 fn default_batch() -> usize { 128 }
 
-impl Default for OptimizerConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("every optimizer field has a default")
-    }
-}
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        toml::from_str("").expect("every schedule field has a default")
-    }
-}
 impl Default for DataConfig {
     fn default() -> Self {
         toml::from_str("").expect("every data field has a default")
@@ -554,7 +501,7 @@ impl Default for TrainConfig {
 }
 
 /// The built-in recipes, by name.
-pub const RECIPES: &[&str] = &["mnist-mlp", "mnist-cnn", "fashion-cnn", "shakespeare-gpt", "shakespeare-gpt-tiny"];
+pub const RECIPES: &[&str] = &["mnist-mlp", "mnist-cnn", "fashion-cnn", "shakespeare-gpt", "shakespeare-gpt-tiny", "minilm-sentiment"];
 
 impl Config {
     /// Parse and [validate](Config::validate) TOML text; errors start with `origin`.

@@ -1,7 +1,7 @@
 //! What serde cannot check in a `Config`: known names, and every number against the
 //! range kiln can train with (`crate::limits`), so that a job that cannot run fails as
 //! it is read, naming the field.
-use crate::config::{Config, LayerConfig, ModelConfig, ScheduleKind};
+use crate::config::{Config, DatasetName, LayerConfig, ModelConfig, ScheduleKind};
 
 fn check_dropout(field: &str, p: f64) -> Result<(), String> {
     if !(0.0..1.0).contains(&p) {
@@ -26,6 +26,7 @@ impl Config {
                     return Err("a sequential model needs model.input (one sample's shape) and model.layers".into());
                 }
             }
+            ModelConfig::TextClassifier(_) => {}
             ModelConfig::Gpt(m) => {
                 if m.n_layer == 0 || m.n_head == 0 || m.n_embd == 0 || m.block_size == 0 {
                     return Err(format!(
@@ -50,6 +51,28 @@ impl Config {
                     return Err(format!("data.train_fraction {} must lie strictly between 0 and 1", self.data.train_fraction));
                 }
             }
+        }
+        if let Some(m) = self.model.text_classifier() {
+            if m.max_len < 2 || m.max_len > crate::limits::MAX_BLOCK_SIZE {
+                return Err(format!(
+                    "model.max_len = {} must be between 2 ([CLS] and [SEP]) and {}",
+                    m.max_len,
+                    crate::limits::MAX_BLOCK_SIZE
+                ));
+            }
+            if let Some(p) = m.dropout {
+                check_dropout("model.dropout", p)?;
+            }
+            if self.data.dataset != DatasetName::Sentiment && self.data.text_table().is_none() {
+                return Err(format!(
+                    "a text-classifier trains on labelled text: data.dataset = \"sentiment\", or data.path = a .tsv or .csv file \
+                     (not dataset '{}'{})",
+                    self.data.dataset.name(),
+                    self.data.path.as_ref().map_or(String::new(), |p| format!(" at {}", p.display()))
+                ));
+            }
+        } else if self.data.dataset == DatasetName::Sentiment || self.data.text_table().is_some() {
+            return Err(format!("labelled text needs model.kind = \"text-classifier\", not '{}'", self.model.kind()));
         }
         if text && self.model.gpt().is_none() {
             return Err(format!("data.dataset 'shakespeare' is text: it needs model.kind = \"gpt\", not '{}'", self.model.kind()));
@@ -86,7 +109,7 @@ impl Config {
         let (sizes, input, layers): (&[usize], &[usize], &[LayerConfig]) = match &self.model {
             ModelConfig::Mlp(mlp) => (&mlp.sizes, &[], &[]),
             ModelConfig::Sequential(seq) => (&[], &seq.input, &seq.layers),
-            ModelConfig::Gpt(_) => (&[], &[], &[]),
+            ModelConfig::Gpt(_) | ModelConfig::TextClassifier(_) => (&[], &[], &[]),
         };
         for (i, &width) in sizes.iter().enumerate() {
             count_in_range(&format!("model.sizes[{i}]"), width, MAX_WIDTH)?;
@@ -145,6 +168,7 @@ impl Config {
             finite_where("optimizer.clip_grad_norm", clip, clip > 0.0, "positive")?;
         }
         finite_where("schedule.gamma", s.gamma, s.gamma > 0.0, "positive (the factor the rate is multiplied by)")?;
+        finite_where("schedule.warmup_ratio", s.warmup_ratio, (0.0..1.0).contains(&s.warmup_ratio), "in [0, 1)")?;
         finite_where("schedule.eta_min", s.eta_min, s.eta_min >= 0.0 && s.eta_min <= o.lr, "in [0, optimizer.lr]")?;
         // A shift beyond the image's side moves every pixel out: nothing left to learn.
         let side = input.iter().skip(1).copied().max().unwrap_or(kiln_data::MNIST_SIDE);

@@ -89,6 +89,19 @@ impl<'c> Job<'c> {
         if config.data.is_text() {
             return Job::language_model(config, resume, out_dir);
         }
+        if let Some(model) = config.model.text_classifier() {
+            let job = crate::text_job::text_classifier_job(config, model)?;
+            let classes = serde_json::to_string(&job.classes).unwrap_or_default();
+            return Ok(Job {
+                model: Box::new(job.model),
+                task: Box::new(job.task),
+                data: job.data,
+                length: Length::Epochs(config.train.epochs as u64),
+                eval_every: None,
+                log_every: 10,
+                metadata: vec![(crate::text_job::META_CLASSES.to_string(), classes)],
+            });
+        }
         let data = load_image_datasets(config)?;
         let validation = data.validation.as_ref().map(eval_set).transpose()?;
         let test = eval_set(&data.test)?;
@@ -149,8 +162,9 @@ impl<'c> Job<'c> {
     fn learner(self, config: &Config, options: LoopOptions) -> (Learner<'c>, TrainingData) {
         let lr = config.optimizer.lr;
         let schedule_config = config.schedule.clone();
-        // nanoGPT's parameter groups for the GPT recipes (their AdamW decays matrices only).
-        let matrices_only = matches!(config.model, ModelConfig::Gpt(_));
+        // nanoGPT's and Hugging Face's parameter groups (their AdamW decays no bias or
+        // LayerNorm weight).
+        let matrices_only = matches!(config.model, ModelConfig::Gpt(_) | ModelConfig::TextClassifier(_));
         let mut options = LoopOptions {
             length: self.length,
             eval_every: self.eval_every,
@@ -317,10 +331,19 @@ pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Resul
     let (model, task): (Box<dyn ModelBuilder + '_>, Box<dyn crate::task::Task>) = if config.data.is_text() {
         let block = crate::lm::gpt_shape(config)?.block_size;
         (Box::new(GptBuilder::new(config, text_vocab_size)), Box::new(LanguageModel::new(block, text_vocab_size)))
+    } else if let Some(m) = config.model.text_classifier() {
+        // Two classes, and texts of max_len tokens: the step's largest shape.
+        let (pretrained, _) = crate::text_job::load_pretrained(m)?;
+        let vocab = pretrained.config.vocab_size;
+        let builder = crate::text_job::TextClassifierBuilder::new(pretrained, m, 2, config.train.seed);
+        (Box::new(builder), Box::new(crate::text_classification::SequenceClassification::new(2, m.max_len, vocab)))
     } else {
         (Box::new(LayerModel(config)), Box::new(Classification::new(crate::model::CLASSES, crate::model::input_shape(config)?)))
     };
-    let optimizer = ConfigOptimizer { config: config.optimizer.clone(), matrices_only: matches!(config.model, ModelConfig::Gpt(_)) };
+    let optimizer = ConfigOptimizer {
+        config: config.optimizer.clone(),
+        matrices_only: matches!(config.model, ModelConfig::Gpt(_) | ModelConfig::TextClassifier(_)),
+    };
     let settings = crate::plans::StepSettings { clip_grad_norm: config.optimizer.clip_grad_norm, precision: config.precision(), accumulate: false };
     let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, crate::plans::PlanKind::Step, &crate::plans::nominal_dims(task.as_ref(), batch))?;
     Ok(StepPlan { compiled, inputs: task.inputs(), tokens_per_sample: task.tokens_per_sample() })

@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod classification;
 pub mod config;
 mod config_check;
+mod config_optim;
+mod config_text;
 pub mod device;
 mod fit;
 pub mod generate;
@@ -24,6 +26,8 @@ mod progress;
 mod recipes;
 mod run_state;
 pub mod task;
+pub mod text_classification;
+pub mod text_job;
 
 use std::path::PathBuf;
 
@@ -35,6 +39,7 @@ pub use device::{Device, DeviceChoice};
 pub use job::{mnist, train, TrainOptions};
 pub use language_model::{CorpusWindows, LanguageModel};
 pub use learner::{EarlyStopping, Evaluation, Learner, Length, LoopOptions, TrainReport, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
+pub use text_classification::{SequenceClassification, TextBatches};
 pub use task::{Batch, BatchSource, DecayMatricesOnly, EvalSet, InputSpec, ModelBuilder, Objective, OptimizerBuilder, Task, TrainingData};
 
 /// Everything that can stop a run, each with a message that says what and where.

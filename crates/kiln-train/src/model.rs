@@ -170,11 +170,14 @@ pub fn optimizer(config: &OptimizerConfig) -> AnyOptimizer {
 
 /// The learning rate for every optimizer step of a run of `total_steps`.
 pub fn schedule(config: &ScheduleConfig, lr: f64, total_steps: u64) -> Result<LrSchedule, TrainError> {
+    let warmup = config.warmup_steps.max((config.warmup_ratio * total_steps as f64).ceil() as u64);
+    let after_warmup = total_steps.saturating_sub(warmup).max(1);
     let main = match config.kind {
         ScheduleKind::Step => LrSchedule::step(lr, config.step_size.unwrap_or(1), config.gamma)?,
-        ScheduleKind::Cosine => LrSchedule::cosine(lr, total_steps.saturating_sub(config.warmup_steps).max(1), config.eta_min)?,
+        ScheduleKind::Cosine => LrSchedule::cosine(lr, after_warmup, config.eta_min)?,
+        ScheduleKind::Linear => LrSchedule::linear(lr, after_warmup)?,
         ScheduleKind::Constant => LrSchedule::constant(lr),
     };
-    Ok(if config.warmup_steps > 0 { LrSchedule::warmup(config.warmup_steps, 0.0, main)? } else { main })
+    Ok(if warmup > 0 { LrSchedule::warmup(warmup, 0.0, main)? } else { main })
 }
 

@@ -1,7 +1,7 @@
 //! The built-in recipes: each a `Config` of the training loop.
 use crate::config::{
     Activation, Config, DataConfig, DatasetName, GptModelConfig, LayerConfig, MlpConfig, ModelConfig, OptimizerConfig, OptimizerKind,
-    ScheduleConfig, ScheduleKind, SequentialConfig, TrainConfig, RECIPES,
+    PoolingConfig, ScheduleConfig, ScheduleKind, SequentialConfig, TextClassifierConfig, TrainConfig, RECIPES,
 };
 use crate::TrainError;
 
@@ -55,6 +55,21 @@ impl Config {
                     ..TrainConfig::default()
                 },
             )),
+            // Fine-tune all-MiniLM-L6-v2 for sentiment as transformers' Trainer would: AdamW
+            // 5e-5 (weight decay 0.01, none on biases and LayerNorm weights), linear warm-up
+            // over 10% of the steps then linear decay to 0, batch 32, 2 epochs.
+            "minilm-sentiment" => Ok(Config {
+                model: ModelConfig::TextClassifier(TextClassifierConfig {
+                    pretrained: crate::pretrained::MINILM.into(),
+                    pooling: PoolingConfig::Mean,
+                    max_len: 64,
+                    dropout: Some(0.1),
+                }),
+                optimizer: OptimizerConfig { kind: OptimizerKind::AdamW, lr: 5e-5, weight_decay: 0.01, ..OptimizerConfig::default() },
+                schedule: ScheduleConfig { kind: ScheduleKind::Linear, warmup_ratio: 0.1, ..ScheduleConfig::default() },
+                data: DataConfig { dataset: DatasetName::Sentiment, ..DataConfig::default() },
+                train: TrainConfig { epochs: 2, batch_size: 32, ..TrainConfig::default() },
+            }),
             other => Err(TrainError::Config(format!(
                 "unknown recipe '{other}'; the recipes are: {}",
                 RECIPES.join(", ")
