@@ -302,3 +302,49 @@ fn every_launch_of_every_op_family_validates() {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
     }
 }
+
+/// A dev tool, not a check: writes the SPIR-V that naga makes of every launch validated
+/// above (one `.spv` per pipeline key, no debug names, so that a renamed helper or a
+/// moved comment leaves the words unchanged) into the folder $KILN_SPIRV_OUT, and
+/// `keys.txt` mapping file names to keys. Two such folders, written before and after a
+/// change to the shaders, say which kernels the change reached (`cmp`, `spirv-dis`).
+/// Run: KILN_SPIRV_OUT=/tmp/spv cargo test -p kiln-wgpu --test shaders_valid -- --ignored
+#[test]
+#[ignore = "writes files: run by hand with KILN_SPIRV_OUT set"]
+fn write_spirv_of_every_launch() {
+    let out = PathBuf::from(std::env::var("KILN_SPIRV_OUT").expect("KILN_SPIRV_OUT names the output folder"));
+    std::fs::create_dir_all(&out).expect("output folder");
+    let mut sources = std::collections::BTreeMap::new();
+    for float in [DType::F32, DType::F16] {
+        let (g, outs) = every_op(float);
+        let plan = Plan::compile(&g, &outs).unwrap();
+        for caps in [Caps { shader_f16: true, subgroups: true, ..Caps::default() }, Caps::default()] {
+            for step in &plan.steps {
+                for launch in launches_of(step, &caps).unwrap() {
+                    sources.insert(launch.key, launch.source);
+                }
+            }
+        }
+    }
+    let options = naga::back::spv::Options { flags: naga::back::spv::WriterFlags::empty(), ..Default::default() };
+    let pipeline = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
+    let mut index = String::new();
+    for (i, (key, source)) in sources.iter().enumerate() {
+        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(source)));
+        let mut validator = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all());
+        let info = validator.validate(&module).unwrap_or_else(|e| panic!("{key}: {}", e.emit_to_string(source)));
+        let words = naga::back::spv::write_vec(&module, &info, &options, Some(&pipeline)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        // Keys hold `=`, `,` and spaces: the file is named by the key's family and a number,
+        // and keys.txt says which key it is (numbers follow the sorted keys).
+        let family: String = key.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_').collect();
+        let name = format!("{family}-{i:03}.spv");
+        std::fs::write(out.join(&name), le_bytes(&words)).expect("write spv");
+        index.push_str(&format!("{name}\t{key}\n"));
+    }
+    std::fs::write(out.join("keys.txt"), index).expect("write keys.txt");
+}
+
+/// SPIR-V words as little-endian bytes (the file format spirv-dis reads).
+fn le_bytes(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
