@@ -26,10 +26,9 @@
 // Invocation (tm, tn), tm fastest, holds a TM x TN register tile: the row quads
 // tm + THREADS_M r and the column quads tn + THREADS_N s (a quad is 4 consecutive rows or
 // columns), so neighbouring invocations read neighbouring vec4s of the tiles and write
-// neighbouring rows m, which are neighbouring addresses of every output here. Double
-// buffering: while the block computes on one staged slice, every invocation has already
-// fetched its share of the next slice into registers; it writes them to the other half of
-// the tiles after computing, so one barrier per slice suffices. The staging slot of an
+// neighbouring rows m, which are neighbouring addresses of every output here. The double-
+// buffered K loop and the register-tile products are shaders/lib/gemm_tile.wgsl's, whose
+// operand u is B here and v is A (accumulators are vec4s along M). The staging slot of an
 // element is fixed across slices, so the part of the im2col index that depends on the row
 // of A (column of B) is worked out once per invocation.
 //
@@ -70,6 +69,7 @@ const AREA: u32 = {{AREA}}u;
 const THREADS_M: u32 = BM / TM;
 const THREADS_N: u32 = BN / TN;
 const THREADS: u32 = THREADS_M * THREADS_N;
+const WG: u32 = THREADS;  // the name lib/workgroup.wgsl knows it by
 const ROW_QUADS: u32 = TM / 4u;
 const COL_QUADS: u32 = TN / 4u;
 const BM_QUADS: u32 = BM / 4u;
@@ -114,7 +114,11 @@ const P_TAP_STEP_W: u32 = 24u;
 const P_PHASES: u32 = 25u;
 const PHASE_WORDS: u32 = 5u;
 
-// uses: index
+// The invocation's quads of each operand, for lib/gemm_tile.wgsl: B's columns, A's rows.
+const U_QUADS: u32 = COL_QUADS;
+const V_QUADS: u32 = ROW_QUADS;
+
+// uses: index workgroup gemm_tile
 
 // tile_a[half * A_SLICE + k * A_PITCH + q][i] = A[row0 + 4 q + i, k0 + k];
 // tile_b[half * B_SLICE + k * B_PITCH + q][j] = B[k0 + k, col0 + 4 q + j].
@@ -151,8 +155,18 @@ fn inside(at: i32, len: u32) -> bool {
     return at >= 0 && at < i32(len);
 }
 
-// Fetch this invocation's elements of the slice at k0 (zeros at and past k_end).
-fn fetch(p: Problem, lidx: u32, k0: u32, k_end: u32) {
+// What fetch needs: the slice's problem and the K range of this workgroup's split.
+struct Operands {
+    p: Problem,
+    k_begin: u32,
+    k_end: u32,
+}
+
+// Fetch this invocation's elements of slice `slice` of the split (zeros at and past k_end).
+fn fetch(o: Operands, lidx: u32, slice: u32) {
+    let p = o.p;
+    let k0 = o.k_begin + slice * BK;
+    let k_end = o.k_end;
     for (var f = 0u; f < A_FETCHES; f += 1u) {
         let e = lidx + f * THREADS;
         var value = 0.0;
@@ -191,21 +205,25 @@ fn commit(lidx: u32, half: u32) {
     }
 }
 
-@compute @workgroup_size(THREADS)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let blocks_m = params[P_BLOCKS_M];
+// Quad q of B's columns and of A's rows at depth kk of half `half` of the tiles, for
+// the invocation at tn along N and tm along M.
+fn u_quad(half: u32, kk: u32, tn: u32, q: u32) -> vec4<f32> {
+    return tile_b[half * B_SLICE + kk * B_PITCH + tn + q * THREADS_N];
+}
+
+fn v_quad(half: u32, kk: u32, tm: u32, r: u32) -> vec4<f32> {
+    return tile_a[half * A_SLICE + kk * A_PITCH + tm + r * THREADS_M];
+}
+
+// One workgroup per block of C of every slice and split (lib/workgroup.wgsl).
+fn work_count() -> u32 {
+    return params[P_BLOCKS_M] * params[P_BLOCKS_N] * params[P_SLICES] * params[P_SPLITS];
+}
+
+fn work(group: u32, lidx: u32) {
     let blocks_n = params[P_BLOCKS_N];
-    let blocks_per_slice = blocks_m * blocks_n;
+    let blocks_per_slice = params[P_BLOCKS_M] * blocks_n;
     let blocks_per_split = blocks_per_slice * params[P_SLICES];
-    let group = workgroup_index(wid, nwg);
-    // The whole workgroup leaves together: barrier uniformity holds.
-    if group >= blocks_per_split * params[P_SPLITS] {
-        return;
-    }
     split_index = group / blocks_per_split;
     let slice = (group % blocks_per_split) / blocks_per_slice;
     let block = group % blocks_per_slice;
@@ -230,45 +248,10 @@ fn main(
     let tm = lidx % THREADS_M;
     let tn = lidx / THREADS_M;
     // acc[(4 s + j) * ROW_QUADS + r][i] = C[row quad r, row i, column quad s, column j].
-    var acc: array<vec4<f32>, TN * ROW_QUADS>;
-    var frag_a: array<vec4<f32>, ROW_QUADS>;
-    var frag_b: array<vec4<f32>, COL_QUADS>;
-
+    var acc: array<vec4<f32>, ACC_QUADS>;
     // k_begin < p.k except for an empty slice (no taps in a phase): then no slices.
     let slices = (max(k_end, k_begin) - k_begin + BK - 1u) / BK;
-    fetch(p, lidx, k_begin, k_end);
-    commit(lidx, 0u);
-    workgroupBarrier();
-    for (var s = 0u; s < slices; s += 1u) {
-        let half = s % 2u;
-        let more = s + 1u < slices;
-        if more {
-            fetch(p, lidx, k_begin + (s + 1u) * BK, k_end);
-        }
-        let a_half = half * A_SLICE;
-        let b_half = half * B_SLICE;
-        for (var kk = 0u; kk < BK; kk += 1u) {
-            for (var r = 0u; r < ROW_QUADS; r += 1u) {
-                frag_a[r] = tile_a[a_half + kk * A_PITCH + tm + r * THREADS_M];
-            }
-            for (var q = 0u; q < COL_QUADS; q += 1u) {
-                frag_b[q] = tile_b[b_half + kk * B_PITCH + tn + q * THREADS_N];
-            }
-            for (var q = 0u; q < COL_QUADS; q += 1u) {
-                for (var j = 0u; j < 4u; j += 1u) {
-                    let b_value = vec4<f32>(frag_b[q][j]);
-                    for (var r = 0u; r < ROW_QUADS; r += 1u) {
-                        let at = (4u * q + j) * ROW_QUADS + r;
-                        acc[at] = fma(frag_a[r], b_value, acc[at]);
-                    }
-                }
-            }
-        }
-        if more {
-            commit(lidx, 1u - half);
-        }
-        workgroupBarrier();
-    }
+    gemm_k_loop(&acc, Operands(p, k_begin, k_end), slices, lidx, tn, tm);
 
     for (var q = 0u; q < COL_QUADS; q += 1u) {
         for (var j = 0u; j < 4u; j += 1u) {
@@ -297,13 +280,7 @@ fn main(
 // contiguous along k.
 const A_M_FAST: bool = true;
 const B_N_FAST: bool = false;
-
-struct Problem {
-    m: u32,
-    n: u32,
-    k: u32,
-    group: u32,
-}
+// uses: conv_image
 
 fn problem(slice: u32) -> Problem {
     let m = params[P_BATCH] * params[P_HO] * params[P_WO];
@@ -312,14 +289,8 @@ fn problem(slice: u32) -> Problem {
 }
 
 // A row: an output position (n, i, j), as the offset of its group's first input channel
-// and the top-left corner of its window.
-struct RowA {
-    valid: bool,
-    base: u32,
-    y0: i32,
-    x0: i32,
-}
-
+// and the top-left corner of its window; a k = (c, a, b) adds channel c's plane and the
+// tap's displacement.
 fn row_a(p: Problem, m: u32) -> RowA {
     if m >= p.m {
         return RowA(false, 0u, 0, 0);
@@ -340,14 +311,8 @@ fn load_a(p: Problem, row: RowA, k: u32) -> f32 {
     let taps = TAPS;
     let c = k / taps;
     let tap = k % taps;
-    let y = row.y0 + i32((tap / kw) * params[P_DH]);
-    let x = row.x0 + i32((tap % kw) * params[P_DW]);
-    let h = params[P_H];
-    let w = params[P_W];
-    if !inside(y, h) || !inside(x, w) {
-        return 0.0;
-    }
-    return f32(x_data[row.base + c * h * w + u32(y) * w + u32(x)]);
+    let plane = c * params[P_H] * params[P_W];
+    return x_at(row, plane, i32((tap / kw) * params[P_DH]), i32((tap % kw) * params[P_DW]));
 }
 
 // A column: an output channel, as the offset of its weights.
@@ -379,13 +344,7 @@ fn store(p: Problem, m: u32, n: u32, value: f32) {
 // Both operands are contiguous along k = (n, i, j) (x SW apart).
 const A_M_FAST: bool = false;
 const B_N_FAST: bool = false;
-
-struct Problem {
-    m: u32,
-    n: u32,
-    k: u32,
-    group: u32,
-}
+// uses: conv_image
 
 fn problem(slice: u32) -> Problem {
     let m = params[P_CG] * params[P_KH] * params[P_KW];
@@ -394,14 +353,8 @@ fn problem(slice: u32) -> Problem {
 }
 
 // A row: an input channel and kernel tap (c, a, b), as the offset of the channel's plane
-// in the first image and the tap's displacement from a window's origin.
-struct RowA {
-    valid: bool,
-    plane: u32,
-    dy: i32,
-    dx: i32,
-}
-
+// in the first image and the tap's displacement from a window's origin; a k = (n, i, j)
+// adds image n's offset and the window's origin.
 fn row_a(p: Problem, m: u32) -> RowA {
     if m >= p.m {
         return RowA(false, 0u, 0, 0);
@@ -422,14 +375,8 @@ fn load_a(p: Problem, row: RowA, k: u32) -> f32 {
     let n = k / area;
     let i = (k % area) / wo;
     let j = k % wo;
-    let y = i32(i * params[P_SH]) + row.dy;
-    let x = i32(j * params[P_SW]) + row.dx;
-    let h = params[P_H];
-    let w = params[P_W];
-    if !inside(y, h) || !inside(x, w) {
-        return 0.0;
-    }
-    return f32(x_data[n * params[P_C] * h * w + row.plane + u32(y) * w + u32(x)]);
+    let image = n * params[P_C] * params[P_H] * params[P_W];
+    return x_at(row, image, i32(i * params[P_SH]), i32(j * params[P_SW]));
 }
 
 // A column: an output channel, as the offset of its plane in the first image.

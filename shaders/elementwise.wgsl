@@ -15,7 +15,7 @@
 //   [34] a scalar: the Constant's value (bits of TO as f32 or u32), LeakyRelu's alpha
 
 const WG: u32 = 256u;
-const P_N: u32 = 0u;
+const P_N: u32 = 0u;  // the element count, read by lib/element.wgsl
 const P_RANK: u32 = 1u;
 const P_DIMS: u32 = 2u;
 const P_STRIDES_A: u32 = 10u;
@@ -25,16 +25,7 @@ const P_SCALAR: u32 = 34u;
 
 // uses: index element math broadcast
 
-@compute @workgroup_size(256)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = element_index(wid, nwg, lid);
-    if (i >= params[P_N]) {
-        return;
-    }
+fn element(i: u32) {
 {{LOADS}}
     out[i] = {{EXPR}};
 }

@@ -7,7 +7,7 @@
 
 const WG: u32 = 256u;
 
-// uses: index element
+// uses: index
 
 //// kernel: gather
 // out[i, r] = table[indices[i], r] for i < I (all indices, flattened) and r < R (the
@@ -15,17 +15,9 @@ const WG: u32 = 256u;
 // T moves the stored bits unchanged: u32 for 4-byte storage, f16 for f16 storage.
 //
 // params: 0 output element count (I * R), 1 R, 2 V.
+// uses: element
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let e = element_index(wid, nwg, lidx);
-    if e >= params[0] {
-        return;
-    }
+fn element(e: u32) {
     let row_len = params[1];
     let row = indices[e / row_len];
     if row < params[2] {
@@ -47,24 +39,20 @@ fn main(
 // T: the float storage type (f32 or f16); sums are f32.
 //
 // params: 0 rows, 1 C (columns per row), 2 I (index count), 3 column blocks per row.
+// uses: workgroup
 
 var<workgroup> chunk: array<u32, WG>;
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
+// One workgroup per (row, block of columns).
+fn work_count() -> u32 {
+    return params[0] * params[3];
+}
+
+fn work(group: u32, lidx: u32) {
     let rows = params[0];
     let columns = params[1];
     let count = params[2];
     let blocks = params[3];
-    let group = workgroup_index(wid, nwg);
-    // The whole workgroup leaves together: barrier uniformity holds.
-    if group >= rows * blocks {
-        return;
-    }
     let row = group / blocks;
     let column = (group % blocks) * WG + lidx;
 
@@ -96,17 +84,9 @@ fn main(
 // of zeros. T: the output's storage type.
 //
 // params: 0 output element count (I * C), 1 C.
+// uses: element
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let e = element_index(wid, nwg, lidx);
-    if e >= params[0] {
-        return;
-    }
+fn element(e: u32) {
     let classes = params[1];
     out[e] = {{T}}(select(0u, 1u, indices[e / classes] == e % classes));
 }

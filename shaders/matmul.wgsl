@@ -11,10 +11,8 @@
 //   addresses of c.
 // - K is walked BK deep. Both operands' BK-deep slices are staged in workgroup memory,
 //   k-major (tile[k][m] and tile[k][n]), each element read from storage once per block.
-// - Double buffering: while the block computes on one staged slice, every invocation has
-//   already fetched its share of the next slice into registers; it writes them to the other
-//   half of the tiles after computing, so one barrier per slice suffices (nobody reads the
-//   half being written, and the barrier publishes it before anyone does).
+// - Double buffering and the register-tile products: shaders/lib/gemm_tile.wgsl, whose
+//   operand u is a here and v is b.
 // - Operands are read in quads along their contiguous axis (K for a, M for aᵀ, N for b,
 //   K for bᵀ). When that axis's extent is a multiple of 4 (so every quad is aligned and
 //   lies wholly inside or outside the matrix), the binding is an array of vec4 and a quad is
@@ -49,6 +47,7 @@ const TN: u32 = {{TN}}u;  // output columns per invocation
 const THREADS_M: u32 = BM / TM;
 const THREADS_N: u32 = BN / TN;
 const THREADS: u32 = THREADS_M * THREADS_N;
+const WG: u32 = THREADS;  // the name lib/workgroup.wgsl knows it by
 const ROW_QUADS: u32 = TM / 4u;  // row quads per invocation
 const COL_QUADS: u32 = TN / 4u;  // column quads per invocation
 const BM_QUADS: u32 = BM / 4u;
@@ -64,7 +63,11 @@ const B_FETCHES: u32 = (B_QUADS + THREADS - 1u) / THREADS;
 const A_SLICE: u32 = BK * BM_QUADS;
 const B_SLICE: u32 = BK * BN_QUADS;
 
-// uses: index gemm_batch
+// The invocation's quads of each operand, for lib/gemm_tile.wgsl: a's rows, b's columns.
+const U_QUADS: u32 = ROW_QUADS;
+const V_QUADS: u32 = COL_QUADS;
+
+// uses: index workgroup strided gemm_batch gemm_tile
 
 // tile_a[half * A_SLICE + k * BM_QUADS + q] = op(a)[block row + 4 q + 0..4, slice k0 + k];
 // tile_b[half * B_SLICE + k * BN_QUADS + q] = op(b)[k0 + k, block column + 4 q + 0..4].
@@ -99,9 +102,25 @@ fn quad_valid(inside: bool, pos: u32, extent: u32) -> u32 {
     return min(4u, extent - pos);
 }
 
-// Fetch this invocation's quads of the slice at k0 into registers. Consecutive
+// What fetch needs: the workgroup's block and the product's sizes.
+struct Operands {
+    at: GemmBlock,
+    m: u32,
+    n: u32,
+    k: u32,
+}
+
+// Fetch this invocation's quads of slice `slice` into registers. Consecutive
 // invocations take consecutive quads along the operand's contiguous axis.
-fn fetch(lidx: u32, a_base: u32, b_base: u32, row0: u32, col0: u32, k0: u32, m: u32, n: u32, k: u32) {
+fn fetch(o: Operands, lidx: u32, slice: u32) {
+    let k0 = slice * BK;
+    let m = o.m;
+    let n = o.n;
+    let k = o.k;
+    let row0 = o.at.row0;
+    let col0 = o.at.col0;
+    let a_base = o.at.a_base;
+    let b_base = o.at.b_base;
     for (var f = 0u; f < A_FETCHES; f += 1u) {
         let e = lidx + f * THREADS;
         if e >= A_QUADS {
@@ -174,77 +193,40 @@ fn commit(lidx: u32, half: u32) {
     }
 }
 
-@compute @workgroup_size(THREADS)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
+// Quad q of op(a)'s rows and of op(b)'s columns at depth kk of half `half` of the tiles,
+// for the invocation at ty along M and tx along N.
+fn u_quad(half: u32, kk: u32, ty: u32, q: u32) -> vec4<f32> {
+    return tile_a[half * A_SLICE + kk * BM_QUADS + ty + q * THREADS_M];
+}
+
+fn v_quad(half: u32, kk: u32, tx: u32, q: u32) -> vec4<f32> {
+    return tile_b[half * B_SLICE + kk * BN_QUADS + tx + q * THREADS_N];
+}
+
+// One workgroup per output block (lib/workgroup.wgsl).
+fn work_count() -> u32 {
+    return gemm_blocks();
+}
+
+fn work(group: u32, lidx: u32) {
+    let at = gemm_block(group, BM, BN);
     let m = params[P_M];
     let n = params[P_N];
     let k = params[P_K];
-    let blocks = params[P_BLOCKS_M] * params[P_BLOCKS_N] * params[P_BATCH];
-    let group = workgroup_index(wid, nwg);
-    // The whole workgroup leaves together: barrier uniformity holds.
-    if group >= blocks {
-        return;
-    }
-    let at = gemm_block(group, BM, BN);
-    let row0 = at.row0;
-    let col0 = at.col0;
-    let a_base = at.a_base;
-    let b_base = at.b_base;
-    let c_base = at.c_base;
 
     let tx = lidx % THREADS_N;
     let ty = lidx / THREADS_N;
     // acc[(4 r + i) * COL_QUADS + s][j] = c[row quad r, row i, column quad s, column j].
-    var acc: array<vec4<f32>, TM * COL_QUADS>;
-    var frag_a: array<vec4<f32>, ROW_QUADS>;
-    var frag_b: array<vec4<f32>, COL_QUADS>;
-
-    let slices = (k + BK - 1u) / BK;
-    fetch(lidx, a_base, b_base, row0, col0, 0u, m, n, k);
-    commit(lidx, 0u);
-    workgroupBarrier();
-    for (var slice = 0u; slice < slices; slice += 1u) {
-        let half = slice % 2u;
-        let more = slice + 1u < slices;
-        if more {
-            fetch(lidx, a_base, b_base, row0, col0, (slice + 1u) * BK, m, n, k);
-        }
-        let a_half = half * A_SLICE;
-        let b_half = half * B_SLICE;
-        for (var kk = 0u; kk < BK; kk += 1u) {
-            for (var r = 0u; r < ROW_QUADS; r += 1u) {
-                frag_a[r] = tile_a[a_half + kk * BM_QUADS + ty + r * THREADS_M];
-            }
-            for (var s = 0u; s < COL_QUADS; s += 1u) {
-                frag_b[s] = tile_b[b_half + kk * BN_QUADS + tx + s * THREADS_N];
-            }
-            for (var r = 0u; r < ROW_QUADS; r += 1u) {
-                for (var i = 0u; i < 4u; i += 1u) {
-                    let a_value = vec4<f32>(frag_a[r][i]);
-                    for (var s = 0u; s < COL_QUADS; s += 1u) {
-                        let at = (4u * r + i) * COL_QUADS + s;
-                        acc[at] = fma(a_value, frag_b[s], acc[at]);
-                    }
-                }
-            }
-        }
-        if more {
-            commit(lidx, 1u - half);
-        }
-        workgroupBarrier();
-    }
+    var acc: array<vec4<f32>, ACC_QUADS>;
+    gemm_k_loop(&acc, Operands(at, m, n, k), (k + BK - 1u) / BK, lidx, ty, tx);
 
     for (var r = 0u; r < ROW_QUADS; r += 1u) {
         for (var i = 0u; i < 4u; i += 1u) {
-            let row = row0 + 4u * (ty + r * THREADS_M) + i;
+            let row = at.row0 + 4u * (ty + r * THREADS_M) + i;
             if row < m {
                 for (var s = 0u; s < COL_QUADS; s += 1u) {
-                    let col = col0 + 4u * (tx + s * THREADS_N);
-                    c_quad(c_base + row * n + col, quad_valid(true, col, n), acc[(4u * r + i) * COL_QUADS + s]);
+                    let col = at.col0 + 4u * (tx + s * THREADS_N);
+                    c_quad(at.c_base + row * n + col, quad_valid(true, col, n), acc[(4u * r + i) * COL_QUADS + s]);
                 }
             }
         }

@@ -40,7 +40,7 @@ const SUBGROUPS_N: u32 = BN / SUB_N;
 const TILES_M: u32 = SUB_M / TILE;  // 4 accumulators down
 const TILES_N: u32 = SUB_N / TILE;  // 4 across
 
-// uses: gemm_batch
+// uses: strided gemm_batch
 
 // tile_a[r * BK + kk] = op(a)[block row + r, k0 + kk]; tile_b[kk * BN + j] = op(b)[k0 + kk, block column + j].
 var<workgroup> tile_a: array<f16, BM * BK>;
@@ -48,34 +48,36 @@ var<workgroup> tile_b: array<f16, BK * BN>;
 // One 16 x 16 row-major f32 tile per subgroup, on the way to c.
 var<workgroup> scratch: array<f32, SUBGROUPS * TILE * TILE>;
 
+// op(a)[row, kk] and op(b)[kk, col] of the batch whose matrices start at `base`, or 0
+// past the edges (so that any M, N and K work).
+fn a_element(base: u32, row: u32, kk: u32, m: u32, k: u32) -> f16 {
+    if row >= m || kk >= k {
+        return f16(0.0);
+    }
+    if TRANS_A {
+        return a[base + kk * m + row];
+    }
+    return a[base + row * k + kk];
+}
+
+fn b_element(base: u32, kk: u32, col: u32, n: u32, k: u32) -> f16 {
+    if kk >= k || col >= n {
+        return f16(0.0);
+    }
+    if TRANS_B {
+        return b[base + col * k + kk];
+    }
+    return b[base + kk * n + col];
+}
+
 // Stage the slice starting at k0: every invocation writes elements lidx, lidx + THREADS, ..
 // of each tile (consecutive invocations take consecutive elements along the tile's rows).
-fn stage(lidx: u32, a_base: u32, b_base: u32, row0: u32, col0: u32, k0: u32, m: u32, n: u32, k: u32) {
+fn stage(lidx: u32, at: GemmBlock, k0: u32, m: u32, n: u32, k: u32) {
     for (var e = lidx; e < BM * BK; e += THREADS) {
-        let row = row0 + e / BK;
-        let kk = k0 + e % BK;
-        var value = f16(0.0);
-        if row < m && kk < k {
-            if TRANS_A {
-                value = a[a_base + kk * m + row];
-            } else {
-                value = a[a_base + row * k + kk];
-            }
-        }
-        tile_a[e] = value;
+        tile_a[e] = a_element(at.a_base, at.row0 + e / BK, k0 + e % BK, m, k);
     }
     for (var e = lidx; e < BK * BN; e += THREADS) {
-        let kk = k0 + e / BN;
-        let col = col0 + e % BN;
-        var value = f16(0.0);
-        if kk < k && col < n {
-            if TRANS_B {
-                value = b[b_base + col * k + kk];
-            } else {
-                value = b[b_base + kk * n + col];
-            }
-        }
-        tile_b[e] = value;
+        tile_b[e] = b_element(at.b_base, k0 + e / BN, at.col0 + e % BN, n, k);
     }
 }
 
@@ -99,11 +101,6 @@ fn main(
         return;
     }
     let at = gemm_block(group, BM, BN);
-    let row0 = at.row0;
-    let col0 = at.col0;
-    let a_base = at.a_base;
-    let b_base = at.b_base;
-    let c_base = at.c_base;
 
     // This subgroup's corner of the block, in tile coordinates.
     let sub_row = (subgroup / SUBGROUPS_N) * SUB_M;
@@ -116,7 +113,7 @@ fn main(
 
     let slices = (k + BK - 1u) / BK;
     for (var slice = 0u; slice < slices; slice += 1u) {
-        stage(lidx, a_base, b_base, row0, col0, slice * BK, m, n, k);
+        stage(lidx, at, slice * BK, m, n, k);
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += TILE) {
             for (var i = 0u; i < TILES_M; i += 1u) {
@@ -139,8 +136,8 @@ fn main(
     // Each accumulator through the subgroup's scratch tile to c, edges checked per element.
     let own = subgroup * TILE * TILE;
     for (var t = 0u; t < TILES_M * TILES_N; t += 1u) {
-        let tile_row = row0 + sub_row + (t / TILES_N) * TILE;
-        let tile_col = col0 + sub_col + (t % TILES_N) * TILE;
+        let tile_row = at.row0 + sub_row + (t / TILES_N) * TILE;
+        let tile_col = at.col0 + sub_col + (t % TILES_N) * TILE;
         // naga's SPIR-V writer needs the pointer's index and the stride bound first.
         let stride = TILE;
         coopStoreT(acc[t], &scratch[own], stride);
@@ -149,7 +146,7 @@ fn main(
             let row = tile_row + e / TILE;
             let col = tile_col + e % TILE;
             if row < m && col < n {
-                c[c_base + row * n + col] = scratch[own + e];
+                c[at.c_base + row * n + col] = scratch[own + e];
             }
         }
         workgroupBarrier();

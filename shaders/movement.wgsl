@@ -10,6 +10,10 @@
 
 const WG: u32 = 256u;
 const MAX_RANK: u32 = 8u;
+// The words both kernels' params start with: 0 element count (read by lib/element.wgsl),
+// 1 rank, 4..12 the iteration shape.
+const P_RANK: u32 = 1u;
+const P_SHAPE: u32 = 4u;
 
 // uses: index element
 
@@ -22,35 +26,15 @@ const MAX_RANK: u32 = 8u;
 //
 // params: 0 element count, 1 rank, 2 src_base, 3 dst_base,
 //         4..12 shape, 12..20 src strides, 20..28 dst strides (elements).
-const P_COUNT: u32 = 0u;
-const P_RANK: u32 = 1u;
+// uses: strided
 const P_SRC_BASE: u32 = 2u;
 const P_DST_BASE: u32 = 3u;
-const P_SHAPE: u32 = 4u;
 const P_SRC_STRIDES: u32 = 12u;
 const P_DST_STRIDES: u32 = 20u;
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let index = element_index(wid, nwg, lidx);
-    if index >= params[P_COUNT] {
-        return;
-    }
-    var rest = index;
-    var src_offset = params[P_SRC_BASE];
-    var dst_offset = params[P_DST_BASE];
-    for (var d = params[P_RANK]; d > 0u; d -= 1u) {
-        let dim = params[P_SHAPE + d - 1u];
-        let coord = rest % dim;
-        rest = rest / dim;
-        src_offset += coord * params[P_SRC_STRIDES + d - 1u];
-        dst_offset += coord * params[P_DST_STRIDES + d - 1u];
-    }
-    dst[dst_offset] = src[src_offset];
+fn element(index: u32) {
+    let offsets = strided_offsets(index, params[P_RANK], P_SHAPE, P_SRC_STRIDES, P_DST_STRIDES);
+    dst[params[P_DST_BASE] + offsets.y] = src[params[P_SRC_BASE] + offsets.x];
 }
 
 //// kernel: scatter
@@ -65,25 +49,13 @@ fn main(
 // params: 0 output element count, 1 rank, 2 fill,
 //         4..12 output shape, 12..20 starts, 20..28 steps, 28..36 src shape,
 //         36..44 src strides (elements, dense).
-const P_COUNT: u32 = 0u;
-const P_RANK: u32 = 1u;
 const P_FILL: u32 = 2u;
-const P_SHAPE: u32 = 4u;
 const P_STARTS: u32 = 12u;
 const P_STEPS: u32 = 20u;
 const P_SRC_SHAPE: u32 = 28u;
 const P_SRC_STRIDES: u32 = 36u;
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let index = element_index(wid, nwg, lidx);
-    if index >= params[P_COUNT] {
-        return;
-    }
+fn element(index: u32) {
     var rest = index;
     var src_offset = 0u;
     var inside = true;

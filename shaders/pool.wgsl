@@ -9,11 +9,10 @@
 // Slot T: the storage type of the tensors (f32 or f16); arithmetic is f32.
 //
 // params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/pool.rs):
-//   0 element count of the output, 1 H, 2 W, 3 HO, 4 WO, 5 KH, 6 KW, 7 SH, 8 SW, 9 PH, 10 PW.
+//   0 element count of the output (read by lib/element.wgsl), 1 H, 2 W, 3 HO, 4 WO, 5 KH, 6 KW, 7 SH, 8 SW, 9 PH, 10 PW.
 // A plane is one (n, c) image: H W elements of x, HO WO of the pooled output.
 
 const WG: u32 = 256u;
-const P_COUNT: u32 = 0u;
 const P_H: u32 = 1u;
 const P_W: u32 = 2u;
 const P_HO: u32 = 3u;
@@ -65,24 +64,41 @@ fn plane_position(e: u32, area: u32, width: u32) -> vec2<u32> {
     return vec2<u32>(at / width, at % width);
 }
 
+// Output element e: the offset of its plane in x, and its window there.
+struct Pooled {
+    base: u32,
+    win: Window,
+}
+
+fn pooled(e: u32) -> Pooled {
+    let out_area = params[P_HO] * params[P_WO];
+    let ij = plane_position(e, out_area, params[P_WO]);
+    return Pooled((e / out_area) * params[P_H] * params[P_W], window(ij.x, ij.y));
+}
+
+// Input element e: the windows that contain it (rows.x .. rows.y, columns cols.x ..
+// cols.y) and the offset of its plane in grad_out.
+struct Covering {
+    rows: vec2<u32>,
+    cols: vec2<u32>,
+    out_base: u32,
+}
+
+fn covering(e: u32) -> Covering {
+    let area = params[P_H] * params[P_W];
+    let yx = plane_position(e, area, params[P_W]);
+    let rows = windows_over(yx.x, params[P_KH], params[P_SH], params[P_PH], params[P_HO]);
+    let cols = windows_over(yx.y, params[P_KW], params[P_SW], params[P_PW], params[P_WO]);
+    return Covering(rows, cols, (e / area) * params[P_HO] * params[P_WO]);
+}
+
 //// kernel: max_forward
 // out[plane, i, j] = the maximum of window (i, j) of x's plane.
 // uses: max_window
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let e = element_index(wid, nwg, lidx);
-    if e >= params[P_COUNT] {
-        return;
-    }
-    let out_area = params[P_HO] * params[P_WO];
-    let ij = plane_position(e, out_area, params[P_WO]);
-    let base = (e / out_area) * params[P_H] * params[P_W];
-    out[e] = {{T}}(select_max(base, ij.x, ij.y).value);
+fn element(e: u32) {
+    let at = pooled(e);
+    out[e] = {{T}}(select_max(at.base, at.win).value);
 }
 
 //// kernel: max_backward
@@ -90,29 +106,17 @@ fn main(
 // (y, x), in row-major order of the windows.
 // uses: max_window
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let e = element_index(wid, nwg, lidx);
-    if e >= params[P_COUNT] {
-        return;
-    }
+fn element(e: u32) {
     let area = params[P_H] * params[P_W];
-    let plane = e / area;
+    let plane_base = (e / area) * area;
     let offset = e % area;
-    let yx = plane_position(e, area, params[P_W]);
+    let over = covering(e);
     let wo = params[P_WO];
-    let rows = windows_over(yx.x, params[P_KH], params[P_SH], params[P_PH], params[P_HO]);
-    let cols = windows_over(yx.y, params[P_KW], params[P_SW], params[P_PW], wo);
-    let out_base = plane * params[P_HO] * wo;
     var sum = 0.0;
-    for (var i = rows.x; i < rows.y; i += 1u) {
-        for (var j = cols.x; j < cols.y; j += 1u) {
-            if select_max(plane * area, i, j).offset == offset {
-                sum += f32(grad_out[out_base + i * wo + j]);
+    for (var i = over.rows.x; i < over.rows.y; i += 1u) {
+        for (var j = over.cols.x; j < over.cols.y; j += 1u) {
+            if select_max(plane_base, window(i, j)).offset == offset {
+                sum += f32(grad_out[over.out_base + i * wo + j]);
             }
         }
     }
@@ -123,25 +127,13 @@ fn main(
 // out[plane, i, j] = the sum of window (i, j) of x's plane (padding adds 0), in row-major
 // order, divided by KH KW.
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let e = element_index(wid, nwg, lidx);
-    if e >= params[P_COUNT] {
-        return;
-    }
-    let out_area = params[P_HO] * params[P_WO];
-    let ij = plane_position(e, out_area, params[P_WO]);
+fn element(e: u32) {
+    let at = pooled(e);
     let w = params[P_W];
-    let base = (e / out_area) * params[P_H] * w;
-    let win = window(ij.x, ij.y);
     var sum = 0.0;
-    for (var y = win.y.x; y < win.y.y; y += 1u) {
-        for (var x = win.x.x; x < win.x.y; x += 1u) {
-            sum += f32(x_data[base + y * w + x]);
+    for (var y = at.win.y.x; y < at.win.y.y; y += 1u) {
+        for (var x = at.win.x.x; x < at.win.x.y; x += 1u) {
+            sum += f32(x_data[at.base + y * w + x]);
         }
     }
     out[e] = {{T}}(sum / f32(params[P_KH] * params[P_KW]));
@@ -151,27 +143,14 @@ fn main(
 // grad_x[plane, y, x] = the sum of grad_out / (KH KW) over the windows that contain
 // (y, x), in row-major order of the windows.
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let e = element_index(wid, nwg, lidx);
-    if e >= params[P_COUNT] {
-        return;
-    }
-    let area = params[P_H] * params[P_W];
-    let yx = plane_position(e, area, params[P_W]);
+fn element(e: u32) {
+    let over = covering(e);
     let wo = params[P_WO];
-    let rows = windows_over(yx.x, params[P_KH], params[P_SH], params[P_PH], params[P_HO]);
-    let cols = windows_over(yx.y, params[P_KW], params[P_SW], params[P_PW], wo);
-    let out_base = (e / area) * params[P_HO] * wo;
     let size = f32(params[P_KH] * params[P_KW]);
     var sum = 0.0;
-    for (var i = rows.x; i < rows.y; i += 1u) {
-        for (var j = cols.x; j < cols.y; j += 1u) {
-            sum += f32(grad_out[out_base + i * wo + j]) / size;
+    for (var i = over.rows.x; i < over.rows.y; i += 1u) {
+        for (var j = over.cols.x; j < over.cols.y; j += 1u) {
+            sum += f32(grad_out[over.out_base + i * wo + j]) / size;
         }
     }
     grad_x[e] = {{T}}(sum);

@@ -8,7 +8,7 @@
 // uses: index element
 
 const WG: u32 = 256u;
-const P_N: u32 = 0u;
+const P_N: u32 = 0u;  // the element count, read by lib/element.wgsl
 const P_SEED: u32 = 1u;
 // 2^-24, written as bits so that no literal parsing or division can round it.
 const TWO_POW_MINUS_24: u32 = 0x33800000u;
@@ -24,16 +24,7 @@ fn mix(v: u32) -> u32 {
     return x;
 }
 
-@compute @workgroup_size(256)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let i = element_index(wid, nwg, lid);
-    if (i >= params[P_N]) {
-        return;
-    }
+fn element(i: u32) {
     let key = mix(params[P_SEED] ^ mix(counter[0] ^ 0x9e3779b9u));
     let bits = mix(mix(i ^ key) + key);
     // The top 24 bits convert to f32 exactly, and scaling by a power of two is exact.

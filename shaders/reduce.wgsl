@@ -20,7 +20,7 @@
 //   [0] outputs   [1] m, elements per output   [2] kept rank   [3] reduced rank
 //   [4..12] kept dims, [12..20] their strides in x; [20..28] reduced dims, [28..36] their strides
 //   [36..] the prologue's own words (a fused prologue: x's rank and dims, the inputs' strides)
-// uses: index
+// uses: index workgroup
 
 const WG: u32 = {{WG}}u;
 const P_OUTPUTS: u32 = 0u;
@@ -122,17 +122,12 @@ fn add_max(acc: Acc, v: f32, j: u32) -> Acc {
     return merge_max(acc, Acc(v, 0.0, j));
 }
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    // The same for every invocation of the workgroup, so returning keeps barriers uniform.
-    let o = workgroup_index(wid, nwg);
-    if (o >= params[P_OUTPUTS]) {
-        return;
-    }
+// One workgroup per output (lib/workgroup.wgsl).
+fn work_count() -> u32 {
+    return params[P_OUTPUTS];
+}
+
+fn work(o: u32, lid: u32) {
     let m = params[P_M];
     let base = {{BASE}};
     var acc = empty_{{ACC}}();

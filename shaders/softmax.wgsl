@@ -12,14 +12,19 @@
 
 const WG: u32 = 256u;
 
-// uses: index workgroup_reduce
+// uses: index workgroup workgroup_reduce
 
-// The row's maximum and its sum of exp(x - max), over the n elements of x at
-// base + j * stride: for each, a strided pass per invocation, then a tree reduction.
-// Starts from the row's first element rather than -inf: an invocation with no element of
-// its own must not change the maximum. Called by the whole workgroup (uniform control
-// flow); every invocation gets the result.
-fn row_max_and_sum(base: u32, n: u32, stride: u32, lidx: u32) -> vec2<f32> {
+// A row's maximum and its sum of exp(x - max).
+struct RowStats {
+    max: f32,
+    sum: f32,
+}
+
+// The stats of the n elements of x at base + j * stride: for each, a strided pass per
+// invocation, then a tree reduction. Starts from the row's first element rather than
+// -inf: an invocation with no element of its own must not change the maximum. Called by
+// the whole workgroup (uniform control flow); every invocation gets the result.
+fn row_stats(base: u32, n: u32, stride: u32, lidx: u32) -> RowStats {
     var local_max = f32(x[base]);
     for (var j = lidx; j < n; j += WG) {
         local_max = max(local_max, f32(x[base + j * stride]));
@@ -30,7 +35,14 @@ fn row_max_and_sum(base: u32, n: u32, stride: u32, lidx: u32) -> vec2<f32> {
     for (var j = lidx; j < n; j += WG) {
         local_sum += exp(f32(x[base + j * stride]) - row_max);
     }
-    return vec2<f32>(row_max, workgroup_sum(local_sum, lidx));
+    return RowStats(row_max, workgroup_sum(local_sum, lidx));
+}
+
+// The stats of row `row` of the logits [N, C] (params 0 N, 1 C) of both cross-entropy
+// kernels, which work on one workgroup per row.
+fn logits_stats(row: u32, lidx: u32) -> RowStats {
+    let classes = params[1];
+    return row_stats(row * classes, classes, 1u, lidx);
 }
 
 //// kernel: rows
@@ -43,34 +55,23 @@ fn row_max_and_sum(base: u32, n: u32, stride: u32, lidx: u32) -> vec2<f32> {
 // params: 0 outer, 1 n (>= 1), 2 inner.
 const LOG: bool = {{LOG}};
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let outer = params[0];
+fn work_count() -> u32 {
+    return params[0] * params[2];
+}
+
+fn work(row: u32, lidx: u32) {
     let n = params[1];
     let inner = params[2];
-    let row = workgroup_index(wid, nwg);
-    // The whole workgroup leaves together: barrier uniformity holds.
-    if row >= outer * inner {
-        return;
-    }
     let base = (row / inner) * n * inner + row % inner;
-
-    let stats = row_max_and_sum(base, n, inner, lidx);
-    let row_max = stats.x;
-    let row_sum = stats.y;
-
-    let log_sum = log(row_sum);
+    let stats = row_stats(base, n, inner, lidx);
+    let log_sum = log(stats.sum);
     for (var j = lidx; j < n; j += WG) {
         let at = base + j * inner;
-        let shifted = f32(x[at]) - row_max;
+        let shifted = f32(x[at]) - stats.max;
         if LOG {
             y[at] = {{T}}(shifted - log_sum);
         } else {
-            y[at] = {{T}}(exp(shifted) / row_sum);
+            y[at] = {{T}}(exp(shifted) / stats.sum);
         }
     }
 }
@@ -83,28 +84,17 @@ fn main(
 // params: 0 N (rows), 1 C (classes, >= 1), 2 the bits of a quiet NaN (WGSL cannot
 // write a NaN constant).
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let rows = params[0];
-    let classes = params[1];
-    let row = workgroup_index(wid, nwg);
-    if row >= rows {
-        return;
-    }
-    let base = row * classes;
+fn work_count() -> u32 {
+    return params[0];
+}
 
-    let stats = row_max_and_sum(base, classes, 1u, lidx);
-    let row_max = stats.x;
-    let row_sum = stats.y;
-
+fn work(row: u32, lidx: u32) {
+    let stats = logits_stats(row, lidx);
     if lidx == 0u {
+        let classes = params[1];
         let label = labels[row];
         if label < classes {
-            loss[row] = {{T}}(log(row_sum) - (f32(x[base + label]) - row_max));
+            loss[row] = {{T}}(log(stats.sum) - (f32(x[row * classes + label]) - stats.max));
         } else {
             loss[row] = {{T}}(bitcast<f32>(params[2]));
         }
@@ -119,28 +109,18 @@ fn main(
 //
 // params: 0 N (rows), 1 C (classes, >= 1).
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
-    let rows = params[0];
+fn work_count() -> u32 {
+    return params[0];
+}
+
+fn work(row: u32, lidx: u32) {
+    let stats = logits_stats(row, lidx);
     let classes = params[1];
-    let row = workgroup_index(wid, nwg);
-    if row >= rows {
-        return;
-    }
     let base = row * classes;
-
-    let stats = row_max_and_sum(base, classes, 1u, lidx);
-    let row_max = stats.x;
-    let row_sum = stats.y;
-
     let label = labels[row];
     let g = f32(grad[row]);
     for (var c = lidx; c < classes; c += WG) {
-        let p = exp(f32(x[base + c]) - row_max) / row_sum;
+        let p = exp(f32(x[base + c]) - stats.max) / stats.sum;
         grad_x[base + c] = {{T}}((p - select(0.0, 1.0, c == label)) * g);
     }
 }

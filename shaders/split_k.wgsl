@@ -7,22 +7,13 @@
 // params (u32 words; mirrored in crates/kiln-wgpu/src/kernels/conv/mod.rs): 0 LEN, 1 SPLITS.
 
 const WG: u32 = 256u;
-const P_LEN: u32 = 0u;
+const P_LEN: u32 = 0u;  // also the element count lib/element.wgsl reads
 const P_SPLITS: u32 = 1u;
 
 // uses: index element
 
-@compute @workgroup_size(WG)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lidx: u32,
-) {
+fn element(i: u32) {
     let len = params[P_LEN];
-    let i = element_index(wid, nwg, lidx);
-    if i >= len {
-        return;
-    }
     var total = 0.0;
     for (var s = 0u; s < params[P_SPLITS]; s += 1u) {
         total += partial[s * len + i];

@@ -1,6 +1,6 @@
 // Batched GEMMs (matmul.wgsl, matmul_coop.wgsl): their params layout (written by
 // crates/kiln-wgpu/src/kernels/matmul/mod.rs, `launch_params`), which output block a
-// workgroup computes and where its batch's matrices start.
+// workgroup computes and where its batch's matrices start. Expects lib/strided.wgsl.
 
 // params (u32 words): 0 M, 1 N, 2 K, 3 blocks along M, 4 blocks along N, 5 batch count,
 // 6 batch rank R (<= 6), 8..14 output batch dims, 14..20 batch strides of a, 20..26 batch
@@ -16,20 +16,15 @@ const P_BATCH_DIMS: u32 = 8u;
 const P_A_BATCH_STRIDES: u32 = 14u;
 const P_B_BATCH_STRIDES: u32 = 20u;
 
-// Decompose the batch index over the output batch dims, innermost last, and weigh each
-// coordinate by the operands' strides: (a's offset, b's offset).
+// The offsets of batch `batch`'s a and b: its coordinates over the output batch dims
+// weighed by each operand's batch strides.
 fn batch_bases(batch: u32) -> vec2<u32> {
-    var a_base = 0u;
-    var b_base = 0u;
-    var rest = batch;
-    for (var d = params[P_BATCH_RANK]; d > 0u; d -= 1u) {
-        let dim = params[P_BATCH_DIMS + d - 1u];
-        let coord = rest % dim;
-        rest = rest / dim;
-        a_base += coord * params[P_A_BATCH_STRIDES + d - 1u];
-        b_base += coord * params[P_B_BATCH_STRIDES + d - 1u];
-    }
-    return vec2<u32>(a_base, b_base);
+    return strided_offsets(batch, params[P_BATCH_RANK], P_BATCH_DIMS, P_A_BATCH_STRIDES, P_B_BATCH_STRIDES);
+}
+
+// The number of output blocks of every batch: the workgroups a launch has work for.
+fn gemm_blocks() -> u32 {
+    return params[P_BLOCKS_M] * params[P_BLOCKS_N] * params[P_BATCH];
 }
 
 // The block of workgroup `group` (below the blocks of every batch): its first row and

@@ -1,5 +1,5 @@
 // MaxPool2d's selection (pool.wgsl's max_forward and max_backward): the maximum of a
-// window and where it is. Expects pool.wgsl's prelude (`window`, P_W) and the input
+// window and where it is. Expects pool.wgsl's prelude (`Window`, P_W) and the input
 // binding `x_data`.
 
 // NaN tested on the bits: WGSL lets a compiler assume floats are never NaN.
@@ -27,10 +27,9 @@ fn scan_step(best: Best, v: f32, offset: u32) -> Best {
     return best;
 }
 
-// The maximum of window (i, j) of the plane of x_data starting at `base`, scanned in
+// The maximum of window `win` of the plane of x_data starting at `base`, scanned in
 // row-major order.
-fn select_max(base: u32, i: u32, j: u32) -> Best {
-    let win = window(i, j);
+fn select_max(base: u32, win: Window) -> Best {
     let w = params[P_W];
     var best = scan_start(win);
     for (var y = win.y.x; y < win.y.y; y += 1u) {

@@ -20,13 +20,17 @@ use kiln_core::BufferId;
 use super::Access;
 
 /// Every snippet of `shaders/lib/`, by name.
-const LIB: [(&str, &str); 7] = [
+const LIB: [(&str, &str); 11] = [
     ("index", include_str!("../../../../shaders/lib/index.wgsl")),
     ("element", include_str!("../../../../shaders/lib/element.wgsl")),
+    ("workgroup", include_str!("../../../../shaders/lib/workgroup.wgsl")),
+    ("strided", include_str!("../../../../shaders/lib/strided.wgsl")),
     ("math", include_str!("../../../../shaders/lib/math.wgsl")),
     ("broadcast", include_str!("../../../../shaders/lib/broadcast.wgsl")),
     ("workgroup_reduce", include_str!("../../../../shaders/lib/workgroup_reduce.wgsl")),
     ("gemm_batch", include_str!("../../../../shaders/lib/gemm_batch.wgsl")),
+    ("gemm_tile", include_str!("../../../../shaders/lib/gemm_tile.wgsl")),
+    ("conv_image", include_str!("../../../../shaders/lib/conv_image.wgsl")),
     ("max_window", include_str!("../../../../shaders/lib/max_window.wgsl")),
 ];
 
@@ -158,7 +162,7 @@ mod tests {
 
     #[test]
     fn snippets_come_once_after_the_directives_and_bindings_in_order() {
-        let template = "enable f16;\n// uses: element index\nconst WG: u32 = 64u;\n// uses: index\nfn main() {}\n";
+        let template = "enable f16;\n// uses: element index\nconst WG: u32 = 64u;\n// uses: index\nfn element(e: u32) {}\n";
         let bindings = Bindings::new().read("a", "{{T}}", 3).write("out", "f32", 7).scratch("partial", "f32");
         let source = compose(template, &["math"], &bindings);
         assert!(source.starts_with("enable f16;\n"), "{source}");

@@ -18,7 +18,10 @@
 //!   `groups` workgroups in total. The runtime folds counts over 65,535 into 2-D, so a
 //!   shader computes its linear group index with `workgroup_index(wid, nwg)`
 //!   (shaders/lib/index.wgsl) and returns when past its work, without breaking barrier
-//!   uniformity.
+//!   uniformity. Most kernels take `main` from a snippet: shaders/lib/element.wgsl (one
+//!   invocation per element, the count in params word 0; the kernel writes
+//!   `fn element(e)`) or shaders/lib/workgroup.wgsl (one workgroup per item; the kernel
+//!   writes `fn work_count()` and `fn work(item, lidx)`).
 //! - element types are template slots written `{{NAME}}` (for example `{{T}}`, `{{IDX}}`);
 //!   `render` fills them with `f32`, `f16` or `u32` and adds `enable f16;` when needed.
 //!   Arithmetic is done in f32; f16 is a storage type only. `render` replaces slots
