@@ -339,7 +339,8 @@ fn write_spirv_of_every_launch() {
         let family: String = key.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_').collect();
         let name = format!("{family}-{i:03}.spv");
         std::fs::write(out.join(&name), le_bytes(&words)).expect("write spv");
-        index.push_str(&format!("{name}\t{key}\n"));
+        // A fused kernel's key holds its program's lines: escaped, one key per line.
+        index.push_str(&format!("{name}\t{key:?}\n"));
     }
     std::fs::write(out.join("keys.txt"), index).expect("write keys.txt");
 }
