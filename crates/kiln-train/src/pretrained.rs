@@ -12,9 +12,6 @@ use serde_json::Value;
 
 use crate::TrainError;
 
-/// Where kiln's cache is, instead of `~/.cache/kiln`.
-pub const CACHE_DIR_ENV: &str = "KILN_CACHE_DIR";
-
 /// The sentence-transformers encoder the sentiment recipe fine-tunes.
 pub const MINILM: &str = "all-MiniLM-L6-v2";
 
@@ -22,23 +19,16 @@ pub const MINILM: &str = "all-MiniLM-L6-v2";
 /// anyway; this keeps arithmetic on the sizes far from overflow).
 const MAX_SIZE: usize = 1 << 20;
 
-/// kiln's cache folder: `$KILN_CACHE_DIR`, else `$HOME/.cache/kiln`.
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os(CACHE_DIR_ENV) {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::var_os("HOME").map_or_else(|| PathBuf::from(".cache/kiln"), |h| PathBuf::from(h).join(".cache/kiln")),
-    }
-}
-
 /// The folder of a pretrained model: `name_or_folder` itself when it is a path (it has
-/// a `/` or exists), else the model of that name in the cache (`<cache>/models/<name>`).
+/// a `/` or exists), else the model of that name in kiln's cache
+/// ([`kiln_data::pretrained_model_dir`]: `$KILN_CACHE_DIR`, `$XDG_CACHE_HOME/kiln` or
+/// `~/.cache/kiln`, then `models/<name>`, as `scripts/fetch-pretrained` fills it).
 pub fn pretrained_folder(name_or_folder: &str) -> PathBuf {
     let path = Path::new(name_or_folder);
     if name_or_folder.contains('/') || path.exists() {
-        path.to_path_buf()
-    } else {
-        cache_dir().join("models").join(name_or_folder)
+        return path.to_path_buf();
     }
+    kiln_data::pretrained_model_dir(name_or_folder).unwrap_or_else(|| path.to_path_buf())
 }
 
 /// A BERT-family encoder read from a folder: its config, and its tensors by Hugging Face
