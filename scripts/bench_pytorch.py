@@ -50,7 +50,17 @@ TRAIN_RECIPES = {
     "fashion-cnn": dict(batch_size=128),
     "shakespeare-gpt": dict(batch_size=64, n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2),
     "shakespeare-gpt-tiny": dict(batch_size=32, n_layer=2, n_head=4, n_embd=128, block_size=64, dropout=0.0),
+    # all-MiniLM-L6-v2 from scripts/fetch-pretrained, texts of max_len tokens (no padding).
+    "minilm-sentiment": dict(batch_size=32, max_len=64),
 }
+
+
+def minilm_folder():
+    """kiln's cache rule: $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln."""
+    root = os.environ.get("KILN_CACHE_DIR") or (
+        os.path.join(os.environ["XDG_CACHE_HOME"], "kiln") if os.environ.get("XDG_CACHE_HOME")
+        else os.path.join(os.path.expanduser("~"), ".cache", "kiln"))
+    return os.path.join(root, "models", "all-MiniLM-L6-v2")
 
 
 def emit(record):
@@ -115,7 +125,31 @@ def train_step_fn(torch, args, recipe, batch):
     autocast = (
         torch.autocast(device_type=device, dtype=torch.bfloat16) if args.amp == "bf16" else None
     )
-    if recipe.startswith("shakespeare-gpt"):
+    if recipe == "minilm-sentiment":
+        from transformers import BertModel
+
+        max_len = TRAIN_RECIPES[recipe]["max_len"]
+        bert = BertModel.from_pretrained(minilm_folder(), add_pooling_layer=False, attn_implementation="eager").to(device)
+        head = torch.nn.Linear(bert.config.hidden_size, 2).to(device)
+        model = torch.nn.ModuleDict(dict(bert=bert, head=head))
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=0.01), dict(params=no_decay, weight_decay=0.0)], lr=5e-5)
+        ids = torch.randint(0, bert.config.vocab_size, (batch, max_len), generator=gen).to(device)
+        mask = torch.ones(batch, max_len, device=device)
+        y = (torch.arange(batch) % 2).to(device)
+        dropout = torch.nn.Dropout(0.1)
+
+        def loss_of():
+            hidden = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return F.cross_entropy(head(dropout(pooled)), y)
+
+        clip = None
+        items = batch * max_len
+        unit = "tokens/s"
+    elif recipe.startswith("shakespeare-gpt"):
         sys.path.insert(0, HERE)
         from reference_gpt import GPT  # the same nanoGPT model the parity runs use
 

@@ -82,6 +82,9 @@ enum Command {
         checkpoint: PathBuf,
         /// Texts to classify; none: one text per line of standard input.
         texts: Vec<String>,
+        /// Also print each class's logit (full precision), after the probability.
+        #[arg(long)]
+        logits: bool,
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
     },
@@ -249,7 +252,7 @@ impl std::fmt::Display for Interrupted {
 impl std::error::Error for Interrupted {}
 
 /// `kiln predict`: label and probability of each text, tab-separated, in input order.
-fn predict(checkpoint: &std::path::Path, mut texts: Vec<String>, device: DeviceChoice) -> Result<(), Box<dyn std::error::Error>> {
+fn predict(checkpoint: &std::path::Path, mut texts: Vec<String>, logits: bool, device: DeviceChoice) -> Result<(), Box<dyn std::error::Error>> {
     if texts.is_empty() {
         use std::io::BufRead;
         for (number, line) in std::io::stdin().lock().lines().enumerate() {
@@ -268,7 +271,12 @@ fn predict(checkpoint: &std::path::Path, mut texts: Vec<String>, device: DeviceC
     let predictions = kiln_train::text_job::predict(&device, checkpoint, &texts)?;
     let truncated = predictions.iter().filter(|p| p.truncated).count();
     for (text, p) in texts.iter().zip(&predictions) {
-        println!("{}\t{:.4}\t{text}", p.label, p.probability);
+        if logits {
+            let values: Vec<String> = p.logits.iter().map(|v| format!("{v:e}")).collect();
+            println!("{}\t{:.4}\t{}\t{text}", p.label, p.probability, values.join(","));
+        } else {
+            println!("{}\t{:.4}\t{text}", p.label, p.probability);
+        }
     }
     if truncated > 0 {
         eprintln!("{truncated} of {} texts were longer than the model's max_len and were truncated", texts.len());
@@ -390,7 +398,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{} steps in {:.1}s on {}; wrote {}", report.steps, report.seconds, report.device, out_dir.display());
             Ok(())
         }
-        Command::Predict { checkpoint, texts, device } => predict(&checkpoint, texts, device),
+        Command::Predict { checkpoint, texts, logits, device } => predict(&checkpoint, texts, logits, device),
         Command::Eval { checkpoint, device, data } => {
             let device = Device::open(device)?;
             eprintln!("device: {}", device.description);

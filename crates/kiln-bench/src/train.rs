@@ -101,12 +101,18 @@ fn prepare(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
         let numel: usize = dims.iter().product();
         let value = match spec.values_below {
             Some(bound) => HostTensor::u32(dims, (0..numel).map(|i| ((i * 31 + 7) % bound as usize) as u32).collect()),
+            // Every token real: texts of the longest length, as PyTorch's side times them.
+            None if spec.name == "attention_mask" => HostTensor::f32(dims, vec![1.0; numel]),
             None => HostTensor::f32(dims, fixed_images(numel)),
         };
         feeds.push((input, value));
     }
-    let items_per_step = batch * step.tokens_per_sample.unwrap_or(1);
-    Ok(PreparedStep { plan: step.compiled.plan, feeds, items_per_step, unit: ThroughputUnit::of(step.tokens_per_sample) })
+    // A text classifier's throughput is in tokens: its texts are `input_ids`' length.
+    let tokens_per_sample = step
+        .tokens_per_sample
+        .or_else(|| step.inputs.iter().find(|s| s.name == "input_ids").and_then(|s| s.sample_dims.first().copied()));
+    let items_per_step = batch * tokens_per_sample.unwrap_or(1);
+    Ok(PreparedStep { plan: step.compiled.plan, feeds, items_per_step, unit: ThroughputUnit::of(tokens_per_sample) })
 }
 
 /// Time `options.steps` training steps of `config`'s model on `device` after warm-up.
@@ -284,6 +290,12 @@ mod tests {
             let device = Device::cpu();
             // shakespeare-gpt keeps its dropout 0.2, so dropout's feeds are exercised too.
             let config = Config::recipe(name).expect("recipe");
+            let classifier = config.model.text_classifier().map(|m| m.max_len);
+            if classifier.is_some() && !kiln_train::pretrained::pretrained_folder(kiln_train::MINILM).is_dir() {
+                assert!(std::env::var("KILN_REQUIRE_PRETRAINED").as_deref() != Ok("1"), "{name}: run scripts/fetch-pretrained");
+                eprintln!("{name}: skipped, the pretrained model is not fetched (scripts/fetch-pretrained)");
+                continue;
+            }
             // The full GPT at batch 1 is still 256 tokens through 6 layers: a second or
             // two on the CPU; the others at batch 2 take milliseconds.
             let text = config.data.is_text();
@@ -293,10 +305,10 @@ mod tests {
             assert_eq!(report.timed_steps, 1, "{name}");
             assert!(report.ms_per_step > 0.0 && report.ms_per_step.is_finite(), "{name}: {} ms", report.ms_per_step);
             assert!(report.dispatches > 0, "{name}");
-            let items = batch * config.model.gpt().map_or(1, |gpt| gpt.block_size);
+            let items = batch * config.model.gpt().map(|gpt| gpt.block_size).or(classifier).unwrap_or(1);
             let implied_ms = items as f64 / report.throughput * 1e3;
             assert!((implied_ms - report.ms_per_step).abs() < 1e-6 * report.ms_per_step.max(1.0), "{name}");
-            let expected_unit = if text { ThroughputUnit::Tokens } else { ThroughputUnit::Samples };
+            let expected_unit = if text || classifier.is_some() { ThroughputUnit::Tokens } else { ThroughputUnit::Samples };
             assert_eq!(report.unit, expected_unit, "{name}");
         }
     }

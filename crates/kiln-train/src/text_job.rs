@@ -181,6 +181,8 @@ pub struct Prediction {
     pub probability: f64,
     /// Every class's probability, in label order.
     pub probabilities: Vec<f64>,
+    /// The classifier's logits, in label order (transformers' `outputs.logits`).
+    pub logits: Vec<f64>,
     /// Whether the text was cut at `max_len` tokens.
     pub truncated: bool,
 }
@@ -219,13 +221,14 @@ pub fn predict(device: &Device, file: &Path, texts: &[String]) -> Result<Vec<Pre
         }
         let plan = &mut plans.get_mut(&dims).expect("inserted above");
         let out = plan.exec.run(&[(plan.ids, ids), (plan.mask, mask)])?;
-        let probs = out[0].to_f64_vec();
-        for (e, p) in chunk.iter().zip(probs.chunks(classes.len())) {
+        let (probs, logits) = (out[0].to_f64_vec(), out[1].to_f64_vec());
+        for ((e, p), l) in chunk.iter().zip(probs.chunks(classes.len())).zip(logits.chunks(classes.len())) {
             let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
             predictions.push(Prediction {
                 label: classes[best].clone(),
                 probability: p[best],
                 probabilities: p.to_vec(),
+                logits: l.to_vec(),
                 truncated: e.truncated,
             });
         }
@@ -233,7 +236,7 @@ pub fn predict(device: &Device, file: &Path, texts: &[String]) -> Result<Vec<Pre
     Ok(predictions)
 }
 
-/// The class probabilities of a batch of one shape, the checkpoint's weights loaded.
+/// The class probabilities and logits of a batch of one shape, the checkpoint's weights loaded.
 struct PredictPlan {
     exec: Box<dyn kiln_core::Executor>,
     ids: kiln_core::Tensor,
@@ -249,7 +252,7 @@ impl PredictPlan {
         let mask = g.input("attention_mask", dims.to_vec(), kiln_core::DType::F32)?;
         let logits = net.forward_inputs(&mut g, &[ids, mask])?;
         let probs = g.softmax(logits, 1)?;
-        let mut exec = device.backend.load(&Plan::compile(&g, &[probs])?)?;
+        let mut exec = device.backend.load(&Plan::compile(&g, &[probs, logits])?)?;
         ck.model_only().write_to(exec.as_mut(), &g, &net.state_dict(), file)?;
         Ok(PredictPlan { exec, ids, mask })
     }
