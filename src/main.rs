@@ -395,7 +395,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if let Some(test) = &report.test {
                 println!("test: {}", figures(test));
             }
-            println!("{} steps in {:.1}s on {}; wrote {}", report.steps, report.seconds, report.device, out_dir.display());
+            println!(
+                "{} steps in {:.1}s on {} ({} plans compiled); wrote {}",
+                report.steps,
+                report.seconds,
+                report.device,
+                report.plans_compiled,
+                out_dir.display()
+            );
             Ok(())
         }
         Command::Predict { checkpoint, texts, logits, device } => predict(&checkpoint, texts, logits, device),

@@ -198,10 +198,12 @@ pub fn print_train_table(
     torch: Option<TorchComparison<'_>>,
 ) -> usize {
     let batch = options.batch_size.unwrap_or(config.train.batch_size);
-    let text = config.data.is_text();
-    let unit = if text { ThroughputUnit::Tokens } else { ThroughputUnit::Samples }.label();
-    let tokens = match config.model.gpt() {
-        Some(gpt) => format!(" x {} tokens", gpt.block_size),
+    // Tokens for the models that read tokens: a GPT's block, a text classifier's texts
+    // (timed at their longest, max_len).
+    let tokens_per_sample = config.model.gpt().map(|gpt| gpt.block_size).or(config.model.text_classifier().map(|m| m.max_len));
+    let unit = ThroughputUnit::of(tokens_per_sample).label();
+    let tokens = match tokens_per_sample {
+        Some(count) => format!(" x {count} tokens"),
         None => String::new(),
     };
     println!(

@@ -129,9 +129,10 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
                     train_metrics: train_means.map(|t| t.1).unwrap_or_default(),
                     val_loss: eval.loss,
                     val_metrics: eval.metrics.iter().cloned().collect(),
+                    plans_compiled: plans.compiled_count(),
                     seconds: started.elapsed().as_secs_f64(),
                 })?;
-                progress.evaluated(&eval, state.best.as_ref(), &o.monitor);
+                progress.evaluated(&eval, state.best.as_ref(), &o.monitor, plans.compiled_count());
                 last_eval = Some(eval);
             }
             save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;
@@ -208,6 +209,7 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         test,
         interrupted,
         stopped_early,
+        plans_compiled: plans.compiled_count(),
         checkpoint: ck_path,
         best_checkpoint: best_path,
     })

@@ -62,6 +62,10 @@ pub enum Record {
         /// The validation set's figures ("accuracy", "perplexity").
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         val_metrics: BTreeMap<String, f64>,
+        /// Step and evaluation plans compiled so far in this run (or its resumed part):
+        /// one per batch shape, so a text task's length buckets show here.
+        #[serde(default)]
+        plans_compiled: usize,
         /// Wall-clock seconds since the run (or its resumption) started.
         seconds: f64,
     },
@@ -221,7 +225,7 @@ mod tests {
                 log.push(record).expect("push");
             }
             let accuracy = BTreeMap::from([("accuracy".to_string(), 0.9)]);
-            let record = Record::Eval { step: 20, epoch: Some(1), train_loss: Some(0.5), train_metrics: BTreeMap::new(), val_loss: 0.4, val_metrics: accuracy, seconds: 1.0 };
+            let record = Record::Eval { step: 20, epoch: Some(1), train_loss: Some(0.5), train_metrics: BTreeMap::new(), val_loss: 0.4, val_metrics: accuracy, plans_compiled: 2, seconds: 1.0 };
             log.push(record).expect("push");
         }
         let log = MetricsLog::open(&path).expect("reopen");

@@ -148,6 +148,9 @@ pub struct TrainReport {
     pub interrupted: bool,
     /// Early stopping ended the run.
     pub stopped_early: bool,
+    /// Step and evaluation plans this run compiled: one per kind and batch shape (a text
+    /// task's length buckets, an epoch's last partial batch).
+    pub plans_compiled: usize,
     /// Where the latest checkpoint is (`<out>/checkpoint.safetensors`): resume from it.
     pub checkpoint: PathBuf,
     /// Where the best model is (`<out>/best.safetensors`); written only when a

@@ -25,6 +25,8 @@ pub struct Progress {
     started: Instant,
     samples_here: usize,
     last_eval: Option<f64>,
+    /// Plans compiled when the previous evaluation line was printed.
+    plans_reported: usize,
 }
 
 impl Progress {
@@ -43,6 +45,7 @@ impl Progress {
             started: Instant::now(),
             samples_here: 0,
             last_eval: None,
+            plans_reported: 0,
         }
     }
 
@@ -119,7 +122,9 @@ impl Progress {
     }
 
     /// Print an evaluation's line.
-    pub fn evaluated(&mut self, eval: &Evaluation, best: Option<&Best>, monitor: &str) {
+    /// `plans_compiled` counts the run's plans so far; the line names those new since the
+    /// previous one (a text task compiles one per length bucket it meets).
+    pub fn evaluated(&mut self, eval: &Evaluation, best: Option<&Best>, monitor: &str, plans_compiled: usize) {
         self.last_eval = Some(eval.loss);
         let mut line = match self.steps_per_epoch {
             Some(spe) => format!("epoch {:>2}/{} step {:>6}: val loss {:.4}", eval.step.div_ceil(spe), self.total_steps.div_ceil(spe), eval.step, eval.loss),
@@ -132,6 +137,12 @@ impl Progress {
             line += &format!(" (best {monitor} {} at step {})", figure(monitor, best.value), best.evaluation.step);
         }
         line += &format!(" | {:.1}s", self.started.elapsed().as_secs_f64());
+        let new_plans = plans_compiled.saturating_sub(self.plans_reported);
+        if new_plans > 0 {
+            let plural = if new_plans == 1 { "" } else { "s" };
+            line += &format!(" | {new_plans} plan{plural} compiled ({plans_compiled} in all)");
+        }
+        self.plans_reported = plans_compiled;
         if self.show {
             if self.bar.is_hidden() || self.bar.is_finished() {
                 eprintln!("{line}");

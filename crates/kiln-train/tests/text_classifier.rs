@@ -45,6 +45,9 @@ fn fine_tuning_on_512_sentences_reaches_80_percent() {
     eprintln!("512 sentences, 1 epoch: test accuracy {:.2}% in {:.1}s", 100.0 * accuracy, started.elapsed().as_secs_f64());
     assert_eq!(report.steps, 16, "512 sentences in batches of 32");
     assert!(accuracy >= 0.80, "test accuracy {accuracy} after fine-tuning on 512 sentences");
+    // Lengths bucketed to 16 or 32: at most 2 step plans (batch 32) and 2 x 3 evaluation
+    // plans (batches of 64 and the validation and test sets' last 48 and 24).
+    assert!((2..=8).contains(&report.plans_compiled), "{} plans compiled", report.plans_compiled);
 
     // The checkpoint predicts: clear cases come out right, with their probabilities.
     let texts = vec!["This is the best phone I have ever owned, I love it.".to_string(), "Terrible. It broke after one day and the service was awful.".to_string()];
@@ -108,4 +111,51 @@ fn predict_refuses_a_checkpoint_of_another_kind() {
     std::fs::write(&file, b"not a checkpoint").expect("write");
     let err = kiln_train::text_job::predict(&Device::cpu(), &file, &["text".to_string()]).unwrap_err().to_string();
     assert!(err.contains("nope.safetensors"), "{err}");
+}
+
+/// A TOML job on the user's own table: columns chosen by name (in any order), labels given
+/// as names, no test split (a tenth of the table validates), `[CLS]` pooling under
+/// `BertForSequenceClassification`'s names, and the checkpoint predicting those names.
+#[test]
+fn a_toml_job_fine_tunes_on_the_users_own_table() {
+    let Some(folder) = minilm_or_skip() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/sentiment/sentences.tsv")).expect("sentences.tsv");
+    let mut table = String::from("mood\tsource\treview\n");
+    for line in shipped.lines().skip(1).take(80) {
+        let cells: Vec<&str> = line.split('\t').collect();
+        let mood = if cells[1] == "1" { "pos" } else { "neg" };
+        table += &format!("{mood}\t{}\t{}\n", cells[2], cells[0]);
+    }
+    let table_path = dir.path().join("reviews.tsv");
+    std::fs::write(&table_path, table).expect("write the table");
+    let toml = format!(
+        "[model]\nkind = \"text-classifier\"\npretrained = {folder:?}\npooling = \"cls\"\nmax_len = 16\n\
+         [data]\npath = {table_path:?}\ntext_column = \"review\"\nlabel_column = \"mood\"\n\
+         [train]\nepochs = 1\nbatch_size = 16\n",
+        folder = folder.display().to_string(),
+        table_path = table_path.display().to_string(),
+    );
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, &toml).expect("write the job");
+    let config = Config::load(&job).expect("the job parses");
+    let out = dir.path().join("run");
+    let options = TrainOptions { config, out_dir: out.clone(), resume: None, progress: false, max_steps: None };
+    let report = kiln_train::train(&Device::cpu(), options, &AtomicBool::new(false)).expect("fine-tune");
+    assert_eq!(report.steps, 5, "72 training rows (8 validate) in batches of 16");
+    assert!(report.test.is_none() && report.last_eval.is_some(), "{report:?}");
+
+    let ck = kiln_train::checkpoint::Checkpoint::load(&report.best_checkpoint).expect("best checkpoint");
+    let names: Vec<&String> = ck.tensors.keys().collect();
+    assert!(names.iter().any(|n| n.as_str() == "bert.embeddings.word_embeddings.weight"), "{names:?}");
+    assert!(names.iter().any(|n| n.as_str() == "classifier.weight") && names.iter().all(|n| n.starts_with("bert.") || n.starts_with("classifier.")), "{names:?}");
+    let predictions = kiln_train::text_job::predict(&Device::cpu(), &report.best_checkpoint, &["Great value.".to_string()]).expect("predict");
+    assert!(["neg", "pos"].contains(&predictions[0].label.as_str()), "{predictions:?}");
+    assert_eq!(predictions[0].probabilities.len(), 2);
+
+    // A row without its text: the file and line are named, before any step.
+    std::fs::write(&table_path, "mood\tsource\treview\npos\tyelp\tFine.\nneg\tyelp\t\n").expect("write");
+    let options = TrainOptions { config: Config::load(&job).expect("job"), out_dir: dir.path().join("bad"), resume: None, progress: false, max_steps: None };
+    let err = kiln_train::train(&Device::cpu(), options, &AtomicBool::new(false)).unwrap_err().to_string();
+    assert!(err.contains("reviews.tsv") && err.contains("line 3") && err.contains("empty text"), "{err}");
 }
