@@ -155,7 +155,8 @@ fn parse_label(cell: &str) -> Result<u32, String> {
     }
 }
 
-fn csv_error(path: &Path, error: csv::Error) -> DataError {
+/// A csv reader's error as kiln's: the file, and the line and column where there is one.
+pub(crate) fn csv_error(path: &Path, error: csv::Error) -> DataError {
     let line = error.position().map(|p| p.line());
     match error.into_kind() {
         csv::ErrorKind::Io(e) => DataError::io(path, e),
@@ -167,7 +168,7 @@ fn csv_error(path: &Path, error: csv::Error) -> DataError {
         },
         other => DataError::format(
             path,
-            format!("unreadable CSV{}: {other:?}", line.map_or(String::new(), |l| format!(" at line {l}"))),
+            format!("unreadable table{}: {other:?}", line.map_or(String::new(), |l| format!(" at line {l}"))),
         ),
     }
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use crate::csv_table::csv_error;
 use crate::error::{excerpt, DataError, Result};
 use crate::file::require_regular_file;
 use crate::locate::find_dataset_dir;
@@ -253,23 +254,6 @@ fn cell_error(path: &Path, line: u64, column: usize, header: &[String], message:
         _ => message,
     };
     DataError::Csv { path: path.to_path_buf(), line, column: column + 1, message }
-}
-
-fn csv_error(path: &Path, error: csv::Error) -> DataError {
-    let line = error.position().map(|p| p.line());
-    match error.into_kind() {
-        csv::ErrorKind::Io(e) => DataError::io(path, e),
-        csv::ErrorKind::Utf8 { pos, err } => DataError::Csv {
-            path: path.to_path_buf(),
-            line: pos.map_or(line.unwrap_or(0), |p| p.line()),
-            column: err.field() + 1,
-            message: "not valid UTF-8 text".into(),
-        },
-        other => DataError::format(
-            path,
-            format!("unreadable table{}: {other:?}", line.map_or(String::new(), |l| format!(" at line {l}"))),
-        ),
-    }
 }
 
 /// The sentiment sentences shipped in `datasets/sentiment/sentences.tsv`: columns

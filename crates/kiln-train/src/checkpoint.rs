@@ -202,20 +202,7 @@ impl Checkpoint {
     /// F16 is widened to f32). Refused: tensors [`Checkpoint::invalid_tensors`] objects
     /// to, and a file over half the memory this machine can give (it is read whole).
     pub fn load(path: &Path) -> Result<Checkpoint, TrainError> {
-        let error = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
-        kiln_data::require_regular_file(path).map_err(|e| error(e.to_string()))?;
-        // The file is read whole and its tensors copied once: it must fit twice.
-        let length = std::fs::metadata(path).map(|m| m.len() as u128).unwrap_or(0);
-        let budget = crate::limits::host_memory_budget() / 2;
-        if length > budget {
-            return Err(error(format!(
-                "is {}, more than the {} this machine can give to reading it",
-                crate::limits::bytes_text(length),
-                crate::limits::bytes_text(budget)
-            )));
-        }
-        let bytes = std::fs::read(path)
-            .map_err(|e| TrainError::Checkpoint { file: path.to_path_buf(), message: format!("cannot read: {e}") })?;
+        let bytes = read_safetensors_bytes(path)?;
         Checkpoint::from_bytes(&bytes, path)
     }
 
@@ -346,6 +333,24 @@ pub fn checkpoint_config(ck: &Checkpoint, file: &Path) -> Result<Config, TrainEr
     Config::from_toml(text, file)
 }
 
+/// The bytes of a safetensors file (a checkpoint, a pretrained model), read whole after
+/// checking that it is a regular file that fits twice in the memory this machine can give
+/// (its tensors are copied once).
+pub(crate) fn read_safetensors_bytes(path: &Path) -> Result<Vec<u8>, TrainError> {
+    let error = |message: String| TrainError::Checkpoint { file: path.to_path_buf(), message };
+    kiln_data::require_regular_file(path).map_err(|e| error(e.to_string()))?;
+    let length = std::fs::metadata(path).map(|m| m.len() as u128).unwrap_or(0);
+    let budget = crate::limits::host_memory_budget() / 2;
+    if length > budget {
+        return Err(error(format!(
+            "is {}, more than the {} this machine can give to reading it",
+            crate::limits::bytes_text(length),
+            crate::limits::bytes_text(budget)
+        )));
+    }
+    std::fs::read(path).map_err(|e| error(format!("cannot read: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,3 +384,4 @@ mod tests {
         assert!(msg.contains("bad.safetensors"), "{msg}");
     }
 }
+

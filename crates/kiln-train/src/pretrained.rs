@@ -144,17 +144,7 @@ pub fn read_bert_config(path: &Path) -> Result<BertConfig, TrainError> {
 /// (`classifier.*`: fine-tuning trains a new one).
 fn read_weights(file: &Path) -> Result<(HashMap<String, HostTensor>, Vec<String>), TrainError> {
     let error = |message: String| TrainError::Checkpoint { file: file.to_path_buf(), message };
-    kiln_data::require_regular_file(file).map_err(|e| error(e.to_string()))?;
-    let length = std::fs::metadata(file).map(|m| m.len() as u128).unwrap_or(0);
-    let budget = crate::limits::host_memory_budget() / 2;
-    if length > budget {
-        return Err(error(format!(
-            "is {}, more than the {} this machine can give to reading it",
-            crate::limits::bytes_text(length),
-            crate::limits::bytes_text(budget)
-        )));
-    }
-    let bytes = std::fs::read(file).map_err(|e| error(format!("cannot read: {e}")))?;
+    let bytes = crate::checkpoint::read_safetensors_bytes(file)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| error(format!("not a safetensors file: {e}")))?;
     let (mut weights, mut skipped) = (HashMap::new(), Vec::new());
     for (name, view) in st.tensors() {
