@@ -293,9 +293,7 @@ mod tests {
             // shakespeare-gpt keeps its dropout 0.2, so dropout's feeds are exercised too.
             let config = Config::recipe(name).expect("recipe");
             let classifier = config.model.text_classifier().map(|m| m.max_len);
-            if classifier.is_some() && !kiln_train::pretrained::pretrained_folder(kiln_train::MINILM).is_dir() {
-                assert!(std::env::var("KILN_REQUIRE_PRETRAINED").as_deref() != Ok("1"), "{name}: run scripts/fetch-pretrained");
-                eprintln!("{name}: skipped, the pretrained model is not fetched (scripts/fetch-pretrained)");
+            if classifier.is_some() && kiln_data::fetched_model_or_skip(kiln_train::MINILM, "model.safetensors").is_none() {
                 continue;
             }
             // The full GPT at batch 1 is still 256 tokens through 6 layers: a second or

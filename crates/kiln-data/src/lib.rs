@@ -52,7 +52,7 @@ pub use loader::{Batch, DataLoader, Epoch, DEFAULT_PREFETCH_DEPTH};
 pub use locate::{find_dataset_dir, DATA_DIR_ENV};
 pub use mnist::{Mnist, MnistSplit, MNIST_CLASSES, MNIST_SIDE};
 pub use pretrained_tokenizer::{
-    kiln_cache_dir, pretrained_model_dir, Encoded, PretrainedTokenizer, CACHE_DIR_ENV, MAX_TOKENIZER_FILE_BYTES,
+    fetched_model_or_skip, kiln_cache_dir, pretrained_model_dir, Encoded, PretrainedTokenizer, CACHE_DIR_ENV, MAX_TOKENIZER_FILE_BYTES,
 };
 pub use shuffle::{epoch_order, split_indices};
 pub use text::{

@@ -34,6 +34,19 @@ pub fn pretrained_model_dir(name: &str) -> Option<PathBuf> {
     kiln_cache_dir().map(|dir| dir.join("models").join(name))
 }
 
+/// For tests that need a fetched model: its folder in kiln's cache when `file` is there;
+/// else `None` with a note on stderr (the test skips), or a panic naming the fetch
+/// command when `KILN_REQUIRE_PRETRAINED=1` (as `scripts/test` sets after fetching).
+pub fn fetched_model_or_skip(name: &str, file: &str) -> Option<PathBuf> {
+    let folder = pretrained_model_dir(name).filter(|dir| dir.join(file).is_file());
+    if folder.is_none() {
+        let message = format!("{name}/{file} is not in kiln's cache: run scripts/fetch-pretrained {name}");
+        assert!(std::env::var("KILN_REQUIRE_PRETRAINED").as_deref() != Ok("1"), "KILN_REQUIRE_PRETRAINED=1 but {message}");
+        eprintln!("skipped: {message}");
+    }
+    folder
+}
+
 /// The tokens of one text, with the special tokens of the tokenizer's post-processor
 /// (`[CLS] ... [SEP]` for BERT), at most `max_len` of them.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_data::{pretrained_model_dir, PretrainedTokenizer, MAX_TOKENIZER_FILE_BYTES};
+use kiln_data::{fetched_model_or_skip, PretrainedTokenizer, MAX_TOKENIZER_FILE_BYTES};
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_wordpiece_tokenizer.json");
 
@@ -15,19 +15,8 @@ fn tiny() -> PretrainedTokenizer {
 /// The MiniLM tokenizer.json, or None (with a note) when it has not been fetched;
 /// with KILN_REQUIRE_PRETRAINED=1 its absence fails the test.
 fn minilm() -> Option<PretrainedTokenizer> {
-    let path = pretrained_model_dir("all-MiniLM-L6-v2").map(|d| d.join("tokenizer.json"));
-    match path.filter(|p| p.is_file()) {
-        Some(path) => Some(PretrainedTokenizer::from_file(&path).unwrap()),
-        None if std::env::var("KILN_REQUIRE_PRETRAINED").is_ok_and(|v| v == "1") => {
-            panic!("KILN_REQUIRE_PRETRAINED=1 but all-MiniLM-L6-v2/tokenizer.json is not in kiln's cache (run scripts/fetch-pretrained)")
-        }
-        None => {
-            eprintln!(
-                "skipped: all-MiniLM-L6-v2/tokenizer.json not in kiln's cache (scripts/fetch-pretrained fetches it)"
-            );
-            None
-        }
-    }
+    let folder = fetched_model_or_skip("all-MiniLM-L6-v2", "tokenizer.json")?;
+    Some(PretrainedTokenizer::from_file(&folder.join("tokenizer.json")).unwrap())
 }
 
 #[test]

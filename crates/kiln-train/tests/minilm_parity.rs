@@ -7,20 +7,12 @@ use std::path::PathBuf;
 use kiln_core::{Backend, DType, Graph, HostTensor, Plan};
 use kiln_data::PretrainedTokenizer;
 use kiln_nn::{bert::masked_mean, init::seeded_rng, BertInit, BertModel};
-use kiln_train::pretrained::{pretrained_folder, PretrainedBert};
+use kiln_train::pretrained::PretrainedBert;
 use kiln_train::{Checkpoint, MINILM};
 use serde_json::Value;
 
 fn minilm_or_skip() -> Option<PathBuf> {
-    let folder = pretrained_folder(MINILM);
-    if folder.join("model.safetensors").is_file() {
-        return Some(folder);
-    }
-    if std::env::var("KILN_REQUIRE_PRETRAINED").is_ok_and(|v| v == "1") {
-        panic!("{} is missing and KILN_REQUIRE_PRETRAINED=1: run scripts/fetch-pretrained", folder.display());
-    }
-    eprintln!("skipping: {} not found (scripts/fetch-pretrained fetches it)", folder.display());
-    None
+    kiln_data::fetched_model_or_skip(MINILM, "model.safetensors")
 }
 
 fn fixture(name: &str) -> PathBuf {

@@ -6,19 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use kiln_train::config::ModelConfig;
-use kiln_train::pretrained::{pretrained_folder, PretrainedBert};
+use kiln_train::pretrained::PretrainedBert;
 use kiln_train::{Config, Device, TrainOptions, MINILM};
 
 fn minilm_or_skip() -> Option<PathBuf> {
-    let folder = pretrained_folder(MINILM);
-    if folder.join("model.safetensors").is_file() {
-        return Some(folder);
-    }
-    if std::env::var("KILN_REQUIRE_PRETRAINED").is_ok_and(|v| v == "1") {
-        panic!("{} is missing and KILN_REQUIRE_PRETRAINED=1: run scripts/fetch-pretrained", folder.display());
-    }
-    eprintln!("skipping: {} not found (scripts/fetch-pretrained fetches it)", folder.display());
-    None
+    kiln_data::fetched_model_or_skip(MINILM, "model.safetensors")
 }
 
 /// The CI-sized fine-tune: 512 training sentences, one epoch (16 steps), max_len 32, on
