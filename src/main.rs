@@ -243,6 +243,17 @@ fn main() -> ExitCode {
 #[derive(Debug)]
 struct Interrupted;
 
+/// Unless `--threads` or KILN_THREADS says otherwise, the CPU backend of each of the
+/// ranks on this machine takes its share of the cores, not all of them.
+fn share_cores_among_local_ranks(world: &kiln_train::World) {
+    if std::env::var_os(kiln_cpu::THREADS_ENV).is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let share = (cores / world.local_size().max(1)).max(1);
+    std::env::set_var(kiln_cpu::THREADS_ENV, share.to_string());
+}
+
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("interrupted")
@@ -314,96 +325,130 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Train { recipe, config, device, epochs, steps, batch_size, lr, seed, data, out, resume, max_steps, precision, accumulate, patience } => {
-            let mut job = match (&resume, &config, &recipe) {
-                (Some(ck), _, _) => {
-                    let file = kiln_train::Checkpoint::load(ck)?;
-                    kiln_train::job::checkpoint_config(&file, ck)?
+            // The ranks mpirun or srun started (a world of one otherwise).
+            let world = kiln_train::World::from_env()?;
+            let leader = world.is_leader();
+            let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+                let mut job = match (&resume, &config, &recipe) {
+                    (Some(ck), _, _) => {
+                        let file = kiln_train::Checkpoint::load(ck)?;
+                        kiln_train::job::checkpoint_config(&file, ck)?
+                    }
+                    (None, Some(path), _) => Config::load(path)?,
+                    (None, None, Some(name)) => Config::recipe(name)?,
+                    (None, None, None) => {
+                        return Err(format!("name a recipe ({}) or give --config FILE", kiln_train::config::RECIPES.join(", ")).into())
+                    }
+                };
+                if let Some(v) = epochs {
+                    job.train.epochs = v;
                 }
-                (None, Some(path), _) => Config::load(path)?,
-                (None, None, Some(name)) => Config::recipe(name)?,
-                (None, None, None) => {
-                    return Err(format!("name a recipe ({}) or give --config FILE", kiln_train::config::RECIPES.join(", ")).into())
+                if let Some(v) = steps {
+                    job.train.steps = v;
                 }
-            };
-            if let Some(v) = epochs {
-                job.train.epochs = v;
-            }
-            if let Some(v) = steps {
-                job.train.steps = v;
-            }
-            if let Some(v) = batch_size {
-                job.train.batch_size = v;
-            }
-            if let Some(v) = lr {
-                job.optimizer.lr = v;
-            }
-            if let Some(v) = seed {
-                job.train.seed = v;
-            }
-            if let Some(v) = precision {
-                job.train.precision = parse_precision(&v)?;
-            }
-            if data.is_some() {
-                job.data.path = data;
-            }
-            if let Some(v) = accumulate {
-                job.train.accumulate = v;
-            }
-            if let Some(patience) = patience {
-                let monitor = job.train.early_stopping.as_ref().map_or_else(|| "loss".to_string(), |e| e.monitor.clone());
-                job.train.early_stopping = Some(kiln_train::config::EarlyStoppingConfig { monitor, patience, min_delta: 0.0 });
-            }
-            // A resumed run continues in its checkpoint's folder unless told otherwise.
-            let resumed_dir = resume.as_deref().and_then(|ck| ck.parent()).filter(|d| !d.as_os_str().is_empty()).map(PathBuf::from);
-            let name = recipe.clone().unwrap_or_else(|| "job".into());
-            let out_dir = out.or(resumed_dir).unwrap_or_else(|| PathBuf::from("runs").join(&name));
-            let device = Device::open(device)?;
-            eprintln!("device: {}", device.description);
-            let stop = Arc::new(AtomicBool::new(false));
-            let flag = stop.clone();
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130);
+                if let Some(v) = batch_size {
+                    job.train.batch_size = v;
                 }
-                eprintln!("\ninterrupt: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)");
-            })?;
-            // Config errors found while building the model name the file the config came from.
-            let origin = config.clone().or(resume.clone());
-            let options = TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true, max_steps };
-            let report = kiln_train::train(&device, options, &stop).map_err(|e| match (e, &origin) {
-                (kiln_train::TrainError::Config(message), Some(file)) if !message.contains(&file.display().to_string()) => {
-                    kiln_train::TrainError::Config(format!("{}: {message}", file.display()))
+                if let Some(v) = lr {
+                    job.optimizer.lr = v;
                 }
-                (e, _) => e,
-            })?;
-            if report.interrupted && stop.load(Ordering::SeqCst) {
-                println!("stopped after step {}; resume with: kiln train --resume {}", report.steps, shell_quoted(&report.checkpoint));
-                return Err(Interrupted.into());
+                if let Some(v) = seed {
+                    job.train.seed = v;
+                }
+                if let Some(v) = precision {
+                    job.train.precision = parse_precision(&v)?;
+                }
+                if data.is_some() {
+                    job.data.path = data;
+                }
+                if let Some(v) = accumulate {
+                    job.train.accumulate = v;
+                }
+                if let Some(patience) = patience {
+                    let monitor = job.train.early_stopping.as_ref().map_or_else(|| "loss".to_string(), |e| e.monitor.clone());
+                    job.train.early_stopping = Some(kiln_train::config::EarlyStoppingConfig { monitor, patience, min_delta: 0.0 });
+                }
+                // A resumed run continues in its checkpoint's folder unless told otherwise.
+                let resumed_dir = resume.as_deref().and_then(|ck| ck.parent()).filter(|d| !d.as_os_str().is_empty()).map(PathBuf::from);
+                let name = recipe.clone().unwrap_or_else(|| "job".into());
+                let out_dir = out.or(resumed_dir).unwrap_or_else(|| PathBuf::from("runs").join(&name));
+                let device = if world.is_distributed() {
+                    share_cores_among_local_ranks(&world);
+                    let device = Device::open_for_rank(device, Some(world.local_rank()))?;
+                    eprintln!(
+                        "rank {} of {} ({}, local rank {}): device {}",
+                        world.rank(),
+                        world.size(),
+                        world.name(),
+                        world.local_rank(),
+                        device.description
+                    );
+                    device
+                } else {
+                    let device = Device::open(device)?;
+                    eprintln!("device: {}", device.description);
+                    device
+                };
+                let stop = Arc::new(AtomicBool::new(false));
+                let flag = stop.clone();
+                ctrlc::set_handler(move || {
+                    if flag.swap(true, Ordering::SeqCst) {
+                        std::process::exit(130);
+                    }
+                    eprintln!("\ninterrupt: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)");
+                })?;
+                // Config errors found while building the model name the file the config came from.
+                let origin = config.clone().or(resume.clone());
+                let options = TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true, max_steps };
+                let report = kiln_train::train_on(&device, &world, options, &stop).map_err(|e| match (e, &origin) {
+                    (kiln_train::TrainError::Config(message), Some(file)) if !message.contains(&file.display().to_string()) => {
+                        kiln_train::TrainError::Config(format!("{}: {message}", file.display()))
+                    }
+                    (e, _) => e,
+                })?;
+                if !leader {
+                    // Rank 0 reports for all.
+                    return if report.interrupted && stop.load(Ordering::SeqCst) { Err(Interrupted.into()) } else { Ok(()) };
+                }
+                if report.interrupted && stop.load(Ordering::SeqCst) {
+                    println!("stopped after step {}; resume with: kiln train --resume {}", report.steps, shell_quoted(&report.checkpoint));
+                    return Err(Interrupted.into());
+                }
+                if report.interrupted {
+                    println!("stopped at --max-steps after step {}; resume with: kiln train --resume {}", report.steps, shell_quoted(&report.checkpoint));
+                }
+                if let Some(last) = &report.last_eval {
+                    println!("validation after step {}: {}", last.step, figures(last));
+                }
+                if let Some(best) = &report.best {
+                    println!("best validation at step {}: {} ({})", best.step, figures(best), report.best_checkpoint.display());
+                }
+                if report.stopped_early {
+                    println!("stopped early: no improvement for the patience set in train.early_stopping");
+                }
+                if let Some(test) = &report.test {
+                    println!("test: {}", figures(test));
+                }
+                let ranks = if report.ranks > 1 { format!(" x {} ranks", report.ranks) } else { String::new() };
+                println!(
+                    "{} steps in {:.1}s on {}{ranks} ({} plans compiled); wrote {}",
+                    report.steps,
+                    report.seconds,
+                    report.device,
+                    report.plans_compiled,
+                    out_dir.display()
+                );
+                Ok(())
+            })();
+            match result {
+                // One rank's error (a file it cannot read) would leave the others waiting in
+                // a collective: say it with the rank, and end the whole job.
+                Err(e) if world.is_distributed() && !e.is::<Interrupted>() => {
+                    eprintln!("kiln: rank {} of {}: error: {e}", world.rank(), world.size());
+                    world.abort(1)
+                }
+                result => result,
             }
-            if report.interrupted {
-                println!("stopped at --max-steps after step {}; resume with: kiln train --resume {}", report.steps, shell_quoted(&report.checkpoint));
-            }
-            if let Some(last) = &report.last_eval {
-                println!("validation after step {}: {}", last.step, figures(last));
-            }
-            if let Some(best) = &report.best {
-                println!("best validation at step {}: {} ({})", best.step, figures(best), report.best_checkpoint.display());
-            }
-            if report.stopped_early {
-                println!("stopped early: no improvement for the patience set in train.early_stopping");
-            }
-            if let Some(test) = &report.test {
-                println!("test: {}", figures(test));
-            }
-            println!(
-                "{} steps in {:.1}s on {} ({} plans compiled); wrote {}",
-                report.steps,
-                report.seconds,
-                report.device,
-                report.plans_compiled,
-                out_dir.display()
-            );
-            Ok(())
         }
         Command::Predict { checkpoint, texts, logits, device } => predict(&checkpoint, texts, logits, device),
         Command::Eval { checkpoint, device, data } => {

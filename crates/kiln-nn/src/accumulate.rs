@@ -87,7 +87,7 @@ pub(crate) fn accumulated_grads(
 }
 
 /// The gradients of one micro-batch's loss, unscaled under loss scaling.
-fn micro_grads(
+pub(crate) fn micro_grads(
     g: &mut Graph,
     loss: Tensor,
     params: &[(String, Tensor)],
@@ -115,7 +115,7 @@ fn weight_and_accumulators(g: &mut Graph, params: &[(String, Tensor)]) -> Result
 }
 
 /// `acc + weight * grad`, with the weight cast to the gradient's dtype.
-fn weighted_sum(g: &mut Graph, acc: Tensor, weight: Tensor, grad: Tensor) -> Result<Tensor> {
+pub(crate) fn weighted_sum(g: &mut Graph, acc: Tensor, weight: Tensor, grad: Tensor) -> Result<Tensor> {
     let weight = g.cast(weight, g.dtype(grad))?;
     let share = g.mul(grad, weight)?;
     let share = g.cast(share, g.dtype(acc))?;

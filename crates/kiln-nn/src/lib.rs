@@ -34,6 +34,7 @@ pub mod accumulate;
 mod attention;
 pub mod bert;
 pub mod clip;
+pub mod data_parallel;
 mod config;
 mod conv;
 mod dropout;
@@ -54,6 +55,7 @@ mod train;
 mod transformer;
 
 pub use accumulate::AccumulateGraph;
+pub use data_parallel::{ApplyGraph, LocalGradientGraph, GRADIENT_REGION};
 pub use attention::{CausalMask, CausalSelfAttention};
 pub use bert::{BertActivation, BertClassifier, BertConfig, BertInit, BertModel, Pooling};
 pub use dropout::{dropout_seed, rng_step_feed, rng_step_feed_for_plan, rng_step_input, Dropout, RNG_STEP_INPUT};

@@ -176,10 +176,7 @@ impl LossScaler {
     /// finiteness check. Gradient accumulation adds these up over micro-batches and
     /// checks the sum once ([`check_and_advance`](Self::check_and_advance)).
     pub fn unscaled_grads(&self, g: &mut Graph, loss: Tensor, params: &[Tensor]) -> Result<UnscaledGrads> {
-        let scalar = |value: f64| HostTensor::f32(Shape::scalar(), vec![value as f32]);
-        let scale = g.state(SCALE_STATE, DType::F32, scalar(self.init_scale))?;
-        let growth_tracker = g.state(GROWTH_TRACKER_STATE, DType::F32, scalar(0.0))?;
-        let skipped_steps = g.state(SKIPPED_STEPS_STATE, DType::F32, scalar(0.0))?;
+        let [scale, growth_tracker, skipped_steps] = self.states(g)?;
 
         let loss_f32 = g.cast(loss, DType::F32)?;
         let scaled_loss = g.mul(loss_f32, scale)?;
@@ -193,6 +190,16 @@ impl LossScaler {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(UnscaledGrads { grads, states: [scale, growth_tracker, skipped_steps] })
+    }
+
+    /// The scaler's three states (scale, growth tracker, skipped steps), created at their
+    /// first values or found when the graph has them.
+    pub fn states(&self, g: &mut Graph) -> Result<[Tensor; 3]> {
+        let scalar = |value: f64| HostTensor::f32(Shape::scalar(), vec![value as f32]);
+        let scale = g.state(SCALE_STATE, DType::F32, scalar(self.init_scale))?;
+        let growth_tracker = g.state(GROWTH_TRACKER_STATE, DType::F32, scalar(0.0))?;
+        let skipped_steps = g.state(SKIPPED_STEPS_STATE, DType::F32, scalar(0.0))?;
+        Ok([scale, growth_tracker, skipped_steps])
     }
 
     /// The second half: whether every one of `grads` is finite, and the scaler's states

@@ -121,28 +121,16 @@ impl TrainGraph {
         micro_weight: Option<Tensor>,
         resets: Vec<(Tensor, Tensor)>,
     ) -> Result<TrainGraph> {
-        let (grads, grad_norm) = match max_grad_norm {
-            Some(max_norm) => {
-                let clipped = clip_grad_norm(g, &raw_grads, max_norm)?;
-                (clipped.grads, Some(clipped.total_norm))
-            }
-            None => (raw_grads, None),
-        };
-        let update = optimizer.append_update(g, params, &grads)?;
-        let mut updates = match &loss_scale {
-            Some(state) => LossScaler::gate_updates(g, state, update.updates)?,
-            None => update.updates,
-        };
-        updates.extend(resets);
+        let tail = append_update_tail(g, params, raw_grads, optimizer, max_grad_norm, loss_scale.as_ref(), resets)?;
         let rng_step = g.find(RNG_STEP_INPUT).filter(|&counter| depends_on(g, loss, counter));
         Ok(TrainGraph {
             loss,
             params: params.to_vec(),
-            grads,
-            grad_norm,
-            updates,
-            optimizer_state: update.state,
-            step_inputs: update.step_inputs,
+            grads: tail.grads,
+            grad_norm: tail.grad_norm,
+            updates: tail.updates,
+            optimizer_state: tail.optimizer_state,
+            step_inputs: tail.step_inputs,
             rng_step,
             loss_scale,
             micro_weight,
@@ -209,7 +197,45 @@ impl TrainGraph {
     }
 }
 
-fn check_params(params: &[(String, Tensor)], optimizer: &dyn Optimizer) -> Result<()> {
+/// What follows the gradients in every kind of step (see [`append_update_tail`]).
+pub(crate) struct UpdateTail {
+    /// The gradients the optimizer saw (clipped when clipping is on).
+    pub grads: Vec<Tensor>,
+    pub grad_norm: Option<Tensor>,
+    pub updates: Vec<(Tensor, Tensor)>,
+    pub optimizer_state: Vec<(String, Tensor)>,
+    pub step_inputs: Vec<StepInput>,
+}
+
+/// Clipping to `max_grad_norm`, the optimizer's update gated by the loss scaler's
+/// all-finite check (and its states advanced) when scaling, then `resets` (accumulators),
+/// which apply whether or not the step is skipped.
+pub(crate) fn append_update_tail(
+    g: &mut Graph,
+    params: &[(String, Tensor)],
+    raw_grads: Vec<Tensor>,
+    optimizer: &dyn Optimizer,
+    max_grad_norm: Option<f64>,
+    loss_scale: Option<&LossScaleState>,
+    resets: Vec<(Tensor, Tensor)>,
+) -> Result<UpdateTail> {
+    let (grads, grad_norm) = match max_grad_norm {
+        Some(max_norm) => {
+            let clipped = clip_grad_norm(g, &raw_grads, max_norm)?;
+            (clipped.grads, Some(clipped.total_norm))
+        }
+        None => (raw_grads, None),
+    };
+    let update = optimizer.append_update(g, params, &grads)?;
+    let mut updates = match loss_scale {
+        Some(state) => LossScaler::gate_updates(g, state, update.updates)?,
+        None => update.updates,
+    };
+    updates.extend(resets);
+    Ok(UpdateTail { grads, grad_norm, updates, optimizer_state: update.state, step_inputs: update.step_inputs })
+}
+
+pub(crate) fn check_params(params: &[(String, Tensor)], optimizer: &dyn Optimizer) -> Result<()> {
     if params.is_empty() {
         return Err(GraphError::new("TrainGraph", format!("no parameters given to train with {}", optimizer.name())));
     }

@@ -40,7 +40,9 @@ pub const OPTIMIZER_PREFIX: &str = "optimizer.";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Checkpoint {
     /// Tensors by name: model parameters and buffers under PyTorch's names, optimizer
-    /// state under [`OPTIMIZER_PREFIX`]. Saved as f32 (f64 values are narrowed) or u32.
+    /// state under [`OPTIMIZER_PREFIX`]. Saved as f32 or u32; the f64 CPU reference
+    /// backend's tensors as f64 (a reference run's state is kept exactly, as `torch.save`
+    /// keeps a double model's), which every backend reads back.
     pub tensors: BTreeMap<String, HostTensor>,
     /// The safetensors header's `__metadata__`: `format`, `step`, `seed`, `config`, ...
     pub metadata: BTreeMap<String, String>,
@@ -126,6 +128,14 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Write the tensor `name` (which [`Checkpoint::check_matches`] has found) into the
+    /// executor's state `state`.
+    pub(crate) fn write_tensor(&self, exec: &mut dyn Executor, name: &str, state: Tensor) -> Result<(), TrainError> {
+        let value = self.tensors.get(name).ok_or_else(|| TrainError::Config(format!("the checkpoint has no tensor '{name}'")))?;
+        exec.write_state(state, value)?;
+        Ok(())
+    }
+
     /// What makes these tensors no good to train from or evaluate: every float tensor
     /// holding NaN or an infinity (with how many of its values), and every Adam
     /// second moment (`...exp_avg_sq`) with a negative value, whose square root is NaN.
@@ -170,7 +180,7 @@ impl Checkpoint {
         for (name, t) in &self.tensors {
             let (dtype, bytes) = match &t.data {
                 HostData::F32(v) => (Dtype::F32, bytemuck_f32(v)),
-                HostData::F64(v) => (Dtype::F32, bytemuck_f32(&v.iter().map(|&x| x as f32).collect::<Vec<_>>())),
+                HostData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
                 HostData::U32(v) => (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             };
             bytes_by_name.push((name.clone(), dtype, t.shape.dims().to_vec(), bytes));

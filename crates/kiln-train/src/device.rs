@@ -47,9 +47,16 @@ impl Device {
     /// The backend `choice` names; only [`DeviceChoice::Gpu`] fails (with how to get an
     /// adapter) when no GPU is found, `Auto` then falls back to the CPU.
     pub fn open(choice: DeviceChoice) -> Result<Device, TrainError> {
+        Device::open_for_rank(choice, None)
+    }
+
+    /// [`Device::open`] for a data-parallel rank: a GPU is taken by `local_rank` modulo
+    /// the adapters of the best kind found, so that the ranks on one machine spread over
+    /// its GPUs (`KILN_ADAPTER` still wins).
+    pub fn open_for_rank(choice: DeviceChoice, local_rank: Option<usize>) -> Result<Device, TrainError> {
         match choice {
             DeviceChoice::Cpu => Ok(Device::cpu()),
-            DeviceChoice::Gpu => Device::gpu(),
+            DeviceChoice::Gpu => Device::gpu_at(local_rank),
             DeviceChoice::Auto => {
                 let named = std::env::var(kiln_wgpu::adapter::ADAPTER_ENV).is_ok_and(|v| !v.is_empty());
                 let adapters = kiln_wgpu::list_adapters();
@@ -64,7 +71,7 @@ impl Device {
                     );
                     return Ok(d);
                 }
-                match Device::gpu() {
+                match Device::gpu_at(local_rank) {
                     Ok(d) => Ok(d),
                     Err(e) => {
                         let mut d = Device::cpu();
@@ -91,7 +98,11 @@ impl Device {
     /// The wgpu backend on the adapter `KILN_ADAPTER` names, else on the best one wgpu
     /// finds (software adapters included); an error when there is none.
     pub fn gpu() -> Result<Device, TrainError> {
-        let backend = WgpuBackend::new()?;
+        Device::gpu_at(None)
+    }
+
+    fn gpu_at(adapter_index: Option<usize>) -> Result<Device, TrainError> {
+        let backend = WgpuBackend::with_options(kiln_wgpu::WgpuOptions { adapter_index, ..Default::default() })?;
         Ok(Device { description: backend.name(), backend: Box::new(backend), is_gpu: true })
     }
 }

@@ -4,9 +4,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use kiln_core::{HostTensor, Tensor};
+use kiln_dist::World;
 use kiln_nn::LrSchedule;
 
 use crate::checkpoint::Checkpoint;
+use crate::data_parallel::{self, StepSplit};
 use crate::device::Device;
 use crate::options::{Evaluation, Length, LoopOptions, TrainReport, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
 use crate::metrics::{MetricsLog, Record};
@@ -24,6 +26,8 @@ pub(crate) struct RunParts<'r> {
     /// Makes the schedule once the run's length in steps is known.
     pub schedule: Option<&'r (dyn Fn(u64) -> Result<LrSchedule, TrainError> + 'r)>,
     pub options: &'r LoopOptions,
+    /// The ranks training together (a world of one unless launched by MPI).
+    pub world: &'r World,
 }
 
 /// The numbers a run is laid out by.
@@ -75,17 +79,34 @@ fn figure_names(learner: &RunParts) -> Vec<String> {
     std::iter::once("loss".to_string()).chain(learner.task.report(0.0, &means).into_iter().map(|(n, _)| n.to_string())).collect()
 }
 
-fn step_settings(learner: &RunParts, accumulate: bool) -> StepSettings {
-    StepSettings { clip_grad_norm: learner.options.clip_grad_norm, precision: learner.options.precision, accumulate }
+fn step_settings(learner: &RunParts, accumulate: bool, data_parallel: bool) -> StepSettings {
+    StepSettings { clip_grad_norm: learner.options.clip_grad_norm, precision: learner.options.precision, accumulate, data_parallel }
 }
 
-pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+/// [`run`]; in a world of several ranks an error on one is printed with its rank and
+/// ends every rank (MPI_Abort): the others would otherwise wait for it in a collective.
+pub(crate) fn run(learner: &RunParts, device: &Device, data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+    let world = learner.world;
+    match run_on_rank(learner, device, data, stop) {
+        Err(e) if world.is_distributed() => {
+            eprintln!("kiln: rank {} of {}: error: {e}", world.rank(), world.size());
+            world.abort(1)
+        }
+        result => result,
+    }
+}
+
+fn run_on_rank(learner: &RunParts, device: &Device, mut data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
     let o = &learner.options;
+    let world = learner.world;
+    let (leader, distributed) = (world.is_leader(), world.is_distributed());
     let lay = layout(learner, &data)?;
     let out = &o.out_dir;
-    std::fs::create_dir_all(out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
-    for stale in crate::checkpoint::remove_stale_temporaries(out) {
-        eprintln!("removed {}, left by a writer that was killed mid-write", stale.display());
+    if leader {
+        std::fs::create_dir_all(out).map_err(|e| TrainError::Io(format!("{}: {e}", out.display())))?;
+        for stale in crate::checkpoint::remove_stale_temporaries(out) {
+            eprintln!("removed {}, left by a writer that was killed mid-write", stale.display());
+        }
     }
     let (ck_path, best_path) = (out.join(CHECKPOINT_FILE), out.join(BEST_FILE));
     let schedule = match learner.schedule {
@@ -93,21 +114,30 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         None => LrSchedule::constant(learner.optimizer.lr()),
     };
     let full_batch = data.train.batch_size();
-    let mut plans = Plans::new(device, learner.model, learner.task, learner.optimizer, step_settings(learner, lay.accumulate > 1));
-    let mut metrics = MetricsLog::open(&out.join(METRICS_FILE))?;
+    data_parallel::check_batch(world, full_batch)?;
+    let settings = step_settings(learner, lay.accumulate > 1, distributed);
+    let mut plans = Plans::new(device, learner.model, learner.task, learner.optimizer, settings);
+    // Only rank 0 writes: metrics, plots and checkpoints.
+    let mut metrics = if leader { Some(MetricsLog::open(&out.join(METRICS_FILE))?) } else { None };
 
     let mut state = RunState::new(lay.steps_per_epoch, lay.accumulate);
     if let Some(resume) = &o.resume {
-        let ck = Checkpoint::load(resume)?;
+        let ck = data_parallel::load_checkpoint(world, resume)?;
         plans.restore(full_batch, &ck, resume)?;
         state = RunState::read(&ck, resume, lay.total_steps, lay.steps_per_epoch, lay.accumulate, &o.monitor)?;
-        metrics.truncate_after(state.step);
-        bring_best_along(resume, &best_path, state.best.is_some())?;
+        if let Some(metrics) = metrics.as_mut() {
+            metrics.truncate_after(state.step);
+            bring_best_along(resume, &best_path, state.best.is_some())?;
+        }
     }
+    data_parallel::broadcast_state(&mut plans, world, full_batch, false)?;
     seek(&mut data, &lay, state.step)?;
 
     let started = Instant::now();
-    let mut progress = Progress::new(o.progress, lay.total_steps, lay.steps_per_epoch, learner.task.tokens_per_sample());
+    let mut split = StepSplit::default();
+    // In a data-parallel run, a stop request counts once every rank knows of it.
+    let mut stop_agreed = false;
+    let mut progress = Progress::new(o.progress && leader, lay.total_steps, lay.steps_per_epoch, learner.task.tokens_per_sample());
     progress.start_at(state.step);
     let mut last_eval: Option<Evaluation> = None;
     let (mut interrupted, mut stopped_early) = (false, false);
@@ -115,14 +145,15 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
     loop {
         if evaluate_now {
             if let Some(validation) = &data.validation {
+                data_parallel::broadcast_state(&mut plans, world, full_batch, true)?;
                 let eval = evaluate(&mut plans, learner, validation, state.step)?;
                 check_eval_loss(eval.loss, state.step, &ck_path)?;
                 let improved = state.record_evaluation(&eval, &o.monitor, o.early_stopping.as_ref());
-                if improved {
+                if improved && leader {
                     save_best(&mut plans, learner, full_batch, &state, &eval, &best_path)?;
                 }
                 let train_means = progress.take_train_means();
-                metrics.push(Record::Eval {
+                push(&mut metrics, Record::Eval {
                     step: state.step,
                     epoch: lay.steps_per_epoch.map(|spe| state.step / spe),
                     train_loss: train_means.as_ref().map(|t| t.0),
@@ -135,7 +166,9 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
                 progress.evaluated(&eval, state.best.as_ref(), &o.monitor, plans.compiled_count());
                 last_eval = Some(eval);
             }
-            save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;
+            if leader {
+                save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;
+            }
         }
         // Also at the start of a resumed run that early stopping had ended.
         if state.patience_spent(o.early_stopping.as_ref()) {
@@ -145,9 +178,12 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         if state.step >= lay.total_steps {
             break;
         }
-        if stop.load(Ordering::SeqCst) || o.max_steps.is_some_and(|m| state.step >= m) {
+        let stop_requested = if distributed { stop_agreed } else { stop.load(Ordering::SeqCst) };
+        if stop_requested || o.max_steps.is_some_and(|m| state.step >= m) {
             progress.abandon("stopping: writing a checkpoint");
-            save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;
+            if leader {
+                save_latest(&mut plans, learner, full_batch, &state, &ck_path)?;
+            }
             interrupted = true;
             break;
         }
@@ -155,7 +191,19 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         let micro_batches = gather(&mut data, &lay, state.step)?;
         let samples: usize = micro_batches.iter().map(|b| b.samples).sum();
         let lr = schedule.lr(state.step);
-        let outcome = step(&mut plans, micro_batches, &state, lr, lay.accumulate).map_err(|e| match e {
+        let outcome = if distributed {
+            let asked = stop.load(Ordering::SeqCst);
+            let task = learner.task;
+            data_parallel::step(&mut plans, world, task, micro_batches, &state, lr, lay.accumulate, full_batch, asked, &mut split).map(
+                |(outcome, agreed)| {
+                    stop_agreed = agreed;
+                    outcome
+                },
+            )
+        } else {
+            step(&mut plans, micro_batches, &state, lr, lay.accumulate)
+        };
+        let outcome = outcome.map_err(|e| match e {
             StepError::Diverged(loss) => {
                 progress.abandon("");
                 diverged(loss, state.step + 1, &progress.place(state.step), lr, &ck_path)
@@ -168,7 +216,7 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         }
         progress.stepped(outcome.loss, samples, &outcome.sums, learner.task.metric_names(), outcome.skipped_steps);
         if state.step.is_multiple_of(o.log_every.max(1)) {
-            metrics.push(Record::Step {
+            push(&mut metrics, Record::Step {
                 step: state.step,
                 epoch: lay.steps_per_epoch.map(|spe| (state.step - 1) / spe),
                 loss: outcome.loss,
@@ -190,15 +238,29 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         } || state.step == lay.total_steps;
     }
     progress.finish();
+    // Proof that the ranks trained in step: every rank's final state is rank 0's, bit for bit.
+    // Batch norm's running statistics are rank 0's (see data_parallel), as in the checkpoint.
+    let state_checksum = match distributed {
+        true => {
+            data_parallel::broadcast_state(&mut plans, world, full_batch, true)?;
+            Some(data_parallel::verify_same_state(&mut plans, world, full_batch, false, "at the end of training")?)
+        }
+        false => None,
+    };
 
     let test = match &data.test {
-        Some(set) => Some(evaluate(&mut plans, learner, set, state.step)?),
+        Some(set) => {
+            data_parallel::broadcast_state(&mut plans, world, full_batch, true)?;
+            Some(evaluate(&mut plans, learner, set, state.step)?)
+        }
         None => None,
     };
     if let (Some(t), false) = (&test, interrupted) {
-        metrics.push(Record::Test { step: t.step, loss: t.loss, metrics: t.metrics.iter().cloned().collect() })?;
+        push(&mut metrics, Record::Test { step: t.step, loss: t.loss, metrics: t.metrics.iter().cloned().collect() })?;
     }
-    metrics.plot(&out.join(PLOT_FILE))?;
+    if let Some(metrics) = &metrics {
+        metrics.plot(&out.join(PLOT_FILE))?;
+    }
     Ok(TrainReport {
         device: device.description.clone(),
         steps: state.step,
@@ -212,7 +274,18 @@ pub(crate) fn run(learner: &RunParts, device: &Device, mut data: TrainingData, s
         plans_compiled: plans.compiled_count(),
         checkpoint: ck_path,
         best_checkpoint: best_path,
+        ranks: world.size(),
+        step_split: distributed.then_some(split),
+        state_checksum,
     })
+}
+
+/// A record into rank 0's metrics.jsonl (the other ranks keep none).
+fn push(metrics: &mut Option<MetricsLog>, record: Record) -> Result<(), TrainError> {
+    match metrics {
+        Some(log) => log.push(record),
+        None => Ok(()),
+    }
 }
 
 /// Position the training batches at optimizer step `step`.
@@ -238,16 +311,16 @@ fn gather(data: &mut TrainingData, lay: &Layout, step: u64) -> Result<Vec<Batch>
     Ok(batches)
 }
 
-struct StepOutcome {
+pub(crate) struct StepOutcome {
     /// The step's mean loss over its samples.
-    loss: f64,
+    pub loss: f64,
     /// Metric sums over the step's samples.
-    sums: Vec<f64>,
-    grad_norm: Option<f64>,
-    skipped_steps: Option<u64>,
+    pub sums: Vec<f64>,
+    pub grad_norm: Option<f64>,
+    pub skipped_steps: Option<u64>,
 }
 
-enum StepError {
+pub(crate) enum StepError {
     Diverged(f64),
     Other(TrainError),
 }
@@ -280,7 +353,7 @@ fn step(plans: &mut Plans, batches: Vec<Batch>, state: &RunState, lr: f64, accum
         let mut feeds: Vec<(Tensor, HostTensor)> = match &compiled.update {
             Update::Step(train) => train.micro_batch_feeds(state.step, state.skipped_steps, lr, rng_counter, weight),
             Update::Accumulate(acc) => acc.feeds(weight, rng_counter),
-            Update::Eval => unreachable!("training plans only"),
+            Update::Eval | Update::Local(_) | Update::Apply(_) => unreachable!("a single process's training plans only"),
         };
         let metric_count = compiled.metric_count;
         feeds.extend(compiled.batch_feeds(batch));
@@ -306,29 +379,33 @@ fn step(plans: &mut Plans, batches: Vec<Batch>, state: &RunState, lr: f64, accum
     unreachable!("a step has at least one micro-batch")
 }
 
-/// Mean loss and figures of the model over `set`.
+/// Mean loss and figures of the model over `set`; in a data-parallel run each rank
+/// evaluates every `size`-th batch and the sums are all-reduced.
 fn evaluate(plans: &mut Plans, learner: &RunParts, set: &EvalSet, step: u64) -> Result<Evaluation, TrainError> {
-    let (mut loss, mut sums, mut samples) = (0.0f64, Vec::<f64>::new(), 0usize);
-    for batch in &set.batches {
+    let world = learner.world;
+    let names = learner.task.metric_names();
+    // [loss sum, samples, metric sums...]
+    let mut totals = vec![0.0f64; 2 + names.len()];
+    for batch in set.batches.iter().skip(world.rank()).step_by(world.size()) {
         let (compiled, exec) = plans.get(PlanKind::Eval, &batch.dims())?;
         let out = exec.run(&compiled.batch_feeds(batch.clone()))?;
-        loss += out[0].scalar() * batch.samples as f64;
-        sums.resize(compiled.metric_count, 0.0);
-        for (sum, value) in sums.iter_mut().zip(&out[1..]) {
+        totals[0] += out[0].scalar() * batch.samples as f64;
+        totals[1] += batch.samples as f64;
+        for (sum, value) in totals[2..].iter_mut().zip(&out[1..]) {
             *sum += value.scalar();
         }
-        samples += batch.samples;
     }
-    let n = samples.max(1) as f64;
-    let means: Vec<(&'static str, f64)> = learner.task.metric_names().into_iter().zip(sums.iter().map(|s| s / n)).collect();
-    let loss = loss / n;
+    world.all_reduce_sum_f64(&mut totals)?;
+    let n = totals[1].max(1.0);
+    let means: Vec<(&'static str, f64)> = names.into_iter().zip(totals[2..].iter().map(|s| s / n)).collect();
+    let loss = totals[0] / n;
     let metrics = learner.task.report(loss, &means).into_iter().map(|(name, v)| (name.to_string(), v)).collect();
     Ok(Evaluation { step, loss, metrics })
 }
 
 pub(crate) fn evaluate_checkpoint(learner: &RunParts, device: &Device, file: &Path, set: &EvalSet) -> Result<Evaluation, TrainError> {
     let ck = Checkpoint::load(file)?;
-    let mut plans = Plans::new(device, learner.model, learner.task, learner.optimizer, step_settings(learner, false));
+    let mut plans = Plans::new(device, learner.model, learner.task, learner.optimizer, step_settings(learner, false, false));
     let first = set.batches.first().map_or(1, |b| b.samples);
     plans.restore_model(first, &ck, file)?;
     let eval = evaluate(&mut plans, learner, set, ck.meta_u64_or("step", 0, file)?)?;

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use kiln_core::{Graph, Tensor};
 use kiln_data::{DataLoader, Mnist, MnistSplit, Normalization};
+use kiln_dist::World;
 use kiln_nn::{Module, Optimizer};
 
 use crate::checkpoint::Checkpoint;
@@ -182,7 +183,7 @@ impl<'c> Job<'c> {
         options.metadata.insert("seed".into(), config.train.seed.to_string());
         options.metadata.insert("config".into(), config.to_toml());
         options.metadata.extend(self.metadata);
-        let learner = Learner { model: self.model, task: self.task, optimizer: Box::new(ConfigOptimizer { config: config.optimizer.clone(), matrices_only }), schedule: None, options }
+        let learner = Learner { model: self.model, task: self.task, optimizer: Box::new(ConfigOptimizer { config: config.optimizer.clone(), matrices_only }), schedule: None, options, world: kiln_dist::World::single() }
             .schedule_for_steps(move |total| crate::model::schedule(&schedule_config, lr, total));
         (learner, self.data)
     }
@@ -191,18 +192,27 @@ impl<'c> Job<'c> {
 /// Run a `kiln train` job: check the config, create the run's folder with the config
 /// in it, and train.
 pub fn train(device: &Device, opts: TrainOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+    train_on(device, &World::single(), opts, stop)
+}
+
+/// [`train`] data-parallel over the ranks of `world` (`mpirun -np N kiln train ...`):
+/// every rank reads the config and data, rank 0 writes the run's folder.
+pub fn train_on(device: &Device, world: &World, opts: TrainOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
     let config = &opts.config;
     config.validate().map_err(TrainError::Config)?;
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", opts.out_dir.display())))?;
-    let config_file = opts.out_dir.join(CONFIG_FILE);
-    std::fs::write(&config_file, config.to_toml()).map_err(|e| TrainError::Io(format!("{}: {e}", config_file.display())))?;
+    let leader = world.is_leader();
+    if leader {
+        std::fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", opts.out_dir.display())))?;
+        let config_file = opts.out_dir.join(CONFIG_FILE);
+        std::fs::write(&config_file, config.to_toml()).map_err(|e| TrainError::Io(format!("{}: {e}", config_file.display())))?;
+    }
     if let Some(file) = &opts.resume {
         crate::lm::check_checkpoint_model(config, file)?;
     }
-    let job = Job::new(config, opts.resume.as_deref(), Some(&opts.out_dir))?;
+    let job = Job::new(config, opts.resume.as_deref(), leader.then_some(opts.out_dir.as_path()))?;
     let options = LoopOptions { out_dir: opts.out_dir.clone(), resume: opts.resume.clone(), max_steps: opts.max_steps, progress: opts.progress, ..LoopOptions::default() };
     let (learner, data) = job.learner(config, options);
-    learner.fit_until(device, data, stop)
+    learner.world(world.clone()).fit_until(device, data, stop)
 }
 
 /// `kiln eval`: the config comes from the checkpoint's metadata; a classifier is scored
@@ -344,7 +354,7 @@ pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Resul
         config: config.optimizer.clone(),
         matrices_only: matches!(config.model, ModelConfig::Gpt(_) | ModelConfig::TextClassifier(_)),
     };
-    let settings = crate::plans::StepSettings { clip_grad_norm: config.optimizer.clip_grad_norm, precision: config.precision(), accumulate: false };
+    let settings = crate::plans::StepSettings { clip_grad_norm: config.optimizer.clip_grad_norm, precision: config.precision(), accumulate: false, data_parallel: false };
     let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, crate::plans::PlanKind::Step, &crate::plans::nominal_dims(task.as_ref(), batch))?;
     Ok(StepPlan { compiled, inputs: task.inputs(), tokens_per_sample: task.tokens_per_sample() })
 }

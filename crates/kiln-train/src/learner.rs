@@ -47,12 +47,13 @@ pub struct Learner<'a> {
     pub(crate) optimizer: Box<dyn OptimizerBuilder + 'a>,
     pub(crate) schedule: Option<ScheduleFn<'a>>,
     pub(crate) options: LoopOptions,
+    pub(crate) world: kiln_dist::World,
 }
 
 impl<'a> Learner<'a> {
     /// A loop for `model` on `task`, with Adam at 1e-3 and 10 epochs until told otherwise.
     pub fn new(model: impl ModelBuilder + 'a, task: impl Task + 'a) -> Learner<'a> {
-        Learner { model: Box::new(model), task: Box::new(task), optimizer: Box::new(Adam::new(1e-3)), schedule: None, options: LoopOptions::default() }
+        Learner { model: Box::new(model), task: Box::new(task), optimizer: Box::new(Adam::new(1e-3)), schedule: None, options: LoopOptions::default(), world: kiln_dist::World::single() }
     }
 
     /// The optimizer (any kiln-nn optimizer, or [`crate::DecayMatricesOnly`]); its rate is
@@ -167,6 +168,15 @@ impl<'a> Learner<'a> {
         self
     }
 
+    /// Train data-parallel over the ranks of `world` (see [`crate::data_parallel`]):
+    /// every rank runs the same program on its share of each batch; rank 0 shows progress
+    /// and writes the files. By default a world of one; `kiln_train::World::from_env()`
+    /// is the world `mpirun` or `srun` started.
+    pub fn world(mut self, world: kiln_dist::World) -> Self {
+        self.world = world;
+        self
+    }
+
     /// All options at once.
     pub fn options(mut self, options: LoopOptions) -> Self {
         self.options = options;
@@ -181,6 +191,7 @@ impl<'a> Learner<'a> {
             optimizer: self.optimizer.as_ref(),
             schedule: self.schedule.as_deref(),
             options: &self.options,
+            world: &self.world,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod classification;
 pub mod config;
+pub mod data_parallel;
 mod config_check;
 mod config_optim;
 mod config_text;
@@ -34,9 +35,10 @@ use std::path::PathBuf;
 pub use checkpoint::Checkpoint;
 pub use classification::{Classification, DatasetBatches};
 pub use config::Config;
+pub use kiln_dist::{DistError, World};
 pub use pretrained::{PretrainedBert, MINILM};
 pub use device::{Device, DeviceChoice};
-pub use job::{mnist, train, TrainOptions};
+pub use job::{mnist, train, train_on, TrainOptions};
 pub use language_model::{CorpusWindows, LanguageModel};
 pub use learner::{EarlyStopping, Evaluation, Learner, Length, LoopOptions, TrainReport, BEST_FILE, CHECKPOINT_FILE, METRICS_FILE, PLOT_FILE};
 pub use text_classification::{SequenceClassification, TextBatches};
@@ -70,4 +72,7 @@ pub enum TrainError {
     /// checkpoint (if any) is kept, and the message says where it is.
     #[error("{0}")]
     Diverged(String),
+    /// A collective of a data-parallel run failed (the message names it and the rank).
+    #[error("data parallel: {0}")]
+    Dist(#[from] kiln_dist::DistError),
 }

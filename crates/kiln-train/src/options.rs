@@ -156,6 +156,13 @@ pub struct TrainReport {
     /// Where the best model is (`<out>/best.safetensors`); written only when a
     /// validation set is evaluated, so it may not exist.
     pub best_checkpoint: PathBuf,
+    /// The ranks that trained together (1 without data parallelism).
+    pub ranks: usize,
+    /// In a data-parallel run: where the steps' time went, and the bytes all-reduced.
+    pub step_split: Option<crate::data_parallel::StepSplit>,
+    /// In a data-parallel run: the checksum of the final state (parameters, buffers,
+    /// moments), which every rank was checked to share.
+    pub state_checksum: Option<u64>,
 }
 
 impl TrainReport {

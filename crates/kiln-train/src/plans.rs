@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use kiln_core::{Executor, Graph, HostTensor, Plan, Tensor};
-use kiln_nn::{AccumulateGraph, LossScaler, Precision, TrainGraph};
+use kiln_nn::{AccumulateGraph, ApplyGraph, LocalGradientGraph, LossScaler, Precision, TrainGraph};
 
 use crate::checkpoint::{Checkpoint, OPTIMIZER_PREFIX};
 use crate::device::Device;
@@ -23,6 +23,10 @@ pub enum PlanKind {
     Accumulate,
     /// Loss and metric sums, no update, the model in evaluation mode.
     Eval,
+    /// Data parallel: a rank's forward and backward pass into the gradient region.
+    LocalGradients,
+    /// Data parallel: the update from the gradient region summed over the ranks.
+    Apply,
 }
 
 /// What each kind of plan adds to a graph, beyond the objective.
@@ -34,6 +38,10 @@ pub enum Update {
     Accumulate(AccumulateGraph),
     /// Nothing: an evaluation only reads outputs.
     Eval,
+    /// The gradients added into the region that the ranks sum.
+    Local(LocalGradientGraph),
+    /// The update from the summed region.
+    Apply(ApplyGraph),
 }
 
 /// A compiled plan with the handles the loop feeds and reads.
@@ -78,6 +86,9 @@ pub struct StepSettings {
     pub precision: Precision,
     /// Accumulated steps compile [`PlanKind::Accumulate`] plans and an applying step.
     pub accumulate: bool,
+    /// Data-parallel runs compile [`PlanKind::LocalGradients`] and [`PlanKind::Apply`]
+    /// plans instead of steps.
+    pub data_parallel: bool,
 }
 
 impl StepSettings {
@@ -119,6 +130,9 @@ pub fn compile(
     }
     let mut g = Graph::new();
     let mut net = model.build(&mut g, batch)?;
+    if kind == PlanKind::Apply {
+        return compile_apply(g, net.as_ref(), optimizer, settings);
+    }
     if kind == PlanKind::Eval {
         net.eval();
     }
@@ -136,6 +150,12 @@ pub fn compile(
     let scaler = settings.loss_scaler();
     let (update, mut updates, optimizer_state) = match kind {
         PlanKind::Eval => (Update::Eval, Vec::new(), Vec::new()),
+        PlanKind::Apply => unreachable!("compiled by compile_apply"),
+        PlanKind::LocalGradients => {
+            let local = LocalGradientGraph::build(&mut g, objective.loss, &params, scaler.as_ref())?;
+            let updates = local.updates.clone();
+            (Update::Local(local), updates, Vec::new())
+        }
         PlanKind::Accumulate => {
             let acc = AccumulateGraph::build(&mut g, objective.loss, &params, scaler.as_ref())?;
             let updates = acc.updates.clone();
@@ -168,6 +188,19 @@ pub fn compile(
     let mut checkpoint_tensors = model_tensors.clone();
     checkpoint_tensors.extend(optimizer_state.into_iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)));
     Ok(CompiledPlan { graph: g, plan, inputs, update, metric_count: objective.sums.len(), model_tensors, checkpoint_tensors })
+}
+
+/// The update plan of a data-parallel step: the model's parameters (no forward pass),
+/// the optimizer, and its moments named for the checkpoint.
+fn compile_apply(mut g: Graph, net: &dyn kiln_nn::Module, optimizer: &dyn OptimizerBuilder, settings: &StepSettings) -> Result<CompiledPlan, TrainError> {
+    let params = net.params();
+    let opt = optimizer.build(&g, &params);
+    let apply = ApplyGraph::build(&mut g, &params, opt.as_ref(), settings.clip_grad_norm, settings.loss_scaler().as_ref())?;
+    let plan = Plan::compile_with_updates(&g, &apply.outputs(), &apply.updates)?;
+    let model_tensors = net.state_dict();
+    let mut checkpoint_tensors = model_tensors.clone();
+    checkpoint_tensors.extend(apply.optimizer_state.iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), *t)));
+    Ok(CompiledPlan { graph: g, plan, inputs: Vec::new(), update: Update::Apply(apply), metric_count: 0, model_tensors, checkpoint_tensors })
 }
 
 /// The loaded plans of one run, by kind and batch shapes.
@@ -213,30 +246,97 @@ impl<'r> Plans<'r> {
     /// A loaded plan of `kind`, any shape (they share the state), or a new one for
     /// `batch` samples of the nominal shapes.
     fn any(&mut self, kind: PlanKind, batch: usize) -> Result<&mut (CompiledPlan, Box<dyn Executor>), TrainError> {
-        let dims = match self.loaded.keys().find(|(k, _)| *k == kind) {
-            Some((_, dims)) => dims.clone(),
-            None => nominal_dims(self.task, batch),
-        };
-        self.get(kind, &dims)
+        let key = self.any_key(kind, batch)?;
+        Ok(self.loaded.get_mut(&key).expect("loaded by any_key"))
     }
 
     /// Every checkpoint tensor's current value (model and optimizer state).
     pub fn snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
-        let (compiled, exec) = self.any(PlanKind::Step, batch)?;
-        Checkpoint::read_from(exec.as_mut(), &compiled.checkpoint_tensors)
+        self.read_states(batch, false)
     }
 
     /// The model's tensors only (what the best checkpoint holds).
     pub fn model_snapshot(&mut self, batch: usize) -> Result<Checkpoint, TrainError> {
-        let (compiled, exec) = self.any(PlanKind::Step, batch)?;
-        Checkpoint::read_from(exec.as_mut(), &compiled.model_tensors)
+        self.read_states(batch, true)
     }
 
     /// Write a checkpoint into the device state, after checking that it holds exactly
     /// this run's tensors (model and optimizer state).
     pub fn restore(&mut self, batch: usize, ck: &Checkpoint, file: &Path) -> Result<(), TrainError> {
-        let (compiled, exec) = self.any(PlanKind::Step, batch)?;
-        ck.write_to(exec.as_mut(), &compiled.graph, &compiled.checkpoint_tensors, file)
+        self.restore_part(batch, ck, false, file)
+    }
+
+    /// [`Plans::restore`] of the whole state, or with `model_only` of the model's tensors.
+    pub fn restore_part(&mut self, batch: usize, ck: &Checkpoint, model_only: bool, file: &Path) -> Result<(), TrainError> {
+        let (expected, holders) = self.holders(batch, model_only)?;
+        ck.check_matches(&expected, file)?;
+        for (key, name, tensor) in holders {
+            let exec = &mut self.loaded.get_mut(&key).expect("a loaded plan").1;
+            ck.write_tensor(exec.as_mut(), &name, tensor)?;
+        }
+        Ok(())
+    }
+
+    fn read_states(&mut self, batch: usize, model_only: bool) -> Result<Checkpoint, TrainError> {
+        let (_, holders) = self.holders(batch, model_only)?;
+        let mut ck = Checkpoint::new();
+        for (key, name, tensor) in holders {
+            let exec = &mut self.loaded.get_mut(&key).expect("a loaded plan").1;
+            ck.insert(name, exec.read_state(tensor)?);
+        }
+        Ok(ck)
+    }
+
+    /// The checkpoint's tensors with their shapes, and for each the loaded plan that
+    /// holds it as a state and its tensor there. A step plan holds them all; in a
+    /// data-parallel run the update plan holds the parameters and moments, the gradient
+    /// plan the model's buffers (batch norm's running statistics).
+    #[allow(clippy::type_complexity)]
+    fn holders(&mut self, batch: usize, model_only: bool) -> Result<(Vec<(String, kiln_core::Shape)>, Vec<((PlanKind, BatchDims), String, Tensor)>), TrainError> {
+        let kinds: &[PlanKind] = if self.settings.data_parallel { &[PlanKind::Apply, PlanKind::LocalGradients] } else { &[PlanKind::Step] };
+        let mut keys = Vec::with_capacity(kinds.len());
+        for &kind in kinds {
+            keys.push(self.any_key(kind, batch)?);
+        }
+        let first = &self.loaded[&keys[0]].0;
+        let wanted = if model_only { &first.model_tensors } else { &first.checkpoint_tensors };
+        let expected = wanted.iter().map(|(n, t)| (n.clone(), first.graph.shape(*t).clone())).collect();
+        let mut holders = Vec::with_capacity(wanted.len());
+        for (name, tensor) in wanted {
+            // The state's own name in the graphs (a checkpoint prefixes the optimizer's).
+            let state_name = match &first.graph.nodes()[tensor.id()].op {
+                kiln_core::Op::State { name } => name.clone(),
+                _ => name.clone(),
+            };
+            let held = keys.iter().find_map(|key| {
+                let plan = &self.loaded[key].0.plan;
+                plan.states.iter().find(|s| s.name == state_name).map(|s| (key.clone(), name.clone(), s.tensor))
+            });
+            holders.push(held.ok_or_else(|| TrainError::Config(format!("no plan of this run holds the state '{name}'")))?);
+        }
+        Ok((expected, holders))
+    }
+
+    /// A data-parallel run's gradient region: the executor of a gradient plan (for
+    /// `batch` samples when none is loaded yet) and the region's state in it.
+    pub fn gradient_region(&mut self, batch: usize) -> Result<(&mut dyn Executor, Tensor), TrainError> {
+        let key = self.any_key(PlanKind::LocalGradients, batch)?;
+        let (compiled, exec) = self.loaded.get_mut(&key).expect("loaded by any_key");
+        match &compiled.update {
+            Update::Local(local) => Ok((exec.as_mut(), local.region.state)),
+            _ => unreachable!("a gradient plan"),
+        }
+    }
+
+    /// The key of a loaded plan of `kind` (any shape: they share the state), or of a new
+    /// one for `batch` samples of the nominal shapes.
+    fn any_key(&mut self, kind: PlanKind, batch: usize) -> Result<(PlanKind, BatchDims), TrainError> {
+        let dims = match self.loaded.keys().find(|(k, _)| *k == kind) {
+            Some((_, dims)) => dims.clone(),
+            None => nominal_dims(self.task, batch),
+        };
+        self.get(kind, &dims)?;
+        Ok((kind, dims))
     }
 
     /// Write a model-only checkpoint into an evaluation plan's state.

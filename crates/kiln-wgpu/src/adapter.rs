@@ -237,14 +237,19 @@ fn no_adapter_message() -> String {
 }
 
 /// The adapter kiln uses: the one `wanted` names (a case-insensitive substring of its
-/// name), else the best by device type.
-pub(crate) fn choose_adapter(instance: &wgpu::Instance, wanted: Option<&str>) -> Result<wgpu::Adapter, ExecError> {
+/// name), else the one at `index` (modulo their number) among those of the best device
+/// type, else the best.
+pub(crate) fn choose_adapter(instance: &wgpu::Instance, wanted: Option<&str>, index: Option<usize>) -> Result<wgpu::Adapter, ExecError> {
     let adapters = enumerate(instance);
     if adapters.is_empty() {
         return Err(ExecError::Device(no_adapter_message()));
     }
     let Some(wanted) = wanted else {
-        return Ok(adapters.into_iter().next().expect("checked non-empty"));
+        let best = preference(adapters[0].get_info().device_type);
+        let mut of_best: Vec<wgpu::Adapter> =
+            adapters.into_iter().filter(|a| preference(a.get_info().device_type) == best).collect();
+        let at = index.unwrap_or(0) % of_best.len();
+        return Ok(of_best.swap_remove(at));
     };
     let needle = wanted.to_lowercase();
     let titles: Vec<String> = adapters.iter().map(|a| AdapterReport::of(a).title()).collect();
@@ -272,7 +277,7 @@ pub(crate) struct OpenDevice {
 /// requests), outside any backend: for tests that dispatch one kernel by hand.
 #[doc(hidden)]
 pub fn open_for_tests() -> Result<(wgpu::Device, wgpu::Queue, AdapterReport), ExecError> {
-    let chosen = choose_adapter(&instance(), None)?;
+    let chosen = choose_adapter(&instance(), None, None)?;
     let open = open_device(&chosen)?;
     Ok((open.device, open.queue, open.report))
 }

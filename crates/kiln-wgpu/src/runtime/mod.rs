@@ -58,6 +58,10 @@ pub const TIMEOUT_ENV: &str = "KILN_GPU_TIMEOUT_SECS";
 pub struct WgpuOptions {
     /// Case-insensitive substring of the adapter's name; `None` picks the best adapter.
     pub adapter: Option<String>,
+    /// Without `adapter`: take the adapter at this index (modulo their number) among the
+    /// best kind found (the discrete GPUs, if any): a data-parallel rank's local rank, so
+    /// that the ranks on one machine spread over its GPUs.
+    pub adapter_index: Option<usize>,
     /// Store f16 tensors as f16 when the adapter has SHADER_F16. `false` stores them as
     /// f32 everywhere (the path taken on adapters without f16), for testing that path.
     pub use_f16: bool,
@@ -84,6 +88,7 @@ impl Default for WgpuOptions {
         let timeout_secs = std::env::var(TIMEOUT_ENV).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(300);
         WgpuOptions {
             adapter: std::env::var(ADAPTER_ENV).ok().filter(|v| !v.is_empty()),
+            adapter_index: None,
             use_f16: true,
             max_storage_binding: None,
             max_buffer_size: None,
@@ -133,7 +138,7 @@ impl WgpuBackend {
             }
         }
         let instance = adapter::instance();
-        let chosen = adapter::choose_adapter(&instance, options.adapter.as_deref())?;
+        let chosen = adapter::choose_adapter(&instance, options.adapter.as_deref(), options.adapter_index)?;
         let open = adapter::open_device(&chosen)?;
         let mut limits = open.limits.clone();
         if let Some(max) = options.max_storage_binding {
