@@ -243,6 +243,36 @@ fn main() -> ExitCode {
 #[derive(Debug)]
 struct Interrupted;
 
+/// `kiln bench train` under mpirun: every rank times its data-parallel steps on the
+/// device of its local rank; rank 0 prints the split (an error ends every rank).
+fn bench_data_parallel(
+    world: &kiln_train::World,
+    recipe: &str,
+    config: &Config,
+    device: &str,
+    options: kiln_bench::train::BenchOptions,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+        share_cores_among_local_ranks(world);
+        let choice: DeviceChoice = match device {
+            "all" => DeviceChoice::Auto,
+            other => other.parse()?,
+        };
+        let device = Device::open_for_rank(choice, Some(world.local_rank()))?;
+        eprintln!("rank {} of {} (local rank {}): device {}", world.rank(), world.size(), world.local_rank(), device.description);
+        let report = kiln_bench::train_dp::bench_train_data_parallel(&device, world, config, options)?;
+        if world.is_leader() {
+            kiln_bench::train_dp::print_data_parallel_table(recipe, &device, world, &report);
+        }
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        eprintln!("kiln: rank {} of {}: error: {e}", world.rank(), world.size());
+        world.abort(1)
+    }
+    result
+}
+
 /// Unless `--threads` or KILN_THREADS says otherwise, the CPU backend of each of the
 /// ranks on this machine takes its share of the cores, not all of them.
 fn share_cores_among_local_ranks(world: &kiln_train::World) {
@@ -465,6 +495,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 config.train.precision = parse_precision(&precision)?;
             }
             let options = BenchOptions { batch_size, warmup_steps: warmup, steps };
+            let world = kiln_train::World::from_env()?;
+            if world.is_distributed() {
+                return bench_data_parallel(&world, &recipe, &config, &device, options);
+            }
             let runner = pytorch.runner()?;
             let (devices, notes) = bench_devices(&device)?;
             for note in notes {

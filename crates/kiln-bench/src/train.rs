@@ -95,6 +95,21 @@ fn prepare(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
     let step = kiln_train::job::step_plan(config, SHAKESPEARE_VOCAB, batch)?;
     let train = step.compiled.train_graph().expect("a training step");
     let mut feeds = train.feeds(0, config.optimizer.lr);
+    feeds.extend(fixed_batch(&step, batch));
+    // A text classifier's throughput is in tokens: its texts are `input_ids`' length.
+    let tokens_per_sample = tokens_per_sample(&step);
+    let items_per_step = batch * tokens_per_sample.unwrap_or(1);
+    Ok(PreparedStep { plan: step.compiled.plan, feeds, items_per_step, unit: ThroughputUnit::of(tokens_per_sample) })
+}
+
+/// Tokens per sample of a plan that counts them (a GPT's block, a text classifier's texts).
+pub(crate) fn tokens_per_sample(step: &kiln_train::job::StepPlan) -> Option<usize> {
+    step.tokens_per_sample.or_else(|| step.inputs.iter().find(|s| s.name == "input_ids").and_then(|s| s.sample_dims.first().copied()))
+}
+
+/// Fixed feeds of a plan's batch inputs for `batch` samples.
+pub(crate) fn fixed_batch(step: &kiln_train::job::StepPlan, batch: usize) -> Vec<(Tensor, HostTensor)> {
+    let mut feeds = Vec::new();
     for (spec, &input) in step.inputs.iter().zip(&step.compiled.inputs) {
         let mut dims = vec![batch];
         dims.extend(&spec.sample_dims);
@@ -107,12 +122,7 @@ fn prepare(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
         };
         feeds.push((input, value));
     }
-    // A text classifier's throughput is in tokens: its texts are `input_ids`' length.
-    let tokens_per_sample = step
-        .tokens_per_sample
-        .or_else(|| step.inputs.iter().find(|s| s.name == "input_ids").and_then(|s| s.sample_dims.first().copied()));
-    let items_per_step = batch * tokens_per_sample.unwrap_or(1);
-    Ok(PreparedStep { plan: step.compiled.plan, feeds, items_per_step, unit: ThroughputUnit::of(tokens_per_sample) })
+    feeds
 }
 
 /// Time `options.steps` training steps of `config`'s model on `device` after warm-up.

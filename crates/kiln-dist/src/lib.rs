@@ -93,7 +93,9 @@ impl World {
     /// copies of the same single-process run.
     pub fn from_env() -> Result<World, DistError> {
         let choice = std::env::var(DIST_ENV).unwrap_or_default();
-        let launched = LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some());
+        // Slurm's srun sets its own variables even without an MPI plugin (--mpi=pmix).
+        let slurm_tasks = std::env::var("SLURM_STEP_NUM_TASKS").ok().and_then(|n| n.parse::<usize>().ok()).unwrap_or(1);
+        let launched = LAUNCHER_VARS.iter().any(|v| std::env::var_os(v).is_some()) || slurm_tasks > 1;
         let wanted = match choice.as_str() {
             "single" => false,
             "mpi" => true,

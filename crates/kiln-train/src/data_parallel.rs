@@ -180,6 +180,26 @@ pub struct StepSplit {
     pub bytes_per_step: u64,
 }
 
+/// The gradient region of a gradient plan's executor summed over the ranks in place:
+/// one staging copy to the host, the all-reduce, the upload. Adds the staging and
+/// all-reduce times to `split` and sets its bytes per step.
+pub fn sum_over_ranks(exec: &mut dyn kiln_core::Executor, region: kiln_core::Tensor, world: &World, split: &mut StepSplit) -> Result<(), TrainError> {
+    let started = Instant::now();
+    let mut gradients = exec.read_state(region)?;
+    let staged = Instant::now();
+    match &mut gradients.data {
+        HostData::F32(v) => world.all_reduce_sum_f32(v),
+        HostData::F64(v) => world.all_reduce_sum_f64(v),
+        HostData::U32(_) => unreachable!("gradients are floats"),
+    }?;
+    let reduced = Instant::now();
+    exec.write_state(region, &gradients)?;
+    split.staging += (staged - started) + reduced.elapsed();
+    split.all_reduce += reduced - staged;
+    split.bytes_per_step = (gradients.len() * element_bytes(&gradients.data)) as u64;
+    Ok(())
+}
+
 /// One data-parallel optimizer step over the global micro-batches `batches`: each rank
 /// runs its shares, the region is summed over the ranks, and the update applied.
 /// `stop` is this rank's stop request; the returned flag is whether any rank asked.
@@ -224,18 +244,11 @@ pub(crate) fn step(
     let computed = Instant::now();
 
     let (exec, region) = plans.gradient_region(full_batch / size)?;
-    let mut gradients = exec.read_state(region)?;
-    let staged = Instant::now();
-    match &mut gradients.data {
-        HostData::F32(v) => world.all_reduce_sum_f32(v),
-        HostData::F64(v) => world.all_reduce_sum_f64(v),
-        HostData::U32(_) => unreachable!("gradients are floats"),
-    }
-    .map_err(TrainError::from)?;
+    sum_over_ranks(exec, region, world, split)?;
+    let reduce_started = Instant::now();
     world.all_reduce_sum_f64(&mut figures).map_err(TrainError::from)?;
     let reduced = Instant::now();
-    exec.write_state(region, &gradients)?;
-    let uploaded = Instant::now();
+    split.all_reduce += reduced - reduce_started;
 
     let loss = figures[0];
     if !loss.is_finite() {
@@ -251,10 +264,7 @@ pub(crate) fn step(
 
     split.steps += 1;
     split.compute += computed - started;
-    split.staging += (staged - computed) + (uploaded - reduced);
-    split.all_reduce += reduced - staged;
-    split.update += updated - uploaded;
-    split.bytes_per_step = (gradients.len() * element_bytes(&gradients.data)) as u64;
+    split.update += updated - reduced;
     let sums = figures[1..=metric_count].to_vec();
     Ok((StepOutcome { loss, sums, grad_norm, skipped_steps }, figures[metric_count + 1] > 0.0))
 }

@@ -338,6 +338,12 @@ pub struct StepPlan {
 /// Compile the training step of `config` for batches of `batch` samples; a text config
 /// gets a vocabulary of `text_vocab_size` (ignored for images).
 pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Result<StepPlan, TrainError> {
+    training_plan(config, text_vocab_size, batch, crate::plans::PlanKind::Step)
+}
+
+/// [`step_plan`] for any kind of training plan: a data-parallel rank's gradient plan
+/// (`batch` is then its share) or update plan.
+pub fn training_plan(config: &Config, text_vocab_size: usize, batch: usize, kind: crate::plans::PlanKind) -> Result<StepPlan, TrainError> {
     let (model, task): (Box<dyn ModelBuilder + '_>, Box<dyn crate::task::Task>) = if config.data.is_text() {
         let block = crate::lm::gpt_shape(config)?.block_size;
         (Box::new(GptBuilder::new(config, text_vocab_size)), Box::new(LanguageModel::new(block, text_vocab_size)))
@@ -355,7 +361,7 @@ pub fn step_plan(config: &Config, text_vocab_size: usize, batch: usize) -> Resul
         matrices_only: matches!(config.model, ModelConfig::Gpt(_) | ModelConfig::TextClassifier(_)),
     };
     let settings = crate::plans::StepSettings { clip_grad_norm: config.optimizer.clip_grad_norm, precision: config.precision(), accumulate: false, data_parallel: false };
-    let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, crate::plans::PlanKind::Step, &crate::plans::nominal_dims(task.as_ref(), batch))?;
+    let compiled = crate::plans::compile(model.as_ref(), task.as_ref(), &optimizer, &settings, kind, &crate::plans::nominal_dims(task.as_ref(), batch))?;
     Ok(StepPlan { compiled, inputs: task.inputs(), tokens_per_sample: task.tokens_per_sample() })
 }
 

@@ -184,8 +184,9 @@ fn mpi_ready() -> bool {
     }
 }
 
-/// Start `ranks` ranks of the worker on `case`, with extra mpirun arguments.
-fn mpirun(ranks: usize, case: &Case, out: &Path, extra: &[&str]) -> Output {
+/// The command that starts `ranks` ranks of the worker on `case`, with extra mpirun
+/// arguments before the program.
+fn mpirun_command(ranks: usize, case: &Case, out: &Path, extra: &[&str]) -> Command {
     std::fs::create_dir_all(out).expect("out dir");
     let exe = std::env::current_exe().expect("this test binary");
     let mut cmd = Command::new("mpirun");
@@ -193,11 +194,29 @@ fn mpirun(ranks: usize, case: &Case, out: &Path, extra: &[&str]) -> Output {
     cmd.args(extra);
     cmd.arg(exe).args(["rank_trains_its_case", "--exact", "--ignored", "--nocapture", "--test-threads", "1"]);
     // One CPU thread per rank: the ranks share this machine's cores.
-    cmd.env("KILN_THREADS", "1");
-    for (k, v) in case.vars(out) {
-        cmd.env(k, v);
+    cmd.env("KILN_THREADS", "1").envs(case.vars(out));
+    cmd
+}
+
+fn mpirun(ranks: usize, case: &Case, out: &Path, extra: &[&str]) -> Output {
+    mpirun_command(ranks, case, out, extra).output().expect("mpirun starts")
+}
+
+/// [`mpirun`], killed (and the test failed) if it has not ended after `limit`: a hang
+/// must fail the test, not stall the suite.
+fn mpirun_within(ranks: usize, case: &Case, out: &Path, limit: Duration) -> Output {
+    let mut cmd = mpirun_command(ranks, case, out, &[]);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("mpirun starts");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("mpirun -np {ranks} still ran after {limit:?}: a rank hangs");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    cmd.output().expect("mpirun starts")
+    child.wait_with_output().expect("mpirun's output")
 }
 
 fn run_ok(ranks: usize, case: &Case, out: &Path, extra: &[&str]) {
@@ -369,7 +388,7 @@ fn a_killed_rank_ends_the_job_within_a_minute() {
     let dir = tempfile::tempdir().expect("tempdir");
     let case = Case { steps: 1_000_000, kill_rank_1_after: Some(3), ..Case::new("sgd") };
     let started = Instant::now();
-    let o = mpirun(2, &case, dir.path(), &[]);
+    let o = mpirun_within(2, &case, dir.path(), Duration::from_secs(90));
     let took = started.elapsed();
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(!o.status.success(), "the job must fail when a rank dies:\n{text}");
