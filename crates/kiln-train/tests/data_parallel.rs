@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use kiln_core::{Backend, Graph, HostTensor};
 use kiln_cpu::CpuBackend;
 use kiln_data::{DataLoader, Dataset};
-use kiln_nn::{init::seeded_rng, AdamW, Sequential, SGD};
+use kiln_nn::{init::seeded_rng, AdamW, Precision, Sequential, SGD};
 use kiln_train::data_parallel::shard;
 use kiln_train::{BatchSource, Checkpoint, Classification, DatasetBatches, Device, Learner, TrainingData, World, CHECKPOINT_FILE, METRICS_FILE};
 
@@ -39,6 +39,8 @@ struct Case {
     /// "cpu64" (the f64 CPU backend) or "gpu".
     backend: String,
     batch_norm: bool,
+    /// Mixed precision: f16 matmuls and dynamic loss scaling.
+    mixed: bool,
     accumulate: u64,
     batch: usize,
     steps: u64,
@@ -54,6 +56,7 @@ impl Case {
             optimizer: optimizer.into(),
             backend: "cpu64".into(),
             batch_norm: false,
+            mixed: false,
             accumulate: 1,
             batch: BATCH,
             steps: STEPS,
@@ -68,6 +71,7 @@ impl Case {
             ("KILN_DP_OPTIMIZER".to_string(), self.optimizer.clone()),
             ("KILN_DP_BACKEND".into(), self.backend.clone()),
             ("KILN_DP_BATCH_NORM".into(), self.batch_norm.to_string()),
+            ("KILN_DP_MIXED".into(), self.mixed.to_string()),
             ("KILN_DP_ACCUMULATE".into(), self.accumulate.to_string()),
             ("KILN_DP_BATCH".into(), self.batch.to_string()),
             ("KILN_DP_STEPS".into(), self.steps.to_string()),
@@ -92,6 +96,7 @@ impl Case {
             optimizer: var("KILN_DP_OPTIMIZER"),
             backend: var("KILN_DP_BACKEND"),
             batch_norm: var("KILN_DP_BATCH_NORM") == "true",
+            mixed: var("KILN_DP_MIXED") == "true",
             accumulate: var("KILN_DP_ACCUMULATE").parse().expect("accumulate"),
             batch: var("KILN_DP_BATCH").parse().expect("batch"),
             steps: var("KILN_DP_STEPS").parse().expect("steps"),
@@ -130,6 +135,7 @@ impl Case {
             "sgd" => learner.optimizer(SGD::new(0.1).momentum(0.9)),
             _ => learner.optimizer(AdamW::new(1e-2)),
         };
+        let learner = learner.precision(if self.mixed { Precision::Mixed } else { Precision::F32 });
         let learner = match self.max_steps {
             Some(m) => learner.max_steps(m),
             None => learner,
@@ -260,11 +266,15 @@ fn single(case: &Case, out: &Path) -> Vec<(String, HostTensor)> {
 }
 
 fn equal_to_one_process(optimizer: &str, ranks: usize, extra: &[&str]) {
+    equal_to_one_process_in(Case::new(optimizer), ranks, extra);
+}
+
+fn equal_to_one_process_in(case: Case, ranks: usize, extra: &[&str]) {
     if !mpi_ready() {
         return;
     }
+    let optimizer = case.optimizer.clone();
     let dir = tempfile::tempdir().expect("tempdir");
-    let case = Case::new(optimizer);
     let one = single(&case, &dir.path().join("one"));
     run_ok(ranks, &case, &dir.path().join("many"), extra);
     let gap = largest_gap(&one, &state(&dir.path().join("many")));
@@ -282,6 +292,12 @@ fn two_ranks_equal_one_process_with_sgd_momentum() {
 #[test]
 fn two_ranks_equal_one_process_with_adamw() {
     equal_to_one_process("adamw", 2, &[]);
+}
+
+/// Under loss scaling the skip is decided on the summed gradients: every rank alike.
+#[test]
+fn two_ranks_equal_one_process_in_mixed_precision() {
+    equal_to_one_process_in(Case { mixed: true, ..Case::new("adamw") }, 2, &[]);
 }
 
 #[test]
