@@ -7,6 +7,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use kiln_train::{Config, Device, DeviceChoice, TrainOptions};
 
+mod distributed;
+
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Train neural networks on any GPU wgpu reaches")]
 struct Cli {
@@ -243,47 +245,6 @@ fn main() -> ExitCode {
 #[derive(Debug)]
 struct Interrupted;
 
-/// `kiln bench train` under mpirun: every rank times its data-parallel steps on the
-/// device of its local rank; rank 0 prints the split (an error ends every rank).
-fn bench_data_parallel(
-    world: &kiln_train::World,
-    recipe: &str,
-    config: &Config,
-    device: &str,
-    options: kiln_bench::train::BenchOptions,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
-        share_cores_among_local_ranks(world);
-        let choice: DeviceChoice = match device {
-            "all" => DeviceChoice::Auto,
-            other => other.parse()?,
-        };
-        let device = Device::open_for_rank(choice, Some(world.local_rank()))?;
-        eprintln!("rank {} of {} (local rank {}): device {}", world.rank(), world.size(), world.local_rank(), device.description);
-        let report = kiln_bench::train_dp::bench_train_data_parallel(&device, world, config, options)?;
-        if world.is_leader() {
-            kiln_bench::train_dp::print_data_parallel_table(recipe, &device, world, &report);
-        }
-        Ok(())
-    })();
-    if let Err(e) = &result {
-        eprintln!("kiln: rank {} of {}: error: {e}", world.rank(), world.size());
-        world.abort(1)
-    }
-    result
-}
-
-/// Unless `--threads` or KILN_THREADS says otherwise, the CPU backend of each of the
-/// ranks on this machine takes its share of the cores, not all of them.
-fn share_cores_among_local_ranks(world: &kiln_train::World) {
-    if std::env::var_os(kiln_cpu::THREADS_ENV).is_some() {
-        return;
-    }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let share = (cores / world.local_size().max(1)).max(1);
-    std::env::set_var(kiln_cpu::THREADS_ENV, share.to_string());
-}
-
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("interrupted")
@@ -403,7 +364,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 let name = recipe.clone().unwrap_or_else(|| "job".into());
                 let out_dir = out.or(resumed_dir).unwrap_or_else(|| PathBuf::from("runs").join(&name));
                 let device = if world.is_distributed() {
-                    share_cores_among_local_ranks(&world);
+                    distributed::share_cores_among_local_ranks(&world);
                     let device = Device::open_for_rank(device, Some(world.local_rank()))?;
                     eprintln!(
                         "rank {} of {} ({}, local rank {}): device {}",
@@ -497,7 +458,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let options = BenchOptions { batch_size, warmup_steps: warmup, steps };
             let world = kiln_train::World::from_env()?;
             if world.is_distributed() {
-                return bench_data_parallel(&world, &recipe, &config, &device, options);
+                return distributed::bench_data_parallel(&world, &recipe, &config, &device, options);
             }
             let runner = pytorch.runner()?;
             let (devices, notes) = bench_devices(&device)?;
