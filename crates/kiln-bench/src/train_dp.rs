@@ -36,7 +36,7 @@ struct Loaded {
 fn load(device: &Device, config: &Config, share: usize, ranks: usize) -> Result<(Loaded, Option<usize>), TrainError> {
     let local = kiln_train::job::training_plan(config, SHAKESPEARE_VOCAB, share, PlanKind::LocalGradients)?;
     let Update::Local(graph) = &local.compiled.update else { unreachable!("a gradient plan") };
-    let mut local_feeds = graph.feeds(1.0 / ranks as f64, 0);
+    let mut local_feeds = graph.micro.feeds(1.0 / ranks as f64, 0);
     local_feeds.extend(fixed_batch(&local, share));
     let region = graph.region.state;
     let apply = kiln_train::job::training_plan(config, SHAKESPEARE_VOCAB, share * ranks, PlanKind::Apply)?;

@@ -17,7 +17,7 @@
 //!   zeroed for the next step.
 use kiln_core::{DType, Graph, GraphError, HostTensor, Result, Shape, Tensor};
 
-use crate::accumulate::{micro_grads, weighted_sum, MICRO_WEIGHT_INPUT};
+use crate::accumulate::{micro_grads, weighted_sum, AccumulateGraph, MICRO_WEIGHT_INPUT};
 use crate::dropout::RNG_STEP_INPUT;
 use crate::mixed::{LossScaleState, LossScaler};
 use crate::optim::{step_feeds, Optimizer, StepInput};
@@ -68,17 +68,15 @@ impl GradientRegion {
     }
 }
 
-/// A rank's forward and backward pass, its weighted gradients added into the region.
+/// A rank's forward and backward pass, its weighted gradients added into the region:
+/// a micro-batch of gradient accumulation whose one accumulator is the region.
 #[derive(Clone, Debug)]
 pub struct LocalGradientGraph {
-    pub loss: Tensor,
+    /// The loss, the micro-batch's weight (its share of the global step's samples), the
+    /// update `(region, region + weight * gradients)` and dropout's counter; fed by
+    /// [`AccumulateGraph::feeds`].
+    pub micro: AccumulateGraph,
     pub region: GradientRegion,
-    /// This micro-batch's share of the global step's samples (0-d f32 input).
-    pub weight: Tensor,
-    /// `(region, region + weight * gradients)`.
-    pub updates: Vec<(Tensor, Tensor)>,
-    /// Training-mode dropout's counter, when the loss reads it.
-    pub rng_step: Option<Tensor>,
 }
 
 impl LocalGradientGraph {
@@ -96,17 +94,8 @@ impl LocalGradientGraph {
         let weight = g.input(MICRO_WEIGHT_INPUT, Shape::scalar(), DType::F32)?;
         let added = weighted_sum(g, region.state, weight, joined)?;
         let rng_step = g.find(RNG_STEP_INPUT).filter(|&counter| depends_on(g, loss, counter));
-        Ok(LocalGradientGraph { loss, updates: vec![(region.state, added)], region, weight, rng_step })
-    }
-
-    /// Feeds of a micro-batch: its share of the global step's samples and, when dropout
-    /// reads it, the counter.
-    pub fn feeds(&self, weight: f64, rng_counter: u64) -> Vec<(Tensor, HostTensor)> {
-        let mut feeds = vec![(self.weight, HostTensor::f32(Shape::scalar(), vec![weight as f32]))];
-        if let Some(counter) = self.rng_step {
-            feeds.push((counter, crate::dropout::rng_step_value(rng_counter)));
-        }
-        feeds
+        let micro = AccumulateGraph { loss, weight, updates: vec![(region.state, added)], rng_step };
+        Ok(LocalGradientGraph { micro, region })
     }
 }
 

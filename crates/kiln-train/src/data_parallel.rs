@@ -232,7 +232,7 @@ pub(crate) fn step(
         let rng_counter = (state.step * accumulate + i as u64) * size as u64 + rank as u64;
         let (compiled, exec) = plans.get(PlanKind::LocalGradients, &part.dims())?;
         let Update::Local(local) = &compiled.update else { unreachable!("a gradient plan") };
-        let mut feeds = local.feeds(weight, rng_counter);
+        let mut feeds = local.micro.feeds(weight, rng_counter);
         feeds.extend(compiled.batch_feeds(part));
         let out = exec.run(&feeds)?;
         figures[0] += weight * out[0].scalar();

@@ -153,7 +153,7 @@ pub fn compile(
         PlanKind::Apply => unreachable!("compiled by compile_apply"),
         PlanKind::LocalGradients => {
             let local = LocalGradientGraph::build(&mut g, objective.loss, &params, scaler.as_ref())?;
-            let updates = local.updates.clone();
+            let updates = local.micro.updates.clone();
             (Update::Local(local), updates, Vec::new())
         }
         PlanKind::Accumulate => {

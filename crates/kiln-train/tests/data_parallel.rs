@@ -280,6 +280,16 @@ fn equal_to_one_process(optimizer: &str, ranks: usize, extra: &[&str]) {
     assert!(largest_gap(&one, &start) > 1e-3, "five steps moved the weights beyond the first");
 }
 
+/// The states after `case` in one process accumulating the two ranks' halves as
+/// micro-batches, in one process with the whole batch, and on 2 ranks.
+fn two_ranks_beside_one_process(case: &Case) -> [Vec<(String, HostTensor)>; 3] {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let micro = single(&Case { batch: BATCH / 2, accumulate: 2, ..case.clone() }, &dir.path().join("micro"));
+    let whole = single(case, &dir.path().join("whole"));
+    run_ok(2, case, &dir.path().join("many"), &[]);
+    [micro, whole, state(&dir.path().join("many"))]
+}
+
 #[test]
 fn two_ranks_equal_one_process_with_sgd_momentum() {
     equal_to_one_process("sgd", 2, &[]);
@@ -300,14 +310,9 @@ fn two_ranks_in_mixed_precision_equal_one_process_accumulating_their_shares() {
     if !mpi_ready() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let case = Case { mixed: true, ..Case::new("adamw") };
-    let micro = single(&Case { batch: BATCH / 2, accumulate: 2, ..case.clone() }, &dir.path().join("micro"));
-    run_ok(2, &case, &dir.path().join("many"), &[]);
-    let many = state(&dir.path().join("many"));
+    let [micro, whole, many] = two_ranks_beside_one_process(&Case { mixed: true, ..Case::new("adamw") });
     let gap = largest_gap(&micro, &many);
     assert!(gap <= 1e-12, "2 mixed-precision ranks differ from accumulated shares by {gap:e}");
-    let whole = single(&case, &dir.path().join("whole"));
     let f16_gap = largest_gap(&whole, &many);
     assert!(f16_gap <= 2e-3, "2 mixed-precision ranks differ from one process by {f16_gap:e}, beyond f16 rounding");
 }
@@ -344,12 +349,7 @@ fn batch_norm_normalises_each_ranks_share_as_accumulated_micro_batches() {
     if !mpi_ready() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let case = Case { batch_norm: true, ..Case::new("sgd") };
-    let micro = single(&Case { batch: BATCH / 2, accumulate: 2, ..case.clone() }, &dir.path().join("micro"));
-    let whole = single(&case, &dir.path().join("whole"));
-    run_ok(2, &case, &dir.path().join("many"), &[]);
-    let many = state(&dir.path().join("many"));
+    let [micro, whole, many] = two_ranks_beside_one_process(&Case { batch_norm: true, ..Case::new("sgd") });
     let params = |s: &[(String, HostTensor)]| -> Vec<(String, HostTensor)> {
         s.iter().filter(|(n, _)| !n.contains("running_") && !n.contains("num_batches")).cloned().collect()
     };
