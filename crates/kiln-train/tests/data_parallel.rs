@@ -7,6 +7,8 @@
 //! KILN_REQUIRE_MPI=1 (scripts/test) they fail instead.
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_core::{Backend, Graph, HostTensor};
@@ -48,6 +50,8 @@ struct Case {
     resume: Option<PathBuf>,
     /// Seconds after which rank 1 kills itself (SIGKILL).
     kill_rank_1_after: Option<u64>,
+    /// Seconds after which rank 1 alone asks to stop (as its Ctrl-C handler would).
+    stop_rank_1_after: Option<u64>,
 }
 
 impl Case {
@@ -63,6 +67,7 @@ impl Case {
             max_steps: None,
             resume: None,
             kill_rank_1_after: None,
+            stop_rank_1_after: None,
         }
     }
 
@@ -86,6 +91,9 @@ impl Case {
         if let Some(k) = self.kill_rank_1_after {
             vars.push(("KILN_DP_KILL_RANK_1_AFTER".into(), k.to_string()));
         }
+        if let Some(k) = self.stop_rank_1_after {
+            vars.push(("KILN_DP_STOP_RANK_1_AFTER".into(), k.to_string()));
+        }
         vars
     }
 
@@ -103,6 +111,7 @@ impl Case {
             max_steps: opt("KILN_DP_MAX_STEPS").map(|v| v.parse().expect("max steps")),
             resume: opt("KILN_DP_RESUME").map(PathBuf::from),
             kill_rank_1_after: opt("KILN_DP_KILL_RANK_1_AFTER").map(|v| v.parse().expect("seconds")),
+            stop_rank_1_after: opt("KILN_DP_STOP_RANK_1_AFTER").map(|v| v.parse().expect("seconds")),
         }
     }
 
@@ -116,8 +125,13 @@ impl Case {
         }
     }
 
-    /// Train on `world` into `out`; the report's step count.
+    /// Train on `world` into `out`.
     fn train(&self, world: World, out: &Path) -> kiln_train::TrainReport {
+        self.train_until(world, out, &AtomicBool::new(false))
+    }
+
+    /// [`Case::train`], stopping with a checkpoint once `stop` is set.
+    fn train_until(&self, world: World, out: &Path, stop: &AtomicBool) -> kiln_train::TrainReport {
         let batch_norm = self.batch_norm;
         let model = move |g: &mut Graph| {
             let mut rng = seeded_rng(11);
@@ -144,7 +158,7 @@ impl Case {
             Some(r) => learner.resume(r),
             None => learner,
         };
-        learner.fit(&self.device(), data).expect("fit")
+        learner.fit_until(&self.device(), data, stop).expect("fit")
     }
 }
 
@@ -161,7 +175,18 @@ fn rank_trains_its_case() {
             let _ = Command::new("kill").args(["-9", &std::process::id().to_string()]).status();
         });
     }
-    let report = case.train(world.clone(), &out);
+    let stop = Arc::new(AtomicBool::new(false));
+    if let (Some(after), 1) = (case.stop_rank_1_after, world.rank()) {
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(after));
+            flag.store(true, Ordering::SeqCst);
+        });
+    }
+    let report = case.train_until(world.clone(), &out, &stop);
+    if case.stop_rank_1_after.is_some() {
+        assert!(report.interrupted, "rank {} went on after rank 1 asked to stop", world.rank());
+    }
     // Each rank's final-state checksum, for the bit-identity check.
     let sum = report.state_checksum.expect("a data-parallel run reports its state's checksum");
     std::fs::write(out.join(format!("rank{}.checksum", world.rank())), sum.to_string()).expect("write checksum");
@@ -405,6 +430,25 @@ fn a_batch_that_does_not_divide_by_the_ranks_is_refused() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "3 ranks cannot split batches of 16");
     assert!(stderr.contains("does not divide by the 3 ranks") && stderr.contains("rank "), "{stderr}");
+}
+
+/// A stop request (Ctrl-C) on one rank stops every rank after the same step, with rank
+/// 0's checkpoint written: no rank leaves the others waiting in a collective.
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
+    if !mpi_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let case = Case { steps: 1_000_000, stop_rank_1_after: Some(2), ..Case::new("sgd") };
+    let o = mpirun_within(2, &case, dir.path(), Duration::from_secs(90));
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "both ranks stop cleanly:\n{text}");
+    let sums: Vec<String> = (0..2).map(|r| std::fs::read_to_string(dir.path().join(format!("rank{r}.checksum"))).expect("checksum")).collect();
+    assert_eq!(sums[0], sums[1], "the ranks stopped in the same state");
+    let ck = Checkpoint::load(&dir.path().join(CHECKPOINT_FILE)).expect("rank 0 wrote the checkpoint");
+    let step = ck.meta_u64("step", &dir.path().join(CHECKPOINT_FILE)).expect("step");
+    assert!(step > 0 && step < 1_000_000, "stopped mid-run, at step {step}");
 }
 
 /// A rank killed mid-run ends the job, with an error, within 60 s: no rank waits forever.

@@ -245,11 +245,9 @@ pub(crate) fn choose_adapter(instance: &wgpu::Instance, wanted: Option<&str>, in
         return Err(ExecError::Device(no_adapter_message()));
     }
     let Some(wanted) = wanted else {
-        let best = preference(adapters[0].get_info().device_type);
-        let mut of_best: Vec<wgpu::Adapter> =
-            adapters.into_iter().filter(|a| preference(a.get_info().device_type) == best).collect();
-        let at = index.unwrap_or(0) % of_best.len();
-        return Ok(of_best.swap_remove(at));
+        let kinds: Vec<wgpu::DeviceType> = adapters.iter().map(|a| a.get_info().device_type).collect();
+        let at = nth_of_best_kind(&kinds, index.unwrap_or(0));
+        return Ok(adapters.into_iter().nth(at).expect("an index into the adapters"));
     };
     let needle = wanted.to_lowercase();
     let titles: Vec<String> = adapters.iter().map(|a| AdapterReport::of(a).title()).collect();
@@ -260,6 +258,15 @@ pub(crate) fn choose_adapter(instance: &wgpu::Instance, wanted: Option<&str>, in
             titles.join("; ")
         ))),
     }
+}
+
+/// Among adapters of `kinds` (sorted best first, not empty), the position of the one at
+/// `index` modulo the number of adapters of the best kind: ranks 0..n of a machine with
+/// n GPUs take one each, and never a software adapter listed after them.
+fn nth_of_best_kind(kinds: &[wgpu::DeviceType], index: usize) -> usize {
+    let best = preference(kinds[0]);
+    let of_best = kinds.iter().take_while(|&&k| preference(k) == best).count();
+    index % of_best
 }
 
 /// An open device and what kiln learned about it.
@@ -316,4 +323,19 @@ pub(crate) fn open_device(adapter: &wgpu::Adapter) -> Result<OpenDevice, ExecErr
     let (device, queue) = pollster::block_on(adapter.request_device(&desc))
         .map_err(|e| ExecError::Device(format!("opening {}: {e}", report.title())))?;
     Ok(OpenDevice { device, queue, report, limits, features })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nth_of_best_kind;
+    use wgpu::DeviceType::{Cpu, DiscreteGpu, IntegratedGpu};
+
+    #[test]
+    fn ranks_spread_over_the_gpus_of_the_best_kind_and_wrap_around() {
+        let machine = [DiscreteGpu, DiscreteGpu, DiscreteGpu, IntegratedGpu, Cpu];
+        let picks: Vec<usize> = (0..7).map(|rank| nth_of_best_kind(&machine, rank)).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0], "three discrete GPUs, never the integrated one or lavapipe");
+        assert_eq!(nth_of_best_kind(&[Cpu], 5), 0, "only lavapipe: every rank takes it");
+        assert_eq!(nth_of_best_kind(&[IntegratedGpu, Cpu], 1), 0);
+    }
 }
