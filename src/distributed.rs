@@ -22,7 +22,7 @@ pub(crate) fn bench_data_parallel(
     device: &str,
     options: kiln_bench::train::BenchOptions,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+    let run = || -> Result<(), Box<dyn std::error::Error>> {
         share_cores_among_local_ranks(world);
         let choice: DeviceChoice = match device {
             "all" => DeviceChoice::Auto,
@@ -35,10 +35,6 @@ pub(crate) fn bench_data_parallel(
             kiln_bench::train_dp::print_data_parallel_table(recipe, &device, world, &report);
         }
         Ok(())
-    })();
-    if let Err(e) = &result {
-        eprintln!("kiln: rank {} of {}: error: {e}", world.rank(), world.size());
-        world.abort(1)
-    }
-    result
+    };
+    world.end_every_rank_on_error(run())
 }

@@ -432,13 +432,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 Ok(())
             })();
             match result {
+                // Every rank stops at the same step on an interrupt: nobody waits.
+                Err(e) if e.is::<Interrupted>() => Err(e),
                 // One rank's error (a file it cannot read) would leave the others waiting in
                 // a collective: say it with the rank, and end the whole job.
-                Err(e) if world.is_distributed() && !e.is::<Interrupted>() => {
-                    eprintln!("kiln: rank {} of {}: error: {e}", world.rank(), world.size());
-                    world.abort(1)
-                }
-                result => result,
+                result => world.end_every_rank_on_error(result),
             }
         }
         Command::Predict { checkpoint, texts, logits, device } => predict(&checkpoint, texts, logits, device),

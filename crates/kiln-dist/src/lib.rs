@@ -166,6 +166,19 @@ impl World {
         self.inner.abort(code)
     }
 
+    /// `result`, unless it is an error in a world of several ranks: then the error is
+    /// printed with this rank's number and every rank ends ([`World::abort`]), since the
+    /// others would wait for this one in their next collective forever.
+    pub fn end_every_rank_on_error<T, E: fmt::Display>(&self, result: Result<T, E>) -> Result<T, E> {
+        match result {
+            Err(e) if self.is_distributed() => {
+                eprintln!("kiln: rank {} of {}: error: {e}", self.rank(), self.size());
+                self.abort(1)
+            }
+            result => result,
+        }
+    }
+
     /// Whether every rank holds the same `bytes`: rank 0's are broadcast, each rank
     /// compares, and the mismatches are summed, so every rank gets the same answer.
     /// Returns the ranks whose bytes differ from rank 0's (empty when all agree).
@@ -248,7 +261,8 @@ mod tests {
                 let joined: Vec<usize> = ranges.iter().flat_map(|r| r.clone()).collect();
                 assert_eq!(joined, (0..total).collect::<Vec<_>>(), "total {total}, size {size}");
                 let lens: Vec<usize> = ranges.iter().map(|r| r.len()).collect();
-                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{lens:?}");
+                let (most, least) = (lens.iter().max().expect("a rank"), lens.iter().min().expect("a rank"));
+                assert!(most - least <= 1, "{lens:?}");
             }
         }
     }
@@ -258,9 +272,9 @@ mod tests {
         let w = World::single();
         assert_eq!((w.rank(), w.size(), w.local_rank(), w.is_leader(), w.is_distributed()), (0, 1, 0, true, false));
         let mut v = vec![1.5f32, -2.0];
-        w.all_reduce_sum_f32(&mut v).unwrap();
+        w.all_reduce_sum_f32(&mut v).expect("a world of one sums nothing");
         assert_eq!(v, [1.5, -2.0]);
-        assert!(w.ranks_differing_from_leader(b"state").unwrap().is_empty());
+        assert!(w.ranks_differing_from_leader(b"state").expect("no collective can fail alone").is_empty());
     }
 
     #[test]

@@ -142,8 +142,9 @@ pub(crate) fn verify_same_state(plans: &mut Plans, world: &World, batch: usize, 
     Ok(sum)
 }
 
-/// Rank 0 reads the checkpoint to resume from and sends its bytes to every rank (the
-/// other machines need not have the file).
+/// Rank 0 reads the checkpoint to resume from and sends its bytes to every rank, so that
+/// every rank restores the very state rank 0 read (the job's config and, for a language
+/// model, its tokenizer are still read from the file on each rank).
 pub(crate) fn load_checkpoint(world: &World, file: &Path) -> Result<Checkpoint, TrainError> {
     if !world.is_distributed() {
         return Checkpoint::load(file);

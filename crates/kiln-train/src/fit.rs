@@ -86,14 +86,7 @@ fn step_settings(learner: &RunParts, accumulate: bool, data_parallel: bool) -> S
 /// [`run`]; in a world of several ranks an error on one is printed with its rank and
 /// ends every rank (MPI_Abort): the others would otherwise wait for it in a collective.
 pub(crate) fn run(learner: &RunParts, device: &Device, data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
-    let world = learner.world;
-    match run_on_rank(learner, device, data, stop) {
-        Err(e) if world.is_distributed() => {
-            eprintln!("kiln: rank {} of {}: error: {e}", world.rank(), world.size());
-            world.abort(1)
-        }
-        result => result,
-    }
+    learner.world.end_every_rank_on_error(run_on_rank(learner, device, data, stop))
 }
 
 fn run_on_rank(learner: &RunParts, device: &Device, mut data: TrainingData, stop: &AtomicBool) -> Result<TrainReport, TrainError> {

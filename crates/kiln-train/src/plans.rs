@@ -131,7 +131,7 @@ pub fn compile(
     let mut g = Graph::new();
     let mut net = model.build(&mut g, batch)?;
     if kind == PlanKind::Apply {
-        return compile_apply(g, net.as_ref(), optimizer, settings);
+        return compile_apply(g, net.as_ref(), optimizer, settings, batch);
     }
     if kind == PlanKind::Eval {
         net.eval();
@@ -181,25 +181,41 @@ pub fn compile(
     }
     let plan = Plan::compile_with_updates(&g, &outputs, &updates)?;
     if kind != PlanKind::Eval {
-        crate::limits::check_plan_bytes(plan.peak_bytes, &format!("the training step at a batch of {batch}"))
-            .map_err(TrainError::Config)?;
+        check_training_plan(&plan, batch)?;
     }
+    let (model_tensors, checkpoint_tensors) = checkpoint_tensors(net.as_ref(), optimizer_state);
+    Ok(CompiledPlan { graph: g, plan, inputs, update, metric_count: objective.sums.len(), model_tensors, checkpoint_tensors })
+}
+
+/// A training plan's memory, bounded before anything is allocated.
+fn check_training_plan(plan: &Plan, batch: usize) -> Result<(), TrainError> {
+    crate::limits::check_plan_bytes(plan.peak_bytes, &format!("the training step at a batch of {batch}")).map_err(TrainError::Config)
+}
+
+/// The model's state dict, and the checkpoint's tensors: it, then the optimizer's
+/// moments under [`OPTIMIZER_PREFIX`].
+fn checkpoint_tensors(net: &dyn kiln_nn::Module, optimizer_state: Vec<(String, Tensor)>) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
     let model_tensors = net.state_dict();
     let mut checkpoint_tensors = model_tensors.clone();
     checkpoint_tensors.extend(optimizer_state.into_iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), t)));
-    Ok(CompiledPlan { graph: g, plan, inputs, update, metric_count: objective.sums.len(), model_tensors, checkpoint_tensors })
+    (model_tensors, checkpoint_tensors)
 }
 
 /// The update plan of a data-parallel step: the model's parameters (no forward pass),
 /// the optimizer, and its moments named for the checkpoint.
-fn compile_apply(mut g: Graph, net: &dyn kiln_nn::Module, optimizer: &dyn OptimizerBuilder, settings: &StepSettings) -> Result<CompiledPlan, TrainError> {
+fn compile_apply(
+    mut g: Graph,
+    net: &dyn kiln_nn::Module,
+    optimizer: &dyn OptimizerBuilder,
+    settings: &StepSettings,
+    batch: usize,
+) -> Result<CompiledPlan, TrainError> {
     let params = net.params();
     let opt = optimizer.build(&g, &params);
     let apply = ApplyGraph::build(&mut g, &params, opt.as_ref(), settings.clip_grad_norm, settings.loss_scaler().as_ref())?;
     let plan = Plan::compile_with_updates(&g, &apply.outputs(), &apply.updates)?;
-    let model_tensors = net.state_dict();
-    let mut checkpoint_tensors = model_tensors.clone();
-    checkpoint_tensors.extend(apply.optimizer_state.iter().map(|(n, t)| (format!("{OPTIMIZER_PREFIX}{n}"), *t)));
+    check_training_plan(&plan, batch)?;
+    let (model_tensors, checkpoint_tensors) = checkpoint_tensors(net, apply.optimizer_state.clone());
     Ok(CompiledPlan { graph: g, plan, inputs: Vec::new(), update: Update::Apply(apply), metric_count: 0, model_tensors, checkpoint_tensors })
 }
 
