@@ -7,13 +7,14 @@ use std::sync::atomic::AtomicBool;
 use kiln_core::{Graph, Tensor};
 use kiln_data::{DataLoader, Mnist, MnistSplit, Normalization};
 use kiln_dist::World;
-use kiln_nn::{Module, Optimizer};
+use kiln_nn::Optimizer;
 
 use crate::checkpoint::Checkpoint;
 use crate::classification::{eval_set, Classification, DatasetBatches};
 use crate::config::{Config, DatasetName, ModelConfig, OptimizerConfig};
 use crate::device::Device;
 use crate::language_model::{validation_windows, CorpusWindows, LanguageModel};
+use crate::inference::LayerModel;
 use crate::learner::Learner;
 use crate::options::{Evaluation, Length, LoopOptions, TrainReport};
 use crate::lm::{GptBuilder, TOKENIZER_FILE};
@@ -44,15 +45,6 @@ pub struct TrainOptions {
 pub const FASHION_MNIST: Normalization = Normalization { mean: 0.2860, std: 0.3530 };
 /// Where Debian's dataset-fashion-mnist package puts the files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
-
-/// A config's layer-list model (MLP or sequential), built by `crate::model`.
-struct LayerModel<'c>(&'c Config);
-
-impl ModelBuilder for LayerModel<'_> {
-    fn build(&self, g: &mut Graph, batch: usize) -> Result<Box<dyn Module>, TrainError> {
-        Ok(Box::new(crate::model::build_model(g, &self.0.model, self.0.train.seed, batch)?))
-    }
-}
 
 /// A config's optimizer; with `matrices_only`, AdamW decays only weights of rank >= 2
 /// (nanoGPT's groups, which the GPT recipes use).

@@ -12,6 +12,7 @@ mod config_text;
 pub mod device;
 mod fit;
 pub mod generate;
+pub mod inference;
 pub mod job;
 pub mod language_model;
 pub mod learner;

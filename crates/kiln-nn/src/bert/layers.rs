@@ -11,9 +11,10 @@ use crate::mixed;
 use crate::module::{join_name, Mode, Module};
 use crate::norm::LayerNorm;
 
-/// `LayerNorm(word[ids] + position[0..T] + token_type[0])`, then dropout.
+/// `LayerNorm(word[ids] + position[0..T] + token_type[types])`, then dropout.
 ///
-/// Every sequence is one segment (token type 0), as in single-sentence classification.
+/// Without token types every sequence is one segment (token type 0), as in
+/// single-sentence classification.
 /// State: `{prefix}.word_embeddings.weight [V, H]`, `position_embeddings.weight [P, H]`,
 /// `token_type_embeddings.weight [types, H]`, `LayerNorm.{weight,bias}`.
 #[derive(Debug)]
@@ -54,31 +55,60 @@ impl BertEmbeddings {
             hidden: h,
         })
     }
+
+    fn describe(&self) -> String {
+        format!("BertEmbeddings '{}'", self.prefix)
+    }
+
+    /// The word vectors `[B, T, H]` of token ids `[B, T]` (u32): the rows of the word table.
+    pub fn word_vectors(&self, g: &mut Graph, ids: Tensor) -> Result<Tensor> {
+        if g.dims(ids).len() != 2 {
+            return Err(GraphError::new(self.describe(), format!("expects token ids [B, T], got {}", g.shape(ids))));
+        }
+        g.gather_rows(self.word_embeddings, ids)
+    }
+
+    /// `LayerNorm(words + position[0..T] + token_type[types])`, then dropout, of word
+    /// vectors `[B, T, H]` (from [`BertEmbeddings::word_vectors`], or interpolated ones
+    /// for attributions). `token_types`: u32 `[B, T]`; `None` is segment 0 everywhere.
+    pub fn forward_words(&self, g: &mut Graph, words: Tensor, token_types: Option<Tensor>) -> Result<Tensor> {
+        let &[batch, len, hidden] = g.dims(words) else {
+            return Err(GraphError::new(self.describe(), format!("expects word vectors [B, T, H], got {}", g.shape(words))));
+        };
+        if hidden != self.hidden {
+            return Err(GraphError::new(self.describe(), format!("word vectors {} are not {} wide", g.shape(words), self.hidden)));
+        }
+        if len > self.max_positions {
+            return Err(GraphError::new(
+                self.describe(),
+                format!("a sequence of {len} tokens is longer than the {} positions the model has", self.max_positions),
+            ));
+        }
+        let segment = match token_types {
+            Some(types) => {
+                if g.dims(types) != [batch, len] {
+                    return Err(GraphError::new(
+                        self.describe(),
+                        format!("token_type_ids {} do not match the tokens [{batch}, {len}]", g.shape(types)),
+                    ));
+                }
+                g.gather_rows(self.token_type_embeddings, types)?
+            }
+            None => g.slice(self.token_type_embeddings, 0, 0, 1, 1)?,
+        };
+        let positions = g.slice(self.position_embeddings, 0, 0, len, 1)?;
+        let x = g.add(words, positions)?;
+        let x = g.add(x, segment)?;
+        let x = self.layer_norm.forward(g, x)?;
+        self.dropout.forward(g, x)
+    }
 }
 
 impl Module for BertEmbeddings {
     /// `ids`: u32 `[B, T]` with `T <= max_position_embeddings`; output `[B, T, H]`.
     fn forward(&self, g: &mut Graph, ids: Tensor) -> Result<Tensor> {
-        let &[_, len] = g.dims(ids) else {
-            return Err(GraphError::new(
-                format!("BertEmbeddings '{}'", self.prefix),
-                format!("expects token ids [B, T], got {}", g.shape(ids)),
-            ));
-        };
-        if len > self.max_positions {
-            return Err(GraphError::new(
-                format!("BertEmbeddings '{}'", self.prefix),
-                format!("a sequence of {len} tokens is longer than the {} positions the model has", self.max_positions),
-            ));
-        }
-        let words = g.gather_rows(self.word_embeddings, ids)?;
-        let positions = g.slice(self.position_embeddings, 0, 0, len, 1)?;
-        let segment = g.slice(self.token_type_embeddings, 0, 0, 1, 1)?;
-        let x = g.add(words, positions)?;
-        let x = g.add(x, segment)?;
-        debug_assert_eq!(g.dims(x).last(), Some(&self.hidden));
-        let x = self.layer_norm.forward(g, x)?;
-        self.dropout.forward(g, x)
+        let words = self.word_vectors(g, ids)?;
+        self.forward_words(g, words, None)
     }
 
     fn params(&self) -> Vec<(String, Tensor)> {

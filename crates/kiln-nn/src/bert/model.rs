@@ -71,25 +71,31 @@ impl BertModel {
     /// The last hidden states `[B, T, H]` of token ids `[B, T]` (u32) under an attention
     /// mask `[B, T]` (f32, 1 for a real token and 0 for padding).
     pub fn hidden_states(&self, g: &mut Graph, ids: Tensor, attention_mask: Tensor) -> Result<Tensor> {
-        let dims = g.dims(ids).to_vec();
-        if g.dims(attention_mask) != dims.as_slice() || g.dtype(attention_mask) != DType::F32 {
+        let words = self.embeddings.word_vectors(g, ids)?;
+        self.hidden_states_of_words(g, words, attention_mask, None)
+    }
+
+    /// The last hidden states of word vectors `[B, T, H]` (the word table's rows of the
+    /// tokens, or points between them and a baseline for attributions), under an
+    /// attention mask `[B, T]` (f32) and token types `[B, T]` (u32; `None`: all 0).
+    pub fn hidden_states_of_words(&self, g: &mut Graph, words: Tensor, attention_mask: Tensor, token_types: Option<Tensor>) -> Result<Tensor> {
+        let &[batch, len, _] = g.dims(words) else {
+            return Err(GraphError::new(self.describe(), format!("expects word vectors [B, T, H], got {}", g.shape(words))));
+        };
+        if g.dims(attention_mask) != [batch, len] || g.dtype(attention_mask) != DType::F32 {
             return Err(GraphError::new(
                 self.describe(),
                 format!(
-                    "the attention mask must be f32 {} like the token ids, got {} {}",
-                    g.shape(ids),
+                    "the attention mask must be f32 [{batch}, {len}] like the tokens, got {} {}",
                     g.dtype(attention_mask),
                     g.shape(attention_mask)
                 ),
             ));
         }
-        let &[batch, len] = dims.as_slice() else {
-            return Err(GraphError::new(self.describe(), format!("expects token ids [B, T], got {}", g.shape(ids))));
-        };
         let half = g.scalar(0.5, DType::F32)?;
         let real = g.gt(attention_mask, half)?;
         let key_allowed = g.reshape(real, [batch, 1, 1, len])?;
-        let mut x = self.embeddings.forward(g, ids)?;
+        let mut x = self.embeddings.forward_words(g, words, token_types)?;
         for layer in &self.layers {
             x = layer.forward_masked(g, x, key_allowed)?;
         }
@@ -211,7 +217,12 @@ impl BertClassifier {
 
     /// The pooled vectors `[B, H]` the head reads (before its dropout).
     pub fn pooled(&self, g: &mut Graph, ids: Tensor, attention_mask: Tensor) -> Result<Tensor> {
-        let hidden = self.bert.hidden_states(g, ids, attention_mask)?;
+        let words = self.bert.embeddings.word_vectors(g, ids)?;
+        self.pooled_words(g, words, attention_mask, None)
+    }
+
+    fn pooled_words(&self, g: &mut Graph, words: Tensor, attention_mask: Tensor, token_types: Option<Tensor>) -> Result<Tensor> {
+        let hidden = self.bert.hidden_states_of_words(g, words, attention_mask, token_types)?;
         match self.pooling {
             Pooling::Mean => masked_mean(g, hidden, attention_mask),
             Pooling::Cls => self.bert.pool_cls(g, hidden),
@@ -220,7 +231,15 @@ impl BertClassifier {
 
     /// Logits `[B, num_labels]`.
     pub fn logits(&self, g: &mut Graph, ids: Tensor, attention_mask: Tensor) -> Result<Tensor> {
-        let pooled = self.pooled(g, ids, attention_mask)?;
+        let words = self.bert.embeddings.word_vectors(g, ids)?;
+        self.logits_of_words(g, words, attention_mask, None)
+    }
+
+    /// Logits `[B, num_labels]` of word vectors `[B, T, H]` (see
+    /// [`BertModel::hidden_states_of_words`]): what attributions to the embeddings
+    /// differentiate.
+    pub fn logits_of_words(&self, g: &mut Graph, words: Tensor, attention_mask: Tensor, token_types: Option<Tensor>) -> Result<Tensor> {
+        let pooled = self.pooled_words(g, words, attention_mask, token_types)?;
         let pooled = self.dropout.forward(g, pooled)?;
         self.classifier.forward(g, pooled)
     }
@@ -234,12 +253,19 @@ impl Module for BertClassifier {
         self.logits(g, ids, mask)
     }
 
-    /// `[input_ids, attention_mask]`: the logits.
+    /// `[input_ids, attention_mask]` or `[input_ids, attention_mask, token_type_ids]`: the logits.
     fn forward_inputs(&self, g: &mut Graph, inputs: &[Tensor]) -> Result<Tensor> {
         match inputs {
             [ids, mask] => self.logits(g, *ids, *mask),
+            [ids, mask, types] => {
+                let words = self.bert.embeddings.word_vectors(g, *ids)?;
+                self.logits_of_words(g, words, *mask, Some(*types))
+            }
             [ids] => self.forward(g, *ids),
-            _ => Err(GraphError::new("BertClassifier", format!("takes [input_ids, attention_mask], got {} inputs", inputs.len()))),
+            _ => Err(GraphError::new(
+                "BertClassifier",
+                format!("takes [input_ids, attention_mask, token_type_ids?], got {} inputs", inputs.len()),
+            )),
         }
     }
 
