@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kiln_train::{Config, Device, DeviceChoice, TrainOptions};
 
 mod distributed;
+mod export;
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "Train neural networks on any GPU wgpu reaches")]
@@ -112,6 +113,27 @@ enum Command {
         seed: u64,
         /// auto (best GPU, else CPU), gpu or cpu.
         #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+    },
+    /// Write a checkpoint's model as ONNX (opset 17, fixed shapes), for onnxruntime and others.
+    Export {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value = "onnx")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Samples per run (the model's inputs have fixed shapes).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Tokens per sequence (GPT, text classifier); default the model's longest.
+        #[arg(long)]
+        seq_len: Option<usize>,
+        /// Also write fixed inputs and kiln's logits on them here, for scripts/check_onnx.py.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Where kiln computes the reference logits.
+        #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
     },
     /// List the GPU adapters wgpu finds, with their limits and features.
@@ -302,6 +324,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Generate { checkpoint, prompt, tokens, temperature, top_k, seed, device } => {
             let sampling = kiln_train::generate::SamplingOptions { temperature, top_k, seed };
             generate_text(&checkpoint, &prompt, tokens, sampling, device)
+        }
+        Command::Export { checkpoint, format, out, batch, seq_len, reference, device } => {
+            export::export(export::ExportCommand { checkpoint, format, out, batch, seq_len, reference, device })
         }
         Command::Devices => {
             let adapters = kiln_wgpu::list_adapters();

@@ -43,6 +43,11 @@ impl Graph {
         &self.nodes[t.0]
     }
 
+    /// The tensor of node `id`, if the graph has that node.
+    pub fn tensor(&self, id: usize) -> Option<Tensor> {
+        (id < self.nodes.len()).then_some(Tensor(id))
+    }
+
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }

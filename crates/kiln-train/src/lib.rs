@@ -11,6 +11,7 @@ mod config_optim;
 mod config_text;
 pub mod device;
 mod fit;
+pub mod export;
 pub mod generate;
 pub mod inference;
 pub mod job;
