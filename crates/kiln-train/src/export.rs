@@ -52,7 +52,14 @@ pub fn export_onnx(checkpoint: &Path, out: &Path, options: &ExportOptions) -> Re
     let trained = TrainedModel::load(checkpoint)?;
     let graph = trained.build(options.batch, options.seq_len)?;
     let states = trained.state_values(&graph)?;
-    let parameters = states.iter().map(|(_, _, v)| v.len()).sum();
+    let parameters: usize = states.iter().map(|(_, _, v)| v.len()).sum();
+    // A protobuf message is at most 2 GiB; larger models need ONNX's external data.
+    if parameters.saturating_mul(8) > (1usize << 31) - (1 << 24) {
+        return Err(TrainError::Config(format!(
+            "{} holds {parameters} values: an ONNX file keeps at most 2 GiB inline, and kiln does not write external data",
+            checkpoint.display()
+        )));
+    }
     let initializers = states.len();
     let shapes: Vec<String> = graph.inputs.iter().map(|(i, _)| format!("{} {:?}", i.name, i.dims)).collect();
     let doc = format!(
