@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kiln_train::{Config, Device, DeviceChoice, TrainOptions};
 
 mod distributed;
+mod explain;
 mod text_commands;
 
 #[derive(Parser)]
@@ -115,6 +116,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: DeviceChoice,
     },
+    /// Explain a classifier's predictions: gradient heat maps of test images, or token attributions of texts.
+    Explain(explain::ExplainArgs),
     /// List the GPU adapters wgpu finds, with their limits and features.
     Devices,
     /// Benchmarks: `kiln bench train mnist-mlp`.
@@ -407,6 +410,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 result => world.end_every_rank_on_error(result),
             }
         }
+        Command::Explain(args) => explain::explain(args),
         Command::Predict { checkpoint, texts, logits, device } => text_commands::predict(&checkpoint, texts, logits, device),
         Command::Eval { checkpoint, device, data } => {
             let device = Device::open(device)?;
