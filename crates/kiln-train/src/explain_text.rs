@@ -117,7 +117,15 @@ impl<'m> TextGradientModel<'m> {
             let logits = classifier.logits_of_words(&mut g, words, mask, None)?;
             let gradients = g.grad_with_seeds(&[(logits, one_hot)], &[words])?;
             let mut exec = self.device.backend.load(&Plan::compile(&g, &[logits, gradients[0]])?)?;
-            self.trained.checkpoint.write_to(exec.as_mut(), &g, &classifier.state_dict(), &self.trained.file)?;
+            // The word-embedding table is not in this plan (word vectors come in as an
+            // input, gathered on the host), so it is checked but not written.
+            let state_dict = classifier.state_dict();
+            let expected: Vec<(String, kiln_core::Shape)> = state_dict.iter().map(|(n, t)| (n.clone(), g.shape(*t).clone())).collect();
+            let ck = &self.trained.checkpoint;
+            ck.check_matches(&expected, &self.trained.file)?;
+            for (name, t) in state_dict.iter().filter(|(_, t)| *t != classifier.bert.embeddings.word_embeddings) {
+                ck.write_tensor(exec.as_mut(), name, *t)?;
+            }
             self.plans.insert(len, LengthPlan { exec, words, one_hot });
         }
         self.plans.get_mut(&len).ok_or_else(|| TrainError::Config(format!("no plan for {len} tokens")))
