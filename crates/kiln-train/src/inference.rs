@@ -152,14 +152,18 @@ impl TrainedModel {
         Ok(match self.family {
             ModelFamily::ImageClassifier => Box::new(LayerModel(&self.config)),
             ModelFamily::Gpt => Box::new(GptBuilder::new(&self.config, self.vocab_size)),
-            ModelFamily::TextClassifier => {
-                let Some((pretrained, _)) = &self.pretrained else {
-                    return Err(TrainError::Config("a text classifier needs its pretrained encoder".into()));
-                };
-                let model = self.config.model.text_classifier().ok_or_else(|| TrainError::Config("not a text classifier".into()))?;
-                Box::new(TextClassifierBuilder::new(pretrained.clone(), model, self.classes.len(), self.config.train.seed))
-            }
+            ModelFamily::TextClassifier => Box::new(self.text_classifier_builder()?),
         })
+    }
+
+    /// The builder of a text classifier's model (for callers that need the
+    /// `BertClassifier` itself, as `kiln explain` does for its word vectors).
+    pub(crate) fn text_classifier_builder(&self) -> Result<TextClassifierBuilder, TrainError> {
+        let Some((pretrained, _)) = &self.pretrained else {
+            return Err(TrainError::Config("a text classifier needs its pretrained encoder".into()));
+        };
+        let model = self.config.model.text_classifier().ok_or_else(|| TrainError::Config("not a text classifier".into()))?;
+        Ok(TextClassifierBuilder::new(pretrained.clone(), model, self.classes.len(), self.config.train.seed))
     }
 
     /// Record the model's eval-mode forward pass on inputs of `batch` samples (and

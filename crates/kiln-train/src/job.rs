@@ -243,7 +243,8 @@ pub struct ImageDatasets {
     pub test: kiln_data::Dataset,
 }
 
-fn normalization(config: &Config) -> Normalization {
+/// The pixel normalisation of an image job (MNIST's or Fashion-MNIST's statistics).
+pub(crate) fn normalization(config: &Config) -> Normalization {
     if config.data.dataset == DatasetName::FashionMnist { FASHION_MNIST } else { Normalization::MNIST }
 }
 
