@@ -69,6 +69,13 @@ pub(crate) fn explain(args: ExplainArgs) -> Result<(), Box<dyn std::error::Error
     if trained.family == ModelFamily::ImageClassifier && !args.text.is_empty() {
         return Err(format!("{}: --text needs a text classifier, this is an image classifier", args.checkpoint.display()).into());
     }
+    if trained.family == ModelFamily::TextClassifier && (args.target == Target::True || args.method.iter().any(|m| !matches!(m, Method::GradientTimesInput | Method::IntegratedGradients))) {
+        return Err(format!(
+            "{}: a text classifier's tokens are explained toward the predicted class by gradient x input and integrated gradients only",
+            args.checkpoint.display()
+        )
+        .into());
+    }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     let device = Device::open(args.device)?;
     eprintln!("device: {}", device.description);

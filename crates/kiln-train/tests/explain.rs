@@ -238,3 +238,45 @@ fn png_files_are_well_formed() {
     assert_eq!(pixel(width - 1, height - 1), [1, 2, 3]);
     assert_eq!(pixel(0, 0), [10, 20, 30]);
 }
+
+/// A text-classifier checkpoint of the minilm-sentiment recipe with the pretrained
+/// encoder and the recipe's seeded head (no training needed: the attributions' arithmetic
+/// is what is tested), or `None` when MiniLM is not fetched.
+fn minilm_classifier_checkpoint(dir: &Path) -> Option<PathBuf> {
+    kiln_data::fetched_model_or_skip(kiln_train::MINILM, "model.safetensors")?;
+    let config = Config::recipe("minilm-sentiment").expect("recipe");
+    let model = config.model.text_classifier().expect("a text classifier");
+    let (pretrained, _) = kiln_train::text_job::load_pretrained(model).expect("pretrained MiniLM");
+    let builder = kiln_train::text_job::TextClassifierBuilder::new(pretrained, model, 2, config.train.seed);
+    let mut g = kiln_core::Graph::new();
+    let classifier = builder.classifier(&mut g).expect("classifier");
+    use kiln_nn::Module;
+    let tensors = classifier.state_dict().into_iter().map(|(name, t)| (name, g.state_init(t).expect("state init").clone())).collect();
+    let file = write_checkpoint(dir, &config, tensors);
+    let mut ck = Checkpoint::load(&file).expect("reload");
+    ck.set_meta(kiln_train::text_job::META_CLASSES, r#"["negative","positive"]"#);
+    ck.save(&file).expect("save with classes");
+    Some(file)
+}
+
+#[test]
+fn token_integrated_gradients_add_up_and_keep_the_special_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(file) = minilm_classifier_checkpoint(dir.path()) else { return };
+    let trained = TrainedModel::load(&file).expect("load");
+    let device = Device::cpu();
+    let mut model = kiln_train::explain_text::TextGradientModel::new(&device, &trained).expect("text gradient model");
+    let e = model.explain("a truly wonderful film", 32).expect("explain");
+    assert_eq!(e.tokens.first().map(String::as_str), Some("[CLS]"));
+    assert_eq!(e.tokens.last().map(String::as_str), Some("[SEP]"));
+    assert_eq!(e.integrated_gradients.len(), e.tokens.len());
+    assert_eq!(e.gradient_x_input.len(), e.tokens.len());
+    // [CLS] and [SEP] are their own baseline: they can carry no integrated gradient.
+    assert_eq!(e.integrated_gradients[0], 0.0);
+    assert_eq!(e.integrated_gradients[e.tokens.len() - 1], 0.0);
+    let c = e.completeness;
+    assert!(c.logit_change.abs() > 1e-4, "the text must move the logit: {c:?}");
+    assert!(c.gap().abs() < 0.01 * c.logit_change.abs(), "token attributions sum to {} but the logit changed by {}", c.attribution_sum, c.logit_change);
+    let html = kiln_train::explain_text::tokens_html(&[e]);
+    assert!(html.contains("title=\"integrated gradients") && html.contains(">wonderful<"));
+}
