@@ -135,3 +135,28 @@ fn eval_of_a_diverged_checkpoint_is_an_error_naming_the_tensor() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("'0.weight' has 1 of 1 values NaN"), "{stderr}");
 }
+
+#[test]
+fn export_and_explain_of_bad_checkpoints_are_errors_naming_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, [200u8, 0, 0, 0, 0, 0, 0, 0, b'{']).expect("write");
+    // A well-formed file that no kiln run wrote: no config in its metadata.
+    let foreign = dir.path().join("foreign.safetensors");
+    let header = br#"{"0.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&1f32.to_le_bytes());
+    std::fs::write(&foreign, bytes).expect("write");
+    let out = dir.path().join("model.onnx");
+    for file in [&truncated, &foreign] {
+        for args in [vec!["export", "--format", "onnx", "--out", out.to_str().expect("utf-8")], vec!["explain", "--device", "cpu"]] {
+            let output = kiln().args(&args).arg("--checkpoint").arg(file).output().expect("run");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(1), "{args:?} {}: {stderr}", file.display());
+            assert!(stderr.contains(&file.display().to_string()), "{args:?}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+    assert!(!out.exists(), "nothing is written from a bad checkpoint");
+}
