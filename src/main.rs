@@ -174,6 +174,10 @@ enum BenchCommand {
         /// kiln's precision: f32, or mixed (f16 matmuls, f32 master weights, loss scaling).
         #[arg(long, value_parser = ["f32", "mixed"])]
         precision: Option<String>,
+        /// Instead of the comparison: the time of each plan step (backends that can time
+        /// their steps: the CPU), per op kind and the slowest N steps.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "25")]
+        profile: Option<usize>,
     },
     /// Time single ops (matmul, elementwise, softmax, conv2d ...) beside PyTorch's.
     Ops {
@@ -444,7 +448,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", figures(&eval));
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Train { recipe, steps, warmup, batch_size, device, pytorch, amp, precision } } => {
+        Command::Bench { what: BenchCommand::Train { recipe, steps, warmup, batch_size, device, pytorch, amp, precision, profile } } => {
             use kiln_bench::train::{bench_devices, print_train_table, BenchOptions, TorchComparison};
             let mut config = Config::recipe(&recipe)?;
             if let Some(precision) = precision {
@@ -455,11 +459,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if world.is_distributed() {
                 return distributed::bench_data_parallel(&world, &recipe, &config, &device, options);
             }
-            let runner = pytorch.runner()?;
             let (devices, notes) = bench_devices(&device)?;
             for note in notes {
                 eprintln!("{note}");
             }
+            if let Some(top) = profile {
+                return profile_devices(&recipe, &config, &devices, options, top);
+            }
+            let runner = pytorch.runner()?;
             let torch = runner.as_ref().map(|runner| TorchComparison { runner, amp: amp.as_deref() });
             match print_train_table(&recipe, &config, &devices, options, torch) {
                 0 => Ok(()),
@@ -539,4 +546,30 @@ fn figures(eval: &kiln_train::Evaluation) -> String {
         }
     }
     line
+}
+
+/// `kiln bench train --profile`: the per-step profile on each backend that can time its
+/// steps.
+fn profile_devices(
+    recipe: &str,
+    config: &Config,
+    devices: &[kiln_bench::train::BenchDevice],
+    options: kiln_bench::train::BenchOptions,
+    top: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut profiled = 0;
+    for bench in devices {
+        let name = &bench.device.description;
+        match kiln_bench::profile::profile_train(&bench.device, config, options)? {
+            Some(profile) => {
+                kiln_bench::profile::print_profile(recipe, name, &profile, top);
+                profiled += 1;
+            }
+            None => eprintln!("{name}: submits a whole step at once; its steps cannot be timed from the host"),
+        }
+    }
+    if profiled == 0 {
+        return Err("--profile: no backend here can time its steps (use --device cpu)".into());
+    }
+    Ok(())
 }

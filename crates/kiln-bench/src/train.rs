@@ -76,9 +76,9 @@ pub struct BenchReport {
 }
 
 /// A compiled training step with a fixed batch to feed it.
-struct PreparedStep {
-    plan: Plan,
-    feeds: Vec<(Tensor, HostTensor)>,
+pub(crate) struct PreparedStep {
+    pub(crate) plan: Plan,
+    pub(crate) feeds: Vec<(Tensor, HostTensor)>,
     /// Samples or tokens one step processes.
     items_per_step: usize,
     unit: ThroughputUnit,
@@ -91,7 +91,7 @@ fn fixed_images(numel: usize) -> Vec<f32> {
 
 /// The recipe's training step with fixed inputs: pixel-like floats, and integer inputs
 /// (labels, token ids) spread over their range.
-fn prepare(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
+pub(crate) fn prepare(config: &Config, batch: usize) -> Result<PreparedStep, TrainError> {
     let step = kiln_train::job::step_plan(config, SHAKESPEARE_VOCAB, batch)?;
     let train = step.compiled.train_graph().expect("a training step");
     let mut feeds = train.feeds(0, config.optimizer.lr);

@@ -15,6 +15,18 @@ pub trait Executor {
     fn dispatches(&self) -> Option<usize> {
         None
     }
+    /// Start (`true`) or stop recording how long each plan step takes, for a profile.
+    /// Returns whether this backend can: one that submits a whole run at once (a GPU)
+    /// cannot time its steps from the host, and returns false.
+    fn record_step_times(&mut self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
+    /// The time each plan step took, summed over the runs since recording started, in
+    /// plan order (empty when nothing was recorded); the sums start again from zero.
+    fn take_step_times(&mut self) -> Vec<std::time::Duration> {
+        Vec::new()
+    }
 }
 
 /// Something that can load a Plan: the CPU reference, a GPU.

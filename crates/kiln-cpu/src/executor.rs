@@ -18,6 +18,8 @@ pub struct CpuExecutor<T: Float> {
     slots: Vec<Slot<T>>,
     /// Elements of the largest tenant of each buffer: what a slot is allocated for.
     capacity: Vec<usize>,
+    /// Time spent in each plan step since recording started (`record_step_times`).
+    step_times: Option<Vec<std::time::Duration>>,
 }
 
 impl<T: Float> CpuExecutor<T> {
@@ -58,7 +60,7 @@ impl<T: Float> CpuExecutor<T> {
             })?;
             shared.push(handle);
         }
-        Ok(CpuExecutor { plan: plan.clone(), shared, turn: registry.turn(), slots, capacity })
+        Ok(CpuExecutor { plan: plan.clone(), shared, turn: registry.turn(), slots, capacity, step_times: None })
     }
 
     /// Write `value` (already checked against `operand`) into its buffer, rounding f16
@@ -169,8 +171,19 @@ impl<T: Float> CpuExecutor<T> {
 impl<T: Float> CpuExecutor<T> {
     /// The steps and the updates, with the states in their slots.
     fn run_steps(&mut self) -> Result<(), ExecError> {
-        for step in &self.plan.steps {
-            execute_step(step, &mut self.slots, &self.capacity)?;
+        match &mut self.step_times {
+            None => {
+                for step in &self.plan.steps {
+                    execute_step(step, &mut self.slots, &self.capacity)?;
+                }
+            }
+            Some(times) => {
+                for (step, time) in self.plan.steps.iter().zip(times.iter_mut()) {
+                    let start = std::time::Instant::now();
+                    execute_step(step, &mut self.slots, &self.capacity)?;
+                    *time += start.elapsed();
+                }
+            }
         }
         self.apply_updates()
     }
@@ -191,6 +204,18 @@ impl<T: Float> Executor for CpuExecutor<T> {
         let outputs = ran.and_then(|()| self.plan.outputs.iter().map(|o| self.fetch(&o.operand)).collect());
         self.return_states();
         outputs
+    }
+
+    fn record_step_times(&mut self, on: bool) -> bool {
+        self.step_times = on.then(|| vec![std::time::Duration::ZERO; self.plan.steps.len()]);
+        true
+    }
+
+    fn take_step_times(&mut self) -> Vec<std::time::Duration> {
+        match &mut self.step_times {
+            Some(times) => times.iter_mut().map(std::mem::take).collect(),
+            None => Vec::new(),
+        }
     }
 
     fn read_state(&mut self, state: Tensor) -> Result<HostTensor, ExecError> {
