@@ -2,7 +2,7 @@
 //! (padding) and concat. They work on any element type (floats and u32).
 use kiln_core::Shape;
 
-use crate::strided::{split_at_axis, StridedOffsets, TensorRef};
+use crate::strided::{split_at_axis, BroadcastRuns, TensorRef};
 use crate::Element;
 
 /// Output axis k is input axis `perm[k]`: walk the output in order, stepping through the
@@ -10,32 +10,25 @@ use crate::Element;
 pub fn permute<E: Element>(x: TensorRef<E>, perm: &[usize], out: &mut [E], out_shape: &Shape) {
     let in_strides = x.shape.strides();
     let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
-    for (o, i) in out.iter_mut().zip(StridedOffsets::new(out_shape.dims(), &strides, 0)) {
-        *o = x.data[i];
-    }
+    gather(x.data, out_shape.dims(), &strides, 0, out);
 }
 
 /// Broadcast x to the output shape (NumPy rules).
 pub fn expand<E: Element>(x: TensorRef<E>, out: &mut [E], out_shape: &Shape) {
-    for (o, i) in out.iter_mut().zip(StridedOffsets::broadcast(x.shape, out_shape)) {
-        *o = x.data[i];
-    }
+    gather(x.data, out_shape.dims(), &x.shape.broadcast_strides(out_shape), 0, out);
 }
 
-/// Where the element `starts + i * steps` of a tensor with `strides` sits, for every
-/// index i of `dims`, in row-major order of i.
-fn stepped_offsets(dims: &[usize], strides: &[usize], starts: &[usize], steps: &[usize]) -> StridedOffsets {
+/// The offset of `starts` in a tensor with `strides`, and the strides that step `steps`
+/// elements along each axis.
+fn stepped_strides(strides: &[usize], starts: &[usize], steps: &[usize]) -> (usize, Vec<usize>) {
     let base: usize = starts.iter().zip(strides).map(|(s, st)| s * st).sum();
-    let stepped: Vec<usize> = steps.iter().zip(strides).map(|(s, st)| s * st).collect();
-    StridedOffsets::new(dims, &stepped, base)
+    (base, steps.iter().zip(strides).map(|(s, st)| s * st).collect())
 }
 
 /// out[i] = x[starts + i * steps] per axis.
 pub fn slice<E: Element>(x: TensorRef<E>, starts: &[usize], steps: &[usize], out: &mut [E], out_shape: &Shape) {
-    let from = stepped_offsets(out_shape.dims(), &x.shape.strides(), starts, steps);
-    for (o, i) in out.iter_mut().zip(from) {
-        *o = x.data[i];
-    }
+    let (base, strides) = stepped_strides(&x.shape.strides(), starts, steps);
+    gather(x.data, out_shape.dims(), &strides, base, out);
 }
 
 /// out filled with `fill`, then out[starts + i * steps] = x[i] for every index i of x.
@@ -48,10 +41,31 @@ pub fn slice_scatter<E: Element>(
     out_shape: &Shape,
 ) {
     out.fill(fill);
-    let to = stepped_offsets(x.shape.dims(), &out_shape.strides(), starts, steps);
-    for (&v, o) in x.data.iter().zip(to) {
-        out[o] = v;
-    }
+    let (base, strides) = stepped_strides(&out_shape.strides(), starts, steps);
+    let runs = BroadcastRuns::over(x.shape.dims(), [&strides]);
+    runs.for_each(0..runs.count(), |run| {
+        let (to, stride, values) = (base + run.inputs[0], run.strides[0], &x.data[run.out..run.out + run.len]);
+        if stride == 1 {
+            out[to..to + run.len].copy_from_slice(values);
+        } else {
+            values.iter().enumerate().for_each(|(t, &v)| out[to + t * stride] = v);
+        }
+    });
+}
+
+/// `out` (dense, of shape `dims`) read from `data` at `base + sum_k index[k] strides[k]`,
+/// run by run along the innermost merged axis: a copy where the run is contiguous, a
+/// fill where it repeats one element.
+fn gather<E: Element>(data: &[E], dims: &[usize], strides: &[usize], base: usize, out: &mut [E]) {
+    let runs = BroadcastRuns::over(dims, [strides]);
+    runs.for_each(0..runs.count(), |run| {
+        let (from, stride, out) = (base + run.inputs[0], run.strides[0], &mut out[run.out..run.out + run.len]);
+        match stride {
+            0 => out.fill(data[from]),
+            1 => out.copy_from_slice(&data[from..from + run.len]),
+            _ => out.iter_mut().enumerate().for_each(|(t, o)| *o = data[from + t * stride]),
+        }
+    });
 }
 
 /// Join the inputs along `axis`. For each index of the axes before `axis`, each input
@@ -65,5 +79,46 @@ pub fn concat<E: Element>(xs: &[TensorRef<E>], axis: usize, out: &mut [E], out_s
             out[written..written + block].copy_from_slice(&x.data[o * block..(o + 1) * block]);
             written += block;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strided::StridedOffsets;
+
+    /// The run-by-run copies put every element where the element-by-element walk of
+    /// the definition puts it: permutes that keep or move the innermost axis, slices with
+    /// steps, scatters, and a broadcast.
+    #[test]
+    fn runs_move_every_element_as_the_elementwise_walk() {
+        let shape = Shape::from([3, 4, 5, 6]);
+        let x: Vec<u32> = (0..shape.numel() as u32).collect();
+        let x_ref = TensorRef { data: &x, shape: &shape };
+        for perm in [[0, 2, 1, 3], [3, 2, 1, 0], [1, 0, 3, 2], [0, 1, 2, 3]] {
+            let out_shape = Shape(perm.iter().map(|&p| shape.dims()[p]).collect());
+            let strides: Vec<usize> = perm.iter().map(|&p| shape.strides()[p]).collect();
+            let want: Vec<u32> = StridedOffsets::new(out_shape.dims(), &strides, 0).map(|i| x[i]).collect();
+            let mut got = vec![u32::MAX; x.len()];
+            permute(x_ref, &perm, &mut got, &out_shape);
+            assert_eq!(got, want, "permute {perm:?}");
+        }
+        let (starts, steps, out_shape) = ([1, 0, 2, 1], [1, 2, 1, 2], Shape::from([2, 2, 3, 3]));
+        let mut sliced = vec![u32::MAX; out_shape.numel()];
+        slice(x_ref, &starts, &steps, &mut sliced, &out_shape);
+        let (base, strides) = stepped_strides(&shape.strides(), &starts, &steps);
+        let want: Vec<u32> = StridedOffsets::new(out_shape.dims(), &strides, base).map(|i| x[i]).collect();
+        assert_eq!(sliced, want, "slice");
+        let mut scattered = vec![0; shape.numel()];
+        slice_scatter(TensorRef { data: &sliced, shape: &out_shape }, &starts, &steps, 7, &mut scattered, &shape);
+        let mut want = vec![7; shape.numel()];
+        for (&v, o) in sliced.iter().zip(StridedOffsets::new(out_shape.dims(), &strides, base)) {
+            want[o] = v;
+        }
+        assert_eq!(scattered, want, "slice_scatter");
+        let (row, wide) = (Shape::from([1, 6]), Shape::from([4, 6]));
+        let mut expanded = vec![0; 24];
+        expand(TensorRef { data: &x[..6], shape: &row }, &mut expanded, &wide);
+        assert_eq!(expanded, [0, 1, 2, 3, 4, 5].repeat(4), "expand");
     }
 }

@@ -43,6 +43,19 @@ fn reduce_on_threads<T: Float>(op: ReduceOp, axes: &[usize], x: TensorRef<T>, ou
     let reduced_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
     let count: usize = reduced_dims.iter().product();
 
+    // Kept axes after the last reduced one: `inner` consecutive outputs whose values lie
+    // side by side in the same rows, summed a row at a time.
+    let inner: usize = dims[axes.last().map_or(dims.len(), |&a| a + 1)..].iter().product();
+    if inner >= MIN_COLUMNS && count > 1 {
+        let rows: Vec<usize> = StridedOffsets::new(&reduced_dims, &reduced_strides, 0).collect();
+        let outer_dims: Vec<usize> = kept_dims.iter().enumerate().map(|(a, &d)| if a > axes[axes.len() - 1] { 1 } else { d }).collect();
+        let blocks: Vec<usize> = StridedOffsets::new(&outer_dims, &strides, 0).collect();
+        parallel::split_units(out, 1, threads, |outputs, piece| {
+            reduce_columns(op, x.data, &rows, &blocks, inner, outputs.start, piece);
+        });
+        return;
+    }
+
     // The values of one output, in runs along the innermost merged reduced axis.
     let runs = BroadcastRuns::over(&reduced_dims, [&reduced_strides]);
     // Outputs are independent: they are shared among threads in consecutive pieces, each
@@ -51,6 +64,72 @@ fn reduce_on_threads<T: Float>(op: ReduceOp, axes: &[usize], x: TensorRef<T>, ou
         let offsets = StridedOffsets::new(&kept_dims, &strides, 0).skip(outputs.start);
         reduce_outputs(op, x.data, &runs, count, offsets, piece);
     });
+}
+
+/// Outputs side by side in memory (a bias gradient's sum over the batch) below which
+/// they are reduced one at a time.
+const MIN_COLUMNS: usize = 8;
+
+/// Outputs come in blocks of `inner` columns: output `block * inner + j` reduces
+/// `data[blocks[block] + row + j]` over `rows` in order. `out` holds the outputs from
+/// `first` on. Every column is reduced with the very additions (or comparisons) of
+/// `pairwise_sum` and `max_of` on its own values, in the same order, so the bits are
+/// those of the one-output-at-a-time path.
+fn reduce_columns<T: Float>(op: ReduceOp, data: &[T], rows: &[usize], blocks: &[usize], inner: usize, first: usize, out: &mut [T]) {
+    // Columns are taken in chunks whose partial sums stay in the cache.
+    const CHUNK: usize = 256;
+    let mut scratch = vec![T::ZERO; CHUNK * pairwise_depth(rows.len())];
+    let mut done = 0;
+    while done < out.len() {
+        let (block, column) = ((first + done) / inner, (first + done) % inner);
+        let width = (inner - column).min(out.len() - done).min(CHUNK);
+        let at = blocks[block] + column;
+        let piece = &mut out[done..done + width];
+        match op {
+            ReduceOp::Sum => pairwise_sum_rows(data, rows, at, piece, &mut scratch),
+            ReduceOp::Mean => {
+                pairwise_sum_rows(data, rows, at, piece, &mut scratch);
+                let count = T::from_f64(rows.len() as f64);
+                piece.iter_mut().for_each(|v| *v = *v / count);
+            }
+            ReduceOp::Max => {
+                piece.fill(T::NEG_INFINITY);
+                for &row in rows {
+                    piece.iter_mut().zip(&data[row + at..][..width]).for_each(|(m, &v)| *m = nan_max(*m, v));
+                }
+            }
+        }
+        done += width;
+    }
+}
+
+/// How many partial rows `pairwise_sum_rows` keeps at once for `n` rows.
+fn pairwise_depth(mut n: usize) -> usize {
+    let mut depth = 1;
+    while n > SEQUENTIAL_BLOCK {
+        n -= n / 2;
+        depth += 1;
+    }
+    depth
+}
+
+/// `out[j] = pairwise_sum` of `data[row + at + j]` over `rows`, for every j of `out`:
+/// the recursion of `pairwise_sum`, with whole rows added at each node. `scratch` holds
+/// `out.len()` times `pairwise_depth(rows.len())` values at least.
+fn pairwise_sum_rows<T: Float>(data: &[T], rows: &[usize], at: usize, out: &mut [T], scratch: &mut [T]) {
+    let width = out.len();
+    if rows.len() <= SEQUENTIAL_BLOCK {
+        out.fill(T::ZERO);
+        for &row in rows {
+            out.iter_mut().zip(&data[row + at..][..width]).for_each(|(o, &v)| *o = *o + v);
+        }
+        return;
+    }
+    let (left, right) = rows.split_at(rows.len() / 2);
+    let (right_sum, rest) = scratch.split_at_mut(width);
+    pairwise_sum_rows(data, left, at, out, rest);
+    pairwise_sum_rows(data, right, at, right_sum, rest);
+    out.iter_mut().zip(right_sum.iter()).for_each(|(o, &r)| *o = *o + r);
 }
 
 /// Reduces, for each output of `out`, the values from its base offset in `offsets`.
@@ -113,6 +192,39 @@ mod tests {
                 let mut many = vec![0.0f32; outputs];
                 reduce_on_threads(op, &axes, TensorRef { data: &x, shape: &shape }, &mut many, threads);
                 assert!(one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()), "{op:?} {axes:?} on {threads} threads");
+            }
+        }
+    }
+
+    /// Outputs side by side (reduced a row at a time) get the bits of the
+    /// one-output-at-a-time path: the same additions in the same order.
+    #[test]
+    fn column_reductions_equal_the_per_output_path_bit_for_bit() {
+        let cases: [(&[usize], &[usize]); 5] =
+            [(&[2048, 40], &[0]), (&[3, 1000, 17], &[1]), (&[5, 7, 300, 9], &[0, 2]), (&[9, 6, 33], &[0, 1]), (&[1, 12], &[0])];
+        for (dims, axes) in cases {
+            let shape = Shape(dims.to_vec());
+            let x: Vec<f32> = (0..shape.numel()).map(|v| ((v * 7919) % 1000) as f32 * 1e-3 - 0.37).collect();
+            for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+                let outputs: usize = (0..dims.len()).filter(|a| !axes.contains(a)).map(|a| dims[a]).product();
+                let mut fast = vec![f32::NAN; outputs];
+                reduce_on_threads(op, axes, TensorRef { data: &x, shape: &shape }, &mut fast, 3);
+                // The per-output path, spelled out: gather each output's values, then reduce them.
+                let strides = shape.strides();
+                let kept: Vec<usize> = (0..dims.len()).map(|a| if axes.contains(&a) { 1 } else { dims[a] }).collect();
+                let reduced: Vec<usize> = axes.iter().map(|&a| dims[a]).collect();
+                let reduced_strides: Vec<usize> = axes.iter().map(|&a| strides[a]).collect();
+                let slow: Vec<f32> = StridedOffsets::new(&kept, &strides, 0)
+                    .map(|base| {
+                        let values: Vec<f32> = StridedOffsets::new(&reduced, &reduced_strides, base).map(|i| x[i]).collect();
+                        match op {
+                            ReduceOp::Sum => pairwise_sum(&values),
+                            ReduceOp::Mean => pairwise_sum(&values) / values.len() as f32,
+                            ReduceOp::Max => max_of(&values),
+                        }
+                    })
+                    .collect();
+                assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{op:?} {dims:?} {axes:?}");
             }
         }
     }
