@@ -22,6 +22,7 @@ use kiln_core::{Backend, ExecError, Executor, Plan};
 mod conv;
 mod elementwise;
 mod executor;
+mod fast_exp;
 mod fused;
 mod index;
 mod matmul;

@@ -1,27 +1,79 @@
-//! Sum, Mean and Max over any set of axes. Sums are pairwise (recursive halving), so the
-//! rounding error grows with log(n), not n, as in a GPU's workgroup tree.
+//! Sum, Mean and Max over any set of axes. Sums are pairwise (recursive halving down to
+//! leaves summed in vector lanes), so the rounding error grows with log(n), not n, as in
+//! a GPU's workgroup tree.
 use kiln_core::ReduceOp;
 
 use crate::scalar::nan_max;
 use crate::strided::{BroadcastRuns, StridedOffsets, TensorRef};
 use crate::{parallel, Float};
 
-/// Below this many values a plain running sum is used: its error is bounded by the
-/// block size, and recursing further would only cost time.
-const SEQUENTIAL_BLOCK: usize = 8;
+/// A leaf of the pairwise tree: at most this many values, summed in [`LANES`]
+/// interleaved running sums (the vector lanes of a CPU) that are then added pairwise.
+/// Its error is bounded by LEAF / LANES additions plus the lanes' tree; a smaller leaf
+/// would only cost time.
+const LEAF: usize = 128;
+/// Running sums of a leaf: value i of a leaf goes to sum i % LANES.
+const LANES: usize = 8;
 
-/// Sum by recursive halving: the two halves are summed separately, then added.
+/// Sum by recursive halving, as NumPy's pairwise sum: the two halves (the first one a
+/// whole number of lanes long) are summed separately, then added; a leaf is summed
+/// lane by lane ([`leaf_sum`]). The order is fixed by the length alone.
 pub fn pairwise_sum<T: Float>(values: &[T]) -> T {
-    if values.len() <= SEQUENTIAL_BLOCK {
-        return values.iter().fold(T::ZERO, |acc, &v| acc + v);
+    if values.len() <= LEAF {
+        return leaf_sum(values);
     }
-    let (left, right) = values.split_at(values.len() / 2);
+    let (left, right) = values.split_at(split_point(values.len()));
     pairwise_sum(left) + pairwise_sum(right)
 }
 
-/// Maximum of `values`, NaN if any is NaN, -inf if there are none.
+/// Where a run of `n` values (more than a leaf) is halved: the first half's length, a
+/// multiple of [`LANES`].
+fn split_point(n: usize) -> usize {
+    n / 2 / LANES * LANES
+}
+
+/// Value i in running sum i % LANES, each from zero, then the sums added pairwise.
+fn leaf_sum<T: Float>(values: &[T]) -> T {
+    let mut lanes = [T::ZERO; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane = *lane + v;
+        }
+    }
+    for (lane, &v) in lanes.iter_mut().zip(chunks.remainder()) {
+        *lane = *lane + v;
+    }
+    combine_lanes(lanes)
+}
+
+/// The lanes' running sums added pairwise: ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
+fn combine_lanes<T: Float>(l: [T; LANES]) -> T {
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
+}
+
+/// Maximum of `values`, NaN if any is NaN, -inf if there are none. Kept in [`LANES`]
+/// running maxima (value i in lane i % LANES) that a CPU keeps in vector lanes, with
+/// the NaNs seen counted aside; the lanes then meet in order. (Of equal zeros of both
+/// signs, which one is kept depends on where they lie, as on a GPU's tree.)
 pub fn max_of<T: Float>(values: &[T]) -> T {
-    values.iter().fold(T::NEG_INFINITY, |acc, &v| nan_max(acc, v))
+    let mut lanes = [T::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for ((lane, seen), &v) in lanes.iter_mut().zip(&mut nan).zip(chunk) {
+            *lane = if v > *lane { v } else { *lane };
+            *seen |= v.is_nan();
+        }
+    }
+    for ((lane, seen), &v) in lanes.iter_mut().zip(&mut nan).zip(chunks.remainder()) {
+        *lane = if v > *lane { v } else { *lane };
+        *seen |= v.is_nan();
+    }
+    if nan.iter().any(|&seen| seen) {
+        return T::NAN;
+    }
+    lanes.into_iter().fold(T::NEG_INFINITY, nan_max)
 }
 
 /// Reduce `x` over `axes` (sorted, unique). The output keeps x's rank with every reduced
@@ -103,29 +155,35 @@ fn reduce_columns<T: Float>(op: ReduceOp, data: &[T], rows: &[usize], blocks: &[
     }
 }
 
-/// How many partial rows `pairwise_sum_rows` keeps at once for `n` rows.
+/// How many partial rows `pairwise_sum_rows` keeps at once for `n` rows: one per
+/// level of halving, and the lanes of a leaf.
 fn pairwise_depth(mut n: usize) -> usize {
-    let mut depth = 1;
-    while n > SEQUENTIAL_BLOCK {
-        n -= n / 2;
+    let mut depth = LANES;
+    while n > LEAF {
+        n -= split_point(n);
         depth += 1;
     }
     depth
 }
 
 /// `out[j] = pairwise_sum` of `data[row + at + j]` over `rows`, for every j of `out`:
-/// the recursion of `pairwise_sum`, with whole rows added at each node. `scratch` holds
-/// `out.len()` times `pairwise_depth(rows.len())` values at least.
+/// the tree of `pairwise_sum`, with whole rows added at each node and in each lane.
+/// `scratch` holds `out.len()` times `pairwise_depth(rows.len())` values at least.
 fn pairwise_sum_rows<T: Float>(data: &[T], rows: &[usize], at: usize, out: &mut [T], scratch: &mut [T]) {
     let width = out.len();
-    if rows.len() <= SEQUENTIAL_BLOCK {
-        out.fill(T::ZERO);
-        for &row in rows {
-            out.iter_mut().zip(&data[row + at..][..width]).for_each(|(o, &v)| *o = *o + v);
+    if rows.len() <= LEAF {
+        let lanes = &mut scratch[..LANES * width];
+        lanes.fill(T::ZERO);
+        for (i, &row) in rows.iter().enumerate() {
+            let lane = &mut lanes[(i % LANES) * width..][..width];
+            lane.iter_mut().zip(&data[row + at..][..width]).for_each(|(s, &v)| *s = *s + v);
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = combine_lanes(std::array::from_fn(|l| lanes[l * width + j]));
         }
         return;
     }
-    let (left, right) = rows.split_at(rows.len() / 2);
+    let (left, right) = rows.split_at(split_point(rows.len()));
     let (right_sum, rest) = scratch.split_at_mut(width);
     pairwise_sum_rows(data, left, at, out, rest);
     pairwise_sum_rows(data, right, at, right_sum, rest);
@@ -141,6 +199,13 @@ fn reduce_outputs<T: Float>(
     offsets: impl Iterator<Item = usize>,
     out: &mut [T],
 ) {
+    // Values that lie in one contiguous run are reduced where they are.
+    if runs.count() == 1 && (runs.len() == 1 || runs_stride(runs) == 1) {
+        for (o, base) in out.iter_mut().zip(offsets) {
+            *o = reduce_values(op, &data[base..base + count], count);
+        }
+        return;
+    }
     let mut gathered = Vec::with_capacity(count);
     for (o, base) in out.iter_mut().zip(offsets) {
         gathered.clear();
@@ -154,12 +219,23 @@ fn reduce_outputs<T: Float>(
                 gathered.extend(values.iter().step_by(stride).take(run.len));
             }
         });
-        *o = match op {
-            ReduceOp::Sum => pairwise_sum(&gathered),
-            // 0 / 0 = NaN for an empty reduction, as in PyTorch.
-            ReduceOp::Mean => pairwise_sum(&gathered) / T::from_f64(count as f64),
-            ReduceOp::Max => max_of(&gathered),
-        };
+        *o = reduce_values(op, &gathered, count);
+    }
+}
+
+/// The stride of the runs' one operand.
+fn runs_stride(runs: &BroadcastRuns<1>) -> usize {
+    let mut stride = 0;
+    runs.for_each(0..1, |run| stride = run.strides[0]);
+    stride
+}
+
+fn reduce_values<T: Float>(op: ReduceOp, values: &[T], count: usize) -> T {
+    match op {
+        ReduceOp::Sum => pairwise_sum(values),
+        // 0 / 0 = NaN for an empty reduction, as in PyTorch.
+        ReduceOp::Mean => pairwise_sum(values) / T::from_f64(count as f64),
+        ReduceOp::Max => max_of(values),
     }
 }
 
@@ -225,6 +301,25 @@ mod tests {
                     })
                     .collect();
                 assert!(fast.iter().zip(&slow).all(|(a, b)| a.to_bits() == b.to_bits()), "{op:?} {dims:?} {axes:?}");
+            }
+        }
+    }
+
+    /// The lanes' maximum is the maximum, a NaN anywhere (a lane or the remainder)
+    /// gives NaN, and nothing gives -inf.
+    #[test]
+    fn max_of_finds_the_maximum_and_every_nan() {
+        assert_eq!(max_of::<f32>(&[]), f32::NEG_INFINITY);
+        for len in [1, 7, 8, 9, 64, 67] {
+            for at in [0, len / 2, len - 1] {
+                let mut values: Vec<f32> = (0..len).map(|i| -((i * 37 % 11) as f32)).collect();
+                values[at] = 5.0;
+                assert_eq!(max_of(&values), 5.0, "{len} {at}");
+                values[at] = f32::NAN;
+                assert!(max_of(&values).is_nan(), "NaN at {at} of {len}");
+                values[at] = f32::NEG_INFINITY;
+                let want = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                assert_eq!(max_of(&values), want);
             }
         }
     }

@@ -38,6 +38,10 @@ pub trait Float:
     const NAN: Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
+    /// e^x in plain arithmetic that vectorises in a loop over a row (f32: `fast_exp`,
+    /// within 2 ulp, 0 below the normal range; f64: the library's exp). Softmax's rows
+    /// use it; the elementwise Exp op keeps the library's.
+    fn exp_in_loop(self) -> Self;
     fn ln(self) -> Self;
     fn ln_1p(self) -> Self;
     fn sqrt(self) -> Self;
@@ -72,7 +76,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $erf:path, $host:ident, $gemm:path) => {
+    ($t:ty, $exp:path, $erf:path, $host:ident, $gemm:path) => {
         impl Element for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -93,6 +97,10 @@ macro_rules! impl_float {
             }
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            #[inline]
+            fn exp_in_loop(self) -> Self {
+                $exp(self)
             }
             fn ln(self) -> Self {
                 <$t>::ln(self)
@@ -115,6 +123,7 @@ macro_rules! impl_float {
             fn abs(self) -> Self {
                 <$t>::abs(self)
             }
+            #[inline]
             fn is_nan(self) -> bool {
                 <$t>::is_nan(self)
             }
@@ -148,8 +157,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, libm::erff, F32, matrixmultiply::sgemm);
-impl_float!(f64, libm::erf, F64, matrixmultiply::dgemm);
+impl_float!(f32, crate::fast_exp::exp_f32, libm::erff, F32, matrixmultiply::sgemm);
+impl_float!(f64, f64::exp, libm::erf, F64, matrixmultiply::dgemm);
 
 /// max(a, b) that returns NaN when either is NaN (as torch.maximum; Rust's `max` drops NaN).
 pub fn nan_max<T: Float>(a: T, b: T) -> T {

@@ -1,4 +1,5 @@
-//! Softmax, log-softmax and the fused softmax cross-entropy, all max-subtracted.
+//! Softmax, log-softmax and the fused softmax cross-entropy, all max-subtracted, their
+//! exponentials by `Float::exp_in_loop` (a loop of it vectorises).
 //!
 //! Non-finite rows follow from the formulas, as in PyTorch: a row that is all -inf has
 //! max -inf, so x - max is NaN and the whole row is NaN; a row holding +inf is NaN too;
@@ -12,7 +13,7 @@ pub fn softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
     for_each_row(x, axis, out, |row, result| {
         let max = max_of(row);
         for (r, &v) in result.iter_mut().zip(row) {
-            *r = (v - max).exp();
+            *r = (v - max).exp_in_loop();
         }
         let sum = pairwise_sum(result);
         for r in result.iter_mut() {
@@ -35,7 +36,7 @@ pub fn log_softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
 /// log(sum(exp(row - max))), using `scratch` (the row's length) for the exponentials.
 fn log_sum_exp_shifted<T: Float>(row: &[T], max: T, scratch: &mut [T]) -> T {
     for (s, &v) in scratch.iter_mut().zip(row) {
-        *s = (v - max).exp();
+        *s = (v - max).exp_in_loop();
     }
     pairwise_sum(scratch).ln()
 }
@@ -76,7 +77,7 @@ fn cross_entropy_backward_rows<T: Float>(classes: usize, logits: &[T], labels: &
     for (((result, row), &label), &g) in rows {
         let max = max_of(row);
         for (r, &v) in result.iter_mut().zip(row) {
-            *r = (v - max).exp();
+            *r = (v - max).exp_in_loop();
         }
         let sum = pairwise_sum(result);
         for (c, r) in result.iter_mut().enumerate() {
