@@ -22,7 +22,7 @@ use kiln_core::{Backend, ExecError, Executor, Plan};
 mod conv;
 mod elementwise;
 mod executor;
-mod fast_exp;
+mod fast_math;
 mod fused;
 mod index;
 mod matmul;

@@ -38,7 +38,7 @@ pub trait Float:
     const NAN: Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
-    /// e^x in plain arithmetic that vectorises in a loop over a row (f32: `fast_exp`,
+    /// e^x in plain arithmetic that vectorises in a loop over a row (f32: `fast_math`,
     /// within 2 ulp, 0 below the normal range; f64: the library's exp). Softmax's rows
     /// use it; the elementwise Exp op keeps the library's.
     fn exp_in_loop(self) -> Self;
@@ -157,7 +157,7 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, crate::fast_exp::exp_f32, libm::erff, F32, matrixmultiply::sgemm);
+impl_float!(f32, crate::fast_math::exp_f32, libm::erff, F32, matrixmultiply::sgemm);
 impl_float!(f64, f64::exp, libm::erf, F64, matrixmultiply::dgemm);
 
 /// max(a, b) that returns NaN when either is NaN (as torch.maximum; Rust's `max` drops NaN).

@@ -1,6 +1,5 @@
 //! exp for f32 in plain arithmetic, without a branch or a library call, so that a loop
-//! of it vectorises (softmax, cross-entropy, sigmoid and the GELU gradient spend their
-//! time here). The CPU's libm expf is a call per element that no loop can vectorise;
+//! of it vectorises (softmax rows spend their time here). The CPU's libm expf is a call per element that no loop can vectorise;
 //! PyTorch's own CPU kernels use a vectorised polynomial of the same kind.
 //!
 //! exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln 2 / 2, ln 2 / 2]
