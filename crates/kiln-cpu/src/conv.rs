@@ -376,21 +376,35 @@ impl Windows {
     /// The maximum of a window and the offset of its selected element (`Op::MaxPool2d`):
     /// the running maximum starts at -inf on the first element inside the input and is
     /// replaced by any greater element or any NaN.
-    #[inline]
+    #[inline(always)]
     fn max<T: Float>(&self, plane: &[T], i: usize, j: usize) -> (T, usize) {
         let (rows, cols) = (self.rows[i].clone(), self.cols[j].clone());
         // Padding is at most half the kernel, so every window holds an input element:
         // the first one is selected unless another replaces it.
-        let mut best = (T::NEG_INFINITY, rows.start * self.width + cols.start);
+        let (mut best, mut selected) = (T::NEG_INFINITY, rows.start * self.width + cols.start);
+        if rows.len() == 2 && cols.len() == 2 {
+            // The common 2 x 2 window, unrolled: the same elements in the same order.
+            let at = selected;
+            for offset in [at, at + 1, at + self.width, at + self.width + 1] {
+                let v = plane[offset];
+                let replace = (v > best) | v.is_nan();
+                best = if replace { v } else { best };
+                selected = if replace { offset } else { selected };
+            }
+            return (best, selected);
+        }
         for y in rows {
             let row = &plane[y * self.width..][cols.clone()];
             for (x, &v) in cols.clone().zip(row) {
-                if v > best.0 || v.is_nan() {
-                    best = (v, y * self.width + x);
-                }
+                // Selects, not a branch: which element wins is data (half the time in a
+                // window of random values), and a mispredicted branch costs more than
+                // the window's arithmetic.
+                let replace = (v > best) | v.is_nan();
+                best = if replace { v } else { best };
+                selected = if replace { y * self.width + x } else { selected };
             }
         }
-        best
+        (best, selected)
     }
 }
 
