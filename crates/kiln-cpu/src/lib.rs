@@ -28,6 +28,7 @@ mod index;
 mod matmul;
 mod movement;
 mod parallel;
+mod pool;
 mod random;
 mod reduce;
 mod scalar;
