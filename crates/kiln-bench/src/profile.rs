@@ -9,7 +9,7 @@ use kiln_train::config::Config;
 use kiln_train::device::Device;
 use kiln_train::TrainError;
 
-use crate::train::{prepare, BenchOptions};
+use crate::train::{warmed_up_step, BenchOptions};
 
 /// One plan step's share of a run.
 pub struct ProfiledStep {
@@ -55,15 +55,7 @@ impl StepProfile {
 /// Profile `options.steps` training steps of `config`'s model on `device` after warm-up.
 /// `Ok(None)` where the backend cannot time its steps.
 pub fn profile_train(device: &Device, config: &Config, options: BenchOptions) -> Result<Option<StepProfile>, TrainError> {
-    let batch = options.batch_size.unwrap_or(config.train.batch_size);
-    if batch == 0 {
-        return Err(TrainError::Config("bench: the batch size must be at least 1".into()));
-    }
-    let prepared = prepare(config, batch)?;
-    let mut exec = device.backend.load(&prepared.plan)?;
-    for _ in 0..options.warmup_steps {
-        exec.run(&prepared.feeds)?;
-    }
+    let (prepared, mut exec) = warmed_up_step(device, config, options)?;
     if !exec.record_step_times(true) {
         return Ok(None);
     }
@@ -144,7 +136,7 @@ mod tests {
         let config = Config::recipe("mnist-cnn").expect("recipe");
         let options = BenchOptions { batch_size: Some(2), warmup_steps: 1, steps: 2 };
         let profile = profile_train(&Device::cpu(), &config, options).expect("profile").expect("the CPU times its steps");
-        let plan_steps = prepare(&config, 2).expect("plan").plan.steps.len();
+        let plan_steps = crate::train::prepare(&config, 2).expect("plan").plan.steps.len();
         assert_eq!(profile.steps.len(), plan_steps);
         assert!(profile.steps.iter().enumerate().all(|(k, s)| s.index == k && !s.label.is_empty() && s.ms >= 0.0));
         assert!(profile.steps.iter().any(|s| s.label == "conv2d"), "{:?}", profile.steps.iter().map(|s| &s.label).collect::<Vec<_>>());

@@ -125,8 +125,9 @@ pub(crate) fn fixed_batch(step: &kiln_train::job::StepPlan, batch: usize) -> Vec
     feeds
 }
 
-/// Time `options.steps` training steps of `config`'s model on `device` after warm-up.
-pub fn bench_train(device: &Device, config: &Config, options: BenchOptions) -> Result<BenchReport, TrainError> {
+/// The recipe's training step for `options`' batch, loaded on `device` and run through
+/// its warm-up steps: what the timing and the profile start from.
+pub(crate) fn warmed_up_step(device: &Device, config: &Config, options: BenchOptions) -> Result<(PreparedStep, Box<dyn Executor>), TrainError> {
     let batch = options.batch_size.unwrap_or(config.train.batch_size);
     if batch == 0 {
         return Err(TrainError::Config("bench: the batch size must be at least 1".into()));
@@ -136,6 +137,13 @@ pub fn bench_train(device: &Device, config: &Config, options: BenchOptions) -> R
     for _ in 0..options.warmup_steps {
         exec.run(&prepared.feeds)?;
     }
+    Ok((prepared, exec))
+}
+
+/// Time `options.steps` training steps of `config`'s model on `device` after warm-up.
+pub fn bench_train(device: &Device, config: &Config, options: BenchOptions) -> Result<BenchReport, TrainError> {
+    let batch = options.batch_size.unwrap_or(config.train.batch_size);
+    let (prepared, mut exec) = warmed_up_step(device, config, options)?;
     let steps = options.steps.max(1);
     let seconds = time_steps(exec.as_mut(), &prepared.feeds, steps)?;
     Ok(BenchReport {
