@@ -382,26 +382,21 @@ impl Windows {
         // Padding is at most half the kernel, so every window holds an input element:
         // the first one is selected unless another replaces it.
         let (mut best, mut selected) = (T::NEG_INFINITY, rows.start * self.width + cols.start);
+        // Selects, not a branch: which element wins is data (half the time in a window of
+        // random values), and a mispredicted branch costs more than the window's arithmetic.
+        let mut consider = |offset: usize| {
+            let v = plane[offset];
+            let replace = (v > best) | v.is_nan();
+            best = if replace { v } else { best };
+            selected = if replace { offset } else { selected };
+        };
         if rows.len() == 2 && cols.len() == 2 {
             // The common 2 x 2 window, unrolled: the same elements in the same order.
-            let at = selected;
-            for offset in [at, at + 1, at + self.width, at + self.width + 1] {
-                let v = plane[offset];
-                let replace = (v > best) | v.is_nan();
-                best = if replace { v } else { best };
-                selected = if replace { offset } else { selected };
-            }
-            return (best, selected);
-        }
-        for y in rows {
-            let row = &plane[y * self.width..][cols.clone()];
-            for (x, &v) in cols.clone().zip(row) {
-                // Selects, not a branch: which element wins is data (half the time in a
-                // window of random values), and a mispredicted branch costs more than
-                // the window's arithmetic.
-                let replace = (v > best) | v.is_nan();
-                best = if replace { v } else { best };
-                selected = if replace { y * self.width + x } else { selected };
+            let at = rows.start * self.width + cols.start;
+            [at, at + 1, at + self.width, at + self.width + 1].into_iter().for_each(&mut consider);
+        } else {
+            for y in rows {
+                cols.clone().for_each(|x| consider(y * self.width + x));
             }
         }
         (best, selected)

@@ -124,9 +124,10 @@ const MIN_COLUMNS: usize = 8;
 
 /// Outputs come in blocks of `inner` columns: output `block * inner + j` reduces
 /// `data[blocks[block] + row + j]` over `rows` in order. `out` holds the outputs from
-/// `first` on. Every column is reduced with the very additions (or comparisons) of
-/// `pairwise_sum` and `max_of` on its own values, in the same order, so the bits are
-/// those of the one-output-at-a-time path.
+/// `first` on. Every column's sum takes the very additions of `pairwise_sum` on its own
+/// values, in the same order, so its bits are those of the one-output-at-a-time path; a
+/// maximum is the same value as `max_of`'s (which of two equal zeros of opposite signs
+/// it keeps may differ: `max_of` compares in lanes, a column in order).
 fn reduce_columns<T: Float>(op: ReduceOp, data: &[T], rows: &[usize], blocks: &[usize], inner: usize, first: usize, out: &mut [T]) {
     // Columns are taken in chunks whose partial sums stay in the cache.
     const CHUNK: usize = 256;
@@ -200,7 +201,7 @@ fn reduce_outputs<T: Float>(
     out: &mut [T],
 ) {
     // Values that lie in one contiguous run are reduced where they are.
-    if runs.count() == 1 && (runs.len() == 1 || runs_stride(runs) == 1) {
+    if runs.count() == 1 && (runs.len() == 1 || runs.strides() == [1]) {
         for (o, base) in out.iter_mut().zip(offsets) {
             *o = reduce_values(op, &data[base..base + count], count);
         }
@@ -221,13 +222,6 @@ fn reduce_outputs<T: Float>(
         });
         *o = reduce_values(op, &gathered, count);
     }
-}
-
-/// The stride of the runs' one operand.
-fn runs_stride(runs: &BroadcastRuns<1>) -> usize {
-    let mut stride = 0;
-    runs.for_each(0..1, |run| stride = run.strides[0]);
-    stride
 }
 
 fn reduce_values<T: Float>(op: ReduceOp, values: &[T], count: usize) -> T {
@@ -273,7 +267,8 @@ mod tests {
     }
 
     /// Outputs side by side (reduced a row at a time) get the bits of the
-    /// one-output-at-a-time path: the same additions in the same order.
+    /// one-output-at-a-time path: the same additions in the same order (and, for Max,
+    /// the same values; these inputs hold no zeros of both signs).
     #[test]
     fn column_reductions_equal_the_per_output_path_bit_for_bit() {
         let cases: [(&[usize], &[usize]); 5] =

@@ -159,6 +159,11 @@ impl<const K: usize> BroadcastRuns<K> {
         self.count
     }
 
+    /// How far each operand advances per element along a run.
+    pub fn strides(&self) -> [usize; K] {
+        self.strides
+    }
+
     /// Calls `visit` for runs `runs` (a range of `0..count`), in order.
     pub fn for_each(&self, runs: std::ops::Range<usize>, mut visit: impl FnMut(Run<K>)) {
         if runs.is_empty() {
