@@ -21,6 +21,9 @@
 //! - normalisation: [`BatchNorm1d`], [`BatchNorm2d`] (running statistics as buffers,
 //!   updates from [`Module::state_updates`]), [`LayerNorm`]
 //!
+//! Compression: magnitude pruning ([`prune`]: global L1 or 2:4 masks, kept through
+//! fine-tuning by [`MaskedOptimizer`]).
+//!
 //! Training: [`loss`] functions, [`clip::clip_grad_norm`], the [`optim`] optimizers (SGD,
 //! Adam, AdamW) whose update is compiled into the step, [`schedule::LrSchedule`], and
 //! [`TrainGraph`], which appends backward pass, clipping and update in one call.
@@ -49,6 +52,7 @@ mod module;
 mod norm;
 pub mod optim;
 mod pool;
+pub mod prune;
 pub mod schedule;
 mod sequential;
 mod train;
@@ -70,6 +74,7 @@ pub use module::{count_elements, join_name, tensors_of, Mode, Module};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm};
 pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
 pub use optim::{Adam, AdamW, Optimizer, OptimizerUpdate, StepInput, StepScalar, SGD};
+pub use prune::{magnitude_masks, MaskedOptimizer, Masks, PruneMethod};
 pub use schedule::LrSchedule;
 pub use sequential::Sequential;
 pub use train::TrainGraph;
