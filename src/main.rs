@@ -10,6 +10,7 @@ use kiln_train::{Config, Device, DeviceChoice, TrainOptions};
 mod distributed;
 mod export;
 mod explain;
+mod prune;
 mod text_commands;
 
 #[derive(Parser)]
@@ -138,6 +139,8 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
     },
+    /// Prune a trained model's weight matrices by magnitude, then fine-tune it with the masks kept.
+    Prune(prune::PruneArgs),
     /// Explain a classifier's predictions: gradient heat maps of test images, or token attributions of texts.
     Explain(explain::ExplainArgs),
     /// List the GPU adapters wgpu finds, with their limits and features.
@@ -380,14 +383,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     eprintln!("device: {}", device.description);
                     device
                 };
-                let stop = Arc::new(AtomicBool::new(false));
-                let flag = stop.clone();
-                ctrlc::set_handler(move || {
-                    if flag.swap(true, Ordering::SeqCst) {
-                        std::process::exit(130);
-                    }
-                    eprintln!("\ninterrupt: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)");
-                })?;
+                let stop = stop_on_ctrl_c()?;
                 // Config errors found while building the model name the file the config came from.
                 let origin = config.clone().or(resume.clone());
                 let options = TrainOptions { config: job, out_dir: out_dir.clone(), resume, progress: true, max_steps };
@@ -440,6 +436,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Explain(args) => explain::explain(args),
+        Command::Prune(args) => prune::run(args),
         Command::Predict { checkpoint, texts, logits, device } => text_commands::predict(&checkpoint, texts, logits, device),
         Command::Eval { checkpoint, device, data } => {
             let device = Device::open(device)?;
@@ -572,4 +569,18 @@ fn profile_devices(
         return Err("--profile: no backend here can time its steps (use --device cpu)".into());
     }
     Ok(())
+}
+
+/// A flag that Ctrl-C sets, for a training run to stop at the end of its step with a
+/// checkpoint; a second Ctrl-C quits at once.
+pub(crate) fn stop_on_ctrl_c() -> Result<Arc<AtomicBool>, ctrlc::Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing this step and writing a checkpoint (press Ctrl-C again to quit at once)");
+    })?;
+    Ok(stop)
 }

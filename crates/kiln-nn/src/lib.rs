@@ -74,7 +74,7 @@ pub use module::{count_elements, join_name, tensors_of, Mode, Module};
 pub use norm::{BatchNorm, BatchNorm1d, BatchNorm2d, BatchNormOptions, LayerNorm};
 pub use pool::{AvgPool2d, GlobalAvgPool2d, MaxPool2d};
 pub use optim::{Adam, AdamW, Optimizer, OptimizerUpdate, StepInput, StepScalar, SGD};
-pub use prune::{magnitude_masks, MaskedOptimizer, Masks, PruneMethod};
+pub use prune::{layer_weights, magnitude_masks, MaskedOptimizer, Masks, PruneMethod};
 pub use schedule::LrSchedule;
 pub use sequential::Sequential;
 pub use train::TrainGraph;

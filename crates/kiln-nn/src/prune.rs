@@ -10,7 +10,7 @@
 //! in its norm).
 use std::collections::BTreeMap;
 
-use kiln_core::{DType, Graph, GraphError, HostTensor, Result, Tensor};
+use kiln_core::{DType, Graph, GraphError, HostTensor, Op, Result, Tensor};
 
 use crate::module::join_name;
 use crate::optim::{Optimizer, OptimizerUpdate};
@@ -107,6 +107,36 @@ fn two_of_four_mask(w: &HostTensor) -> Option<HostTensor> {
         }
     }
     Some(HostTensor::f32(w.shape.clone(), mask))
+}
+
+/// The weights a magnitude pruner removes from, as PyTorch users prune their `nn.Linear`
+/// and `nn.Conv2d` layers: the states of `g` that a matmul or a convolution multiplies
+/// by (directly or through casts, reshapes and transposes), in creation order. Embedding
+/// tables (read by a gather, even when a tied output layer multiplies by them too),
+/// biases and norm weights are left out.
+pub fn layer_weights(g: &Graph) -> Vec<Tensor> {
+    // For every node, the state it passes on unchanged in value (a cast, a reshape or a
+    // transpose of a state), if any.
+    let mut source: Vec<Option<Tensor>> = vec![None; g.len()];
+    let (mut multiplied, mut gathered) = (vec![false; g.len()], vec![false; g.len()]);
+    for (id, node) in g.nodes().iter().enumerate() {
+        source[id] = match &node.op {
+            Op::State { .. } => g.tensor(id),
+            Op::Cast | Op::Reshape | Op::Permute { .. } => node.inputs.first().and_then(|x| source[x.id()]),
+            _ => None,
+        };
+        let operands: &[Tensor] = match &node.op {
+            Op::MatMul { .. } | Op::Conv2d { .. } => &node.inputs,
+            Op::Gather => &node.inputs[..node.inputs.len().min(1)],
+            _ => &[],
+        };
+        for x in operands {
+            if let Some(state) = source[x.id()] {
+                if matches!(node.op, Op::Gather) { gathered[state.id()] = true } else { multiplied[state.id()] = true }
+            }
+        }
+    }
+    g.states().filter(|s| multiplied[s.id()] && !gathered[s.id()] && g.dtype(*s).is_float()).collect()
 }
 
 /// Zeros and elements of one tensor, for a per-layer sparsity report.
@@ -262,6 +292,27 @@ mod tests {
         let masks = magnitude_masks(&weights, PruneMethod::TwoOfFour).unwrap();
         assert_eq!(masks["a"].to_f32_vec(), vec![0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0]);
         assert!(!masks.contains_key("b"), "rows of 3 cannot hold the 2:4 pattern");
+    }
+
+    #[test]
+    fn layer_weights_are_those_of_matmuls_and_convolutions_not_embeddings_biases_or_norms() {
+        use crate::{init::seeded_rng, Conv2d, Embedding, LayerNorm, Linear, Module};
+        let mut g = Graph::new();
+        let mut rng = seeded_rng(0);
+        let embedding = Embedding::new(&mut g, "wte", 10, 4, &mut rng).unwrap();
+        let norm = LayerNorm::new(&mut g, "ln", &[4]).unwrap();
+        let linear = Linear::new(&mut g, "fc", 4, 4, &mut rng).unwrap();
+        let tied = Linear::from_parts(&g, "head", embedding.weight, None).unwrap();
+        let conv = Conv2d::new(&mut g, "conv", 1, 2, 3, kiln_core::Conv2dParams::default(), &mut rng).unwrap();
+        let ids = g.input("ids", [2], DType::U32).unwrap();
+        let x = embedding.forward(&mut g, ids).unwrap();
+        let x = norm.forward(&mut g, x).unwrap();
+        let x = linear.forward(&mut g, x).unwrap();
+        tied.forward(&mut g, x).unwrap();
+        let image = g.input("image", [1, 1, 5, 5], DType::F32).unwrap();
+        conv.forward(&mut g, image).unwrap();
+        let names: Vec<&str> = layer_weights(&g).into_iter().filter_map(|t| g.name_of(t)).collect();
+        assert_eq!(names, vec!["fc.weight", "conv.weight"]);
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl OptimizerBuilder for ConfigOptimizer {
 }
 
 /// The parts of a job the loop runs.
-struct Job<'c> {
+pub(crate) struct Job<'c> {
     model: Box<dyn ModelBuilder + 'c>,
     task: Box<dyn crate::task::Task + 'c>,
     data: TrainingData,
@@ -78,7 +78,7 @@ struct Job<'c> {
 
 impl<'c> Job<'c> {
     /// The job of `config`; a resumed text job reads its tokenizer beside `resume`.
-    fn new(config: &'c Config, resume: Option<&Path>, out_dir: Option<&Path>) -> Result<Job<'c>, TrainError> {
+    pub(crate) fn new(config: &'c Config, resume: Option<&Path>, out_dir: Option<&Path>) -> Result<Job<'c>, TrainError> {
         if config.data.is_text() {
             return Job::language_model(config, resume, out_dir);
         }
@@ -152,7 +152,7 @@ impl<'c> Job<'c> {
         })
     }
 
-    fn learner(self, config: &Config, options: LoopOptions) -> (Learner<'c>, TrainingData) {
+    pub(crate) fn learner(self, config: &Config, options: LoopOptions) -> (Learner<'c>, TrainingData) {
         let lr = config.optimizer.lr;
         let schedule_config = config.schedule.clone();
         // nanoGPT's and Hugging Face's parameter groups (their AdamW decays no bias or

@@ -149,6 +149,15 @@ impl<'a> Learner<'a> {
         self
     }
 
+    /// Start from the model tensors of `checkpoint` (a model-only file such as
+    /// best.safetensors, or a whole checkpoint whose optimizer state is ignored) instead
+    /// of the model's own initialisation: a new run that fine-tunes a trained model, as
+    /// `from_pretrained` does in Hugging Face. Its tensors must be exactly the model's.
+    pub fn init_from(mut self, checkpoint: impl AsRef<Path>) -> Self {
+        self.options.init_from = Some(checkpoint.as_ref().to_path_buf());
+        self
+    }
+
     /// Stop after `steps` optimizer steps in all (counting those before a resume), as a
     /// Ctrl-C would: a checkpoint is written and the run can be resumed to its full length.
     pub fn max_steps(mut self, steps: u64) -> Self {

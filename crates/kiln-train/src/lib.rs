@@ -29,6 +29,8 @@ pub mod options;
 pub mod model;
 pub mod plans;
 pub mod pretrained;
+pub mod prune;
+mod prune_plot;
 mod progress;
 mod recipes;
 mod run_state;

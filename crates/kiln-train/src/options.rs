@@ -76,6 +76,9 @@ pub struct LoopOptions {
     pub out_dir: PathBuf,
     /// A checkpoint to continue from (default: a fresh start).
     pub resume: Option<PathBuf>,
+    /// A checkpoint whose model tensors a fresh run starts from (fine-tuning a trained or
+    /// pruned model: step 0, new optimizer state); ignored when resuming.
+    pub init_from: Option<PathBuf>,
     /// Stop (with a checkpoint, resumable) after this many steps in all.
     pub max_steps: Option<u64>,
     /// Show a progress bar and a line per evaluation on stderr (default on).
@@ -97,6 +100,7 @@ impl Default for LoopOptions {
             early_stopping: None,
             out_dir: PathBuf::from("runs/job"),
             resume: None,
+            init_from: None,
             max_steps: None,
             progress: true,
             metadata: BTreeMap::new(),
