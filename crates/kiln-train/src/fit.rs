@@ -122,9 +122,12 @@ fn run_on_rank(learner: &RunParts, device: &Device, mut data: TrainingData, stop
             metrics.truncate_after(state.step);
             bring_best_along(resume, &best_path, state.best.is_some())?;
         }
-    } else if let Some(init) = &o.init_from {
-        let ck = data_parallel::load_checkpoint(world, init)?;
-        plans.restore_part(full_batch, &ck.model_only(), true, init)?;
+    } else {
+        plans.reset_states(full_batch)?;
+        if let Some(init) = &o.init_from {
+            let ck = data_parallel::load_checkpoint(world, init)?;
+            plans.restore_part(full_batch, &ck.model_only(), true, init)?;
+        }
     }
     data_parallel::broadcast_state(&mut plans, world, full_batch, false)?;
     seek(&mut data, &lay, state.step)?;

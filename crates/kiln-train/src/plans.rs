@@ -293,6 +293,26 @@ impl<'r> Plans<'r> {
         Ok(())
     }
 
+    /// Give every state of this run's training plans its initial value. States belong to
+    /// the backend by name, so without this a run on a device that ran another model of
+    /// the same names would start from that run's weights, moments and masks.
+    pub fn reset_states(&mut self, batch: usize) -> Result<(), TrainError> {
+        for &kind in self.training_kinds() {
+            let key = self.any_key(kind, batch)?;
+            let (compiled, exec) = self.loaded.get_mut(&key).expect("loaded by any_key");
+            for state in &compiled.plan.states {
+                exec.write_state(state.tensor, &state.init)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The plans a training step runs: the step, or a data-parallel rank's update and
+    /// gradient plans.
+    fn training_kinds(&self) -> &'static [PlanKind] {
+        if self.settings.data_parallel { &[PlanKind::Apply, PlanKind::LocalGradients] } else { &[PlanKind::Step] }
+    }
+
     fn read_states(&mut self, batch: usize, model_only: bool) -> Result<Checkpoint, TrainError> {
         let (_, holders) = self.holders(batch, model_only)?;
         let mut ck = Checkpoint::new();
@@ -309,7 +329,7 @@ impl<'r> Plans<'r> {
     /// plan the model's buffers (batch norm's running statistics).
     #[allow(clippy::type_complexity)]
     fn holders(&mut self, batch: usize, model_only: bool) -> Result<(Vec<(String, kiln_core::Shape)>, Vec<((PlanKind, BatchDims), String, Tensor)>), TrainError> {
-        let kinds: &[PlanKind] = if self.settings.data_parallel { &[PlanKind::Apply, PlanKind::LocalGradients] } else { &[PlanKind::Step] };
+        let kinds = self.training_kinds();
         let mut keys = Vec::with_capacity(kinds.len());
         for &kind in kinds {
             keys.push(self.any_key(kind, batch)?);

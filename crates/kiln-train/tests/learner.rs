@@ -117,3 +117,38 @@ fn early_stopping_stops_and_keeps_the_best_checkpoint() {
     let again = resumed.fit(&Device::cpu(), data()).expect("resume");
     assert!(again.stopped_early && again.steps == report.steps, "{again:?}");
 }
+
+/// States belong to a backend by name: a second run of the same model on one device
+/// starts from the model's initialisation and a new optimizer state, not from where the
+/// first run left them (it ends with the same weights as the first), and a run given
+/// `init_from` starts from that model.
+#[test]
+fn each_run_on_one_device_starts_from_its_own_initialisation_or_init_from() {
+    let data = points(64, 0);
+    let device = Device::cpu();
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let run = |dir: &Path, init: Option<&Path>| {
+        let mut learner = Learner::new(model, Classification::new(3, [4])).optimizer(Adam::new(1e-2)).epochs(2).progress(false).out(dir);
+        if let Some(file) = init {
+            learner = learner.init_from(file);
+        }
+        learner.fit(&device, TrainingData { train: batches(&data, 16), validation: None, test: None }).expect("fit");
+        weights(dir)
+    };
+    let (first, second, third) = (dirs.path().join("first"), dirs.path().join("second"), dirs.path().join("third"));
+    let once = run(&first, None);
+    assert_eq!(run(&second, None), once, "the second run carried on from the first");
+    // From the first run's end, 8 more steps: the weights move on from there.
+    let continued = run(&third, Some(&first.join(CHECKPOINT_FILE)));
+    assert_ne!(continued, once);
+    let distance = |a: &[(String, HostTensor)], b: &[(String, HostTensor)]| -> f32 {
+        a.iter().zip(b).flat_map(|((_, x), (_, y))| x.to_f32_vec().into_iter().zip(y.to_f32_vec()).map(|(p, q)| (p - q).abs())).fold(0.0, f32::max)
+    };
+    let mut g = Graph::new();
+    model(&mut g).expect("model");
+    let mut initial: Vec<(String, HostTensor)> = g.states().map(|t| (g.name_of(t).unwrap_or_default().to_string(), g.state_init(t).expect("init").clone())).collect();
+    initial.sort_by(|a, b| a.0.cmp(&b.0));
+    // 8 Adam steps at 1e-2 move no weight by more than 8 * 3.2e-2 from where they start.
+    assert!(distance(&continued, &once) < 0.26, "init_from did not start from the given model");
+    assert!(distance(&continued, &initial) > distance(&continued, &once));
+}
