@@ -7,7 +7,7 @@
 //! Tolerances: `|gpu - cpu| <= atol + rtol * |cpu|` per element, NaN where NaN,
 //! equal infinities. Both sides compute in f32, so differences come from summation
 //! order and from the GPU's transcendental functions:
-//! - data movement, compare, where, one_hot, argmax, gather: exact (0, 0);
+//! - data movement, compare, where, one_hot, argmax, gather, int8 (quantize_i8, matmul_i8): exact (0, 0);
 //! - arithmetic elementwise: rtol 1e-6; transcendental (exp, log, tanh, erf, pow): rtol 2e-6, atol 1e-6;
 //! - reductions and matmul over K terms: rtol 1e-5, atol 1e-5 * sqrt(K) (f32 rounding of a sum grows ~sqrt K);
 //! - backward passes compose several ops: twice the forward tolerance, and at least 1e-5.
@@ -24,6 +24,8 @@ enum Gen {
     Index(u32),
     /// Given values, repeated to fill.
     Values(Vec<f32>),
+    /// u32 words of any bits (packed int8).
+    Words,
 }
 
 #[derive(Clone)]
@@ -41,6 +43,9 @@ fn pos(shape: &[usize]) -> Input {
 }
 fn idx(shape: &[usize], n: u32) -> Input {
     Input { shape: shape.to_vec(), dtype: DType::U32, gen: Gen::Index(n) }
+}
+fn words(shape: &[usize]) -> Input {
+    Input { shape: shape.to_vec(), dtype: DType::U32, gen: Gen::Words }
 }
 fn vals(shape: &[usize], v: &[f32]) -> Input {
     Input { shape: shape.to_vec(), dtype: DType::F32, gen: Gen::Values(v.to_vec()) }
@@ -88,6 +93,10 @@ fn make_data(input: &Input, rng: &mut Lcg) -> HostTensor {
         (Gen::Index(k), _) => HostTensor::u32(input.shape.clone(), (0..n).map(|_| ((rng.next_f32() * *k as f32) as u32).min(k - 1)).collect()),
         (Gen::Uniform(lo, hi), _) => HostTensor::f32(input.shape.clone(), (0..n).map(|_| lo + (hi - lo) * rng.next_f32()).collect()),
         (Gen::Values(v), _) => HostTensor::f32(input.shape.clone(), (0..n).map(|i| v[i % v.len()]).collect()),
+        (Gen::Words, _) => {
+            let mut half = || (rng.next_f32() * 65536.0) as u32;
+            HostTensor::u32(input.shape.clone(), (0..n).map(|_| half() << 16 | half()).collect())
+        }
     }
 }
 
@@ -219,6 +228,17 @@ fn cases() -> Vec<Case> {
     cs.push(case("gather_rows embedding", vec![f(&[11, 6]), idx(&[3, 7], 11)], EXACT, true, |g, x| g.gather_rows(x[0], x[1])));
     cs.push(case("scatter_add_rows repeated", vec![idx(&[33], 5), f(&[33, 3])], sum_of(33), true, |g, x| g.scatter_add_rows(x[0], x[1], 5)));
     cs.push(case("one_hot", vec![idx(&[7], 10)], EXACT, false, |g, x| g.one_hot(x[0], 10)));
+
+    // Int8: exact against each other as both are against kiln_core::int8 (crates/kiln-cpu/tests/int8.rs).
+    cs.push(case("quantize_i8 [37, 70] clamping", vec![f(&[37, 70]), vals(&[], &[150.0])], EXACT, false, |g, x| g.quantize_i8(x[0], x[1])));
+    let ties = [0.5, 1.5, 2.5, -0.5, -2.5, 300.0, -300.0, f32::NAN, f32::INFINITY, 126.5, -0.0];
+    cs.push(case("quantize_i8 ties, clamps, NaN", vec![vals(&[11], &ties), vals(&[], &[1.0])], EXACT, false, |g, x| g.quantize_i8(x[0], x[1])));
+    cs.push(case("matmul_i8 [33, 19] x [21, 19] words", vec![words(&[33, 19]), words(&[21, 19])], EXACT, false, |g, x| g.matmul_i8(x[0], x[1])));
+    cs.push(case("quantized linear: quantize_i8 then matmul_i8", vec![f(&[16, 99]), words(&[24, 25])], EXACT, false, |g, x| {
+        let inv_scale = g.scalar(127.0, DType::F32)?;
+        let q = g.quantize_i8(x[0], inv_scale)?;
+        g.matmul_i8(q, x[1])
+    }));
     cs.push(case("cast f32->u32->f32", vec![vals(&[5], &[0.0, 1.9, 7.2, -3.0, 1e6])], EXACT, false, |g, x| {
         let u = g.cast(x[0], DType::U32)?;
         g.cast(u, DType::F32)
@@ -310,6 +330,13 @@ fn compare(name: &str, what: &str, cpu: &HostTensor, gpu: &HostTensor, tol: Tol)
     }
     if matches!(cpu.data, HostData::U32(_)) != matches!(gpu.data, HostData::U32(_)) {
         return Err(format!("{name} {what}: dtype differs"));
+    }
+    // u32 values are compared as they are (packed words do not survive a trip through f32).
+    if let (HostData::U32(a), HostData::U32(b)) = (&cpu.data, &gpu.data) {
+        return match a.iter().zip(b).position(|(x, y)| x != y) {
+            Some(i) => Err(format!("{name} {what}: element {i}: CPU {:#x} GPU {:#x}", a[i], b[i])),
+            None => Ok(0.0),
+        };
     }
     let (a, b) = (cpu.to_f32_vec(), gpu.to_f32_vec());
     let mut worst = 0f32;

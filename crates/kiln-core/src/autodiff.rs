@@ -167,6 +167,8 @@ impl Graph {
             Op::StopGradient | Op::Compare(_) | Op::ArgMax { .. } | Op::OneHot { .. } => vec![None; ins.len()],
             // Random numbers do not depend on their counter in any differentiable way.
             Op::RandomUniform { .. } => vec![None],
+            // Integer inference ops: their outputs are not differentiable in their inputs.
+            Op::QuantizeI8 | Op::MatMulI8 => vec![None; ins.len()],
             Op::Unary(u) => vec![Some(self.unary_vjp(*u, ins[0], y, g)?)],
             Op::Binary(b) => {
                 let (ga, gb) = self.binary_vjp(*b, ins[0], ins[1], y, g)?;

@@ -8,6 +8,7 @@ mod exec;
 mod fuse;
 mod graph;
 mod host;
+pub mod int8;
 mod op;
 mod plan;
 mod shape;

@@ -416,6 +416,19 @@ pub enum Op {
     /// Known answers: (i, counter, seed) = (0, 0, 0) gives bits 0x6648b050,
     /// (12345, 7, 42) gives 0x57ac0d19. Element counts must fit in u32. No gradient.
     RandomUniform { seed: u32 },
+    /// Symmetric int8 quantization. Inputs [x (float, rank >= 1, [..., K]), inv_scale
+    /// (float, 0-d)]: each element of x times inv_scale, rounded half to even and clamped
+    /// to [-127, 127] (NaN gives 0), packed four to a u32 along the last axis: byte j of
+    /// word w holds element 4w + j as two's complement, the last word's missing elements
+    /// 0. Output u32 [..., ceil(K / 4)]. The scale is given inverted so that every backend
+    /// rounds the same product (WGSL does not round a division exactly). No gradient.
+    QuantizeI8,
+    /// Product of int8 matrices packed as QuantizeI8 packs them. Inputs [a (u32 [M, W]),
+    /// b (u32 [N, W])]: rows of 4W int8. Output f32 [M, N] with out[m, n] = the sum over
+    /// k of a[m, k] * b[n, k], accumulated exactly in i32 and converted to f32 (exact
+    /// while |sum| < 2^24, else rounded to nearest). What a quantized linear layer
+    /// computes before it scales the result. No gradient.
+    MatMulI8,
     /// 2-D convolution (cross-correlation, as PyTorch's `conv2d`). Inputs [x, weight]:
     /// x [N, C, H, W], weight [O, C/G, KH, KW] with G = `params.groups` dividing C and O;
     /// output [N, O, HO, WO] with HO = (H + 2 PH - DH (KH - 1) - 1) / SH + 1 (floor; WO
@@ -514,6 +527,8 @@ impl Op {
             Op::SoftmaxCrossEntropyBackward => "softmax_cross_entropy_backward",
             Op::Cast => "cast",
             Op::RandomUniform { .. } => "random_uniform",
+            Op::QuantizeI8 => "quantize_i8",
+            Op::MatMulI8 => "matmul_i8",
             Op::Conv2d { .. } => "conv2d",
             Op::Conv2dBackwardInput { .. } => "conv2d_backward_input",
             Op::Conv2dBackwardWeight { .. } => "conv2d_backward_weight",

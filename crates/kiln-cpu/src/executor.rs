@@ -4,7 +4,7 @@ use kiln_core::{DType, ExecError, Executor, FusedProgram, HostData, HostTensor, 
 use crate::shared::{lock, SharedHandle, StateRegistry};
 use crate::storage::{Slot, View, ViewMut};
 use crate::strided::TensorRef;
-use crate::{conv, elementwise, fused, index, matmul, movement, random, reduce, softmax, Element, Float};
+use crate::{conv, elementwise, fused, index, int8, matmul, movement, random, reduce, softmax, Element, Float};
 
 pub struct CpuExecutor<T: Float> {
     plan: Plan,
@@ -460,6 +460,11 @@ fn dispatch<T: Float>(step: &Step, inputs: &[View<T>], out: ViewMut<T>) -> Resul
         (Op::OneHot { classes }, [View::U32(indices)], ViewMut::Float(o)) => index::one_hot(indices, *classes, o),
         (Op::OneHot { classes }, [View::U32(indices)], ViewMut::U32(o)) => index::one_hot(indices, *classes, o),
         (Op::ArgMax { axis }, [View::Float(x)], ViewMut::U32(o)) => index::argmax(arg(x, &ops[0]), *axis, o),
+        (Op::QuantizeI8, [View::Float(x), View::Float(inv_scale)], ViewMut::U32(o)) => {
+            let k = ops[0].shape.dims().last().copied().unwrap_or(0);
+            int8::quantize(x, inv_scale.first().copied().unwrap_or(T::ZERO), k, o)
+        }
+        (Op::MatMulI8, [View::U32(a), View::U32(b)], ViewMut::Float(o)) => int8::matmul(a, b, ops[0].shape.dims().get(1).copied().unwrap_or(0), o),
         (Op::SoftmaxCrossEntropy, [View::Float(logits), View::U32(labels)], ViewMut::Float(o)) => {
             softmax::softmax_cross_entropy(arg(logits, &ops[0]), labels, o)
         }

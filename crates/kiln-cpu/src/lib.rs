@@ -25,6 +25,7 @@ mod executor;
 mod fast_math;
 mod fused;
 mod index;
+mod int8;
 mod matmul;
 mod movement;
 mod parallel;

@@ -350,7 +350,7 @@ fn conv_forward_values_cover_conv_and_pool_ops() {
     let excluded: Vec<coverage::Exclusion> = Op::names()
         .into_iter()
         .filter(|op| !coverage::IN_CONV_FORWARD.contains(op))
-        .map(|op| (op, "hand-computed values in forward.rs (rows there)"))
+        .map(|op| (op, "values in forward.rs or int8.rs (rows there)"))
         .collect();
     coverage::assert_rows_cover_every_op("conv_forward.rs", CONV_FORWARD_VALUES, &[], &excluded);
 }

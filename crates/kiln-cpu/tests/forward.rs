@@ -1312,7 +1312,8 @@ const FORWARD_VALUES: &[coverage::Row] = &[
 fn forward_values_cover_every_op() {
     // Convolution and pooling have their hand-computed values in conv_forward.rs, whose own
     // coverage test requires a row for each of them.
-    let excluded: Vec<coverage::Exclusion> =
-        coverage::IN_CONV_FORWARD.iter().map(|&op| (op, "hand-computed values in conv_forward.rs (rows there)")).collect();
+    let conv = coverage::IN_CONV_FORWARD.iter().map(|&op| (op, "hand-computed values in conv_forward.rs (rows there)"));
+    let int8 = coverage::IN_INT8.iter().map(|&op| (op, "exact integer values in int8.rs (rows there)"));
+    let excluded: Vec<coverage::Exclusion> = conv.chain(int8).collect();
     coverage::assert_rows_cover_every_op("forward.rs", FORWARD_VALUES, &[], &excluded);
 }

@@ -1314,6 +1314,8 @@ const NOT_GRADCHECKED: &[coverage::Exclusion] = &[
     ("argmax", "not differentiable: its output is an index (u32)"),
     ("one_hot", "not differentiable: its input is an index (u32)"),
     ("random_uniform", "not differentiable: its input is a u32 counter"),
+    ("quantize_i8", "not differentiable: rounds to integers (packed in u32); a quantized model is for inference"),
+    ("matmul_i8", "not differentiable: its inputs are packed int8 (u32)"),
     ("cast", "float -> u32 has no gradient, and float <-> f16 rounds to 11 bits, far above any finite-difference step; \
               mixed-precision gradients are checked in kiln-wgpu's matmul_f16.rs and kiln-nn's mixed_precision.rs"),
     ("fused", "plan-only (Plan::compile makes it from graph ops): never in a graph, so never differentiated; \

@@ -357,6 +357,7 @@ fn lower_op(l: &mut Lowering<'_>, out: Tensor, op: &Op, inputs: &[Tensor], first
         }
         Op::SoftmaxCrossEntropy => return Err(unsupported(out, op, "a loss: export the logits, not the loss")),
         Op::RandomUniform { .. } => return Err(unsupported(out, op, "random numbers (dropout): export the model in eval mode")),
+        Op::QuantizeI8 | Op::MatMulI8 => return Err(unsupported(out, op, "int8 arithmetic: export the f32 model")),
         Op::Input { .. } | Op::State { .. } => unreachable!("inputs and states are lowered by the caller"),
         Op::SoftmaxCrossEntropyBackward
         | Op::ScatterAdd { .. }

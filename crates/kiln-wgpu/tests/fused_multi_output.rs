@@ -137,7 +137,7 @@ fn one_launch_binds_the_inputs_then_every_output() {
     for case in cases() {
         let plan = case.plan(true);
         let step = multi_output_step(&case, &plan);
-        for caps in [roomy(), Caps { shader_f16: true, subgroups: true, max_storage_buffers: 16 }] {
+        for caps in [roomy(), Caps { shader_f16: true, subgroups: true, packed_dot: true, max_storage_buffers: 16 }] {
             let launches = lower(&step, &caps).unwrap();
             let [launch] = launches.as_slice() else { panic!("{}: one launch, got {}", case.name, launches.len()) };
             validate(launch);

@@ -126,6 +126,11 @@ fn every_op(float: DType) -> (Graph, Vec<Tensor>) {
     outs.push(g.cast(x, other).unwrap());
     outs.push(g.cast(x, DType::U32).unwrap());
     outs.push(g.cast(labels, float).unwrap());
+    // Int8: x quantized (a padded last word per row), times packed weights of 3 rows.
+    let inv_scale = g.input("inv_scale", [], float).unwrap();
+    let packed = g.quantize_i8(x, inv_scale).unwrap();
+    let weights = g.input("packed_weights", [3, g.dims(packed)[1]], DType::U32).unwrap();
+    outs.push(g.matmul_i8(packed, weights).unwrap());
     outs.push(g.sum(x, &[1], true).unwrap());
     // A reduction long enough for the large workgroup.
     let long = g.input("long", [2, 4096], float).unwrap();
@@ -251,7 +256,7 @@ fn every_launch_of_every_op_family_validates() {
     for float in [DType::F32, DType::F16] {
         let (g, outs) = every_op(float);
         let plan = Plan::compile(&g, &outs).unwrap();
-        for caps in [Caps { shader_f16: true, subgroups: true, ..Caps::default() }, Caps { shader_f16: false, subgroups: false, ..Caps::default() }] {
+        for caps in [Caps { shader_f16: true, subgroups: true, packed_dot: true, ..Caps::default() }, Caps { shader_f16: false, subgroups: false, ..Caps::default() }] {
             for step in &plan.steps {
                 let what = format!("{} (node #{}, {float} tensors, {caps:?})", step.op.name(), step.node.id());
                 ops_seen.insert(step.op.name());
@@ -298,9 +303,12 @@ fn every_launch_of_every_op_family_validates() {
     for op in ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "max_pool2d", "max_pool2d_backward"] {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
     }
-    for op in ["avg_pool2d", "avg_pool2d_backward"] {
+    for op in ["avg_pool2d", "avg_pool2d_backward", "quantize_i8", "matmul_i8"] {
         assert!(ops_seen.contains(op), "no {op} step in the plan: {ops_seen:?}");
     }
+    // Both forms of the int8 product were validated.
+    let int8 = |dot: &str| keys.iter().any(|k| k.starts_with("int8.matmul") && k.contains(dot));
+    assert!(int8("DOT4=dot4I8Packed") && int8("DOT4=dot4_i8_unpacked"), "{keys:?}");
 }
 
 /// A dev tool, not a check: writes the SPIR-V that naga makes of every launch validated
@@ -318,7 +326,7 @@ fn write_spirv_of_every_launch() {
     for float in [DType::F32, DType::F16] {
         let (g, outs) = every_op(float);
         let plan = Plan::compile(&g, &outs).unwrap();
-        for caps in [Caps { shader_f16: true, subgroups: true, ..Caps::default() }, Caps::default()] {
+        for caps in [Caps { shader_f16: true, subgroups: true, packed_dot: true, ..Caps::default() }, Caps::default()] {
             for step in &plan.steps {
                 for launch in launches_of(step, &caps).unwrap() {
                     sources.insert(launch.key, launch.source);

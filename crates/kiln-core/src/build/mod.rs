@@ -2,6 +2,7 @@
 mod conv;
 mod elementwise;
 mod index;
+mod int8;
 mod loss;
 mod matmul;
 mod norm;

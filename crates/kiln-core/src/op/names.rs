@@ -43,6 +43,8 @@ every_variant!(fn Op::one_of_each {
     Op::SoftmaxCrossEntropyBackward => [Op::SoftmaxCrossEntropyBackward],
     Op::Cast => [Op::Cast],
     Op::RandomUniform { .. } => [Op::RandomUniform { seed: 0 }],
+    Op::QuantizeI8 => [Op::QuantizeI8],
+    Op::MatMulI8 => [Op::MatMulI8],
     Op::Conv2d { .. } => [Op::Conv2d { params: Conv2dParams::default() }],
     Op::Conv2dBackwardInput { .. } => [Op::Conv2dBackwardInput { params: Conv2dParams::default() }],
     Op::Conv2dBackwardWeight { .. } => [Op::Conv2dBackwardWeight { params: Conv2dParams::default() }],

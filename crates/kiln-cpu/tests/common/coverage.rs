@@ -30,6 +30,10 @@ pub const IN_CONV_FORWARD: [&str; 7] = [
     "avg_pool2d_backward",
 ];
 
+/// The int8 ops, whose exact integer values are in int8.rs: forward.rs excludes them and
+/// int8.rs requires a row for each.
+pub const IN_INT8: [&str; 2] = ["quantize_i8", "matmul_i8"];
+
 /// A row of an op table: an op's name and a test function that checks that op.
 pub type Row = (&'static str, fn());
 

@@ -35,6 +35,7 @@ pub mod conv;
 mod elementwise;
 mod fused;
 mod index;
+mod int8;
 pub mod matmul;
 mod movement;
 mod pool;
@@ -49,6 +50,8 @@ pub struct Caps {
     /// SHADER_F16: f16 tensors are stored as f16; otherwise they are stored as f32.
     pub shader_f16: bool,
     pub subgroups: bool,
+    /// WGSL's packed_4x8_integer_dot_product (`dot4I8Packed`): int8 products use it.
+    pub packed_dot: bool,
     /// `max_storage_buffers_per_shader_stage`: the storage buffers one launch may bind,
     /// params included. A multi-output fused step that needs more runs as one launch
     /// per output.
@@ -61,7 +64,7 @@ pub const GUARANTEED_STORAGE_BUFFERS: u32 = 8;
 impl Default for Caps {
     /// No optional feature, and WebGPU's guaranteed limits.
     fn default() -> Self {
-        Caps { shader_f16: false, subgroups: false, max_storage_buffers: GUARANTEED_STORAGE_BUFFERS }
+        Caps { shader_f16: false, subgroups: false, packed_dot: false, max_storage_buffers: GUARANTEED_STORAGE_BUFFERS }
     }
 }
 
@@ -193,6 +196,7 @@ pub fn lower(step: &Step, caps: &Caps) -> Result<Vec<Launch>, ExecError> {
         }
         Op::Gather | Op::ScatterAdd { .. } | Op::OneHot { .. } => index::lower(step, caps),
         Op::RandomUniform { .. } => random::lower(step, caps),
+        Op::QuantizeI8 | Op::MatMulI8 => int8::lower(step, caps),
         Op::Conv2d { .. } | Op::Conv2dBackwardInput { .. } | Op::Conv2dBackwardWeight { .. } => conv::lower(step, caps),
         Op::MaxPool2d { .. } | Op::MaxPool2dBackward { .. } | Op::AvgPool2d { .. } | Op::AvgPool2dBackward { .. } => {
             pool::lower(step, caps)

@@ -150,6 +150,7 @@ impl WgpuBackend {
         let caps = Caps {
             shader_f16: options.use_f16 && open.features.contains(wgpu::Features::SHADER_F16),
             subgroups: open.features.contains(wgpu::Features::SUBGROUP),
+            packed_dot: instance.wgsl_language_features().contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct),
             max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
         };
         let uncaptured = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,55 @@
+//! `Op::QuantizeI8` and `Op::MatMulI8` as `kiln_core::int8` defines them, rows spread
+//! over threads (each output row is computed alone, so results do not depend on them).
+use kiln_core::int8;
+
+use crate::parallel::{split_units, threads_for};
+use crate::Float;
+
+/// x [rows, k] quantized by `inv_scale` and packed: out [rows, ceil(k / 4)].
+pub fn quantize<T: Float>(x: &[T], inv_scale: T, k: usize, out: &mut [u32]) {
+    let words = int8::words_per_row(k);
+    if words == 0 {
+        return;
+    }
+    let rows = out.len() / words;
+    split_units(out, words, threads_for(rows, x.len()), |range, piece| {
+        for (r, out_row) in range.zip(piece.chunks_exact_mut(words)) {
+            let row = &x[r * k..(r + 1) * k];
+            for (chunk, word) in row.chunks(4).zip(out_row.iter_mut()) {
+                let mut four = [0i8; 4];
+                for (q, &v) in four.iter_mut().zip(chunk) {
+                    *q = quantize_value(v, inv_scale);
+                }
+                *word = int8::pack4(four);
+            }
+        }
+    });
+}
+
+/// `int8::quantize` in the backend's precision: the product is rounded in `T` (as an f32
+/// GPU rounds it), then to an integer exactly.
+fn quantize_value<T: Float>(x: T, inv_scale: T) -> i8 {
+    let q = (x * inv_scale).to_f64().round_ties_even();
+    if q.is_nan() { 0 } else { q.clamp(-127.0, 127.0) as i8 }
+}
+
+/// out [m, n] = a [m, w] · b [n, w]ᵀ over packed int8, each sum exact in i32.
+pub fn matmul<T: Float>(a: &[u32], b: &[u32], words: usize, out: &mut [T]) {
+    if words == 0 {
+        out.fill(T::ZERO);
+        return;
+    }
+    let n = b.len() / words;
+    if n == 0 {
+        return;
+    }
+    let m = out.len() / n;
+    split_units(out, n, threads_for(m, out.len() * words * 4), |range, piece| {
+        for (r, out_row) in range.zip(piece.chunks_exact_mut(n)) {
+            let a_row = &a[r * words..(r + 1) * words];
+            for (o, b_row) in out_row.iter_mut().zip(b.chunks_exact(words)) {
+                *o = T::from_f64(f64::from(int8::dot(a_row, b_row)));
+            }
+        }
+    });
+}
