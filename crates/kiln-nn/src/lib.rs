@@ -22,7 +22,7 @@
 //!   updates from [`Module::state_updates`]), [`LayerNorm`]
 //!
 //! Compression: magnitude pruning ([`prune`]: global L1 or 2:4 masks, kept through
-//! fine-tuning by [`MaskedOptimizer`]).
+//! fine-tuning by [`MaskedOptimizer`]) and int8 inference ([`quantized::QuantizedLinear`]).
 //!
 //! Training: [`loss`] functions, [`clip::clip_grad_norm`], the [`optim`] optimizers (SGD,
 //! Adam, AdamW) whose update is compiled into the step, [`schedule::LrSchedule`], and
@@ -53,6 +53,7 @@ mod norm;
 pub mod optim;
 mod pool;
 pub mod prune;
+pub mod quantized;
 pub mod schedule;
 mod sequential;
 mod train;

@@ -1,0 +1,117 @@
+//! [`QuantizedLinear`]: a linear layer whose weight is int8 (per output channel,
+//! symmetric, with f32 scales) and whose input is quantized to int8 per tensor, either
+//! from each batch's own range (dynamic, as PyTorch's `quantize_dynamic`) or by a scale
+//! fixed by calibration (static). The product runs in int8 with exact i32 sums
+//! (`Graph::matmul_i8`); the result is scaled back to f32 and the f32 bias added.
+use kiln_core::int8::{words_per_row, I8_MAX};
+use kiln_core::{DType, Graph, GraphError, HostTensor, Result, Tensor};
+
+use crate::module::{join_name, Module};
+
+/// How a quantized layer's input scale is found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationScale {
+    /// From the batch itself: scale = max |x| / 127 over the whole input tensor.
+    Dynamic,
+    /// A fixed scale, the state `{prefix}.input_scale` (max |x| / 127 over calibration
+    /// batches); inputs beyond its range clamp to ±127.
+    Static,
+}
+
+/// The names of a quantized linear layer's tensors, after its prefix.
+pub const WEIGHT_INT8: &str = "weight.int8";
+pub const WEIGHT_SCALE: &str = "weight.scale";
+pub const INPUT_SCALE: &str = "input_scale";
+
+/// An int8 `nn.Linear` for inference. Its state: `{prefix}.weight.int8` (the int8
+/// weight, held packed four to a u32: [out, ceil(in / 4)]), `{prefix}.weight.scale`
+/// ([out] f32), `{prefix}.bias` ([out] f32, when it has one) and, for a static layer,
+/// `{prefix}.input_scale` (0-d f32). The values come from a quantized checkpoint (the
+/// initial values are placeholders).
+pub struct QuantizedLinear {
+    prefix: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub activation: ActivationScale,
+    weight: Tensor,
+    weight_scale: Tensor,
+    bias: Option<Tensor>,
+    input_scale: Option<Tensor>,
+}
+
+impl QuantizedLinear {
+    /// A quantized layer named `prefix` of `in_features -> out_features`.
+    pub fn new(g: &mut Graph, prefix: &str, in_features: usize, out_features: usize, bias: bool, activation: ActivationScale) -> Result<QuantizedLinear> {
+        let words = words_per_row(in_features);
+        let weight = g.state(&join_name(prefix, WEIGHT_INT8), DType::U32, HostTensor::u32([out_features, words], vec![0; out_features * words]))?;
+        let weight_scale = g.state(&join_name(prefix, WEIGHT_SCALE), DType::F32, HostTensor::f32([out_features], vec![1.0; out_features]))?;
+        let bias = if bias { Some(g.state(&join_name(prefix, "bias"), DType::F32, HostTensor::f32([out_features], vec![0.0; out_features]))?) } else { None };
+        let input_scale = match activation {
+            ActivationScale::Dynamic => None,
+            ActivationScale::Static => Some(g.state(&join_name(prefix, INPUT_SCALE), DType::F32, HostTensor::f32(Vec::<usize>::new(), vec![1.0]))?),
+        };
+        Ok(QuantizedLinear { prefix: prefix.to_string(), in_features, out_features, activation, weight, weight_scale, bias, input_scale })
+    }
+
+    /// The input's scale (max |x| / 127), as a 0-d tensor; never 0, so that an all-zero
+    /// input quantizes to zeros rather than NaN.
+    fn input_scale(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
+        let scale = match self.input_scale {
+            Some(s) => s,
+            None => {
+                let magnitude = g.abs(x)?;
+                let axes: Vec<usize> = (0..g.shape(x).rank()).collect();
+                let max = g.max(magnitude, &axes, false)?;
+                let per_step = g.scalar(1.0 / I8_MAX as f64, DType::F32)?;
+                g.mul(max, per_step)?
+            }
+        };
+        let smallest = g.scalar(f32::MIN_POSITIVE as f64, DType::F32)?;
+        g.maximum(scale, smallest)
+    }
+}
+
+impl Module for QuantizedLinear {
+    /// `x` is [..., in_features] f32; the output is [..., out_features] f32.
+    fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
+        let dims = g.dims(x).to_vec();
+        if dims.last() != Some(&self.in_features) || g.dtype(x) != DType::F32 {
+            return Err(GraphError::new(
+                format!("QuantizedLinear '{}'", self.prefix),
+                format!("expects f32 input [..., {}] ({} -> {}), got {} {}", self.in_features, self.in_features, self.out_features, g.dtype(x), g.shape(x)),
+            ));
+        }
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = g.reshape(x, [rows, self.in_features])?;
+        let scale = self.input_scale(g, x2)?;
+        let one = g.scalar(1.0, DType::F32)?;
+        let inv_scale = g.div(one, scale)?;
+        let q = g.quantize_i8(x2, inv_scale)?;
+        let sums = g.matmul_i8(q, self.weight)?;
+        // out[r, o] = sums[r, o] * input scale * weight scale[o]
+        let column_scale = g.mul(self.weight_scale, scale)?;
+        let y2 = g.mul(sums, column_scale)?;
+        let y2 = match self.bias {
+            Some(b) => g.add(y2, b)?,
+            None => y2,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("checked non-empty above") = self.out_features;
+        g.reshape(y2, out_dims)
+    }
+
+    fn params(&self) -> Vec<(String, Tensor)> {
+        Vec::new()
+    }
+
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        let mut b = vec![(join_name(&self.prefix, WEIGHT_INT8), self.weight), (join_name(&self.prefix, WEIGHT_SCALE), self.weight_scale)];
+        if let Some(bias) = self.bias {
+            b.push((join_name(&self.prefix, "bias"), bias));
+        }
+        if let Some(s) = self.input_scale {
+            b.push((join_name(&self.prefix, INPUT_SCALE), s));
+        }
+        b
+    }
+}
