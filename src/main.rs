@@ -11,6 +11,7 @@ mod distributed;
 mod export;
 mod explain;
 mod prune;
+mod quantize;
 mod text_commands;
 
 #[derive(Parser)]
@@ -141,6 +142,8 @@ enum Command {
     },
     /// Prune a trained model's weight matrices by magnitude, then fine-tune it with the masks kept.
     Prune(prune::PruneArgs),
+    /// Quantize a trained image classifier's linear layers to int8 (dynamic, or static with --calibrate).
+    Quantize(quantize::QuantizeArgs),
     /// Explain a classifier's predictions: gradient heat maps of test images, or token attributions of texts.
     Explain(explain::ExplainArgs),
     /// List the GPU adapters wgpu finds, with their limits and features.
@@ -437,6 +440,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Explain(args) => explain::explain(args),
         Command::Prune(args) => prune::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Predict { checkpoint, texts, logits, device } => text_commands::predict(&checkpoint, texts, logits, device),
         Command::Eval { checkpoint, device, data } => {
             let device = Device::open(device)?;

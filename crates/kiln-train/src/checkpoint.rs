@@ -178,12 +178,20 @@ impl Checkpoint {
         }
         let mut bytes_by_name: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, t) in &self.tensors {
+            let mut dims = t.shape.dims().to_vec();
             let (dtype, bytes) = match &t.data {
                 HostData::F32(v) => (Dtype::F32, bytemuck_f32(v)),
                 HostData::F64(v) => (Dtype::F64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                // Packed int8 is written as what it is: I8, four columns per word.
+                HostData::U32(v) if name.ends_with(INT8_SUFFIX) && !dims.is_empty() => {
+                    if let Some(last) = dims.last_mut() {
+                        *last *= 4;
+                    }
+                    (Dtype::I8, v.iter().flat_map(|w| w.to_le_bytes()).collect())
+                }
                 HostData::U32(v) => (Dtype::U32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             };
-            bytes_by_name.push((name.clone(), dtype, t.shape.dims().to_vec(), bytes));
+            bytes_by_name.push((name.clone(), dtype, dims, bytes));
         }
         let views: Vec<(String, TensorView)> = bytes_by_name
             .iter()
@@ -280,9 +288,22 @@ pub(crate) fn host_tensor(name: &str, view: &safetensors::tensor::TensorView<'_>
         Dtype::F16 => {
             HostTensor::f32(shape, data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
         }
-        other => return Err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F64, F16 and U32")),
+        Dtype::I8 => {
+            let mut dims = view.shape().to_vec();
+            match dims.last_mut() {
+                Some(columns) if *columns % 4 == 0 && name.ends_with(INT8_SUFFIX) => *columns /= 4,
+                _ => return Err(format!("tensor '{name}' is int8 {dims:?}: kiln reads int8 weights named '*{INT8_SUFFIX}' with a multiple of 4 columns")),
+            }
+            HostTensor::u32(dims, data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
+        other => return Err(format!("tensor '{name}' has dtype {other:?}; kiln reads F32, F64, F16, U32 and I8")),
     })
 }
+
+/// The name ending of an int8 tensor (a quantized layer's weight): I8 in the file, held in
+/// memory packed four to a u32 along its last axis (see `kiln_core::int8`), which is why
+/// its columns are a multiple of 4 (a quantizer pads each row with zeros).
+pub const INT8_SUFFIX: &str = ".int8";
 
 /// The slot name of Adam's second moment (`optimizer.<param>.exp_avg_sq`), as PyTorch names it.
 const SECOND_MOMENT_SLOT: &str = ".exp_avg_sq";

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln_core::{DType, Graph, HostTensor, Tensor};
+use kiln_nn::quantized::ActivationScale;
 use kiln_nn::Module;
 
 use crate::checkpoint::{checkpoint_config, Checkpoint};
@@ -85,6 +86,8 @@ pub struct TrainedModel {
     pub pretrained: Option<(Arc<PretrainedBert>, kiln_data::PretrainedTokenizer)>,
     /// The vocabulary of a GPT (from `tokenizer.json` beside the checkpoint).
     pub vocab_size: usize,
+    /// How its int8 linear layers quantize their inputs, for a checkpoint of `kiln quantize`.
+    pub quantization: Option<ActivationScale>,
 }
 
 impl TrainedModel {
@@ -113,7 +116,11 @@ impl TrainedModel {
             };
             (ModelFamily::ImageClassifier, classes, None, 0)
         };
-        Ok(TrainedModel { file: file.to_path_buf(), config, checkpoint: ck.model_only(), family, classes, pretrained, vocab_size })
+        let quantization = crate::quantize::quantization_of(&ck, file)?;
+        if quantization.is_some() && family != ModelFamily::ImageClassifier {
+            return Err(bad(format!("is an int8 {}: kiln runs int8 image classifiers only", family.name())));
+        }
+        Ok(TrainedModel { file: file.to_path_buf(), config, checkpoint: ck.model_only(), family, classes, pretrained, vocab_size, quantization })
     }
 
     /// The longest sequence the model takes (GPT: its block size; text classifier: the
@@ -150,7 +157,7 @@ impl TrainedModel {
 
     fn builder(&self) -> Result<Box<dyn ModelBuilder + '_>, TrainError> {
         Ok(match self.family {
-            ModelFamily::ImageClassifier => Box::new(LayerModel(&self.config)),
+            ModelFamily::ImageClassifier => Box::new(LayerModel(&self.config, self.quantization)),
             ModelFamily::Gpt => Box::new(GptBuilder::new(&self.config, self.vocab_size)),
             ModelFamily::TextClassifier => Box::new(self.text_classifier_builder()?),
         })
@@ -226,11 +233,12 @@ impl TrainedModel {
     }
 }
 
-/// A config's layer-list model (MLP or sequential), built by `crate::model`.
-pub(crate) struct LayerModel<'c>(pub(crate) &'c Config);
+/// A config's layer-list model (MLP or sequential), built by `crate::model`: as trained,
+/// or with int8 linear layers (a checkpoint of `kiln quantize`).
+pub(crate) struct LayerModel<'c>(pub(crate) &'c Config, pub(crate) Option<ActivationScale>);
 
 impl ModelBuilder for LayerModel<'_> {
     fn build(&self, g: &mut Graph, batch: usize) -> Result<Box<dyn Module>, TrainError> {
-        Ok(Box::new(crate::model::build_model(g, &self.0.model, self.0.train.seed, batch)?))
+        Ok(Box::new(crate::model::build_model(g, &self.0.model, self.0.train.seed, batch, self.1)?))
     }
 }

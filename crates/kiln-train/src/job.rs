@@ -108,7 +108,7 @@ impl<'c> Job<'c> {
         }
         let sample = crate::model::input_shape(config)?;
         Ok(Job {
-            model: Box::new(LayerModel(config)),
+            model: Box::new(LayerModel(config, None)),
             task: Box::new(Classification::new(crate::model::CLASSES, sample)),
             data: TrainingData { train: Box::new(DatasetBatches::new(loader)), validation, test: Some(test) },
             length: Length::Epochs(config.train.epochs as u64),
@@ -200,6 +200,7 @@ pub fn train_on(device: &Device, world: &World, opts: TrainOptions, stop: &Atomi
     }
     if let Some(file) = &opts.resume {
         crate::lm::check_checkpoint_model(config, file)?;
+        crate::quantize::refuse_to_train(file)?;
     }
     let job = Job::new(config, opts.resume.as_deref(), leader.then_some(opts.out_dir.as_path()))?;
     let options = LoopOptions { out_dir: opts.out_dir.clone(), resume: opts.resume.clone(), max_steps: opts.max_steps, progress: opts.progress, ..LoopOptions::default() };
@@ -212,12 +213,16 @@ pub fn train_on(device: &Device, world: &World, opts: TrainOptions, stop: &Atomi
 pub fn evaluate_checkpoint(device: &Device, file: &Path, data_dir: Option<&Path>) -> Result<(Config, Evaluation), TrainError> {
     let ck = Checkpoint::load(file)?;
     let mut config = checkpoint_config(&ck, file)?;
+    let quantization = crate::quantize::quantization_of(&ck, file)?;
     drop(ck);
     if let Some(dir) = data_dir {
         config.data.path = Some(dir.to_path_buf());
     }
     crate::lm::check_checkpoint_model(&config, file)?;
-    let job = Job::new(&config, Some(file), None)?;
+    let mut job = Job::new(&config, Some(file), None)?;
+    if quantization.is_some() {
+        job.model = Box::new(LayerModel(&config, quantization));
+    }
     let (learner, data) = job.learner(&config, LoopOptions::default());
     let set: EvalSet = match (data.test, data.validation) {
         (Some(test), _) => test,
@@ -347,7 +352,7 @@ pub fn training_plan(config: &Config, text_vocab_size: usize, batch: usize, kind
         let builder = crate::text_job::TextClassifierBuilder::new(pretrained, m, 2, config.train.seed);
         (Box::new(builder), Box::new(crate::text_classification::SequenceClassification::new(2, m.max_len, vocab)))
     } else {
-        (Box::new(LayerModel(config)), Box::new(Classification::new(crate::model::CLASSES, crate::model::input_shape(config)?)))
+        (Box::new(LayerModel(config, None)), Box::new(Classification::new(crate::model::CLASSES, crate::model::input_shape(config)?)))
     };
     let optimizer = ConfigOptimizer {
         config: config.optimizer.clone(),

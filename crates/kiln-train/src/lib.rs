@@ -30,6 +30,7 @@ pub mod model;
 pub mod plans;
 pub mod pretrained;
 pub mod prune;
+pub mod quantize;
 mod prune_plot;
 mod progress;
 mod recipes;

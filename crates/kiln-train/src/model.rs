@@ -1,6 +1,7 @@
 //! A config's layer-list model built into a graph (its memory checked first), and its
 //! optimizer and schedule.
 use kiln_core::{Conv2dParams, Graph};
+use kiln_nn::quantized::{ActivationScale, QuantizedLinear};
 use kiln_nn::{init::seeded_rng, Adam, AdamW, LrSchedule, Optimizer, Sequential, SGD};
 
 use crate::config::{Config, LayerConfig, ModelConfig, OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
@@ -13,7 +14,10 @@ pub const CLASSES: usize = kiln_data::MNIST_CLASSES;
 /// or features from the shape the previous layers produce. Each layer's memory (see
 /// `crate::limits`) is checked, for training batches of `batch`, before its weights are
 /// initialised.
-pub(crate) fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: usize) -> Result<Sequential, TrainError> {
+///
+/// With `quantized`, its linear layers are int8 [`QuantizedLinear`] layers (for a
+/// checkpoint `kiln quantize` wrote); the rest is as trained.
+pub(crate) fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: usize, quantized: Option<ActivationScale>) -> Result<Sequential, TrainError> {
     // The same seed gives the same initial weights for every batch size's graph; a
     // backend keeps one copy of each named parameter, so these graphs share them.
     let mut rng = seeded_rng(seed);
@@ -50,7 +54,10 @@ pub(crate) fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: 
             &LayerConfig::Linear { out } => {
                 let [features] = shape[..] else { return Err(bad(format!("needs a flat input, got {shape:?}; add a flatten layer"))) };
                 shape = vec![out];
-                net.linear(g, features, out, &mut rng)?
+                match quantized {
+                    None => net.linear(g, features, out, &mut rng)?,
+                    Some(activation) => net.add(g, |g, prefix| QuantizedLinear::new(g, prefix, features, out, true, activation))?,
+                }
             }
             &LayerConfig::MaxPool2d { kernel, stride } | &LayerConfig::AvgPool2d { kernel, stride } => {
                 let [c, h, w] = image(&shape)?;

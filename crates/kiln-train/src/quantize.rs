@@ -1,0 +1,209 @@
+//! `kiln quantize`: post-training int8 quantization of a trained image classifier's
+//! linear layers, as PyTorch's `quantize_dynamic` does it (weights per output channel,
+//! symmetric, with f32 scales; inputs per tensor from each batch's range) or, with
+//! calibration, with each layer's input scale fixed from the range seen on training
+//! batches (static). Convolutions, norms and biases stay f32.
+//!
+//! The quantized checkpoint is a safetensors file: each quantized layer's weight as
+//! `{layer}.weight.int8` (I8, [out, in]) and `{layer}.weight.scale` (F32, [out]: w ≈
+//! int8 · scale), its bias as before, a static layer's `{layer}.input_scale` (F32, 0-d),
+//! every other tensor as trained, and the metadata `kiln.quantization` saying how, beside
+//! the run's config: `kiln eval` and `kiln predict` run it as they run the f32 model.
+use std::path::{Path, PathBuf};
+
+use kiln_core::int8::{pack_rows, quantize_rows, words_per_row, I8_MAX};
+use kiln_core::{HostTensor, Op, Tensor};
+use kiln_nn::quantized::{ActivationScale, INPUT_SCALE, WEIGHT_INT8, WEIGHT_SCALE};
+
+use crate::checkpoint::Checkpoint;
+use crate::device::Device;
+use crate::inference::{ModelFamily, TrainedModel};
+use crate::TrainError;
+
+/// The metadata key of a quantized checkpoint: JSON saying how it was quantized.
+pub const META_QUANTIZATION: &str = "kiln.quantization";
+
+/// A `kiln quantize` job.
+#[derive(Clone, Debug)]
+pub struct QuantizeOptions {
+    /// An f32 image-classifier checkpoint written by `kiln train`.
+    pub checkpoint: PathBuf,
+    /// The quantized checkpoint to write.
+    pub out: PathBuf,
+    /// Fix the input scales from this many training batches (static quantization);
+    /// `None`: dynamic.
+    pub calibrate: Option<usize>,
+    /// The dataset folder, when not where the config says (calibration reads it).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// One quantized layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedLayer {
+    /// The layer's prefix ("7").
+    pub name: String,
+    /// Input features.
+    pub in_features: usize,
+    /// Output features.
+    pub out_features: usize,
+    /// A static layer's input scale (max |x| / 127 over the calibration batches).
+    pub input_scale: Option<f32>,
+}
+
+/// What `kiln quantize` wrote.
+#[derive(Clone, Debug)]
+pub struct QuantizeReport {
+    /// The quantized layers, in forward order.
+    pub layers: Vec<QuantizedLayer>,
+    /// How their inputs are quantized.
+    pub activation: ActivationScale,
+    /// Bytes of the f32 model's tensors (4 per element; a checkpoint also holds optimizer state).
+    pub f32_bytes: u64,
+    /// Bytes of the quantized file.
+    pub int8_bytes: u64,
+    /// The quantized file.
+    pub file: PathBuf,
+}
+
+/// How a checkpoint's int8 layers quantize their inputs; `None` for an f32 checkpoint.
+pub fn quantization_of(ck: &Checkpoint, file: &Path) -> Result<Option<ActivationScale>, TrainError> {
+    let Some(json) = ck.metadata.get(META_QUANTIZATION) else { return Ok(None) };
+    let bad = |message: String| TrainError::Checkpoint { file: file.to_path_buf(), message };
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(format!("metadata '{META_QUANTIZATION}': {e}")))?;
+    match value.get("activations").and_then(|a| a.as_str()) {
+        Some("dynamic") => Ok(Some(ActivationScale::Dynamic)),
+        Some("static") => Ok(Some(ActivationScale::Static)),
+        other => Err(bad(format!("metadata '{META_QUANTIZATION}' has activations {other:?}; expected \"dynamic\" or \"static\""))),
+    }
+}
+
+/// An error for a quantized checkpoint given to training (resume, fine-tuning).
+pub fn refuse_to_train(file: &Path) -> Result<(), TrainError> {
+    let ck = Checkpoint::load(file)?;
+    match quantization_of(&ck, file)? {
+        None => Ok(()),
+        Some(_) => Err(TrainError::Checkpoint {
+            file: file.to_path_buf(),
+            message: "is an int8 model, for inference (kiln eval, kiln predict): train from the f32 checkpoint it was quantized from".into(),
+        }),
+    }
+}
+
+/// The linear layers of an image classifier: each weight's name and its matmul's input
+/// (what a static layer's scale is calibrated on), in the graph of `trained.build`.
+fn linear_layers(graph: &kiln_core::Graph, state_dict: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    graph
+        .nodes()
+        .iter()
+        .filter(|node| matches!(node.op, Op::MatMul { trans_a: false, trans_b: true }))
+        .filter_map(|node| {
+            let (x, w) = (*node.inputs.first()?, *node.inputs.get(1)?);
+            let (name, _) = state_dict.iter().find(|(n, t)| *t == w && n.ends_with(".weight"))?;
+            Some((name.clone(), x))
+        })
+        .collect()
+}
+
+/// Quantize the model of `options.checkpoint` and write it to `options.out`.
+pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeReport, TrainError> {
+    let file = &options.checkpoint;
+    let trained = TrainedModel::load(file)?;
+    let bad = |message: String| TrainError::Checkpoint { file: file.clone(), message };
+    if trained.quantization.is_some() {
+        return Err(bad("is quantized already".into()));
+    }
+    if trained.family != ModelFamily::ImageClassifier {
+        return Err(bad(format!("is a {}: kiln quantize handles image classifiers (MLP, CNN) so far", trained.family.name())));
+    }
+    if options.calibrate == Some(0) {
+        return Err(TrainError::Config("--calibrate needs at least 1 batch".into()));
+    }
+    let batch = trained.config.train.batch_size.max(1);
+    let graph = trained.build(batch, None)?;
+    let layers = linear_layers(&graph.graph, &graph.state_dict);
+    if layers.is_empty() {
+        return Err(bad("has no linear layer to quantize".into()));
+    }
+    let ranges = match options.calibrate {
+        Some(batches) => Some(calibrate(device, &trained, &graph, &layers, batches, options.data_dir.as_deref())?),
+        None => None,
+    };
+    let mut out = trained.checkpoint.clone();
+    let mut report_layers = Vec::with_capacity(layers.len());
+    for (k, (weight_name, _)) in layers.iter().enumerate() {
+        let prefix = weight_name.trim_end_matches(".weight");
+        let weight = out.tensors.remove(weight_name).ok_or_else(|| bad(format!("has no '{weight_name}'")))?;
+        let &[out_features, in_features] = weight.shape.dims() else {
+            return Err(bad(format!("'{weight_name}' is {}, not a matrix", weight.shape)));
+        };
+        // Rows padded to whole words: the file's int8 columns are a multiple of 4.
+        let (q, scales) = quantize_rows(&weight.to_f32_vec(), in_features);
+        out.insert(format!("{prefix}.{WEIGHT_INT8}"), HostTensor::u32([out_features, words_per_row(in_features)], pack_rows(&q, in_features)));
+        out.insert(format!("{prefix}.{WEIGHT_SCALE}"), HostTensor::f32([out_features], scales));
+        let input_scale = ranges.as_ref().map(|r| scale_of(r[k]));
+        if let Some(scale) = input_scale {
+            out.insert(format!("{prefix}.{INPUT_SCALE}"), HostTensor::f32(Vec::<usize>::new(), vec![scale]));
+        }
+        report_layers.push(QuantizedLayer { name: prefix.to_string(), in_features, out_features, input_scale });
+    }
+    let activation = if ranges.is_some() { ActivationScale::Static } else { ActivationScale::Dynamic };
+    let how = serde_json::json!({
+        "weights": "int8, symmetric, per output channel (f32 scales)",
+        "activations": if ranges.is_some() { "static" } else { "dynamic" },
+        "calibration_batches": options.calibrate.unwrap_or(0),
+        "layers": report_layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
+        "from": file.display().to_string(),
+    });
+    out.set_meta(META_QUANTIZATION, how);
+    out.save(&options.out)?;
+    let f32_bytes = model_bytes(&trained.checkpoint);
+    let int8_bytes = std::fs::metadata(&options.out).map(|m| m.len()).map_err(|e| TrainError::Io(format!("{}: {e}", options.out.display())))?;
+    Ok(QuantizeReport { layers: report_layers, activation, f32_bytes, int8_bytes, file: options.out.clone() })
+}
+
+/// A static input scale from the largest |x| seen; 1 for inputs that were all zero.
+fn scale_of(max: f32) -> f32 {
+    if max > 0.0 && max.is_finite() { max / I8_MAX } else { 1.0 }
+}
+
+/// Bytes of a checkpoint's tensors as an f32 safetensors file holds them (4 per element).
+fn model_bytes(ck: &Checkpoint) -> u64 {
+    ck.tensors.values().map(|t| 4 * t.len() as u64).sum()
+}
+
+/// The largest |x| each layer's input reaches over the first `batches` training batches
+/// (in the dataset's order), with the f32 model.
+fn calibrate(
+    device: &Device,
+    trained: &TrainedModel,
+    graph: &crate::inference::InferenceGraph,
+    layers: &[(String, Tensor)],
+    batches: usize,
+    data_dir: Option<&Path>,
+) -> Result<Vec<f32>, TrainError> {
+    let mut config = trained.config.clone();
+    if let Some(dir) = data_dir {
+        config.data.path = Some(dir.to_path_buf());
+    }
+    let data = crate::job::load_image_datasets(&config)?;
+    let (train, batch) = (&data.train, graph.inputs[0].0.dims[0]);
+    let sample = train.sample_numel();
+    // The logits too: a plan holds the states its outputs read, and the checkpoint
+    // written into it names every layer's.
+    let outputs: Vec<Tensor> = layers.iter().map(|(_, x)| *x).chain(std::iter::once(graph.logits)).collect();
+    let mut exec = trained.load_plan(device, graph, &outputs)?;
+    let mut maxima = vec![0.0f32; layers.len()];
+    let usable = (train.len() / batch).min(batches);
+    if usable == 0 {
+        return Err(TrainError::Config(format!("calibration needs a batch of {batch} training images; the training set has {}", train.len())));
+    }
+    for b in 0..usable {
+        let images = &train.images()[b * batch * sample..(b + 1) * batch * sample];
+        let x = HostTensor::f32(graph.inputs[0].0.dims.clone(), images.to_vec());
+        let outs = exec.run(&[(graph.inputs[0].1, x)])?;
+        for (max, out) in maxima.iter_mut().zip(outs) {
+            *max = out.to_f32_vec().iter().fold(*max, |m, v| m.max(v.abs()));
+        }
+    }
+    Ok(maxima)
+}
