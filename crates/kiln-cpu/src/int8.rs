@@ -33,7 +33,9 @@ fn quantize_value<T: Float>(x: T, inv_scale: T) -> i8 {
     if q.is_nan() { 0 } else { q.clamp(-127.0, 127.0) as i8 }
 }
 
-/// out [m, n] = a [m, w] · b [n, w]ᵀ over packed int8, each sum exact in i32.
+/// out [m, n] = a [m, w] · b [n, w]ᵀ over packed int8, each sum exact in i32. The rows
+/// are unpacked to bytes first (b once per call, a once per row) so that the inner loop
+/// is a plain i8 dot product, which the compiler vectorises.
 pub fn matmul<T: Float>(a: &[u32], b: &[u32], words: usize, out: &mut [T]) {
     if words == 0 {
         out.fill(T::ZERO);
@@ -44,12 +46,28 @@ pub fn matmul<T: Float>(a: &[u32], b: &[u32], words: usize, out: &mut [T]) {
         return;
     }
     let m = out.len() / n;
-    split_units(out, n, threads_for(m, out.len() * words * 4), |range, piece| {
+    let k = 4 * words;
+    let b_bytes = unpack(b);
+    split_units(out, n, threads_for(m, out.len() * k), |range, piece| {
+        let mut a_row = vec![0i8; k];
         for (r, out_row) in range.zip(piece.chunks_exact_mut(n)) {
-            let a_row = &a[r * words..(r + 1) * words];
-            for (o, b_row) in out_row.iter_mut().zip(b.chunks_exact(words)) {
-                *o = T::from_f64(f64::from(int8::dot(a_row, b_row)));
+            for (four, &word) in a_row.chunks_exact_mut(4).zip(&a[r * words..(r + 1) * words]) {
+                four.copy_from_slice(&int8::unpack4(word));
+            }
+            for (o, b_row) in out_row.iter_mut().zip(b_bytes.chunks_exact(k)) {
+                *o = T::from_f64(f64::from(dot_bytes(&a_row, b_row)));
             }
         }
     });
+}
+
+/// The int8 of packed words, in order.
+fn unpack(words: &[u32]) -> Vec<i8> {
+    words.iter().flat_map(|&w| int8::unpack4(w)).collect()
+}
+
+/// Σ a[i] b[i] in wrapping i32, as `int8::dot` and WGSL's i32 add it (exact unless a row
+/// holds more than 2^17 products of magnitude 2^14).
+fn dot_bytes(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).fold(0i32, |sum, (&x, &y)| sum.wrapping_add(i32::from(x) * i32::from(y)))
 }
