@@ -112,13 +112,7 @@ impl Module for Linear {
         let x2 = g.reshape(x, [rows, self.in_features])?;
         // f16 operands with f32 accumulation inside `mixed::autocast(Precision::Mixed)`.
         let y2 = mixed::layer_matmul(g, x2, self.weight, false, true)?;
-        let y2 = match self.bias {
-            Some(b) => g.add(y2, b)?,
-            None => y2,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("checked non-empty above") = self.out_features;
-        g.reshape(y2, out_dims)
+        with_bias_unflattened(g, y2, self.bias, dims)
     }
 
     fn params(&self) -> Vec<(String, Tensor)> {
@@ -128,4 +122,19 @@ impl Module for Linear {
         }
         p
     }
+}
+
+/// A linear layer's product `y2` [rows, out] plus its bias, given back the leading dims
+/// of its input `in_dims` [..., in]: [..., out].
+pub(crate) fn with_bias_unflattened(g: &mut Graph, y2: Tensor, bias: Option<Tensor>, mut in_dims: Vec<usize>) -> Result<Tensor> {
+    let y2 = match bias {
+        Some(b) => g.add(y2, b)?,
+        None => y2,
+    };
+    let out_features = g.dims(y2).last().copied().unwrap_or(0);
+    match in_dims.last_mut() {
+        Some(last) => *last = out_features,
+        None => return Err(GraphError::new("Linear", "expects an input of rank >= 1")),
+    }
+    g.reshape(y2, in_dims)
 }

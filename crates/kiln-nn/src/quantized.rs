@@ -91,13 +91,7 @@ impl Module for QuantizedLinear {
         // out[r, o] = sums[r, o] * input scale * weight scale[o]
         let column_scale = g.mul(self.weight_scale, scale)?;
         let y2 = g.mul(sums, column_scale)?;
-        let y2 = match self.bias {
-            Some(b) => g.add(y2, b)?,
-            None => y2,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("checked non-empty above") = self.out_features;
-        g.reshape(y2, out_dims)
+        crate::linear::with_bias_unflattened(g, y2, self.bias, dims)
     }
 
     fn params(&self) -> Vec<(String, Tensor)> {
