@@ -30,6 +30,10 @@ pub(crate) struct PruneArgs {
     /// The fine-tuning learning rate (default: the model's config's).
     #[arg(long)]
     lr: Option<f64>,
+    /// Leave these layers dense (weight names starting with them, comma-separated:
+    /// `classifier` keeps a text classifier's head).
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
     /// Folder for the pruned models, the fine-tuning runs and the plot.
     #[arg(long, default_value = "pruned")]
     out: PathBuf,
@@ -65,6 +69,7 @@ pub(crate) fn run(args: PruneArgs) -> Result<(), Box<dyn std::error::Error>> {
         schedule,
         finetune,
         lr: args.lr,
+        exclude: args.exclude,
         out_dir: args.out,
         data_dir: args.data,
         progress: true,

@@ -59,6 +59,10 @@ pub struct PruneOptions {
     pub finetune: Option<Length>,
     /// The fine-tuning learning rate; default the config's.
     pub lr: Option<f64>,
+    /// Layers left dense: weights whose name starts with one of these ("classifier"
+    /// keeps a text classifier's head, as users who prune only the encoder pass PyTorch
+    /// the encoder's layers alone).
+    pub exclude: Vec<String>,
     /// Where the results go (created if missing).
     pub out_dir: PathBuf,
     /// The dataset folder, when not where the config says.
@@ -167,7 +171,11 @@ const GRADUAL_STREAM_PHASES: u64 = 4;
 pub fn prune(device: &Device, options: &PruneOptions, stop: &AtomicBool) -> Result<PruneReport, TrainError> {
     check_options(options)?;
     let trained = TrainedModel::load(&options.checkpoint)?;
-    let weights = prunable_weights(&trained)?;
+    let weights: Vec<(String, HostTensor)> =
+        prunable_weights(&trained)?.into_iter().filter(|(name, _)| !options.exclude.iter().any(|prefix| name.starts_with(prefix.as_str()))).collect();
+    if weights.is_empty() {
+        return Err(TrainError::Config(format!("--exclude {} leaves no weight to prune", options.exclude.join(","))));
+    }
     std::fs::create_dir_all(&options.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", options.out_dir.display())))?;
     let (_, dense) = evaluate_checkpoint(device, &options.checkpoint, options.data_dir.as_deref())?;
     let figure = if dense.metric("accuracy").is_some() { "accuracy" } else { "loss" }.to_string();
@@ -334,7 +342,15 @@ fn pruning_meta(options: &PruneOptions, sparsity: f64) -> String {
         Some(Length::Epochs(e)) => format!("{e} epochs"),
         Some(Length::Steps(s)) => format!("{s} steps"),
     };
-    serde_json::json!({ "pattern": pattern, "sparsity": sparsity, "schedule": schedule, "finetune": finetune, "from": options.checkpoint.display().to_string() }).to_string()
+    let json = serde_json::json!({
+        "pattern": pattern,
+        "sparsity": sparsity,
+        "schedule": schedule,
+        "finetune": finetune,
+        "excluded": options.exclude,
+        "from": options.checkpoint.display().to_string(),
+    });
+    json.to_string()
 }
 
 /// "50" for 0.5, "12.5" for 0.125.

@@ -38,6 +38,7 @@ fn options(checkpoint: &Path, out: &Path, sparsities: &[f64], finetune: Option<L
         schedule: PruneSchedule::OneShot,
         finetune,
         lr: None,
+        exclude: Vec::new(),
         out_dir: out.to_path_buf(),
         data_dir: None,
         progress: false,
@@ -146,6 +147,15 @@ fn a_sweep_reaches_each_sparsity_and_draws_the_plot_and_a_gradual_schedule_ends_
         assert_eq!(zeros, (target * elements as f64).round() as usize);
         assert!(model.finetuned.is_none());
     }
+    // Excluded layers stay dense; the others take the whole share.
+    let kept = PruneOptions { exclude: vec!["9.".into()], ..options(&checkpoint, &dir.path().join("kept"), &[0.5], None) };
+    let kept_report = prune(&Device::cpu(), &kept, &AtomicBool::new(false)).expect("exclude");
+    let layers: Vec<&str> = kept_report.models[0].layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(layers, ["0.weight", "3.weight", "7.weight"]);
+    let head = tensors(&kept_report.models[0].file)["9.weight"].to_f32_vec();
+    assert!(head.iter().all(|&w| w != 0.0), "an excluded layer was pruned");
+    let everything = PruneOptions { exclude: vec!["".into()], ..options(&checkpoint, &dir.path().join("none"), &[0.5], None) };
+    assert!(prune(&Device::cpu(), &everything, &AtomicBool::new(false)).expect_err("nothing left").to_string().contains("--exclude"));
     let svg = std::fs::read_to_string(report.plot.expect("a plot")).expect("svg");
     assert!(svg.contains("<svg") && svg.contains("polyline"), "not a line plot");
     // The pruned model is a model `kiln eval` reads.
