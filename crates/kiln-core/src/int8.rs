@@ -7,8 +7,14 @@ pub const I8_MAX: f32 = 127.0;
 
 /// `x * inv_scale` rounded half to even and clamped to [-127, 127]; NaN gives 0.
 pub fn quantize(x: f32, inv_scale: f32) -> i8 {
-    let q = (x * inv_scale).round_ties_even();
-    if q.is_nan() { 0 } else { q.clamp(-I8_MAX, I8_MAX) as i8 }
+    saturate(f64::from(x * inv_scale))
+}
+
+/// An already scaled value as int8: rounded half to even, clamped to [-127, 127], NaN to
+/// 0 (what a backend computing the product in its own precision calls).
+pub fn saturate(scaled: f64) -> i8 {
+    let q = scaled.round_ties_even();
+    if q.is_nan() { 0 } else { q.clamp(-f64::from(I8_MAX), f64::from(I8_MAX)) as i8 }
 }
 
 /// Four int8 as one u32: byte j holds `values[j]` (two's complement).

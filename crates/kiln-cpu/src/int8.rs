@@ -29,8 +29,7 @@ pub fn quantize<T: Float>(x: &[T], inv_scale: T, k: usize, out: &mut [u32]) {
 /// `int8::quantize` in the backend's precision: the product is rounded in `T` (as an f32
 /// GPU rounds it), then to an integer exactly.
 fn quantize_value<T: Float>(x: T, inv_scale: T) -> i8 {
-    let q = (x * inv_scale).to_f64().round_ties_even();
-    if q.is_nan() { 0 } else { q.clamp(-127.0, 127.0) as i8 }
+    int8::saturate((x * inv_scale).to_f64())
 }
 
 /// out [m, n] = a [m, w] · b [n, w]ᵀ over packed int8, each sum exact in i32. The rows
