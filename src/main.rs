@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use kiln_train::{Config, Device, DeviceChoice, TrainOptions};
 
+mod distill;
 mod distributed;
 mod export;
 mod explain;
@@ -140,6 +141,8 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: DeviceChoice,
     },
+    /// Distil a fine-tuned text classifier into a smaller student (soft targets and labels).
+    Distill(distill::DistillArgs),
     /// Prune a trained model's weight matrices by magnitude, then fine-tune it with the masks kept.
     Prune(prune::PruneArgs),
     /// Quantize a trained image classifier's linear layers to int8 (dynamic, or static with --calibrate).
@@ -439,6 +442,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Explain(args) => explain::explain(args),
+        Command::Distill(args) => distill::run(args),
         Command::Prune(args) => prune::run(args),
         Command::Quantize(args) => quantize::run(args),
         Command::Predict { checkpoint, texts, logits, device } => text_commands::predict(&checkpoint, texts, logits, device),
@@ -537,7 +541,7 @@ fn parse_precision(text: &str) -> Result<kiln_train::config::PrecisionConfig, St
 }
 
 /// An evaluation as one line: "loss 0.0712, accuracy 97.81%".
-fn figures(eval: &kiln_train::Evaluation) -> String {
+pub(crate) fn figures(eval: &kiln_train::Evaluation) -> String {
     let mut line = format!("loss {:.4}", eval.loss);
     for (name, value) in &eval.metrics {
         if name == "accuracy" {

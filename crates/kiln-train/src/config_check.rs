@@ -63,6 +63,12 @@ impl Config {
             if let Some(p) = m.dropout {
                 check_dropout("model.dropout", p)?;
             }
+            if let Some(layers) = &m.layers {
+                let mut seen = std::collections::HashSet::new();
+                if layers.is_empty() || !layers.iter().all(|l| seen.insert(*l)) {
+                    return Err(format!("model.layers = {layers:?} must name at least one encoder layer, each once"));
+                }
+            }
             if self.data.dataset != DatasetName::Sentiment && self.data.text_table().is_none() {
                 return Err(format!(
                     "a text-classifier trains on labelled text: data.dataset = \"sentiment\", or data.path = a .tsv or .csv file \

@@ -24,6 +24,11 @@ pub struct TextClassifierConfig {
     /// Dropout of the encoder and the head, in [0, 1); default: the model's config.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
+    /// The encoder layers kept, by index into the pretrained model's (or, for a student
+    /// that `kiln distill` starts from its teacher, the teacher's): `[0, 2, 4]` makes a
+    /// 3-layer encoder of every other layer, as DistilBERT is made. Default: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
 }
 
 /// `model.pooling`.

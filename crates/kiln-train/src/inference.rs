@@ -170,7 +170,7 @@ impl TrainedModel {
             return Err(TrainError::Config("a text classifier needs its pretrained encoder".into()));
         };
         let model = self.config.model.text_classifier().ok_or_else(|| TrainError::Config("not a text classifier".into()))?;
-        Ok(TextClassifierBuilder::new(pretrained.clone(), model, self.classes.len(), self.config.train.seed))
+        TextClassifierBuilder::new(pretrained, model, self.classes.len(), self.config.train.seed)
     }
 
     /// Record the model's eval-mode forward pass on inputs of `batch` samples (and

@@ -67,13 +67,15 @@ impl OptimizerBuilder for ConfigOptimizer {
 
 /// The parts of a job the loop runs.
 pub(crate) struct Job<'c> {
-    model: Box<dyn ModelBuilder + 'c>,
-    task: Box<dyn crate::task::Task + 'c>,
+    pub(crate) model: Box<dyn ModelBuilder + 'c>,
+    pub(crate) task: Box<dyn crate::task::Task + 'c>,
     data: TrainingData,
     length: Length,
     eval_every: Option<u64>,
     log_every: u64,
-    metadata: Vec<(String, String)>,
+    pub(crate) metadata: Vec<(String, String)>,
+    /// A classifier's class names, in label order (empty for a language model).
+    pub(crate) classes: Vec<String>,
 }
 
 impl<'c> Job<'c> {
@@ -93,6 +95,7 @@ impl<'c> Job<'c> {
                 eval_every: None,
                 log_every: 10,
                 metadata: vec![(crate::text_job::META_CLASSES.to_string(), classes)],
+                classes: job.classes,
             });
         }
         let data = load_image_datasets(config)?;
@@ -115,6 +118,7 @@ impl<'c> Job<'c> {
             eval_every: None,
             log_every: 50,
             metadata: Vec::new(),
+            classes: (0..crate::model::CLASSES).map(|c| c.to_string()).collect(),
         })
     }
 
@@ -149,6 +153,7 @@ impl<'c> Job<'c> {
             eval_every: Some(t.eval_every),
             log_every: 10,
             metadata,
+            classes: Vec::new(),
         })
     }
 
@@ -349,7 +354,7 @@ pub fn training_plan(config: &Config, text_vocab_size: usize, batch: usize, kind
         // Two classes, and texts of max_len tokens: the step's largest shape.
         let (pretrained, _) = crate::text_job::load_pretrained(m)?;
         let vocab = pretrained.config.vocab_size;
-        let builder = crate::text_job::TextClassifierBuilder::new(pretrained, m, 2, config.train.seed);
+        let builder = crate::text_job::TextClassifierBuilder::new(&pretrained, m, 2, config.train.seed)?;
         (Box::new(builder), Box::new(crate::text_classification::SequenceClassification::new(2, m.max_len, vocab)))
     } else {
         (Box::new(LayerModel(config, None)), Box::new(Classification::new(crate::model::CLASSES, crate::model::input_shape(config)?)))

@@ -10,6 +10,8 @@ mod config_check;
 mod config_optim;
 mod config_text;
 pub mod device;
+pub mod distill;
+pub mod distillation;
 mod fit;
 pub mod export;
 pub mod explain;

@@ -64,6 +64,7 @@ impl Config {
                     pooling: PoolingConfig::Mean,
                     max_len: 64,
                     dropout: Some(0.1),
+                    layers: None,
                 }),
                 optimizer: OptimizerConfig { kind: OptimizerKind::AdamW, lr: 5e-5, weight_decay: 0.01, ..OptimizerConfig::default() },
                 schedule: ScheduleConfig { kind: ScheduleKind::Linear, warmup_ratio: 0.1, ..ScheduleConfig::default() },

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_core::{Graph, Plan};
+use kiln_core::{Graph, HostTensor, Plan};
 use kiln_data::{read_labelled_text, split_indices, LabelledTexts, PretrainedTokenizer, Sentiment, TextTableOptions, TokenizedTexts};
 use kiln_nn::{init::seeded_rng, BertClassifier, BertConfig, BertInit, Module, Pooling};
 
@@ -21,37 +21,128 @@ use crate::TrainError;
 pub const META_CLASSES: &str = "classes";
 
 /// A fine-tuned classifier on a pretrained encoder: every build starts the encoder from
-/// the pretrained tensors and the head from the run's seed, so all plans agree.
+/// the pretrained tensors (the layers `model.layers` keeps, renumbered) and the head from
+/// the run's seed, so all plans agree.
 pub struct TextClassifierBuilder {
-    pretrained: Arc<PretrainedBert>,
+    /// Start values by Hugging Face name without `bert.`, layers already renumbered;
+    /// `classifier.*` too when the head starts from a trained one.
+    weights: Arc<HashMap<String, HostTensor>>,
     config: BertConfig,
     pooling: Pooling,
     classes: usize,
     seed: u64,
+    prefix: String,
 }
 
 impl TextClassifierBuilder {
     /// The classifier of `classes` labels that `model` describes, on `pretrained`.
-    pub fn new(pretrained: Arc<PretrainedBert>, model: &TextClassifierConfig, classes: usize, seed: u64) -> TextClassifierBuilder {
-        let mut config = pretrained.config.clone();
+    pub fn new(pretrained: &PretrainedBert, model: &TextClassifierConfig, classes: usize, seed: u64) -> Result<TextClassifierBuilder, TrainError> {
+        TextClassifierBuilder::from_weights(&pretrained.weights, &pretrained.config, model, classes, seed)
+    }
+
+    /// The classifier `model` describes, starting from `weights` (Hugging Face names
+    /// without `bert.`) of an encoder shaped as `source` says: `model.layers` picks and
+    /// renumbers its layers; a `classifier.*` there starts the head.
+    pub fn from_weights(
+        weights: &HashMap<String, HostTensor>,
+        source: &BertConfig,
+        model: &TextClassifierConfig,
+        classes: usize,
+        seed: u64,
+    ) -> Result<TextClassifierBuilder, TrainError> {
+        let mut config = source.clone();
         if let Some(p) = model.dropout {
             config.hidden_dropout_prob = p;
             config.attention_probs_dropout_prob = p;
         }
-        TextClassifierBuilder { pretrained, config, pooling: model.pooling.pooling(), classes, seed }
+        let weights = match &model.layers {
+            Some(layers) => {
+                config.num_hidden_layers = layers.len();
+                select_layers(weights, source.num_hidden_layers, layers)?
+            }
+            None => weights.clone(),
+        };
+        Ok(TextClassifierBuilder { weights: Arc::new(weights), config, pooling: model.pooling.pooling(), classes, seed, prefix: String::new() })
+    }
+
+    /// The classifier a text-classifier checkpoint holds, every tensor from it, its state
+    /// names under `prefix` (a distillation's teacher beside its student).
+    pub fn from_checkpoint(ck: &Checkpoint, file: &Path, prefix: &str) -> Result<(TextClassifierBuilder, Config, Vec<String>), TrainError> {
+        let config = crate::checkpoint::checkpoint_config(ck, file)?;
+        let Some(model) = config.model.text_classifier() else {
+            return Err(TrainError::Checkpoint { file: file.to_path_buf(), message: format!("is a {} model, not a text classifier", config.model.kind()) });
+        };
+        let classes = checkpoint_classes(ck, file)?;
+        let pretrained = PretrainedBert::load(&pretrained_folder(&model.pretrained))?;
+        let mut source = pretrained.config.clone();
+        let mut model = model.clone();
+        // The checkpoint's layers are already the kept ones, numbered from 0.
+        if let Some(layers) = model.layers.take() {
+            source.num_hidden_layers = layers.len();
+        }
+        let weights = unprefixed_model_tensors(ck);
+        let mut builder = TextClassifierBuilder::from_weights(&weights, &source, &model, classes.len(), config.train.seed)?;
+        builder.prefix = prefix.to_string();
+        Ok((builder, config, classes))
+    }
+
+    /// The encoder's shape (after `model.layers`).
+    pub fn bert_config(&self) -> &BertConfig {
+        &self.config
     }
 
     /// The classifier itself, in `g`.
     pub fn classifier(&self, g: &mut Graph) -> Result<BertClassifier, TrainError> {
         let mut rng = seeded_rng(self.seed);
-        let mut init = BertInit::pretrained(&self.pretrained.weights, &mut rng, &self.config);
-        Ok(BertClassifier::new(g, &self.config, self.pooling, self.classes, &mut init)?)
+        let mut init = BertInit::pretrained(&self.weights, &mut rng, &self.config);
+        Ok(BertClassifier::named(g, &self.prefix, &self.config, self.pooling, self.classes, &mut init)?)
     }
 }
 
 impl ModelBuilder for TextClassifierBuilder {
     fn build(&self, g: &mut Graph, _batch: usize) -> Result<Box<dyn Module>, TrainError> {
         Ok(Box::new(self.classifier(g)?))
+    }
+}
+
+/// A classifier checkpoint's model tensors by the names [`BertInit`] looks up: the
+/// encoder's without `bert.`, the head's as they are.
+pub fn unprefixed_model_tensors(ck: &Checkpoint) -> HashMap<String, HostTensor> {
+    ck.model_only()
+        .tensors
+        .iter()
+        .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(name).to_string(), t.clone()))
+        .collect()
+}
+
+/// The tensors of an encoder of `source_layers` layers with only `layers` kept, in that
+/// order and renumbered from 0 (`encoder.layer.4.*` becomes `encoder.layer.2.*` for
+/// `[0, 2, 4]`); every tensor outside the layers is kept as it is.
+pub fn select_layers(weights: &HashMap<String, HostTensor>, source_layers: usize, layers: &[usize]) -> Result<HashMap<String, HostTensor>, TrainError> {
+    if let Some(bad) = layers.iter().find(|&&l| l >= source_layers) {
+        return Err(TrainError::Config(format!("model.layers = {layers:?} names layer {bad}, but the encoder has {source_layers} (0 to {})", source_layers.saturating_sub(1))));
+    }
+    let mut kept = HashMap::new();
+    for (name, tensor) in weights {
+        let Some(rest) = name.strip_prefix("encoder.layer.") else {
+            kept.insert(name.clone(), tensor.clone());
+            continue;
+        };
+        let (index, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let Ok(index) = index.parse::<usize>() else { continue };
+        if let Some(position) = layers.iter().position(|&l| l == index) {
+            kept.insert(format!("encoder.layer.{position}.{tail}"), tensor.clone());
+        }
+    }
+    Ok(kept)
+}
+
+/// The class names a text-classifier checkpoint keeps in its metadata, in label order.
+pub fn checkpoint_classes(ck: &Checkpoint, file: &Path) -> Result<Vec<String>, TrainError> {
+    match ck.metadata.get(META_CLASSES) {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| TrainError::Checkpoint { file: file.to_path_buf(), message: format!("metadata '{META_CLASSES}': {e}") }),
+        None => Err(TrainError::Checkpoint { file: file.to_path_buf(), message: format!("has no '{META_CLASSES}' metadata") }),
     }
 }
 
@@ -168,7 +259,7 @@ pub fn text_classifier_job(config: &Config, model: &TextClassifierConfig) -> Res
         test: test.as_ref().map(|t| text_eval_set(t, pad)).transpose()?,
     };
     let task = SequenceClassification::new(classes.len(), model.max_len, pretrained.config.vocab_size);
-    let builder = TextClassifierBuilder::new(pretrained, model, classes.len(), config.train.seed);
+    let builder = TextClassifierBuilder::new(&pretrained, model, classes.len(), config.train.seed)?;
     Ok(TextClassifierJob { model: builder, task, data, classes })
 }
 
@@ -197,16 +288,12 @@ pub fn predict(device: &Device, file: &Path, texts: &[String]) -> Result<Vec<Pre
             message: format!("is a {} model; kiln predict reads text-classifier checkpoints", config.model.kind()),
         });
     };
-    let classes: Vec<String> = match ck.metadata.get(META_CLASSES) {
-        Some(json) => serde_json::from_str(json)
-            .map_err(|e| TrainError::Checkpoint { file: file.to_path_buf(), message: format!("metadata '{META_CLASSES}': {e}") })?,
-        None => return Err(TrainError::Checkpoint { file: file.to_path_buf(), message: format!("has no '{META_CLASSES}' metadata") }),
-    };
+    let classes = checkpoint_classes(&ck, file)?;
     if classes.is_empty() || texts.is_empty() {
         return Ok(Vec::new());
     }
     let (pretrained, tokenizer) = load_pretrained(model)?;
-    let builder = TextClassifierBuilder::new(pretrained, model, classes.len(), config.train.seed);
+    let builder = TextClassifierBuilder::new(&pretrained, model, classes.len(), config.train.seed)?;
     let encoded = tokenizer.encode_all(texts, model.max_len).map_err(|e| TrainError::Io(e.to_string()))?;
     let mut plans: HashMap<Vec<usize>, PredictPlan> = HashMap::new();
     let mut predictions = Vec::with_capacity(texts.len());

@@ -247,7 +247,7 @@ fn minilm_classifier_checkpoint(dir: &Path) -> Option<PathBuf> {
     let config = Config::recipe("minilm-sentiment").expect("recipe");
     let model = config.model.text_classifier().expect("a text classifier");
     let (pretrained, _) = kiln_train::text_job::load_pretrained(model).expect("pretrained MiniLM");
-    let builder = kiln_train::text_job::TextClassifierBuilder::new(pretrained, model, 2, config.train.seed);
+    let builder = kiln_train::text_job::TextClassifierBuilder::new(&pretrained, model, 2, config.train.seed).expect("builder");
     let mut g = kiln_core::Graph::new();
     let classifier = builder.classifier(&mut g).expect("classifier");
     use kiln_nn::Module;

@@ -206,11 +206,26 @@ impl BertClassifier {
         num_labels: usize,
         init: &mut BertInit<'_, R>,
     ) -> Result<BertClassifier> {
+        BertClassifier::named(g, "", config, pooling, num_labels, init)
+    }
+
+    /// [`BertClassifier::new`] with every state name under `prefix` (`teacher.bert...`,
+    /// `teacher.classifier.weight`): a second classifier in the same graph, as a
+    /// distillation step holds the teacher beside the student. `init` still looks the
+    /// tensors up by their unprefixed names.
+    pub fn named<R: Rng + ?Sized>(
+        g: &mut Graph,
+        prefix: &str,
+        config: &BertConfig,
+        pooling: Pooling,
+        num_labels: usize,
+        init: &mut BertInit<'_, R>,
+    ) -> Result<BertClassifier> {
         if num_labels == 0 {
             return Err(GraphError::new("BertClassifier", "num_labels = 0: a classifier needs at least one class"));
         }
-        let bert = BertModel::new(g, "bert", config, pooling == Pooling::Cls, init)?;
-        let classifier = init.linear(g, "classifier", "classifier", config.hidden_size, num_labels)?;
+        let bert = BertModel::new(g, &join_name(prefix, "bert"), config, pooling == Pooling::Cls, init)?;
+        let classifier = init.linear(g, &join_name(prefix, "classifier"), "classifier", config.hidden_size, num_labels)?;
         let dropout = Dropout::new("dropout", config.hidden_dropout_prob)?;
         Ok(BertClassifier { bert, pooling, dropout, classifier })
     }

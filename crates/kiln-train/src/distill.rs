@@ -1,0 +1,120 @@
+//! `kiln distill`: a student text classifier trained on the teacher's softened
+//! predictions as well as the labels ([`crate::distillation::Distillation`] on the one
+//! loop), optionally starting from a subset of the teacher's own layers, as DistilBERT
+//! starts from every other layer of BERT.
+//!
+//! The student's run folder is a `kiln train` run's (config.toml, checkpoints, metrics,
+//! curves): `kiln eval`, `kiln predict`, `kiln quantize` and a resume read it as they
+//! read any text classifier's. The checkpoints say how the student was taught in their
+//! `kiln.distillation` metadata.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use kiln_nn::DistillationLoss;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::device::Device;
+use crate::distillation::Distillation;
+use crate::job::{Job, CONFIG_FILE};
+use crate::options::{LoopOptions, TrainReport};
+use crate::text_job::{unprefixed_model_tensors, TextClassifierBuilder};
+use crate::TrainError;
+
+/// The teacher's states in the step plans are named under this prefix.
+pub const TEACHER_PREFIX: &str = "teacher";
+
+/// Checkpoint metadata: how a distilled student was taught, as JSON.
+pub const META_DISTILLATION: &str = "kiln.distillation";
+
+/// Where the student's encoder and head start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StudentInit {
+    /// From the teacher's fine-tuned tensors: `model.layers` picks the teacher's layers,
+    /// and the head is the teacher's (DistilBERT's initialisation).
+    Teacher,
+    /// From the pretrained encoder, as `kiln train` starts the same config.
+    Pretrained,
+}
+
+/// A `kiln distill` job.
+pub struct DistillOptions {
+    /// The teacher: a text-classifier checkpoint (`best.safetensors` of a fine-tuning run).
+    pub teacher: PathBuf,
+    /// The student's config: a text classifier on the same pretrained tokenizer, usually
+    /// with fewer `model.layers`.
+    pub student: Config,
+    /// Where the student's run goes.
+    pub out_dir: PathBuf,
+    /// Temperature and weight of the teacher's term.
+    pub loss: DistillationLoss,
+    /// Where the student starts.
+    pub init: StudentInit,
+    /// Continue an interrupted distillation from its checkpoint.
+    pub resume: Option<PathBuf>,
+    /// Show a progress bar (off in tests).
+    pub progress: bool,
+    /// Stop after this many optimizer steps in all, with a checkpoint.
+    pub max_steps: Option<u64>,
+}
+
+/// Distil the teacher into the student and train it to the config's length.
+pub fn distill(device: &Device, opts: &DistillOptions, stop: &AtomicBool) -> Result<TrainReport, TrainError> {
+    let config = &opts.student;
+    config.validate().map_err(TrainError::Config)?;
+    let Some(student_model) = config.model.text_classifier() else {
+        return Err(TrainError::Config(format!("kiln distill trains text-classifier students; the student config is a {} model", config.model.kind())));
+    };
+    crate::quantize::refuse_to_train(&opts.teacher)?;
+    let teacher_ck = Checkpoint::load(&opts.teacher)?;
+    let (teacher, teacher_config, teacher_classes) = TextClassifierBuilder::from_checkpoint(&teacher_ck, &opts.teacher, TEACHER_PREFIX)?;
+    let teacher_pretrained = teacher_config.model.text_classifier().map(|m| m.pretrained.clone()).unwrap_or_default();
+    if teacher_pretrained != student_model.pretrained {
+        return Err(TrainError::Config(format!(
+            "the teacher {} reads the tokens of '{teacher_pretrained}', the student's model.pretrained is '{}': both must read the same tokenizer's ids",
+            opts.teacher.display(),
+            student_model.pretrained
+        )));
+    }
+    if let Some(file) = &opts.resume {
+        crate::lm::check_checkpoint_model(config, file)?;
+    }
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", opts.out_dir.display())))?;
+    let config_file = opts.out_dir.join(CONFIG_FILE);
+    std::fs::write(&config_file, config.to_toml()).map_err(|e| TrainError::Io(format!("{}: {e}", config_file.display())))?;
+
+    let mut job = Job::new(config, opts.resume.as_deref(), Some(&opts.out_dir))?;
+    let classes = job.classes.clone();
+    if classes != teacher_classes {
+        return Err(TrainError::Config(format!(
+            "the teacher {} has the classes {teacher_classes:?}, the student's data {classes:?}: distillation needs the same labels in the same order",
+            opts.teacher.display()
+        )));
+    }
+    if opts.init == StudentInit::Teacher {
+        let weights = unprefixed_model_tensors(&teacher_ck);
+        job.model = Box::new(TextClassifierBuilder::from_weights(&weights, teacher.bert_config(), student_model, classes.len(), config.train.seed)?);
+    }
+    let student_task = job.task;
+    job.task = Box::new(Distillation::new(student_task, Box::new(teacher), classes.len(), opts.loss)?);
+    job.metadata.push((META_DISTILLATION.to_string(), describe(&opts.teacher, opts.loss, opts.init)));
+
+    let options = LoopOptions { out_dir: opts.out_dir.clone(), resume: opts.resume.clone(), max_steps: opts.max_steps, progress: opts.progress, ..LoopOptions::default() };
+    let (learner, data) = job.learner(config, options);
+    learner.fit_until(device, data, stop)
+}
+
+/// The `kiln.distillation` metadata: the teacher, the loss's settings and the student's start.
+fn describe(teacher: &Path, loss: DistillationLoss, init: StudentInit) -> String {
+    let init = match init {
+        StudentInit::Teacher => "teacher",
+        StudentInit::Pretrained => "pretrained",
+    };
+    serde_json::json!({
+        "teacher": teacher.display().to_string(),
+        "temperature": loss.temperature,
+        "alpha": loss.alpha,
+        "student_init": init,
+    })
+    .to_string()
+}
