@@ -145,7 +145,7 @@ enum Command {
     Distill(distill::DistillArgs),
     /// Prune a trained model's weight matrices by magnitude, then fine-tune it with the masks kept.
     Prune(prune::PruneArgs),
-    /// Quantize a trained image classifier's linear layers to int8 (dynamic, or static with --calibrate).
+    /// Quantize a trained classifier's linear layers to int8 (dynamic, or static with --calibrate).
     Quantize(quantize::QuantizeArgs),
     /// Explain a classifier's predictions: gradient heat maps of test images, or token attributions of texts.
     Explain(explain::ExplainArgs),

@@ -1,4 +1,4 @@
-//! `kiln quantize`: a trained image classifier's linear layers as int8, written as a
+//! `kiln quantize`: a trained classifier's linear layers as int8, written as a
 //! safetensors checkpoint, then the f32 and int8 models evaluated side by side.
 use std::path::PathBuf;
 use std::time::Instant;
@@ -11,7 +11,7 @@ use kiln_train::{Device, DeviceChoice};
 /// The options of `kiln quantize`.
 #[derive(clap::Args)]
 pub(crate) struct QuantizeArgs {
-    /// An image classifier trained by `kiln train` (its checkpoint or best.safetensors).
+    /// A classifier trained by `kiln train` (its checkpoint or best.safetensors): an MLP, a CNN or a text classifier.
     #[arg(long)]
     checkpoint: PathBuf,
     /// The int8 checkpoint to write.

@@ -28,6 +28,7 @@ pub const INPUT_SCALE: &str = "input_scale";
 /// ([out] f32), `{prefix}.bias` ([out] f32, when it has one) and, for a static layer,
 /// `{prefix}.input_scale` (0-d f32). The values come from a quantized checkpoint (the
 /// initial values are placeholders).
+#[derive(Debug)]
 pub struct QuantizedLinear {
     prefix: String,
     pub in_features: usize,
@@ -107,5 +108,39 @@ impl Module for QuantizedLinear {
             b.push((join_name(&self.prefix, INPUT_SCALE), s));
         }
         b
+    }
+}
+
+/// A linear layer of a model that is built either way: f32 to train, or int8 for a
+/// checkpoint of `kiln quantize` (the BERT encoder's layers and head are these).
+#[derive(Debug)]
+pub enum LinearLayer {
+    /// `nn.Linear`.
+    F32(crate::linear::Linear),
+    /// Its int8 counterpart.
+    Int8(QuantizedLinear),
+}
+
+impl LinearLayer {
+    fn inner(&self) -> &dyn Module {
+        match self {
+            LinearLayer::F32(l) => l,
+            LinearLayer::Int8(l) => l,
+        }
+    }
+}
+
+impl Module for LinearLayer {
+    fn forward(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
+        self.inner().forward(g, x)
+    }
+    fn params(&self) -> Vec<(String, Tensor)> {
+        self.inner().params()
+    }
+    fn buffers(&self) -> Vec<(String, Tensor)> {
+        self.inner().buffers()
+    }
+    fn state_dict(&self) -> Vec<(String, Tensor)> {
+        self.inner().state_dict()
     }
 }

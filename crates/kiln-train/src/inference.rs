@@ -117,8 +117,8 @@ impl TrainedModel {
             (ModelFamily::ImageClassifier, classes, None, 0)
         };
         let quantization = crate::quantize::quantization_of(&ck, file)?;
-        if quantization.is_some() && family != ModelFamily::ImageClassifier {
-            return Err(bad(format!("is an int8 {}: kiln runs int8 image classifiers only", family.name())));
+        if quantization.is_some() && family == ModelFamily::Gpt {
+            return Err(bad(format!("is an int8 {}: kiln runs int8 image and text classifiers only", family.name())));
         }
         Ok(TrainedModel { file: file.to_path_buf(), config, checkpoint: ck.model_only(), family, classes, pretrained, vocab_size, quantization })
     }
@@ -170,7 +170,7 @@ impl TrainedModel {
             return Err(TrainError::Config("a text classifier needs its pretrained encoder".into()));
         };
         let model = self.config.model.text_classifier().ok_or_else(|| TrainError::Config("not a text classifier".into()))?;
-        TextClassifierBuilder::new(pretrained, model, self.classes.len(), self.config.train.seed)
+        Ok(TextClassifierBuilder::new(pretrained, model, self.classes.len(), self.config.train.seed)?.int8(self.quantization))
     }
 
     /// Record the model's eval-mode forward pass on inputs of `batch` samples (and

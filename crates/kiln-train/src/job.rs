@@ -226,7 +226,14 @@ pub fn evaluate_checkpoint(device: &Device, file: &Path, data_dir: Option<&Path>
     crate::lm::check_checkpoint_model(&config, file)?;
     let mut job = Job::new(&config, Some(file), None)?;
     if quantization.is_some() {
-        job.model = Box::new(LayerModel(&config, quantization));
+        job.model = match config.model.text_classifier() {
+            Some(model) => {
+                let (pretrained, _) = crate::text_job::load_pretrained(model)?;
+                let builder = crate::text_job::TextClassifierBuilder::new(&pretrained, model, job.classes.len(), config.train.seed)?;
+                Box::new(builder.int8(quantization))
+            }
+            None => Box::new(LayerModel(&config, quantization)),
+        };
     }
     let (learner, data) = job.learner(&config, LoopOptions::default());
     let set: EvalSet = match (data.test, data.validation) {

@@ -1,8 +1,9 @@
-//! `kiln quantize`: post-training int8 quantization of a trained image classifier's
-//! linear layers, as PyTorch's `quantize_dynamic` does it (weights per output channel,
-//! symmetric, with f32 scales; inputs per tensor from each batch's range) or, with
-//! calibration, with each layer's input scale fixed from the range seen on training
-//! batches (static). Convolutions, norms and biases stay f32.
+//! `kiln quantize`: post-training int8 quantization of a trained classifier's linear
+//! layers (an MLP's or CNN's; a text classifier's encoder layers, pooler and head), as
+//! PyTorch's `quantize_dynamic` does it (weights per output channel, symmetric, with f32
+//! scales; inputs per tensor from each batch's range) or, with calibration, with each
+//! layer's input scale fixed from the range seen on training batches (static).
+//! Convolutions, embedding tables, norms and biases stay f32.
 //!
 //! The quantized checkpoint is a safetensors file: each quantized layer's weight as
 //! `{layer}.weight.int8` (I8, [out, in]) and `{layer}.weight.scale` (F32, [out]: w ≈
@@ -112,8 +113,8 @@ pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeRe
     if trained.quantization.is_some() {
         return Err(bad("is quantized already".into()));
     }
-    if trained.family != ModelFamily::ImageClassifier {
-        return Err(bad(format!("is a {}: kiln quantize handles image classifiers (MLP, CNN) so far", trained.family.name())));
+    if trained.family == ModelFamily::Gpt {
+        return Err(bad(format!("is a {}: kiln quantize handles image and text classifiers", trained.family.name())));
     }
     if options.calibrate == Some(0) {
         return Err(TrainError::Config("--calibrate needs at least 1 batch".into()));
@@ -125,6 +126,7 @@ pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeRe
         return Err(bad("has no linear layer to quantize".into()));
     }
     let ranges = match options.calibrate {
+        Some(batches) if trained.family == ModelFamily::TextClassifier => Some(calibrate_text(device, &trained, layers.len(), batches, options.data_dir.as_deref())?),
         Some(batches) => Some(calibrate(device, &trained, &graph, &layers, batches, options.data_dir.as_deref())?),
         None => None,
     };
@@ -202,6 +204,38 @@ fn calibrate(
         let x = HostTensor::f32(graph.inputs[0].0.dims.clone(), images.to_vec());
         let outs = exec.run(&[(graph.inputs[0].1, x)])?;
         for (max, out) in maxima.iter_mut().zip(outs) {
+            *max = out.to_f32_vec().iter().fold(*max, |m, v| m.max(v.abs()));
+        }
+    }
+    Ok(maxima)
+}
+
+/// [`calibrate`] for a text classifier: the first `batches` training batches of
+/// tokenized texts (in the run's seeded order, each padded to its bucketed length), each
+/// run through a graph of its own shape.
+fn calibrate_text(device: &Device, trained: &TrainedModel, layer_count: usize, batches: usize, data_dir: Option<&Path>) -> Result<Vec<f32>, TrainError> {
+    let mut config = trained.config.clone();
+    if let Some(dir) = data_dir {
+        config.data.path = Some(dir.to_path_buf());
+    }
+    let model = config.model.text_classifier().ok_or_else(|| TrainError::Config("not a text classifier".into()))?;
+    let mut train = crate::text_job::text_classifier_job(&config, model)?.data.train;
+    train.seek(0, 0)?;
+    let mut maxima = vec![0.0f32; layer_count];
+    for _ in 0..batches {
+        let Some(batch) = train.next_batch()? else { break };
+        let [ids, mask, ..] = &batch.values[..] else { return Err(TrainError::Config("a text batch without token ids and mask".into())) };
+        let &[n, length] = ids.shape.dims() else { return Err(TrainError::Config(format!("token ids of shape {}", ids.shape))) };
+        let graph = trained.build(n, Some(length))?;
+        let layers = linear_layers(&graph.graph, &graph.state_dict);
+        if layers.len() != layer_count {
+            return Err(TrainError::Config(format!("a graph of {} linear layers where {layer_count} were found", layers.len())));
+        }
+        let outputs: Vec<Tensor> = layers.iter().map(|(_, x)| *x).chain(std::iter::once(graph.logits)).collect();
+        let mut exec = trained.load_plan(device, &graph, &outputs)?;
+        let as_u32 = |t: &HostTensor| HostTensor::u32(t.shape.clone(), t.to_f64_vec().iter().map(|&v| v as u32).collect());
+        let feeds = vec![(graph.inputs[0].1, as_u32(ids)), (graph.inputs[1].1, as_u32(mask)), (graph.inputs[2].1, HostTensor::u32([n, length], vec![0; n * length]))];
+        for (max, out) in maxima.iter_mut().zip(exec.run(&feeds)?) {
             *max = out.to_f32_vec().iter().fold(*max, |m, v| m.max(v.abs()));
         }
     }

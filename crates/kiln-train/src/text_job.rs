@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use kiln_core::{Graph, HostTensor, Plan};
 use kiln_data::{read_labelled_text, split_indices, LabelledTexts, PretrainedTokenizer, Sentiment, TextTableOptions, TokenizedTexts};
+use kiln_nn::quantized::ActivationScale;
 use kiln_nn::{init::seeded_rng, BertClassifier, BertConfig, BertInit, Module, Pooling};
 
 use crate::checkpoint::Checkpoint;
@@ -32,6 +33,7 @@ pub struct TextClassifierBuilder {
     classes: usize,
     seed: u64,
     prefix: String,
+    int8: Option<ActivationScale>,
 }
 
 impl TextClassifierBuilder {
@@ -62,7 +64,7 @@ impl TextClassifierBuilder {
             }
             None => weights.clone(),
         };
-        Ok(TextClassifierBuilder { weights: Arc::new(weights), config, pooling: model.pooling.pooling(), classes, seed, prefix: String::new() })
+        Ok(TextClassifierBuilder { weights: Arc::new(weights), config, pooling: model.pooling.pooling(), classes, seed, prefix: String::new(), int8: None })
     }
 
     /// The classifier a text-classifier checkpoint holds, every tensor from it, its state
@@ -86,6 +88,12 @@ impl TextClassifierBuilder {
         Ok((builder, config, classes))
     }
 
+    /// Int8 linear layers (the encoder's and the head), for a checkpoint of `kiln quantize`.
+    pub fn int8(mut self, activation: Option<ActivationScale>) -> Self {
+        self.int8 = activation;
+        self
+    }
+
     /// The encoder's shape (after `model.layers`).
     pub fn bert_config(&self) -> &BertConfig {
         &self.config
@@ -95,6 +103,9 @@ impl TextClassifierBuilder {
     pub fn classifier(&self, g: &mut Graph) -> Result<BertClassifier, TrainError> {
         let mut rng = seeded_rng(self.seed);
         let mut init = BertInit::pretrained(&self.weights, &mut rng, &self.config);
+        if let Some(activation) = self.int8 {
+            init = init.int8(activation);
+        }
         Ok(BertClassifier::named(g, &self.prefix, &self.config, self.pooling, self.classes, &mut init)?)
     }
 }
@@ -293,7 +304,8 @@ pub fn predict(device: &Device, file: &Path, texts: &[String]) -> Result<Vec<Pre
         return Ok(Vec::new());
     }
     let (pretrained, tokenizer) = load_pretrained(model)?;
-    let builder = TextClassifierBuilder::new(&pretrained, model, classes.len(), config.train.seed)?;
+    let quantization = crate::quantize::quantization_of(&ck, file)?;
+    let builder = TextClassifierBuilder::new(&pretrained, model, classes.len(), config.train.seed)?.int8(quantization);
     let encoded = tokenizer.encode_all(texts, model.max_len).map_err(|e| TrainError::Io(e.to_string()))?;
     let mut plans: HashMap<Vec<usize>, PredictPlan> = HashMap::new();
     let mut predictions = Vec::with_capacity(texts.len());

@@ -7,6 +7,7 @@ use kiln_core::{DType, Graph, GraphError, HostTensor, Result, Tensor};
 
 use crate::init::{self, Rng};
 use crate::linear::Linear;
+use crate::quantized::{ActivationScale, LinearLayer, QuantizedLinear};
 use crate::module::join_name;
 use crate::norm::LayerNorm;
 
@@ -163,22 +164,33 @@ impl BertConfig {
 /// Where a BERT model's tensors start: pretrained values by Hugging Face name (without
 /// the `bert.` prefix), and for every other tensor Hugging Face's `_init_weights`
 /// (weights N(0, `initializer_range`), biases 0, LayerNorm 1 and 0) from a seeded RNG.
+/// With [`BertInit::int8`], its linear layers are int8 ones whose values a quantized
+/// checkpoint gives.
 pub struct BertInit<'w, R: Rng + ?Sized> {
     pretrained: Option<&'w HashMap<String, HostTensor>>,
     rng: &'w mut R,
     std: f64,
+    int8: Option<ActivationScale>,
 }
 
 impl<'w, R: Rng + ?Sized> BertInit<'w, R> {
     /// Initialise everything from `rng` (a model trained from scratch).
     pub fn random(rng: &'w mut R, config: &BertConfig) -> Self {
-        BertInit { pretrained: None, rng, std: config.initializer_range }
+        BertInit { pretrained: None, rng, std: config.initializer_range, int8: None }
     }
 
     /// Take each tensor from `pretrained` where it is there, the rest from `rng` (a new
     /// classification head on a pretrained encoder).
     pub fn pretrained(pretrained: &'w HashMap<String, HostTensor>, rng: &'w mut R, config: &BertConfig) -> Self {
-        BertInit { pretrained: Some(pretrained), rng, std: config.initializer_range }
+        BertInit { pretrained: Some(pretrained), rng, std: config.initializer_range, int8: None }
+    }
+
+    /// Make every linear layer (the encoder's, the pooler, the head) an int8
+    /// [`QuantizedLinear`] with inputs quantized as `activation` says, for a checkpoint of
+    /// `kiln quantize` to fill; embeddings and norms stay f32.
+    pub fn int8(mut self, activation: ActivationScale) -> Self {
+        self.int8 = Some(activation);
+        self
     }
 
     /// The state `name` of graph `g`, shaped `dims`: its pretrained value looked up
@@ -203,12 +215,16 @@ impl<'w, R: Rng + ?Sized> BertInit<'w, R> {
         g.state(name, DType::F32, value)
     }
 
-    /// A Linear layer `inputs -> outputs` named `prefix` (Hugging Face name `hf_prefix`).
-    pub fn linear(&mut self, g: &mut Graph, prefix: &str, hf_prefix: &str, inputs: usize, outputs: usize) -> Result<Linear> {
+    /// A Linear layer `inputs -> outputs` named `prefix` (Hugging Face name `hf_prefix`),
+    /// int8 under [`BertInit::int8`].
+    pub fn linear(&mut self, g: &mut Graph, prefix: &str, hf_prefix: &str, inputs: usize, outputs: usize) -> Result<LinearLayer> {
+        if let Some(activation) = self.int8 {
+            return Ok(LinearLayer::Int8(QuantizedLinear::new(g, prefix, inputs, outputs, true, activation)?));
+        }
         let weight =
             self.state(g, &join_name(prefix, "weight"), &join_name(hf_prefix, "weight"), &[outputs, inputs], Fresh::Normal)?;
         let bias = self.state(g, &join_name(prefix, "bias"), &join_name(hf_prefix, "bias"), &[outputs], Fresh::Zeros)?;
-        Linear::from_parts(g, prefix, weight, Some(bias))
+        Ok(LinearLayer::F32(Linear::from_parts(g, prefix, weight, Some(bias))?))
     }
 
     /// A LayerNorm over `width` named `prefix` (Hugging Face name `hf_prefix`).

@@ -6,7 +6,7 @@ use kiln_core::{Graph, GraphError, Result, Tensor};
 use super::config::{BertActivation, BertConfig, BertInit};
 use crate::dropout::Dropout;
 use crate::init::Rng;
-use crate::linear::Linear;
+use crate::quantized::LinearLayer;
 use crate::mixed;
 use crate::module::{join_name, Mode, Module};
 use crate::norm::LayerNorm;
@@ -138,13 +138,13 @@ pub struct BertLayer {
     prefix: String,
     hidden: usize,
     heads: usize,
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
-    pub attention_output: Linear,
+    pub query: LinearLayer,
+    pub key: LinearLayer,
+    pub value: LinearLayer,
+    pub attention_output: LinearLayer,
     pub attention_norm: LayerNorm,
-    pub intermediate: Linear,
-    pub output: Linear,
+    pub intermediate: LinearLayer,
+    pub output: LinearLayer,
     pub output_norm: LayerNorm,
     activation: BertActivation,
     attention_dropout: Dropout,

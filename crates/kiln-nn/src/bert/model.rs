@@ -7,7 +7,7 @@ use super::config::{BertConfig, BertInit};
 use super::layers::{BertEmbeddings, BertLayer};
 use crate::dropout::Dropout;
 use crate::init::Rng;
-use crate::linear::Linear;
+use crate::quantized::LinearLayer;
 use crate::module::{join_name, Mode, Module};
 
 /// How a sequence's token vectors become one vector for the classifier.
@@ -42,7 +42,7 @@ pub struct BertModel {
     pub embeddings: BertEmbeddings,
     pub layers: Vec<BertLayer>,
     /// `pooler.dense`, followed by tanh.
-    pub pooler: Option<Linear>,
+    pub pooler: Option<LinearLayer>,
 }
 
 impl BertModel {
@@ -192,7 +192,7 @@ pub struct BertClassifier {
     pub bert: BertModel,
     pub pooling: Pooling,
     dropout: Dropout,
-    pub classifier: Linear,
+    pub classifier: LinearLayer,
 }
 
 impl BertClassifier {
