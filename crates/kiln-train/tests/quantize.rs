@@ -89,3 +89,48 @@ fn what_cannot_be_quantized_or_trained_is_refused_by_name() {
     let e = Checkpoint::load(&odd_file).expect_err("odd columns").to_string();
     assert!(e.contains("odd.safetensors") && e.contains("multiple of 4"), "{e}");
 }
+
+/// A text classifier (all-MiniLM-L6-v2 with a head trained for a few steps) quantized
+/// dynamically and statically: every linear layer of the encoder and the head is int8,
+/// the word embeddings stay f32, the file is a third smaller, and `kiln eval` and
+/// `kiln predict` on it agree with the f32 model. Skipped without MiniLM.
+#[test]
+fn an_int8_text_classifier_agrees_with_its_f32_model() -> Result<(), Box<dyn std::error::Error>> {
+    let Some(_) = kiln_data::fetched_model_or_skip(kiln_train::MINILM, "model.safetensors") else { return Ok(()) };
+    let dir = tempfile::tempdir()?;
+    let mut config = Config::recipe("minilm-sentiment")?;
+    let kiln_train::config::ModelConfig::TextClassifier(model) = &mut config.model else { return Err("not a text classifier".into()) };
+    model.max_len = 32;
+    config.data.limit_train = 128;
+    config.data.limit_test = 128;
+    config.train.epochs = 1;
+    config.optimizer.lr = 2e-4;
+    let cpu = Device::cpu();
+    let run = dir.path().join("run");
+    let training = TrainOptions { config, out_dir: run.clone(), resume: None, progress: false, max_steps: None };
+    kiln_train::train(&cpu, training, &AtomicBool::new(false))?;
+    let checkpoint = run.join(kiln_train::BEST_FILE);
+    let (_, f32_eval) = evaluate_checkpoint(&cpu, &checkpoint, None)?;
+    let texts: Vec<String> = ["a gorgeous, witty, seductive movie.", "the plot is a mess and the acting is worse", "it is a film."].iter().map(|t| t.to_string()).collect();
+    let f32_predictions = kiln_train::text_job::predict(&cpu, &checkpoint, &texts)?;
+    for calibrate in [None, Some(2)] {
+        let out = dir.path().join(format!("int8-{calibrate:?}.safetensors"));
+        let report = quantize(&cpu, &options(&checkpoint, &out, calibrate))?;
+        // Six linear layers in each of six encoder layers, and the head (mean pooling: no pooler).
+        assert_eq!(report.layers.len(), 37, "{:?}", report.layers.iter().map(|l| &l.name).collect::<Vec<_>>());
+        assert!(report.int8_bytes * 10 < report.f32_bytes * 7, "{} bytes of int8 for {} of f32", report.int8_bytes, report.f32_bytes);
+        let ck = Checkpoint::load(&out)?;
+        for int8 in ["bert.encoder.layer.0.attention.self.query.weight.int8", "bert.encoder.layer.5.output.dense.weight.int8", "classifier.weight.int8"] {
+            assert!(ck.tensors.contains_key(int8), "{int8} missing");
+        }
+        assert!(ck.tensors.contains_key("bert.embeddings.word_embeddings.weight") && !ck.tensors.contains_key("classifier.weight"));
+        let (_, int8_eval) = evaluate_checkpoint(&cpu, &out, None)?;
+        let (a, b) = (f32_eval.metric("accuracy").unwrap_or(0.0), int8_eval.metric("accuracy").unwrap_or(-1.0));
+        assert!((a - b).abs() <= 0.04 && (f32_eval.loss - int8_eval.loss).abs() < 0.05, "{calibrate:?}: f32 {a} ({}) vs int8 {b} ({})", f32_eval.loss, int8_eval.loss);
+        for (f, q) in f32_predictions.iter().zip(kiln_train::text_job::predict(&cpu, &out, &texts)?) {
+            let apart = f.probabilities.iter().zip(&q.probabilities).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(apart < 0.05, "{calibrate:?}: f32 {f:?} vs int8 {q:?}");
+        }
+    }
+    Ok(())
+}
