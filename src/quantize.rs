@@ -42,7 +42,7 @@ pub(crate) fn run(args: QuantizeArgs) -> Result<(), Box<dyn std::error::Error>> 
         ActivationScale::Dynamic => "dynamic per-tensor input scales".to_string(),
         ActivationScale::Static => format!("static input scales from {} calibration batches", args.calibrate.unwrap_or(0)),
     };
-    println!("{}: {} linear layers as int8 (per-channel weight scales, {how})", report.file.display(), report.layers.len());
+    println!("{}: {} layers as int8 (per-channel weight scales, {how})", report.file.display(), report.layers.len());
     for layer in &report.layers {
         let scale = layer.input_scale.map(|s| format!(", input scale {s:.5}")).unwrap_or_default();
         println!("  {:<12} {} -> {}{scale}", layer.name, layer.in_features, layer.out_features);

@@ -55,6 +55,7 @@ pub mod optim;
 mod pool;
 pub mod prune;
 pub mod quantized;
+pub mod quantized_conv;
 pub mod schedule;
 mod sequential;
 mod train;

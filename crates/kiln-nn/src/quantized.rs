@@ -54,22 +54,6 @@ impl QuantizedLinear {
         Ok(QuantizedLinear { prefix: prefix.to_string(), in_features, out_features, activation, weight, weight_scale, bias, input_scale })
     }
 
-    /// The input's scale (max |x| / 127), as a 0-d tensor; never 0, so that an all-zero
-    /// input quantizes to zeros rather than NaN.
-    fn input_scale(&self, g: &mut Graph, x: Tensor) -> Result<Tensor> {
-        let scale = match self.input_scale {
-            Some(s) => s,
-            None => {
-                let magnitude = g.abs(x)?;
-                let axes: Vec<usize> = (0..g.shape(x).rank()).collect();
-                let max = g.max(magnitude, &axes, false)?;
-                let per_step = g.scalar(1.0 / I8_MAX as f64, DType::F32)?;
-                g.mul(max, per_step)?
-            }
-        };
-        let smallest = g.scalar(f32::MIN_POSITIVE as f64, DType::F32)?;
-        g.maximum(scale, smallest)
-    }
 }
 
 impl Module for QuantizedLinear {
@@ -84,14 +68,7 @@ impl Module for QuantizedLinear {
         }
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = g.reshape(x, [rows, self.in_features])?;
-        let scale = self.input_scale(g, x2)?;
-        let one = g.scalar(1.0, DType::F32)?;
-        let inv_scale = g.div(one, scale)?;
-        let q = g.quantize_i8(x2, inv_scale)?;
-        let sums = g.matmul_i8(q, self.weight)?;
-        // out[r, o] = sums[r, o] * input scale * weight scale[o]
-        let column_scale = g.mul(self.weight_scale, scale)?;
-        let y2 = g.mul(sums, column_scale)?;
+        let y2 = int8_product(g, x2, self.weight, self.weight_scale, self.input_scale)?;
         crate::linear::with_bias_unflattened(g, y2, self.bias, dims)
     }
 
@@ -100,15 +77,43 @@ impl Module for QuantizedLinear {
     }
 
     fn buffers(&self) -> Vec<(String, Tensor)> {
-        let mut b = vec![(join_name(&self.prefix, WEIGHT_INT8), self.weight), (join_name(&self.prefix, WEIGHT_SCALE), self.weight_scale)];
-        if let Some(bias) = self.bias {
-            b.push((join_name(&self.prefix, "bias"), bias));
-        }
-        if let Some(s) = self.input_scale {
-            b.push((join_name(&self.prefix, INPUT_SCALE), s));
-        }
-        b
+        int8_state(&self.prefix, self.weight, self.weight_scale, self.bias, self.input_scale)
     }
+}
+
+/// An int8 layer's state dict: weight, its scales, the bias, a static input scale.
+pub(crate) fn int8_state(prefix: &str, weight: Tensor, weight_scale: Tensor, bias: Option<Tensor>, input_scale: Option<Tensor>) -> Vec<(String, Tensor)> {
+    let mut state = vec![(join_name(prefix, WEIGHT_INT8), weight), (join_name(prefix, WEIGHT_SCALE), weight_scale)];
+    state.extend(bias.map(|b| (join_name(prefix, "bias"), b)));
+    state.extend(input_scale.map(|s| (join_name(prefix, INPUT_SCALE), s)));
+    state
+}
+
+/// `x2 [rows, k] · wᵀ` in int8: `x2` quantized per tensor by `input_scale` (a static
+/// layer's state) or by its own max |x| / 127, multiplied by the packed int8 `weight`
+/// `[out, ceil(k / 4)]` with exact i32 sums, and scaled back by the input's scale times
+/// `weight_scale [out]`: `[rows, out]` f32, without a bias.
+pub(crate) fn int8_product(g: &mut Graph, x2: Tensor, weight: Tensor, weight_scale: Tensor, input_scale: Option<Tensor>) -> Result<Tensor> {
+    let scale = match input_scale {
+        Some(s) => s,
+        None => {
+            let magnitude = g.abs(x2)?;
+            let axes: Vec<usize> = (0..g.shape(x2).rank()).collect();
+            let max = g.max(magnitude, &axes, false)?;
+            let per_step = g.scalar(1.0 / I8_MAX as f64, DType::F32)?;
+            g.mul(max, per_step)?
+        }
+    };
+    // Never 0, so that an all-zero input quantizes to zeros rather than NaN.
+    let smallest = g.scalar(f32::MIN_POSITIVE as f64, DType::F32)?;
+    let scale = g.maximum(scale, smallest)?;
+    let one = g.scalar(1.0, DType::F32)?;
+    let inv_scale = g.div(one, scale)?;
+    let q = g.quantize_i8(x2, inv_scale)?;
+    let sums = g.matmul_i8(q, weight)?;
+    // out[r, o] = sums[r, o] * input scale * weight scale[o]
+    let column_scale = g.mul(weight_scale, scale)?;
+    g.mul(sums, column_scale)
 }
 
 /// A linear layer of a model that is built either way: f32 to train, or int8 for a

@@ -2,6 +2,7 @@
 //! optimizer and schedule.
 use kiln_core::{Conv2dParams, Graph};
 use kiln_nn::quantized::{ActivationScale, QuantizedLinear};
+use kiln_nn::quantized_conv::QuantizedConv2d;
 use kiln_nn::{init::seeded_rng, Adam, AdamW, LrSchedule, Optimizer, Sequential, SGD};
 
 use crate::config::{Config, LayerConfig, ModelConfig, OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
@@ -15,8 +16,9 @@ pub const CLASSES: usize = kiln_data::MNIST_CLASSES;
 /// `crate::limits`) is checked, for training batches of `batch`, before its weights are
 /// initialised.
 ///
-/// With `quantized`, its linear layers are int8 [`QuantizedLinear`] layers (for a
-/// checkpoint `kiln quantize` wrote); the rest is as trained.
+/// With `quantized`, its linear layers are int8 [`QuantizedLinear`] layers and its
+/// ungrouped convolutions [`QuantizedConv2d`] (for a checkpoint `kiln quantize` wrote);
+/// the rest is as trained.
 pub(crate) fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: usize, quantized: Option<ActivationScale>) -> Result<Sequential, TrainError> {
     // The same seed gives the same initial weights for every batch size's graph; a
     // backend keeps one copy of each named parameter, so these graphs share them.
@@ -49,7 +51,12 @@ pub(crate) fn build_model(g: &mut Graph, model: &ModelConfig, seed: u64, batch: 
                 }
                 let params = Conv2dParams { stride: [stride; 2], padding: [padding; 2], dilation: [dilation; 2], groups };
                 shape = vec![out, (h + 2 * padding - span) / stride + 1, (w + 2 * padding - span) / stride + 1];
-                net.conv2d(g, c, out, kernel, params, &mut rng)?
+                match quantized {
+                    Some(activation) if groups == 1 => {
+                        net.add(g, |g, prefix| QuantizedConv2d::new(g, prefix, c, out, [kernel; 2], params, true, activation))?
+                    }
+                    _ => net.conv2d(g, c, out, kernel, params, &mut rng)?,
+                }
             }
             &LayerConfig::Linear { out } => {
                 let [features] = shape[..] else { return Err(bad(format!("needs a flat input, got {shape:?}; add a flatten layer"))) };

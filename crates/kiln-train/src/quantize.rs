@@ -1,12 +1,14 @@
 //! `kiln quantize`: post-training int8 quantization of a trained classifier's linear
-//! layers (an MLP's or CNN's; a text classifier's encoder layers, pooler and head), as
+//! layers and convolutions (an MLP's or CNN's; a text classifier's encoder layers,
+//! pooler and head), as
 //! PyTorch's `quantize_dynamic` does it (weights per output channel, symmetric, with f32
 //! scales; inputs per tensor from each batch's range) or, with calibration, with each
 //! layer's input scale fixed from the range seen on training batches (static).
-//! Convolutions, embedding tables, norms and biases stay f32.
+//! Grouped convolutions, embedding tables, norms and biases stay f32. A convolution runs
+//! as an int8 GEMM over its input's patches ([`kiln_nn::quantized_conv`]).
 //!
 //! The quantized checkpoint is a safetensors file: each quantized layer's weight as
-//! `{layer}.weight.int8` (I8, [out, in]) and `{layer}.weight.scale` (F32, [out]: w ≈
+//! `{layer}.weight.int8` (I8, [out, in], a convolution's rows flattened as `in * kh * kw`) and `{layer}.weight.scale` (F32, [out]: w ≈
 //! int8 · scale), its bias as before, a static layer's `{layer}.input_scale` (F32, 0-d),
 //! every other tensor as trained, and the metadata `kiln.quantization` saying how, beside
 //! the run's config: `kiln eval` and `kiln predict` run it as they run the f32 model.
@@ -90,13 +92,18 @@ pub fn refuse_to_train(file: &Path) -> Result<(), TrainError> {
     }
 }
 
-/// The linear layers of an image classifier: each weight's name and its matmul's input
-/// (what a static layer's scale is calibrated on), in the graph of `trained.build`.
+/// The layers kiln quantizes, in forward order: linear layers (a matmul by a weight
+/// state) and ungrouped convolutions; each weight's name and the layer's input (what a
+/// static layer's scale is calibrated on), in the graph of `trained.build`.
 fn linear_layers(graph: &kiln_core::Graph, state_dict: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     graph
         .nodes()
         .iter()
-        .filter(|node| matches!(node.op, Op::MatMul { trans_a: false, trans_b: true }))
+        .filter(|node| match &node.op {
+            Op::MatMul { trans_a: false, trans_b: true } => true,
+            Op::Conv2d { params } => params.groups == 1,
+            _ => false,
+        })
         .filter_map(|node| {
             let (x, w) = (*node.inputs.first()?, *node.inputs.get(1)?);
             let (name, _) = state_dict.iter().find(|(n, t)| *t == w && n.ends_with(".weight"))?;
@@ -135,8 +142,11 @@ pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeRe
     for (k, (weight_name, _)) in layers.iter().enumerate() {
         let prefix = weight_name.trim_end_matches(".weight");
         let weight = out.tensors.remove(weight_name).ok_or_else(|| bad(format!("has no '{weight_name}'")))?;
-        let &[out_features, in_features] = weight.shape.dims() else {
-            return Err(bad(format!("'{weight_name}' is {}, not a matrix", weight.shape)));
+        // A convolution's [out, in, kh, kw] weight is quantized by its flattened rows.
+        let (out_features, in_features) = match *weight.shape.dims() {
+            [out, inputs] => (out, inputs),
+            [out, inputs, kh, kw] => (out, inputs * kh * kw),
+            _ => return Err(bad(format!("'{weight_name}' is {}, not a matrix or a convolution's weight", weight.shape))),
         };
         // Rows padded to whole words: the file's int8 columns are a multiple of 4.
         let (q, scales) = quantize_rows(&weight.to_f32_vec(), in_features);

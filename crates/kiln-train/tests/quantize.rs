@@ -1,4 +1,5 @@
-//! `kiln quantize` on a real (short) mnist-cnn run: the int8 model, dynamic and static,
+//! `kiln quantize` on a real (short) mnist-cnn run: the int8 model (convolutions and
+//! linear layers), dynamic and static,
 //! scores within 1 point of the f32 model on 1,000 test images; the file holds I8
 //! weights with f32 scales that `kiln eval` reads; what cannot work is refused.
 use std::path::{Path, PathBuf};
@@ -40,7 +41,7 @@ fn int8_mnist_cnn_is_within_one_point_of_f32_dynamic_and_static() {
         let out = dir.path().join(format!("int8-{calibrate:?}.safetensors"));
         let report = quantize(&cpu, &options(&checkpoint, &out, calibrate)).expect("quantize");
         let names: Vec<&str> = report.layers.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, ["7", "9"], "the two linear layers");
+        assert_eq!(names, ["0", "3", "7", "9"], "the two convolutions and the two linear layers");
         assert_eq!(report.layers.iter().all(|l| l.input_scale.is_some()), calibrate.is_some());
         assert!(report.int8_bytes * 3 < report.f32_bytes, "{} bytes of int8 against {} of f32", report.int8_bytes, report.f32_bytes);
         let int8_accuracy = accuracy(&out);
@@ -53,6 +54,9 @@ fn int8_mnist_cnn_is_within_one_point_of_f32_dynamic_and_static() {
         assert_eq!((weight.dtype(), weight.shape()), (safetensors::Dtype::I8, &[128usize, 1600][..]));
         assert_eq!(file.tensor("7.weight.scale").expect("scales").shape(), [128]);
         assert!(file.tensor("7.weight").is_err(), "the f32 weight is replaced");
+        // A convolution's [out, in, kh, kw] weight as rows of in * kh * kw.
+        let conv = file.tensor("3.weight.int8").expect("int8 conv weight");
+        assert_eq!((conv.dtype(), conv.shape()), (safetensors::Dtype::I8, &[64usize, 32 * 9][..]));
     }
 }
 
