@@ -239,6 +239,13 @@ fn cases() -> Vec<Case> {
         let q = g.quantize_i8(x[0], inv_scale)?;
         g.matmul_i8(q, x[1])
     }));
+    cs.push(case("quantized conv2d: im2col, quantize_i8, matmul_i8", vec![f(&[2, 3, 7, 6]), words(&[5, 7])], EXACT, false, |g, x| {
+        let params = Conv2dParams { stride: [2, 1], padding: [1, 1], dilation: [1, 2], groups: 1 };
+        let (patches, _) = kiln_nn::quantized_conv::im2col(g, x[0], [3, 3], &params)?;
+        let inv_scale = g.scalar(127.0, DType::F32)?;
+        let q = g.quantize_i8(patches, inv_scale)?;
+        g.matmul_i8(q, x[1])
+    }));
     cs.push(case("cast f32->u32->f32", vec![vals(&[5], &[0.0, 1.9, 7.2, -3.0, 1e6])], EXACT, false, |g, x| {
         let u = g.cast(x[0], DType::U32)?;
         g.cast(u, DType::F32)
