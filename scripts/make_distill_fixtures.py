@@ -20,9 +20,8 @@ teacher frozen (torch.no_grad, eval mode). Saved: teacher.* and init.* (the stud
 weights), batch.x and batch.y, teacher_logits, student_logits, loss, grad.* (the
 student's gradients) and sgd.* (the student after one SGD step at lr 0.1). float64.
 """
-import gzip
 import os
-import struct
+import sys
 
 import numpy as np
 import torch
@@ -30,20 +29,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(ROOT, "datasets", "mnist")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_parity_fixtures import MEAN, STD, read_idx  # noqa: E402  (the same MNIST reader)
+
 OUT = os.path.join(ROOT, "tests", "fixtures", "distill_step.safetensors")
-MEAN, STD = 0.1307, 0.3081
 TEMPERATURE, ALPHA, LR = 3.0, 0.7, 0.1
-
-
-def read_idx(name):
-    with gzip.open(os.path.join(MNIST, name), "rb") as f:
-        data = f.read()
-    magic, count = struct.unpack(">II", data[:8])
-    if magic == 0x803:
-        rows, cols = struct.unpack(">II", data[8:16])
-        return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows * cols)
-    return np.frombuffer(data, dtype=np.uint8, offset=8)
 
 
 def mlp(hidden, seed):

@@ -44,13 +44,7 @@ fn tensor<'a>(f: &'a Checkpoint, name: &str) -> &'a HostTensor {
     f.tensors.get(name).unwrap_or_else(|| panic!("fixture has no '{name}'"))
 }
 
-fn assert_close(what: &str, kiln: &HostTensor, torch: &HostTensor, tol: f64) {
-    assert_eq!(kiln.shape, torch.shape, "{what}: shape");
-    let (a, b) = (kiln.to_f64_vec(), torch.to_f64_vec());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-    assert!(worst / scale <= tol, "{what}: max |kiln - torch| = {worst:e}, relative to max |torch| = {scale:e}: {:e} > {tol:e}", worst / scale);
-}
+use kiln_core::testing::assert_close;
 
 /// The Adam-family check of the module comment: every element within `adam_tol`, and
 /// all but one in every (started) 10,000 within `tol`, both relative to the tensor's scale.

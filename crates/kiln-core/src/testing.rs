@@ -83,3 +83,14 @@ pub fn repository_file(compiled_root: &str, relative: &str) -> std::path::PathBu
         None => std::path::PathBuf::from(relative),
     }
 }
+
+/// Assert that `kiln` is `torch` (a PyTorch fixture's tensor) within `tol` of the
+/// fixture's largest magnitude: max |kiln - torch| / max |torch| <= tol, so that
+/// elements near zero are judged by the tensor's scale.
+pub fn assert_close(what: &str, kiln: &crate::HostTensor, torch: &crate::HostTensor, tol: f64) {
+    assert_eq!(kiln.shape, torch.shape, "{what}: shape");
+    let (a, b) = (kiln.to_f64_vec(), torch.to_f64_vec());
+    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst / scale <= tol, "{what}: max |kiln - torch| = {worst:e}, relative to max |torch| = {scale:e}: {:e} > {tol:e}", worst / scale);
+}

@@ -43,14 +43,7 @@ pub struct QuantizedLinear {
 impl QuantizedLinear {
     /// A quantized layer named `prefix` of `in_features -> out_features`.
     pub fn new(g: &mut Graph, prefix: &str, in_features: usize, out_features: usize, bias: bool, activation: ActivationScale) -> Result<QuantizedLinear> {
-        let words = words_per_row(in_features);
-        let weight = g.state(&join_name(prefix, WEIGHT_INT8), DType::U32, HostTensor::u32([out_features, words], vec![0; out_features * words]))?;
-        let weight_scale = g.state(&join_name(prefix, WEIGHT_SCALE), DType::F32, HostTensor::f32([out_features], vec![1.0; out_features]))?;
-        let bias = if bias { Some(g.state(&join_name(prefix, "bias"), DType::F32, HostTensor::f32([out_features], vec![0.0; out_features]))?) } else { None };
-        let input_scale = match activation {
-            ActivationScale::Dynamic => None,
-            ActivationScale::Static => Some(g.state(&join_name(prefix, INPUT_SCALE), DType::F32, HostTensor::f32(Vec::<usize>::new(), vec![1.0]))?),
-        };
+        let Int8States { weight, weight_scale, bias, input_scale } = Int8States::new(g, prefix, in_features, out_features, bias, activation)?;
         Ok(QuantizedLinear { prefix: prefix.to_string(), in_features, out_features, activation, weight, weight_scale, bias, input_scale })
     }
 
@@ -78,6 +71,29 @@ impl Module for QuantizedLinear {
 
     fn buffers(&self) -> Vec<(String, Tensor)> {
         int8_state(&self.prefix, self.weight, self.weight_scale, self.bias, self.input_scale)
+    }
+}
+
+/// The states of an int8 layer of `out` channels over rows of `k` int8, with
+/// placeholder values (a quantized checkpoint gives the real ones).
+pub(crate) struct Int8States {
+    pub(crate) weight: Tensor,
+    pub(crate) weight_scale: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) input_scale: Option<Tensor>,
+}
+
+impl Int8States {
+    pub(crate) fn new(g: &mut Graph, prefix: &str, k: usize, out: usize, bias: bool, activation: ActivationScale) -> Result<Int8States> {
+        let words = words_per_row(k);
+        let weight = g.state(&join_name(prefix, WEIGHT_INT8), DType::U32, HostTensor::u32([out, words], vec![0; out * words]))?;
+        let weight_scale = g.state(&join_name(prefix, WEIGHT_SCALE), DType::F32, HostTensor::f32([out], vec![1.0; out]))?;
+        let bias = if bias { Some(g.state(&join_name(prefix, "bias"), DType::F32, HostTensor::f32([out], vec![0.0; out]))?) } else { None };
+        let input_scale = match activation {
+            ActivationScale::Dynamic => None,
+            ActivationScale::Static => Some(g.state(&join_name(prefix, INPUT_SCALE), DType::F32, HostTensor::f32(Vec::<usize>::new(), vec![1.0]))?),
+        };
+        Ok(Int8States { weight, weight_scale, bias, input_scale })
     }
 }
 

@@ -4,11 +4,10 @@
 //! scale) and multiplied by the per-output-channel int8 weight with exact i32 sums
 //! (`Graph::matmul_i8`, the kernel every backend has with an exact integer reference),
 //! then scaled back to f32 and the f32 bias added.
-use kiln_core::int8::words_per_row;
-use kiln_core::{Conv2dParams, DType, Graph, GraphError, HostTensor, Result, Tensor};
+use kiln_core::{Conv2dParams, DType, Graph, GraphError, Result, Tensor};
 
-use crate::module::{join_name, Module};
-use crate::quantized::{int8_product, int8_state, ActivationScale, INPUT_SCALE, WEIGHT_INT8, WEIGHT_SCALE};
+use crate::module::Module;
+use crate::quantized::{int8_product, int8_state, ActivationScale, Int8States};
 
 /// An int8 2-D convolution (groups = 1). Its state, named as [`crate::quantized::QuantizedLinear`]'s:
 /// `{prefix}.weight.int8` (`[out, ceil(in * kh * kw / 4)]` packed, the rows of PyTorch's
@@ -49,14 +48,8 @@ impl QuantizedConv2d {
         if kernel_size.contains(&0) || params.stride.contains(&0) || params.dilation.contains(&0) {
             return Err(GraphError::new(name, format!("kernel_size {kernel_size:?}, stride {:?} and dilation {:?} must be at least 1", params.stride, params.dilation)));
         }
-        let words = words_per_row(in_channels * kernel_size[0] * kernel_size[1]);
-        let weight = g.state(&join_name(prefix, WEIGHT_INT8), DType::U32, HostTensor::u32([out_channels, words], vec![0; out_channels * words]))?;
-        let weight_scale = g.state(&join_name(prefix, WEIGHT_SCALE), DType::F32, HostTensor::f32([out_channels], vec![1.0; out_channels]))?;
-        let bias = if bias { Some(g.state(&join_name(prefix, "bias"), DType::F32, HostTensor::f32([out_channels], vec![0.0; out_channels]))?) } else { None };
-        let input_scale = match activation {
-            ActivationScale::Dynamic => None,
-            ActivationScale::Static => Some(g.state(&join_name(prefix, INPUT_SCALE), DType::F32, HostTensor::f32(Vec::<usize>::new(), vec![1.0]))?),
-        };
+        let k = in_channels * kernel_size[0] * kernel_size[1];
+        let Int8States { weight, weight_scale, bias, input_scale } = Int8States::new(g, prefix, k, out_channels, bias, activation)?;
         Ok(QuantizedConv2d { prefix: prefix.to_string(), in_channels, out_channels, kernel_size, params, activation, weight, weight_scale, bias, input_scale })
     }
 }

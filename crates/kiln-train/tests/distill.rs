@@ -39,13 +39,7 @@ fn mlp(g: &mut Graph, f: &Checkpoint, prefix: &str, source: &str) -> kiln_core::
     net.push(second)
 }
 
-fn assert_close(what: &str, kiln: &HostTensor, torch: &HostTensor, tol: f64) {
-    assert_eq!(kiln.shape, torch.shape, "{what}: shape");
-    let (a, b) = (kiln.to_f64_vec(), torch.to_f64_vec());
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(f64::MIN_POSITIVE);
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-    assert!(worst / scale <= tol, "{what}: max |kiln - torch| = {worst:e}, relative to max |torch| = {scale:e}: {:e} > {tol:e}", worst / scale);
-}
+use kiln_core::testing::assert_close;
 
 fn backends() -> Vec<(Box<dyn Backend>, f64)> {
     let mut v: Vec<(Box<dyn Backend>, f64)> = vec![(Box::new(CpuBackend::<f64>::new()), 1e-9), (Box::new(CpuBackend::<f32>::new()), 1e-5)];
