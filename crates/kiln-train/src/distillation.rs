@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # use kiln_train::{distillation::Distillation, Classification, Learner, ModelBuilder};
-//! # fn student() -> Box<dyn ModelBuilder> { unimplemented!() }
+//! # fn student() -> kiln_train::text_job::TextClassifierBuilder { unimplemented!() }
 //! # fn teacher() -> Box<dyn ModelBuilder> { unimplemented!() }
 //! let task = Distillation::new(Box::new(Classification::new(10, [784])), teacher(), 10, kiln_nn::DistillationLoss::default())?;
 //! let learner = Learner::new(student(), task);
