@@ -65,8 +65,10 @@ pub fn distill(device: &Device, opts: &DistillOptions, stop: &AtomicBool) -> Res
     let Some(student_model) = config.model.text_classifier() else {
         return Err(TrainError::Config(format!("kiln distill trains text-classifier students; the student config is a {} model", config.model.kind())));
     };
-    crate::quantize::refuse_to_train(&opts.teacher)?;
     let teacher_ck = Checkpoint::load(&opts.teacher)?;
+    if crate::quantize::quantization_of(&teacher_ck, &opts.teacher)?.is_some() {
+        return Err(TrainError::Checkpoint { file: opts.teacher.clone(), message: "is an int8 model: distil from the f32 checkpoint it was quantized from".into() });
+    }
     let (teacher, teacher_config, teacher_classes) = TextClassifierBuilder::from_checkpoint(&teacher_ck, &opts.teacher, TEACHER_PREFIX)?;
     let teacher_pretrained = teacher_config.model.text_classifier().map(|m| m.pretrained.clone()).unwrap_or_default();
     if teacher_pretrained != student_model.pretrained {

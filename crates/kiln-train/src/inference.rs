@@ -14,7 +14,7 @@ use crate::config::{Config, DatasetName};
 use crate::lm::GptBuilder;
 use crate::pretrained::PretrainedBert;
 use crate::task::ModelBuilder;
-use crate::text_job::{TextClassifierBuilder, META_CLASSES};
+use crate::text_job::TextClassifierBuilder;
 use crate::TrainError;
 
 /// The kinds of model kiln trains, as inference sees them.
@@ -102,10 +102,7 @@ impl TrainedModel {
             let trained = crate::lm::load_trained_gpt(file)?;
             (ModelFamily::Gpt, Vec::new(), None, trained.tokenizer.vocab_size())
         } else if let Some(model) = config.model.text_classifier() {
-            let classes: Vec<String> = match ck.metadata.get(META_CLASSES) {
-                Some(json) => serde_json::from_str(json).map_err(|e| bad(format!("metadata '{META_CLASSES}': {e}")))?,
-                None => return Err(bad(format!("has no '{META_CLASSES}' metadata"))),
-            };
+            let classes = crate::text_job::checkpoint_classes(&ck, file)?;
             let (pretrained, tokenizer) = crate::text_job::load_pretrained(model)?;
             (ModelFamily::TextClassifier, classes, Some((pretrained, tokenizer)), 0)
         } else {
