@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use kiln_data::TextAugmentation;
 use kiln_nn::DistillationLoss;
 use kiln_train::distill::{distill, DistillOptions, StudentInit};
 use kiln_train::job::evaluate_checkpoint;
@@ -43,6 +44,10 @@ pub(crate) struct DistillArgs {
     /// Stop (with a checkpoint) after this many optimizer steps in all.
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Also train on N unlabelled copies of each training text (words masked, cut to
+    /// n-grams, as Tang et al. 2019), which only the teacher labels. 0: none.
+    #[arg(long, default_value_t = 0)]
+    augment: usize,
     /// auto (best GPU, else CPU), gpu or cpu.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -78,6 +83,7 @@ pub(crate) fn run(args: DistillArgs) -> Result<(), Box<dyn std::error::Error>> {
         resume: args.resume,
         progress: true,
         max_steps: args.max_steps,
+        augment: (args.augment > 0).then(|| TextAugmentation::new(args.augment)).transpose()?,
     };
     let report = distill(&device, &options, &stop)?;
     if report.interrupted {

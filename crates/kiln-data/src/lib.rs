@@ -16,7 +16,8 @@
 //! - [`read_labelled_text`], [`LabelledTexts`], [`Sentiment`]: texts with class
 //!   labels from a TSV / CSV table, one split at a time (`datasets/sentiment`).
 //! - [`TokenizedTexts`], [`bucket_length`], [`pad_batch`]: variable-length token
-//!   batches padded to a few bucket lengths, with attention masks.
+//!   batches padded to a few bucket lengths, with attention masks;
+//!   [`TextAugmentation`]: unlabelled copies of texts for a distillation teacher to label.
 //!
 //! Nothing is downloaded: the data ships with the project in `datasets/`.
 mod augment;
@@ -33,6 +34,7 @@ mod mnist;
 mod pretrained_tokenizer;
 mod shuffle;
 mod text;
+mod text_augment;
 mod text_batches;
 
 pub use augment::{Augmentation, Transform};
@@ -58,4 +60,5 @@ pub use shuffle::{epoch_order, split_indices};
 pub use text::{
     read_text, CharCorpus, CharTokenizer, Shakespeare, TextBatch, TextSplit, TextWindows, DEFAULT_TRAIN_FRACTION,
 };
+pub use text_augment::{TextAugmentation, WordPieces, MAX_COPIES_PER_TEXT, UNLABELLED};
 pub use text_batches::{bucket_length, pad_batch, PaddedTexts, TokenizedTexts};

@@ -8,7 +8,7 @@
 //! F.log_softmax(teacher / T, 1), reduction="batchmean", log_target=True)`: summed over
 //! the classes, averaged over the batch. The T² keeps its gradient's size independent of
 //! T (the softened gradients shrink as 1/T²), so alpha means the same at every T.
-use kiln_core::{Graph, GraphError, Reduction, Result, Tensor};
+use kiln_core::{Graph, GraphError, Result, Tensor};
 
 /// `F.kl_div(input, target, reduction="batchmean", log_target=True)`: both `[N, C]`
 /// log-probabilities; `sum(exp(target) * (target - input)) / N`. Taking the target as
@@ -59,7 +59,10 @@ impl DistillationLoss {
 
     /// The 0-d loss of `student_logits` and `teacher_logits` (both `[N, C]`) and
     /// `labels` (`[N]`, u32). The teacher's logits are detached here: no gradient
-    /// reaches the teacher, whatever the caller built them from.
+    /// reaches the teacher, whatever the caller built them from. A label `>= C`
+    /// (`kiln_data::UNLABELLED`) marks a text only the teacher labels (an augmented
+    /// copy): it adds nothing to the cross-entropy, which is still divided by `N`, so
+    /// that every text of the batch weighs the same in the loss.
     pub fn forward(&self, g: &mut Graph, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> Result<Tensor> {
         let (student_dims, teacher_dims) = (g.dims(student_logits).to_vec(), g.dims(teacher_logits).to_vec());
         if student_dims.len() != 2 || student_dims != teacher_dims {
@@ -76,8 +79,23 @@ impl DistillationLoss {
         let soft_teacher = g.log_softmax(soft_teacher, 1)?;
         let kl = kl_div_batchmean(g, soft_student, soft_teacher)?;
         let soft_term = g.mul_scalar(kl, alpha * t * t)?;
-        let hard = g.cross_entropy(student_logits, labels, Reduction::Mean)?;
+        let hard = labelled_cross_entropy(g, student_logits, labels)?;
         let hard_term = g.mul_scalar(hard, 1.0 - alpha)?;
         g.add(soft_term, hard_term)
     }
+}
+
+/// `sum over labelled rows of -log_softmax(logits)[label] / N`: the mean cross-entropy
+/// where every label is below `C`, and 0 for the rows whose label is not (their one-hot
+/// row is all zeros).
+fn labelled_cross_entropy(g: &mut Graph, logits: Tensor, labels: Tensor) -> Result<Tensor> {
+    let dims = g.dims(logits).to_vec();
+    if g.dims(labels) != [dims[0]] {
+        return Err(GraphError::new("DistillationLoss", format!("labels {} do not fit logits {}", g.shape(labels), g.shape(logits))));
+    }
+    let log_probs = g.log_softmax(logits, 1)?;
+    let targets = g.one_hot(labels, dims[1])?;
+    let picked = g.mul(targets, log_probs)?;
+    let total = g.sum_all(picked)?;
+    g.div_scalar(total, -(dims[0].max(1) as f64))
 }

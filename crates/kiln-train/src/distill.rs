@@ -7,9 +7,11 @@
 //! curves): `kiln eval`, `kiln predict`, `kiln quantize` and a resume read it as they
 //! read any text classifier's. The checkpoints say how the student was taught in their
 //! `kiln.distillation` metadata.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
+use kiln_data::{TextAugmentation, WordPieces};
 use kiln_nn::DistillationLoss;
 
 use crate::checkpoint::Checkpoint;
@@ -18,6 +20,7 @@ use crate::device::Device;
 use crate::distillation::Distillation;
 use crate::job::{Job, CONFIG_FILE};
 use crate::options::{LoopOptions, TrainReport};
+use crate::text_classification::TextBatches;
 use crate::text_job::{unprefixed_model_tensors, TextClassifierBuilder};
 use crate::TrainError;
 
@@ -56,6 +59,9 @@ pub struct DistillOptions {
     pub progress: bool,
     /// Stop after this many optimizer steps in all, with a checkpoint.
     pub max_steps: Option<u64>,
+    /// Unlabelled copies of the training texts for the teacher to label, made once
+    /// from the config's seed (a resume must give the same setting).
+    pub augment: Option<TextAugmentation>,
 }
 
 /// Distil the teacher into the student and train it to the config's length.
@@ -97,26 +103,57 @@ pub fn distill(device: &Device, opts: &DistillOptions, stop: &AtomicBool) -> Res
         let weights = unprefixed_model_tensors(&teacher_ck);
         job.model = Box::new(TextClassifierBuilder::from_weights(&weights, teacher.bert_config(), student_model, classes.len(), config.train.seed)?);
     }
+    if let Some(augmentation) = &opts.augment {
+        augment_training_texts(&mut job, augmentation, config)?;
+    }
     let student_task = job.task;
     job.task = Box::new(Distillation::new(student_task, Box::new(teacher), classes.len(), opts.loss)?);
-    job.metadata.push((META_DISTILLATION.to_string(), describe(&opts.teacher, opts.loss, opts.init)));
+    job.metadata.push((META_DISTILLATION.to_string(), describe(opts)));
 
     let options = LoopOptions { out_dir: opts.out_dir.clone(), resume: opts.resume.clone(), max_steps: opts.max_steps, progress: opts.progress, ..LoopOptions::default() };
     let (learner, data) = job.learner(config, options);
     learner.fit_until(device, data, stop)
 }
 
-/// The `kiln.distillation` metadata: the teacher, the loss's settings and the student's start.
-fn describe(teacher: &Path, loss: DistillationLoss, init: StudentInit) -> String {
-    let init = match init {
+/// Train on the job's texts and, after them, their augmented copies, shuffled together.
+fn augment_training_texts(job: &mut Job, augmentation: &TextAugmentation, config: &Config) -> Result<(), TrainError> {
+    let Some(train) = &job.train_texts else {
+        return Err(TrainError::Config("text augmentation needs a text-classifier job".into()));
+    };
+    let data_err = |e: kiln_data::DataError| TrainError::Config(e.to_string());
+    let pieces = WordPieces::of(&train.tokenizer).map_err(data_err)?;
+    let texts = augmentation.augment(&train.texts, &pieces, config.train.seed).map_err(data_err)?;
+    eprintln!(
+        "augmented: {} unlabelled copies of the {} training texts for the teacher to label ({} texts per epoch)",
+        texts.len() - train.texts.len(),
+        train.texts.len(),
+        texts.len()
+    );
+    job.data.train = Box::new(TextBatches::new(Arc::new(texts), config.train.batch_size, train.tokenizer.pad_id(), config.train.seed)?);
+    Ok(())
+}
+
+/// The `kiln.distillation` metadata: the teacher, the loss's settings, the student's
+/// start and the augmentation.
+fn describe(opts: &DistillOptions) -> String {
+    let init = match opts.init {
         StudentInit::Teacher => "teacher",
         StudentInit::Pretrained => "pretrained",
     };
+    let augmentation = opts.augment.map(|a| {
+        serde_json::json!({
+            "copies": a.copies,
+            "mask_probability": a.mask_probability,
+            "ngram_probability": a.ngram_probability,
+            "max_ngram_words": a.max_ngram_words,
+        })
+    });
     serde_json::json!({
-        "teacher": teacher.display().to_string(),
-        "temperature": loss.temperature,
-        "alpha": loss.alpha,
+        "teacher": opts.teacher.display().to_string(),
+        "temperature": opts.loss.temperature,
+        "alpha": opts.loss.alpha,
         "student_init": init,
+        "augmentation": augmentation,
     })
     .to_string()
 }

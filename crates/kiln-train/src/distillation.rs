@@ -28,6 +28,10 @@ use crate::TrainError;
 /// models read all but the last input. The teacher's builder must name its states apart
 /// from the student's (a prefix such as `teacher.`); a clash is an error naming the
 /// tensor. Metrics: the student's accuracy, and how often it agrees with the teacher.
+///
+/// A training text may have no label (`kiln_data::UNLABELLED`, any label `>= classes`):
+/// an augmented copy that the teacher alone teaches on; its accuracy is its agreement
+/// with the teacher.
 pub struct Distillation<'a> {
     inner: Box<dyn Task + 'a>,
     teacher: Box<dyn ModelBuilder + 'a>,
@@ -84,9 +88,18 @@ impl Task for Distillation<'_> {
         }
         let loss = self.loss.forward(g, student_logits, teacher_logits, labels)?;
         let student_says = g.argmax(student_logits, 1, false)?;
-        let correct = count_equal(g, student_says, labels)?;
         let teacher_says = g.argmax(teacher_logits, 1, false)?;
-        let agreeing = count_equal(g, student_says, teacher_says)?;
+        let right_on_labels = equal_rows(g, student_says, labels)?;
+        let agreeing = equal_rows(g, student_says, teacher_says)?;
+        // A text without a label (an augmented copy) is scored against the teacher's answer.
+        let one_hot = g.one_hot(labels, self.classes)?;
+        let labelled = g.sum(one_hot, &[1], false)?;
+        let unlabelled = g.neg(labelled)?;
+        let unlabelled = g.add_scalar(unlabelled, 1.0)?;
+        let right_on_teacher = g.mul(agreeing, unlabelled)?;
+        let right = g.add(right_on_labels, right_on_teacher)?;
+        let correct = g.sum_all(right)?;
+        let agreeing = g.sum_all(agreeing)?;
         Ok(Objective { loss, sums: vec![correct, agreeing] })
     }
 
@@ -95,9 +108,8 @@ impl Task for Distillation<'_> {
     }
 }
 
-/// How many elements of `a` and `b` (u32, same shape) are equal, as an f32 0-d tensor.
-fn count_equal(g: &mut Graph, a: Tensor, b: Tensor) -> Result<Tensor, GraphError> {
+/// 1.0 where `a` and `b` (u32, same shape) are equal, else 0.0.
+fn equal_rows(g: &mut Graph, a: Tensor, b: Tensor) -> Result<Tensor, GraphError> {
     let same = g.eq(a, b)?;
-    let same = g.cast(same, DType::F32)?;
-    g.sum_all(same)
+    g.cast(same, DType::F32)
 }

@@ -69,13 +69,15 @@ impl OptimizerBuilder for ConfigOptimizer {
 pub(crate) struct Job<'c> {
     pub(crate) model: Box<dyn ModelBuilder + 'c>,
     pub(crate) task: Box<dyn crate::task::Task + 'c>,
-    data: TrainingData,
+    pub(crate) data: TrainingData,
     length: Length,
     eval_every: Option<u64>,
     log_every: u64,
     pub(crate) metadata: Vec<(String, String)>,
     /// A classifier's class names, in label order (empty for a language model).
     pub(crate) classes: Vec<String>,
+    /// A text classifier's training texts.
+    pub(crate) train_texts: Option<crate::text_job::TrainTexts>,
 }
 
 impl<'c> Job<'c> {
@@ -96,6 +98,7 @@ impl<'c> Job<'c> {
                 log_every: 10,
                 metadata: vec![(crate::text_job::META_CLASSES.to_string(), classes)],
                 classes: job.classes,
+                train_texts: Some(job.train_texts),
             });
         }
         let data = load_image_datasets(config)?;
@@ -119,6 +122,7 @@ impl<'c> Job<'c> {
             log_every: 50,
             metadata: Vec::new(),
             classes: (0..crate::model::CLASSES).map(|c| c.to_string()).collect(),
+            train_texts: None,
         })
     }
 
@@ -154,6 +158,7 @@ impl<'c> Job<'c> {
             log_every: 10,
             metadata,
             classes: Vec::new(),
+            train_texts: None,
         })
     }
 

@@ -247,6 +247,17 @@ pub struct TextClassifierJob {
     pub data: TrainingData,
     /// The class names, in label order (kept in the checkpoint for `kiln predict`).
     pub classes: Vec<String>,
+    /// The tokenized training texts and their tokenizer (what augmentation starts from).
+    pub train_texts: TrainTexts,
+}
+
+/// A text job's tokenized training texts and the tokenizer that made them.
+#[derive(Clone)]
+pub struct TrainTexts {
+    /// The texts, as the training batches read them.
+    pub texts: Arc<TokenizedTexts>,
+    /// Their tokenizer.
+    pub tokenizer: PretrainedTokenizer,
 }
 
 /// The job of a text-classifier config; says how many texts each split has and how many
@@ -265,13 +276,13 @@ pub fn text_classifier_job(config: &Config, model: &TextClassifierConfig) -> Res
     let validation = splits.validation.as_ref().map(|v| tokenize("validation", v)).transpose()?;
     let test = splits.test.as_ref().map(|t| tokenize("test", t)).transpose()?;
     let data = TrainingData {
-        train: Box::new(TextBatches::new(train, config.train.batch_size, pad, config.train.seed)?),
+        train: Box::new(TextBatches::new(train.clone(), config.train.batch_size, pad, config.train.seed)?),
         validation: validation.as_ref().map(|v| text_eval_set(v, pad)).transpose()?,
         test: test.as_ref().map(|t| text_eval_set(t, pad)).transpose()?,
     };
     let task = SequenceClassification::new(classes.len(), model.max_len, pretrained.config.vocab_size);
     let builder = TextClassifierBuilder::new(&pretrained, model, classes.len(), config.train.seed)?;
-    Ok(TextClassifierJob { model: builder, task, data, classes })
+    Ok(TextClassifierJob { model: builder, task, data, classes, train_texts: TrainTexts { texts: train, tokenizer } })
 }
 
 /// One text's prediction.

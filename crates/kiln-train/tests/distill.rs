@@ -122,6 +122,57 @@ fn at_alpha_zero_the_loss_is_the_cross_entropy_alone() -> TestResult {
     Ok(())
 }
 
+/// Augmented copies carry no label (`kiln_data::UNLABELLED`): on them only the teacher's
+/// term teaches, the cross-entropy of the labelled rows is still divided by the whole
+/// batch, and a copy counts as right when the student agrees with the teacher.
+#[test]
+fn texts_without_a_label_are_taught_by_the_teacher_alone() -> TestResult {
+    let f = fixture()?;
+    let (temperature, alpha) = (3.0, 0.7);
+    let mut g = Graph::new();
+    let student = mlp(&mut g, &f, "", "init")?;
+    let teacher = |g: &mut Graph| mlp(g, &f, "teacher", "teacher");
+    let task = Distillation::new(Box::new(Classification::new(10, [784])), Box::new(teacher), 10, DistillationLoss::new(temperature, alpha)?)?;
+    let x = g.input("x", [16, 784], DType::F32)?;
+    let y = g.input("y", [16], DType::U32)?;
+    let objective = task.objective(&mut g, &student, &[x, y])?;
+    // The two terms apart, from the fixture's logits.
+    let student_logits = student.forward(&mut g, x)?;
+    let ce_rows = g.cross_entropy(student_logits, y, kiln_core::Reduction::None)?;
+    let teacher_logits = g.input("teacher_logits", [16, 10], DType::F32)?;
+    let soft = |g: &mut Graph, logits| -> kiln_core::Result<kiln_core::Tensor> {
+        let scaled = g.div_scalar(logits, temperature)?;
+        g.log_softmax(scaled, 1)
+    };
+    let (soft_student, soft_teacher) = (soft(&mut g, student_logits)?, soft(&mut g, teacher_logits)?);
+    let kl = kiln_nn::distill::kl_div_batchmean(&mut g, soft_student, soft_teacher)?;
+    let mut outputs = vec![objective.loss, kl, ce_rows];
+    outputs.extend(&objective.sums);
+    let plan = Plan::compile(&g, &outputs)?;
+    let mut exec = CpuBackend::<f64>::new().load(&plan)?;
+    let labels: Vec<u32> = tensor(&f, "batch.y")?.to_f64_vec().iter().map(|&l| l as u32).collect();
+    // Every third text is an augmented copy; the rows' cross-entropy is read with their labels.
+    let unlabelled = |i: usize| i % 3 == 1;
+    let partly: Vec<u32> = labels.iter().enumerate().map(|(i, &l)| if unlabelled(i) { kiln_data::UNLABELLED } else { l }).collect();
+    let feeds = |labels: Vec<u32>| -> Result<Vec<(kiln_core::Tensor, HostTensor)>, String> {
+        Ok(vec![(x, tensor(&f, "batch.x")?.clone()), (y, HostTensor::u32([16], labels)), (teacher_logits, tensor(&f, "teacher_logits")?.clone())])
+    };
+    let out = exec.run(&feeds(partly)?)?;
+    let full = exec.run(&feeds(labels.clone())?)?;
+    let ce = full[2].to_f64_vec();
+    let labelled_ce: f64 = (0..16).filter(|&i| !unlabelled(i)).map(|i| ce[i]).sum::<f64>() / 16.0;
+    let expected = alpha * temperature * temperature * out[1].scalar() + (1.0 - alpha) * labelled_ce;
+    assert!((out[0].scalar() - expected).abs() <= 1e-10, "loss {} vs {expected}", out[0].scalar());
+    let argmax = |t: &HostTensor| -> Vec<usize> {
+        t.to_f64_vec().chunks(10).map(|row| (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap_or(0)).collect()
+    };
+    let (student_says, teacher_says) = (argmax(tensor(&f, "student_logits")?), argmax(tensor(&f, "teacher_logits")?));
+    let right = (0..16).filter(|&i| if unlabelled(i) { student_says[i] == teacher_says[i] } else { student_says[i] == labels[i] as usize }).count();
+    assert_eq!(out[3].scalar(), right as f64, "accuracy: the labels, and the teacher's answer on the copies");
+    assert_eq!(full[3].scalar(), (0..16).filter(|&i| student_says[i] == labels[i] as usize).count() as f64);
+    Ok(())
+}
+
 #[test]
 fn distillation_refuses_what_cannot_work() -> TestResult {
     let f = fixture()?;
@@ -179,11 +230,13 @@ fn a_three_layer_student_is_distilled_from_a_six_layer_teacher() -> TestResult {
         resume: None,
         progress: false,
         max_steps: Some(1),
+        augment: Some(kiln_data::TextAugmentation::new(2)?),
     };
     let report = kiln_train::distill::distill(&device, &options, &AtomicBool::new(false))?;
     assert_eq!(report.steps, 1);
     let ck = Checkpoint::load(&report.checkpoint)?;
-    assert!(ck.metadata.get(kiln_train::distill::META_DISTILLATION).is_some_and(|m| m.contains("\"alpha\":0.5")), "{:?}", ck.metadata);
+    let taught = ck.metadata.get(kiln_train::distill::META_DISTILLATION).ok_or("no distillation metadata")?;
+    assert!(taught.contains("\"alpha\":0.5") && taught.contains("\"copies\":2"), "{taught}");
     let layer_names = |ck: &Checkpoint, layer: usize| ck.tensors.keys().filter(|n| n.starts_with(&format!("bert.encoder.layer.{layer}."))).count();
     assert!(layer_names(&ck, 2) > 0 && layer_names(&ck, 3) == 0, "the student has layers 0 to 2 only");
     assert!(!ck.tensors.keys().any(|n| n.starts_with("teacher")), "the teacher is not saved with the student");
