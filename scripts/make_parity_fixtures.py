@@ -42,8 +42,8 @@ OPTIMIZERS = {
 }
 
 
-def read_idx(name):
-    with gzip.open(os.path.join(MNIST, name), "rb") as f:
+def read_idx(name, folder=MNIST):
+    with gzip.open(os.path.join(folder, name), "rb") as f:
         data = f.read()
     magic, count = struct.unpack(">II", data[:8])
     if magic == 0x803:

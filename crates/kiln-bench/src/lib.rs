@@ -6,6 +6,7 @@
 //! - [`train_dp`]: the same under `mpirun`, a data-parallel step split into its parts.
 //! - [`ops`]: the op table of `kiln bench ops` and `cargo bench --bench ops`.
 //! - [`pytorch`]: PyTorch's side, `scripts/bench_pytorch.py` run and read.
+pub mod eval;
 pub mod ops;
 pub mod profile;
 pub mod pytorch;

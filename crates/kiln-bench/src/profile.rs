@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use kiln_core::{FusedInstr, Op, Step};
+use kiln_core::{Executor, FusedInstr, HostTensor, Op, Plan, Step, Tensor};
 use kiln_train::config::Config;
 use kiln_train::device::Device;
 use kiln_train::TrainError;
@@ -56,20 +56,25 @@ impl StepProfile {
 /// `Ok(None)` where the backend cannot time its steps.
 pub fn profile_train(device: &Device, config: &Config, options: BenchOptions) -> Result<Option<StepProfile>, TrainError> {
     let (prepared, mut exec) = warmed_up_step(device, config, options)?;
+    profile_runs(exec.as_mut(), &prepared.plan, &prepared.feeds, options.steps)
+}
+
+/// Run `plan` (loaded in `exec`, warmed up) `runs` times with each step timed; `None`
+/// when the backend cannot time its steps.
+pub fn profile_runs(exec: &mut dyn Executor, plan: &Plan, feeds: &[(Tensor, HostTensor)], runs: usize) -> Result<Option<StepProfile>, TrainError> {
     if !exec.record_step_times(true) {
         return Ok(None);
     }
-    let runs = options.steps.max(1);
+    let runs = runs.max(1);
     let start = Instant::now();
     for _ in 0..runs {
-        exec.run(&prepared.feeds)?;
+        exec.run(feeds)?;
     }
     let run_time = start.elapsed();
     let times = exec.take_step_times();
     exec.record_step_times(false);
     let per_run = |d: Duration| d.as_secs_f64() * 1e3 / runs as f64;
-    let steps = prepared
-        .plan
+    let steps = plan
         .steps
         .iter()
         .zip(times)
@@ -107,9 +112,10 @@ fn step_shapes(step: &Step) -> String {
 }
 
 /// The table: per op kind, then the `top` slowest steps.
-pub fn print_profile(recipe: &str, backend: &str, profile: &StepProfile, top: usize) {
+/// `what` names the run ("mnist-cnn training step").
+pub fn print_profile(what: &str, backend: &str, profile: &StepProfile, top: usize) {
     let share = |ms: f64| 100.0 * ms / profile.run_ms.max(f64::MIN_POSITIVE);
-    println!("profile of one {recipe} training step on {backend}: {:.3} ms per run, mean of {} runs", profile.run_ms, profile.runs);
+    println!("profile of one {what} on {backend}: {:.3} ms per run, mean of {} runs", profile.run_ms, profile.runs);
     println!("\n{:<28} {:>6} {:>10} {:>7}", "op", "steps", "ms/run", "share");
     for (kind, count, ms) in profile.by_op() {
         println!("{kind:<28} {count:>6} {ms:>10.3} {:>6.1}%", share(ms));
