@@ -41,6 +41,28 @@ fn mlp(g: &mut Graph, f: &Checkpoint, prefix: &str, source: &str) -> kiln_core::
 
 use kiln_core::testing::assert_close;
 
+/// The fixture's student (states unprefixed) and teacher (under `teacher.`) in one graph,
+/// the [`Distillation`] objective on the fixture's batch of 16 images, and its inputs.
+struct DistillationGraph {
+    g: Graph,
+    student: Sequential,
+    x: kiln_core::Tensor,
+    y: kiln_core::Tensor,
+    objective: kiln_train::Objective,
+}
+
+fn distillation_graph(f: &Checkpoint, loss: DistillationLoss) -> Result<DistillationGraph, Box<dyn std::error::Error>> {
+    let mut g = Graph::new();
+    let student = mlp(&mut g, f, "", "init")?;
+    let teacher = |g: &mut Graph| mlp(g, f, "teacher", "teacher");
+    let task = Distillation::new(Box::new(Classification::new(10, [784])), Box::new(teacher), 10, loss)?;
+    let x = g.input("x", [16, 784], DType::F32)?;
+    let y = g.input("y", [16], DType::U32)?;
+    let objective = task.objective(&mut g, &student, &[x, y])?;
+    Ok(DistillationGraph { g, student, x, y, objective })
+}
+
+
 fn backends() -> Vec<(Box<dyn Backend>, f64)> {
     let mut v: Vec<(Box<dyn Backend>, f64)> = vec![(Box::new(CpuBackend::<f64>::new()), 1e-9), (Box::new(CpuBackend::<f32>::new()), 1e-5)];
     if let Some(gpu) = kiln_wgpu::testing::gpu_or_skip() {
@@ -55,13 +77,7 @@ fn a_distillation_step_matches_pytorch() -> TestResult {
     let temperature: f64 = f.metadata.get("temperature").ok_or("no temperature")?.parse()?;
     let alpha: f64 = f.metadata.get("alpha").ok_or("no alpha")?.parse()?;
     let lr: f64 = f.metadata.get("lr").ok_or("no lr")?.parse()?;
-    let mut g = Graph::new();
-    let student = mlp(&mut g, &f, "", "init")?;
-    let teacher = |g: &mut Graph| mlp(g, &f, "teacher", "teacher");
-    let task = Distillation::new(Box::new(Classification::new(10, [784])), Box::new(teacher), 10, DistillationLoss::new(temperature, alpha)?)?;
-    let x = g.input("x", [16, 784], DType::F32)?;
-    let y = g.input("y", [16], DType::U32)?;
-    let objective = task.objective(&mut g, &student, &[x, y])?;
+    let DistillationGraph { mut g, student, x, y, objective } = distillation_graph(&f, DistillationLoss::new(temperature, alpha)?)?;
     let params = student.params();
     let train = kiln_nn::TrainGraph::build(&mut g, objective.loss, &params, &SGD::new(lr), None)?;
     let mut outputs = vec![objective.loss];
@@ -95,13 +111,7 @@ fn a_distillation_step_matches_pytorch() -> TestResult {
 #[test]
 fn at_alpha_zero_the_loss_is_the_cross_entropy_alone() -> TestResult {
     let f = fixture()?;
-    let mut g = Graph::new();
-    let student = mlp(&mut g, &f, "", "init")?;
-    let teacher = |g: &mut Graph| mlp(g, &f, "teacher", "teacher");
-    let task = Distillation::new(Box::new(Classification::new(10, [784])), Box::new(teacher), 10, DistillationLoss::new(3.0, 0.0)?)?;
-    let x = g.input("x", [16, 784], DType::F32)?;
-    let y = g.input("y", [16], DType::U32)?;
-    let objective = task.objective(&mut g, &student, &[x, y])?;
+    let DistillationGraph { mut g, student, x, y, objective } = distillation_graph(&f, DistillationLoss::new(3.0, 0.0)?)?;
     let logits = student.forward(&mut g, x)?;
     let ce = g.cross_entropy(logits, y, kiln_core::Reduction::Mean)?;
     let mut outputs = vec![objective.loss, ce];
@@ -129,13 +139,7 @@ fn at_alpha_zero_the_loss_is_the_cross_entropy_alone() -> TestResult {
 fn texts_without_a_label_are_taught_by_the_teacher_alone() -> TestResult {
     let f = fixture()?;
     let (temperature, alpha) = (3.0, 0.7);
-    let mut g = Graph::new();
-    let student = mlp(&mut g, &f, "", "init")?;
-    let teacher = |g: &mut Graph| mlp(g, &f, "teacher", "teacher");
-    let task = Distillation::new(Box::new(Classification::new(10, [784])), Box::new(teacher), 10, DistillationLoss::new(temperature, alpha)?)?;
-    let x = g.input("x", [16, 784], DType::F32)?;
-    let y = g.input("y", [16], DType::U32)?;
-    let objective = task.objective(&mut g, &student, &[x, y])?;
+    let DistillationGraph { mut g, student, x, y, objective } = distillation_graph(&f, DistillationLoss::new(temperature, alpha)?)?;
     // The two terms apart, from the fixture's logits.
     let student_logits = student.forward(&mut g, x)?;
     let ce_rows = g.cross_entropy(student_logits, y, kiln_core::Reduction::None)?;
