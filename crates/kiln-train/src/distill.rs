@@ -86,6 +86,7 @@ pub fn distill(device: &Device, opts: &DistillOptions, stop: &AtomicBool) -> Res
     }
     if let Some(file) = &opts.resume {
         crate::lm::check_checkpoint_model(config, file)?;
+        check_same_teaching(file, opts)?;
     }
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| TrainError::Io(format!("{}: {e}", opts.out_dir.display())))?;
     let config_file = opts.out_dir.join(CONFIG_FILE);
@@ -130,6 +131,29 @@ fn augment_training_texts(job: &mut Job, augmentation: &TextAugmentation, config
         texts.len()
     );
     job.data.train = Box::new(TextBatches::new(Arc::new(texts), config.train.batch_size, train.tokenizer.pad_id(), config.train.seed)?);
+    Ok(())
+}
+
+/// A resumed distillation must be taught as it began: the same loss, start and augmented
+/// copies (the epoch's texts, and so where the run resumes in them, depend on them). The
+/// teacher's file may have moved.
+fn check_same_teaching(file: &std::path::Path, opts: &DistillOptions) -> Result<(), TrainError> {
+    let ck = Checkpoint::load(file)?;
+    let bad = |message: String| TrainError::Checkpoint { file: file.to_path_buf(), message };
+    let Some(recorded) = ck.metadata.get(META_DISTILLATION) else {
+        return Err(bad(format!("has no '{META_DISTILLATION}' metadata: it is not a checkpoint of kiln distill")));
+    };
+    let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).map_err(|e| bad(format!("'{META_DISTILLATION}': {e}")));
+    let (recorded, given) = (parse(recorded)?, parse(&describe(opts))?);
+    for key in ["alpha", "temperature", "student_init", "augmentation"] {
+        if recorded.get(key) != given.get(key) {
+            return Err(bad(format!(
+                "was distilled with {key} = {}, this run gives {}: resume with the settings it began with",
+                recorded.get(key).unwrap_or(&serde_json::Value::Null),
+                given.get(key).unwrap_or(&serde_json::Value::Null)
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -256,5 +256,11 @@ fn a_three_layer_student_is_distilled_from_a_six_layer_teacher() -> TestResult {
     assert!(distance(&student_2, &teacher_4) < 0.01 && distance(&student_2, &teacher_2) > 0.1, "student layer 2 starts from teacher layer 4");
     let (_, eval) = kiln_train::job::evaluate_checkpoint(&device, &report.checkpoint, None)?;
     assert!(eval.metric("accuracy").is_some_and(|a| a > 0.0), "{eval:?}");
+    // A resume must teach as the run began: another augmentation is refused, naming both.
+    let resumed = kiln_train::distill::DistillOptions { resume: Some(report.checkpoint.clone()), max_steps: Some(2), augment: Some(kiln_data::TextAugmentation::new(3)?), ..options };
+    let err = kiln_train::distill::distill(&device, &resumed, &AtomicBool::new(false)).err().ok_or("a resume with other copies must be refused")?;
+    assert!(err.to_string().contains("augmentation") && err.to_string().contains("\"copies\":2") && err.to_string().contains("\"copies\":3"), "{err}");
+    let resumed = kiln_train::distill::DistillOptions { augment: Some(kiln_data::TextAugmentation::new(2)?), ..resumed };
+    assert_eq!(kiln_train::distill::distill(&device, &resumed, &AtomicBool::new(false))?.steps, 2, "the same settings resume");
     Ok(())
 }
