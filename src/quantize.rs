@@ -24,6 +24,10 @@ pub(crate) struct QuantizeArgs {
     /// The dataset's folder, when not where the model's config says.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Also store the embedding tables as int8 (a scale per row): a smaller file; they
+    /// are dequantized to f32 when it is read.
+    #[arg(long)]
+    embeddings: bool,
     /// Skip evaluating the f32 and int8 models on the test set.
     #[arg(long)]
     no_eval: bool,
@@ -36,7 +40,7 @@ pub(crate) struct QuantizeArgs {
 pub(crate) fn run(args: QuantizeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let device = Device::open(args.device)?;
     eprintln!("device: {}", device.description);
-    let options = QuantizeOptions { checkpoint: args.checkpoint.clone(), out: args.out.clone(), calibrate: args.calibrate, data_dir: args.data.clone() };
+    let options = QuantizeOptions { checkpoint: args.checkpoint.clone(), out: args.out.clone(), calibrate: args.calibrate, data_dir: args.data.clone(), embeddings: args.embeddings };
     let report = quantize(&device, &options)?;
     let how = match report.activation {
         ActivationScale::Dynamic => "dynamic per-tensor input scales".to_string(),

@@ -242,6 +242,8 @@ impl Checkpoint {
         if !invalid.is_empty() {
             return Err(err(format!("cannot be trained from or evaluated: {}", list_problems(&invalid))));
         }
+        // Tables `kiln quantize --embeddings` stored as int8 are computed f32.
+        crate::quantize::dequantize_stored_tables(&mut ck, file)?;
         Ok(ck)
     }
 

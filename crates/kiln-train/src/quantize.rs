@@ -4,8 +4,10 @@
 //! PyTorch's `quantize_dynamic` does it (weights per output channel, symmetric, with f32
 //! scales; inputs per tensor from each batch's range) or, with calibration, with each
 //! layer's input scale fixed from the range seen on training batches (static).
-//! Grouped convolutions, embedding tables, norms and biases stay f32. A convolution runs
-//! as an int8 GEMM over its input's patches ([`kiln_nn::quantized_conv`]).
+//! Grouped convolutions, norms and biases stay f32; embedding tables too, unless
+//! `--embeddings` stores them as int8 rows with a scale each (dequantized to f32 when the
+//! file is read: a smaller file, the same gather). A convolution runs as an int8 GEMM
+//! over its input's patches ([`kiln_nn::quantized_conv`]).
 //!
 //! The quantized checkpoint is a safetensors file: each quantized layer's weight as
 //! `{layer}.weight.int8` (I8, [out, in], a convolution's rows flattened as `in * kh * kw`) and `{layer}.weight.scale` (F32, [out]: w ≈
@@ -38,6 +40,10 @@ pub struct QuantizeOptions {
     pub calibrate: Option<usize>,
     /// The dataset folder, when not where the config says (calibration reads it).
     pub data_dir: Option<PathBuf>,
+    /// Also store the embedding tables (every gathered table: a text classifier's word,
+    /// position and token-type embeddings) as int8 with a scale per row. They are stored
+    /// int8 and computed f32: reading the file dequantizes them.
+    pub embeddings: bool,
 }
 
 /// One quantized layer.
@@ -158,8 +164,10 @@ pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeRe
         }
         report_layers.push(QuantizedLayer { name: prefix.to_string(), in_features, out_features, input_scale });
     }
+    let stored = if options.embeddings { store_tables_as_int8(&mut out, &graph.graph, &graph.state_dict, file)? } else { Vec::new() };
     let activation = if ranges.is_some() { ActivationScale::Static } else { ActivationScale::Dynamic };
     let how = serde_json::json!({
+        STORED_INT8: stored,
         "weights": "int8, symmetric, per output channel (f32 scales)",
         "activations": if ranges.is_some() { "static" } else { "dynamic" },
         "calibration_batches": options.calibrate.unwrap_or(0),
@@ -171,6 +179,71 @@ pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeRe
     let f32_bytes = model_bytes(&trained.checkpoint);
     let int8_bytes = std::fs::metadata(&options.out).map(|m| m.len()).map_err(|e| TrainError::Io(format!("{}: {e}", options.out.display())))?;
     Ok(QuantizeReport { layers: report_layers, activation, f32_bytes, int8_bytes, file: options.out.clone() })
+}
+
+/// The field of the `kiln.quantization` metadata that lists the tensors stored as int8
+/// and computed f32 (`[{"tensor": name, "shape": [rows, columns]}]`), which reading the
+/// file dequantizes.
+pub const STORED_INT8: &str = "stored_int8";
+
+/// Replace each gathered table of `graph` (an embedding) in `out` by its rows as int8
+/// (`{prefix}.weight.int8`, packed as a linear layer's) and a scale per row
+/// (`{prefix}.weight.scale`); the list for the metadata.
+fn store_tables_as_int8(out: &mut Checkpoint, graph: &kiln_core::Graph, state_dict: &[(String, Tensor)], file: &Path) -> Result<Vec<serde_json::Value>, TrainError> {
+    let tables: Vec<&String> = graph
+        .nodes()
+        .iter()
+        .filter(|node| matches!(node.op, Op::Gather))
+        .filter_map(|node| state_dict.iter().find(|(name, t)| Some(t) == node.inputs.first() && name.ends_with(".weight")).map(|(name, _)| name))
+        .collect();
+    let mut stored = Vec::new();
+    for name in tables {
+        let Some(table) = out.tensors.remove(name) else { continue };
+        let &[rows, columns] = table.shape.dims() else {
+            return Err(TrainError::Checkpoint { file: file.to_path_buf(), message: format!("the embedding '{name}' is {}, not a table", table.shape) });
+        };
+        let prefix = name.trim_end_matches(".weight");
+        let (q, scales) = quantize_rows(&table.to_f32_vec(), columns);
+        out.insert(format!("{prefix}.{WEIGHT_INT8}"), HostTensor::u32([rows, words_per_row(columns)], pack_rows(&q, columns)));
+        out.insert(format!("{prefix}.{WEIGHT_SCALE}"), HostTensor::f32([rows], scales));
+        stored.push(serde_json::json!({ "tensor": name, "shape": [rows, columns] }));
+    }
+    Ok(stored)
+}
+
+/// The f32 tables of a file whose metadata lists tensors stored as int8 ([`STORED_INT8`]):
+/// each `{prefix}.weight.int8` and `.scale` pair becomes `{prefix}.weight` again, checked
+/// against the shape the metadata gives before anything is allocated.
+pub(crate) fn dequantize_stored_tables(ck: &mut Checkpoint, file: &Path) -> Result<(), TrainError> {
+    let Some(json) = ck.metadata.get(META_QUANTIZATION) else { return Ok(()) };
+    let bad = |message: String| TrainError::Checkpoint { file: file.to_path_buf(), message };
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(format!("metadata '{META_QUANTIZATION}': {e}")))?;
+    let Some(stored) = value.get(STORED_INT8).and_then(|v| v.as_array()) else { return Ok(()) };
+    for entry in stored {
+        let name = entry.get("tensor").and_then(|t| t.as_str());
+        let shape: Option<Vec<usize>> = entry.get("shape").and_then(|s| s.as_array()).map(|dims| dims.iter().filter_map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok())).collect());
+        let (Some(name), Some(&[rows, columns])) = (name, shape.as_deref()) else {
+            return Err(bad(format!("metadata '{META_QUANTIZATION}': {STORED_INT8} entry {entry} is not {{\"tensor\": name, \"shape\": [rows, columns]}}")));
+        };
+        let prefix = name.trim_end_matches(".weight");
+        let (q_name, scale_name) = (format!("{prefix}.{WEIGHT_INT8}"), format!("{prefix}.{WEIGHT_SCALE}"));
+        let (Some(q), Some(scale)) = (ck.tensors.get(&q_name), ck.tensors.get(&scale_name)) else {
+            return Err(bad(format!("lists '{name}' as stored int8 but has no '{q_name}' and '{scale_name}'")));
+        };
+        let words = words_per_row(columns);
+        let (kiln_core::HostData::U32(packed), true) = (&q.data, q.shape.dims() == [rows, words] && scale.shape.dims() == [rows]) else {
+            return Err(bad(format!("'{q_name}' {} and '{scale_name}' {} do not hold the [{rows}, {columns}] table '{name}' (u32 [{rows}, {words}] and [{rows}])", q.shape, scale.shape)));
+        };
+        let scales = scale.to_f32_vec();
+        let mut values = Vec::with_capacity(rows * columns);
+        for (row, &s) in packed.chunks_exact(words.max(1)).zip(&scales) {
+            values.extend(row.iter().flat_map(|&w| kiln_core::int8::unpack4(w)).take(columns).map(|v| f32::from(v) * s));
+        }
+        ck.tensors.remove(&q_name);
+        ck.tensors.remove(&scale_name);
+        ck.insert(name, HostTensor::f32([rows, columns], values));
+    }
+    Ok(())
 }
 
 /// A static input scale from the largest |x| seen; 1 for inputs that were all zero.

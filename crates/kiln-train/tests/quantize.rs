@@ -26,7 +26,7 @@ fn trained_cnn(dir: &Path) -> PathBuf {
 }
 
 fn options(checkpoint: &Path, out: &Path, calibrate: Option<usize>) -> QuantizeOptions {
-    QuantizeOptions { checkpoint: checkpoint.to_path_buf(), out: out.to_path_buf(), calibrate, data_dir: None }
+    QuantizeOptions { checkpoint: checkpoint.to_path_buf(), out: out.to_path_buf(), calibrate, data_dir: None, embeddings: false }
 }
 
 #[test]
@@ -135,6 +135,57 @@ fn an_int8_text_classifier_agrees_with_its_f32_model() -> Result<(), Box<dyn std
             let apart = f.probabilities.iter().zip(&q.probabilities).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
             assert!(apart < 0.05, "{calibrate:?}: f32 {f:?} vs int8 {q:?}");
         }
+    }
+    // --embeddings: the tables stored as int8 rows (a smaller file), read back as f32
+    // within half a step of each row's scale, and the model still agrees.
+    let plain = dir.path().join("int8-None.safetensors");
+    let out = dir.path().join("int8-embeddings.safetensors");
+    let report = quantize(&cpu, &QuantizeOptions { embeddings: true, ..options(&checkpoint, &out, None) })?;
+    let plain_bytes = std::fs::metadata(&plain)?.len();
+    assert!(report.int8_bytes * 10 < plain_bytes * 6, "{} bytes with int8 embeddings, {plain_bytes} without", report.int8_bytes);
+    let stored = std::fs::read(&out)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&stored)?;
+    let names: Vec<String> = header.tensors().keys().cloned().collect();
+    assert!(names.contains(&"bert.embeddings.word_embeddings.weight.int8".to_string()) && !names.contains(&"bert.embeddings.word_embeddings.weight".to_string()), "{names:?}");
+    let (original, read) = (Checkpoint::load(&checkpoint)?, Checkpoint::load(&out)?);
+    for table in ["bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight", "bert.embeddings.token_type_embeddings.weight"] {
+        let (a, b) = (original.tensors.get(table).ok_or(table)?, read.tensors.get(table).ok_or(table)?);
+        assert_eq!(a.shape, b.shape, "{table}");
+        let columns = a.shape.dims()[1];
+        for (row_a, row_b) in a.to_f32_vec().chunks(columns).zip(b.to_f32_vec().chunks(columns)) {
+            let step = row_a.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            let apart = row_a.iter().zip(row_b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            assert!(apart <= step * 0.5 + 1e-7, "{table}: a row {apart} apart, its step {step}");
+        }
+    }
+    let (_, eval) = evaluate_checkpoint(&cpu, &out, None)?;
+    let (a, b) = (f32_eval.metric("accuracy").unwrap_or(0.0), eval.metric("accuracy").unwrap_or(-1.0));
+    assert!((a - b).abs() <= 0.04 && (f32_eval.loss - eval.loss).abs() < 0.05, "int8 embeddings: f32 {a} ({}) vs {b} ({})", f32_eval.loss, eval.loss);
+    Ok(())
+}
+
+/// A file listing a table as stored int8 that it does not hold, or holds in another
+/// shape, is refused naming the file and the tensors; a well-formed one is read as f32.
+#[test]
+fn stored_int8_tables_are_checked_when_read() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let write = |name: &str, shape: &str, words: usize| -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+        let mut ck = Checkpoint::new();
+        ck.insert("emb.weight.int8", HostTensor::u32([2, words], vec![kiln_core::int8::pack4([1, -2, 127, 0]); 2 * words]));
+        ck.insert("emb.weight.scale", HostTensor::f32([2], vec![0.5, 2.0]));
+        ck.set_meta(kiln_train::quantize::META_QUANTIZATION, format!("{{\"activations\": \"dynamic\", \"stored_int8\": [{{\"tensor\": \"{name}\", \"shape\": {shape}}}]}}"));
+        let file = dir.path().join(format!("{}-{words}.safetensors", name.replace('.', "_")));
+        ck.save(&file)?;
+        Ok(file)
+    };
+    let good = Checkpoint::load(&write("emb.weight", "[2, 3]", 1)?)?;
+    let table = good.tensors.get("emb.weight").ok_or("no table")?;
+    assert_eq!((table.shape.dims(), table.to_f64_vec()), (&[2usize, 3][..], vec![0.5, -1.0, 63.5, 2.0, -4.0, 254.0]));
+    assert!(!good.tensors.contains_key("emb.weight.int8"));
+    for (name, shape, words, says) in [("other.weight", "[2, 3]", 1, "other.weight.int8"), ("emb.weight", "[2, 9]", 1, "[2, 9]"), ("emb.weight", "\"wide\"", 1, "stored_int8")] {
+        let file = write(name, shape, words)?;
+        let err = Checkpoint::load(&file).err().ok_or("a malformed stored table must be refused")?.to_string();
+        assert!(err.contains(&file.display().to_string()) && err.contains(says), "{err}");
     }
     Ok(())
 }
