@@ -154,10 +154,7 @@ pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeRe
             [out, inputs, kh, kw] => (out, inputs * kh * kw),
             _ => return Err(bad(format!("'{weight_name}' is {}, not a matrix or a convolution's weight", weight.shape))),
         };
-        // Rows padded to whole words: the file's int8 columns are a multiple of 4.
-        let (q, scales) = quantize_rows(&weight.to_f32_vec(), in_features);
-        out.insert(format!("{prefix}.{WEIGHT_INT8}"), HostTensor::u32([out_features, words_per_row(in_features)], pack_rows(&q, in_features)));
-        out.insert(format!("{prefix}.{WEIGHT_SCALE}"), HostTensor::f32([out_features], scales));
+        insert_int8_rows(&mut out, prefix, &weight.to_f32_vec(), out_features, in_features);
         let input_scale = ranges.as_ref().map(|r| scale_of(r[k]));
         if let Some(scale) = input_scale {
             out.insert(format!("{prefix}.{INPUT_SCALE}"), HostTensor::f32(Vec::<usize>::new(), vec![scale]));
@@ -181,6 +178,15 @@ pub fn quantize(device: &Device, options: &QuantizeOptions) -> Result<QuantizeRe
     Ok(QuantizeReport { layers: report_layers, activation, f32_bytes, int8_bytes, file: options.out.clone() })
 }
 
+/// A `[rows, columns]` matrix as `{prefix}.weight.int8` (symmetric per row, packed four to
+/// a u32, rows padded to whole words) and `{prefix}.weight.scale` (f32, one per row): how a
+/// layer's weight and a stored table are written alike.
+fn insert_int8_rows(out: &mut Checkpoint, prefix: &str, values: &[f32], rows: usize, columns: usize) {
+    let (q, scales) = quantize_rows(values, columns);
+    out.insert(format!("{prefix}.{WEIGHT_INT8}"), HostTensor::u32([rows, words_per_row(columns)], pack_rows(&q, columns)));
+    out.insert(format!("{prefix}.{WEIGHT_SCALE}"), HostTensor::f32([rows], scales));
+}
+
 /// The field of the `kiln.quantization` metadata that lists the tensors stored as int8
 /// and computed f32 (`[{"tensor": name, "shape": [rows, columns]}]`), which reading the
 /// file dequantizes.
@@ -202,10 +208,7 @@ fn store_tables_as_int8(out: &mut Checkpoint, graph: &kiln_core::Graph, state_di
         let &[rows, columns] = table.shape.dims() else {
             return Err(TrainError::Checkpoint { file: file.to_path_buf(), message: format!("the embedding '{name}' is {}, not a table", table.shape) });
         };
-        let prefix = name.trim_end_matches(".weight");
-        let (q, scales) = quantize_rows(&table.to_f32_vec(), columns);
-        out.insert(format!("{prefix}.{WEIGHT_INT8}"), HostTensor::u32([rows, words_per_row(columns)], pack_rows(&q, columns)));
-        out.insert(format!("{prefix}.{WEIGHT_SCALE}"), HostTensor::f32([rows], scales));
+        insert_int8_rows(out, name.trim_end_matches(".weight"), &table.to_f32_vec(), rows, columns);
         stored.push(serde_json::json!({ "tensor": name, "shape": [rows, columns] }));
     }
     Ok(stored)
