@@ -6,7 +6,7 @@ use kiln_core::{BinaryOp, CmpOp, Shape, UnaryOp};
 
 use crate::scalar::{nan_max, nan_min};
 use crate::strided::{BroadcastRuns, TensorRef};
-use crate::{parallel, Element, Float};
+use crate::{parallel, vectorised, Element, Float};
 
 /// The GELU tanh approximation's cubic coefficient.
 const GELU_CUBIC: f64 = 0.044715;
@@ -52,7 +52,7 @@ pub fn unary_value<T: Float>(op: UnaryOp, x: T) -> T {
         UnaryOp::Softplus => relu(x) + (-x.abs()).exp().ln_1p(),
         UnaryOp::GeluErfGrad => {
             let cdf = half * (one + (x * c(FRAC_1_SQRT_2)).erf());
-            let pdf = (-(x * x) * half).exp() / c((2.0 * PI).sqrt());
+            let pdf = (-(x * x) * half).exp_in_loop() / c((2.0 * PI).sqrt());
             cdf + x * pdf
         }
         UnaryOp::GeluTanhGrad => {
@@ -95,16 +95,19 @@ pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
 /// element is still exactly `unary_value(op, x[i])` (what the fused and unfused kernels
 /// share, bit for bit).
 pub fn unary_slice<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
+    #[inline(always)]
     fn each<T: Float>(x: &[T], out: &mut [T], f: impl Fn(T) -> T) {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = f(v);
-        }
+        vectorised::run(#[inline(always)] || {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = f(v);
+            }
+        })
     }
     macro_rules! with_constant_op {
         ($($variant:ident),*) => {
             match op {
-                $(UnaryOp::$variant => each(x, out, |v| unary_value(UnaryOp::$variant, v)),)*
-                UnaryOp::LeakyRelu { alpha } => each(x, out, |v| unary_value(UnaryOp::LeakyRelu { alpha }, v)),
+                $(UnaryOp::$variant => each(x, out, #[inline(always)] |v| unary_value(UnaryOp::$variant, v)),)*
+                UnaryOp::LeakyRelu { alpha } => each(x, out, #[inline(always)] |v| unary_value(UnaryOp::LeakyRelu { alpha }, v)),
             }
         };
     }
@@ -113,15 +116,18 @@ pub fn unary_slice<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
 
 /// `out[i] = binary_value(op, a[i], b[i])`, the op matched once (see [`unary_slice`]).
 pub fn binary_slice<T: Float>(op: BinaryOp, a: &[T], b: &[T], out: &mut [T]) {
+    #[inline(always)]
     fn each<T: Float>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T) {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = f(x, y);
-        }
+        vectorised::run(#[inline(always)] || {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = f(x, y);
+            }
+        })
     }
     macro_rules! with_constant_op {
         ($($variant:ident),*) => {
             match op {
-                $(BinaryOp::$variant => each(a, b, out, |x, y| binary_value(BinaryOp::$variant, x, y)),)*
+                $(BinaryOp::$variant => each(a, b, out, #[inline(always)] |x, y| binary_value(BinaryOp::$variant, x, y)),)*
             }
         };
     }
@@ -130,15 +136,18 @@ pub fn binary_slice<T: Float>(op: BinaryOp, a: &[T], b: &[T], out: &mut [T]) {
 
 /// `out[i] = 1 if compare_value(op, a[i], b[i]) else 0`, the op matched once.
 pub fn compare_slice<T: Float>(op: CmpOp, a: &[T], b: &[T], out: &mut [T]) {
+    #[inline(always)]
     fn each<T: Float>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> bool) {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = if f(x, y) { T::ONE } else { T::ZERO };
-        }
+        vectorised::run(#[inline(always)] || {
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = if f(x, y) { T::ONE } else { T::ZERO };
+            }
+        })
     }
     macro_rules! with_constant_op {
         ($($variant:ident),*) => {
             match op {
-                $(CmpOp::$variant => each(a, b, out, |x, y| compare_value(CmpOp::$variant, x, y)),)*
+                $(CmpOp::$variant => each(a, b, out, #[inline(always)] |x, y| compare_value(CmpOp::$variant, x, y)),)*
             }
         };
     }

@@ -37,6 +37,7 @@ mod shared;
 mod softmax;
 mod storage;
 mod strided;
+mod vectorised;
 
 pub use parallel::{threads, MAX_THREADS, THREADS_ENV};
 pub use scalar::{Element, Float};

@@ -40,12 +40,14 @@ pub trait Float:
     fn exp(self) -> Self;
     /// e^x in plain arithmetic that vectorises in a loop over a row (f32: `fast_math`,
     /// within 2 ulp, 0 below the normal range; f64: the library's exp). Softmax's rows
-    /// use it; the elementwise Exp op keeps the library's.
+    /// and GELU's use it; the elementwise Exp op keeps the library's.
     fn exp_in_loop(self) -> Self;
     fn ln(self) -> Self;
     fn ln_1p(self) -> Self;
     fn sqrt(self) -> Self;
     fn tanh(self) -> Self;
+    /// erf (f32: `fast_math`, within 2 ulp and branch-free, the GPU's formula; f64: the
+    /// library's).
     fn erf(self) -> Self;
     fn powf(self, exponent: Self) -> Self;
     fn abs(self) -> Self;
@@ -114,6 +116,7 @@ macro_rules! impl_float {
             fn tanh(self) -> Self {
                 <$t>::tanh(self)
             }
+            #[inline]
             fn erf(self) -> Self {
                 $erf(self)
             }
@@ -157,7 +160,7 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, crate::fast_math::exp_f32, libm::erff, F32, matrixmultiply::sgemm);
+impl_float!(f32, crate::fast_math::exp_f32, crate::fast_math::erf_f32, F32, matrixmultiply::sgemm);
 impl_float!(f64, f64::exp, libm::erf, F64, matrixmultiply::dgemm);
 
 /// max(a, b) that returns NaN when either is NaN (as torch.maximum; Rust's `max` drops NaN).
