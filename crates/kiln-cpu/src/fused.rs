@@ -8,7 +8,7 @@ use kiln_core::{ExecError, FusedInstr, FusedProgram, ReduceOp, Shape, Step};
 
 use crate::elementwise::{binary_slice, compare_slice, unary_slice};
 use crate::strided::TensorRef;
-use crate::{parallel, Float};
+use crate::{parallel, vectorised, Float};
 
 /// Elements per chunk: registers for a whole chunk stay in the L1 cache.
 const CHUNK: usize = 256;
@@ -194,7 +194,10 @@ pub fn run_reduce<T: Float>(
     Ok(())
 }
 
-/// Elements `first..first + outs[k].len()` of every output, chunk by chunk.
+/// Elements `first..first + outs[k].len()` of every output, chunk by chunk. Inputs of
+/// the output's shape are read in place, not copied into a register, and a program's one
+/// stored register, when it is the last, is computed straight into the output: each
+/// chunk is then one pass over memory, not three.
 fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers: &[Reader], out_shape: &Shape, first: usize, outs: &mut [&mut [T]]) {
     let Some(len) = outs.first().map(|out| out.len()) else { return };
     let mut cursors: Vec<Option<Cursor>> = readers
@@ -204,7 +207,19 @@ fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers:
             _ => None,
         })
         .collect();
-    let mut registers: Vec<Vec<T>> = vec![vec![T::ZERO; CHUNK]; program.instrs.len()];
+    // The input a register is read from in place, if it is a load of a dense input.
+    let in_place: Vec<Option<usize>> = program
+        .instrs
+        .iter()
+        .map(|instr| match instr {
+            FusedInstr::Load { input } if matches!(readers[*input], Reader::Dense) => Some(*input),
+            _ => None,
+        })
+        .collect();
+    let last = program.instrs.len() - 1;
+    let last_into_output = program.stores == [last] && in_place[last].is_none();
+    let mut registers: Vec<Vec<T>> =
+        in_place.iter().enumerate().map(|(k, source)| if source.is_some() || (last_into_output && k == last) { Vec::new() } else { vec![T::ZERO; CHUNK] }).collect();
     // Constants fill their registers once.
     for (instr, register) in program.instrs.iter().zip(&mut registers) {
         if let FusedInstr::Constant { value } = instr {
@@ -214,9 +229,18 @@ fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers:
     for chunk_start in (0..len).step_by(CHUNK) {
         let (start, len) = (first + chunk_start, CHUNK.min(len - chunk_start));
         for k in 0..program.instrs.len() {
+            if in_place[k].is_some() {
+                continue;
+            }
             let (computed, rest) = registers.split_at_mut(k);
-            let dst = &mut rest[0][..len];
-            let reg = |r: usize| &computed[r][..len];
+            let dst = if last_into_output && k == last { &mut outs[0][chunk_start..chunk_start + len] } else { &mut rest[0][..len] };
+            let computed = &*computed;
+            let reg = |r: usize| -> &[T] {
+                match in_place[r] {
+                    Some(input) => &inputs[input].data[start..start + len],
+                    None => &computed[r][..len],
+                }
+            };
             match &program.instrs[k] {
                 FusedInstr::Load { input } => {
                     let data = inputs[*input].data;
@@ -243,21 +267,41 @@ fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers:
                         (Reader::Strided(_), None) => unreachable!("every strided reader has a cursor"),
                     }
                 }
-                FusedInstr::Constant { .. } => {}
+                // Filled once above, unless computed straight into the output.
+                FusedInstr::Constant { value } => {
+                    if last_into_output && k == last {
+                        dst.fill(T::from_f64(*value));
+                    }
+                }
                 FusedInstr::Unary { op, x } => unary_slice(*op, reg(*x), dst),
                 FusedInstr::Binary { op, a, b } => binary_slice(*op, reg(*a), reg(*b), dst),
                 FusedInstr::Compare { op, a, b } => compare_slice(*op, reg(*a), reg(*b), dst),
-                FusedInstr::Where { cond, a, b } => {
-                    for (((d, c), &x), &y) in dst.iter_mut().zip(reg(*cond)).zip(reg(*a)).zip(reg(*b)) {
-                        *d = if c.is_nonzero() { x } else { y };
-                    }
-                }
+                FusedInstr::Where { cond, a, b } => where_slice(reg(*cond), reg(*a), reg(*b), dst),
             }
         }
+        if last_into_output {
+            continue;
+        }
         for (out, &register) in outs.iter_mut().zip(&program.stores) {
-            out[chunk_start..chunk_start + len].copy_from_slice(&registers[register][..len]);
+            let value = match in_place[register] {
+                Some(input) => &inputs[input].data[start..start + len],
+                None => &registers[register][..len],
+            };
+            out[chunk_start..chunk_start + len].copy_from_slice(value);
         }
     }
+}
+
+/// `dst[i] = if cond[i] != 0 { a[i] } else { b[i] }`.
+fn where_slice<T: Float>(cond: &[T], a: &[T], b: &[T], dst: &mut [T]) {
+    vectorised::run(
+        #[inline(always)]
+        || {
+            for (((d, c), &x), &y) in dst.iter_mut().zip(cond).zip(a).zip(b) {
+                *d = if c.is_nonzero() { x } else { y };
+            }
+        },
+    )
 }
 
 #[cfg(test)]
