@@ -175,7 +175,7 @@ pub fn binary<T: Float>(op: BinaryOp, a: TensorRef<T>, b: TensorRef<T>, out: &mu
     macro_rules! with_constant_op {
         ($($variant:ident),*) => {
             match op {
-                $(BinaryOp::$variant => map2(a, b, out, out_shape, |x, y| binary_value(BinaryOp::$variant, x, y)),)*
+                $(BinaryOp::$variant => map2(a, b, out, out_shape, #[inline(always)] |x, y| binary_value(BinaryOp::$variant, x, y)),)*
             }
         };
     }
@@ -199,32 +199,37 @@ fn map2<A: Copy + Sync, B: Copy + Sync, O: Send>(
         runs.for_each(range, |run| {
             let out = &mut out[run.out - first..][..run.len];
             let ([ai, bi], len) = (run.inputs, run.len);
-            // Dense operands and scalars (relu's `x > 0`) get loops without index
-            // arithmetic, which the compiler vectorises.
-            match run.strides {
-                [1, 1] => {
-                    for ((o, &x), &y) in out.iter_mut().zip(&a.data[ai..][..len]).zip(&b.data[bi..][..len]) {
-                        *o = f(x, y);
+            vectorised::run(
+                #[inline(always)]
+                || {
+                    // Dense operands and scalars (relu's `x > 0`) get loops without index
+                    // arithmetic, which the compiler vectorises.
+                    match run.strides {
+                        [1, 1] => {
+                            for ((o, &x), &y) in out.iter_mut().zip(&a.data[ai..][..len]).zip(&b.data[bi..][..len]) {
+                                *o = f(x, y);
+                            }
+                        }
+                        [1, 0] => {
+                            let y = b.data[bi];
+                            for (o, &x) in out.iter_mut().zip(&a.data[ai..][..len]) {
+                                *o = f(x, y);
+                            }
+                        }
+                        [0, 1] => {
+                            let x = a.data[ai];
+                            for (o, &y) in out.iter_mut().zip(&b.data[bi..][..len]) {
+                                *o = f(x, y);
+                            }
+                        }
+                        [sa, sb] => {
+                            for (t, o) in out.iter_mut().enumerate() {
+                                *o = f(a.data[ai + t * sa], b.data[bi + t * sb]);
+                            }
+                        }
                     }
-                }
-                [1, 0] => {
-                    let y = b.data[bi];
-                    for (o, &x) in out.iter_mut().zip(&a.data[ai..][..len]) {
-                        *o = f(x, y);
-                    }
-                }
-                [0, 1] => {
-                    let x = a.data[ai];
-                    for (o, &y) in out.iter_mut().zip(&b.data[bi..][..len]) {
-                        *o = f(x, y);
-                    }
-                }
-                [sa, sb] => {
-                    for (t, o) in out.iter_mut().enumerate() {
-                        *o = f(a.data[ai + t * sa], b.data[bi + t * sb]);
-                    }
-                }
-            }
+                },
+            );
         });
     });
 }
@@ -247,7 +252,7 @@ pub fn compare<E: Element>(op: CmpOp, a: TensorRef<E>, b: TensorRef<E>, out: &mu
     macro_rules! with_constant_op {
         ($($variant:ident),*) => {
             match op {
-                $(CmpOp::$variant => map2(a, b, out, out_shape, |x, y| if compare_value(CmpOp::$variant, x, y) { E::ONE } else { E::ZERO }),)*
+                $(CmpOp::$variant => map2(a, b, out, out_shape, #[inline(always)] |x, y| if compare_value(CmpOp::$variant, x, y) { E::ONE } else { E::ZERO }),)*
             }
         };
     }

@@ -5,7 +5,7 @@ use kiln_core::ReduceOp;
 
 use crate::scalar::nan_max;
 use crate::strided::{BroadcastRuns, StridedOffsets, TensorRef};
-use crate::{parallel, Float};
+use crate::{parallel, vectorised, Float};
 
 /// A leaf of the pairwise tree: at most this many values, summed in [`LANES`]
 /// interleaved running sums (the vector lanes of a CPU) that are then added pairwise.
@@ -18,6 +18,7 @@ const LANES: usize = 8;
 /// Sum by recursive halving, as NumPy's pairwise sum: the two halves (the first one a
 /// whole number of lanes long) are summed separately, then added; a leaf is summed
 /// lane by lane ([`leaf_sum`]). The order is fixed by the length alone.
+#[inline]
 pub fn pairwise_sum<T: Float>(values: &[T]) -> T {
     if values.len() <= LEAF {
         return leaf_sum(values);
@@ -28,11 +29,13 @@ pub fn pairwise_sum<T: Float>(values: &[T]) -> T {
 
 /// Where a run of `n` values (more than a leaf) is halved: the first half's length, a
 /// multiple of [`LANES`].
+#[inline]
 fn split_point(n: usize) -> usize {
     n / 2 / LANES * LANES
 }
 
 /// Value i in running sum i % LANES, each from zero, then the sums added pairwise.
+#[inline]
 fn leaf_sum<T: Float>(values: &[T]) -> T {
     let mut lanes = [T::ZERO; LANES];
     let mut chunks = values.chunks_exact(LANES);
@@ -48,6 +51,7 @@ fn leaf_sum<T: Float>(values: &[T]) -> T {
 }
 
 /// The lanes' running sums added pairwise: ((0 + 1) + (2 + 3)) + ((4 + 5) + (6 + 7)).
+#[inline]
 fn combine_lanes<T: Float>(l: [T; LANES]) -> T {
     ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
 }
@@ -56,6 +60,7 @@ fn combine_lanes<T: Float>(l: [T; LANES]) -> T {
 /// running maxima (value i in lane i % LANES) that a CPU keeps in vector lanes, with
 /// the NaNs seen counted aside; the lanes then meet in order. (Of equal zeros of both
 /// signs, which one is kept depends on where they lie, as on a GPU's tree.)
+#[inline]
 pub fn max_of<T: Float>(values: &[T]) -> T {
     let mut lanes = [T::NEG_INFINITY; LANES];
     let mut nan = [false; LANES];
@@ -174,14 +179,19 @@ fn pairwise_sum_rows<T: Float>(data: &[T], rows: &[usize], at: usize, out: &mut 
     let width = out.len();
     if rows.len() <= LEAF {
         let lanes = &mut scratch[..LANES * width];
-        lanes.fill(T::ZERO);
-        for (i, &row) in rows.iter().enumerate() {
-            let lane = &mut lanes[(i % LANES) * width..][..width];
-            lane.iter_mut().zip(&data[row + at..][..width]).for_each(|(s, &v)| *s = *s + v);
-        }
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = combine_lanes(std::array::from_fn(|l| lanes[l * width + j]));
-        }
+        vectorised::run(
+            #[inline(always)]
+            || {
+                lanes.fill(T::ZERO);
+                for (i, &row) in rows.iter().enumerate() {
+                    let lane = &mut lanes[(i % LANES) * width..][..width];
+                    lane.iter_mut().zip(&data[row + at..][..width]).for_each(|(s, &v)| *s = *s + v);
+                }
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = combine_lanes(std::array::from_fn(|l| lanes[l * width + j]));
+                }
+            },
+        );
         return;
     }
     let (left, right) = rows.split_at(split_point(rows.len()));

@@ -6,11 +6,11 @@
 //! -inf entries beside finite ones give probability 0 (log-probability -inf).
 use crate::reduce::{max_of, pairwise_sum};
 use crate::strided::{split_at_axis, TensorRef};
-use crate::{parallel, Float};
+use crate::{parallel, vectorised, Float};
 
 /// Softmax along `axis`: exp(x - max) / sum(exp(x - max)).
 pub fn softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
-    for_each_row(x, axis, out, |row, result| {
+    for_each_row(x, axis, out, #[inline(always)] |row, result| {
         let max = max_of(row);
         for (r, &v) in result.iter_mut().zip(row) {
             *r = (v - max).exp_in_loop();
@@ -24,7 +24,7 @@ pub fn softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
 
 /// Log-softmax along `axis`: x - max - log(sum(exp(x - max))).
 pub fn log_softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
-    for_each_row(x, axis, out, |row, result| {
+    for_each_row(x, axis, out, #[inline(always)] |row, result| {
         let max = max_of(row);
         let log_sum = log_sum_exp_shifted(row, max, result);
         for (r, &v) in result.iter_mut().zip(row) {
@@ -74,16 +74,23 @@ pub fn softmax_cross_entropy_backward<T: Float>(logits: TensorRef<T>, labels: &[
 /// `softmax_cross_entropy_backward` of the rows of `out`.
 fn cross_entropy_backward_rows<T: Float>(classes: usize, logits: &[T], labels: &[u32], grad: &[T], out: &mut [T]) {
     let rows = out.chunks_exact_mut(classes).zip(logits.chunks_exact(classes)).zip(labels).zip(grad);
-    for (((result, row), &label), &g) in rows {
-        let max = max_of(row);
-        for (r, &v) in result.iter_mut().zip(row) {
-            *r = (v - max).exp_in_loop();
-        }
-        let sum = pairwise_sum(result);
-        for (c, r) in result.iter_mut().enumerate() {
-            let onehot = if c == label as usize { T::ONE } else { T::ZERO };
-            *r = (*r / sum - onehot) * g;
-        }
+    vectorised::run(
+        #[inline(always)]
+        || rows.for_each(cross_entropy_backward_row),
+    );
+}
+
+/// One row of `cross_entropy_backward_rows`.
+#[inline(always)]
+fn cross_entropy_backward_row<T: Float>((((result, row), &label), &g): (((&mut [T], &[T]), &u32), &T)) {
+    let max = max_of(row);
+    for (r, &v) in result.iter_mut().zip(row) {
+        *r = (v - max).exp_in_loop();
+    }
+    let sum = pairwise_sum(result);
+    for (c, r) in result.iter_mut().enumerate() {
+        let onehot = if c == label as usize { T::ONE } else { T::ZERO };
+        *r = (*r / sum - onehot) * g;
     }
 }
 
@@ -96,9 +103,15 @@ fn for_each_row<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T], f: impl F
     if inner == 1 && len > 0 {
         let threads = parallel::threads_for(outer, x.data.len());
         parallel::split_units(out, len, threads, |rows, piece| {
-            for (row, result) in x.data[rows.start * len..rows.end * len].chunks_exact(len).zip(piece.chunks_exact_mut(len)) {
-                f(row, result);
-            }
+            let rows = x.data[rows.start * len..rows.end * len].chunks_exact(len).zip(piece.chunks_exact_mut(len));
+            vectorised::run(
+                #[inline(always)]
+                || {
+                    for (row, result) in rows {
+                        f(row, result);
+                    }
+                },
+            );
         });
         return;
     }
