@@ -75,6 +75,12 @@ pub trait Float:
         beta: Self,
         c: (*mut Self, isize, isize),
     );
+    /// `C = A B` (C's old values are not read) by the gemm crate's kernels on the calling
+    /// thread, as `gemm_unchecked` otherwise. Call it through `matmul::gemm_blocked`.
+    ///
+    /// # Safety
+    /// As `gemm_unchecked`.
+    unsafe fn gemm_crate_unchecked(m: usize, k: usize, n: usize, a: (*const Self, isize, isize), b: (*const Self, isize, isize), c: (*mut Self, isize, isize));
 }
 
 macro_rules! impl_float {
@@ -155,6 +161,18 @@ macro_rules! impl_float {
             ) {
                 // SAFETY: the caller guarantees the bounds and the aliasing.
                 unsafe { $gemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+            }
+            unsafe fn gemm_crate_unchecked(
+                m: usize,
+                k: usize,
+                n: usize,
+                (a, rsa, csa): (*const Self, isize, isize),
+                (b, rsb, csb): (*const Self, isize, isize),
+                (c, rsc, csc): (*mut Self, isize, isize),
+            ) {
+                // dst = alpha dst + beta (lhs rhs), dst unread: C = 1 (A B), exactly A B.
+                // SAFETY: the caller guarantees the bounds and the aliasing.
+                unsafe { gemm::gemm(m, n, k, c, csc, rsc, false, a, csa, rsa, b, csb, rsb, 0.0, 1.0, false, false, false, gemm::Parallelism::None) }
             }
         }
     };
