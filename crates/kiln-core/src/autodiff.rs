@@ -82,8 +82,9 @@ impl Graph {
         }
 
         let mut grads: HashMap<usize, Tensor> = HashMap::new();
+        let mut slices = PaddedSlices::default();
         for &(out, seed) in seeds {
-            self.accumulate(&mut grads, out, seed)?;
+            self.accumulate(&mut grads, &mut slices, out, seed)?;
         }
         let last = seeds.iter().map(|(o, _)| o.0).max().unwrap_or(0);
         for id in (0..=last.min(forward_len.saturating_sub(1))).rev() {
@@ -99,7 +100,7 @@ impl Graph {
             for (input, ig) in inputs.into_iter().zip(input_grads) {
                 if let Some(ig) = ig {
                     if depends[input.0] {
-                        self.accumulate(&mut grads, input, ig)?;
+                        self.accumulate(&mut grads, &mut slices, input, ig)?;
                     }
                 }
             }
@@ -147,14 +148,42 @@ impl Graph {
         }
     }
 
-    fn accumulate(&mut self, grads: &mut HashMap<usize, Tensor>, t: Tensor, g: Tensor) -> Result<()> {
+    fn accumulate(&mut self, grads: &mut HashMap<usize, Tensor>, slices: &mut PaddedSlices, t: Tensor, g: Tensor) -> Result<()> {
         let g = if self.shape(g) != self.shape(t) { self.sum_to_shape(g, &self.shape(t).clone())? } else { g };
         let total = match grads.get(&t.0) {
             Some(&prev) => self.add(prev, g)?,
             None => g,
         };
         grads.insert(t.0, total);
+        // Gradients that are zero-padded slices tiling `t` along one axis (q, k and v cut
+        // from one projection) add up to their concatenation: one pass over `t`, not a
+        // scatter and an add per slice. The adds above are then left unused.
+        let piece = self.padded_slice(g);
+        let contributions = slices.pieces.entry(t.0).or_insert_with(|| Some(Vec::new()));
+        match (contributions, piece) {
+            (Some(pieces), Some(piece)) => {
+                pieces.push(piece);
+                if let Some(tiles) = tiling(pieces, self.shape(t).dims()) {
+                    let concat = self.concat(&tiles, pieces[0].axis)?;
+                    grads.insert(t.0, concat);
+                }
+            }
+            (contributions, _) => *contributions = None,
+        }
         Ok(())
+    }
+
+    /// `g` as a slice of `t` along one axis padded with zeros (`SliceScatter` with fill
+    /// 0 and unit steps, cutting one axis only), if it is one.
+    fn padded_slice(&self, g: Tensor) -> Option<PaddedSlice> {
+        let node = self.node(g);
+        let Op::SliceScatter { starts, steps, fill } = &node.op else { return None };
+        let piece = *node.inputs.first()?;
+        let (full, part) = (node.shape.dims(), self.shape(piece).dims());
+        let mut cut = (0..full.len()).filter(|&a| full[a] != part[a] || starts[a] != 0);
+        let axis = cut.next()?;
+        let simple = *fill == 0.0 && steps.iter().all(|&s| s == 1) && cut.next().is_none();
+        simple.then(|| PaddedSlice { axis, start: starts[axis], len: part[axis], piece })
     }
 
     /// Gradient contributions of node `y` to each of its inputs, given the gradient `g` of y.
@@ -394,4 +423,39 @@ impl Graph {
             }
         })
     }
+}
+
+/// A gradient contribution that is `piece` written at `start` along `axis` of a zero tensor.
+#[derive(Clone, Copy)]
+struct PaddedSlice {
+    axis: usize,
+    start: usize,
+    len: usize,
+    piece: Tensor,
+}
+
+/// Per tensor, its gradient contributions while all are padded slices (None once one
+/// is not).
+#[derive(Default)]
+struct PaddedSlices {
+    pieces: HashMap<usize, Option<Vec<PaddedSlice>>>,
+}
+
+/// The pieces in order along their axis, if they share it and cover `dims` along it
+/// exactly once.
+fn tiling(pieces: &[PaddedSlice], dims: &[usize]) -> Option<Vec<Tensor>> {
+    let axis = pieces.first()?.axis;
+    if pieces.len() < 2 || pieces.iter().any(|p| p.axis != axis) {
+        return None;
+    }
+    let mut sorted = pieces.to_vec();
+    sorted.sort_by_key(|p| p.start);
+    let mut next = 0;
+    for p in &sorted {
+        if p.start != next {
+            return None;
+        }
+        next += p.len;
+    }
+    (next == dims[axis]).then(|| sorted.iter().map(|p| p.piece).collect())
 }

@@ -99,3 +99,30 @@ fn grad_errors_name_the_problem() {
     let err = g.grad_with_seeds(&[(rows, seed)], &[x]).unwrap_err();
     assert!(err.to_string().contains("[3]") && err.to_string().contains("[2]"), "{err}");
 }
+
+/// The gradient of slices that tile an axis is one concatenation of their gradients (no
+/// zero-padded scatter and add per slice); slices that leave part of the axis out keep
+/// the scatters.
+#[test]
+fn slices_tiling_an_axis_get_a_concatenated_gradient() {
+    for (pieces, tiled) in [(&[(0, 2), (2, 5), (5, 6)][..], true), (&[(0, 2), (3, 6)][..], false)] {
+        let mut g = Graph::new();
+        let x = f32_input(&mut g, "x", &[4, 6]);
+        let mut total = None;
+        for &(start, end) in pieces {
+            let s = g.slice(x, 1, start, end, 1).unwrap();
+            let part = g.sum_all(s).unwrap();
+            total = Some(match total {
+                Some(t) => g.add(t, part).unwrap(),
+                None => part,
+            });
+        }
+        let loss = total.unwrap();
+        let dx = g.grad(loss, &[x]).unwrap()[0];
+        let plan = Plan::compile(&g, &[dx]).unwrap();
+        let names: Vec<&str> = plan.steps.iter().map(|s| s.op.name()).collect();
+        assert_eq!(names.contains(&"concat"), tiled, "{pieces:?}: {names:?}");
+        assert_eq!(names.contains(&"slice_scatter"), !tiled, "{pieces:?}: {names:?}");
+        assert_eq!(g.shape(dx), g.shape(x));
+    }
+}
