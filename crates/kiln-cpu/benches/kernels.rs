@@ -1,6 +1,6 @@
 //! Throughput of the CPU backend's heavy kernels: matmul at 512^3 and 1024^3, and the
 //! convolutions and first max pooling of the mnist-cnn recipe (forward and gradients at
-//! batch 128). Prints GFLOP/s (for pooling, billions of input elements per second);
+//! batch 128), and the tiny GPT's layer norm. Prints GFLOP/s (for pooling, billions of input elements per second);
 //! asserts nothing about time.
 //!
 //!     cargo bench -p kiln-cpu --bench kernels            # every case
@@ -90,6 +90,27 @@ fn max_pool_case(gradient: bool, batch: usize, channels: usize, size: usize) -> 
     }
 }
 
+/// Layer normalisation over the last axis of x [batch, seq, width] with weight and bias
+/// (the tiny GPT's: elementwise programs and reductions, fused), forward or the input's
+/// gradient; the figure counts one operation per element.
+fn layer_norm_case(gradient: bool, batch: usize, seq: usize, width: usize) -> Case {
+    Case {
+        name: format!("layer_norm of [{batch}, {seq}, {width}], {}", if gradient { "grad x" } else { "forward" }),
+        flops: (batch * seq * width) as f64,
+        build: Box::new(move |g| {
+            let x = state(g, "x", vec![batch, seq, width], 1)?;
+            let w = state(g, "w", vec![width], 2)?;
+            let b = state(g, "b", vec![width], 3)?;
+            let y = g.layer_norm(x, 1, Some(w), Some(b), 1e-5)?;
+            if !gradient {
+                return Ok(y);
+            }
+            let seed = state(g, "grad_out", vec![batch, seq, width], 4)?;
+            Ok(g.grad_with_seeds(&[(y, seed)], &[x])?[0])
+        }),
+    }
+}
+
 fn cases() -> Vec<Case> {
     vec![
         matmul_case(512),
@@ -101,6 +122,8 @@ fn cases() -> Vec<Case> {
         conv_case(Pass::GradWeight, 128, 32, 64, 13),
         max_pool_case(false, 128, 32, 26),
         max_pool_case(true, 128, 32, 26),
+        layer_norm_case(false, 32, 64, 128),
+        layer_norm_case(true, 32, 64, 128),
     ]
 }
 

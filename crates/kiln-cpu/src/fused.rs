@@ -10,8 +10,10 @@ use crate::elementwise::{binary_slice, compare_slice, unary_slice};
 use crate::strided::TensorRef;
 use crate::{parallel, vectorised, Float};
 
-/// Elements per chunk: registers for a whole chunk stay in the L1 cache.
-const CHUNK: usize = 256;
+/// Elements per chunk: a register (4 KiB in f32) stays in the L1 or L2 cache, and each
+/// instruction's fixed costs are paid once per 1024 elements (against 256: the tiny GPT's
+/// bench run 3.09G -> 3.00G instructions under callgrind).
+const CHUNK: usize = 1024;
 
 /// How an input is read, element after element of the output.
 enum Reader {

@@ -768,6 +768,25 @@ fn gradcheck_slice() {
     }
 }
 
+/// Gradients of several slices of one tensor: slices tiling an axis (their gradients
+/// meet as a concatenation, as q, k and v of one projection), slices leaving part of it
+/// out, and overlapping ones (those stay sums of zero-padded slices).
+#[test]
+fn gradcheck_slices_of_one_tensor() {
+    let widths: [&[(usize, usize)]; 3] = [&[(0, 2), (2, 4), (4, 6)], &[(0, 2), (4, 6)], &[(0, 4), (2, 6)]];
+    for pieces in widths {
+        let case = format!("slices {pieces:?} of axis 2");
+        let mut c = GradCheck::new(&case);
+        let x = c.var_uniform("x", [3, 4, 6], -2.0, 2.0);
+        let slices: Vec<Tensor> = pieces.iter().map(|&(start, end)| c.g.slice(x, 2, start, end, 1).built(&case)).collect();
+        let mut y = c.g.mul(slices[0], slices[1]).built(&case);
+        if let Some(&last) = slices.get(2) {
+            y = c.g.add(y, last).built(&case);
+        }
+        c.check(y, EPS_SMOOTH);
+    }
+}
+
 #[test]
 fn gradcheck_slice_step() {
     for (axis, start, end, step) in [(1, 1, 7, 2), (0, 0, 5, 3), (1, 0, 7, 4)] {
