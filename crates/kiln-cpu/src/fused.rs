@@ -196,101 +196,135 @@ pub fn run_reduce<T: Float>(
     Ok(())
 }
 
+/// Where a register's values come from in `run_piece`.
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    /// Computed (or loaded) chunk by chunk into its own buffer.
+    Computed,
+    /// Read in place: a load of an input of the output's shape.
+    InPlace(usize),
+    /// Filled once, the same in every chunk: a constant, a scalar, or an input that
+    /// varies only within blocks of trailing output axes that tile a chunk (a bias or a
+    /// norm's weight along the innermost axis).
+    Invariant,
+    /// Computed straight into the program's one output (its last register).
+    Output,
+}
+
+/// Whether a broadcast input with these strides per output axis gives every chunk the
+/// same values, chunks starting at multiples of CHUNK: it varies only along trailing
+/// axes whose elements number a divisor of CHUNK.
+fn repeats_every_chunk(dims: &[usize], strides: &[usize]) -> bool {
+    let varying = strides.iter().position(|&s| s != 0).unwrap_or(dims.len());
+    let period: usize = dims[varying..].iter().product();
+    CHUNK % period.max(1) == 0
+}
+
 /// Elements `first..first + outs[k].len()` of every output, chunk by chunk. Inputs of
-/// the output's shape are read in place, not copied into a register, and a program's one
-/// stored register, when it is the last, is computed straight into the output: each
-/// chunk is then one pass over memory, not three.
+/// the output's shape are read in place, inputs that repeat every chunk are loaded once,
+/// and a program's one stored register, when it is the last, is computed straight into
+/// the output: each chunk is then one pass over memory.
 fn run_piece<T: Float>(program: &FusedProgram, inputs: &[TensorRef<T>], readers: &[Reader], out_shape: &Shape, first: usize, outs: &mut [&mut [T]]) {
     let Some(len) = outs.first().map(|out| out.len()) else { return };
+    let dims = out_shape.dims();
     let mut cursors: Vec<Option<Cursor>> = readers
         .iter()
         .map(|reader| match reader {
-            Reader::Strided(strides) => Some(Cursor::at(out_shape.dims(), strides, first)),
-            _ => None,
-        })
-        .collect();
-    // The input a register is read from in place, if it is a load of a dense input.
-    let in_place: Vec<Option<usize>> = program
-        .instrs
-        .iter()
-        .map(|instr| match instr {
-            FusedInstr::Load { input } if matches!(readers[*input], Reader::Dense) => Some(*input),
+            Reader::Strided(strides) => Some(Cursor::at(dims, strides, first)),
             _ => None,
         })
         .collect();
     let last = program.instrs.len() - 1;
-    let last_into_output = program.stores == [last] && in_place[last].is_none();
+    let sources: Vec<Source> = program
+        .instrs
+        .iter()
+        .enumerate()
+        .map(|(k, instr)| match instr {
+            FusedInstr::Load { input } => match &readers[*input] {
+                Reader::Dense => Source::InPlace(*input),
+                Reader::Scalar => Source::Invariant,
+                Reader::Strided(strides) if first % CHUNK == 0 && repeats_every_chunk(dims, strides) => Source::Invariant,
+                Reader::Strided(_) => Source::Computed,
+            },
+            FusedInstr::Constant { .. } => Source::Invariant,
+            _ if k == last && program.stores == [last] => Source::Output,
+            _ => Source::Computed,
+        })
+        .collect();
     let mut registers: Vec<Vec<T>> =
-        in_place.iter().enumerate().map(|(k, source)| if source.is_some() || (last_into_output && k == last) { Vec::new() } else { vec![T::ZERO; CHUNK] }).collect();
-    // Constants fill their registers once.
-    for (instr, register) in program.instrs.iter().zip(&mut registers) {
-        if let FusedInstr::Constant { value } = instr {
-            register.fill(T::from_f64(*value));
+        sources.iter().map(|source| if matches!(source, Source::Computed | Source::Invariant) { vec![T::ZERO; CHUNK] } else { Vec::new() }).collect();
+    // Invariant registers are loaded once, as for the first chunk.
+    for (k, instr) in program.instrs.iter().enumerate() {
+        if sources[k] != Source::Invariant {
+            continue;
+        }
+        let dst = &mut registers[k][..CHUNK.min(len)];
+        match instr {
+            FusedInstr::Constant { value } => dst.fill(T::from_f64(*value)),
+            FusedInstr::Load { input } => match &mut cursors[*input] {
+                Some(cursor) => load_strided(inputs[*input].data, cursor, dst),
+                None => dst.fill(inputs[*input].data[0]),
+            },
+            _ => unreachable!("only loads and constants are invariant"),
         }
     }
     for chunk_start in (0..len).step_by(CHUNK) {
         let (start, len) = (first + chunk_start, CHUNK.min(len - chunk_start));
         for k in 0..program.instrs.len() {
-            if in_place[k].is_some() {
+            if matches!(sources[k], Source::InPlace(_) | Source::Invariant) {
                 continue;
             }
             let (computed, rest) = registers.split_at_mut(k);
-            let dst = if last_into_output && k == last { &mut outs[0][chunk_start..chunk_start + len] } else { &mut rest[0][..len] };
+            let dst = if sources[k] == Source::Output { &mut outs[0][chunk_start..chunk_start + len] } else { &mut rest[0][..len] };
             let computed = &*computed;
             let reg = |r: usize| -> &[T] {
-                match in_place[r] {
-                    Some(input) => &inputs[input].data[start..start + len],
-                    None => &computed[r][..len],
+                match sources[r] {
+                    Source::InPlace(input) => &inputs[input].data[start..start + len],
+                    _ => &computed[r][..len],
                 }
             };
             match &program.instrs[k] {
-                FusedInstr::Load { input } => {
-                    let data = inputs[*input].data;
-                    match (&readers[*input], &mut cursors[*input]) {
-                        (Reader::Dense, _) => dst.copy_from_slice(&data[start..start + len]),
-                        (Reader::Scalar, _) => dst.fill(data[0]),
-                        (Reader::Strided(_), Some(cursor)) => {
-                            let mut filled = 0;
-                            while filled < len {
-                                let (offset, stride, run) = cursor.take_run(len - filled);
-                                let dst = &mut dst[filled..filled + run];
-                                match stride {
-                                    0 => dst.fill(data[offset]),
-                                    1 => dst.copy_from_slice(&data[offset..offset + run]),
-                                    _ => {
-                                        for (t, d) in dst.iter_mut().enumerate() {
-                                            *d = data[offset + t * stride];
-                                        }
-                                    }
-                                }
-                                filled += run;
-                            }
-                        }
-                        (Reader::Strided(_), None) => unreachable!("every strided reader has a cursor"),
-                    }
-                }
-                // Filled once above, unless computed straight into the output.
-                FusedInstr::Constant { value } => {
-                    if last_into_output && k == last {
-                        dst.fill(T::from_f64(*value));
-                    }
-                }
+                FusedInstr::Load { input } => match &mut cursors[*input] {
+                    Some(cursor) => load_strided(inputs[*input].data, cursor, dst),
+                    None => unreachable!("dense and scalar loads are in place or invariant"),
+                },
+                FusedInstr::Constant { .. } => unreachable!("constants are invariant"),
                 FusedInstr::Unary { op, x } => unary_slice(*op, reg(*x), dst),
                 FusedInstr::Binary { op, a, b } => binary_slice(*op, reg(*a), reg(*b), dst),
                 FusedInstr::Compare { op, a, b } => compare_slice(*op, reg(*a), reg(*b), dst),
                 FusedInstr::Where { cond, a, b } => where_slice(reg(*cond), reg(*a), reg(*b), dst),
             }
         }
-        if last_into_output {
+        if sources[last] == Source::Output {
             continue;
         }
         for (out, &register) in outs.iter_mut().zip(&program.stores) {
-            let value = match in_place[register] {
-                Some(input) => &inputs[input].data[start..start + len],
-                None => &registers[register][..len],
+            let value = match sources[register] {
+                Source::InPlace(input) => &inputs[input].data[start..start + len],
+                _ => &registers[register][..len],
             };
             out[chunk_start..chunk_start + len].copy_from_slice(value);
         }
+    }
+}
+
+/// The next `dst.len()` elements of a broadcast input, run by run: a run along which
+/// the input does not move is a fill, one along which it moves by one element a copy.
+fn load_strided<T: Float>(data: &[T], cursor: &mut Cursor, dst: &mut [T]) {
+    let mut filled = 0;
+    while filled < dst.len() {
+        let (offset, stride, run) = cursor.take_run(dst.len() - filled);
+        let dst = &mut dst[filled..filled + run];
+        match stride {
+            0 => dst.fill(data[offset]),
+            1 => dst.copy_from_slice(&data[offset..offset + run]),
+            _ => {
+                for (t, d) in dst.iter_mut().enumerate() {
+                    *d = data[offset + t * stride];
+                }
+            }
+        }
+        filled += run;
     }
 }
 
@@ -355,6 +389,39 @@ mod tests {
                     assert_eq!(got, want, "strides {strides:?}, first {first}, runs of at most {max}");
                 }
             }
+        }
+    }
+
+    /// `(x * w + b) * c` with w and b broadcast along rows and c along columns, over
+    /// several chunks (the last one partial) and split over threads: rows of 128 repeat
+    /// every chunk (loaded once), rows of 100 do not; both equal the unfused steps.
+    #[test]
+    fn broadcast_inputs_that_repeat_every_chunk_equal_the_unfused_steps() {
+        for (rows, width) in [(20, 128), (20, 100), (700, 128), (3, 8)] {
+            let run = |fuse_elementwise: bool| -> (Plan, Vec<u32>) {
+                let mut g = Graph::new();
+                let x = g.input("x", [rows, width], DType::F32).unwrap();
+                let w = g.input("w", [width], DType::F32).unwrap();
+                let b = g.input("b", [width], DType::F32).unwrap();
+                let c = g.input("c", [rows, 1], DType::F32).unwrap();
+                let xw = g.mul(x, w).unwrap();
+                let shifted = g.add(xw, b).unwrap();
+                let y = g.mul(shifted, c).unwrap();
+                let plan = Plan::compile_with_options(&g, &[y], &[], CompileOptions { fuse_elementwise }).unwrap();
+                let mut exec = CpuBackend::<f32>::new().load(&plan).unwrap();
+                let feeds = [
+                    (x, HostTensor::f32([rows, width], lcg_values(rows * width, 1, -2.0, 2.0))),
+                    (w, HostTensor::f32([width], lcg_values(width, 2, -2.0, 2.0))),
+                    (b, HostTensor::f32([width], lcg_values(width, 3, -2.0, 2.0))),
+                    (c, HostTensor::f32([rows, 1], lcg_values(rows, 4, -2.0, 2.0))),
+                ];
+                let out = exec.run(&feeds).unwrap().remove(0);
+                (plan, out.to_f64_vec().iter().map(|&v| (v as f32).to_bits()).collect())
+            };
+            let (fused, fused_bits) = run(true);
+            assert_eq!(fused.steps.len(), 1, "one fused step:\n{}", fused.describe());
+            let (_, unfused_bits) = run(false);
+            assert!(fused_bits == unfused_bits, "[{rows}, {width}]: fused differs from unfused");
         }
     }
 
