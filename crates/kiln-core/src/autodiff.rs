@@ -10,11 +10,17 @@ use crate::{BinaryOp, DType, Graph, GraphError, Op, ReduceOp, Result, Tensor, Un
 /// conventions do not add up to the derivative of the function it computes, even where
 /// that function is smooth: stable BCE with logits, `relu(x) - x y + softplus(-|x|)`,
 /// gets relu'(0) = 0 and abs'(0) = 0 and so -y at x = 0, not sigmoid(0) - y = 0.5 - y.
+/// And a composite's chain rule can take many more passes over its input than its
+/// derivative needs (a normalisation's: one per node, forward and backward).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum CompositeGradient {
     /// Elementwise BCE with logits of `logits` x and `target` y (one shape): d/dx =
     /// (sigmoid(x) - y) g and d/dy = -x g.
     BceWithLogits { logits: Tensor, target: Tensor },
+    /// `y = (x - mean(x)) inv_std` over the axes whose bits are set in `axes`, where
+    /// `inv_std = 1 / sqrt(var(x) + eps)` (biased variance, kept dims): d/dx = inv_std
+    /// (g - mean(g) - y mean(g y)), PyTorch's layer- and batch-norm backward.
+    Normalize { x: Tensor, y: Tensor, inv_std: Tensor, axes: u64 },
 }
 
 impl CompositeGradient {
@@ -22,6 +28,7 @@ impl CompositeGradient {
     fn inputs(&self) -> Vec<Tensor> {
         match *self {
             CompositeGradient::BceWithLogits { logits, target } => vec![logits, target],
+            CompositeGradient::Normalize { x, .. } => vec![x],
         }
     }
 }
@@ -144,6 +151,16 @@ impl Graph {
                 let minus_g = self.neg(g)?;
                 let g_target = self.mul(minus_g, logits)?;
                 Ok(vec![Some(g_logits), Some(g_target)])
+            }
+            CompositeGradient::Normalize { y, inv_std, axes, .. } => {
+                let axes: Vec<usize> = (0..64).filter(|a| axes >> a & 1 == 1).collect();
+                let mean_g = self.mean(g, &axes, true)?;
+                let g_y = self.mul(g, y)?;
+                let mean_g_y = self.mean(g_y, &axes, true)?;
+                let centered = self.sub(g, mean_g)?;
+                let along_y = self.mul(y, mean_g_y)?;
+                let projected = self.sub(centered, along_y)?;
+                Ok(vec![Some(self.mul(projected, inv_std)?)])
             }
         }
     }

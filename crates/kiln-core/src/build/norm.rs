@@ -1,6 +1,8 @@
 //! Normalisation layers' functional forms (`torch.nn.functional.layer_norm` and
-//! `batch_norm`), composed from existing ops: their gradients come from the gradients
-//! of those ops, and every backend runs them without a kernel of their own.
+//! `batch_norm`), composed from existing ops, so every backend runs them without a
+//! kernel of their own. The normalisation's gradient is PyTorch's formula (a composite
+//! gradient rule), three passes over the input rather than the chain rule's one per node.
+use crate::autodiff::CompositeGradient;
 use crate::{Graph, GraphError, Result, Shape, Tensor};
 
 /// What [`Graph::batch_norm`] returns.
@@ -176,6 +178,9 @@ impl Graph {
         let shifted = self.add_scalar(biased_var, eps)?;
         let inv_std = self.rsqrt(shifted)?;
         let y = self.mul(centered, inv_std)?;
+        if let Some(mask) = axes.iter().try_fold(0u64, |mask, &a| (a < 64).then_some(mask | 1 << a)) {
+            self.set_composite_gradient(y, CompositeGradient::Normalize { x, y, inv_std, axes: mask });
+        }
         Ok(Normalized { y, mean, biased_var })
     }
 
