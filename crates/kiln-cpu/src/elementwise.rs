@@ -52,7 +52,8 @@ pub fn unary_value<T: Float>(op: UnaryOp, x: T) -> T {
         UnaryOp::Softplus => relu(x) + (-x.abs()).exp().ln_1p(),
         UnaryOp::GeluErfGrad => {
             let cdf = half * (one + (x * c(FRAC_1_SQRT_2)).erf());
-            let pdf = (-(x * x) * half).exp_in_loop() / c((2.0 * PI).sqrt());
+            // A product with 1 / sqrt(2 pi), as the GPU's gelu_erf_grad_f32: no division.
+            let pdf = (-(x * x) * half).exp_in_loop() * c(1.0 / (2.0 * PI).sqrt());
             cdf + x * pdf
         }
         UnaryOp::GeluTanhGrad => {
