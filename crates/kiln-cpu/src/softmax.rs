@@ -34,6 +34,7 @@ pub fn log_softmax<T: Float>(x: TensorRef<T>, axis: usize, out: &mut [T]) {
 }
 
 /// log(sum(exp(row - max))), using `scratch` (the row's length) for the exponentials.
+#[inline(always)]
 fn log_sum_exp_shifted<T: Float>(row: &[T], max: T, scratch: &mut [T]) -> T {
     for (s, &v) in scratch.iter_mut().zip(row) {
         *s = (v - max).exp_in_loop();
@@ -45,17 +46,27 @@ fn log_sum_exp_shifted<T: Float>(row: &[T], max: T, scratch: &mut [T]) -> T {
 /// Uses the very formula of `log_softmax`, so the two agree to the last bit.
 pub fn softmax_cross_entropy<T: Float>(logits: TensorRef<T>, labels: &[u32], out: &mut [T]) {
     let classes = logits.shape.dims()[1];
-    let mut scratch = vec![T::ZERO; classes];
-    for ((o, row), &label) in out.iter_mut().zip(logits.data.chunks_exact(classes.max(1))).zip(labels) {
-        let label = label as usize;
-        if label >= classes {
-            *o = T::NAN;
-            continue;
-        }
-        let max = max_of(row);
-        let log_sum = log_sum_exp_shifted(row, max, &mut scratch);
-        *o = -(row[label] - max - log_sum);
-    }
+    // Rows are independent: shared among threads in pieces of whole rows.
+    let threads = parallel::threads_for(out.len(), logits.data.len());
+    parallel::split_units(out, 1, threads, |rows, piece| {
+        let logits = &logits.data[rows.start * classes..];
+        let mut scratch = vec![T::ZERO; classes];
+        vectorised::run(
+            #[inline(always)]
+            || {
+                for ((o, row), &label) in piece.iter_mut().zip(logits.chunks_exact(classes.max(1))).zip(&labels[rows]) {
+                    let label = label as usize;
+                    if label >= classes {
+                        *o = T::NAN;
+                        continue;
+                    }
+                    let max = max_of(row);
+                    let log_sum = log_sum_exp_shifted(row, max, &mut scratch);
+                    *o = -(row[label] - max - log_sum);
+                }
+            },
+        );
+    });
 }
 
 /// Per row n of logits [N, C]: (softmax(logits[n]) - onehot(labels[n])) * grad[n], the
