@@ -46,47 +46,36 @@ impl<'a, T> MatrixRef<'a, T> {
 /// order within matrixmultiply's k blocks, and does so the same way whatever rows or
 /// other matrices are computed beside it.
 pub fn gemm<T: Float>(a: MatrixRef<T>, b: MatrixRef<T>, beta: T, c: &mut [T]) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(b.rows, k, "gemm: inner dimensions differ");
-    assert_eq!(c.len(), m * n, "gemm: the output holds {} elements, not {m} x {n}", c.len());
-    assert!(reaches_only_its_data(&a) && reaches_only_its_data(&b), "gemm: an operand's strides leave its slice");
-    // Strides of in-memory slices fit in isize (no allocation exceeds isize::MAX bytes).
-    let stride = |s: usize| s as isize;
-    // SAFETY: the asserts above keep every element the strides reach inside its slice;
+    let (m, k, n) = check_operands(&a, &b, c);
+    // SAFETY: `check_operands` keeps every element the strides reach inside its slice;
     // `c` is a unique borrow, so it overlaps neither operand.
-    unsafe {
-        T::gemm_unchecked(
-            m,
-            k,
-            n,
-            (a.data.as_ptr(), stride(a.row_stride), stride(a.col_stride)),
-            (b.data.as_ptr(), stride(b.row_stride), stride(b.col_stride)),
-            beta,
-            (c.as_mut_ptr(), stride(n), 1),
-        )
-    }
+    unsafe { T::gemm_unchecked(m, k, n, raw(&a), raw(&b), beta, (c.as_mut_ptr(), n as isize, 1)) }
 }
 
 /// `c = a b` for a dense row-major `c` [a.rows, b.cols] by the gemm crate's kernels (c's
 /// old values are not read). Each element's sum depends on the whole call's shape: the
 /// calls must be the same whatever the thread count.
 pub fn gemm_blocked<T: Float>(a: MatrixRef<T>, b: MatrixRef<T>, c: &mut [T]) {
+    let (m, k, n) = check_operands(&a, &b, c);
+    // SAFETY: as in `gemm`.
+    unsafe { T::gemm_crate_unchecked(m, k, n, raw(&a), raw(&b), (c.as_mut_ptr(), n as isize, 1)) }
+}
+
+/// (m, k, n) of `c = a b`, after checking that the shapes agree and that the strides
+/// stay inside the operands' slices (panics otherwise: the callers' shapes are checked
+/// when the graph is built).
+fn check_operands<T>(a: &MatrixRef<T>, b: &MatrixRef<T>, c: &[T]) -> (usize, usize, usize) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "gemm: inner dimensions differ");
     assert_eq!(c.len(), m * n, "gemm: the output holds {} elements, not {m} x {n}", c.len());
-    assert!(reaches_only_its_data(&a) && reaches_only_its_data(&b), "gemm: an operand's strides leave its slice");
-    let stride = |s: usize| s as isize;
-    // SAFETY: as in `gemm`.
-    unsafe {
-        T::gemm_crate_unchecked(
-            m,
-            k,
-            n,
-            (a.data.as_ptr(), stride(a.row_stride), stride(a.col_stride)),
-            (b.data.as_ptr(), stride(b.row_stride), stride(b.col_stride)),
-            (c.as_mut_ptr(), stride(n), 1),
-        )
-    }
+    assert!(reaches_only_its_data(a) && reaches_only_its_data(b), "gemm: an operand's strides leave its slice");
+    (m, k, n)
+}
+
+/// A matrix as a pointer to its element [0, 0] and its row and column strides. Strides
+/// of in-memory slices fit in isize (no allocation exceeds isize::MAX bytes).
+fn raw<T>(m: &MatrixRef<T>) -> (*const T, isize, isize) {
+    (m.data.as_ptr(), m.row_stride as isize, m.col_stride as isize)
 }
 
 /// A matrix of at least this many rows and at most [`TALL_MAX_COLUMNS`] columns is tall:
