@@ -78,21 +78,24 @@ fn raw<T>(m: &MatrixRef<T>) -> (*const T, isize, isize) {
     (m.data.as_ptr(), m.row_stride as isize, m.col_stride as isize)
 }
 
-/// A matrix of at least this many rows and at most [`TALL_MAX_COLUMNS`] columns is tall:
-/// it runs on the gemm crate in blocks of [`TALL_BLOCK_ROWS`] rows (the last one
-/// shorter). Wider ones ran faster on matrixmultiply (the tiny GPT's [2048, 128] x
-/// [128, 512]: 3.3 against 3.6 ms at 1 thread).
+/// A matrix of at least this many rows is tall, and runs on the gemm crate in blocks of
+/// [`TALL_BLOCK_ROWS`] rows (the last one shorter) when it has at most
+/// [`NARROW_COLUMNS`] columns or sums at least [`LONG_SUMS`] products: wide ones with
+/// short sums ran faster on matrixmultiply (the tiny GPT's [2048, 128] x [128, 512]: 3.3
+/// against 3.6 ms at 1 thread), the MiniLM's [2048, 384] x [384, 1536] and [2048, 1536]
+/// x [1536, 384] 3-10% faster on the gemm crate.
 const TALL_ROWS: usize = 1024;
-const TALL_MAX_COLUMNS: usize = 256;
 const TALL_BLOCK_ROWS: usize = 256;
+const NARROW_COLUMNS: usize = 256;
+const LONG_SUMS: usize = 256;
 /// A stack of at least this many matrices of at most [`TALL_BLOCK_ROWS`] rows runs on
 /// the gemm crate, one call per matrix.
 const MANY_MATRICES: usize = 8;
 
-/// Rows per gemm-crate call for `matrices` matrices of `m` x `n`, or None where
+/// Rows per gemm-crate call for `matrices` products of m x k by k x n, or None where
 /// matrixmultiply computes them.
-fn gemm_crate_block_rows(m: usize, n: usize, matrices: usize) -> Option<usize> {
-    if m >= TALL_ROWS && n <= TALL_MAX_COLUMNS {
+fn gemm_crate_block_rows(m: usize, k: usize, n: usize, matrices: usize) -> Option<usize> {
+    if m >= TALL_ROWS && (n <= NARROW_COLUMNS || k >= LONG_SUMS) {
         Some(TALL_BLOCK_ROWS)
     } else if matrices >= MANY_MATRICES && (1..=TALL_BLOCK_ROWS).contains(&m) {
         Some(m)
@@ -167,7 +170,7 @@ fn matmul_on_threads<T: Float>(
             matrix
         }
     };
-    if let Some(block_rows) = gemm_crate_block_rows(m, n, out_batch.numel()) {
+    if let Some(block_rows) = gemm_crate_block_rows(m, k, n, out_batch.numel()) {
         let per_matrix = m.div_ceil(block_rows);
         let blocks = out_batch.numel() * per_matrix;
         // Output rows before block `b`: blocks of a matrix are consecutive rows, and
@@ -219,7 +222,8 @@ mod tests {
     /// many threads share them, nor on where a thread's rows start inside a matrix (K
     /// spans more than one of matrixmultiply's k blocks).
     /// On both kernels: matrixmultiply's (3 matrices of 37 rows), the gemm crate's tall
-    /// blocks (1100 rows: four blocks and a short one; b transposed) and its stacks of
+    /// blocks (1100 rows: four blocks and a short one, b transposed; 1030 rows, wide with
+    /// long sums) and its stacks of
     /// small matrices (10 of 20 rows, a transposed). Each result is also checked against
     /// f64 sums, within the bound of a sum of K products.
     #[test]
@@ -227,6 +231,7 @@ mod tests {
         let cases = [
             (vec![3, 37, 300], false, vec![300, 41], false, vec![3, 37, 41]),
             (vec![1100, 300], false, vec![41, 300], true, vec![1100, 41]),
+            (vec![1030, 260], false, vec![260, 300], false, vec![1030, 300]),
             (vec![10, 300, 20], true, vec![10, 300, 33], false, vec![10, 20, 33]),
         ];
         for (a_dims, trans_a, b_dims, trans_b, out_dims) in cases {
