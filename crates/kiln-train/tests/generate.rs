@@ -204,7 +204,13 @@ fn memorised() -> &'static Memorised {
         }
         let final_loss = last_losses.iter().sum::<f64>() / last_losses.len() as f64;
         eprintln!("memorised {CYCLE:?}: mean loss of the last 10 steps {final_loss:.4}");
-        assert!(final_loss < 0.05, "the tiny GPT did not memorise the cycle: loss {final_loss}");
+        // The cycle's floor is 0.0402: a window's first characters do not determine the
+        // next ("e" is followed by "n", "r", "s" and "x"; 0.578 nats at position 0,
+        // 0.066 at 1, 0 from 2 on, averaged over the window's 16). How far above it 200 steps end
+        // moves with the last bit of GELU (0.046 with libm's erff, 0.057 with the GPU's
+        // erf polynomial, same seed); the greedy tests check the memorisation itself.
+        const FLOOR: f64 = 0.0402;
+        assert!(final_loss < FLOOR + 0.03, "the tiny GPT did not memorise the cycle: loss {final_loss}, floor {FLOOR}");
         let weights = model.state_dict().into_iter().map(|(name, t)| (name, exec.read_state(t).unwrap())).collect();
         Memorised { config: cfg, weights, tokenizer }
     })
