@@ -396,33 +396,34 @@ mod tests {
     /// several chunks (the last one partial) and split over threads: rows of 128 repeat
     /// every chunk (loaded once), rows of 100 do not; both equal the unfused steps.
     #[test]
-    fn broadcast_inputs_that_repeat_every_chunk_equal_the_unfused_steps() {
+    fn broadcast_inputs_that_repeat_every_chunk_equal_the_unfused_steps() -> Result<(), Box<dyn std::error::Error>> {
         for (rows, width) in [(20, 128), (20, 100), (700, 128), (3, 8)] {
-            let run = |fuse_elementwise: bool| -> (Plan, Vec<u32>) {
+            let run = |fuse_elementwise: bool| -> Result<(Plan, Vec<u32>), Box<dyn std::error::Error>> {
                 let mut g = Graph::new();
-                let x = g.input("x", [rows, width], DType::F32).unwrap();
-                let w = g.input("w", [width], DType::F32).unwrap();
-                let b = g.input("b", [width], DType::F32).unwrap();
-                let c = g.input("c", [rows, 1], DType::F32).unwrap();
-                let xw = g.mul(x, w).unwrap();
-                let shifted = g.add(xw, b).unwrap();
-                let y = g.mul(shifted, c).unwrap();
-                let plan = Plan::compile_with_options(&g, &[y], &[], CompileOptions { fuse_elementwise }).unwrap();
-                let mut exec = CpuBackend::<f32>::new().load(&plan).unwrap();
+                let x = g.input("x", [rows, width], DType::F32)?;
+                let w = g.input("w", [width], DType::F32)?;
+                let b = g.input("b", [width], DType::F32)?;
+                let c = g.input("c", [rows, 1], DType::F32)?;
+                let xw = g.mul(x, w)?;
+                let shifted = g.add(xw, b)?;
+                let y = g.mul(shifted, c)?;
+                let plan = Plan::compile_with_options(&g, &[y], &[], CompileOptions { fuse_elementwise })?;
+                let mut exec = CpuBackend::<f32>::new().load(&plan)?;
                 let feeds = [
                     (x, HostTensor::f32([rows, width], lcg_values(rows * width, 1, -2.0, 2.0))),
                     (w, HostTensor::f32([width], lcg_values(width, 2, -2.0, 2.0))),
                     (b, HostTensor::f32([width], lcg_values(width, 3, -2.0, 2.0))),
                     (c, HostTensor::f32([rows, 1], lcg_values(rows, 4, -2.0, 2.0))),
                 ];
-                let out = exec.run(&feeds).unwrap().remove(0);
-                (plan, out.to_f64_vec().iter().map(|&v| (v as f32).to_bits()).collect())
+                let out = exec.run(&feeds)?.remove(0);
+                Ok((plan, out.to_f64_vec().iter().map(|&v| (v as f32).to_bits()).collect()))
             };
-            let (fused, fused_bits) = run(true);
+            let (fused, fused_bits) = run(true)?;
             assert_eq!(fused.steps.len(), 1, "one fused step:\n{}", fused.describe());
-            let (_, unfused_bits) = run(false);
+            let (_, unfused_bits) = run(false)?;
             assert!(fused_bits == unfused_bits, "[{rows}, {width}]: fused differs from unfused");
         }
+        Ok(())
     }
 
     #[test]
